@@ -1,0 +1,95 @@
+//! The OTLP trace receivers: [`grpc`] (`TraceService/Export`) and [`http`]
+//! (`POST /v1/traces`, protobuf or JSON). Both hand decoded requests to [`Intake`],
+//! which converts them ([`crate::otlp`]) and pushes the spans into the uplink buffer.
+//!
+//! Answers follow the OTLP specification: invalid spans are reported in
+//! `partial_success` (the rest of the request is kept); a full buffer is a retryable
+//! error (gRPC `UNAVAILABLE`, HTTP 503 with `Retry-After`), and a request larger than
+//! the whole buffer a non-retryable one.
+
+pub mod grpc;
+pub mod http;
+
+use crate::otlp;
+use crate::stats::AgentStats;
+use crate::uplink::{Buffer, Full};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use std::sync::Arc;
+
+/// Where both receivers deliver: conversion, counting, buffering.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    node: Arc<str>,
+    buffer: Arc<Buffer>,
+    stats: Arc<AgentStats>,
+}
+
+/// Why a request was refused as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The buffer is full now; the sender should retry later.
+    BufferFull(Full),
+    /// The request alone has more spans than the buffer can ever hold.
+    TooManySpans(Full),
+}
+
+impl Refusal {
+    /// What to tell the sender.
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::BufferFull(_) => "agent buffer full; retry later".to_string(),
+            Refusal::TooManySpans(full) => format!(
+                "the request has {} spans but the agent buffers at most {}; send smaller \
+                 batches (e.g. lower the exporter's max export batch size) or raise \
+                 --max-buffered-spans",
+                full.spans, full.capacity
+            ),
+        }
+    }
+}
+
+impl Intake {
+    pub fn new(node: impl Into<Arc<str>>, buffer: Arc<Buffer>, stats: Arc<AgentStats>) -> Self {
+        Self {
+            node: node.into(),
+            buffer,
+            stats,
+        }
+    }
+
+    /// Converts `request` and buffers its valid spans (all or none). The answer carries
+    /// `partial_success` when spans were rejected.
+    pub fn accept(
+        &self,
+        request: ExportTraceServiceRequest,
+    ) -> Result<ExportTraceServiceResponse, Refusal> {
+        let conversion = otlp::convert(request, &self.node);
+        self.stats.add_received(conversion.received());
+        let rejected = conversion.rejections.len();
+        let error_message = conversion.error_message();
+        if rejected > 0 {
+            self.stats.add_rejected(rejected);
+            tracing::debug!("{error_message}");
+        }
+        if let Err(full) = self.buffer.try_push(conversion.spans) {
+            if full.never_fits() {
+                self.stats
+                    .add_dropped(full.spans, "request larger than the buffer");
+                return Err(Refusal::TooManySpans(full));
+            }
+            self.stats.add_dropped(
+                full.spans,
+                "the agent buffer is full (the colony is slow or unreachable); senders were told to retry",
+            );
+            return Err(Refusal::BufferFull(full));
+        }
+        Ok(ExportTraceServiceResponse {
+            partial_success: (rejected > 0).then_some(ExportTracePartialSuccess {
+                rejected_spans: rejected as i64,
+                error_message,
+            }),
+        })
+    }
+}

@@ -1,0 +1,346 @@
+//! Integration tests: a real agent ([`crate::serve_with_stats`]) on port 0, real OTLP
+//! clients, and a fake colony — an in-memory `AgentService` — below it.
+
+mod grpc;
+mod http;
+mod uplink;
+
+use crate::{AgentConfig, AgentError, AgentStats, Listeners};
+use coral_client::v1::agent_service_server::{AgentService, AgentServiceServer};
+use coral_client::v1::{self, AgentCounters};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+/// How long a test waits for something that should happen soon.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
+
+/// What the fake colony has seen.
+#[derive(Debug, Default)]
+pub(crate) struct ColonyState {
+    pub spans: Vec<v1::Span>,
+    pub ingest_calls: usize,
+    pub registrations: Vec<v1::RegisterAgentRequest>,
+    pub heartbeats: Vec<v1::HeartbeatRequest>,
+    /// Agents registered and not forgotten; a heartbeat from another is NOT_FOUND.
+    pub known: HashSet<String>,
+}
+
+#[derive(Clone, Default)]
+struct FakeColonyService(Arc<Mutex<ColonyState>>);
+
+#[tonic::async_trait]
+impl AgentService for FakeColonyService {
+    async fn register_agent(
+        &self,
+        request: Request<v1::RegisterAgentRequest>,
+    ) -> Result<Response<v1::RegisterAgentResponse>, Status> {
+        let request = request.into_inner();
+        let mut state = self.0.lock().unwrap();
+        state.known.insert(request.agent_id.clone());
+        state.registrations.push(request);
+        Ok(Response::new(v1::RegisterAgentResponse {}))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let mut state = self.0.lock().unwrap();
+        if !state.known.contains(&request.agent_id) {
+            return Err(Status::not_found(format!(
+                "agent {} is not registered",
+                request.agent_id
+            )));
+        }
+        state.heartbeats.push(request);
+        Ok(Response::new(v1::HeartbeatResponse {}))
+    }
+
+    async fn ingest_spans(
+        &self,
+        request: Request<v1::IngestSpansRequest>,
+    ) -> Result<Response<v1::IngestSpansResponse>, Status> {
+        let request = request.into_inner();
+        let accepted = request.spans.len() as u64;
+        let mut state = self.0.lock().unwrap();
+        state.ingest_calls += 1;
+        state.spans.extend(request.spans);
+        Ok(Response::new(v1::IngestSpansResponse {
+            accepted,
+            ..Default::default()
+        }))
+    }
+}
+
+/// An in-memory colony on a local port.
+pub(crate) struct FakeColony {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<ColonyState>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl FakeColony {
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind the fake colony");
+        let addr = listener.local_addr().unwrap();
+        let service = FakeColonyService::default();
+        let state = service.0.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(
+                    AgentServiceServer::new(service)
+                        .max_decoding_message_size(coral_client::MAX_MESSAGE_BYTES),
+                )
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("fake colony serves");
+        });
+        Self {
+            addr,
+            state,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Looks at the state.
+    pub fn with<T>(&self, f: impl FnOnce(&ColonyState) -> T) -> T {
+        f(&self.state.lock().unwrap())
+    }
+
+    /// Forgets registered agents (as a colony that lost its state would).
+    pub fn forget_agents(&self) {
+        self.state.lock().unwrap().known.clear();
+    }
+
+    /// Waits (at most [`PATIENCE`]) until `done` holds.
+    pub async fn wait_until(&self, what: &str, done: impl Fn(&ColonyState) -> bool) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if self.with(&done) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let summary = self.with(|s| {
+                    format!(
+                        "{} spans, {} registrations, {} heartbeats",
+                        s.spans.len(),
+                        s.registrations.len(),
+                        s.heartbeats.len()
+                    )
+                });
+                panic!("timed out waiting for {what}; the fake colony has {summary}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until at least `n` spans arrived.
+    pub async fn wait_for_spans(&self, n: usize) {
+        self.wait_until(&format!("{n} spans"), |s| s.spans.len() >= n)
+            .await;
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// A running agent with both receivers on local ports.
+pub(crate) struct TestAgent {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub stats: Arc<AgentStats>,
+    pub agent_id: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), AgentError>>>,
+}
+
+/// Settings for fast tests.
+pub(crate) fn test_config(colony: &str) -> AgentConfig {
+    let mut config = AgentConfig::new(colony, "test-node");
+    config.flush_interval = Duration::from_millis(20);
+    config.heartbeat_interval = Duration::from_millis(100);
+    config
+}
+
+/// Log lines show with a failing test's output (`RUST_LOG` overrides the filter).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("coral_agent=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+impl TestAgent {
+    pub async fn start(config: AgentConfig) -> Self {
+        init_logging();
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+        let stats = Arc::new(AgentStats::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let agent_id = config.agent_id.clone();
+        let listeners = Listeners {
+            otlp_grpc: Some(grpc),
+            otlp_http: Some(http),
+        };
+        let task = tokio::spawn(crate::serve_with_stats(
+            config,
+            listeners,
+            stats.clone(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            grpc: grpc_addr,
+            http: http_addr,
+            stats,
+            agent_id,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn traces_url(&self) -> String {
+        format!("http://{}/v1/traces", self.http)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn counters(&self) -> AgentCounters {
+        self.stats.snapshot()
+    }
+
+    /// Requests shutdown and waits for `serve` to return.
+    pub async fn stop(mut self) -> Result<(), AgentError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("serve returns after shutdown")
+            .expect("serve does not panic")
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Waits (at most [`PATIENCE`]) until the agent's counters satisfy `done`.
+pub(crate) async fn wait_for_counters(agent: &TestAgent, done: impl Fn(&AgentCounters) -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !done(&agent.counters()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out; counters are {:?}",
+            agent.counters()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free local address with nothing listening on it (yet).
+pub(crate) async fn unused_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Distinct span ids of `spans`, as hex.
+pub(crate) fn span_ids(spans: &[v1::Span]) -> HashSet<String> {
+    spans.iter().map(|s| hex::encode(&s.span_id)).collect()
+}
+
+/// A serve() call with no receivers is refused (the CLI also checks this).
+#[tokio::test]
+async fn serve_needs_a_listener() {
+    let result = crate::serve(
+        AgentConfig::new("127.0.0.1:1", "n"),
+        Listeners::default(),
+        async {},
+    )
+    .await;
+    assert!(matches!(result, Err(AgentError::NoListeners)));
+}
+
+#[tokio::test]
+async fn serve_rejects_a_bad_colony_address() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let result = crate::serve(
+        AgentConfig::new("http://bad host:7070", "n"),
+        Listeners {
+            otlp_grpc: Some(listener),
+            otlp_http: None,
+        },
+        async {},
+    )
+    .await;
+    let err = result.expect_err("invalid address");
+    assert!(matches!(err, AgentError::ColonyAddress(_)), "{err}");
+    assert!(err.to_string().contains("invalid colony address"), "{err}");
+}
+
+#[tokio::test]
+async fn serve_rejects_a_zero_batch_size() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = AgentConfig::new("127.0.0.1:1", "n");
+    config.batch_size = 0;
+    let result = crate::serve(
+        config,
+        Listeners {
+            otlp_grpc: None,
+            otlp_http: Some(listener),
+        },
+        async {},
+    )
+    .await;
+    assert!(matches!(result, Err(AgentError::InvalidConfig(_))));
+}
+
+/// `n` valid spans with distinct span ids, starting at `first`.
+pub(crate) fn numbered_spans(
+    first: u32,
+    n: u32,
+) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
+    (first..first + n)
+        .map(|i| {
+            let mut s = crate::otlp::tests::span(1);
+            s.span_id = [i.to_be_bytes(), [0xcc; 4]].concat();
+            s
+        })
+        .collect()
+}

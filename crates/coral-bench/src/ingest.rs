@@ -1,0 +1,104 @@
+//! Span ingest: OTLP/gRPC → agent process → colony process → store.
+
+use crate::workload::{self, Database, Processes};
+use anyhow::{Result, bail};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use std::time::{Duration, Instant};
+
+/// Spans sent end to end per backend.
+const SPANS: u64 = 500_000;
+/// Spans per OTLP request (an SDK batch processor's usual size is 512).
+const PER_REQUEST: u64 = 1_000;
+/// Concurrent exporters.
+const SENDERS: usize = 4;
+
+pub async fn run(coral: &str, postgres: Option<&str>) -> Result<()> {
+    println!(
+        "## ingest: OTLP/gRPC → agent → colony → store ({SPANS} spans, {PER_REQUEST} per request, {SENDERS} senders)"
+    );
+    println!("| store | end-to-end spans/s | store bulk insert spans/s (baseline) | ratio |");
+    println!("|---|---|---|---|");
+    for pg in workload::backends(postgres) {
+        let baseline = store_baseline(pg).await?;
+        let (label, e2e) = end_to_end(coral, pg).await?;
+        println!(
+            "| {label} | {e2e:.0} | {baseline:.0} | {:.2} |",
+            e2e / baseline
+        );
+    }
+    Ok(())
+}
+
+/// The store alone: batches of 2,000 straight into `insert_spans`.
+async fn store_baseline(pg: Option<&str>) -> Result<f64> {
+    let db = Database::fresh(pg).await?;
+    let store = coral_colony::open_store(&db.config).await?;
+    let records = workload::records(1, SPANS, 1, 1, Duration::from_secs(3600));
+    let start = Instant::now();
+    for chunk in records.chunks(2_000) {
+        store.insert_spans(chunk).await?;
+    }
+    Ok(SPANS as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn end_to_end(coral: &str, pg: Option<&str>) -> Result<(&'static str, f64)> {
+    let db = Database::fresh(pg).await?;
+    let mut procs = Processes(Vec::new());
+    let colony = workload::start_colony(coral, &db, &mut procs).await?;
+    let otlp = format!("127.0.0.1:{}", workload::free_port()?);
+    procs.0.push(workload::spawn(
+        coral,
+        &[
+            "agent",
+            "start",
+            "--colony",
+            &colony,
+            "--otlp-grpc",
+            &otlp,
+            "--otlp-http",
+            "off",
+            "--node",
+            "bench",
+        ]
+        .map(String::from),
+    )?);
+    let client = loop {
+        match TraceServiceClient::connect(format!("http://{otlp}")).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let requests = workload::otlp_requests(2, SPANS, PER_REQUEST);
+    let start = Instant::now();
+    let mut senders = Vec::new();
+    for part in requests.chunks(requests.len().div_ceil(SENDERS)) {
+        let (mut client, part) = (client.clone(), part.to_vec());
+        senders.push(tokio::spawn(async move {
+            for request in part {
+                // A full agent buffer answers UNAVAILABLE: back off and retry, as SDKs do.
+                while let Err(status) = client.export(request.clone()).await {
+                    if status.code() != tonic::Code::Unavailable {
+                        return Err(anyhow::anyhow!("export failed: {status}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            Ok(())
+        }));
+    }
+    for s in senders {
+        s.await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let stored = db.count_spans().await?;
+        if stored as u64 >= SPANS {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {stored} of {SPANS} spans were stored");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((db.label, SPANS as f64 / start.elapsed().as_secs_f64()))
+}

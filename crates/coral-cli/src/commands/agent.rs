@@ -1,0 +1,76 @@
+//! `coral agent start`.
+
+use super::ColonyAddr;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+#[derive(Subcommand)]
+pub enum AgentCommand {
+    /// Start the node agent (foreground; Ctrl-C or SIGTERM stops it).
+    ///
+    /// It receives OpenTelemetry traces (OTLP over gRPC, and over HTTP with protobuf or
+    /// JSON bodies), registers with the colony, sends heartbeats, and forwards spans in
+    /// batches. When the colony is slow or away it buffers up to --max-buffered-spans
+    /// and retries; beyond that it refuses spans with a retryable error and counts them.
+    Start(StartArgs),
+}
+
+#[derive(Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    colony: ColonyAddr,
+    /// OTLP/gRPC listen address ("off" to disable).
+    #[arg(long, env = "CORAL_OTLP_GRPC", default_value = "0.0.0.0:4317")]
+    otlp_grpc: String,
+    /// OTLP/HTTP listen address ("off" to disable).
+    #[arg(long, env = "CORAL_OTLP_HTTP", default_value = "0.0.0.0:4318")]
+    otlp_http: String,
+    /// Node name reported with every span [default: NODE_NAME, else the hostname].
+    #[arg(long, env = "CORAL_NODE")]
+    node: Option<String>,
+    /// Most spans held while the colony is unreachable.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
+    max_buffered_spans: u64,
+}
+
+fn default_node() -> String {
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+async fn bind(addr: &str, what: &str) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    if addr == "off" {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for {what} on {addr} (in use? pick another with --{what})")
+    })?;
+    tracing::info!("{what} listening on {}", listener.local_addr()?);
+    Ok(Some(listener))
+}
+
+pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
+    let AgentCommand::Start(args) = cmd;
+    super::init_logging();
+    let node = args.node.unwrap_or_else(default_node);
+    let listeners = coral_agent::Listeners {
+        otlp_grpc: bind(&args.otlp_grpc, "otlp-grpc").await?,
+        otlp_http: bind(&args.otlp_http, "otlp-http").await?,
+    };
+    anyhow::ensure!(
+        listeners.otlp_grpc.is_some() || listeners.otlp_http.is_some(),
+        "both OTLP receivers are off: enable --otlp-grpc or --otlp-http"
+    );
+    let mut config = coral_agent::AgentConfig::new(args.colony.addr, node);
+    config.max_buffered_spans = args.max_buffered_spans as usize;
+    coral_agent::serve(config, listeners, super::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! `coral colony start`.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use coral_colony::StoreConfig;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum ColonyCommand {
+    /// Start the colony server (foreground; Ctrl-C or SIGTERM stops it).
+    ///
+    /// Without --database-url the colony keeps its data in an embedded SQLite store in
+    /// the data directory, created (and migrated) on first start. With a PostgreSQL URL
+    /// it uses that server and runs its migrations; several colonies may share one
+    /// PostgreSQL.
+    Start(StartArgs),
+}
+
+#[derive(Args)]
+pub struct StartArgs {
+    /// Address to listen on for agents and clients.
+    #[arg(long, env = "CORAL_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// PostgreSQL URL (postgres://user:pass@host:port/db). Unset: the embedded store.
+    #[arg(long, env = "CORAL_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Directory of the embedded store [default: $XDG_DATA_HOME/coral or ~/.local/share/coral].
+    #[arg(long, env = "CORAL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(xdg).join("coral");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/coral"),
+        None => PathBuf::from("coral-data"),
+    }
+}
+
+pub async fn run(cmd: ColonyCommand) -> anyhow::Result<()> {
+    let ColonyCommand::Start(args) = cmd;
+    super::init_logging();
+    let config = match args.database_url {
+        Some(url) => {
+            anyhow::ensure!(
+                url.starts_with("postgres://") || url.starts_with("postgresql://"),
+                "--database-url must be a PostgreSQL URL (postgres://user:pass@host:port/db); \
+                 leave it unset to use the embedded store"
+            );
+            StoreConfig::Postgres { url }
+        }
+        None => StoreConfig::Embedded {
+            data_dir: args.data_dir.unwrap_or_else(default_data_dir),
+        },
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another colony running?)",
+                args.listen
+            )
+        })?;
+    let store = coral_colony::open_store(&config).await?;
+    let where_ = match &config {
+        StoreConfig::Embedded { data_dir } => format!("embedded store in {}", data_dir.display()),
+        StoreConfig::Postgres { .. } => "PostgreSQL".to_string(),
+    };
+    tracing::info!(
+        "colony listening on {} ({where_})",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or(args.listen)
+    );
+    coral_colony::serve(listener, store, super::shutdown_signal()).await?;
+    Ok(())
+}

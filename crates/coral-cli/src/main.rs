@@ -1,0 +1,62 @@
+//! `coral`: the command line. Starts the colony and the agent, and asks the colony
+//! questions. It reaches the colony only through `coral-client`.
+
+mod commands;
+mod output;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Coral finds out why a request was slow: agents tie CPU samples to the trace span
+/// that was running, the colony stores and compares them.
+#[derive(Parser)]
+#[command(name = "coral", version, propagate_version = true, after_help = QUICK_START)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const QUICK_START: &str = "\
+Quick start:
+  coral colony start                      # the server, embedded store, 127.0.0.1:7070
+  coral agent start                       # OTLP on :4317 (gRPC) and :4318 (HTTP)
+  coral query services
+  coral query traces --service payment-svc --min-duration 1s
+  coral query trace <trace-id>";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the colony: the server that stores spans and answers queries.
+    #[command(subcommand)]
+    Colony(commands::colony::ColonyCommand),
+    /// Run the node agent: receives OpenTelemetry spans and ships them to the colony.
+    #[command(subcommand)]
+    Agent(commands::agent::AgentCommand),
+    /// Ask the colony: services, requests, traces.
+    Query(commands::query::QueryArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Colony(cmd) => commands::colony::run(cmd).await,
+            Command::Agent(cmd) => commands::agent::run(cmd).await,
+            Command::Query(args) => commands::query::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

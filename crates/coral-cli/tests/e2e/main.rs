@@ -1,0 +1,10 @@
+//! End-to-end tests: real OpenTelemetry SDKs send spans to a real agent, which ships
+//! them to a real colony on the embedded store and on PostgreSQL; the `coral` binary
+//! queries them back.
+//!
+//! Tests that need PostgreSQL are `#[ignore]`d so that plain `cargo test` stays
+//! unprivileged; `cargo xtask test` provides a server and runs them.
+
+mod cli;
+mod harness;
+mod ingest;

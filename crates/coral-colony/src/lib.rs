@@ -1,0 +1,89 @@
+//! The colony: Coral's central server. It serves the gRPC API of `proto/` over a
+//! [`Store`] — agents push spans in, the CLI and MCP server ask questions.
+//!
+//! This is the only crate that maps wire types (`coral_client::v1`) to domain records
+//! (`coral_store`). It keeps no state of its own: every fact lives in the store, so
+//! several colony replicas can share one PostgreSQL.
+
+mod convert;
+mod ingest;
+mod query;
+
+use coral_client::v1::agent_service_server::AgentServiceServer;
+use coral_client::v1::query_service_server::QueryServiceServer;
+use coral_store::{Store, StoreError};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Where the colony keeps its data.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// The embedded SQLite store in this directory (created on first start).
+    Embedded { data_dir: PathBuf },
+    /// A PostgreSQL server (`postgres://…`).
+    Postgres { url: String },
+}
+
+/// A failure to start or run the colony.
+#[derive(Debug, thiserror::Error)]
+pub enum ColonyError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Opens (and migrates) the configured store.
+pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match config {
+        StoreConfig::Embedded { data_dir } => {
+            Arc::new(coral_store_sqlite::SqliteStore::open(data_dir).await?)
+        }
+        StoreConfig::Postgres { url } => {
+            Arc::new(coral_store_postgres::PostgresStore::connect(url).await?)
+        }
+    })
+}
+
+/// Serves the colony API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ColonyError> {
+    let max = coral_client::MAX_MESSAGE_BYTES;
+    let ingest = AgentServiceServer::new(ingest::IngestService::new(store.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let query = QueryServiceServer::new(query::QueryService::new(store))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    tonic::transport::Server::builder()
+        .add_service(ingest)
+        .add_service(query)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Maps a store failure to the gRPC status a client should see.
+pub(crate) fn store_status(err: StoreError) -> tonic::Status {
+    match &err {
+        StoreError::NotFound(_) => tonic::Status::not_found(err.to_string()),
+        StoreError::Unavailable(_) => tonic::Status::unavailable(err.to_string()),
+        _ => {
+            tracing::error!(error = %err, "store failure");
+            tonic::Status::internal(err.to_string())
+        }
+    }
+}
+
+pub(crate) fn now_unix_nano() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,417 @@
+//! The PostgreSQL backend of [`coral_store::Store`], for colonies that share one
+//! database or keep a lot of data.
+//!
+//! [`PostgresStore::connect`] opens a connection pool and applies this crate's
+//! migrations (`migrations/`, embedded at compile time and run under sqlx's advisory
+//! lock, so several colonies may start at once). Every query is a runtime
+//! `sqlx::query` with bound parameters; the one dynamic query, the request listing,
+//! is built with [`sqlx::QueryBuilder`] and binds every value.
+//!
+//! Spans go in with one statement per batch: each column is bound as an array and
+//! `INSERT … SELECT unnest($1), …, unnest($18) ON CONFLICT DO NOTHING` turns them
+//! back into rows, so a batch of thousands of spans is one round trip. The batch is sorted by
+//! (trace id, span id) and deduplicated first, so concurrent batches take row locks
+//! in the same order, and the batch's services are upserted (sorted by name, for the
+//! same reason) in the same transaction.
+
+mod error;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coral_analysis::StatusPattern;
+use coral_analysis::status::{OTEL_STATUS_ERROR, StatusTerm};
+use coral_store::{
+    AgentRecord, RequestQuery, ServiceRecord, SpanId, SpanRecord, Store, StoreError, TraceId,
+};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgBindIterExt, PgPool, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{Postgres, QueryBuilder, Row};
+
+pub use sqlx::postgres::PgConnectOptions;
+
+use crate::error::{map_err, map_migrate_err};
+
+/// This crate's migrations, embedded at compile time.
+static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// Connections in the pool.
+const MAX_CONNECTIONS: u32 = 10;
+/// How long a query waits for a free connection before the store reports
+/// [`StoreError::Unavailable`].
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The columns of a span, in [`span_from_row`]'s and the insert's order.
+macro_rules! span_columns {
+    () => {
+        "trace_id, span_id, parent_span_id, service, name, kind, start_unix_nano, \
+         duration_ns, status_code, status_message, http_status, url, route, pid, \
+         thread_id, node, attributes"
+    };
+}
+
+/// The columns arrive as 18 arrays and leave as rows. The `unnest` calls are in the
+/// select list, where PostgreSQL steps them in lockstep one row at a time; the
+/// equivalent `SELECT * FROM UNNEST($1, …, $18)` first copies every array into a
+/// tuplestore of its own and took twice the server time.
+const INSERT_SPANS: &str = concat!(
+    "INSERT INTO spans (",
+    span_columns!(),
+    ", is_request) SELECT \
+     unnest($1::bytea[]), unnest($2::bytea[]), unnest($3::bytea[]), unnest($4::text[]), \
+     unnest($5::text[]), unnest($6::int4[]), unnest($7::int8[]), unnest($8::int8[]), \
+     unnest($9::int4[]), unnest($10::text[]), unnest($11::int4[]), unnest($12::text[]), \
+     unnest($13::text[]), unnest($14::int8[]), unnest($15::int8[]), unnest($16::text[]), \
+     unnest($17::jsonb[]), unnest($18::bool[]) \
+     ON CONFLICT (trace_id, span_id) DO NOTHING"
+);
+
+/// New services get the given id; known ones keep theirs and widen their seen range.
+const UPSERT_SERVICES: &str = "\
+    INSERT INTO services (service_id, name, first_seen_unix_nano, last_seen_unix_nano) \
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::int8[]) \
+    ON CONFLICT (name) DO UPDATE SET \
+        first_seen_unix_nano = LEAST(services.first_seen_unix_nano, EXCLUDED.first_seen_unix_nano), \
+        last_seen_unix_nano = GREATEST(services.last_seen_unix_nano, EXCLUDED.last_seen_unix_nano) \
+    WHERE EXCLUDED.first_seen_unix_nano < services.first_seen_unix_nano \
+       OR EXCLUDED.last_seen_unix_nano > services.last_seen_unix_nano";
+
+const SELECT_TRACE: &str = concat!(
+    "SELECT ",
+    span_columns!(),
+    " FROM spans WHERE trace_id = $1 ORDER BY start_unix_nano, span_id"
+);
+
+// COLLATE "C": byte order whatever the database's locale, as SQLite sorts.
+const SELECT_SERVICES: &str = "SELECT service_id, name, first_seen_unix_nano, \
+     last_seen_unix_nano FROM services ORDER BY name COLLATE \"C\"";
+
+const SELECT_SERVICE: &str = "SELECT service_id, name, first_seen_unix_nano, \
+     last_seen_unix_nano FROM services WHERE name = $1";
+
+/// A [`Store`] on PostgreSQL. Cloning shares the connection pool.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host:port/database`) and applies the
+    /// migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse().map_err(map_err)?;
+        Self::connect_with(options).await
+    }
+
+    /// Like [`connect`](Self::connect), with options built in code.
+    pub async fn connect_with(options: PgConnectOptions) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(map_err)?;
+        Self::from_pool(pool).await
+    }
+
+    /// Uses an existing pool, after applying the migrations.
+    pub async fn from_pool(pool: PgPool) -> Result<Self, StoreError> {
+        MIGRATOR.run(&pool).await.map_err(map_migrate_err)?;
+        tracing::debug!("postgres store ready");
+        Ok(Self { pool })
+    }
+
+    /// Closes every connection; later calls fail with [`StoreError::Unavailable`].
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn insert_spans(&self, spans: &[SpanRecord]) -> Result<u64, StoreError> {
+        if spans.is_empty() {
+            return Ok(0);
+        }
+        let spans = distinct_sorted(spans);
+        let services = services_seen(&spans);
+
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let inserted = sqlx::query(INSERT_SPANS)
+            .bind(spans.iter().map(|s| s.trace_id.as_bytes()).bind_iter())
+            .bind(spans.iter().map(|s| s.span_id.as_bytes()).bind_iter())
+            .bind(
+                spans
+                    .iter()
+                    .map(|s| s.parent_span_id.as_ref().map(SpanId::as_bytes))
+                    .bind_iter(),
+            )
+            .bind(spans.iter().map(|s| s.service.as_str()).bind_iter())
+            .bind(spans.iter().map(|s| s.name.as_str()).bind_iter())
+            .bind(spans.iter().map(|s| s.kind).bind_iter())
+            .bind(spans.iter().map(|s| s.start_unix_nano).bind_iter())
+            .bind(spans.iter().map(|s| s.duration_ns).bind_iter())
+            .bind(spans.iter().map(|s| s.status_code).bind_iter())
+            .bind(spans.iter().map(|s| s.status_message.as_str()).bind_iter())
+            .bind(spans.iter().map(|s| s.http_status).bind_iter())
+            .bind(spans.iter().map(|s| s.url.as_deref()).bind_iter())
+            .bind(spans.iter().map(|s| s.route.as_deref()).bind_iter())
+            .bind(spans.iter().map(|s| s.pid).bind_iter())
+            .bind(spans.iter().map(|s| s.thread_id).bind_iter())
+            .bind(spans.iter().map(|s| s.node.as_str()).bind_iter())
+            .bind(spans.iter().map(|s| Json(&s.attributes)).bind_iter())
+            .bind(spans.iter().map(|s| s.is_request()).bind_iter())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        // After the spans, so that the hot service rows stay locked only briefly.
+        sqlx::query(UPSERT_SERVICES)
+            .bind(services.iter().map(|_| uuid::Uuid::new_v4()).bind_iter())
+            .bind(services.iter().map(|(name, _)| *name).bind_iter())
+            .bind(services.iter().map(|(_, (first, _))| *first).bind_iter())
+            .bind(services.iter().map(|(_, (_, last))| *last).bind_iter())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(inserted)
+    }
+
+    async fn list_services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        let rows = sqlx::query(SELECT_SERVICES)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(service_from_row).collect()
+    }
+
+    async fn service(&self, name: &str) -> Result<ServiceRecord, StoreError> {
+        let row = sqlx::query(SELECT_SERVICE)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?
+            .ok_or_else(|| StoreError::NotFound(format!("service {name:?}")))?;
+        service_from_row(&row)
+    }
+
+    async fn query_requests(&self, query: &RequestQuery) -> Result<Vec<SpanRecord>, StoreError> {
+        let mut qb = QueryBuilder::<Postgres>::new(concat!(
+            "SELECT ",
+            span_columns!(),
+            " FROM spans WHERE is_request AND service = "
+        ));
+        qb.push_bind(query.service.as_str());
+        qb.push(" AND start_unix_nano >= ");
+        qb.push_bind(query.since_unix_nano);
+        if let Some(min) = query.min_duration_ns {
+            qb.push(" AND duration_ns >= ");
+            qb.push_bind(min);
+        }
+        if let Some(status) = &query.status {
+            push_status_filter(&mut qb, status);
+        }
+        qb.push(" ORDER BY start_unix_nano DESC LIMIT ");
+        qb.push_bind(i64::from(query.limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(map_err)?;
+        rows.iter().map(span_from_row).collect()
+    }
+
+    async fn get_trace(&self, trace_id: &TraceId) -> Result<Vec<SpanRecord>, StoreError> {
+        let rows = sqlx::query(SELECT_TRACE)
+            .bind(trace_id.as_bytes())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        if rows.is_empty() {
+            return Err(StoreError::NotFound(format!("trace {trace_id}")));
+        }
+        rows.iter().map(span_from_row).collect()
+    }
+
+    async fn register_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO agents (agent_id, node, version, registered_unix_nano, \
+                 last_heartbeat_unix_nano, counters) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (agent_id) DO UPDATE SET \
+                 node = EXCLUDED.node, \
+                 version = EXCLUDED.version, \
+                 registered_unix_nano = EXCLUDED.registered_unix_nano, \
+                 last_heartbeat_unix_nano = EXCLUDED.last_heartbeat_unix_nano",
+        )
+        .bind(&agent.agent_id)
+        .bind(&agent.node)
+        .bind(&agent.version)
+        .bind(agent.registered_unix_nano)
+        .bind(agent.last_heartbeat_unix_nano)
+        .bind(Json(&agent.counters))
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        agent_id: &str,
+        at_unix_nano: i64,
+        counters: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let updated = sqlx::query(
+            "UPDATE agents SET last_heartbeat_unix_nano = $2, counters = $3 \
+             WHERE agent_id = $1",
+        )
+        .bind(agent_id)
+        .bind(at_unix_nano)
+        .bind(Json(counters))
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound(format!("agent {agent_id:?}")));
+        }
+        Ok(())
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT agent_id, node, version, registered_unix_nano, \
+                 last_heartbeat_unix_nano, counters \
+             FROM agents ORDER BY node COLLATE \"C\", agent_id COLLATE \"C\"",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(AgentRecord {
+                    agent_id: row.try_get("agent_id").map_err(map_err)?,
+                    node: row.try_get("node").map_err(map_err)?,
+                    version: row.try_get("version").map_err(map_err)?,
+                    registered_unix_nano: row.try_get("registered_unix_nano").map_err(map_err)?,
+                    last_heartbeat_unix_nano: row
+                        .try_get("last_heartbeat_unix_nano")
+                        .map_err(map_err)?,
+                    counters: row
+                        .try_get::<Json<serde_json::Value>, _>("counters")
+                        .map_err(map_err)?
+                        .0,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The batch without repeated (trace id, span id), sorted by them; of repeats, the
+/// first one given is kept.
+fn distinct_sorted(spans: &[SpanRecord]) -> Vec<&SpanRecord> {
+    let mut sorted: Vec<&SpanRecord> = spans.iter().collect();
+    // Stable, so the first of equal keys stays first and survives `dedup_by_key`.
+    sorted.sort_by_key(|s| (s.trace_id, s.span_id));
+    sorted.dedup_by_key(|s| (s.trace_id, s.span_id));
+    sorted
+}
+
+/// Each service of the batch, by name, with its earliest and latest span start.
+fn services_seen<'a>(spans: &[&'a SpanRecord]) -> Vec<(&'a str, (i64, i64))> {
+    let mut seen: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for span in spans {
+        let start = span.start_unix_nano;
+        seen.entry(span.service.as_str())
+            .and_modify(|(first, last)| {
+                *first = (*first).min(start);
+                *last = (*last).max(start);
+            })
+            .or_insert((start, start));
+    }
+    seen.into_iter().collect()
+}
+
+/// ` AND (<term> OR <term> …)`, every value bound.
+fn push_status_filter(qb: &mut QueryBuilder<Postgres>, status: &StatusPattern) {
+    qb.push(" AND (");
+    if status.terms().is_empty() {
+        qb.push("FALSE");
+    }
+    for (i, term) in status.terms().iter().enumerate() {
+        if i > 0 {
+            qb.push(" OR ");
+        }
+        match term {
+            StatusTerm::Http(range) => {
+                qb.push("(http_status BETWEEN ");
+                qb.push_bind(*range.start());
+                qb.push(" AND ");
+                qb.push_bind(*range.end());
+                qb.push(")");
+            }
+            StatusTerm::OtelError => {
+                qb.push("status_code = ");
+                qb.push_bind(OTEL_STATUS_ERROR);
+            }
+        }
+    }
+    qb.push(")");
+}
+
+fn service_from_row(row: &PgRow) -> Result<ServiceRecord, StoreError> {
+    Ok(ServiceRecord {
+        service_id: row.try_get("service_id").map_err(map_err)?,
+        name: row.try_get("name").map_err(map_err)?,
+        first_seen_unix_nano: row.try_get("first_seen_unix_nano").map_err(map_err)?,
+        last_seen_unix_nano: row.try_get("last_seen_unix_nano").map_err(map_err)?,
+    })
+}
+
+fn span_from_row(row: &PgRow) -> Result<SpanRecord, StoreError> {
+    let get_id = |column: &str| -> Result<&[u8], StoreError> {
+        row.try_get::<&[u8], _>(column).map_err(map_err)
+    };
+    let bad_id = |column: &str, bytes: &[u8]| {
+        StoreError::Corrupt(format!(
+            "spans.{column} is {} bytes, not a valid id",
+            bytes.len()
+        ))
+    };
+    let trace_id = get_id("trace_id")?;
+    let span_id = get_id("span_id")?;
+    let parent_span_id = row
+        .try_get::<Option<&[u8]>, _>("parent_span_id")
+        .map_err(map_err)?
+        .map(|bytes| SpanId::from_bytes(bytes).ok_or_else(|| bad_id("parent_span_id", bytes)))
+        .transpose()?;
+    Ok(SpanRecord {
+        trace_id: TraceId::from_bytes(trace_id).ok_or_else(|| bad_id("trace_id", trace_id))?,
+        span_id: SpanId::from_bytes(span_id).ok_or_else(|| bad_id("span_id", span_id))?,
+        parent_span_id,
+        service: row.try_get("service").map_err(map_err)?,
+        name: row.try_get("name").map_err(map_err)?,
+        kind: row.try_get("kind").map_err(map_err)?,
+        start_unix_nano: row.try_get("start_unix_nano").map_err(map_err)?,
+        duration_ns: row.try_get("duration_ns").map_err(map_err)?,
+        status_code: row.try_get("status_code").map_err(map_err)?,
+        status_message: row.try_get("status_message").map_err(map_err)?,
+        http_status: row.try_get("http_status").map_err(map_err)?,
+        url: row.try_get("url").map_err(map_err)?,
+        route: row.try_get("route").map_err(map_err)?,
+        pid: row.try_get("pid").map_err(map_err)?,
+        thread_id: row.try_get("thread_id").map_err(map_err)?,
+        node: row.try_get("node").map_err(map_err)?,
+        attributes: row
+            .try_get::<Json<serde_json::Map<String, serde_json::Value>>, _>("attributes")
+            .map_err(map_err)?
+            .0,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,235 @@
+//! These tests need a PostgreSQL server: `cargo xtask test` provides one and sets
+//! `CORAL_TEST_POSTGRES_URL`. Each test runs in a database of its own, created here
+//! and dropped afterwards, so they run in parallel.
+
+use super::*;
+use coral_store::conformance::full_span;
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+const URL_VAR: &str = "CORAL_TEST_POSTGRES_URL";
+
+/// The server the tests use, with a database to connect to for administration.
+fn admin_options() -> PgConnectOptions {
+    let url = std::env::var(URL_VAR).unwrap_or_else(|_| {
+        panic!(
+            "{URL_VAR} is not set. These tests need PostgreSQL: run `cargo xtask test`, \
+             which starts one and sets {URL_VAR}"
+        )
+    });
+    url.parse()
+        .unwrap_or_else(|e| panic!("{URL_VAR}={url:?} is not a PostgreSQL URL: {e}"))
+}
+
+/// A store on a fresh database of its own, dropped with it.
+struct TestDb {
+    store: PostgresStore,
+    admin: PgConnectOptions,
+    name: String,
+}
+
+async fn fresh_store() -> TestDb {
+    let admin = admin_options();
+    // Generated here (a fixed prefix and hex digits), never user text: identifiers
+    // cannot be bound, so this is the one name formatted into SQL.
+    let name = format!("coral_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = PgConnection::connect_with(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {URL_VAR}: {e}"));
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create the test database");
+    conn.close().await.ok();
+    let store = PostgresStore::connect_with(admin.clone().database(&name))
+        .await
+        .expect("connect to the test database");
+    TestDb { store, admin, name }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which can't block on a future: use a
+        // thread with a runtime of its own. FORCE ends the store's connections.
+        let admin = self.admin.clone();
+        let name = std::mem::take(&mut self.name);
+        let dropped = std::thread::spawn(move || -> Result<(), BoxError> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut conn = PgConnection::connect_with(&admin).await?;
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await?;
+                conn.close().await?;
+                Ok(())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("could not drop a test database: {e}");
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[async_trait]
+impl Store for TestDb {
+    fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+    async fn insert_spans(&self, spans: &[SpanRecord]) -> Result<u64, StoreError> {
+        self.store.insert_spans(spans).await
+    }
+    async fn list_services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        self.store.list_services().await
+    }
+    async fn service(&self, name: &str) -> Result<ServiceRecord, StoreError> {
+        self.store.service(name).await
+    }
+    async fn query_requests(&self, query: &RequestQuery) -> Result<Vec<SpanRecord>, StoreError> {
+        self.store.query_requests(query).await
+    }
+    async fn get_trace(&self, trace_id: &TraceId) -> Result<Vec<SpanRecord>, StoreError> {
+        self.store.get_trace(trace_id).await
+    }
+    async fn register_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        self.store.register_agent(agent).await
+    }
+    async fn heartbeat(
+        &self,
+        agent_id: &str,
+        at_unix_nano: i64,
+        counters: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.store.heartbeat(agent_id, at_unix_nano, counters).await
+    }
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.store.list_agents().await
+    }
+}
+
+coral_store::conformance_suite!(
+    #[ignore = "needs PostgreSQL: run `cargo xtask test`, which provides one"]
+    fresh_store().await
+);
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run `cargo xtask test`, which provides one"]
+async fn reconnecting_keeps_the_data() {
+    let db = fresh_store().await;
+    let span = full_span("svc", 1, 1);
+    db.store
+        .insert_spans(std::slice::from_ref(&span))
+        .await
+        .unwrap();
+    // A second colony on the same database: migrations are already applied.
+    let again = PostgresStore::connect_with(db.admin.clone().database(&db.name))
+        .await
+        .unwrap();
+    assert_eq!(again.get_trace(&span.trace_id).await.unwrap(), vec![span]);
+    again.close().await;
+    assert!(matches!(
+        again.list_services().await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run `cargo xtask test`, which provides one"]
+async fn undecodable_rows_are_corrupt() {
+    let db = fresh_store().await;
+    let span = full_span("svc", 4, 1);
+    db.store
+        .insert_spans(std::slice::from_ref(&span))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE spans SET attributes = '[1, 2]'")
+        .execute(&db.store.pool)
+        .await
+        .unwrap();
+    let err = db.store.get_trace(&span.trace_id).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+
+    sqlx::query(
+        "UPDATE spans SET attributes = '{}', trace_id = '\\x00000000000000000000000000000000'",
+    )
+    .execute(&db.store.pool)
+    .await
+    .unwrap();
+    let err = db.store.get_trace(&TraceId([0; 16])).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run `cargo xtask test`, which provides one"]
+async fn the_triggers_table_exists() {
+    let db = fresh_store().await;
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM trace_profile_triggers")
+        .fetch_one(&db.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn zz_bench_insert() {
+    let db = fresh_store().await;
+    let batch_size: usize = std::env::var("BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let writers: usize = std::env::var("BENCH_WRITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let batches_per_writer = 200_000 / batch_size / writers;
+    let make = |w: usize, b: usize| -> Vec<SpanRecord> {
+        (0..batch_size)
+            .map(|i| {
+                let mut z = (w * 1_000_000 + b * 10_000 + i) as u64 ^ 0x9e3779b97f4a7c15;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+                let n = (z ^ (z >> 31)).to_be_bytes();
+                let mut s = full_span(["checkout", "cart", "payment"][i % 3], 1, 1);
+                s.trace_id = TraceId([
+                    n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7], 9, 9, 9, 9, 9, 9, 9, 9,
+                ]);
+                s.span_id = SpanId([1, n[7], n[6], 3, 4, 5, 6, 7]);
+                if i % 4 != 0 {
+                    s.parent_span_id = Some(SpanId([7; 8]));
+                    s.kind = 1;
+                }
+                s
+            })
+            .collect()
+    };
+    let all: Vec<Vec<Vec<SpanRecord>>> = (0..writers)
+        .map(|w| (0..batches_per_writer).map(|b| make(w, b)).collect())
+        .collect();
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for batches in all {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            for b in &batches {
+                n += store.insert_spans(b).await.unwrap();
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "BENCH: {total} spans in {secs:.2}s = {:.0} spans/s (batch {batch_size}, writers {writers})",
+        total as f64 / secs
+    );
+}

@@ -1,0 +1,456 @@
+//! The embedded SQLite backend of [`coral_store::Store`]: Coral's zero-setup default,
+//! one file (`coral.db`) in the colony's data directory.
+//!
+//! [`SqliteStore::open`] creates the directory and the database if missing, in WAL
+//! journal mode (readers never block the writer nor each other) with
+//! `synchronous=NORMAL`, foreign keys on and a busy timeout, and applies this
+//! crate's migrations (`migrations/`, embedded at compile time). Every query is a
+//! runtime `sqlx::query` with bound parameters; the dynamic ones are built with
+//! [`sqlx::QueryBuilder`] and bind every value.
+//!
+//! SQLite allows one writer at a time, so the store keeps two pools on the file: a
+//! single-connection writer pool, which queues this process's writes in order
+//! instead of letting them fight over the lock, and a pool of up to four connections
+//! for reads. Write transactions start with `BEGIN IMMEDIATE` and every connection
+//! waits up to the busy timeout for the lock, so another process writing to the
+//! same file delays a write rather than failing it.
+//!
+//! A batch of spans is one transaction: multi-row `INSERT … ON CONFLICT DO NOTHING`
+//! statements of at most [`SPAN_ROWS_PER_INSERT`] rows (under SQLite's limit of
+//! 32,766 bound variables), then one upsert of the batch's services.
+
+mod error;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coral_analysis::StatusPattern;
+use coral_analysis::status::{OTEL_STATUS_ERROR, StatusTerm};
+use coral_store::{
+    AgentRecord, RequestQuery, ServiceRecord, SpanId, SpanRecord, Store, StoreError, TraceId,
+};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::types::Json;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use crate::error::{map_err, map_migrate_err};
+
+/// This crate's migrations, embedded at compile time.
+static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// The database file's name in the data directory.
+pub const DATABASE_FILE: &str = "coral.db";
+
+/// Connections of the read pool.
+const MAX_READERS: u32 = 4;
+/// How long a statement waits for another connection's (or process's) lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a call waits for a free connection before the store reports
+/// [`StoreError::Unavailable`]; writes queue for the one writer connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Columns bound per span row.
+const SPAN_INSERT_COLUMNS: usize = 18;
+/// Rows per span insert statement: 9,000 bound variables, well under SQLite's
+/// 32,766. Statements of exactly this many rows are prepared once and cached.
+pub const SPAN_ROWS_PER_INSERT: usize = 500;
+/// Rows per services upsert statement (4 variables each).
+const SERVICE_ROWS_PER_UPSERT: usize = 1000;
+const _: () = assert!(SPAN_ROWS_PER_INSERT * SPAN_INSERT_COLUMNS <= 32_766);
+
+/// The columns of a span, in [`span_from_row`]'s and the insert's order.
+macro_rules! span_columns {
+    () => {
+        "trace_id, span_id, parent_span_id, service, name, kind, start_unix_nano, \
+         duration_ns, status_code, status_message, http_status, url, route, pid, \
+         thread_id, node, attributes"
+    };
+}
+
+const SELECT_TRACE: &str = concat!(
+    "SELECT ",
+    span_columns!(),
+    " FROM spans WHERE trace_id = ? ORDER BY start_unix_nano, span_id"
+);
+
+const SELECT_SERVICES: &str = "SELECT service_id, name, first_seen_unix_nano, \
+     last_seen_unix_nano FROM services ORDER BY name";
+
+const SELECT_SERVICE: &str = "SELECT service_id, name, first_seen_unix_nano, \
+     last_seen_unix_nano FROM services WHERE name = ?";
+
+/// A [`Store`] in one SQLite file. Cloning shares the connection pools.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// One connection: every write goes through it, in turn.
+    writer: SqlitePool,
+    /// Up to [`MAX_READERS`] connections for queries.
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) `data_dir/coral.db`, creating `data_dir` too, and
+    /// applies the migrations.
+    pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Unavailable(
+                format!("cannot create data directory {}: {e}", data_dir.display()).into(),
+            )
+        })?;
+        Self::open_file(&data_dir.join(DATABASE_FILE)).await
+    }
+
+    /// Opens (creating if missing) the database file `path`, whose directory must
+    /// exist, and applies the migrations.
+    pub async fn open_file(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        // The writer first: it creates the file and switches it to WAL.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(map_err)?;
+        MIGRATOR.run(&writer).await.map_err(map_migrate_err)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(MAX_READERS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(map_err)?;
+        tracing::debug!(path = %path.display(), "sqlite store ready");
+        Ok(Self { writer, reader })
+    }
+
+    /// Closes every connection (checkpointing the WAL into the database file); later
+    /// calls fail with [`StoreError::Unavailable`].
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn insert_spans(&self, spans: &[SpanRecord]) -> Result<u64, StoreError> {
+        if spans.is_empty() {
+            return Ok(0);
+        }
+        let spans = distinct_sorted(spans);
+        let services = services_seen(&spans);
+
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        let mut inserted = 0;
+        for chunk in spans.chunks(SPAN_ROWS_PER_INSERT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(concat!(
+                "INSERT INTO spans (",
+                span_columns!(),
+                ", is_request) "
+            ));
+            qb.push_values(chunk, |mut row, s| {
+                row.push_bind(s.trace_id.as_bytes())
+                    .push_bind(s.span_id.as_bytes())
+                    .push_bind(s.parent_span_id.as_ref().map(SpanId::as_bytes))
+                    .push_bind(s.service.as_str())
+                    .push_bind(s.name.as_str())
+                    .push_bind(s.kind)
+                    .push_bind(s.start_unix_nano)
+                    .push_bind(s.duration_ns)
+                    .push_bind(s.status_code)
+                    .push_bind(s.status_message.as_str())
+                    .push_bind(s.http_status)
+                    .push_bind(s.url.as_deref())
+                    .push_bind(s.route.as_deref())
+                    .push_bind(s.pid)
+                    .push_bind(s.thread_id)
+                    .push_bind(s.node.as_str())
+                    .push_bind(Json(&s.attributes))
+                    .push_bind(s.is_request());
+            });
+            qb.push(" ON CONFLICT (trace_id, span_id) DO NOTHING");
+            // Only full chunks share one statement text; don't cache the others.
+            let full = chunk.len() == SPAN_ROWS_PER_INSERT;
+            inserted += qb
+                .build()
+                .persistent(full)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+        }
+        for chunk in services.chunks(SERVICE_ROWS_PER_UPSERT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO services \
+                 (service_id, name, first_seen_unix_nano, last_seen_unix_nano) ",
+            );
+            qb.push_values(chunk, |mut row, (name, (first, last))| {
+                row.push_bind(uuid::Uuid::new_v4().to_string())
+                    .push_bind(*name)
+                    .push_bind(*first)
+                    .push_bind(*last);
+            });
+            qb.push(
+                " ON CONFLICT (name) DO UPDATE SET \
+                 first_seen_unix_nano = MIN(first_seen_unix_nano, excluded.first_seen_unix_nano), \
+                 last_seen_unix_nano = MAX(last_seen_unix_nano, excluded.last_seen_unix_nano) \
+                 WHERE excluded.first_seen_unix_nano < first_seen_unix_nano \
+                    OR excluded.last_seen_unix_nano > last_seen_unix_nano",
+            );
+            qb.build().execute(&mut *tx).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(inserted)
+    }
+
+    async fn list_services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        let rows = sqlx::query(SELECT_SERVICES)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(service_from_row).collect()
+    }
+
+    async fn service(&self, name: &str) -> Result<ServiceRecord, StoreError> {
+        let row = sqlx::query(SELECT_SERVICE)
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?
+            .ok_or_else(|| StoreError::NotFound(format!("service {name:?}")))?;
+        service_from_row(&row)
+    }
+
+    async fn query_requests(&self, query: &RequestQuery) -> Result<Vec<SpanRecord>, StoreError> {
+        let mut qb = QueryBuilder::<Sqlite>::new(concat!(
+            "SELECT ",
+            span_columns!(),
+            " FROM spans WHERE is_request AND service = "
+        ));
+        qb.push_bind(query.service.as_str());
+        qb.push(" AND start_unix_nano >= ");
+        qb.push_bind(query.since_unix_nano);
+        if let Some(min) = query.min_duration_ns {
+            qb.push(" AND duration_ns >= ");
+            qb.push_bind(min);
+        }
+        if let Some(status) = &query.status {
+            push_status_filter(&mut qb, status);
+        }
+        qb.push(" ORDER BY start_unix_nano DESC LIMIT ");
+        qb.push_bind(i64::from(query.limit));
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(map_err)?;
+        rows.iter().map(span_from_row).collect()
+    }
+
+    async fn get_trace(&self, trace_id: &TraceId) -> Result<Vec<SpanRecord>, StoreError> {
+        let rows = sqlx::query(SELECT_TRACE)
+            .bind(trace_id.as_bytes())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        if rows.is_empty() {
+            return Err(StoreError::NotFound(format!("trace {trace_id}")));
+        }
+        rows.iter().map(span_from_row).collect()
+    }
+
+    async fn register_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO agents (agent_id, node, version, registered_unix_nano, \
+                 last_heartbeat_unix_nano, counters) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (agent_id) DO UPDATE SET \
+                 node = excluded.node, \
+                 version = excluded.version, \
+                 registered_unix_nano = excluded.registered_unix_nano, \
+                 last_heartbeat_unix_nano = excluded.last_heartbeat_unix_nano",
+        )
+        .bind(&agent.agent_id)
+        .bind(&agent.node)
+        .bind(&agent.version)
+        .bind(agent.registered_unix_nano)
+        .bind(agent.last_heartbeat_unix_nano)
+        .bind(Json(&agent.counters))
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        agent_id: &str,
+        at_unix_nano: i64,
+        counters: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let updated = sqlx::query(
+            "UPDATE agents SET last_heartbeat_unix_nano = ?, counters = ? WHERE agent_id = ?",
+        )
+        .bind(at_unix_nano)
+        .bind(Json(counters))
+        .bind(agent_id)
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound(format!("agent {agent_id:?}")));
+        }
+        Ok(())
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT agent_id, node, version, registered_unix_nano, \
+                 last_heartbeat_unix_nano, counters \
+             FROM agents ORDER BY node, agent_id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(AgentRecord {
+                    agent_id: row.try_get("agent_id").map_err(map_err)?,
+                    node: row.try_get("node").map_err(map_err)?,
+                    version: row.try_get("version").map_err(map_err)?,
+                    registered_unix_nano: row.try_get("registered_unix_nano").map_err(map_err)?,
+                    last_heartbeat_unix_nano: row
+                        .try_get("last_heartbeat_unix_nano")
+                        .map_err(map_err)?,
+                    counters: row
+                        .try_get::<Json<serde_json::Value>, _>("counters")
+                        .map_err(map_err)?
+                        .0,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The batch without repeated (trace id, span id), sorted by them; of repeats, the
+/// first one given is kept.
+fn distinct_sorted(spans: &[SpanRecord]) -> Vec<&SpanRecord> {
+    let mut sorted: Vec<&SpanRecord> = spans.iter().collect();
+    // Stable, so the first of equal keys stays first and survives `dedup_by_key`.
+    sorted.sort_by_key(|s| (s.trace_id, s.span_id));
+    sorted.dedup_by_key(|s| (s.trace_id, s.span_id));
+    sorted
+}
+
+/// Each service of the batch, by name, with its earliest and latest span start.
+fn services_seen<'a>(spans: &[&'a SpanRecord]) -> Vec<(&'a str, (i64, i64))> {
+    let mut seen: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for span in spans {
+        let start = span.start_unix_nano;
+        seen.entry(span.service.as_str())
+            .and_modify(|(first, last)| {
+                *first = (*first).min(start);
+                *last = (*last).max(start);
+            })
+            .or_insert((start, start));
+    }
+    seen.into_iter().collect()
+}
+
+/// ` AND (<term> OR <term> …)`, every value bound.
+fn push_status_filter(qb: &mut QueryBuilder<Sqlite>, status: &StatusPattern) {
+    qb.push(" AND (");
+    if status.terms().is_empty() {
+        qb.push("FALSE");
+    }
+    for (i, term) in status.terms().iter().enumerate() {
+        if i > 0 {
+            qb.push(" OR ");
+        }
+        match term {
+            StatusTerm::Http(range) => {
+                qb.push("(http_status BETWEEN ");
+                qb.push_bind(*range.start());
+                qb.push(" AND ");
+                qb.push_bind(*range.end());
+                qb.push(")");
+            }
+            StatusTerm::OtelError => {
+                qb.push("status_code = ");
+                qb.push_bind(OTEL_STATUS_ERROR);
+            }
+        }
+    }
+    qb.push(")");
+}
+
+fn service_from_row(row: &SqliteRow) -> Result<ServiceRecord, StoreError> {
+    let id: &str = row.try_get("service_id").map_err(map_err)?;
+    Ok(ServiceRecord {
+        service_id: uuid::Uuid::parse_str(id)
+            .map_err(|e| StoreError::Corrupt(format!("services.service_id {id:?}: {e}")))?,
+        name: row.try_get("name").map_err(map_err)?,
+        first_seen_unix_nano: row.try_get("first_seen_unix_nano").map_err(map_err)?,
+        last_seen_unix_nano: row.try_get("last_seen_unix_nano").map_err(map_err)?,
+    })
+}
+
+fn span_from_row(row: &SqliteRow) -> Result<SpanRecord, StoreError> {
+    let get_id = |column: &str| -> Result<&[u8], StoreError> {
+        row.try_get::<&[u8], _>(column).map_err(map_err)
+    };
+    let bad_id = |column: &str, bytes: &[u8]| {
+        StoreError::Corrupt(format!(
+            "spans.{column} is {} bytes, not a valid id",
+            bytes.len()
+        ))
+    };
+    let trace_id = get_id("trace_id")?;
+    let span_id = get_id("span_id")?;
+    let parent_span_id = row
+        .try_get::<Option<&[u8]>, _>("parent_span_id")
+        .map_err(map_err)?
+        .map(|bytes| SpanId::from_bytes(bytes).ok_or_else(|| bad_id("parent_span_id", bytes)))
+        .transpose()?;
+    Ok(SpanRecord {
+        trace_id: TraceId::from_bytes(trace_id).ok_or_else(|| bad_id("trace_id", trace_id))?,
+        span_id: SpanId::from_bytes(span_id).ok_or_else(|| bad_id("span_id", span_id))?,
+        parent_span_id,
+        service: row.try_get("service").map_err(map_err)?,
+        name: row.try_get("name").map_err(map_err)?,
+        kind: row.try_get("kind").map_err(map_err)?,
+        start_unix_nano: row.try_get("start_unix_nano").map_err(map_err)?,
+        duration_ns: row.try_get("duration_ns").map_err(map_err)?,
+        status_code: row.try_get("status_code").map_err(map_err)?,
+        status_message: row.try_get("status_message").map_err(map_err)?,
+        http_status: row.try_get("http_status").map_err(map_err)?,
+        url: row.try_get("url").map_err(map_err)?,
+        route: row.try_get("route").map_err(map_err)?,
+        pid: row.try_get("pid").map_err(map_err)?,
+        thread_id: row.try_get("thread_id").map_err(map_err)?,
+        node: row.try_get("node").map_err(map_err)?,
+        attributes: row
+            .try_get::<Json<serde_json::Map<String, serde_json::Value>>, _>("attributes")
+            .map_err(map_err)?
+            .0,
+    })
+}
+
+#[cfg(test)]
+mod tests;

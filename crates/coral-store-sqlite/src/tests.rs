@@ -1,0 +1,203 @@
+use super::*;
+use coral_store::conformance::{full_span, minimal_child};
+use tempfile::TempDir;
+
+/// A store in a temporary directory, removed with it.
+struct TestStore {
+    store: SqliteStore,
+    dir: TempDir,
+}
+
+async fn fresh_store() -> TestStore {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = SqliteStore::open(dir.path()).await.expect("open store");
+    TestStore { store, dir }
+}
+
+#[async_trait]
+impl Store for TestStore {
+    fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+    async fn insert_spans(&self, spans: &[SpanRecord]) -> Result<u64, StoreError> {
+        self.store.insert_spans(spans).await
+    }
+    async fn list_services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        self.store.list_services().await
+    }
+    async fn service(&self, name: &str) -> Result<ServiceRecord, StoreError> {
+        self.store.service(name).await
+    }
+    async fn query_requests(&self, query: &RequestQuery) -> Result<Vec<SpanRecord>, StoreError> {
+        self.store.query_requests(query).await
+    }
+    async fn get_trace(&self, trace_id: &TraceId) -> Result<Vec<SpanRecord>, StoreError> {
+        self.store.get_trace(trace_id).await
+    }
+    async fn register_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        self.store.register_agent(agent).await
+    }
+    async fn heartbeat(
+        &self,
+        agent_id: &str,
+        at_unix_nano: i64,
+        counters: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.store.heartbeat(agent_id, at_unix_nano, counters).await
+    }
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.store.list_agents().await
+    }
+}
+
+coral_store::conformance_suite!(fresh_store().await);
+
+#[tokio::test]
+async fn open_creates_the_directory_and_a_wal_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("nested").join("data");
+    let store = SqliteStore::open(&data_dir).await.unwrap();
+    assert!(data_dir.join(DATABASE_FILE).is_file());
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&store.reader)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&store.writer)
+        .await
+        .unwrap();
+    assert_eq!(synchronous, 1, "NORMAL");
+    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&store.reader)
+        .await
+        .unwrap();
+    assert_eq!(foreign_keys, 1);
+    // The triggers table exists, for a later issue.
+    let triggers: i64 = sqlx::query_scalar("SELECT count(*) FROM trace_profile_triggers")
+        .fetch_one(&store.reader)
+        .await
+        .unwrap();
+    assert_eq!(triggers, 0);
+}
+
+#[tokio::test]
+async fn reopening_keeps_the_data() {
+    let tmp = fresh_store().await;
+    let span = full_span("svc", 1, 1);
+    tmp.store
+        .insert_spans(std::slice::from_ref(&span))
+        .await
+        .unwrap();
+    tmp.store.close().await;
+    let again = SqliteStore::open(tmp.dir.path()).await.unwrap();
+    assert_eq!(again.get_trace(&span.trace_id).await.unwrap(), vec![span]);
+    assert!(matches!(
+        tmp.store.list_services().await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
+/// Two stores on one file stand for two processes: their writes wait for each other
+/// (busy timeout) instead of failing.
+#[tokio::test]
+async fn two_stores_on_one_file_write_concurrently() {
+    let tmp = fresh_store().await;
+    let other = SqliteStore::open(tmp.dir.path()).await.unwrap();
+    let root = full_span("svc", 3, 1);
+    let batch = |writer: u8| -> Vec<SpanRecord> {
+        (0..2000u32)
+            .map(|i| {
+                let mut s = minimal_child(&root, 0, i64::from(i), 1);
+                s.span_id = SpanId([writer, (i >> 8) as u8, i as u8, 1, 1, 1, 1, 1]);
+                s
+            })
+            .collect()
+    };
+    let (a, b, c, d) = (batch(1), batch(2), batch(3), batch(4));
+    let (ra, rb, rc, rd) = tokio::join!(
+        tmp.store.insert_spans(&a),
+        other.insert_spans(&b),
+        tmp.store.insert_spans(&c),
+        other.insert_spans(&d),
+    );
+    assert_eq!(ra.unwrap() + rb.unwrap() + rc.unwrap() + rd.unwrap(), 8000);
+    assert_eq!(other.get_trace(&root.trace_id).await.unwrap().len(), 8000);
+}
+
+#[tokio::test]
+async fn undecodable_rows_are_corrupt() {
+    let tmp = fresh_store().await;
+    let span = full_span("svc", 4, 1);
+    tmp.store
+        .insert_spans(std::slice::from_ref(&span))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE spans SET attributes = '[1, 2]'")
+        .execute(&tmp.store.writer)
+        .await
+        .unwrap();
+    let err = tmp.store.get_trace(&span.trace_id).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+
+    sqlx::query("UPDATE spans SET attributes = '{}', trace_id = zeroblob(16)")
+        .execute(&tmp.store.writer)
+        .await
+        .unwrap();
+    let err = tmp.store.get_trace(&TraceId([0; 16])).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+
+    sqlx::query("UPDATE services SET service_id = 'not-a-uuid-but-thirty-six-characters'")
+        .execute(&tmp.store.writer)
+        .await
+        .unwrap();
+    let err = tmp.store.list_services().await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_data_dir_that_is_a_file_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let err = SqliteStore::open(&file).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn zz_bench_insert() {
+    let tmp = fresh_store().await;
+    let batch_size = 2000usize;
+    let make = |b: usize| -> Vec<SpanRecord> {
+        (0..batch_size)
+            .map(|i| {
+                let mut z = (b * 10_000 + i) as u64 ^ 0x9e3779b97f4a7c15;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+                let n = (z ^ (z >> 31)).to_be_bytes();
+                let mut s = full_span(["checkout", "cart", "payment"][i % 3], 1, 1);
+                s.trace_id = TraceId([
+                    n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7], 9, 9, 9, 9, 9, 9, 9, 9,
+                ]);
+                s.span_id = SpanId([1, n[7], n[6], 3, 4, 5, 6, 7]);
+                if i % 4 != 0 {
+                    s.parent_span_id = Some(SpanId([7; 8]));
+                    s.kind = 1;
+                }
+                s
+            })
+            .collect()
+    };
+    let batches: Vec<_> = (0..50).map(make).collect();
+    let started = std::time::Instant::now();
+    let mut total = 0;
+    for b in &batches {
+        total += tmp.store.insert_spans(b).await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "BENCH sqlite: {total} spans in {secs:.2}s = {:.0} spans/s",
+        total as f64 / secs
+    );
+}

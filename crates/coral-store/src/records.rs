@@ -1,0 +1,90 @@
+//! Domain records: what the colony stores and answers with.
+
+use crate::ids::{SpanId, TraceId};
+use coral_analysis::StatusPattern;
+
+/// OTLP `SPAN_KIND_SERVER`.
+pub const SPAN_KIND_SERVER: i32 = 2;
+/// OTLP `SPAN_KIND_CONSUMER`.
+pub const SPAN_KIND_CONSUMER: i32 = 5;
+
+/// One span, with the fields Coral queries on pulled out of its attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanRecord {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    /// Resource attribute `service.name`.
+    pub service: String,
+    pub name: String,
+    /// OTLP SpanKind (0 unspecified .. 5 consumer).
+    pub kind: i32,
+    pub start_unix_nano: i64,
+    /// Never negative.
+    pub duration_ns: i64,
+    /// OTLP StatusCode: 0 unset, 1 ok, 2 error.
+    pub status_code: i32,
+    pub status_message: String,
+    /// `http.response.status_code`, or the older `http.status_code`.
+    pub http_status: Option<i32>,
+    /// `url.path`, or the older `http.target`.
+    pub url: Option<String>,
+    /// `http.route`.
+    pub route: Option<String>,
+    /// Resource attribute `process.pid`.
+    pub pid: Option<i64>,
+    /// Span attribute `thread.id`.
+    pub thread_id: Option<i64>,
+    /// The node of the agent that received the span.
+    pub node: String,
+    /// The span's remaining attributes.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+impl SpanRecord {
+    /// A request is where work enters a service: a server or consumer span, or a
+    /// trace's root. Trace queries and (later) triggers work on requests.
+    pub fn is_request(&self) -> bool {
+        self.kind == SPAN_KIND_SERVER
+            || self.kind == SPAN_KIND_CONSUMER
+            || self.parent_span_id.is_none()
+    }
+
+    pub fn end_unix_nano(&self) -> i64 {
+        self.start_unix_nano.saturating_add(self.duration_ns)
+    }
+}
+
+/// A service that has sent spans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRecord {
+    pub service_id: uuid::Uuid,
+    pub name: String,
+    pub first_seen_unix_nano: i64,
+    pub last_seen_unix_nano: i64,
+}
+
+/// An agent that registered with the colony.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRecord {
+    pub agent_id: String,
+    pub node: String,
+    pub version: String,
+    pub registered_unix_nano: i64,
+    pub last_heartbeat_unix_nano: i64,
+    pub counters: serde_json::Value,
+}
+
+/// Which requests of a service to list.
+#[derive(Debug, Clone)]
+pub struct RequestQuery {
+    pub service: String,
+    /// Only requests that started at or after this time.
+    pub since_unix_nano: i64,
+    /// Only requests at least this long.
+    pub min_duration_ns: Option<i64>,
+    /// Only requests whose status matches.
+    pub status: Option<StatusPattern>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}

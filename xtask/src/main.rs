@@ -1,0 +1,74 @@
+//! Project tasks, run as `cargo xtask <task>`:
+//!
+//! - `test`: installs what the tests need on a fresh machine (PostgreSQL server, as
+//!   root, from Debian's packages), starts a throwaway PostgreSQL cluster on a free
+//!   port, runs every test (including those marked as needing PostgreSQL), and stops it.
+//! - `demo`: the main job: builds `coral`, starts a colony on the embedded store and an
+//!   agent, sends a sample trace over OTLP/HTTP, and queries it back.
+//! - `bench`: release build, a throwaway PostgreSQL, and `coral-bench`, which prints the
+//!   figures recorded in docs/benchmarks.md.
+
+mod demo;
+mod postgres;
+mod system;
+
+use anyhow::{Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = args
+        .split_first()
+        .map(|(t, r)| (t.as_str(), r))
+        .unwrap_or(("", &[]));
+    match task {
+        "test" => test(rest),
+        "demo" => demo::run(rest),
+        "bench" => bench(rest),
+        _ => bail!(
+            "usage: cargo xtask <task>\n\n\
+             tasks:\n  \
+             test [-- <cargo test args>]   install prerequisites, start PostgreSQL, run all tests\n  \
+             demo [--exit]                 run colony + agent on the embedded store with a sample trace\n  \
+             bench [all|ingest|query]      release build, PostgreSQL and the embedded store: print figures"
+        ),
+    }
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    system::ensure_debian_packages(&[("postgresql", postgres::server_installed)])?;
+    system::run("cargo", &["fmt", "--all", "--", "--check"])
+        .map_err(|e| anyhow::anyhow!("{e}: run `cargo fmt --all`"))?;
+    let cluster = postgres::Cluster::start()?;
+    eprintln!("xtask: PostgreSQL {} at {}", cluster.version, cluster.url);
+    let mut args = vec!["test", "--workspace", "--", "--include-ignored"];
+    args.extend(extra.iter().map(String::as_str));
+    let status = std::process::Command::new("cargo")
+        .args(&args)
+        .env("CORAL_TEST_POSTGRES_URL", &cluster.url)
+        .status()?;
+    drop(cluster);
+    if !status.success() {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    system::ensure_debian_packages(&[("postgresql", postgres::server_installed)])?;
+    system::run(
+        "cargo",
+        &["build", "--release", "-p", "coral-cli", "-p", "coral-bench"],
+    )?;
+    let cluster = postgres::Cluster::start()?;
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let status = std::process::Command::new(format!("{target}/release/coral-bench"))
+        .args(args)
+        .env("CORAL_BENCH_POSTGRES_URL", &cluster.url)
+        .env("CORAL_BIN", format!("{target}/release/coral"))
+        .status()?;
+    drop(cluster);
+    if !status.success() {
+        bail!("benchmark failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! Running commands and installing Debian packages on a fresh machine.
+
+use anyhow::{Context, Result, bail};
+use std::process::Command;
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a command, inheriting stdio; fails if it fails.
+pub fn run(program: &str, args: &[&str]) -> Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// A Debian package and how to tell that what the project needs from it is present.
+pub type Prerequisite = (&'static str, fn() -> bool);
+
+/// Installs each package whose check says it is missing. Needs root; without it, says
+/// exactly what to install instead of failing later with a confusing error.
+pub fn ensure_debian_packages(packages: &[Prerequisite]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(_, present)| !present())
+        .map(|(name, _)| *name)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing prerequisites: {}. Install them (apt-get install {}) or run as root.",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {}", missing.join(", "));
+    run("apt-get", &["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    let status = Command::new("apt-get")
+        .args(&args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
+    if !status.success() {
+        bail!("apt-get install {} failed", missing.join(" "));
+    }
+    for (name, present) in packages {
+        if !present() {
+            bail!("{name} was installed but is still not usable");
+        }
+    }
+    Ok(())
+}
+
+/// A free TCP port on the loopback interface (bind to port 0, read it, release it).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
