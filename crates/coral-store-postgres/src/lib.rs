@@ -9,10 +9,10 @@
 //!
 //! Spans go in with one statement per batch: each column is bound as an array and
 //! `INSERT … SELECT unnest($1), …, unnest($18) ON CONFLICT DO NOTHING` turns them
-//! back into rows, so a batch of thousands of spans is one round trip. The batch is sorted by
-//! (trace id, span id) and deduplicated first, so concurrent batches take row locks
-//! in the same order, and the batch's services are upserted (sorted by name, for the
-//! same reason) in the same transaction.
+//! back into rows, so a batch of thousands of spans is one round trip. The batch is
+//! sorted by (trace id, span id) and deduplicated first, so that concurrent batches
+//! take their locks in the same order and cannot deadlock; the batch's services are
+//! then upserted (sorted by name, for the same reason) in the same transaction.
 
 mod error;
 
@@ -99,7 +99,8 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://user@host:port/database`) and applies the
-    /// migrations.
+    /// migrations. A server that refuses connections (still starting, say) is retried
+    /// for up to 10 s before [`StoreError::Unavailable`].
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(map_err)?;
         Self::connect_with(options).await

@@ -16,8 +16,9 @@
 //! same file delays a write rather than failing it.
 //!
 //! A batch of spans is one transaction: multi-row `INSERT … ON CONFLICT DO NOTHING`
-//! statements of at most [`SPAN_ROWS_PER_INSERT`] rows (under SQLite's limit of
-//! 32,766 bound variables), then one upsert of the batch's services.
+//! statements of at most 500 rows (9,000 bound variables, under SQLite's limit of
+//! 32,766), then one upsert of the batch's services. The batch is sorted by (trace
+//! id, span id) and deduplicated first.
 
 mod error;
 
@@ -59,7 +60,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 const SPAN_INSERT_COLUMNS: usize = 18;
 /// Rows per span insert statement: 9,000 bound variables, well under SQLite's
 /// 32,766. Statements of exactly this many rows are prepared once and cached.
-pub const SPAN_ROWS_PER_INSERT: usize = 500;
+const SPAN_ROWS_PER_INSERT: usize = 500;
 /// Rows per services upsert statement (4 variables each).
 const SERVICE_ROWS_PER_UPSERT: usize = 1000;
 const _: () = assert!(SPAN_ROWS_PER_INSERT * SPAN_INSERT_COLUMNS <= 32_766);
@@ -134,8 +135,8 @@ impl SqliteStore {
         Ok(Self { writer, reader })
     }
 
-    /// Closes every connection (checkpointing the WAL into the database file); later
-    /// calls fail with [`StoreError::Unavailable`].
+    /// Closes every connection (SQLite checkpoints the WAL into the database file
+    /// when the last one closes); later calls fail with [`StoreError::Unavailable`].
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
