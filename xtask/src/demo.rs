@@ -120,6 +120,7 @@ fn post_json(port: u16, path: &str, body: &str) -> Result<String> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let exit = args.iter().any(|a| a == "--exit");
+    crate::system::ensure_debian_packages(crate::BUILD_PREREQUISITES)?;
     eprintln!("demo: building coral…");
     system::run("cargo", &["build", "--quiet", "-p", "coral-cli"])?;
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());

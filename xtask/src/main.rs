@@ -34,8 +34,22 @@ fn main() -> Result<()> {
     }
 }
 
+/// What building Coral needs beyond Rust: the eBPF sampler is C, built with clang
+/// against libbpf's headers.
+const BUILD_PREREQUISITES: &[system::Prerequisite] = &[
+    ("clang", || system::on_path("clang")),
+    ("libbpf-dev", || std::path::Path::new("/usr/include/bpf/bpf_helpers.h").exists()),
+];
+
+/// Building, plus a PostgreSQL server for the tests and benchmarks.
+const TEST_PREREQUISITES: &[system::Prerequisite] = &[
+    BUILD_PREREQUISITES[0],
+    BUILD_PREREQUISITES[1],
+    ("postgresql", postgres::server_installed),
+];
+
 fn test(extra: &[String]) -> Result<()> {
-    system::ensure_debian_packages(&[("postgresql", postgres::server_installed)])?;
+    system::ensure_debian_packages(TEST_PREREQUISITES)?;
     system::run("cargo", &["fmt", "--all", "--", "--check"])
         .map_err(|e| anyhow::anyhow!("{e}: run `cargo fmt --all`"))?;
     let cluster = postgres::Cluster::start()?;
@@ -54,7 +68,7 @@ fn test(extra: &[String]) -> Result<()> {
 }
 
 fn bench(args: &[String]) -> Result<()> {
-    system::ensure_debian_packages(&[("postgresql", postgres::server_installed)])?;
+    system::ensure_debian_packages(TEST_PREREQUISITES)?;
     system::run(
         "cargo",
         &["build", "--release", "-p", "coral-cli", "-p", "coral-bench"],

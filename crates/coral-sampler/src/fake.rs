@@ -1,0 +1,202 @@
+//! An in-memory [`Sampler`] for the tests of the layers above: samples are pushed in
+//! by the test and drained out by the code under test.
+
+use crate::{Sample, Sampler, SamplerError, SamplerStats, validate_frequency};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+/// An in-memory [`Sampler`]: [`push`](Self::push) samples in, [`Sampler::drain`] them
+/// out. Targets, frequency and the attached state behave as in
+/// [`EbpfSampler`](crate::EbpfSampler) (the frequency is validated against
+/// `max_frequency_hz`, attached exactly while there are targets); pushed samples are
+/// handed out whatever their tgid.
+#[derive(Debug)]
+pub struct FakeSampler {
+    max_frequency_hz: u32,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    targets: BTreeSet<u32>,
+    frequency_hz: u32,
+    samples: Vec<Sample>,
+    stats: SamplerStats,
+}
+
+impl Default for FakeSampler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeSampler {
+    /// A fake sampler accepting 1..=1000 Hz, like the default [`crate::SamplerConfig`].
+    pub fn new() -> Self {
+        Self::with_max_frequency(crate::SamplerConfig::default().max_frequency_hz)
+    }
+
+    /// A fake sampler accepting 1..=`max_frequency_hz` Hz.
+    pub fn with_max_frequency(max_frequency_hz: u32) -> Self {
+        Self {
+            max_frequency_hz,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Queues samples for the next [`Sampler::drain`].
+    pub fn push(&self, samples: impl IntoIterator<Item = Sample>) {
+        let mut state = self.lock();
+        for sample in samples {
+            state.stats.samples += 1;
+            state.samples.push(sample);
+        }
+    }
+
+    /// Sets the `lost` / `stack_errors` / `dropped` counters, to test how they are reported.
+    pub fn set_counters(&self, lost: u64, stack_errors: u64, dropped: u64) {
+        let mut state = self.lock();
+        state.stats.lost = lost;
+        state.stats.stack_errors = stack_errors;
+        state.stats.dropped = dropped;
+    }
+
+    /// The processes currently targeted, in ascending order.
+    pub fn targets(&self) -> Vec<u32> {
+        self.lock().targets.iter().copied().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Sampler for FakeSampler {
+    fn add_targets(&self, tgids: &[u32], frequency_hz: u32) -> Result<(), SamplerError> {
+        validate_frequency(frequency_hz, self.max_frequency_hz)?;
+        let mut state = self.lock();
+        let was_attached = !state.targets.is_empty();
+        state.targets.extend(tgids.iter().copied());
+        if !state.targets.is_empty() {
+            state.frequency_hz = if was_attached {
+                state.frequency_hz.max(frequency_hz)
+            } else {
+                frequency_hz
+            };
+        }
+        Ok(())
+    }
+
+    fn remove_targets(&self, tgids: &[u32]) -> Result<(), SamplerError> {
+        let mut state = self.lock();
+        for tgid in tgids {
+            state.targets.remove(tgid);
+        }
+        if state.targets.is_empty() {
+            state.frequency_hz = 0;
+        }
+        Ok(())
+    }
+
+    fn drain(&self) -> Vec<Sample> {
+        let mut samples = std::mem::take(&mut self.lock().samples);
+        samples.sort_by_key(|sample| sample.time_unix_nano);
+        samples
+    }
+
+    fn stats(&self) -> SamplerStats {
+        let state = self.lock();
+        SamplerStats {
+            frequency_hz: state.frequency_hz,
+            targets: state.targets.len(),
+            attached: !state.targets.is_empty(),
+            ..state.stats.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(tid: u32, time: i64) -> Sample {
+        Sample {
+            tgid: 1,
+            tid,
+            cpu: 0,
+            time_unix_nano: time,
+            user_stack: vec![0x1000, 0x2000],
+            kernel_stack: vec![],
+        }
+    }
+
+    #[test]
+    fn pushes_and_drains_in_time_order() {
+        let sampler = FakeSampler::new();
+        sampler.push([sample(1, 30), sample(2, 10)]);
+        sampler.push([sample(3, 20)]);
+        let drained = sampler.drain();
+        assert_eq!(drained.iter().map(|s| s.tid).collect::<Vec<_>>(), [2, 3, 1]);
+        assert!(
+            sampler.drain().is_empty(),
+            "drain hands out each sample once"
+        );
+        assert_eq!(sampler.stats().samples, 3);
+    }
+
+    #[test]
+    fn targets_frequency_and_attachment() {
+        let sampler = FakeSampler::new();
+        assert_eq!(sampler.stats(), SamplerStats::default());
+
+        assert!(matches!(
+            sampler.add_targets(&[1], 0),
+            Err(SamplerError::InvalidFrequency { .. })
+        ));
+        assert!(matches!(
+            sampler.add_targets(&[1], 1001),
+            Err(SamplerError::InvalidFrequency { .. })
+        ));
+        assert!(!sampler.stats().attached);
+
+        sampler.add_targets(&[10, 11], 99).unwrap();
+        sampler.add_targets(&[12], 49).unwrap();
+        let stats = sampler.stats();
+        assert_eq!(
+            (stats.targets, stats.frequency_hz, stats.attached),
+            (3, 99, true)
+        );
+        sampler.add_targets(&[12], 199).unwrap();
+        assert_eq!(
+            sampler.stats().frequency_hz,
+            199,
+            "the max requested while attached"
+        );
+
+        sampler.remove_targets(&[10, 999]).unwrap();
+        assert_eq!(sampler.targets(), [11, 12]);
+        sampler.remove_targets(&[11, 12]).unwrap();
+        let stats = sampler.stats();
+        assert_eq!(
+            (stats.targets, stats.frequency_hz, stats.attached),
+            (0, 0, false)
+        );
+
+        sampler.add_targets(&[13], 49).unwrap();
+        assert_eq!(
+            sampler.stats().frequency_hz,
+            49,
+            "a new attachment starts afresh"
+        );
+    }
+
+    #[test]
+    fn counters_are_reported() {
+        let sampler = FakeSampler::new();
+        sampler.set_counters(1, 2, 3);
+        let stats = sampler.stats();
+        assert_eq!((stats.lost, stats.stack_errors, stats.dropped), (1, 2, 3));
+    }
+}
