@@ -5,7 +5,10 @@
 //! exhaustively without a database, a network or root.
 
 pub mod duration;
+pub mod join;
+pub mod profile;
 pub mod status;
 
 pub use duration::{DurationError, format_duration_ns, parse_duration};
+pub use profile::{Frame, FrameKind, Hotspot, Profile, WeightedStack};
 pub use status::{StatusPattern, StatusPatternError};

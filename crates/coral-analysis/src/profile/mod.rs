@@ -1,0 +1,460 @@
+//! The CPU profile model every part of Coral shares, and its renderers.
+//!
+//! The agent assembles a [`Profile`] from symbolized samples, the colony stores it, the
+//! CLI and the MCP server render it: [`write_folded`] (Brendan Gregg's folded stacks),
+//! [`write_svg`] (an inferno flame graph), [`write_pprof`] (gzipped `profile.proto`, for
+//! `go tool pprof`, Speedscope, Pyroscope), [`write_text_summary`] (compact text for
+//! people and LLMs), and JSON through serde.
+//!
+//! A profile is a frame dictionary plus weighted stacks that index into it (root → leaf).
+//! Every stack carries both its sample count and its CPU time: samples taken at different
+//! frequencies are not comparable, CPU time (`samples × 1e9 / Hz`) is, so merging
+//! profiles sampled at 99 Hz and 49 Hz keeps an exact CPU total.
+
+mod folded;
+mod pprof;
+mod svg;
+mod text;
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use folded::write_folded;
+pub use pprof::write_pprof;
+pub use svg::write_svg;
+pub use text::write_text_summary;
+
+/// The function name of a frame whose symbol is not known.
+pub const UNKNOWN_FUNCTION: &str = "[unknown]";
+/// The module of a frame whose mapping is not known.
+pub const UNKNOWN_MODULE: &str = "[unknown]";
+/// The module of every kernel frame.
+pub const KERNEL_MODULE: &str = "[kernel]";
+
+/// Whether a frame ran in user space or in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameKind {
+    User,
+    Kernel,
+}
+
+/// One symbolized stack frame.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Frame {
+    /// The demangled function name, or [`UNKNOWN_FUNCTION`].
+    pub function: String,
+    /// The file name of the module (`payment-svc`, `libc.so.6`), [`KERNEL_MODULE`] for
+    /// kernel frames, or [`UNKNOWN_MODULE`].
+    pub module: String,
+    pub kind: FrameKind,
+}
+
+impl Frame {
+    /// A user-space frame.
+    pub fn user(function: impl Into<String>, module: impl Into<String>) -> Self {
+        Frame {
+            function: function.into(),
+            module: module.into(),
+            kind: FrameKind::User,
+        }
+    }
+
+    /// A kernel frame (module [`KERNEL_MODULE`]).
+    pub fn kernel(function: impl Into<String>) -> Self {
+        Frame {
+            function: function.into(),
+            module: KERNEL_MODULE.to_string(),
+            kind: FrameKind::Kernel,
+        }
+    }
+
+    /// A frame with neither a known function nor a known module.
+    pub fn unknown(kind: FrameKind) -> Self {
+        Frame {
+            function: UNKNOWN_FUNCTION.to_string(),
+            module: match kind {
+                FrameKind::User => UNKNOWN_MODULE.to_string(),
+                FrameKind::Kernel => KERNEL_MODULE.to_string(),
+            },
+            kind,
+        }
+    }
+
+    /// Whether the function name is unknown.
+    pub fn is_unknown(&self) -> bool {
+        self.function == UNKNOWN_FUNCTION
+    }
+}
+
+/// One distinct stack of a profile with its weight.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WeightedStack {
+    /// Indices into [`Profile::frames`], root first, leaf last.
+    pub frames: Vec<u32>,
+    /// Number of samples of this stack.
+    pub samples: u64,
+    /// CPU time those samples represent, in nanoseconds.
+    pub cpu_ns: u64,
+}
+
+/// A CPU profile: a frame dictionary and the weighted stacks that use it.
+///
+/// Build one with [`Profile::add`] and [`Profile::merge`] (which deduplicate frames and
+/// merge equal stacks), or from stored parts with [`Profile::from_parts`]. The fields
+/// are public for reading; a private lookup index speeds up `add` and is rebuilt
+/// whenever the frame or stack count no longer matches it (after deserialization, or
+/// after pushing to the fields directly).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Profile {
+    pub frames: Vec<Frame>,
+    pub stacks: Vec<WeightedStack>,
+    #[serde(skip)]
+    index: Index,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Index {
+    frames: HashMap<Frame, u32>,
+    stacks: HashMap<Vec<u32>, usize>,
+    /// `(frames.len(), stacks.len())` of the profile when the index was built.
+    built_for: (usize, usize),
+}
+
+impl PartialEq for Profile {
+    fn eq(&self, other: &Self) -> bool {
+        self.frames == other.frames && self.stacks == other.stacks
+    }
+}
+
+impl Eq for Profile {}
+
+/// One function's share of a profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hotspot {
+    pub function: String,
+    pub module: String,
+    pub kind: FrameKind,
+    /// CPU time with this function on top of the stack.
+    pub self_cpu_ns: u64,
+    /// CPU time with this function anywhere on the stack (counted once per stack, even
+    /// when it recurses).
+    pub total_cpu_ns: u64,
+    /// `self_cpu_ns` / profile CPU time, in [0, 1].
+    pub self_share: f64,
+    /// `total_cpu_ns` / profile CPU time, in [0, 1].
+    pub total_share: f64,
+}
+
+/// CPU time of `samples` samples taken at `frequency_hz`, rounded to the nearest
+/// nanosecond; 0 for a frequency of 0.
+pub fn samples_to_cpu_ns(samples: u64, frequency_hz: u32) -> u64 {
+    if frequency_hz == 0 {
+        return 0;
+    }
+    let hz = u128::from(frequency_hz);
+    let ns = (u128::from(samples) * 1_000_000_000 + hz / 2) / hz;
+    u64::try_from(ns).unwrap_or(u64::MAX)
+}
+
+impl Profile {
+    /// An empty profile.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A profile from stored parts, taken as they are (no deduplication). Stacks whose
+    /// frame indices are out of range are kept but rendered as unknown frames.
+    pub fn from_parts(frames: Vec<Frame>, stacks: Vec<WeightedStack>) -> Self {
+        Profile {
+            frames,
+            stacks,
+            index: Index::default(),
+        }
+    }
+
+    /// Whether the profile has no samples.
+    pub fn is_empty(&self) -> bool {
+        self.stacks.iter().all(|s| s.samples == 0 && s.cpu_ns == 0)
+    }
+
+    /// Adds `samples` samples of one stack (frames root → leaf) taken at `frequency_hz`.
+    /// Frames are deduplicated in the dictionary and equal stacks merged; the stack's CPU
+    /// time grows by `samples × 1e9 / frequency_hz` (nothing for a frequency of 0). An
+    /// empty stack is kept as a stack without frames (rendered `[no stack]`).
+    pub fn add(&mut self, stack: &[Frame], samples: u64, frequency_hz: u32) {
+        if samples == 0 {
+            return;
+        }
+        self.ensure_index();
+        let ids: Vec<u32> = stack.iter().map(|f| self.intern_frame(f)).collect();
+        self.add_ids(ids, samples, samples_to_cpu_ns(samples, frequency_hz));
+    }
+
+    /// Adds every stack of `other` to this profile, keeping its samples and CPU time.
+    pub fn merge(&mut self, other: &Profile) {
+        self.ensure_index();
+        let mut map: Vec<Option<u32>> = vec![None; other.frames.len()];
+        for stack in &other.stacks {
+            if stack.samples == 0 && stack.cpu_ns == 0 {
+                continue;
+            }
+            let ids: Vec<u32> = stack
+                .frames
+                .iter()
+                .map(|&i| match map.get(i as usize) {
+                    Some(Some(id)) => *id,
+                    Some(None) => {
+                        let id = self.intern_frame(&other.frames[i as usize]);
+                        map[i as usize] = Some(id);
+                        id
+                    }
+                    None => self.intern_frame(&Frame::unknown(FrameKind::User)),
+                })
+                .collect();
+            self.add_ids(ids, stack.samples, stack.cpu_ns);
+        }
+    }
+
+    /// Total number of samples.
+    pub fn total_samples(&self) -> u64 {
+        self.stacks
+            .iter()
+            .fold(0u64, |acc, s| acc.saturating_add(s.samples))
+    }
+
+    /// Total CPU time in nanoseconds.
+    pub fn total_cpu_ns(&self) -> u64 {
+        self.stacks
+            .iter()
+            .fold(0u64, |acc, s| acc.saturating_add(s.cpu_ns))
+    }
+
+    /// The frame at `index`, or a shared unknown frame when out of range.
+    pub(crate) fn frame(&self, index: u32) -> &Frame {
+        static UNKNOWN: std::sync::OnceLock<Frame> = std::sync::OnceLock::new();
+        self.frames
+            .get(index as usize)
+            .unwrap_or_else(|| UNKNOWN.get_or_init(|| Frame::unknown(FrameKind::User)))
+    }
+
+    /// The hottest functions: the `top` functions by self CPU time together with any of
+    /// the `top` functions by total (inclusive) CPU time not already among them, so up
+    /// to `2 × top` entries. Sorted by self CPU descending, then total CPU descending,
+    /// then name. Functions are identified by (function, module, kind); a function
+    /// appearing several times in one stack (recursion) counts once for that stack's
+    /// total.
+    pub fn hotspots(&self, top: usize) -> Vec<Hotspot> {
+        let all = self.all_hotspots();
+        if top == 0 {
+            return Vec::new();
+        }
+        let mut by_total: Vec<usize> = (0..all.len()).collect();
+        by_total.sort_by(|&a, &b| cmp_total(&all[a], &all[b]));
+        let mut keep = vec![false; all.len()];
+        // `all` is already sorted by self.
+        for k in keep.iter_mut().take(top) {
+            *k = true;
+        }
+        for &i in by_total.iter().take(top) {
+            keep[i] = true;
+        }
+        all.into_iter()
+            .zip(keep)
+            .filter_map(|(h, k)| k.then_some(h))
+            .collect()
+    }
+
+    /// Every function of the profile as a hotspot, sorted like [`Profile::hotspots`].
+    pub fn all_hotspots(&self) -> Vec<Hotspot> {
+        let total = self.total_cpu_ns();
+        let mut keys: HashMap<&Frame, usize> = HashMap::new();
+        let mut out: Vec<Hotspot> = Vec::new();
+        let mut frame_to_hotspot: Vec<Option<usize>> = vec![None; self.frames.len() + 1];
+        let unknown_slot = self.frames.len();
+        let mut seen_gen: Vec<u64> = Vec::new();
+        for (gen_, stack) in self.stacks.iter().enumerate() {
+            let gen_ = gen_ as u64 + 1;
+            for (pos, &fi) in stack.frames.iter().enumerate() {
+                let slot = if (fi as usize) < self.frames.len() {
+                    fi as usize
+                } else {
+                    unknown_slot
+                };
+                let h = match frame_to_hotspot[slot] {
+                    Some(h) => h,
+                    None => {
+                        let frame = self.frame(fi);
+                        let h = *keys.entry(frame).or_insert_with(|| {
+                            out.push(Hotspot {
+                                function: frame.function.clone(),
+                                module: frame.module.clone(),
+                                kind: frame.kind,
+                                self_cpu_ns: 0,
+                                total_cpu_ns: 0,
+                                self_share: 0.0,
+                                total_share: 0.0,
+                            });
+                            seen_gen.push(0);
+                            out.len() - 1
+                        });
+                        frame_to_hotspot[slot] = Some(h);
+                        h
+                    }
+                };
+                if seen_gen[h] != gen_ {
+                    seen_gen[h] = gen_;
+                    out[h].total_cpu_ns = out[h].total_cpu_ns.saturating_add(stack.cpu_ns);
+                }
+                if pos + 1 == stack.frames.len() {
+                    out[h].self_cpu_ns = out[h].self_cpu_ns.saturating_add(stack.cpu_ns);
+                }
+            }
+        }
+        for h in &mut out {
+            h.self_share = share(h.self_cpu_ns, total);
+            h.total_share = share(h.total_cpu_ns, total);
+        }
+        out.retain(|h| h.total_cpu_ns > 0);
+        out.sort_by(cmp_self);
+        out
+    }
+
+    fn ensure_index(&mut self) {
+        if self.index.built_for == (self.frames.len(), self.stacks.len()) {
+            return;
+        }
+        let mut index = Index::default();
+        for (i, f) in self.frames.iter().enumerate() {
+            index.frames.entry(f.clone()).or_insert(i as u32);
+        }
+        for (i, s) in self.stacks.iter().enumerate() {
+            index.stacks.entry(s.frames.clone()).or_insert(i);
+        }
+        index.built_for = (self.frames.len(), self.stacks.len());
+        self.index = index;
+    }
+
+    /// Index must be current.
+    fn intern_frame(&mut self, frame: &Frame) -> u32 {
+        if let Some(&id) = self.index.frames.get(frame) {
+            return id;
+        }
+        let id = u32::try_from(self.frames.len()).expect("more than 4 billion distinct frames");
+        self.frames.push(frame.clone());
+        self.index.frames.insert(frame.clone(), id);
+        self.index.built_for.0 = self.frames.len();
+        id
+    }
+
+    /// Index must be current.
+    fn add_ids(&mut self, ids: Vec<u32>, samples: u64, cpu_ns: u64) {
+        match self.index.stacks.get(&ids) {
+            Some(&i) => {
+                let s = &mut self.stacks[i];
+                s.samples = s.samples.saturating_add(samples);
+                s.cpu_ns = s.cpu_ns.saturating_add(cpu_ns);
+            }
+            None => {
+                self.index.stacks.insert(ids.clone(), self.stacks.len());
+                self.stacks.push(WeightedStack {
+                    frames: ids,
+                    samples,
+                    cpu_ns,
+                });
+                self.index.built_for.1 = self.stacks.len();
+            }
+        }
+    }
+}
+
+fn share(part: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        part as f64 / total as f64
+    }
+}
+
+fn cmp_names(a: &Hotspot, b: &Hotspot) -> std::cmp::Ordering {
+    (&a.function, &a.module, a.kind).cmp(&(&b.function, &b.module, b.kind))
+}
+
+fn cmp_self(a: &Hotspot, b: &Hotspot) -> std::cmp::Ordering {
+    b.self_cpu_ns
+        .cmp(&a.self_cpu_ns)
+        .then(b.total_cpu_ns.cmp(&a.total_cpu_ns))
+        .then_with(|| cmp_names(a, b))
+}
+
+fn cmp_total(a: &Hotspot, b: &Hotspot) -> std::cmp::Ordering {
+    b.total_cpu_ns
+        .cmp(&a.total_cpu_ns)
+        .then(b.self_cpu_ns.cmp(&a.self_cpu_ns))
+        .then_with(|| cmp_names(a, b))
+}
+
+/// The text of a frame in folded stacks and flame graphs: the function name, `[module]`
+/// when the function is unknown but the module is not (the perf convention), kernel
+/// frames suffixed `_[k]`. `;` and line breaks, which would break the folded format,
+/// become `:` and spaces.
+pub(crate) fn folded_frame_name(frame: &Frame) -> String {
+    let base = if frame.is_unknown()
+        && frame.module != UNKNOWN_MODULE
+        && frame.module != KERNEL_MODULE
+        && !frame.module.is_empty()
+    {
+        format!("[{}]", frame.module)
+    } else {
+        frame.function.clone()
+    };
+    let mut name: String = base
+        .chars()
+        .map(|c| match c {
+            ';' => ':',
+            '\n' | '\r' => ' ',
+            c => c,
+        })
+        .collect();
+    if frame.kind == FrameKind::Kernel {
+        name.push_str("_[k]");
+    }
+    name
+}
+
+/// Folded lines (without counts) with their summed weights, sorted by line.
+pub(crate) fn folded_lines(
+    profile: &Profile,
+    weight: impl Fn(&WeightedStack) -> u64,
+) -> Vec<(String, u64)> {
+    let names: Vec<String> = profile.frames.iter().map(folded_frame_name).collect();
+    let unknown = folded_frame_name(&Frame::unknown(FrameKind::User));
+    let mut lines: HashMap<String, u64> = HashMap::new();
+    for stack in &profile.stacks {
+        let w = weight(stack);
+        if w == 0 {
+            continue;
+        }
+        let line = if stack.frames.is_empty() {
+            "[no stack]".to_string()
+        } else {
+            let mut line = String::new();
+            for (i, &fi) in stack.frames.iter().enumerate() {
+                if i > 0 {
+                    line.push(';');
+                }
+                line.push_str(names.get(fi as usize).unwrap_or(&unknown));
+            }
+            line
+        };
+        let e = lines.entry(line).or_insert(0);
+        *e = e.saturating_add(w);
+    }
+    let mut lines: Vec<(String, u64)> = lines.into_iter().collect();
+    lines.sort();
+    lines
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,337 @@
+//! pprof's `profile.proto` (github.com/google/pprof/proto/profile.proto), gzipped.
+//!
+//! The message structs are written by hand with prost's derive (no protoc, no build
+//! script); field numbers and types follow the spec. Only the fields Coral fills are
+//! declared; unknown fields are skipped by any decoder.
+
+use std::collections::HashMap;
+use std::io;
+
+use flate2::{Compression, write::GzEncoder};
+use prost::Message;
+
+use super::{KERNEL_MODULE, Profile, UNKNOWN_MODULE};
+
+/// `perftools.profiles.Profile`.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct PprofProfile {
+    #[prost(message, repeated, tag = "1")]
+    pub sample_type: Vec<ValueType>,
+    #[prost(message, repeated, tag = "2")]
+    pub sample: Vec<Sample>,
+    #[prost(message, repeated, tag = "3")]
+    pub mapping: Vec<Mapping>,
+    #[prost(message, repeated, tag = "4")]
+    pub location: Vec<Location>,
+    #[prost(message, repeated, tag = "5")]
+    pub function: Vec<Function>,
+    #[prost(string, repeated, tag = "6")]
+    pub string_table: Vec<String>,
+    #[prost(int64, tag = "7")]
+    pub drop_frames: i64,
+    #[prost(int64, tag = "8")]
+    pub keep_frames: i64,
+    #[prost(int64, tag = "9")]
+    pub time_nanos: i64,
+    #[prost(int64, tag = "10")]
+    pub duration_nanos: i64,
+    #[prost(message, optional, tag = "11")]
+    pub period_type: Option<ValueType>,
+    #[prost(int64, tag = "12")]
+    pub period: i64,
+    #[prost(int64, repeated, tag = "13")]
+    pub comment: Vec<i64>,
+    #[prost(int64, tag = "14")]
+    pub default_sample_type: i64,
+}
+
+/// `perftools.profiles.ValueType`.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct ValueType {
+    #[prost(int64, tag = "1")]
+    pub r#type: i64,
+    #[prost(int64, tag = "2")]
+    pub unit: i64,
+}
+
+/// `perftools.profiles.Sample`.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct Sample {
+    /// Leaf first.
+    #[prost(uint64, repeated, tag = "1")]
+    pub location_id: Vec<u64>,
+    #[prost(int64, repeated, tag = "2")]
+    pub value: Vec<i64>,
+    #[prost(message, repeated, tag = "3")]
+    pub label: Vec<Label>,
+}
+
+/// `perftools.profiles.Label`.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct Label {
+    #[prost(int64, tag = "1")]
+    pub key: i64,
+    #[prost(int64, tag = "2")]
+    pub str: i64,
+    #[prost(int64, tag = "3")]
+    pub num: i64,
+    #[prost(int64, tag = "4")]
+    pub num_unit: i64,
+}
+
+/// `perftools.profiles.Mapping`.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct Mapping {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub memory_start: u64,
+    #[prost(uint64, tag = "3")]
+    pub memory_limit: u64,
+    #[prost(uint64, tag = "4")]
+    pub file_offset: u64,
+    #[prost(int64, tag = "5")]
+    pub filename: i64,
+    #[prost(int64, tag = "6")]
+    pub build_id: i64,
+    #[prost(bool, tag = "7")]
+    pub has_functions: bool,
+    #[prost(bool, tag = "8")]
+    pub has_filenames: bool,
+    #[prost(bool, tag = "9")]
+    pub has_line_numbers: bool,
+    #[prost(bool, tag = "10")]
+    pub has_inline_frames: bool,
+}
+
+/// `perftools.profiles.Location`.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct Location {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub mapping_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub address: u64,
+    #[prost(message, repeated, tag = "4")]
+    pub line: Vec<Line>,
+    #[prost(bool, tag = "5")]
+    pub is_folded: bool,
+}
+
+/// `perftools.profiles.Line`.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct Line {
+    #[prost(uint64, tag = "1")]
+    pub function_id: u64,
+    #[prost(int64, tag = "2")]
+    pub line: i64,
+}
+
+/// `perftools.profiles.Function`.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct Function {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(int64, tag = "2")]
+    pub name: i64,
+    #[prost(int64, tag = "3")]
+    pub system_name: i64,
+    #[prost(int64, tag = "4")]
+    pub filename: i64,
+    #[prost(int64, tag = "5")]
+    pub start_line: i64,
+}
+
+#[derive(Default)]
+struct Strings {
+    table: Vec<String>,
+    index: HashMap<String, i64>,
+}
+
+impl Strings {
+    fn new() -> Self {
+        let mut s = Strings::default();
+        s.intern("");
+        s
+    }
+
+    fn intern(&mut self, v: &str) -> i64 {
+        if let Some(&i) = self.index.get(v) {
+            return i;
+        }
+        let i = self.table.len() as i64;
+        self.table.push(v.to_string());
+        self.index.insert(v.to_string(), i);
+        i
+    }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Builds the pprof message of a profile.
+///
+/// Sample types are `[samples/count, cpu/nanoseconds]` (the default is `cpu`). There is
+/// one Function and one Location per frame (their ids are the frame index + 1; an
+/// unknown function in a known module is named `[module]`), one
+/// Mapping per module (with `has_functions` set, so pprof does not try to symbolize),
+/// and one Sample per stack with its locations leaf first, as pprof requires. The
+/// period is the profile's average CPU time per sample.
+pub(crate) fn to_pprof(profile: &Profile) -> PprofProfile {
+    let mut strings = Strings::new();
+    let samples_t = strings.intern("samples");
+    let count_u = strings.intern("count");
+    let cpu_t = strings.intern("cpu");
+    let ns_u = strings.intern("nanoseconds");
+
+    // Mappings: one per module, in order of first appearance in the frame dictionary.
+    let mut mappings: Vec<Mapping> = Vec::new();
+    let mut mapping_of_module: HashMap<&str, u64> = HashMap::new();
+    let mut functions = Vec::with_capacity(profile.frames.len());
+    let mut locations = Vec::with_capacity(profile.frames.len());
+    for (i, frame) in profile.frames.iter().enumerate() {
+        let id = i as u64 + 1;
+        let module = if frame.module.is_empty() {
+            UNKNOWN_MODULE
+        } else {
+            frame.module.as_str()
+        };
+        let mapping_id = match mapping_of_module.get(module) {
+            Some(&m) => m,
+            None => {
+                let m = mappings.len() as u64 + 1;
+                mappings.push(Mapping {
+                    id: m,
+                    filename: strings.intern(module),
+                    has_functions: true,
+                    ..Default::default()
+                });
+                mapping_of_module.insert(module, m);
+                m
+            }
+        };
+        // An unknown function is named after its module, as in folded stacks, so that
+        // `pprof -top` still says where the time went.
+        let name = if frame.is_unknown() && module != UNKNOWN_MODULE && module != KERNEL_MODULE {
+            strings.intern(&format!("[{module}]"))
+        } else {
+            strings.intern(&frame.function)
+        };
+        functions.push(Function {
+            id,
+            name,
+            system_name: name,
+            filename: 0,
+            start_line: 0,
+        });
+        locations.push(Location {
+            id,
+            mapping_id,
+            address: 0,
+            line: vec![Line {
+                function_id: id,
+                line: 0,
+            }],
+            is_folded: false,
+        });
+    }
+
+    // Out-of-range frame indices (only possible with hand-made parts) get one shared
+    // unknown location.
+    let mut unknown_location: Option<u64> = None;
+    let mut samples = Vec::with_capacity(profile.stacks.len());
+    for stack in &profile.stacks {
+        if stack.samples == 0 && stack.cpu_ns == 0 {
+            continue;
+        }
+        let location_id = stack
+            .frames
+            .iter()
+            .rev()
+            .map(|&fi| {
+                if (fi as usize) < profile.frames.len() {
+                    u64::from(fi) + 1
+                } else {
+                    *unknown_location.get_or_insert_with(|| {
+                        let id = locations.len() as u64 + 1;
+                        let name = strings.intern(super::UNKNOWN_FUNCTION);
+                        functions.push(Function {
+                            id,
+                            name,
+                            system_name: name,
+                            filename: 0,
+                            start_line: 0,
+                        });
+                        locations.push(Location {
+                            id,
+                            mapping_id: 0,
+                            address: 0,
+                            line: vec![Line {
+                                function_id: id,
+                                line: 0,
+                            }],
+                            is_folded: false,
+                        });
+                        id
+                    })
+                }
+            })
+            .collect();
+        samples.push(Sample {
+            location_id,
+            value: vec![clamp(stack.samples), clamp(stack.cpu_ns)],
+            label: Vec::new(),
+        });
+    }
+
+    let total_samples = profile.total_samples();
+    let period = clamp(
+        profile
+            .total_cpu_ns()
+            .checked_div(total_samples)
+            .unwrap_or(0),
+    );
+    let comment = vec![strings.intern("generated by Coral")];
+    PprofProfile {
+        sample_type: vec![
+            ValueType {
+                r#type: samples_t,
+                unit: count_u,
+            },
+            ValueType {
+                r#type: cpu_t,
+                unit: ns_u,
+            },
+        ],
+        sample: samples,
+        mapping: mappings,
+        location: locations,
+        function: functions,
+        drop_frames: 0,
+        keep_frames: 0,
+        time_nanos: 0,
+        duration_nanos: 0,
+        period_type: Some(ValueType {
+            r#type: cpu_t,
+            unit: ns_u,
+        }),
+        period,
+        comment,
+        default_sample_type: cpu_t,
+        string_table: strings.table,
+    }
+}
+
+/// Writes the profile as a gzipped pprof `profile.proto` (opens in `go tool pprof`,
+/// Speedscope, Pyroscope): sample types `samples/count` and `cpu/nanoseconds`, one
+/// Location and Function per frame, one Mapping per module, locations leaf first.
+/// Output is deterministic (gzip header without a timestamp).
+pub fn write_pprof(profile: &Profile, w: impl io::Write) -> io::Result<()> {
+    let bytes = to_pprof(profile).encode_to_vec();
+    let mut gz = GzEncoder::new(w, Compression::default());
+    io::Write::write_all(&mut gz, &bytes)?;
+    gz.finish()?;
+    Ok(())
+}

@@ -1,0 +1,557 @@
+use std::io::Read;
+
+use prost::Message;
+
+use super::pprof::PprofProfile;
+use super::*;
+
+fn u(f: &str, m: &str) -> Frame {
+    Frame::user(f, m)
+}
+
+fn k(f: &str) -> Frame {
+    Frame::kernel(f)
+}
+
+/// main → handle → validate_signature (99 Hz) and main → handle → serialize, plus a
+/// kernel tail under validate_signature.
+fn sample_profile() -> Profile {
+    let mut p = Profile::new();
+    let main = u("main", "payment-svc");
+    let handle = u("handle", "payment-svc");
+    let validate = u("validate_signature", "payment-svc");
+    let serialize = u("serialize", "payment-svc");
+    p.add(&[main.clone(), handle.clone(), validate.clone()], 60, 100);
+    p.add(&[main.clone(), handle.clone(), serialize], 30, 100);
+    p.add(&[main, handle, validate, k("schedule")], 10, 100);
+    p
+}
+
+fn svg_string(p: &Profile, title: &str) -> String {
+    let mut out = Vec::new();
+    write_svg(p, title, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn folded_string(p: &Profile) -> String {
+    let mut out = Vec::new();
+    write_folded(p, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn decode_pprof(p: &Profile) -> PprofProfile {
+    let mut gz = Vec::new();
+    write_pprof(p, &mut gz).unwrap();
+    assert_eq!(&gz[..2], &[0x1f, 0x8b], "gzip magic");
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    PprofProfile::decode(&raw[..]).unwrap()
+}
+
+#[test]
+fn add_deduplicates_frames_and_merges_equal_stacks() {
+    let mut p = Profile::new();
+    let a = u("a", "bin");
+    let b = u("b", "bin");
+    p.add(&[a.clone(), b.clone()], 3, 100);
+    p.add(&[a.clone(), b.clone()], 2, 100);
+    p.add(std::slice::from_ref(&a), 1, 100);
+    p.add(&[b.clone(), a.clone()], 1, 100);
+    assert_eq!(p.frames, vec![a, b]);
+    assert_eq!(p.stacks.len(), 3);
+    assert_eq!(
+        p.stacks[0],
+        WeightedStack {
+            frames: vec![0, 1],
+            samples: 5,
+            cpu_ns: 50_000_000
+        }
+    );
+    assert_eq!(p.stacks[1].frames, vec![0]);
+    assert_eq!(p.stacks[2].frames, vec![1, 0]);
+    assert_eq!(p.total_samples(), 7);
+    assert_eq!(p.total_cpu_ns(), 70_000_000);
+}
+
+#[test]
+fn same_function_in_other_module_or_kind_is_another_frame() {
+    let mut p = Profile::new();
+    p.add(&[u("f", "a")], 1, 1);
+    p.add(&[u("f", "b")], 1, 1);
+    p.add(
+        &[Frame {
+            function: "f".into(),
+            module: "a".into(),
+            kind: FrameKind::Kernel,
+        }],
+        1,
+        1,
+    );
+    assert_eq!(p.frames.len(), 3);
+    assert_eq!(p.stacks.len(), 3);
+}
+
+#[test]
+fn zero_samples_are_ignored_and_zero_hz_gives_no_cpu() {
+    let mut p = Profile::new();
+    p.add(&[u("a", "bin")], 0, 99);
+    assert!(p.stacks.is_empty());
+    assert!(p.is_empty());
+    p.add(&[u("a", "bin")], 4, 0);
+    assert_eq!(p.total_samples(), 4);
+    assert_eq!(p.total_cpu_ns(), 0);
+}
+
+#[test]
+fn frequency_normalisation_99_and_49_hz_merge_exactly() {
+    let stack = [u("main", "svc"), u("work", "svc")];
+    let mut fast = Profile::new();
+    fast.add(&stack, 99, 99);
+    let mut slow = Profile::new();
+    slow.add(&stack, 49, 49);
+    assert_eq!(fast.total_cpu_ns(), 1_000_000_000);
+    assert_eq!(slow.total_cpu_ns(), 1_000_000_000);
+
+    let mut merged = fast.clone();
+    merged.merge(&slow);
+    assert_eq!(merged.stacks.len(), 1);
+    assert_eq!(merged.total_samples(), 148);
+    assert_eq!(merged.total_cpu_ns(), 2_000_000_000);
+
+    // One sample at 99 Hz is 10.101 ms, rounded to the nearest nanosecond.
+    assert_eq!(samples_to_cpu_ns(1, 99), 10_101_010);
+    assert_eq!(samples_to_cpu_ns(2, 3), 666_666_667);
+    assert_eq!(samples_to_cpu_ns(u64::MAX, 1), u64::MAX);
+}
+
+#[test]
+fn merge_remaps_frame_indices() {
+    let mut a = Profile::new();
+    a.add(&[u("x", "m"), u("y", "m")], 1, 10);
+    let mut b = Profile::new();
+    b.add(&[u("z", "m")], 2, 10);
+    b.add(&[u("x", "m"), u("y", "m")], 3, 10);
+    b.add(&[], 1, 10);
+    a.merge(&b);
+    assert_eq!(a.frames.len(), 3);
+    assert_eq!(a.stacks.len(), 3);
+    let xy = a.stacks.iter().find(|s| s.frames == vec![0, 1]).unwrap();
+    assert_eq!(xy.samples, 4);
+    assert_eq!(xy.cpu_ns, 400_000_000);
+    let z = a.stacks.iter().find(|s| s.frames == vec![2]).unwrap();
+    assert_eq!(z.samples, 2);
+    assert!(
+        a.stacks
+            .iter()
+            .any(|s| s.frames.is_empty() && s.samples == 1)
+    );
+    assert_eq!(a.total_samples(), 7);
+
+    // Merging into an empty profile reproduces the other one.
+    let mut empty = Profile::new();
+    empty.merge(&b);
+    assert_eq!(empty, b);
+}
+
+#[test]
+fn index_is_rebuilt_after_deserialisation_and_direct_edits() {
+    let p = sample_profile();
+    let json = serde_json::to_string(&p).unwrap();
+    let mut back: Profile = serde_json::from_str(&json).unwrap();
+    back.add(
+        &[
+            u("main", "payment-svc"),
+            u("handle", "payment-svc"),
+            u("serialize", "payment-svc"),
+        ],
+        5,
+        100,
+    );
+    assert_eq!(back.frames.len(), p.frames.len());
+    assert_eq!(back.stacks.len(), p.stacks.len());
+
+    let mut parts = Profile::from_parts(vec![u("a", "m")], Vec::new());
+    parts.frames.push(u("b", "m"));
+    parts.add(&[u("b", "m")], 1, 1);
+    assert_eq!(parts.frames.len(), 2);
+    assert_eq!(parts.stacks[0].frames, vec![1]);
+}
+
+#[test]
+fn hotspots_self_vs_inclusive() {
+    let p = sample_profile();
+    let total = p.total_cpu_ns();
+    assert_eq!(total, 1_000_000_000);
+    let hs = p.hotspots(10);
+    let names: Vec<&str> = hs.iter().map(|h| h.function.as_str()).collect();
+    // Self descending, then total descending, then name.
+    assert_eq!(
+        names,
+        [
+            "validate_signature",
+            "serialize",
+            "schedule",
+            "handle",
+            "main"
+        ]
+    );
+    let v = &hs[0];
+    assert_eq!(v.module, "payment-svc");
+    assert_eq!(v.kind, FrameKind::User);
+    assert_eq!(v.self_cpu_ns, 600_000_000);
+    assert_eq!(v.total_cpu_ns, 700_000_000);
+    assert!((v.self_share - 0.6).abs() < 1e-12);
+    assert!((v.total_share - 0.7).abs() < 1e-12);
+    let sched = &hs[2];
+    assert_eq!(sched.kind, FrameKind::Kernel);
+    assert_eq!(sched.module, KERNEL_MODULE);
+    assert_eq!(sched.self_cpu_ns, 100_000_000);
+    let main = &hs[4];
+    assert_eq!(main.self_cpu_ns, 0);
+    assert_eq!(main.total_cpu_ns, total);
+    assert!((main.total_share - 1.0).abs() < 1e-12);
+}
+
+#[test]
+fn hotspots_top_is_union_of_top_self_and_top_total() {
+    let p = sample_profile();
+    let hs = p.hotspots(1);
+    let names: Vec<&str> = hs.iter().map(|h| h.function.as_str()).collect();
+    // Top self is validate_signature; top total is main (ties with handle, broken by
+    // name: "handle" < "main").
+    assert_eq!(names, ["validate_signature", "handle"]);
+    assert!(p.hotspots(0).is_empty());
+    assert!(Profile::new().hotspots(5).is_empty());
+}
+
+#[test]
+fn recursion_counts_once_per_stack() {
+    let mut p = Profile::new();
+    let r = u("recurse", "bin");
+    p.add(&[u("main", "bin"), r.clone(), r.clone(), r.clone()], 10, 10);
+    p.add(&[u("main", "bin"), u("other", "bin")], 10, 10);
+    let hs = p.all_hotspots();
+    let rec = hs.iter().find(|h| h.function == "recurse").unwrap();
+    assert_eq!(rec.self_cpu_ns, 1_000_000_000);
+    assert_eq!(rec.total_cpu_ns, 1_000_000_000);
+    assert!((rec.total_share - 0.5).abs() < 1e-12);
+    let main = hs.iter().find(|h| h.function == "main").unwrap();
+    assert_eq!(main.total_cpu_ns, 2_000_000_000);
+    assert!(hs.iter().all(|h| h.total_share <= 1.0));
+}
+
+#[test]
+fn folded_exact_text() {
+    let p = sample_profile();
+    assert_eq!(
+        folded_string(&p),
+        "main;handle;serialize 30\n\
+         main;handle;validate_signature 60\n\
+         main;handle;validate_signature;schedule_[k] 10\n"
+    );
+}
+
+#[test]
+fn folded_conventions_unknown_module_semicolons_and_empty_stacks() {
+    let mut p = Profile::new();
+    p.add(
+        &[
+            u("main", "svc"),
+            u(UNKNOWN_FUNCTION, "libfoo.so"),
+            u(UNKNOWN_FUNCTION, UNKNOWN_MODULE),
+            u("<[u8; 32] as Debug>::fmt", "svc"),
+            Frame::unknown(FrameKind::Kernel),
+        ],
+        2,
+        99,
+    );
+    p.add(&[], 3, 99);
+    // Two stacks that differ only by module render to the same line and are summed.
+    p.add(&[u("f", "a")], 1, 99);
+    p.add(&[u("f", "b")], 1, 99);
+    assert_eq!(
+        folded_string(&p),
+        "[no stack] 3\n\
+         f 2\n\
+         main;[libfoo.so];[unknown];<[u8: 32] as Debug>::fmt;[unknown]_[k] 2\n"
+    );
+    assert_eq!(folded_string(&Profile::new()), "");
+}
+
+#[test]
+fn svg_contains_names_and_is_deterministic() {
+    let p = sample_profile();
+    let a = svg_string(&p, "checkout 1.2s");
+    let b = svg_string(&p, "checkout 1.2s");
+    assert_eq!(a, b);
+    assert!(a.starts_with("<?xml"), "{}", &a[..100]);
+    // inferno shows kernel frames without their `_[k]` annotation (it only colours them).
+    for name in [
+        "validate_signature",
+        "serialize",
+        "handle",
+        "main",
+        "schedule",
+    ] {
+        assert!(a.contains(name), "{name} missing");
+    }
+    assert!(a.contains("checkout 1.2s"));
+    // Widths are CPU time in microseconds.
+    assert!(a.contains("<title>validate_signature (700,000 µs, 70.00%)</title>"));
+    assert!(a.contains("100 samples, 1.00s CPU"), "subtitle");
+    // A profile built in another order draws the same graph.
+    let mut q = Profile::new();
+    q.add(
+        &[
+            u("main", "payment-svc"),
+            u("handle", "payment-svc"),
+            u("validate_signature", "payment-svc"),
+            k("schedule"),
+        ],
+        10,
+        100,
+    );
+    q.merge(&p);
+    let mut r = p.clone();
+    r.merge(&Profile::from_parts(Vec::new(), Vec::new()));
+    r.add(
+        &[
+            u("main", "payment-svc"),
+            u("handle", "payment-svc"),
+            u("validate_signature", "payment-svc"),
+            k("schedule"),
+        ],
+        10,
+        100,
+    );
+    assert_eq!(svg_string(&q, "t"), svg_string(&r, "t"));
+}
+
+#[test]
+fn svg_of_an_empty_profile_is_still_an_svg() {
+    let s = svg_string(&Profile::new(), "empty");
+    assert!(s.contains("<svg"), "{s}");
+    assert!(s.contains("[no samples]"));
+    // Samples without CPU time (frequency 0) are drawn by sample count.
+    let mut p = Profile::new();
+    p.add(&[u("only", "m")], 3, 0);
+    let s = svg_string(&p, "counts");
+    assert!(s.contains("only (3 samples, 100.00%)"), "{s}");
+}
+
+#[test]
+fn pprof_round_trip_structure() {
+    let p = sample_profile();
+    let pp = decode_pprof(&p);
+    let st = &pp.string_table;
+    let s = |i: i64| st[usize::try_from(i).unwrap()].as_str();
+    assert_eq!(st[0], "");
+
+    // Sample types: [samples/count, cpu/nanoseconds], default cpu.
+    let types: Vec<(&str, &str)> = pp
+        .sample_type
+        .iter()
+        .map(|t| (s(t.r#type), s(t.unit)))
+        .collect();
+    assert_eq!(types, [("samples", "count"), ("cpu", "nanoseconds")]);
+    assert_eq!(s(pp.default_sample_type), "cpu");
+    let period_type = pp.period_type.as_ref().unwrap();
+    assert_eq!(
+        (s(period_type.r#type), s(period_type.unit)),
+        ("cpu", "nanoseconds")
+    );
+    assert_eq!(pp.period, 10_000_000);
+
+    // Ids are non-zero and unique; references are valid.
+    let fn_ids: Vec<u64> = pp.function.iter().map(|f| f.id).collect();
+    let loc_ids: Vec<u64> = pp.location.iter().map(|l| l.id).collect();
+    let map_ids: Vec<u64> = pp.mapping.iter().map(|m| m.id).collect();
+    for ids in [&fn_ids, &loc_ids, &map_ids] {
+        assert!(ids.iter().all(|&i| i != 0));
+        let mut sorted = ids.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ids.len());
+    }
+    assert_eq!(pp.location.len(), p.frames.len(), "one location per frame");
+    assert_eq!(pp.function.len(), p.frames.len());
+    for l in &pp.location {
+        assert!(map_ids.contains(&l.mapping_id));
+        assert_eq!(l.line.len(), 1);
+        assert!(fn_ids.contains(&l.line[0].function_id));
+    }
+    for f in &pp.function {
+        assert!((f.name as usize) < st.len());
+        assert!((f.system_name as usize) < st.len());
+    }
+    // One mapping per module, all with functions so pprof does not symbolize.
+    let mut modules: Vec<&str> = pp.mapping.iter().map(|m| s(m.filename)).collect();
+    modules.sort();
+    assert_eq!(modules, ["[kernel]", "payment-svc"]);
+    assert!(pp.mapping.iter().all(|m| m.has_functions));
+
+    // Samples: leaf first, values [samples, cpu_ns], totals preserved.
+    let name_of_location = |id: u64| {
+        let l = pp.location.iter().find(|l| l.id == id).unwrap();
+        let f = pp
+            .function
+            .iter()
+            .find(|f| f.id == l.line[0].function_id)
+            .unwrap();
+        s(f.name)
+    };
+    let mut stacks: Vec<(Vec<&str>, Vec<i64>)> = pp
+        .sample
+        .iter()
+        .map(|smp| {
+            assert_eq!(smp.value.len(), pp.sample_type.len());
+            (
+                smp.location_id
+                    .iter()
+                    .map(|&id| name_of_location(id))
+                    .collect(),
+                smp.value.clone(),
+            )
+        })
+        .collect();
+    stacks.sort();
+    assert_eq!(
+        stacks,
+        [
+            (
+                vec!["schedule", "validate_signature", "handle", "main"],
+                vec![10, 100_000_000]
+            ),
+            (vec!["serialize", "handle", "main"], vec![30, 300_000_000]),
+            (
+                vec!["validate_signature", "handle", "main"],
+                vec![60, 600_000_000]
+            ),
+        ]
+    );
+    let kernel_loc = pp
+        .location
+        .iter()
+        .find(|l| name_of_location(l.id) == "schedule")
+        .unwrap();
+    let kernel_map = pp
+        .mapping
+        .iter()
+        .find(|m| m.id == kernel_loc.mapping_id)
+        .unwrap();
+    assert_eq!(s(kernel_map.filename), "[kernel]");
+}
+
+#[test]
+fn pprof_is_deterministic_and_handles_empty_and_bad_parts() {
+    let p = sample_profile();
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    write_pprof(&p, &mut a).unwrap();
+    write_pprof(&p, &mut b).unwrap();
+    assert_eq!(a, b);
+
+    let empty = decode_pprof(&Profile::new());
+    assert_eq!(empty.string_table[0], "");
+    assert!(empty.sample.is_empty());
+    assert_eq!(empty.sample_type.len(), 2);
+
+    // A stored stack referencing a frame that does not exist gets an unknown location.
+    let bad = Profile::from_parts(
+        vec![u("a", "m")],
+        vec![WeightedStack {
+            frames: vec![0, 7],
+            samples: 1,
+            cpu_ns: 5,
+        }],
+    );
+    let pp = decode_pprof(&bad);
+    assert_eq!(pp.location.len(), 2);
+    let leaf = pp.sample[0].location_id[0];
+    let loc = pp.location.iter().find(|l| l.id == leaf).unwrap();
+    let f = pp
+        .function
+        .iter()
+        .find(|f| f.id == loc.line[0].function_id)
+        .unwrap();
+    assert_eq!(pp.string_table[f.name as usize], UNKNOWN_FUNCTION);
+    assert_eq!(folded_string(&bad), "a;[unknown] 1\n");
+    assert_eq!(bad.all_hotspots().len(), 2);
+}
+
+#[test]
+fn json_round_trip_and_shape() {
+    let p = sample_profile();
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["frames"][0]["function"], "main");
+    assert_eq!(json["frames"][3]["kind"], "user");
+    assert_eq!(
+        json["frames"].as_array().unwrap().last().unwrap()["kind"],
+        "kernel"
+    );
+    assert_eq!(json["stacks"][0]["samples"], 60);
+    assert_eq!(json["stacks"][0]["cpu_ns"], 600_000_000);
+    assert_eq!(
+        json.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["frames", "stacks"]
+    );
+    let back: Profile = serde_json::from_value(json).unwrap();
+    assert_eq!(back, p);
+
+    let hs = p.hotspots(3);
+    let hs_json = serde_json::to_string(&hs).unwrap();
+    let hs_back: Vec<Hotspot> = serde_json::from_str(&hs_json).unwrap();
+    assert_eq!(hs_back, hs);
+    assert!(hs_json.contains("\"self_share\":0.6"));
+}
+
+#[test]
+fn text_summary() {
+    let p = sample_profile();
+    let mut out = Vec::new();
+    write_text_summary(&p, 2, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text,
+        "100 samples, 1.00s CPU, 3 stacks, 5 frames\n\
+         top self:\n\
+         \x20  60.0%  self   600ms  validate_signature (payment-svc)\n\
+         \x20  30.0%  self   300ms  serialize (payment-svc)\n\
+         top total:\n\
+         \x20 100.0%  total  1.00s  handle (payment-svc)\n\
+         \x20 100.0%  total  1.00s  main (payment-svc)\n"
+    );
+
+    let mut out = Vec::new();
+    write_text_summary(&Profile::new(), 5, &mut out).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "0 samples, 0ns CPU, 0 stacks, 0 frames\n(no samples)\n"
+    );
+}
+
+#[test]
+fn pprof_names_unknown_functions_after_their_module() {
+    let mut p = Profile::new();
+    p.add(
+        &[
+            u("main", "svc"),
+            u(UNKNOWN_FUNCTION, "libc.so.6"),
+            u(UNKNOWN_FUNCTION, UNKNOWN_MODULE),
+            Frame::unknown(FrameKind::Kernel),
+        ],
+        1,
+        99,
+    );
+    let pp = decode_pprof(&p);
+    let names: Vec<&str> = pp
+        .function
+        .iter()
+        .map(|f| pp.string_table[f.name as usize].as_str())
+        .collect();
+    assert_eq!(names, ["main", "[libc.so.6]", "[unknown]", "[unknown]"]);
+    let leaf = pp.sample[0].location_id[0];
+    assert_eq!(leaf, 4, "leaf first: the kernel frame");
+}
