@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "coral/v1/common.proto",
         "coral/v1/agent.proto",
         "coral/v1/query.proto",
+        "coral/v1/profile.proto",
     ];
     let paths: Vec<_> = files.iter().map(|f| root.join(f)).collect();
     tonic_prost_build::configure().compile_protos(&paths, std::slice::from_ref(&root))?;

@@ -38,7 +38,9 @@ fn main() -> Result<()> {
 /// against libbpf's headers.
 const BUILD_PREREQUISITES: &[system::Prerequisite] = &[
     ("clang", || system::on_path("clang")),
-    ("libbpf-dev", || std::path::Path::new("/usr/include/bpf/bpf_helpers.h").exists()),
+    ("libbpf-dev", || {
+        std::path::Path::new("/usr/include/bpf/bpf_helpers.h").exists()
+    }),
 ];
 
 /// Building, plus a PostgreSQL server for the tests and benchmarks.
@@ -73,7 +75,7 @@ fn bench(args: &[String]) -> Result<()> {
         "cargo",
         &["build", "--release", "-p", "coral-cli", "-p", "coral-bench"],
     )?;
-    let cluster = postgres::Cluster::start()?;
+    let cluster = postgres::Cluster::start_durable()?;
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let status = std::process::Command::new(format!("{target}/release/coral-bench"))
         .args(args)

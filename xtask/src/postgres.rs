@@ -56,7 +56,19 @@ fn check(cmd: &mut Command, what: &str) -> Result<()> {
 }
 
 impl Cluster {
+    /// A cluster for tests: durability off, which is safe for throwaway data and keeps
+    /// the tests fast on a small machine.
     pub fn start() -> Result<Self> {
+        Self::start_with("-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+    }
+
+    /// A cluster with PostgreSQL's default (durable) settings, for benchmarks whose
+    /// figures must hold for a production server.
+    pub fn start_durable() -> Result<Self> {
+        Self::start_with("")
+    }
+
+    fn start_with(settings: &str) -> Result<Self> {
         let bin =
             bin_dir().context("no PostgreSQL server installed (apt-get install postgresql)")?;
         let version = bin
@@ -84,11 +96,8 @@ impl Cluster {
             ]),
             "initdb",
         )?;
-        // Durability settings off: a test cluster is thrown away, and this keeps the
-        // tests fast on a small machine.
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 {settings}",
             dir.display()
         );
         let cluster = Self {

@@ -1,4 +1,5 @@
-//! The node agent: receives OpenTelemetry spans and forwards them to the colony.
+//! The node agent: receives OpenTelemetry spans and forwards them to the colony;
+//! samples CPU stacks when the colony asks and ties them to the requests that ran.
 //!
 //! ```text
 //!  app / OTel SDK / Collector
@@ -7,6 +8,7 @@
 //!  receiver::grpc ──┐   ┌── receiver::http
 //!                   ▼   ▼
 //!            otlp::convert (validate, flatten to coral_client::v1::Span)
+//!                     │ ─── SpanObserver ──► profiler (process directory, request spans)
 //!                     │ one all-or-nothing push per request
 //!                     ▼
 //!            uplink::Buffer (bounded by max_buffered_spans)
@@ -14,6 +16,8 @@
 //!                     ▼
 //!            uplink workers ── IngestSpans ──► colony   (retried with backoff)
 //!            uplink session ── RegisterAgent / Heartbeat ──► colony
+//!
+//!  colony ── WatchCommands ──► profiler ── ReportSession / IngestTraceProfiles ──► colony
 //! ```
 //!
 //! * [`otlp`] is pure conversion: OTLP `ExportTraceServiceRequest` to Coral's wire
@@ -29,11 +33,14 @@
 //!   rejected (invalid), dropped (buffer full, or still unsent at shutdown), buffered
 //!   (queued or in flight) or forwarded (accepted by the colony, or refused by it as
 //!   invalid, which also counts as rejected).
+//! * [`profiler`] runs the CPU profiling sessions the colony pushes, and profiles every
+//!   request of the profiled service that ran during one (see its documentation).
 //!
 //! [`serve`] runs everything until its shutdown future resolves, then stops accepting,
 //! flushes the buffer (waiting at most [`SHUTDOWN_FLUSH_TIMEOUT`]) and returns.
 
 pub mod otlp;
+pub mod profiler;
 pub mod receiver;
 pub mod stats;
 pub mod uplink;
@@ -41,7 +48,8 @@ pub mod uplink;
 #[cfg(test)]
 mod tests;
 
-pub use stats::AgentStats;
+pub use profiler::{ProfilingConfig, SamplerFactory};
+pub use stats::{AgentStats, ProfilingCounters};
 
 /// The counters an agent reports (the wire type of the heartbeat).
 pub use coral_client::v1::AgentCounters;
@@ -77,6 +85,8 @@ pub struct AgentConfig {
     /// Largest OTLP request accepted, in bytes (after decompression): the gRPC decode
     /// limit and the HTTP body limit.
     pub max_request_bytes: usize,
+    /// CPU profiling sessions and per-request profiles.
+    pub profiling: ProfilingConfig,
 }
 
 impl AgentConfig {
@@ -98,6 +108,7 @@ impl AgentConfig {
             flush_interval: Self::DEFAULT_FLUSH_INTERVAL,
             heartbeat_interval: Self::DEFAULT_HEARTBEAT_INTERVAL,
             max_request_bytes: Self::DEFAULT_MAX_REQUEST_BYTES,
+            profiling: ProfilingConfig::default(),
         }
     }
 
@@ -120,6 +131,12 @@ impl AgentConfig {
         }
         if self.heartbeat_interval.is_zero() {
             return bad("heartbeat_interval must be longer than zero");
+        }
+        if self.profiling.max_frequency_hz == 0 {
+            return bad("profiling.max_frequency_hz must be at least 1");
+        }
+        if self.profiling.ring_samples == 0 {
+            return bad("profiling.ring_samples must be at least 1");
         }
         Ok(())
     }
@@ -158,6 +175,36 @@ pub enum AgentError {
     },
     #[error("the OTLP/gRPC receiver failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("starting the profiler thread failed: {0}")]
+    Profiler(#[source] std::io::Error),
+}
+
+/// What [`serve_with`] runs with besides the configuration.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// Where the agent counts (watch it with [`AgentStats::snapshot`] and
+    /// [`AgentStats::profiling`]).
+    pub stats: Arc<AgentStats>,
+    /// Creates the CPU sampler on the first profiling session: the eBPF sampler
+    /// ([`profiler::ebpf_sampler_factory`]) by default, an in-memory one in tests.
+    pub sampler_factory: SamplerFactory,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            stats: Arc::new(AgentStats::default()),
+            sampler_factory: profiler::ebpf_sampler_factory(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Runs the agent until `shutdown` resolves; then stops accepting, flushes what is
@@ -178,13 +225,36 @@ pub async fn serve_with_stats(
     stats: Arc<AgentStats>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
+    let options = ServeOptions {
+        stats,
+        ..ServeOptions::default()
+    };
+    serve_with(config, listeners, options, shutdown).await
+}
+
+/// [`serve`] with [`ServeOptions`]: the counters to update and the sampler to profile
+/// with.
+pub async fn serve_with(
+    config: AgentConfig,
+    listeners: Listeners,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let ServeOptions {
+        stats,
+        sampler_factory,
+    } = options;
     config.validate()?;
     if listeners.otlp_grpc.is_none() && listeners.otlp_http.is_none() {
         return Err(AgentError::NoListeners);
     }
     let channel = coral_client::connect_lazy(&config.colony)?;
+    let profiler =
+        profiler::Running::start(&config, channel.clone(), stats.clone(), sampler_factory)
+            .map_err(AgentError::Profiler)?;
     let uplink = uplink::Uplink::start(&config, channel, stats.clone());
-    let intake = receiver::Intake::new(config.node.clone(), uplink.buffer(), stats.clone());
+    let intake = receiver::Intake::new(config.node.clone(), uplink.buffer(), stats.clone())
+        .with_observer(profiler.observer());
 
     // One shutdown signal, watched by both receivers.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -251,7 +321,10 @@ pub async fn serve_with_stats(
             aborts.iter().for_each(|abort| abort.abort());
         }
     }
-    uplink.shutdown(SHUTDOWN_FLUSH_TIMEOUT).await;
+    tokio::join!(
+        profiler.shutdown(SHUTDOWN_FLUSH_TIMEOUT),
+        uplink.shutdown(SHUTDOWN_FLUSH_TIMEOUT)
+    );
     failure.unwrap_or(Ok(()))
 }
 

@@ -1,5 +1,6 @@
 //! What happened to the spans the agent received: counters shared by the receivers and
-//! the uplink, reported to the colony with every heartbeat.
+//! the uplink, reported to the colony with every heartbeat. Also the CPU profiler's
+//! counters ([`ProfilingCounters`]), which are logged but not (yet) on the wire.
 
 use coral_client::v1::AgentCounters;
 use std::sync::Mutex;
@@ -18,6 +19,37 @@ pub struct AgentStats {
     rejected: AtomicU64,
     buffered: AtomicU64,
     drop_warning: Mutex<DropWarning>,
+    profiling: ProfilingStats,
+}
+
+/// The CPU profiler's counters since the agent started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProfilingCounters {
+    /// Profiling sessions received (each distinct session once).
+    pub sessions: u64,
+    /// Sessions answered with an error (refused by the allow list, sampler failure).
+    pub session_errors: u64,
+    /// Samples taken from the sampler.
+    pub samples: u64,
+    /// Samples the sampler lost (kernel ring buffer full, or its own buffer overflowed).
+    pub samples_lost: u64,
+    /// Samples pushed out of the recent-sample ring by newer ones before they aged out.
+    pub samples_evicted: u64,
+    /// Per-request profiles the colony accepted.
+    pub trace_profiles_sent: u64,
+    /// Per-request profiles given up (queue full, refused by the colony, shutdown).
+    pub trace_profiles_dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct ProfilingStats {
+    sessions: AtomicU64,
+    session_errors: AtomicU64,
+    samples: AtomicU64,
+    samples_lost: AtomicU64,
+    samples_evicted: AtomicU64,
+    trace_profiles_sent: AtomicU64,
+    trace_profiles_dropped: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +68,52 @@ impl AgentStats {
             spans_rejected: self.rejected.load(Relaxed),
             spans_buffered: self.buffered.load(Relaxed),
         }
+    }
+
+    /// The CPU profiler's counters now.
+    pub fn profiling(&self) -> ProfilingCounters {
+        let p = &self.profiling;
+        ProfilingCounters {
+            sessions: p.sessions.load(Relaxed),
+            session_errors: p.session_errors.load(Relaxed),
+            samples: p.samples.load(Relaxed),
+            samples_lost: p.samples_lost.load(Relaxed),
+            samples_evicted: p.samples_evicted.load(Relaxed),
+            trace_profiles_sent: p.trace_profiles_sent.load(Relaxed),
+            trace_profiles_dropped: p.trace_profiles_dropped.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn add_session(&self, failed: bool) {
+        self.profiling.sessions.fetch_add(1, Relaxed);
+        if failed {
+            self.profiling.session_errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn add_samples(&self, n: usize) {
+        self.profiling.samples.fetch_add(n as u64, Relaxed);
+    }
+
+    /// The sampler's own cumulative count of lost samples.
+    pub(crate) fn set_samples_lost(&self, n: u64) {
+        self.profiling.samples_lost.store(n, Relaxed);
+    }
+
+    pub(crate) fn add_samples_evicted(&self, n: u64) {
+        self.profiling.samples_evicted.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn add_trace_profiles_sent(&self, n: usize) {
+        self.profiling
+            .trace_profiles_sent
+            .fetch_add(n as u64, Relaxed);
+    }
+
+    pub(crate) fn add_trace_profiles_dropped(&self, n: usize) {
+        self.profiling
+            .trace_profiles_dropped
+            .fetch_add(n as u64, Relaxed);
     }
 
     /// Spans that arrived in an OTLP request (valid or not).

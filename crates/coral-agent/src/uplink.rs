@@ -247,18 +247,18 @@ impl Buffer {
 
 /// Exponential backoff with a little jitter, so that many agents do not reconnect in
 /// step after a colony restart.
-struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
 }
 
 impl Backoff {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             next: BACKOFF_START,
         }
     }
 
-    fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let delay = self.next;
         self.next = (self.next * 2).min(BACKOFF_MAX);
         let nanos = std::time::SystemTime::now()
@@ -345,7 +345,7 @@ impl Link {
 }
 
 /// A status with its cause, short enough for one log line.
-fn describe(status: &Status) -> String {
+pub(crate) fn describe(status: &Status) -> String {
     use std::error::Error;
     let mut text = format!("{}: {}", status.code(), status.message());
     let mut source = status.source();
@@ -361,7 +361,7 @@ fn describe(status: &Status) -> String {
 }
 
 /// Errors that sending the same batch again cannot fix.
-fn is_permanent(status: &Status) -> bool {
+pub(crate) fn is_permanent(status: &Status) -> bool {
     matches!(status.code(), Code::InvalidArgument | Code::OutOfRange)
 }
 

@@ -1,4 +1,12 @@
 //! The join of CPU samples to the request (span) they belong to.
+//!
+//! A request is a span's window: its process (`process.pid`), its thread (`thread.id`)
+//! when the SDK records one, and its start and end. [`join`] cuts the request's samples
+//! out of a time-ordered slice (binary search on time, then a filter on thread or
+//! process) and says how precisely they belong to it ([`Precision`]);
+//! [`concurrent_requests`] counts the other requests of the same process that ran at the
+//! same time, whose work a *process*-precision profile includes. Samples are described
+//! by [`TimedSample`], so this crate does not depend on the sampler.
 
 /// How precisely a request profile's samples belong to its request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -26,7 +26,7 @@ pub fn trace_id(run: u32, n: u64) -> [u8; 16] {
 }
 
 /// Spans of `traces` traces, `per_trace` spans each (a server root and internal
-/// children), in `services` services, over the last `window`; one root in 100 lasts
+/// children), in `services` services, over the last `window`; one root in 101 lasts
 /// 1.2 s, the rest 20–70 ms.
 pub fn records(
     run: u32,
@@ -41,7 +41,7 @@ pub fn records(
     for t in 0..traces {
         let trace = TraceId(trace_id(run, t));
         let start = now - window.as_nanos() as i64 + t as i64 * step;
-        let duration = if t % 100 == 7 {
+        let duration = if t % 101 == 7 {
             1_200_000_000
         } else {
             20_000_000 + (t % 50) as i64 * 1_000_000

@@ -22,7 +22,9 @@ Quick start:
   coral agent start                       # OTLP on :4317 (gRPC) and :4318 (HTTP)
   coral query services
   coral query traces --service payment-svc --min-duration 1s
-  coral query trace <trace-id>";
+  coral query trace <trace-id>
+  coral profile cpu --service payment-svc --duration 10s
+  coral query trace-profile <trace-id>";
 
 #[derive(Subcommand)]
 enum Command {
@@ -32,8 +34,11 @@ enum Command {
     /// Run the node agent: receives OpenTelemetry spans and ships them to the colony.
     #[command(subcommand)]
     Agent(commands::agent::AgentCommand),
-    /// Ask the colony: services, requests, traces.
+    /// Ask the colony: services, requests, traces, request profiles.
     Query(commands::query::QueryArgs),
+    /// Profile CPU now.
+    #[command(subcommand)]
+    Profile(commands::profile::ProfileCommand),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
             Command::Colony(cmd) => commands::colony::run(cmd).await,
             Command::Agent(cmd) => commands::agent::run(cmd).await,
             Command::Query(args) => commands::query::run(args).await,
+            Command::Profile(cmd) => commands::profile::run(cmd).await,
         }
     });
     match result {

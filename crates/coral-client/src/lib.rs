@@ -8,7 +8,10 @@ pub mod v1 {
     tonic::include_proto!("coral.v1");
 }
 
+pub mod profile;
+
 pub use v1::agent_service_client::AgentServiceClient;
+pub use v1::profile_service_client::ProfileServiceClient;
 pub use v1::query_service_client::QueryServiceClient;
 
 use std::time::Duration;
@@ -92,6 +95,13 @@ pub fn query_client(channel: Channel) -> QueryServiceClient<Channel> {
 /// An agent-side client with Coral's message limits.
 pub fn agent_client(channel: Channel) -> AgentServiceClient<Channel> {
     AgentServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// A profile client with Coral's message limits.
+pub fn profile_client(channel: Channel) -> ProfileServiceClient<Channel> {
+    ProfileServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }

@@ -1,7 +1,8 @@
 //! Wire spans (`coral_client::v1::Span`) to domain records and back.
 
+pub use coral_client::profile::{profile_from_wire, profile_to_wire};
 use coral_client::v1;
-use coral_store::{SpanId, SpanRecord, TraceId};
+use coral_store::{Precision, SpanId, SpanRecord, TraceId, TraceProfileRecord};
 
 /// Validates and converts one wire span; the error says what is wrong with it.
 pub fn span_from_wire(span: v1::Span) -> Result<SpanRecord, String> {
@@ -96,6 +97,57 @@ pub fn span_to_wire(span: SpanRecord) -> v1::Span {
     }
 }
 
+/// Validates and converts one wire trace profile.
+pub fn trace_profile_from_wire(p: v1::TraceProfile) -> Result<TraceProfileRecord, String> {
+    let trace_id = TraceId::from_bytes(&p.trace_id)
+        .ok_or_else(|| format!("trace_id must be 16 bytes (got {})", p.trace_id.len()))?;
+    let span_id = SpanId::from_bytes(&p.span_id)
+        .ok_or_else(|| format!("span_id must be 8 bytes (got {})", p.span_id.len()))?;
+    let precision = Precision::parse(&p.precision)
+        .ok_or_else(|| format!("precision must be thread or process, not {:?}", p.precision))?;
+    if p.frequency_hz == 0 {
+        return Err("frequency_hz must be set".into());
+    }
+    if p.service.is_empty() {
+        return Err("service must be set".into());
+    }
+    Ok(TraceProfileRecord {
+        trace_id,
+        span_id,
+        service: p.service,
+        span_name: p.span_name,
+        start_unix_nano: p.start_time_unix_nano,
+        duration_ns: p.duration_ns.max(0),
+        node: p.node,
+        pid: p.pid,
+        thread_id: p.thread_id,
+        precision,
+        frequency_hz: p.frequency_hz,
+        concurrent_requests: p.concurrent_requests,
+        source: p.source,
+        profile: profile_from_wire(p.profile.unwrap_or_default())?,
+    })
+}
+
+pub fn trace_profile_to_wire(p: &TraceProfileRecord) -> v1::TraceProfile {
+    v1::TraceProfile {
+        trace_id: p.trace_id.0.to_vec(),
+        span_id: p.span_id.0.to_vec(),
+        service: p.service.clone(),
+        span_name: p.span_name.clone(),
+        start_time_unix_nano: p.start_unix_nano,
+        duration_ns: p.duration_ns,
+        node: p.node.clone(),
+        pid: p.pid,
+        thread_id: p.thread_id,
+        precision: p.precision.as_str().to_string(),
+        frequency_hz: p.frequency_hz,
+        concurrent_requests: p.concurrent_requests,
+        source: p.source.clone(),
+        profile: Some(profile_to_wire(&p.profile)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +172,23 @@ mod tests {
         let record = span_from_wire(wire()).unwrap();
         assert_eq!(record.attributes["k"], "v");
         assert_eq!(span_to_wire(record), wire());
+    }
+
+    #[test]
+    fn profiles_round_trip_and_bad_indices_are_refused() {
+        use coral_analysis::profile::{Frame, Profile};
+        let mut profile = Profile::new();
+        profile.add(
+            &[Frame::user("main", "svc"), Frame::kernel("schedule")],
+            3,
+            99,
+        );
+        let wire = profile_to_wire(&profile);
+        assert!(wire.frames[1].kernel);
+        assert_eq!(profile_from_wire(wire.clone()).unwrap(), profile);
+        let mut bad = wire;
+        bad.stacks[0].frame_ids.push(9);
+        assert!(profile_from_wire(bad).unwrap_err().contains("frame 9"));
     }
 
     #[test]

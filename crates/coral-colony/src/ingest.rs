@@ -1,11 +1,23 @@
 //! `AgentService`: what agents send (registration, heartbeats, spans).
 
-use crate::convert::span_from_wire;
+use crate::convert::{profile_from_wire, span_from_wire, trace_profile_from_wire};
 use crate::{now_unix_nano, store_status};
 use coral_client::v1::{self, agent_service_server::AgentService};
-use coral_store::{AgentRecord, Store};
+use coral_store::{AgentRecord, SessionResult, Store};
+use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+
+/// How often a command stream looks for new work in the store. The store, not this
+/// process, holds the work, so a command created on another colony replica reaches
+/// agents connected here too.
+const COMMAND_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+type CommandStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::AgentCommand, Status>> + Send>>;
 
 pub struct IngestService {
     store: Arc<dyn Store>,
@@ -24,8 +36,119 @@ fn require_agent_id(agent_id: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Sends each active session once, as it appears, until the agent goes away.
+async fn push_commands(
+    store: Arc<dyn Store>,
+    agent_id: String,
+    tx: tokio::sync::mpsc::Sender<Result<v1::AgentCommand, Status>>,
+) {
+    let mut sent = HashSet::new();
+    loop {
+        match store.active_profile_sessions(now_unix_nano()).await {
+            Ok(sessions) => {
+                for session in sessions {
+                    if !sent.insert(session.session_id) {
+                        continue;
+                    }
+                    let command = v1::AgentCommand {
+                        command: Some(v1::agent_command::Command::ProfileSession(
+                            v1::ProfileSessionCommand {
+                                session_id: session.session_id.to_string(),
+                                service: session.service,
+                                frequency_hz: session.frequency_hz,
+                                start_time_unix_nano: session.created_unix_nano,
+                                duration_ns: session.duration_ns,
+                            },
+                        )),
+                    };
+                    if tx.send(Ok(command)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(agent = %agent_id, error = %e, "cannot read profiling sessions")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(COMMAND_POLL_INTERVAL) => {}
+            () = tx.closed() => return,
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl AgentService for IngestService {
+    type WatchCommandsStream = CommandStream;
+
+    async fn watch_commands(
+        &self,
+        request: Request<v1::WatchCommandsRequest>,
+    ) -> Result<Response<Self::WatchCommandsStream>, Status> {
+        let agent_id = request.into_inner().agent_id;
+        require_agent_id(&agent_id)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(push_commands(self.store.clone(), agent_id, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn report_session(
+        &self,
+        request: Request<v1::ReportSessionRequest>,
+    ) -> Result<Response<v1::ReportSessionResponse>, Status> {
+        let req = request.into_inner();
+        require_agent_id(&req.agent_id)?;
+        let session_id = req
+            .session_id
+            .parse()
+            .map_err(|_| Status::invalid_argument("session_id must be a UUID"))?;
+        let profile =
+            profile_from_wire(req.profile.unwrap_or_default()).map_err(Status::invalid_argument)?;
+        let result = SessionResult {
+            session_id,
+            agent_id: req.agent_id,
+            node: req.node,
+            processes: req.processes,
+            profile,
+            error: (!req.error.is_empty()).then_some(req.error),
+        };
+        self.store
+            .put_session_result(&result)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(v1::ReportSessionResponse {}))
+    }
+
+    async fn ingest_trace_profiles(
+        &self,
+        request: Request<v1::IngestTraceProfilesRequest>,
+    ) -> Result<Response<v1::IngestTraceProfilesResponse>, Status> {
+        let req = request.into_inner();
+        let mut records = Vec::with_capacity(req.profiles.len());
+        let mut rejected = 0u64;
+        let mut error_message = String::new();
+        for (i, profile) in req.profiles.into_iter().enumerate() {
+            match trace_profile_from_wire(profile) {
+                Ok(record) => records.push(record),
+                Err(reason) => {
+                    if rejected == 0 {
+                        error_message = format!("profile {i}: {reason}");
+                    }
+                    rejected += 1;
+                }
+            }
+        }
+        self.store
+            .insert_trace_profiles(&records)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(v1::IngestTraceProfilesResponse {
+            accepted: records.len() as u64,
+            rejected,
+            error_message,
+        }))
+    }
+
     async fn register_agent(
         &self,
         request: Request<v1::RegisterAgentRequest>,

@@ -7,9 +7,13 @@
 
 mod convert;
 mod ingest;
+mod profile;
 mod query;
 
+pub use profile::{MAX_FREQUENCY_HZ, WEAK_EVIDENCE_SAMPLES};
+
 use coral_client::v1::agent_service_server::AgentServiceServer;
+use coral_client::v1::profile_service_server::ProfileServiceServer;
 use coral_client::v1::query_service_server::QueryServiceServer;
 use coral_store::{Store, StoreError};
 use std::future::Future;
@@ -58,12 +62,16 @@ pub async fn serve(
     let ingest = AgentServiceServer::new(ingest::IngestService::new(store.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let query = QueryServiceServer::new(query::QueryService::new(store))
+    let query = QueryServiceServer::new(query::QueryService::new(store.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let profile = ProfileServiceServer::new(profile::ProfileService::new(store))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     tonic::transport::Server::builder()
         .add_service(ingest)
         .add_service(query)
+        .add_service(profile)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

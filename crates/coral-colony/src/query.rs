@@ -22,33 +22,33 @@ impl QueryService {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self { store }
     }
+}
 
-    /// `NotFound` that names the services that do exist, so the caller can fix a typo.
-    async fn require_service(&self, name: &str) -> Result<(), Status> {
-        if name.is_empty() {
-            return Err(Status::invalid_argument("service must be set"));
+/// `NotFound` that names the services that do exist, so the caller can fix a typo.
+pub(crate) async fn require_service(store: &dyn Store, name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument("service must be set"));
+    }
+    match store.service(name).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::NotFound(_)) => {
+            let known = store.list_services().await.map_err(store_status)?;
+            let names: Vec<_> = known.iter().map(|s| s.name.as_str()).collect();
+            Err(Status::not_found(if names.is_empty() {
+                format!("unknown service {name:?}: no service has sent spans yet")
+            } else {
+                format!(
+                    "unknown service {name:?}; known services: {}",
+                    names.join(", ")
+                )
+            }))
         }
-        match self.store.service(name).await {
-            Ok(_) => Ok(()),
-            Err(StoreError::NotFound(_)) => {
-                let known = self.store.list_services().await.map_err(store_status)?;
-                let names: Vec<_> = known.iter().map(|s| s.name.as_str()).collect();
-                Err(Status::not_found(if names.is_empty() {
-                    format!("unknown service {name:?}: no service has sent spans yet")
-                } else {
-                    format!(
-                        "unknown service {name:?}; known services: {}",
-                        names.join(", ")
-                    )
-                }))
-            }
-            Err(e) => Err(store_status(e)),
-        }
+        Err(e) => Err(store_status(e)),
     }
 }
 
 /// A protobuf Duration as nanoseconds; `field` names it in the error.
-fn duration_ns(d: &prost_types::Duration, field: &str) -> Result<i64, Status> {
+pub(crate) fn duration_ns(d: &prost_types::Duration, field: &str) -> Result<i64, Status> {
     if d.seconds < 0 || d.nanos < 0 {
         return Err(Status::invalid_argument(format!(
             "{field} must not be negative"
@@ -58,6 +58,11 @@ fn duration_ns(d: &prost_types::Duration, field: &str) -> Result<i64, Status> {
         .checked_mul(1_000_000_000)
         .and_then(|s| s.checked_add(i64::from(d.nanos)))
         .ok_or_else(|| Status::invalid_argument(format!("{field} is too large")))
+}
+
+pub(crate) fn parse_trace_id(s: &str) -> Result<TraceId, Status> {
+    s.parse()
+        .map_err(|e: coral_store::IdError| Status::invalid_argument(e.to_string()))
 }
 
 #[tonic::async_trait]
@@ -84,7 +89,7 @@ impl query_service_server::QueryService for QueryService {
         request: Request<v1::QueryTracesRequest>,
     ) -> Result<Response<v1::QueryTracesResponse>, Status> {
         let req = request.into_inner();
-        self.require_service(&req.service).await?;
+        require_service(self.store.as_ref(), &req.service).await?;
         let since_ns = match &req.since {
             Some(d) => duration_ns(d, "since")?,
             None => DEFAULT_SINCE.as_nanos() as i64,
@@ -131,10 +136,7 @@ impl query_service_server::QueryService for QueryService {
         request: Request<v1::GetTraceRequest>,
     ) -> Result<Response<v1::GetTraceResponse>, Status> {
         let req = request.into_inner();
-        let trace_id: TraceId = req
-            .trace_id
-            .parse()
-            .map_err(|e: coral_store::IdError| Status::invalid_argument(e.to_string()))?;
+        let trace_id = parse_trace_id(&req.trace_id)?;
         let spans = self.store.get_trace(&trace_id).await.map_err(|e| match e {
             StoreError::NotFound(_) => Status::not_found(format!(
                 "trace {trace_id} not found: no span of it has arrived \

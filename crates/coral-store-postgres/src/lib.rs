@@ -13,17 +13,31 @@
 //! sorted by (trace id, span id) and deduplicated first, so that concurrent batches
 //! take their locks in the same order and cannot deadlock; the batch's services are
 //! then upserted (sorted by name, for the same reason) in the same transaction.
+//!
+//! Trace profiles go in the same way, one transaction per batch: the profile rows
+//! first (`RETURNING` the ones that were new), then, for the new ones only, their
+//! frames, stacks and per-stack sample rows, each table's rows sorted by key and
+//! inserted with `ON CONFLICT DO NOTHING` (frames and stacks are shared by every
+//! profile that has them; see `coral_store::profile_rows`). A stack's frame hashes are a
+//! `BIGINT[]`, bound as one array literal per stack (`unnest($2::text[])::int8[]`),
+//! since PostgreSQL arrays of arrays must be rectangular. A trace's profiles are read
+//! with three index look-ups: its profile rows, its samples joined to their stacks
+//! (a range scan on the samples' primary key prefix), and the frames they use.
 
+pub mod bench;
 mod error;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use coral_analysis::StatusPattern;
+use coral_analysis::profile::{Frame, Profile};
 use coral_analysis::status::{OTEL_STATUS_ERROR, StatusTerm};
 use coral_store::{
-    AgentRecord, RequestQuery, ServiceRecord, SpanId, SpanRecord, Store, StoreError, TraceId,
+    AgentRecord, Precision, ProfileSession, RequestQuery, ServiceRecord, SessionResult, SpanId,
+    SpanRecord, Store, StoreError, TraceId, TraceProfileRecord,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgBindIterExt, PgPool, PgPoolOptions, PgRow};
@@ -33,6 +47,10 @@ use sqlx::{Postgres, QueryBuilder, Row};
 pub use sqlx::postgres::PgConnectOptions;
 
 use crate::error::{map_err, map_migrate_err};
+use coral_store::profile_rows::{
+    ProfileRows, StackRead, build_profile, distinct_sorted as distinct_sorted_profiles, kind_str,
+    parse_kind, to_i64, to_u32, to_u64,
+};
 
 /// This crate's migrations, embedded at compile time.
 static MIGRATOR: Migrator = sqlx::migrate!();
@@ -90,6 +108,61 @@ const SELECT_SERVICES: &str = "SELECT service_id, name, first_seen_unix_nano, \
 
 const SELECT_SERVICE: &str = "SELECT service_id, name, first_seen_unix_nano, \
      last_seen_unix_nano FROM services WHERE name = $1";
+
+/// The columns of a trace profile row, in [`trace_profile_from_row`]'s and the
+/// insert's order.
+macro_rules! trace_profile_columns {
+    () => {
+        "trace_id, span_id, service, span_name, start_unix_nano, duration_ns, node, pid, \
+         thread_id, precision, frequency_hz, concurrent_requests, source, samples, cpu_ns, \
+         created_unix_nano"
+    };
+}
+
+const INSERT_TRACE_PROFILES: &str = concat!(
+    "INSERT INTO trace_profiles (",
+    trace_profile_columns!(),
+    ") SELECT \
+     unnest($1::bytea[]), unnest($2::bytea[]), unnest($3::text[]), unnest($4::text[]), \
+     unnest($5::int8[]), unnest($6::int8[]), unnest($7::text[]), unnest($8::int8[]), \
+     unnest($9::int8[]), unnest($10::text[]), unnest($11::int8[]), unnest($12::int8[]), \
+     unnest($13::text[]), unnest($14::int8[]), unnest($15::int8[]), unnest($16::int8[]) \
+     ON CONFLICT (trace_id, span_id) DO NOTHING \
+     RETURNING trace_id, span_id"
+);
+
+const INSERT_FRAMES: &str = "INSERT INTO profile_frames (frame_hash, function, module, kind) \
+     SELECT unnest($1::int8[]), unnest($2::text[]), unnest($3::text[]), unnest($4::text[]) \
+     ON CONFLICT (frame_hash) DO NOTHING";
+
+/// Each stack's frame hashes come as an array literal (`{1,-2,3}`).
+const INSERT_STACKS: &str = "INSERT INTO profile_stacks (stack_hash, frame_hashes) \
+     SELECT unnest($1::int8[]), unnest($2::text[])::int8[] \
+     ON CONFLICT (stack_hash) DO NOTHING";
+
+const INSERT_SAMPLES: &str = "\
+    INSERT INTO trace_profile_samples (trace_id, span_id, stack_hash, samples, cpu_ns) \
+    SELECT unnest($1::bytea[]), unnest($2::bytea[]), unnest($3::int8[]), unnest($4::int8[]), \
+           unnest($5::int8[]) \
+    ON CONFLICT (trace_id, span_id, stack_hash) DO NOTHING";
+
+const SELECT_TRACE_PROFILES: &str = concat!(
+    "SELECT ",
+    trace_profile_columns!(),
+    " FROM trace_profiles WHERE trace_id = $1 ORDER BY start_unix_nano, span_id"
+);
+
+const SELECT_TRACE_SAMPLES: &str = "\
+    SELECT s.span_id, s.stack_hash, s.samples, s.cpu_ns, st.frame_hashes \
+    FROM trace_profile_samples s \
+    LEFT JOIN profile_stacks st ON st.stack_hash = s.stack_hash \
+    WHERE s.trace_id = $1";
+
+/// A join rather than `frame_hash = ANY($1)`, which PostgreSQL may run as a scan of
+/// the frames testing each against the whole array.
+const SELECT_FRAMES: &str = "SELECT f.frame_hash, f.function, f.module, f.kind \
+     FROM unnest($1::int8[]) AS h (frame_hash) \
+     JOIN profile_frames f ON f.frame_hash = h.frame_hash";
 
 /// A [`Store`] on PostgreSQL. Cloning shares the connection pool.
 #[derive(Debug, Clone)]
@@ -310,6 +383,300 @@ impl Store for PostgresStore {
             })
             .collect()
     }
+
+    async fn insert_trace_profiles(
+        &self,
+        profiles: &[TraceProfileRecord],
+    ) -> Result<u64, StoreError> {
+        if profiles.is_empty() {
+            return Ok(0);
+        }
+        let profiles = distinct_sorted_profiles(profiles);
+        let created = now_unix_nano();
+
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let new_rows = sqlx::query(INSERT_TRACE_PROFILES)
+            .bind(profiles.iter().map(|p| p.trace_id.as_bytes()).bind_iter())
+            .bind(profiles.iter().map(|p| p.span_id.as_bytes()).bind_iter())
+            .bind(profiles.iter().map(|p| p.service.as_str()).bind_iter())
+            .bind(profiles.iter().map(|p| p.span_name.as_str()).bind_iter())
+            .bind(profiles.iter().map(|p| p.start_unix_nano).bind_iter())
+            .bind(profiles.iter().map(|p| p.duration_ns).bind_iter())
+            .bind(profiles.iter().map(|p| p.node.as_str()).bind_iter())
+            .bind(profiles.iter().map(|p| p.pid).bind_iter())
+            .bind(profiles.iter().map(|p| p.thread_id).bind_iter())
+            .bind(profiles.iter().map(|p| p.precision.as_str()).bind_iter())
+            .bind(
+                profiles
+                    .iter()
+                    .map(|p| i64::from(p.frequency_hz))
+                    .bind_iter(),
+            )
+            .bind(
+                profiles
+                    .iter()
+                    .map(|p| i64::from(p.concurrent_requests))
+                    .bind_iter(),
+            )
+            .bind(profiles.iter().map(|p| p.source.as_str()).bind_iter())
+            .bind(profiles.iter().map(|p| to_i64(p.samples())).bind_iter())
+            .bind(
+                profiles
+                    .iter()
+                    .map(|p| to_i64(p.profile.total_cpu_ns()))
+                    .bind_iter(),
+            )
+            .bind(profiles.iter().map(|_| created).bind_iter())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if new_rows.is_empty() {
+            tx.commit().await.map_err(map_err)?;
+            return Ok(0);
+        }
+        let mut new_keys: HashSet<(&[u8], &[u8])> = HashSet::with_capacity(new_rows.len());
+        for row in &new_rows {
+            new_keys.insert((
+                row.try_get("trace_id").map_err(map_err)?,
+                row.try_get("span_id").map_err(map_err)?,
+            ));
+        }
+        let rows = ProfileRows::of(
+            profiles
+                .iter()
+                .copied()
+                .filter(|p| new_keys.contains(&(p.trace_id.as_bytes(), p.span_id.as_bytes()))),
+        );
+
+        sqlx::query(INSERT_FRAMES)
+            .bind(rows.frames.keys().copied().bind_iter())
+            .bind(
+                rows.frames
+                    .values()
+                    .map(|f| f.function.as_str())
+                    .bind_iter(),
+            )
+            .bind(rows.frames.values().map(|f| f.module.as_str()).bind_iter())
+            .bind(rows.frames.values().map(|f| kind_str(f.kind)).bind_iter())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        sqlx::query(INSERT_STACKS)
+            .bind(rows.stacks.keys().copied().bind_iter())
+            .bind(rows.stacks.values().map(|h| array_literal(h)).bind_iter())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        sqlx::query(INSERT_SAMPLES)
+            .bind(
+                rows.samples
+                    .iter()
+                    .map(|r| r.trace_id.as_bytes())
+                    .bind_iter(),
+            )
+            .bind(
+                rows.samples
+                    .iter()
+                    .map(|r| r.span_id.as_bytes())
+                    .bind_iter(),
+            )
+            .bind(rows.samples.iter().map(|r| r.stack_hash).bind_iter())
+            .bind(rows.samples.iter().map(|r| r.samples).bind_iter())
+            .bind(rows.samples.iter().map(|r| r.cpu_ns).bind_iter())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(new_rows.len() as u64)
+    }
+
+    async fn trace_profiles(
+        &self,
+        trace_id: &TraceId,
+    ) -> Result<Vec<TraceProfileRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let rows = sqlx::query(SELECT_TRACE_PROFILES)
+            .bind(trace_id.as_bytes())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        if rows.is_empty() {
+            return Err(StoreError::NotFound(format!(
+                "profiles of trace {trace_id}"
+            )));
+        }
+        let mut records = rows
+            .iter()
+            .map(trace_profile_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let sample_rows = sqlx::query(SELECT_TRACE_SAMPLES)
+            .bind(trace_id.as_bytes())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        let mut stacks: HashMap<SpanId, Vec<StackRead>> = HashMap::new();
+        let mut frame_hashes: HashSet<i64> = HashSet::new();
+        for row in &sample_rows {
+            let span_id: &[u8] = row.try_get("span_id").map_err(map_err)?;
+            let span_id = SpanId::from_bytes(span_id).ok_or_else(|| {
+                StoreError::Corrupt("trace_profile_samples.span_id is not a valid id".into())
+            })?;
+            let stack_hash: i64 = row.try_get("stack_hash").map_err(map_err)?;
+            let hashes: Vec<i64> = row
+                .try_get::<Option<Vec<i64>>, _>("frame_hashes")
+                .map_err(map_err)?
+                .ok_or_else(|| StoreError::Corrupt(format!("stack {stack_hash} is not stored")))?;
+            frame_hashes.extend(&hashes);
+            stacks.entry(span_id).or_default().push(StackRead {
+                stack_hash,
+                samples: to_u64(
+                    row.try_get("samples").map_err(map_err)?,
+                    "trace_profile_samples.samples",
+                )?,
+                cpu_ns: to_u64(
+                    row.try_get("cpu_ns").map_err(map_err)?,
+                    "trace_profile_samples.cpu_ns",
+                )?,
+                frame_hashes: hashes,
+            });
+        }
+
+        let frame_hashes: Vec<i64> = frame_hashes.into_iter().collect();
+        let frame_rows = sqlx::query(SELECT_FRAMES)
+            .bind(&frame_hashes)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        let mut frames: HashMap<i64, Frame> = HashMap::with_capacity(frame_rows.len());
+        for row in &frame_rows {
+            let kind: &str = row.try_get("kind").map_err(map_err)?;
+            frames.insert(
+                row.try_get("frame_hash").map_err(map_err)?,
+                Frame {
+                    function: row.try_get("function").map_err(map_err)?,
+                    module: row.try_get("module").map_err(map_err)?,
+                    kind: parse_kind(kind)?,
+                },
+            );
+        }
+        for record in &mut records {
+            // Samples of a profile stored after the first query are not in `records`,
+            // and ignored.
+            let stacks = stacks.remove(&record.span_id).unwrap_or_default();
+            record.profile = build_profile(stacks, &frames)?;
+        }
+        Ok(records)
+    }
+
+    async fn create_profile_session(&self, session: &ProfileSession) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO profile_sessions (session_id, service, frequency_hz, \
+                 created_unix_nano, duration_ns, ends_unix_nano) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(session.session_id)
+        .bind(&session.service)
+        .bind(i64::from(session.frequency_hz))
+        .bind(session.created_unix_nano)
+        .bind(session.duration_ns)
+        .bind(session.ends_unix_nano())
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn active_profile_sessions(
+        &self,
+        now_unix_nano: i64,
+    ) -> Result<Vec<ProfileSession>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT session_id, service, frequency_hz, created_unix_nano, duration_ns \
+             FROM profile_sessions WHERE ends_unix_nano > $1 \
+             ORDER BY created_unix_nano, session_id",
+        )
+        .bind(now_unix_nano)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(ProfileSession {
+                    session_id: row.try_get("session_id").map_err(map_err)?,
+                    service: row.try_get("service").map_err(map_err)?,
+                    frequency_hz: to_u32(
+                        row.try_get("frequency_hz").map_err(map_err)?,
+                        "profile_sessions.frequency_hz",
+                    )?,
+                    created_unix_nano: row.try_get("created_unix_nano").map_err(map_err)?,
+                    duration_ns: row.try_get("duration_ns").map_err(map_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_session_result(&self, result: &SessionResult) -> Result<(), StoreError> {
+        // The foreign key on session_id refuses a result for an unknown session.
+        sqlx::query(
+            "INSERT INTO profile_session_results \
+                 (session_id, agent_id, node, processes, profile, error) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (session_id, agent_id) DO UPDATE SET \
+                 node = EXCLUDED.node, \
+                 processes = EXCLUDED.processes, \
+                 profile = EXCLUDED.profile, \
+                 error = EXCLUDED.error",
+        )
+        .bind(result.session_id)
+        .bind(&result.agent_id)
+        .bind(&result.node)
+        .bind(i64::from(result.processes))
+        .bind(Json(&result.profile))
+        .bind(result.error.as_deref())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                StoreError::NotFound(format!("profile session {}", result.session_id))
+            }
+            _ => map_err(e),
+        })?;
+        Ok(())
+    }
+
+    async fn session_results(
+        &self,
+        session_id: uuid::Uuid,
+    ) -> Result<Vec<SessionResult>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT session_id, agent_id, node, processes, profile, error \
+             FROM profile_session_results WHERE session_id = $1 \
+             ORDER BY node COLLATE \"C\", agent_id COLLATE \"C\"",
+        )
+        .bind(session_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(SessionResult {
+                    session_id: row.try_get("session_id").map_err(map_err)?,
+                    agent_id: row.try_get("agent_id").map_err(map_err)?,
+                    node: row.try_get("node").map_err(map_err)?,
+                    processes: to_u32(
+                        row.try_get("processes").map_err(map_err)?,
+                        "profile_session_results.processes",
+                    )?,
+                    profile: row
+                        .try_get::<Json<Profile>, _>("profile")
+                        .map_err(map_err)?
+                        .0,
+                    error: row.try_get("error").map_err(map_err)?,
+                })
+            })
+            .collect()
+    }
 }
 
 /// The batch without repeated (trace id, span id), sorted by them; of repeats, the
@@ -362,6 +729,60 @@ fn push_status_filter(qb: &mut QueryBuilder<Postgres>, status: &StatusPattern) {
         }
     }
     qb.push(")");
+}
+
+/// Now, for `created_unix_nano`.
+fn now_unix_nano() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// A PostgreSQL array literal of integers: `{1,-2,3}`.
+fn array_literal(values: &[i64]) -> String {
+    let mut s = String::with_capacity(values.len() * 21 + 2);
+    s.push('{');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "{v}");
+    }
+    s.push('}');
+    s
+}
+
+/// A trace profile row, with an empty profile.
+fn trace_profile_from_row(row: &PgRow) -> Result<TraceProfileRecord, StoreError> {
+    let bad_id =
+        |column: &str| StoreError::Corrupt(format!("trace_profiles.{column} is not a valid id"));
+    let trace_id: &[u8] = row.try_get("trace_id").map_err(map_err)?;
+    let span_id: &[u8] = row.try_get("span_id").map_err(map_err)?;
+    let precision: &str = row.try_get("precision").map_err(map_err)?;
+    Ok(TraceProfileRecord {
+        trace_id: TraceId::from_bytes(trace_id).ok_or_else(|| bad_id("trace_id"))?,
+        span_id: SpanId::from_bytes(span_id).ok_or_else(|| bad_id("span_id"))?,
+        service: row.try_get("service").map_err(map_err)?,
+        span_name: row.try_get("span_name").map_err(map_err)?,
+        start_unix_nano: row.try_get("start_unix_nano").map_err(map_err)?,
+        duration_ns: row.try_get("duration_ns").map_err(map_err)?,
+        node: row.try_get("node").map_err(map_err)?,
+        pid: row.try_get("pid").map_err(map_err)?,
+        thread_id: row.try_get("thread_id").map_err(map_err)?,
+        precision: Precision::parse(precision).ok_or_else(|| {
+            StoreError::Corrupt(format!("trace_profiles.precision is {precision:?}"))
+        })?,
+        frequency_hz: to_u32(
+            row.try_get("frequency_hz").map_err(map_err)?,
+            "trace_profiles.frequency_hz",
+        )?,
+        concurrent_requests: to_u32(
+            row.try_get("concurrent_requests").map_err(map_err)?,
+            "trace_profiles.concurrent_requests",
+        )?,
+        source: row.try_get("source").map_err(map_err)?,
+        profile: Profile::new(),
+    })
 }
 
 fn service_from_row(row: &PgRow) -> Result<ServiceRecord, StoreError> {

@@ -110,6 +110,36 @@ impl Store for TestDb {
     async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         self.store.list_agents().await
     }
+    async fn insert_trace_profiles(
+        &self,
+        profiles: &[TraceProfileRecord],
+    ) -> Result<u64, StoreError> {
+        self.store.insert_trace_profiles(profiles).await
+    }
+    async fn trace_profiles(
+        &self,
+        trace_id: &TraceId,
+    ) -> Result<Vec<TraceProfileRecord>, StoreError> {
+        self.store.trace_profiles(trace_id).await
+    }
+    async fn create_profile_session(&self, session: &ProfileSession) -> Result<(), StoreError> {
+        self.store.create_profile_session(session).await
+    }
+    async fn active_profile_sessions(
+        &self,
+        now_unix_nano: i64,
+    ) -> Result<Vec<ProfileSession>, StoreError> {
+        self.store.active_profile_sessions(now_unix_nano).await
+    }
+    async fn put_session_result(&self, result: &SessionResult) -> Result<(), StoreError> {
+        self.store.put_session_result(result).await
+    }
+    async fn session_results(
+        &self,
+        session_id: uuid::Uuid,
+    ) -> Result<Vec<SessionResult>, StoreError> {
+        self.store.session_results(session_id).await
+    }
 }
 
 coral_store::conformance_suite!(
@@ -173,4 +203,51 @@ async fn the_triggers_table_exists() {
         .await
         .unwrap();
     assert_eq!(count, 0);
+}
+
+async fn count(store: &PostgresStore, table: &str) -> i64 {
+    sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(&store.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run `cargo xtask test`, which provides one"]
+async fn profile_stacks_and_frames_are_stored_once() {
+    use coral_store::conformance::{checkout_profile, trace_profile};
+    let db = fresh_store().await;
+    let a = trace_profile(1, 1, checkout_profile(1));
+    let b = trace_profile(2, 1, checkout_profile(3));
+    db.store.insert_trace_profiles(&[a]).await.unwrap();
+    db.store.insert_trace_profiles(&[b]).await.unwrap();
+    // Four stacks (one empty) of seven distinct frames, in each of two profiles.
+    assert_eq!(count(&db.store, "profile_frames").await, 7);
+    assert_eq!(count(&db.store, "profile_stacks").await, 4);
+    assert_eq!(count(&db.store, "trace_profile_samples").await, 8);
+    assert_eq!(count(&db.store, "trace_profiles").await, 2);
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run `cargo xtask test`, which provides one"]
+async fn missing_profile_rows_are_corrupt() {
+    use coral_store::conformance::{checkout_profile, trace_profile};
+    let db = fresh_store().await;
+    let p = trace_profile(1, 1, checkout_profile(1));
+    db.store
+        .insert_trace_profiles(std::slice::from_ref(&p))
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM profile_frames WHERE kind = 'kernel'")
+        .execute(&db.store.pool)
+        .await
+        .unwrap();
+    let err = db.store.trace_profiles(&p.trace_id).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    sqlx::query("DELETE FROM profile_stacks")
+        .execute(&db.store.pool)
+        .await
+        .unwrap();
+    let err = db.store.trace_profiles(&p.trace_id).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
 }

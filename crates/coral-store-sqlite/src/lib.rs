@@ -19,18 +19,28 @@
 //! statements of at most 500 rows (9,000 bound variables, under SQLite's limit of
 //! 32,766), then one upsert of the batch's services. The batch is sorted by (trace
 //! id, span id) and deduplicated first.
+//!
+//! A batch of trace profiles is one transaction too: the profile rows first
+//! (`RETURNING` the ones that were new), then, for the new ones only, their frames,
+//! stacks and per-stack sample rows, in chunked multi-row `INSERT … ON CONFLICT DO
+//! NOTHING` statements (frames and stacks are shared by every profile that has them;
+//! see `coral_store::profile_rows`). A stack's frame hashes are a BLOB of little-endian `i64`s.
+//! The samples table is `WITHOUT ROWID`, clustered on its primary key (trace id,
+//! span id, stack hash), so a trace's samples are one contiguous range.
 
 mod error;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use coral_analysis::StatusPattern;
+use coral_analysis::profile::{Frame, Profile};
 use coral_analysis::status::{OTEL_STATUS_ERROR, StatusTerm};
 use coral_store::{
-    AgentRecord, RequestQuery, ServiceRecord, SpanId, SpanRecord, Store, StoreError, TraceId,
+    AgentRecord, Precision, ProfileSession, RequestQuery, ServiceRecord, SessionResult, SpanId,
+    SpanRecord, Store, StoreError, TraceId, TraceProfileRecord,
 };
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -41,6 +51,10 @@ use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::error::{map_err, map_migrate_err};
+use coral_store::profile_rows::{
+    ProfileRows, StackRead, build_profile, distinct_sorted as distinct_sorted_profiles,
+    hashes_from_bytes, hashes_to_bytes, kind_str, parse_kind, to_i64, to_u32, to_u64,
+};
 
 /// This crate's migrations, embedded at compile time.
 static MIGRATOR: Migrator = sqlx::migrate!();
@@ -64,6 +78,11 @@ const SPAN_ROWS_PER_INSERT: usize = 500;
 /// Rows per services upsert statement (4 variables each).
 const SERVICE_ROWS_PER_UPSERT: usize = 1000;
 const _: () = assert!(SPAN_ROWS_PER_INSERT * SPAN_INSERT_COLUMNS <= 32_766);
+/// Rows per statement of the trace profile tables: 8,000 bound variables each.
+const PROFILE_ROWS_PER_INSERT: usize = 500; // 16 columns
+const FRAME_ROWS_PER_INSERT: usize = 2000; // 4 columns
+const STACK_ROWS_PER_INSERT: usize = 4000; // 2 columns
+const SAMPLE_ROWS_PER_INSERT: usize = 1600; // 5 columns
 
 /// The columns of a span, in [`span_from_row`]'s and the insert's order.
 macro_rules! span_columns {
@@ -85,6 +104,32 @@ const SELECT_SERVICES: &str = "SELECT service_id, name, first_seen_unix_nano, \
 
 const SELECT_SERVICE: &str = "SELECT service_id, name, first_seen_unix_nano, \
      last_seen_unix_nano FROM services WHERE name = ?";
+
+/// The columns of a trace profile row, in [`trace_profile_from_row`]'s and the
+/// insert's order.
+macro_rules! trace_profile_columns {
+    () => {
+        "trace_id, span_id, service, span_name, start_unix_nano, duration_ns, node, pid, \
+         thread_id, precision, frequency_hz, concurrent_requests, source, samples, cpu_ns, \
+         created_unix_nano"
+    };
+}
+
+const SELECT_TRACE_PROFILES: &str = concat!(
+    "SELECT ",
+    trace_profile_columns!(),
+    " FROM trace_profiles WHERE trace_id = ? ORDER BY start_unix_nano, span_id"
+);
+
+const SELECT_TRACE_SAMPLES: &str = "\
+    SELECT s.span_id, s.stack_hash, s.samples, s.cpu_ns, st.frame_hashes \
+    FROM trace_profile_samples s \
+    LEFT JOIN profile_stacks st ON st.stack_hash = s.stack_hash \
+    WHERE s.trace_id = ?";
+
+/// The frame hashes come as one JSON array.
+const SELECT_FRAMES: &str = "SELECT frame_hash, function, module, kind \
+     FROM profile_frames WHERE frame_hash IN (SELECT value FROM json_each(?))";
 
 /// A [`Store`] in one SQLite file. Cloning shares the connection pools.
 #[derive(Debug, Clone)]
@@ -347,6 +392,327 @@ impl Store for SqliteStore {
             })
             .collect()
     }
+
+    async fn insert_trace_profiles(
+        &self,
+        profiles: &[TraceProfileRecord],
+    ) -> Result<u64, StoreError> {
+        if profiles.is_empty() {
+            return Ok(0);
+        }
+        let profiles = distinct_sorted_profiles(profiles);
+        let created = now_unix_nano();
+
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        let mut new_keys: HashSet<(TraceId, SpanId)> = HashSet::new();
+        for chunk in profiles.chunks(PROFILE_ROWS_PER_INSERT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(concat!(
+                "INSERT INTO trace_profiles (",
+                trace_profile_columns!(),
+                ") "
+            ));
+            qb.push_values(chunk, |mut row, p| {
+                row.push_bind(p.trace_id.as_bytes())
+                    .push_bind(p.span_id.as_bytes())
+                    .push_bind(p.service.as_str())
+                    .push_bind(p.span_name.as_str())
+                    .push_bind(p.start_unix_nano)
+                    .push_bind(p.duration_ns)
+                    .push_bind(p.node.as_str())
+                    .push_bind(p.pid)
+                    .push_bind(p.thread_id)
+                    .push_bind(p.precision.as_str())
+                    .push_bind(i64::from(p.frequency_hz))
+                    .push_bind(i64::from(p.concurrent_requests))
+                    .push_bind(p.source.as_str())
+                    .push_bind(to_i64(p.samples()))
+                    .push_bind(to_i64(p.profile.total_cpu_ns()))
+                    .push_bind(created);
+            });
+            qb.push(" ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id");
+            let full = chunk.len() == PROFILE_ROWS_PER_INSERT;
+            let rows = qb
+                .build()
+                .persistent(full)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            for row in &rows {
+                new_keys.insert(row_ids(row, "trace_profiles")?);
+            }
+        }
+        if new_keys.is_empty() {
+            tx.commit().await.map_err(map_err)?;
+            return Ok(0);
+        }
+        let rows = ProfileRows::of(
+            profiles
+                .iter()
+                .copied()
+                .filter(|p| new_keys.contains(&(p.trace_id, p.span_id))),
+        );
+
+        let frames: Vec<(&i64, &Frame)> = rows.frames.iter().collect();
+        for chunk in frames.chunks(FRAME_ROWS_PER_INSERT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO profile_frames (frame_hash, function, module, kind) ",
+            );
+            qb.push_values(chunk, |mut row, (hash, frame)| {
+                row.push_bind(**hash)
+                    .push_bind(frame.function.as_str())
+                    .push_bind(frame.module.as_str())
+                    .push_bind(kind_str(frame.kind));
+            });
+            qb.push(" ON CONFLICT (frame_hash) DO NOTHING");
+            let full = chunk.len() == FRAME_ROWS_PER_INSERT;
+            qb.build()
+                .persistent(full)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        let stacks: Vec<(&i64, &Vec<i64>)> = rows.stacks.iter().collect();
+        for chunk in stacks.chunks(STACK_ROWS_PER_INSERT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO profile_stacks (stack_hash, frame_hashes) ",
+            );
+            qb.push_values(chunk, |mut row, (hash, frame_hashes)| {
+                row.push_bind(**hash)
+                    .push_bind(hashes_to_bytes(frame_hashes));
+            });
+            qb.push(" ON CONFLICT (stack_hash) DO NOTHING");
+            let full = chunk.len() == STACK_ROWS_PER_INSERT;
+            qb.build()
+                .persistent(full)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        for chunk in rows.samples.chunks(SAMPLE_ROWS_PER_INSERT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO trace_profile_samples \
+                 (trace_id, span_id, stack_hash, samples, cpu_ns) ",
+            );
+            qb.push_values(chunk, |mut row, r| {
+                row.push_bind(r.trace_id.as_bytes())
+                    .push_bind(r.span_id.as_bytes())
+                    .push_bind(r.stack_hash)
+                    .push_bind(r.samples)
+                    .push_bind(r.cpu_ns);
+            });
+            qb.push(" ON CONFLICT (trace_id, span_id, stack_hash) DO NOTHING");
+            let full = chunk.len() == SAMPLE_ROWS_PER_INSERT;
+            qb.build()
+                .persistent(full)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(new_keys.len() as u64)
+    }
+
+    async fn trace_profiles(
+        &self,
+        trace_id: &TraceId,
+    ) -> Result<Vec<TraceProfileRecord>, StoreError> {
+        let mut conn = self.reader.acquire().await.map_err(map_err)?;
+        let rows = sqlx::query(SELECT_TRACE_PROFILES)
+            .bind(trace_id.as_bytes())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        if rows.is_empty() {
+            return Err(StoreError::NotFound(format!(
+                "profiles of trace {trace_id}"
+            )));
+        }
+        let mut records = rows
+            .iter()
+            .map(trace_profile_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let sample_rows = sqlx::query(SELECT_TRACE_SAMPLES)
+            .bind(trace_id.as_bytes())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        let mut stacks: HashMap<SpanId, Vec<StackRead>> = HashMap::new();
+        let mut frame_hashes: HashSet<i64> = HashSet::new();
+        for row in &sample_rows {
+            let span_id: &[u8] = row.try_get("span_id").map_err(map_err)?;
+            let span_id = SpanId::from_bytes(span_id).ok_or_else(|| {
+                StoreError::Corrupt("trace_profile_samples.span_id is not a valid id".into())
+            })?;
+            let stack_hash: i64 = row.try_get("stack_hash").map_err(map_err)?;
+            let bytes: Option<&[u8]> = row.try_get("frame_hashes").map_err(map_err)?;
+            let hashes = match bytes {
+                Some(bytes) => hashes_from_bytes(bytes).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "profile_stacks.frame_hashes of stack {stack_hash} is {} bytes",
+                        bytes.len()
+                    ))
+                })?,
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "stack {stack_hash} is not stored"
+                    )));
+                }
+            };
+            frame_hashes.extend(&hashes);
+            stacks.entry(span_id).or_default().push(StackRead {
+                stack_hash,
+                samples: to_u64(
+                    row.try_get("samples").map_err(map_err)?,
+                    "trace_profile_samples.samples",
+                )?,
+                cpu_ns: to_u64(
+                    row.try_get("cpu_ns").map_err(map_err)?,
+                    "trace_profile_samples.cpu_ns",
+                )?,
+                frame_hashes: hashes,
+            });
+        }
+
+        let frame_hashes: Vec<i64> = frame_hashes.into_iter().collect();
+        let frame_rows = sqlx::query(SELECT_FRAMES)
+            .bind(Json(&frame_hashes))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        let mut frames: HashMap<i64, Frame> = HashMap::with_capacity(frame_rows.len());
+        for row in &frame_rows {
+            let kind: &str = row.try_get("kind").map_err(map_err)?;
+            frames.insert(
+                row.try_get("frame_hash").map_err(map_err)?,
+                Frame {
+                    function: row.try_get("function").map_err(map_err)?,
+                    module: row.try_get("module").map_err(map_err)?,
+                    kind: parse_kind(kind)?,
+                },
+            );
+        }
+        for record in &mut records {
+            // Samples of a profile stored after the first query are not in `records`,
+            // and ignored.
+            let stacks = stacks.remove(&record.span_id).unwrap_or_default();
+            record.profile = build_profile(stacks, &frames)?;
+        }
+        Ok(records)
+    }
+
+    async fn create_profile_session(&self, session: &ProfileSession) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO profile_sessions (session_id, service, frequency_hz, \
+                 created_unix_nano, duration_ns, ends_unix_nano) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(session.session_id.to_string())
+        .bind(&session.service)
+        .bind(i64::from(session.frequency_hz))
+        .bind(session.created_unix_nano)
+        .bind(session.duration_ns)
+        .bind(session.ends_unix_nano())
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn active_profile_sessions(
+        &self,
+        now_unix_nano: i64,
+    ) -> Result<Vec<ProfileSession>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT session_id, service, frequency_hz, created_unix_nano, duration_ns \
+             FROM profile_sessions WHERE ends_unix_nano > ? \
+             ORDER BY created_unix_nano, session_id",
+        )
+        .bind(now_unix_nano)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(ProfileSession {
+                    session_id: uuid_column(row, "profile_sessions", "session_id")?,
+                    service: row.try_get("service").map_err(map_err)?,
+                    frequency_hz: to_u32(
+                        row.try_get("frequency_hz").map_err(map_err)?,
+                        "profile_sessions.frequency_hz",
+                    )?,
+                    created_unix_nano: row.try_get("created_unix_nano").map_err(map_err)?,
+                    duration_ns: row.try_get("duration_ns").map_err(map_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_session_result(&self, result: &SessionResult) -> Result<(), StoreError> {
+        // The foreign key on session_id refuses a result for an unknown session.
+        sqlx::query(
+            "INSERT INTO profile_session_results \
+                 (session_id, agent_id, node, processes, profile, error) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (session_id, agent_id) DO UPDATE SET \
+                 node = excluded.node, \
+                 processes = excluded.processes, \
+                 profile = excluded.profile, \
+                 error = excluded.error",
+        )
+        .bind(result.session_id.to_string())
+        .bind(&result.agent_id)
+        .bind(&result.node)
+        .bind(i64::from(result.processes))
+        .bind(Json(&result.profile))
+        .bind(result.error.as_deref())
+        .execute(&self.writer)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                StoreError::NotFound(format!("profile session {}", result.session_id))
+            }
+            _ => map_err(e),
+        })?;
+        Ok(())
+    }
+
+    async fn session_results(
+        &self,
+        session_id: uuid::Uuid,
+    ) -> Result<Vec<SessionResult>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT session_id, agent_id, node, processes, profile, error \
+             FROM profile_session_results WHERE session_id = ? \
+             ORDER BY node, agent_id",
+        )
+        .bind(session_id.to_string())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(SessionResult {
+                    session_id: uuid_column(row, "profile_session_results", "session_id")?,
+                    agent_id: row.try_get("agent_id").map_err(map_err)?,
+                    node: row.try_get("node").map_err(map_err)?,
+                    processes: to_u32(
+                        row.try_get("processes").map_err(map_err)?,
+                        "profile_session_results.processes",
+                    )?,
+                    profile: row
+                        .try_get::<Json<Profile>, _>("profile")
+                        .map_err(map_err)?
+                        .0,
+                    error: row.try_get("error").map_err(map_err)?,
+                })
+            })
+            .collect()
+    }
 }
 
 /// The batch without repeated (trace id, span id), sorted by them; of repeats, the
@@ -399,6 +765,61 @@ fn push_status_filter(qb: &mut QueryBuilder<Sqlite>, status: &StatusPattern) {
         }
     }
     qb.push(")");
+}
+
+/// Now, for `created_unix_nano`.
+fn now_unix_nano() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// A row's `trace_id` and `span_id`.
+fn row_ids(row: &SqliteRow, table: &str) -> Result<(TraceId, SpanId), StoreError> {
+    let trace_id: &[u8] = row.try_get("trace_id").map_err(map_err)?;
+    let span_id: &[u8] = row.try_get("span_id").map_err(map_err)?;
+    let bad = |column: &str| StoreError::Corrupt(format!("{table}.{column} is not a valid id"));
+    Ok((
+        TraceId::from_bytes(trace_id).ok_or_else(|| bad("trace_id"))?,
+        SpanId::from_bytes(span_id).ok_or_else(|| bad("span_id"))?,
+    ))
+}
+
+/// A UUID stored as text.
+fn uuid_column(row: &SqliteRow, table: &str, column: &str) -> Result<uuid::Uuid, StoreError> {
+    let text: &str = row.try_get(column).map_err(map_err)?;
+    uuid::Uuid::parse_str(text)
+        .map_err(|e| StoreError::Corrupt(format!("{table}.{column} {text:?}: {e}")))
+}
+
+/// A trace profile row, with an empty profile.
+fn trace_profile_from_row(row: &SqliteRow) -> Result<TraceProfileRecord, StoreError> {
+    let (trace_id, span_id) = row_ids(row, "trace_profiles")?;
+    let precision: &str = row.try_get("precision").map_err(map_err)?;
+    Ok(TraceProfileRecord {
+        trace_id,
+        span_id,
+        service: row.try_get("service").map_err(map_err)?,
+        span_name: row.try_get("span_name").map_err(map_err)?,
+        start_unix_nano: row.try_get("start_unix_nano").map_err(map_err)?,
+        duration_ns: row.try_get("duration_ns").map_err(map_err)?,
+        node: row.try_get("node").map_err(map_err)?,
+        pid: row.try_get("pid").map_err(map_err)?,
+        thread_id: row.try_get("thread_id").map_err(map_err)?,
+        precision: Precision::parse(precision).ok_or_else(|| {
+            StoreError::Corrupt(format!("trace_profiles.precision is {precision:?}"))
+        })?,
+        frequency_hz: to_u32(
+            row.try_get("frequency_hz").map_err(map_err)?,
+            "trace_profiles.frequency_hz",
+        )?,
+        concurrent_requests: to_u32(
+            row.try_get("concurrent_requests").map_err(map_err)?,
+            "trace_profiles.concurrent_requests",
+        )?,
+        source: row.try_get("source").map_err(map_err)?,
+        profile: Profile::new(),
+    })
 }
 
 fn service_from_row(row: &SqliteRow) -> Result<ServiceRecord, StoreError> {

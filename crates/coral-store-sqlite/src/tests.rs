@@ -48,6 +48,36 @@ impl Store for TestStore {
     async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         self.store.list_agents().await
     }
+    async fn insert_trace_profiles(
+        &self,
+        profiles: &[TraceProfileRecord],
+    ) -> Result<u64, StoreError> {
+        self.store.insert_trace_profiles(profiles).await
+    }
+    async fn trace_profiles(
+        &self,
+        trace_id: &TraceId,
+    ) -> Result<Vec<TraceProfileRecord>, StoreError> {
+        self.store.trace_profiles(trace_id).await
+    }
+    async fn create_profile_session(&self, session: &ProfileSession) -> Result<(), StoreError> {
+        self.store.create_profile_session(session).await
+    }
+    async fn active_profile_sessions(
+        &self,
+        now_unix_nano: i64,
+    ) -> Result<Vec<ProfileSession>, StoreError> {
+        self.store.active_profile_sessions(now_unix_nano).await
+    }
+    async fn put_session_result(&self, result: &SessionResult) -> Result<(), StoreError> {
+        self.store.put_session_result(result).await
+    }
+    async fn session_results(
+        &self,
+        session_id: uuid::Uuid,
+    ) -> Result<Vec<SessionResult>, StoreError> {
+        self.store.session_results(session_id).await
+    }
 }
 
 coral_store::conformance_suite!(fresh_store().await);
@@ -162,4 +192,70 @@ async fn a_data_dir_that_is_a_file_is_an_error() {
     std::fs::write(&file, b"").unwrap();
     let err = SqliteStore::open(&file).await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+}
+
+async fn count(store: &SqliteStore, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(&store.reader)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn profile_stacks_and_frames_are_stored_once() {
+    use coral_store::conformance::{checkout_profile, trace_profile};
+    let tmp = fresh_store().await;
+    let a = trace_profile(1, 1, checkout_profile(1));
+    let b = trace_profile(2, 1, checkout_profile(3));
+    tmp.store.insert_trace_profiles(&[a]).await.unwrap();
+    tmp.store.insert_trace_profiles(&[b]).await.unwrap();
+    // Four stacks (one empty) of seven distinct frames, in each of two profiles.
+    assert_eq!(count(&tmp.store, "profile_frames").await, 7);
+    assert_eq!(count(&tmp.store, "profile_stacks").await, 4);
+    assert_eq!(count(&tmp.store, "trace_profile_samples").await, 8);
+    assert_eq!(count(&tmp.store, "trace_profiles").await, 2);
+}
+
+#[tokio::test]
+async fn trace_profile_reads_use_the_primary_keys() {
+    let tmp = fresh_store().await;
+    for query in [SELECT_TRACE_PROFILES, SELECT_TRACE_SAMPLES] {
+        let plan: Vec<String> =
+            sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {query}")))
+                .bind(TraceId([1; 16]).as_bytes())
+                .fetch_all(&tmp.store.reader)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<String, _>("detail"))
+                .collect();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("SEARCH") && !plan.contains("SCAN"),
+            "{query}:\n{plan}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn missing_profile_rows_are_corrupt() {
+    use coral_store::conformance::{checkout_profile, trace_profile};
+    let tmp = fresh_store().await;
+    let p = trace_profile(1, 1, checkout_profile(1));
+    tmp.store
+        .insert_trace_profiles(std::slice::from_ref(&p))
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM profile_frames WHERE kind = 'kernel'")
+        .execute(&tmp.store.writer)
+        .await
+        .unwrap();
+    let err = tmp.store.trace_profiles(&p.trace_id).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    sqlx::query("DELETE FROM profile_stacks")
+        .execute(&tmp.store.writer)
+        .await
+        .unwrap();
+    let err = tmp.store.trace_profiles(&p.trace_id).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
 }

@@ -5,8 +5,14 @@
 //! coral_store::conformance_suite!(fresh_store());
 //! ```
 
-use crate::{AgentRecord, RequestQuery, SpanId, SpanRecord, Store, StoreError, TraceId};
+use std::collections::{BTreeMap, HashMap};
+
+use crate::{
+    AgentRecord, Precision, ProfileSession, RequestQuery, SessionResult, SpanId, SpanRecord, Store,
+    StoreError, TraceId, TraceProfileRecord, frame_hash, stack_hash,
+};
 use coral_analysis::StatusPattern;
+use coral_analysis::profile::{Frame, FrameKind, Profile, WeightedStack};
 use serde_json::json;
 
 /// Generates one `#[tokio::test]` per check; `$store` is an expression (usually an
@@ -26,7 +32,12 @@ macro_rules! conformance_suite {
             spans_round_trip, duplicate_spans_stored_once, large_batch_is_stored,
             services_are_recorded, unknown_trace_is_not_found, requests_are_filtered,
             agents_register_and_heartbeat, empty_batch_is_a_no_op,
-            concurrent_batches_store_each_span_once, agents_are_listed_by_node);
+            concurrent_batches_store_each_span_once, agents_are_listed_by_node,
+            trace_profiles_round_trip, duplicate_trace_profiles_stored_once,
+            stacks_and_frames_are_shared, unknown_trace_has_no_profiles,
+            large_profile_batch_is_stored, concurrent_profile_batches_store_each_once,
+            profile_sessions_are_active_until_they_end,
+            session_results_replace_and_list_by_node);
     };
     (@each $attrs:tt $store:expr; $check:ident $(, $rest:ident)*) => {
         $crate::conformance_suite!(@one $attrs $store; $check);
@@ -381,4 +392,439 @@ pub async fn agents_are_listed_by_node(store: &dyn Store) {
         "by node, then agent id"
     );
     assert_eq!(agents[0].counters, json!({"spans_received": 0}));
+}
+
+/// `profile` as a store gives it back: stacks with equal frames merged (a profile
+/// built with `from_parts` may repeat one), a frame index out of the dictionary read as
+/// the unknown user frame; stacks by CPU time descending, then [`stack_hash`]; frames
+/// in the order they first appear in those stacks, root to leaf.
+pub fn canonical_profile(profile: &Profile) -> Profile {
+    type StackWeight<'a> = (Vec<&'a Frame>, u64, u64);
+    let unknown = Frame::unknown(FrameKind::User);
+    // Stack hash → (frames, samples, CPU time).
+    let mut stacks: BTreeMap<i64, StackWeight> = BTreeMap::new();
+    for stack in &profile.stacks {
+        let frames: Vec<&Frame> = stack
+            .frames
+            .iter()
+            .map(|&i| profile.frames.get(i as usize).unwrap_or(&unknown))
+            .collect();
+        let hashes: Vec<i64> = frames.iter().map(|f| frame_hash(f)).collect();
+        let entry = stacks.entry(stack_hash(&hashes)).or_insert((frames, 0, 0));
+        entry.1 = entry.1.saturating_add(stack.samples);
+        entry.2 = entry.2.saturating_add(stack.cpu_ns);
+    }
+    let mut stacks: Vec<(i64, StackWeight)> = stacks.into_iter().collect();
+    stacks.sort_by(|(ha, a), (hb, b)| b.2.cmp(&a.2).then(ha.cmp(hb)));
+    let mut dictionary: Vec<Frame> = Vec::new();
+    let mut index: HashMap<&Frame, u32> = HashMap::new();
+    let mut weighted = Vec::new();
+    for (_, (frames, samples, cpu_ns)) in stacks {
+        let ids = frames
+            .into_iter()
+            .map(|f| {
+                *index.entry(f).or_insert_with(|| {
+                    dictionary.push(f.clone());
+                    (dictionary.len() - 1) as u32
+                })
+            })
+            .collect();
+        weighted.push(WeightedStack {
+            frames: ids,
+            samples,
+            cpu_ns,
+        });
+    }
+    Profile::from_parts(dictionary, weighted)
+}
+
+/// `record` as a store gives it back (see [`canonical_profile`]).
+pub fn canonical(record: &TraceProfileRecord) -> TraceProfileRecord {
+    TraceProfileRecord {
+        profile: canonical_profile(&record.profile),
+        ..record.clone()
+    }
+}
+
+/// A checkout request's profile: user frames of two modules, a syscall into the
+/// kernel, a frame whose name has separators and non-ASCII text, and a sample
+/// without a stack. `scale` multiplies the counts.
+pub fn checkout_profile(scale: u64) -> Profile {
+    let main = Frame::user("main", "payment-svc");
+    let handle = Frame::user("checkout::handle", "payment-svc");
+    let query = Frame::user("db::query", "payment-svc");
+    let write = Frame::user("__libc_write", "libc.so.6");
+    let mut p = Profile::new();
+    p.add(
+        &[main.clone(), handle.clone(), query.clone()],
+        5 * scale,
+        99,
+    );
+    p.add(
+        &[
+            main.clone(),
+            handle.clone(),
+            write,
+            Frame::kernel("do_syscall_64"),
+            Frame::kernel("tcp_sendmsg"),
+        ],
+        3 * scale,
+        99,
+    );
+    p.add(
+        &[main, Frame::user("fmt<a;b> ünï \"q\"\n", "[unknown]")],
+        scale,
+        49,
+    );
+    p.add(&[], 2 * scale, 99);
+    p
+}
+
+/// Another profile sharing frames (and a kernel stack) with [`checkout_profile`].
+pub fn refund_profile() -> Profile {
+    let main = Frame::user("main", "payment-svc");
+    let handle = Frame::user("refund::handle", "payment-svc");
+    let mut p = Profile::new();
+    p.add(
+        &[
+            main.clone(),
+            handle.clone(),
+            Frame::user("__libc_write", "libc.so.6"),
+            Frame::kernel("do_syscall_64"),
+            Frame::kernel("tcp_sendmsg"),
+        ],
+        7,
+        99,
+    );
+    p.add(&[main, handle, Frame::unknown(FrameKind::User)], 1, 99);
+    p
+}
+
+/// A thread-precision profile of span `span_n` of trace `trace_n`.
+pub fn trace_profile(trace_n: u8, span_n: u8, profile: Profile) -> TraceProfileRecord {
+    TraceProfileRecord {
+        trace_id: trace(trace_n),
+        span_id: span_id(span_n),
+        service: "payment-svc".into(),
+        span_name: "POST /checkout".into(),
+        start_unix_nano: T0 + 123_456_789,
+        duration_ns: 1_500_000_001,
+        node: "node-a".into(),
+        pid: Some(4242),
+        thread_id: Some(4243),
+        precision: Precision::Thread,
+        frequency_hz: 99,
+        concurrent_requests: 0,
+        source: "session:6f1c7b0e-2c1a-4d8e-9f3b-0a1b2c3d4e5f".into(),
+        profile,
+    }
+}
+
+pub async fn trace_profiles_round_trip(store: &dyn Store) {
+    let mut late = trace_profile(1, 1, checkout_profile(1));
+    late.start_unix_nano = T0 + 2 * SEC;
+    let mut early = trace_profile(1, 2, refund_profile());
+    early.start_unix_nano = T0 + SEC;
+    early.span_name = "POST /refund".into();
+    early.precision = Precision::Process;
+    early.thread_id = None;
+    early.concurrent_requests = 3;
+    early.frequency_hz = 49;
+    early.node = "node-b".into();
+    let mut no_pid = trace_profile(1, 3, Profile::new());
+    no_pid.start_unix_nano = T0 + 3 * SEC;
+    no_pid.pid = None;
+    no_pid.thread_id = None;
+    let other = trace_profile(2, 1, checkout_profile(2));
+    let n = store
+        .insert_trace_profiles(&[late.clone(), other.clone(), no_pid.clone(), early.clone()])
+        .await
+        .unwrap();
+    assert_eq!(n, 4);
+    let got = store.trace_profiles(&trace(1)).await.unwrap();
+    assert_eq!(
+        got,
+        [canonical(&early), canonical(&late), no_pid],
+        "profiles come back whole, by start time"
+    );
+    assert_eq!(got[1].samples(), 5 + 3 + 1 + 2);
+    assert_eq!(
+        got[1].profile.total_cpu_ns(),
+        late.profile.total_cpu_ns(),
+        "CPU time of stacks sampled at different rates is kept"
+    );
+    let kernel = got[0]
+        .profile
+        .frames
+        .iter()
+        .filter(|f| f.kind == FrameKind::Kernel)
+        .count();
+    assert_eq!(kernel, 2);
+    assert_eq!(
+        store.trace_profiles(&trace(2)).await.unwrap(),
+        [canonical(&other)]
+    );
+}
+
+pub async fn duplicate_trace_profiles_stored_once(store: &dyn Store) {
+    let p = trace_profile(1, 1, checkout_profile(1));
+    assert_eq!(
+        store
+            .insert_trace_profiles(&[p.clone(), p.clone()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .insert_trace_profiles(std::slice::from_ref(&p))
+            .await
+            .unwrap(),
+        0
+    );
+    // A retry with other content leaves the stored profile as it is.
+    let mut changed = trace_profile(1, 1, refund_profile());
+    changed.span_name = "changed".into();
+    let fresh = trace_profile(1, 2, refund_profile());
+    assert_eq!(
+        store
+            .insert_trace_profiles(&[changed, fresh.clone()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.trace_profiles(&trace(1)).await.unwrap(),
+        [canonical(&p), canonical(&fresh)]
+    );
+}
+
+pub async fn stacks_and_frames_are_shared(store: &dyn Store) {
+    // The same stacks in three profiles with different weights, stored in separate
+    // calls and together in one.
+    let a = trace_profile(1, 1, checkout_profile(1));
+    let b = trace_profile(2, 1, checkout_profile(3));
+    let mut c = trace_profile(3, 1, checkout_profile(5));
+    c.profile.merge(&refund_profile());
+    // A dictionary that repeats a frame, so that two stacks are equal: stored merged.
+    let main = Frame::user("main", "payment-svc");
+    let handle = Frame::user("checkout::handle", "payment-svc");
+    let repeated = Profile::from_parts(
+        vec![main.clone(), handle, main],
+        vec![
+            WeightedStack {
+                frames: vec![0, 1],
+                samples: 2,
+                cpu_ns: 20,
+            },
+            WeightedStack {
+                frames: vec![2, 1],
+                samples: 3,
+                cpu_ns: 30,
+            },
+            WeightedStack {
+                frames: vec![0, 7],
+                samples: 1,
+                cpu_ns: 10,
+            },
+        ],
+    );
+    let d = trace_profile(4, 1, repeated);
+    assert_eq!(
+        store
+            .insert_trace_profiles(std::slice::from_ref(&a))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .insert_trace_profiles(&[c.clone(), b.clone(), d.clone()])
+            .await
+            .unwrap(),
+        3
+    );
+    for (n, p) in [(1, &a), (2, &b), (3, &c), (4, &d)] {
+        assert_eq!(
+            store.trace_profiles(&trace(n)).await.unwrap(),
+            [canonical(p)]
+        );
+    }
+    let d_back = &store.trace_profiles(&trace(4)).await.unwrap()[0].profile;
+    assert_eq!(d_back.stacks.len(), 2);
+    assert_eq!((d_back.stacks[0].samples, d_back.stacks[0].cpu_ns), (5, 50));
+    assert_eq!(d_back.frames[2], Frame::unknown(FrameKind::User));
+}
+
+pub async fn unknown_trace_has_no_profiles(store: &dyn Store) {
+    assert_eq!(store.insert_trace_profiles(&[]).await.unwrap(), 0);
+    let err = store.trace_profiles(&trace(77)).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    // A trace with spans but no profile.
+    let span = full_span("svc", 78, 1);
+    store.insert_spans(&[span]).await.unwrap();
+    let err = store.trace_profiles(&trace(78)).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+/// Profile `i` of the large batches: its own trace, five stacks, three frames of its
+/// own per stack and two shared ones.
+fn numbered_profile(i: u32) -> TraceProfileRecord {
+    let mut p = Profile::new();
+    for k in 0..5u32 {
+        p.add(
+            &[
+                Frame::user("main", "bulk-svc"),
+                Frame::user(format!("handler-{}", i % 7), "bulk-svc"),
+                Frame::user(format!("f-{i}-{k}"), "bulk-svc"),
+                Frame::kernel(format!("k-{i}-{k}")),
+                Frame::user(format!("leaf-{i}-{k}"), "libc.so.6"),
+            ],
+            u64::from(k + 1),
+            99,
+        );
+    }
+    let mut record = trace_profile(0, 1, p);
+    let [a, b, c, d] = i.to_be_bytes();
+    record.trace_id = TraceId([7, a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    record.start_unix_nano = T0 + i64::from(i);
+    record
+}
+
+pub async fn large_profile_batch_is_stored(store: &dyn Store) {
+    // More profiles, frames, stacks and samples than a naive one-statement insert can
+    // bind parameters for.
+    let profiles: Vec<TraceProfileRecord> = (0..900).map(numbered_profile).collect();
+    assert_eq!(store.insert_trace_profiles(&profiles).await.unwrap(), 900);
+    for i in [0, 499, 500, 899] {
+        let p = &profiles[i];
+        assert_eq!(
+            store.trace_profiles(&p.trace_id).await.unwrap(),
+            [canonical(p)]
+        );
+    }
+}
+
+pub async fn concurrent_profile_batches_store_each_once(store: &dyn Store) {
+    // Four batches at once holding the same 200 profiles in different orders (with
+    // shared frames and stacks), plus one of their own: no deadlock, no failure, each
+    // profile new to exactly one batch.
+    let shared: Vec<TraceProfileRecord> = (0..200).map(numbered_profile).collect();
+    let batch = |k: u32| {
+        let mut b = shared.clone();
+        b.rotate_left(k as usize * 50);
+        if k % 2 == 1 {
+            b.reverse();
+        }
+        b.push(numbered_profile(1000 + k));
+        b
+    };
+    let (b0, b1, b2, b3) = (batch(0), batch(1), batch(2), batch(3));
+    let (n0, n1, n2, n3) = tokio::join!(
+        store.insert_trace_profiles(&b0),
+        store.insert_trace_profiles(&b1),
+        store.insert_trace_profiles(&b2),
+        store.insert_trace_profiles(&b3),
+    );
+    assert_eq!(n0.unwrap() + n1.unwrap() + n2.unwrap() + n3.unwrap(), 204);
+    for p in [&shared[0], &shared[123], &b3[200]] {
+        assert_eq!(
+            store.trace_profiles(&p.trace_id).await.unwrap(),
+            [canonical(p)]
+        );
+    }
+}
+
+fn session(n: u8, created_unix_nano: i64, duration_ns: i64) -> ProfileSession {
+    ProfileSession {
+        session_id: uuid::Uuid::from_bytes([n; 16]),
+        service: format!("svc-{n}"),
+        frequency_hz: 49,
+        created_unix_nano,
+        duration_ns,
+    }
+}
+
+pub async fn profile_sessions_are_active_until_they_end(store: &dyn Store) {
+    let ended = session(1, T0 - 100 * SEC, 10 * SEC);
+    let short = session(2, T0, 10 * SEC);
+    let long = session(3, T0 + 5 * SEC, 60 * SEC);
+    // Its end is past i64::MAX: it never ends.
+    let endless = session(4, T0 + 6 * SEC, i64::MAX);
+    for s in [&long, &endless, &ended, &short] {
+        store.create_profile_session(s).await.unwrap();
+    }
+    let active = |now| async move { store.active_profile_sessions(now).await.unwrap() };
+    assert_eq!(
+        active(T0 + SEC).await,
+        [short.clone(), long.clone(), endless.clone()],
+        "oldest first"
+    );
+    assert_eq!(
+        active(T0 + 10 * SEC).await,
+        [long.clone(), endless.clone()],
+        "a session has ended at its end"
+    );
+    assert_eq!(active(T0 + 10 * SEC - 1).await.len(), 3);
+    assert_eq!(active(T0 + 65 * SEC).await, std::slice::from_ref(&endless));
+    assert_eq!(active(i64::MAX - 1).await, [endless]);
+}
+
+pub async fn session_results_replace_and_list_by_node(store: &dyn Store) {
+    let s = session(1, T0, 30 * SEC);
+    let other = session(2, T0, 30 * SEC);
+    store.create_profile_session(&s).await.unwrap();
+    store.create_profile_session(&other).await.unwrap();
+    let failed = SessionResult {
+        session_id: s.session_id,
+        agent_id: "agent-1".into(),
+        node: "node-b".into(),
+        processes: 2,
+        profile: Profile::new(),
+        error: Some("perf_event_open: permission denied (CAP_PERFMON)".into()),
+    };
+    store.put_session_result(&failed).await.unwrap();
+    // The agent's second answer replaces its first.
+    let answered = SessionResult {
+        node: "node-b2".into(),
+        processes: 3,
+        profile: checkout_profile(4),
+        error: None,
+        ..failed.clone()
+    };
+    store.put_session_result(&answered).await.unwrap();
+    let elsewhere = SessionResult {
+        agent_id: "agent-2".into(),
+        node: "node-a".into(),
+        processes: 0,
+        profile: Profile::new(),
+        error: None,
+        ..failed.clone()
+    };
+    store.put_session_result(&elsewhere).await.unwrap();
+    assert_eq!(
+        store.session_results(s.session_id).await.unwrap(),
+        [elsewhere, answered],
+        "by node"
+    );
+    assert!(
+        store
+            .session_results(other.session_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let unknown = SessionResult {
+        session_id: uuid::Uuid::from_bytes([9; 16]),
+        ..failed
+    };
+    let err = store.put_session_result(&unknown).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert!(
+        store
+            .session_results(unknown.session_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

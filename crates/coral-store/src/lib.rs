@@ -4,13 +4,18 @@
 //! `coral-store-sqlite`), each with its own migrations. The `conformance` feature
 //! exposes the suite that every backend's tests run, so both behave the same.
 
+mod hashing;
 mod ids;
+pub mod profile_rows;
+mod profiles;
 mod records;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use hashing::{frame_hash, stack_hash};
 pub use ids::{IdError, SpanId, TraceId};
+pub use profiles::{Precision, ProfileSession, SessionResult, TraceProfileRecord};
 pub use records::{
     AgentRecord, RequestQuery, SPAN_KIND_CONSUMER, SPAN_KIND_SERVER, ServiceRecord, SpanRecord,
 };
@@ -77,4 +82,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// All agents, by node name.
     async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+
+    /// Stores request profiles; one already stored for the same (trace id, span id) is
+    /// left as it is (an agent's retry). Stacks and frames are stored once, shared by
+    /// every profile that has them. Returns how many profiles were new.
+    async fn insert_trace_profiles(
+        &self,
+        profiles: &[TraceProfileRecord],
+    ) -> Result<u64, StoreError>;
+
+    /// The profiles of a trace's spans, by span start; `NotFound` if there is none.
+    async fn trace_profiles(
+        &self,
+        trace_id: &TraceId,
+    ) -> Result<Vec<TraceProfileRecord>, StoreError>;
+
+    /// Records a new on-demand profiling session.
+    async fn create_profile_session(&self, session: &ProfileSession) -> Result<(), StoreError>;
+
+    /// Sessions that have not ended at `now_unix_nano`, oldest first.
+    async fn active_profile_sessions(
+        &self,
+        now_unix_nano: i64,
+    ) -> Result<Vec<ProfileSession>, StoreError>;
+
+    /// Records an agent's answer to a session; a second answer from the same agent
+    /// replaces the first. `NotFound` if the session does not exist.
+    async fn put_session_result(&self, result: &SessionResult) -> Result<(), StoreError>;
+
+    /// The answers to a session so far, by node.
+    async fn session_results(
+        &self,
+        session_id: uuid::Uuid,
+    ) -> Result<Vec<SessionResult>, StoreError>;
 }

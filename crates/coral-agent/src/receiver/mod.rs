@@ -1,6 +1,7 @@
 //! The OTLP trace receivers: [`grpc`] (`TraceService/Export`) and [`http`]
 //! (`POST /v1/traces`, protobuf or JSON). Both hand decoded requests to [`Intake`],
-//! which converts them ([`crate::otlp`]) and pushes the spans into the uplink buffer.
+//! which converts them ([`crate::otlp`]), shows them to its [`SpanObserver`] (the CPU
+//! profiler) and pushes them into the uplink buffer.
 //!
 //! Answers follow the OTLP specification: invalid spans are reported in
 //! `partial_success` (the rest of the request is kept); a full buffer is a retryable
@@ -13,17 +14,38 @@ pub mod http;
 use crate::otlp;
 use crate::stats::AgentStats;
 use crate::uplink::{Buffer, Full};
+use coral_client::v1;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use std::sync::Arc;
 
-/// Where both receivers deliver: conversion, counting, buffering.
-#[derive(Debug, Clone)]
+/// Sees the valid spans of every OTLP request, before they are buffered for the colony
+/// (the CPU profiler learns which processes serve which service, and picks the
+/// requests it profiles). Called on the receivers' tasks: it must be quick.
+pub trait SpanObserver: Send + Sync {
+    /// The converted spans of one request (possibly refused afterwards because the
+    /// buffer is full, so the same spans may be seen again when the sender retries).
+    fn observe(&self, spans: &[v1::Span]);
+}
+
+/// Where both receivers deliver: conversion, counting, observing, buffering.
+#[derive(Clone)]
 pub struct Intake {
     node: Arc<str>,
     buffer: Arc<Buffer>,
     stats: Arc<AgentStats>,
+    observer: Option<Arc<dyn SpanObserver>>,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake")
+            .field("node", &self.node)
+            .field("buffer", &self.buffer)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
 }
 
 /// Why a request was refused as a whole.
@@ -56,7 +78,14 @@ impl Intake {
             node: node.into(),
             buffer,
             stats,
+            observer: None,
         }
+    }
+
+    /// This intake, showing every request's valid spans to `observer` first.
+    pub fn with_observer(mut self, observer: Arc<dyn SpanObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Converts `request` and buffers its valid spans (all or none). The answer carries
@@ -72,6 +101,11 @@ impl Intake {
         if rejected > 0 {
             self.stats.add_rejected(rejected);
             tracing::debug!("{error_message}");
+        }
+        if let Some(observer) = &self.observer
+            && !conversion.spans.is_empty()
+        {
+            observer.observe(&conversion.spans);
         }
         if let Err(full) = self.buffer.try_push(conversion.spans) {
             if full.never_fits() {

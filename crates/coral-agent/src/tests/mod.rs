@@ -3,19 +3,21 @@
 
 mod grpc;
 mod http;
+mod profiling;
 mod uplink;
 
-use crate::{AgentConfig, AgentError, AgentStats, Listeners};
+use crate::{AgentConfig, AgentError, AgentStats, Listeners, ServeOptions};
 use coral_client::v1::agent_service_server::{AgentService, AgentServiceServer};
 use coral_client::v1::{self, AgentCounters};
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 
 /// How long a test waits for something that should happen soon.
@@ -30,13 +32,91 @@ pub(crate) struct ColonyState {
     pub heartbeats: Vec<v1::HeartbeatRequest>,
     /// Agents registered and not forgotten; a heartbeat from another is NOT_FOUND.
     pub known: HashSet<String>,
+    /// Profiling sessions to push: every command stream sends each of them once.
+    pub sessions: Vec<v1::ProfileSessionCommand>,
+    /// Command streams opened.
+    pub watches: usize,
+    pub reports: Vec<v1::ReportSessionRequest>,
+    pub trace_profiles: Vec<v1::TraceProfile>,
+    /// Set when stopping: command streams end (a graceful server shutdown waits for
+    /// open streams).
+    pub closing: bool,
 }
+
+type CommandStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::AgentCommand, Status>> + Send>>;
 
 #[derive(Clone, Default)]
 struct FakeColonyService(Arc<Mutex<ColonyState>>);
 
 #[tonic::async_trait]
 impl AgentService for FakeColonyService {
+    type WatchCommandsStream = CommandStream;
+
+    async fn watch_commands(
+        &self,
+        request: Request<v1::WatchCommandsRequest>,
+    ) -> Result<Response<Self::WatchCommandsStream>, Status> {
+        assert!(!request.into_inner().agent_id.is_empty());
+        self.0.lock().unwrap().watches += 1;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let state = self.0.clone();
+        tokio::spawn(async move {
+            let mut sent = 0;
+            loop {
+                let new: Vec<_> = {
+                    let state = state.lock().unwrap();
+                    if state.closing {
+                        return;
+                    }
+                    state.sessions[sent..].to_vec()
+                };
+                for session in new {
+                    sent += 1;
+                    let command = v1::AgentCommand {
+                        command: Some(v1::agent_command::Command::ProfileSession(session)),
+                    };
+                    if tx.send(Ok(command)).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn report_session(
+        &self,
+        request: Request<v1::ReportSessionRequest>,
+    ) -> Result<Response<v1::ReportSessionResponse>, Status> {
+        self.0.lock().unwrap().reports.push(request.into_inner());
+        Ok(Response::new(v1::ReportSessionResponse {}))
+    }
+
+    async fn ingest_trace_profiles(
+        &self,
+        request: Request<v1::IngestTraceProfilesRequest>,
+    ) -> Result<Response<v1::IngestTraceProfilesResponse>, Status> {
+        let request = request.into_inner();
+        let accepted = request.profiles.len() as u64;
+        let mut state = self.0.lock().unwrap();
+        for profile in request.profiles {
+            // Idempotent on (trace id, span id), as the colony is.
+            state
+                .trace_profiles
+                .retain(|p| (&p.trace_id, &p.span_id) != (&profile.trace_id, &profile.span_id));
+            state.trace_profiles.push(profile);
+        }
+        Ok(Response::new(v1::IngestTraceProfilesResponse {
+            accepted,
+            ..Default::default()
+        }))
+    }
+
     async fn register_agent(
         &self,
         request: Request<v1::RegisterAgentRequest>,
@@ -128,6 +208,11 @@ impl FakeColony {
         f(&self.state.lock().unwrap())
     }
 
+    /// Starts a profiling session: pushed to every command stream, open or future.
+    pub fn push_session(&self, session: v1::ProfileSessionCommand) {
+        self.state.lock().unwrap().sessions.push(session);
+    }
+
     /// Forgets registered agents (as a colony that lost its state would).
     pub fn forget_agents(&self) {
         self.state.lock().unwrap().known.clear();
@@ -143,10 +228,12 @@ impl FakeColony {
             if tokio::time::Instant::now() > deadline {
                 let summary = self.with(|s| {
                     format!(
-                        "{} spans, {} registrations, {} heartbeats",
+                        "{} spans, {} registrations, {} heartbeats, {} reports, {} trace profiles",
                         s.spans.len(),
                         s.registrations.len(),
-                        s.heartbeats.len()
+                        s.heartbeats.len(),
+                        s.reports.len(),
+                        s.trace_profiles.len()
                     )
                 });
                 panic!("timed out waiting for {what}; the fake colony has {summary}");
@@ -162,6 +249,7 @@ impl FakeColony {
     }
 
     pub async fn stop(mut self) {
+        self.state.lock().unwrap().closing = true;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -199,6 +287,12 @@ fn init_logging() {
 
 impl TestAgent {
     pub async fn start(config: AgentConfig) -> Self {
+        Self::start_with(config, ServeOptions::default()).await
+    }
+
+    /// [`TestAgent::start`] with a sampler of the test's choosing; `options.stats` is
+    /// replaced by the agent's own.
+    pub async fn start_with(config: AgentConfig, options: ServeOptions) -> Self {
         init_logging();
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -210,14 +304,13 @@ impl TestAgent {
             otlp_grpc: Some(grpc),
             otlp_http: Some(http),
         };
-        let task = tokio::spawn(crate::serve_with_stats(
-            config,
-            listeners,
-            stats.clone(),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let options = ServeOptions {
+            stats: stats.clone(),
+            ..options
+        };
+        let task = tokio::spawn(crate::serve_with(config, listeners, options, async {
+            let _ = stopped.await;
+        }));
         Self {
             grpc: grpc_addr,
             http: http_addr,

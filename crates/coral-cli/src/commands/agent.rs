@@ -31,6 +31,17 @@ pub struct StartArgs {
     /// Most spans held while the colony is unreachable.
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
     max_buffered_spans: u64,
+    /// Highest CPU sampling frequency a profile may ask for, in Hz.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    max_frequency: u32,
+    /// Most recent CPU samples kept for joining to requests (about 40 bytes each plus
+    /// their stacks).
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
+    ring_samples: u64,
+    /// Only these services may be profiled (comma-separated; default: any service that
+    /// sends spans through this agent).
+    #[arg(long, env = "CORAL_PROFILE_ALLOW", value_delimiter = ',')]
+    profile_allow: Option<Vec<String>>,
 }
 
 fn default_node() -> String {
@@ -71,6 +82,11 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
     );
     let mut config = coral_agent::AgentConfig::new(args.colony.addr, node);
     config.max_buffered_spans = args.max_buffered_spans as usize;
+    config.profiling = coral_agent::ProfilingConfig {
+        max_frequency_hz: args.max_frequency,
+        ring_samples: args.ring_samples as usize,
+        allow_services: args.profile_allow,
+    };
     coral_agent::serve(config, listeners, super::shutdown_signal()).await?;
     Ok(())
 }

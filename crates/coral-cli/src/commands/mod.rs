@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod colony;
+pub mod profile;
 pub mod query;
 
 use clap::Args;

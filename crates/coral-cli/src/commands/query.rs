@@ -1,6 +1,7 @@
 //! `coral query …`: read-only questions to the colony.
 
 use super::ColonyAddr;
+use crate::output::profile::ProfileFormat;
 use crate::output::{self, Format, SpanView};
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -31,6 +32,25 @@ enum QueryCommand {
     },
     /// Agents that registered, with their last heartbeat and counters.
     Agents,
+    /// The CPU profile of one request: per profiled span, its samples, CPU time,
+    /// precision and top functions, with a warning when the evidence is weak.
+    TraceProfile(TraceProfileArgs),
+}
+
+#[derive(Args)]
+struct TraceProfileArgs {
+    /// The trace id: 32 hex digits.
+    trace_id: String,
+    /// Only this service's spans (for a trace that crosses services).
+    #[arg(long)]
+    service: Option<String>,
+    /// text: summary per span; folded, svg (flame graph), pprof (gzipped
+    /// profile.proto), json: the selected spans' profiles merged.
+    #[arg(long, value_enum, default_value_t = ProfileFormat::Text)]
+    format: ProfileFormat,
+    /// Write to this file instead of standard output (svg, pprof, folded, json).
+    #[arg(long = "output-file")]
+    output_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -52,7 +72,7 @@ struct TracesArgs {
     limit: u32,
 }
 
-fn proto_duration(d: std::time::Duration) -> prost_types::Duration {
+pub(crate) fn proto_duration(d: std::time::Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: d.as_secs() as i64,
         nanos: d.subsec_nanos() as i32,
@@ -60,7 +80,7 @@ fn proto_duration(d: std::time::Duration) -> prost_types::Duration {
 }
 
 /// A gRPC error as a person should read it: the colony's message, not the transport's.
-fn rpc_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
     match status.code() {
         tonic::Code::Unavailable => anyhow::anyhow!(
             "the colony is unavailable: {}. Is it running (`coral colony start`)?",
@@ -72,8 +92,13 @@ fn rpc_error(status: tonic::Status) -> anyhow::Error {
 
 pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     // Validate arguments before touching the network, so typos fail fast.
-    if let QueryCommand::Trace { trace_id } = &args.command {
-        output::parse_trace_id(trace_id)?;
+    match &args.command {
+        QueryCommand::Trace { trace_id } => output::parse_trace_id(trace_id)?,
+        QueryCommand::TraceProfile(t) => {
+            output::parse_trace_id(&t.trace_id)?;
+            output::profile::check_destination(t.format, t.output_file.as_deref())?;
+        }
+        _ => {}
     }
     let channel = coral_client::connect(&args.colony.addr).await?;
     let mut client = coral_client::query_client(channel);
@@ -119,6 +144,23 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
                 .map_err(rpc_error)?
                 .into_inner();
             output::print_agents(&resp.agents, format)
+        }
+        QueryCommand::TraceProfile(t) => {
+            let channel = coral_client::connect(&args.colony.addr).await?;
+            let resp = coral_client::profile_client(channel)
+                .get_trace_profile(v1::GetTraceProfileRequest {
+                    trace_id: t.trace_id.clone(),
+                    service: t.service.unwrap_or_default(),
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            return output::profile::print_trace_profiles(
+                &t.trace_id,
+                &resp.profiles,
+                t.format,
+                t.output_file.as_deref(),
+            );
         }
     }
     .context("cannot write the output")

@@ -1,5 +1,7 @@
 //! What `coral` prints: compact tables for people, JSON for programs.
 
+pub mod profile;
+
 use coral_analysis::format_duration_ns;
 use coral_client::v1;
 use serde::Serialize;

@@ -9,14 +9,14 @@ use coral_client::v1;
 use std::path::PathBuf;
 use std::process::Command;
 
-struct Output {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub struct Output {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Runs `coral` with a clean environment (no CORAL_* from the caller's shell).
-fn coral(colony: Option<&str>, args: &[&str]) -> Output {
+pub fn coral(colony: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coral"));
     for (key, _) in std::env::vars() {
         if key.starts_with("CORAL_") {
@@ -60,6 +60,11 @@ fn help_texts_are_pinned() {
         ("agent-start-help.txt", &["agent", "start", "--help"]),
         ("query-help.txt", &["query", "--help"]),
         ("query-traces-help.txt", &["query", "traces", "--help"]),
+        (
+            "query-trace-profile-help.txt",
+            &["query", "trace-profile", "--help"],
+        ),
+        ("profile-cpu-help.txt", &["profile", "cpu", "--help"]),
     ] {
         let out = coral(None, args);
         assert!(out.ok, "{args:?}: {}", out.stderr);
@@ -69,7 +74,20 @@ fn help_texts_are_pinned() {
 
 #[test]
 fn bad_flags_say_how_to_fix_them() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 9] = [
+        (
+            &["profile", "cpu", "--service", "s", "--frequency", "0"],
+            "1..=1000",
+        ),
+        (
+            &["profile", "cpu", "--service", "s", "--frequency", "5000"],
+            "1..=1000",
+        ),
+        (
+            &["profile", "cpu", "--service", "s", "--duration", "soon"],
+            "100ms",
+        ),
+        (&["query", "trace-profile", "xyz"], "32 hex digits"),
         (
             &["query", "traces", "--service", "s", "--since", "1x"],
             "100ms, 1.5s",
@@ -179,6 +197,32 @@ async fn queries_print_tables_trees_and_json() {
     let missing = run(args(&["query", "trace", &"ab".repeat(16)])).await;
     assert!(!missing.ok);
     assert!(missing.stderr.contains("not found"), "{}", missing.stderr);
+
+    let unprofiled = run(args(&["query", "trace-profile", &trace_id])).await;
+    assert!(!unprofiled.ok);
+    assert!(
+        unprofiled.stderr.contains("coral profile cpu"),
+        "{}",
+        unprofiled.stderr
+    );
+
+    let unknown_profile = run(args(&[
+        "profile",
+        "cpu",
+        "--service",
+        "paymnt-svc",
+        "--duration",
+        "1s",
+    ]))
+    .await;
+    assert!(!unknown_profile.ok);
+    assert!(
+        unknown_profile
+            .stderr
+            .contains("known services: payment-svc"),
+        "{}",
+        unknown_profile.stderr
+    );
 }
 
 /// The span tree of a trace with fixed timestamps, pinned by a golden file.

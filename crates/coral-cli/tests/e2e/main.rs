@@ -2,9 +2,10 @@
 //! them to a real colony on the embedded store and on PostgreSQL; the `coral` binary
 //! queries them back.
 //!
-//! Tests that need PostgreSQL are `#[ignore]`d so that plain `cargo test` stays
-//! unprivileged; `cargo xtask test` provides a server and runs them.
+//! Tests that need PostgreSQL or root (eBPF) are `#[ignore]`d so that plain `cargo test` stays
+//! unprivileged; `cargo xtask test` provides a server and runs them (as root).
 
 mod cli;
 mod harness;
 mod ingest;
+mod profile;

@@ -1,0 +1,519 @@
+//! CPU profiling: sessions the colony asks for, and the profile of every request that
+//! ran during one.
+//!
+//! ```text
+//!  receivers ── Intake ── SpanObserver::observe ──► ProcessDirectory (service → pids)
+//!                              │ request spans of services being profiled
+//!                              ▼
+//!  colony ── WatchCommands ──► profiler thread (session.rs, one std thread)
+//!                                ├─ session start: pids of the service → Sampler::add_targets
+//!                                ├─ every 100 ms: Sampler::drain → SampleRing (recent samples)
+//!                                ├─ session end: remove_targets, fold → ReportSession
+//!                                └─ held request spans: join (coral_analysis::join),
+//!                                   fold → TraceProfile
+//!                                │
+//!  colony ◄── ReportSession / IngestTraceProfiles (tasks here, retried with backoff)
+//! ```
+//!
+//! * The [`ProcessDirectory`] learns which processes serve a service from the
+//!   `process.pid` resource attribute of its spans (entries expire after 10 minutes).
+//! * A session samples the service's live processes from its start to its end, then
+//!   reports one profile of all of them. A service with no process here is answered at
+//!   once with `processes = 0`; a failure (allow list, sampler) with the error text.
+//! * While a session of service S runs, and for [`SESSION_GRACE`] after it (spans reach
+//!   the agent after their requests end), every *request* span of S (server or consumer
+//!   kind, or a root span) overlapping the session is held until the ring holds the
+//!   samples up to its end (at most [`MAX_HOLD`]), then joined on thread and time
+//!   (*thread* precision) or process and time (*process* precision), and sent as a
+//!   `TraceProfile`, even when no sample fell in it (an honest empty profile).
+//! * Perf events are attached only while a session needs them: the sampler detaches
+//!   when its last target is removed. Nothing is sampled, and the span observer costs
+//!   one directory update per request, while no session runs.
+
+mod directory;
+mod fold;
+mod ring;
+mod session;
+
+pub use coral_sampler::{Sampler, SamplerError};
+pub use directory::{DIRECTORY_TTL, ProcessDirectory};
+pub use session::{MAX_HOLD, RING_HORIZON, SESSION_GRACE, TICK};
+
+use crate::receiver::SpanObserver;
+use crate::stats::AgentStats;
+use crate::uplink::{Backoff, describe, is_permanent};
+use coral_client::AgentServiceClient;
+use coral_client::v1;
+use session::{Msg, Worker};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Settings of CPU profiling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfilingConfig {
+    /// Highest sampling frequency a session may ask for.
+    pub max_frequency_hz: u32,
+    /// Most samples kept in the ring of recent samples (they also age out after
+    /// [`RING_HORIZON`]).
+    pub ring_samples: usize,
+    /// `None`: any service may be profiled. `Some(list)`: only these; a session for
+    /// another is answered with an error.
+    pub allow_services: Option<Vec<String>>,
+}
+
+impl ProfilingConfig {
+    pub const DEFAULT_MAX_FREQUENCY_HZ: u32 = 1000;
+    pub const DEFAULT_RING_SAMPLES: usize = 200_000;
+}
+
+impl Default for ProfilingConfig {
+    fn default() -> Self {
+        Self {
+            max_frequency_hz: Self::DEFAULT_MAX_FREQUENCY_HZ,
+            ring_samples: Self::DEFAULT_RING_SAMPLES,
+            allow_services: None,
+        }
+    }
+}
+
+/// Creates the sampler, on the first session that needs one (called again on the next
+/// session when it fails). Runs on the profiler thread.
+pub type SamplerFactory =
+    Arc<dyn Fn(&ProfilingConfig) -> Result<Arc<dyn Sampler>, SamplerError> + Send + Sync>;
+
+/// The real sampler: [`coral_sampler::EbpfSampler`] (root, or CAP_BPF and CAP_PERFMON).
+pub fn ebpf_sampler_factory() -> SamplerFactory {
+    Arc::new(|config: &ProfilingConfig| {
+        let sampler = coral_sampler::EbpfSampler::new(coral_sampler::SamplerConfig {
+            max_frequency_hz: config.max_frequency_hz,
+            ..Default::default()
+        })?;
+        Ok(Arc::new(sampler) as Arc<dyn Sampler>)
+    })
+}
+
+/// Whether a span is a request: server or consumer kind, or a root span.
+pub fn is_request(span: &v1::Span) -> bool {
+    matches!(span.kind, 2 | 5) || span.parent_span_id.is_empty()
+}
+
+/// Most span batches queued for the profiler thread; beyond it the observer drops them.
+const MAX_QUEUED_SPAN_BATCHES: usize = 4096;
+/// Most request-profile batches waiting for the colony.
+const MAX_QUEUED_PROFILE_BATCHES: usize = 1024;
+/// Most request profiles per `IngestTraceProfiles` call.
+const PROFILES_PER_CALL: usize = 256;
+/// A session report is given up after trying this long.
+const REPORT_PATIENCE: Duration = Duration::from_secs(120);
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the span observer and the profiler thread share.
+pub(crate) struct Shared {
+    directory: Mutex<ProcessDirectory>,
+    /// Whether any service is being profiled (the observer's fast path).
+    watching: AtomicBool,
+    /// The services being profiled (session running, or in its grace period).
+    watched: RwLock<HashSet<String>>,
+    to_worker: std::sync::mpsc::Sender<Msg>,
+    queued_span_batches: AtomicUsize,
+}
+
+impl Shared {
+    fn directory(&self) -> MutexGuard<'_, ProcessDirectory> {
+        self.directory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn pids_of(&self, service: &str) -> Vec<u32> {
+        self.directory().pids(service, Instant::now())
+    }
+
+    pub(crate) fn set_watched(&self, services: HashSet<String>) {
+        let any = !services.is_empty();
+        *self.watched.write().unwrap_or_else(|e| e.into_inner()) = services;
+        self.watching.store(any, Ordering::Release);
+    }
+
+    pub(crate) fn span_batch_taken(&self) {
+        self.queued_span_batches.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where the profiler thread puts what goes to the colony.
+pub(crate) struct Outbox {
+    pub(crate) reports: mpsc::UnboundedSender<v1::ReportSessionRequest>,
+    pub(crate) profiles: mpsc::Sender<Vec<v1::TraceProfile>>,
+}
+
+/// The span observer side of the profiler (what [`crate::receiver::Intake`] calls).
+#[derive(Clone)]
+pub struct Profiler {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Profiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profiler")
+            .field("watching", &self.shared.watching.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SpanObserver for Profiler {
+    fn observe(&self, spans: &[v1::Span]) {
+        let now = Instant::now();
+        {
+            let mut directory = self.shared.directory();
+            let mut last: Option<(&str, i64)> = None;
+            for span in spans {
+                let Some(pid) = span.pid else { continue };
+                if last == Some((span.service.as_str(), pid)) {
+                    continue; // a request's spans usually share their resource
+                }
+                last = Some((span.service.as_str(), pid));
+                if let Ok(pid) = u32::try_from(pid)
+                    && pid != 0
+                {
+                    directory.saw(&span.service, pid, now);
+                }
+            }
+        }
+        if !self.shared.watching.load(Ordering::Acquire) {
+            return;
+        }
+        let picked: Vec<v1::Span> = {
+            let watched = self
+                .shared
+                .watched
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            spans
+                .iter()
+                .filter(|s| s.pid.is_some() && is_request(s) && watched.contains(&s.service))
+                .cloned()
+                .collect()
+        };
+        if picked.is_empty() {
+            return;
+        }
+        let queued = self
+            .shared
+            .queued_span_batches
+            .fetch_add(1, Ordering::Relaxed);
+        if queued >= MAX_QUEUED_SPAN_BATCHES {
+            self.shared.span_batch_taken();
+            tracing::warn!(
+                "the profiler is behind: {} request spans will not be profiled",
+                picked.len()
+            );
+            return;
+        }
+        if self.shared.to_worker.send(Msg::Spans(picked)).is_err() {
+            self.shared.span_batch_taken();
+        }
+    }
+}
+
+/// The running profiler: its thread and its colony tasks.
+pub(crate) struct Running {
+    profiler: Profiler,
+    thread: Option<std::thread::JoinHandle<()>>,
+    commands: JoinHandle<()>,
+    senders: Vec<JoinHandle<()>>,
+}
+
+/// What the profiler's colony tasks need.
+#[derive(Clone)]
+struct Link {
+    client: AgentServiceClient<Channel>,
+    agent_id: String,
+    stats: Arc<AgentStats>,
+}
+
+impl Running {
+    /// Starts the profiler thread and the colony tasks (command stream, senders).
+    pub(crate) fn start(
+        config: &crate::AgentConfig,
+        channel: Channel,
+        stats: Arc<AgentStats>,
+        factory: SamplerFactory,
+    ) -> std::io::Result<Self> {
+        let (to_worker, inbox) = std::sync::mpsc::channel();
+        let shared = Arc::new(Shared {
+            directory: Mutex::new(ProcessDirectory::new()),
+            watching: AtomicBool::new(false),
+            watched: RwLock::new(HashSet::new()),
+            to_worker,
+            queued_span_batches: AtomicUsize::new(0),
+        });
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let (profiles_tx, profiles_rx) = mpsc::channel(MAX_QUEUED_PROFILE_BATCHES);
+        let outbox = Outbox {
+            reports: reports_tx,
+            profiles: profiles_tx,
+        };
+        let worker_parts = (
+            shared.clone(),
+            config.profiling.clone(),
+            factory,
+            outbox,
+            stats.clone(),
+            config.agent_id.clone(),
+            config.node.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name("coral-profiler".into())
+            .spawn(move || {
+                let (shared, profiling, factory, outbox, stats, agent_id, node) = worker_parts;
+                // Created here: the symbolizer is not Send.
+                let symbolizer = Box::new(coral_symbolizer::Symbolizer::new());
+                Worker::new(
+                    shared, profiling, factory, symbolizer, outbox, stats, agent_id, node,
+                )
+                .run(inbox);
+            })?;
+        let link = Link {
+            client: coral_client::agent_client(channel),
+            agent_id: config.agent_id.clone(),
+            stats,
+        };
+        let commands = tokio::spawn(watch_commands(link.clone(), shared.clone()));
+        let senders = vec![
+            tokio::spawn(send_reports(link.clone(), reports_rx)),
+            tokio::spawn(send_profiles(link, profiles_rx)),
+        ];
+        Ok(Self {
+            profiler: Profiler { shared },
+            thread: Some(thread),
+            commands,
+            senders,
+        })
+    }
+
+    /// The span observer to give the intake.
+    pub(crate) fn observer(&self) -> Arc<dyn SpanObserver> {
+        Arc::new(self.profiler.clone())
+    }
+
+    /// Stops sampling, profiles the requests held, reports open sessions, and sends
+    /// what is queued, waiting at most `timeout` for the colony.
+    pub(crate) async fn shutdown(mut self, timeout: Duration) {
+        self.commands.abort();
+        let _ = self.profiler.shared.to_worker.send(Msg::Stop);
+        if let Some(thread) = self.thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            match tokio::time::timeout(timeout, joined).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(_) => tracing::error!("the profiler thread panicked"),
+                Err(_) => tracing::warn!("the profiler thread did not stop within {timeout:?}"),
+            }
+        }
+        // The thread is gone, so are the outbox senders: the tasks end once the queues
+        // are empty.
+        let aborts: Vec<_> = self.senders.iter().map(JoinHandle::abort_handle).collect();
+        let sent = futures::future::join_all(std::mem::take(&mut self.senders));
+        if tokio::time::timeout(timeout, sent).await.is_err() {
+            tracing::warn!("CPU profiles still unsent {timeout:?} after shutdown were dropped");
+            aborts.iter().for_each(|a| a.abort());
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.commands.abort();
+        self.senders.iter().for_each(JoinHandle::abort);
+        let _ = self.profiler.shared.to_worker.send(Msg::Stop);
+    }
+}
+
+/// Keeps a `WatchCommands` stream open, reconnecting with backoff, and hands the
+/// sessions to the profiler thread (which ignores those it has seen).
+async fn watch_commands(link: Link, shared: Arc<Shared>) {
+    let mut backoff = Backoff::new();
+    let mut warned = false;
+    loop {
+        let request = v1::WatchCommandsRequest {
+            agent_id: link.agent_id.clone(),
+        };
+        match link.client.clone().watch_commands(request).await {
+            Ok(response) => {
+                backoff = Backoff::new();
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(command)) => {
+                            backoff = Backoff::new();
+                            warned = false;
+                            if let Some(v1::agent_command::Command::ProfileSession(session)) =
+                                command.command
+                                && shared.to_worker.send(Msg::Session(session)).is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Ok(None) => {
+                            tracing::debug!("the colony closed the command stream; reconnecting");
+                            break;
+                        }
+                        Err(status) => {
+                            tracing::debug!(
+                                "the command stream broke ({}); reconnecting",
+                                describe(&status)
+                            );
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) if status.code() == Code::Unimplemented && !warned => {
+                warned = true;
+                tracing::warn!(
+                    "the colony does not serve profiling commands ({}); is it older than this agent?",
+                    describe(&status)
+                );
+            }
+            Err(status) => {
+                tracing::debug!("cannot open the command stream: {}", describe(&status));
+            }
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Sends session reports, each until the colony takes it (or [`REPORT_PATIENCE`]).
+async fn send_reports(link: Link, mut reports: mpsc::UnboundedReceiver<v1::ReportSessionRequest>) {
+    while let Some(report) = reports.recv().await {
+        let deadline = Instant::now() + REPORT_PATIENCE;
+        let mut backoff = Backoff::new();
+        loop {
+            let mut request = tonic::Request::new(report.clone());
+            request.set_timeout(CALL_TIMEOUT);
+            match link.client.clone().report_session(request).await {
+                Ok(_) => {
+                    tracing::debug!(session = %report.session_id, "session reported");
+                    break;
+                }
+                Err(status) if is_permanent(&status) || Instant::now() >= deadline => {
+                    tracing::warn!(
+                        session = %report.session_id,
+                        "the session report was not delivered: {}",
+                        describe(&status)
+                    );
+                    break;
+                }
+                Err(status) => {
+                    tracing::debug!(
+                        session = %report.session_id,
+                        "reporting the session failed ({}); retrying",
+                        describe(&status)
+                    );
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+}
+
+/// Sends request profiles in batches of at most [`PROFILES_PER_CALL`], each batch until
+/// the colony takes it (the colony is idempotent on trace and span id).
+async fn send_profiles(link: Link, mut queue: mpsc::Receiver<Vec<v1::TraceProfile>>) {
+    let mut pending: Vec<v1::TraceProfile> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            match queue.recv().await {
+                Some(batch) => pending = batch,
+                None => return,
+            }
+        }
+        while pending.len() < PROFILES_PER_CALL {
+            match queue.try_recv() {
+                Ok(batch) => pending.extend(batch),
+                Err(_) => break,
+            }
+        }
+        let rest = pending.split_off(pending.len().min(PROFILES_PER_CALL));
+        let batch = std::mem::replace(&mut pending, rest);
+        deliver_profiles(&link, batch).await;
+    }
+}
+
+async fn deliver_profiles(link: &Link, profiles: Vec<v1::TraceProfile>) {
+    let n = profiles.len();
+    let request = v1::IngestTraceProfilesRequest {
+        agent_id: link.agent_id.clone(),
+        profiles,
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        let mut call = tonic::Request::new(request.clone());
+        call.set_timeout(CALL_TIMEOUT);
+        match link.client.clone().ingest_trace_profiles(call).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                let rejected = usize::try_from(response.rejected).unwrap_or(n).min(n);
+                link.stats.add_trace_profiles_sent(n - rejected);
+                if rejected > 0 {
+                    link.stats.add_trace_profiles_dropped(rejected);
+                    tracing::warn!(
+                        "the colony rejected {rejected} of {n} request profiles: {}",
+                        response.error_message
+                    );
+                }
+                return;
+            }
+            Err(status) if is_permanent(&status) => {
+                tracing::error!(
+                    "the colony refused {n} request profiles ({}); dropping them",
+                    describe(&status)
+                );
+                link.stats.add_trace_profiles_dropped(n);
+                return;
+            }
+            Err(status) => {
+                tracing::debug!(
+                    "sending {n} request profiles failed ({}); retrying",
+                    describe(&status)
+                );
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(kind: i32, parent: bool) -> v1::Span {
+        v1::Span {
+            kind,
+            parent_span_id: if parent { vec![1; 8] } else { vec![] },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn requests_are_server_consumer_or_root_spans() {
+        assert!(is_request(&span(2, true)));
+        assert!(is_request(&span(5, true)));
+        assert!(is_request(&span(1, false)));
+        assert!(is_request(&span(3, false)));
+        assert!(!is_request(&span(1, true)));
+        assert!(!is_request(&span(3, true)));
+        assert!(!is_request(&span(4, true)));
+    }
+
+    #[test]
+    fn default_config() {
+        let config = ProfilingConfig::default();
+        assert_eq!(config.max_frequency_hz, 1000);
+        assert_eq!(config.ring_samples, 200_000);
+        assert_eq!(config.allow_services, None);
+    }
+}

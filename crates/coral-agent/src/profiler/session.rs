@@ -1,0 +1,628 @@
+//! The profiler thread: profiling sessions, the recent-sample ring, and the requests
+//! held until their samples are in.
+//!
+//! Everything here runs on one plain thread ([`Worker::run`]): the sampler's calls may
+//! block (eBPF attach), the symbolizer is blocking work and not `Send`. The thread
+//! wakes on a message (a session command, spans to hold, stop) or every [`TICK`].
+
+use super::directory::process_alive;
+use super::fold::{StackCache, Symbolize, fold};
+use super::ring::SampleRing;
+use super::{Outbox, ProfilingConfig, SamplerFactory, Shared, is_request};
+use crate::stats::AgentStats;
+use coral_analysis::join::{self, RequestWindow, TimedSample};
+use coral_client::profile::profile_to_wire;
+use coral_client::v1;
+use coral_sampler::Sampler;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How often the sampler is drained and held requests are looked at.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Samples older than this leave the ring (it is also bounded by count).
+pub const RING_HORIZON: Duration = Duration::from_secs(60);
+/// After a session's end, its requests are still profiled for this long: their spans
+/// reach the agent after the requests end (SDKs export in batches).
+pub const SESSION_GRACE: Duration = Duration::from_secs(10);
+/// A held request is joined at the latest this long after its span arrived, even if
+/// the sampler has not caught up with its end.
+pub const MAX_HOLD: Duration = Duration::from_secs(2);
+/// Samples reach the ring this late at most (the sampler's reader runs every 10 ms):
+/// after a drain at time T, the ring is taken to be complete up to T − this.
+const SAMPLER_LAG: Duration = Duration::from_millis(100);
+/// A session is closed this long after its end, so that the samples of its last moments
+/// have reached the ring.
+const CLOSE_DELAY: Duration = Duration::from_millis(250);
+/// Requests are remembered this long to count concurrent ones, and to ignore a span
+/// seen twice (an OTLP request retried after a refusal).
+const REQUEST_MEMORY: Duration = Duration::from_secs(60);
+
+/// What the rest of the agent tells the profiler thread.
+pub(crate) enum Msg {
+    Session(v1::ProfileSessionCommand),
+    /// Request spans of services being profiled.
+    Spans(Vec<v1::Span>),
+    Stop,
+}
+
+/// A span's identity: trace id and span id.
+type SpanKey = (Vec<u8>, Vec<u8>);
+
+fn span_key(span: &v1::Span) -> SpanKey {
+    (span.trace_id.clone(), span.span_id.clone())
+}
+
+fn now_unix_nano() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// One profiling session this agent samples for.
+#[derive(Debug)]
+struct Session {
+    id: String,
+    service: String,
+    /// The frequency asked for.
+    frequency_hz: u32,
+    /// The frequency the sampler actually ran at (higher when another session asked
+    /// for more at the same time): what CPU time is computed from.
+    effective_hz: u32,
+    start: i64,
+    end: i64,
+    pids: BTreeSet<u32>,
+    /// Reported to the colony, targets removed; only its late requests are still
+    /// joined, until `end + SESSION_GRACE`.
+    closed: bool,
+}
+
+/// A request span waiting for its samples.
+#[derive(Debug)]
+struct Held {
+    span: v1::Span,
+    key: SpanKey,
+    window: RequestWindow,
+    session_id: String,
+    frequency_hz: u32,
+    arrived: Instant,
+}
+
+pub(crate) struct Worker {
+    shared: Arc<Shared>,
+    config: ProfilingConfig,
+    factory: SamplerFactory,
+    sampler: Option<Arc<dyn Sampler>>,
+    symbolizer: Box<dyn Symbolize>,
+    outbox: Outbox,
+    stats: Arc<AgentStats>,
+    agent_id: String,
+    node: String,
+    ring: SampleRing,
+    /// The ring holds every sample taken up to this time.
+    covered_until: i64,
+    sessions: Vec<Session>,
+    /// Session ids already handled, with their end (the colony sends active sessions
+    /// again after every reconnect).
+    seen_sessions: HashMap<String, i64>,
+    held: Vec<Held>,
+    /// Request spans seen lately (with when), so that a span seen twice counts once.
+    seen_requests: HashMap<SpanKey, i64>,
+    /// Recent request windows per pid, to count concurrent requests.
+    windows: HashMap<u32, Windows>,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        config: ProfilingConfig,
+        factory: SamplerFactory,
+        symbolizer: Box<dyn Symbolize>,
+        outbox: Outbox,
+        stats: Arc<AgentStats>,
+        agent_id: String,
+        node: String,
+    ) -> Self {
+        Self {
+            ring: SampleRing::new(config.ring_samples),
+            shared,
+            config,
+            factory,
+            sampler: None,
+            symbolizer,
+            outbox,
+            stats,
+            agent_id,
+            node,
+            covered_until: 0,
+            sessions: Vec::new(),
+            seen_sessions: HashMap::new(),
+            held: Vec::new(),
+            seen_requests: HashMap::new(),
+            windows: HashMap::new(),
+        }
+    }
+
+    /// Serves messages until [`Msg::Stop`] or until every sender is gone.
+    pub(crate) fn run(mut self, inbox: Receiver<Msg>) {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match inbox.recv_timeout(wait) {
+                Ok(Msg::Session(command)) => self.start_session(command),
+                Ok(Msg::Spans(spans)) => {
+                    self.shared.span_batch_taken();
+                    self.hold(spans);
+                }
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() >= next_tick {
+                self.tick(false);
+                next_tick = Instant::now() + TICK;
+            }
+        }
+        self.stop();
+    }
+
+    /// At shutdown: profile what is held with the samples there are, report open
+    /// sessions, detach.
+    fn stop(&mut self) {
+        for session in &mut self.sessions {
+            // Close now: what was sampled so far is all there will be.
+            session.end = session.end.min(now_unix_nano());
+        }
+        // Closes (and detaches from) every session, joins every held request.
+        self.tick(true);
+        self.shared.set_watched(HashSet::new());
+    }
+
+    fn sampler(&mut self) -> Result<Arc<dyn Sampler>, String> {
+        if let Some(sampler) = &self.sampler {
+            return Ok(sampler.clone());
+        }
+        let sampler = (self.factory)(&self.config).map_err(|e| e.to_string())?;
+        tracing::info!("CPU sampler started");
+        self.sampler = Some(sampler.clone());
+        Ok(sampler)
+    }
+
+    fn report(&self, session_id: &str, processes: usize, profile: v1::Profile, error: String) {
+        self.stats.add_session(!error.is_empty());
+        let report = v1::ReportSessionRequest {
+            agent_id: self.agent_id.clone(),
+            node: self.node.clone(),
+            session_id: session_id.to_string(),
+            processes: u32::try_from(processes).unwrap_or(u32::MAX),
+            profile: Some(profile),
+            error,
+        };
+        if self.outbox.reports.send(report).is_err() {
+            tracing::debug!(session = %session_id, "the report sender is gone (shutting down)");
+        }
+    }
+
+    fn start_session(&mut self, command: v1::ProfileSessionCommand) {
+        let start = command.start_time_unix_nano;
+        let end = start.saturating_add(command.duration_ns.max(0));
+        if self.seen_sessions.contains_key(&command.session_id) {
+            return;
+        }
+        self.seen_sessions.insert(command.session_id.clone(), end);
+        let service = command.service.as_str();
+        let pids: Vec<u32> = self
+            .shared
+            .pids_of(service)
+            .into_iter()
+            .filter(|&pid| process_alive(pid))
+            .collect();
+        tracing::info!(
+            session = %command.session_id,
+            service,
+            frequency_hz = command.frequency_hz,
+            duration_ms = command.duration_ns / 1_000_000,
+            processes = pids.len(),
+            "profiling session"
+        );
+        let refuse = |worker: &Self, error: String| {
+            tracing::warn!(session = %command.session_id, service, "cannot profile: {error}");
+            worker.report(
+                &command.session_id,
+                pids.len(),
+                v1::Profile::default(),
+                error,
+            );
+        };
+        if pids.is_empty() {
+            // Not hosted here: answer at once so the colony does not wait for us (and
+            // without an error, even when the allow list would refuse the service).
+            return self.report(
+                &command.session_id,
+                0,
+                v1::Profile::default(),
+                String::new(),
+            );
+        }
+        if let Some(allowed) = &self.config.allow_services
+            && !allowed.iter().any(|s| s == service)
+        {
+            return refuse(
+                self,
+                format!("service {service} is not in this agent's --profile-allow list"),
+            );
+        }
+        if now_unix_nano() >= end {
+            return refuse(
+                self,
+                "the session was over before this agent received it".to_string(),
+            );
+        }
+        let sampler = match self.sampler() {
+            Ok(sampler) => sampler,
+            Err(error) => return refuse(self, error),
+        };
+        if let Err(e) = sampler.add_targets(&pids, command.frequency_hz) {
+            return refuse(self, e.to_string());
+        }
+        let effective_hz = command.frequency_hz.max(sampler.stats().frequency_hz);
+        self.sessions.push(Session {
+            id: command.session_id,
+            service: command.service,
+            frequency_hz: command.frequency_hz,
+            effective_hz,
+            start,
+            end,
+            pids: pids.into_iter().collect(),
+            closed: false,
+        });
+        self.update_watched();
+    }
+
+    fn update_watched(&self) {
+        let services = self.sessions.iter().map(|s| s.service.clone()).collect();
+        self.shared.set_watched(services);
+    }
+
+    /// Request spans of profiled services: remembered for concurrency, and held for a
+    /// profile when they fall within a session.
+    fn hold(&mut self, spans: Vec<v1::Span>) {
+        let now = now_unix_nano();
+        for span in spans {
+            if !is_request(&span) {
+                continue;
+            }
+            let Some(pid) = span.pid.and_then(|p| u32::try_from(p).ok()) else {
+                continue; // no process: nothing can be joined
+            };
+            let start = span.start_time_unix_nano;
+            let window = RequestWindow {
+                pid: Some(pid),
+                // A thread.id that is no OS thread id (too large) cannot be joined on.
+                thread_id: span.thread_id.and_then(|t| u32::try_from(t).ok()),
+                start_unix_nano: start,
+                end_unix_nano: start.saturating_add(span.duration_ns.max(0)),
+            };
+            let key = span_key(&span);
+            if self.seen_requests.insert(key.clone(), now).is_some() {
+                continue;
+            }
+            self.windows
+                .entry(pid)
+                .or_default()
+                .insert(key.clone(), window);
+
+            // Overlaps the session (an instant span counts when inside it).
+            let Some(session) = self.sessions.iter_mut().find(|s| {
+                s.service == span.service
+                    && window.start_unix_nano <= s.end
+                    && s.start <= window.end_unix_nano
+            }) else {
+                continue;
+            };
+            if !session.pids.contains(&pid) {
+                // A process that appeared after the session started: sample it too
+                // while the session runs; otherwise it was not sampled.
+                let sampler = self.sampler.clone();
+                let added = !session.closed
+                    && process_alive(pid)
+                    && sampler.is_some_and(|s| s.add_targets(&[pid], session.frequency_hz).is_ok());
+                if !added {
+                    continue;
+                }
+                tracing::debug!(session = %session.id, pid, "sampling a new process of the service");
+                session.pids.insert(pid);
+            }
+            self.held.push(Held {
+                span,
+                key,
+                window,
+                session_id: session.id.clone(),
+                frequency_hz: session.effective_hz,
+                arrived: Instant::now(),
+            });
+        }
+    }
+
+    fn tick(&mut self, finishing: bool) {
+        let now = now_unix_nano();
+        if let Some(sampler) = &self.sampler {
+            let samples = sampler.drain();
+            self.stats.add_samples(samples.len());
+            let evicted = self.ring.extend(samples);
+            if evicted > 0 {
+                self.stats.add_samples_evicted(evicted);
+            }
+            let sampler_stats = sampler.stats();
+            self.stats
+                .set_samples_lost(sampler_stats.lost + sampler_stats.dropped);
+            for session in self.sessions.iter_mut().filter(|s| !s.closed) {
+                session.effective_hz = session.effective_hz.max(sampler_stats.frequency_hz);
+            }
+        }
+        self.covered_until = now - nanos(SAMPLER_LAG);
+        if !self.ring.is_empty() {
+            self.ring.trim(now - nanos(RING_HORIZON));
+        }
+
+        let due: Vec<usize> = (0..self.sessions.len())
+            .filter(|&i| {
+                let s = &self.sessions[i];
+                !s.closed && (finishing || now >= s.end + nanos(CLOSE_DELAY))
+            })
+            .collect();
+        for i in due {
+            self.close_session(i);
+        }
+
+        self.join_ready(finishing);
+
+        let before = self.sessions.len();
+        let mut ended_pids = Vec::new();
+        self.sessions.retain(|s| {
+            let keep = !finishing && now < s.end + nanos(SESSION_GRACE);
+            if !keep {
+                ended_pids.extend(s.pids.iter().copied());
+            }
+            keep
+        });
+        if self.sessions.len() != before {
+            self.update_watched();
+            for pid in ended_pids {
+                if !process_alive(pid) {
+                    self.symbolizer.forget(pid);
+                }
+            }
+        }
+        let memory = now - nanos(REQUEST_MEMORY);
+        self.seen_requests.retain(|_, &mut when| when >= memory);
+        self.windows.retain(|_, windows| {
+            windows.forget_before(memory);
+            !windows.is_empty()
+        });
+        let forget_before = now - nanos(Duration::from_secs(3600));
+        self.seen_sessions
+            .retain(|_, &mut end| end >= forget_before);
+    }
+
+    /// Stops sampling for session `i` (the processes no other open session needs),
+    /// builds its profile and reports it.
+    fn close_session(&mut self, i: usize) {
+        let still_needed: BTreeSet<u32> = self
+            .sessions
+            .iter()
+            .enumerate()
+            .filter(|&(j, s)| j != i && !s.closed)
+            .flat_map(|(_, s)| s.pids.iter().copied())
+            .collect();
+        let session = &mut self.sessions[i];
+        session.closed = true;
+        let release: Vec<u32> = session.pids.difference(&still_needed).copied().collect();
+        if let Some(sampler) = &self.sampler
+            && let Err(e) = sampler.remove_targets(&release)
+        {
+            tracing::warn!(session = %session.id, "cannot stop sampling: {e}");
+        }
+
+        let samples = self.ring.as_slice();
+        let range = join::time_range(samples, session.start, session.end);
+        let mut cache = StackCache::new();
+        let profile = fold(
+            samples[range]
+                .iter()
+                .filter(|s| session.pids.contains(&s.tgid()))
+                .map(|s| &s.0),
+            &mut cache,
+            self.symbolizer.as_mut(),
+            session.effective_hz,
+        );
+        let counters = self.stats.profiling();
+        tracing::info!(
+            session = %session.id,
+            service = %session.service,
+            processes = session.pids.len(),
+            samples = profile.total_samples(),
+            stacks = cache.distinct_stacks(),
+            frequency_hz = session.effective_hz,
+            ring_samples = self.ring.len(),
+            samples_total = counters.samples,
+            samples_lost = counters.samples_lost,
+            trace_profiles_sent = counters.trace_profiles_sent,
+            "profiling session done"
+        );
+        if session.effective_hz != session.frequency_hz {
+            tracing::info!(
+                session = %session.id,
+                "sampled at {} Hz rather than {} Hz: another session asked for more",
+                session.effective_hz,
+                session.frequency_hz
+            );
+        }
+        let (id, processes) = (session.id.clone(), session.pids.len());
+        self.report(&id, processes, profile_to_wire(&profile), String::new());
+    }
+
+    /// Joins the held requests whose samples are in (or that waited long enough), and
+    /// sends their profiles.
+    fn join_ready(&mut self, everything: bool) {
+        let covered_until = self.covered_until;
+        let (ready, waiting): (Vec<Held>, Vec<Held>) =
+            std::mem::take(&mut self.held).into_iter().partition(|h| {
+                everything
+                    || covered_until >= h.window.end_unix_nano
+                    || h.arrived.elapsed() >= MAX_HOLD
+            });
+        self.held = waiting;
+        if ready.is_empty() {
+            return;
+        }
+        let samples = self.ring.as_slice();
+        let mut cache = StackCache::new();
+        let mut profiles = Vec::with_capacity(ready.len());
+        for held in ready {
+            let Some(joined) = join::join(&held.window, samples) else {
+                continue;
+            };
+            let pid = held.window.pid.unwrap_or_default();
+            let concurrent = self
+                .windows
+                .get(&pid)
+                .map_or(0, |w| w.concurrent(&held.key, &held.window));
+            let frequency_hz = self
+                .sessions
+                .iter()
+                .find(|s| s.id == held.session_id)
+                .map_or(held.frequency_hz, |s| s.effective_hz);
+            let profile = fold(
+                joined.samples.into_iter().map(|s| &s.0),
+                &mut cache,
+                self.symbolizer.as_mut(),
+                frequency_hz,
+            );
+            let span = held.span;
+            profiles.push(v1::TraceProfile {
+                trace_id: span.trace_id,
+                span_id: span.span_id,
+                service: span.service,
+                span_name: span.name,
+                start_time_unix_nano: span.start_time_unix_nano,
+                duration_ns: span.duration_ns,
+                node: self.node.clone(),
+                pid: span.pid,
+                thread_id: span.thread_id,
+                precision: joined.precision.as_str().to_string(),
+                frequency_hz,
+                concurrent_requests: concurrent,
+                source: format!("session:{}", held.session_id),
+                profile: Some(profile_to_wire(&profile)),
+            });
+        }
+        let n = profiles.len();
+        if n == 0 {
+            return;
+        }
+        tracing::debug!(
+            profiles = n,
+            stacks = cache.distinct_stacks(),
+            "request profiles assembled"
+        );
+        if let Err(e) = self.outbox.profiles.try_send(profiles) {
+            let reason = match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                    "the queue to the colony is full (the colony is slow or unreachable)"
+                }
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => "shutting down",
+            };
+            tracing::warn!("dropped {n} request profiles: {reason}");
+            self.stats.add_trace_profiles_dropped(n);
+        }
+    }
+}
+
+/// Recent request windows of one process, ordered by end time, to count the requests
+/// that overlap a given one.
+#[derive(Debug, Default)]
+struct Windows(VecDeque<(SpanKey, RequestWindow)>);
+
+impl Windows {
+    fn insert(&mut self, key: SpanKey, window: RequestWindow) {
+        // Spans arrive roughly in end order: the position is near the back.
+        let at = self
+            .0
+            .partition_point(|(_, w)| w.end_unix_nano <= window.end_unix_nano);
+        self.0.insert(at, (key, window));
+    }
+
+    /// The requests other than `key` that overlap `window`. Only the windows ending
+    /// after `window` starts are looked at.
+    fn concurrent(&self, key: &SpanKey, window: &RequestWindow) -> u32 {
+        let from = self
+            .0
+            .partition_point(|(_, w)| w.end_unix_nano <= window.start_unix_nano);
+        let others: Vec<RequestWindow> = self
+            .0
+            .range(from..)
+            .filter(|(k, _)| k != key)
+            .map(|(_, w)| *w)
+            .collect();
+        join::concurrent_requests(window, &others)
+    }
+
+    /// Forgets the windows that ended before `oldest_end`.
+    fn forget_before(&mut self, oldest_end: i64) {
+        let n = self
+            .0
+            .partition_point(|(_, w)| w.end_unix_nano < oldest_end);
+        self.0.drain(..n);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(start: i64, end: i64) -> RequestWindow {
+        RequestWindow {
+            pid: Some(1),
+            thread_id: None,
+            start_unix_nano: start,
+            end_unix_nano: end,
+        }
+    }
+
+    fn key(n: u8) -> SpanKey {
+        (vec![1; 16], vec![n; 8])
+    }
+
+    #[test]
+    fn windows_count_overlapping_requests_but_not_the_request_itself() {
+        let mut windows = Windows::default();
+        windows.insert(key(1), window(0, 100));
+        windows.insert(key(3), window(150, 300));
+        windows.insert(key(2), window(50, 120)); // arrives late, sorted in by end
+        windows.insert(key(4), window(400, 500));
+        let ends: Vec<i64> = windows.0.iter().map(|(_, w)| w.end_unix_nano).collect();
+        assert_eq!(ends, [100, 120, 300, 500]);
+
+        assert_eq!(windows.concurrent(&key(2), &window(50, 120)), 1);
+        assert_eq!(windows.concurrent(&key(1), &window(0, 100)), 1);
+        assert_eq!(windows.concurrent(&key(3), &window(150, 300)), 0);
+        // Not remembered itself: every overlapping one counts.
+        assert_eq!(windows.concurrent(&key(9), &window(90, 450)), 4);
+
+        windows.forget_before(120);
+        assert_eq!(windows.0.len(), 3);
+        windows.forget_before(1000);
+        assert!(windows.is_empty());
+    }
+}

@@ -1,0 +1,125 @@
+//! `coral profile …`: CPU profiles on demand.
+
+use super::ColonyAddr;
+use crate::commands::query::{proto_duration, rpc_error};
+use crate::output::profile::{ProfileFormat, write_profile};
+use clap::{Args, Subcommand};
+use coral_analysis::parse_duration;
+use coral_client::v1;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Subcommand)]
+pub enum ProfileCommand {
+    /// Profile a service's CPU now: every agent hosting it samples its processes.
+    ///
+    /// Agents know a service's processes from the process.pid resource attribute of its
+    /// spans. While the profile runs, each request of the service also gets its own
+    /// profile (see `coral query trace-profile`).
+    Cpu(CpuArgs),
+}
+
+#[derive(Args)]
+pub struct CpuArgs {
+    #[command(flatten)]
+    colony: ColonyAddr,
+    /// The service (as in its service.name resource attribute).
+    #[arg(long)]
+    service: String,
+    /// How long to sample (1s to 10m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Samples per second of each thread's CPU time (1 to 1000).
+    #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    frequency: u32,
+    /// text: top functions; folded: Brendan Gregg's folded stacks; svg: flame graph;
+    /// pprof: gzipped profile.proto (go tool pprof, Speedscope, Pyroscope); json.
+    #[arg(long, value_enum, default_value_t = ProfileFormat::Text)]
+    format: ProfileFormat,
+    /// Write to this file instead of standard output.
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+}
+
+/// A live "profiling S: 3s / 10s" line on a terminal until the future finishes.
+async fn with_progress<T>(
+    label: String,
+    total: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    if !std::io::stderr().is_terminal() {
+        return fut.await;
+    }
+    let start = Instant::now();
+    let ticker = async {
+        loop {
+            let elapsed = start.elapsed();
+            let state = if elapsed < total {
+                format!("{}s / {}s", elapsed.as_secs(), total.as_secs())
+            } else {
+                "waiting for agents to report".to_string()
+            };
+            eprint!("\r\x1b[2K{label}: {state}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let result = tokio::select! {
+        r = fut => r,
+        () = ticker => unreachable!("the ticker never ends"),
+    };
+    eprint!("\r\x1b[2K");
+    result
+}
+
+pub async fn run(cmd: ProfileCommand) -> anyhow::Result<()> {
+    let ProfileCommand::Cpu(args) = cmd;
+    crate::output::profile::check_destination(args.format, args.output.as_deref())?;
+    let channel = coral_client::connect(&args.colony.addr).await?;
+    let mut client = coral_client::profile_client(channel);
+    let request = v1::ProfileCpuRequest {
+        service: args.service.clone(),
+        duration: Some(proto_duration(args.duration)),
+        frequency_hz: args.frequency,
+    };
+    let label = format!("profiling {} at {} Hz", args.service, args.frequency);
+    let response = with_progress(label, args.duration, client.profile_cpu(request))
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let profile = coral_client::profile::profile_from_wire(response.profile.unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("the colony sent an invalid profile: {e}"))?;
+    for warning in &response.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if args.format == ProfileFormat::Text {
+        let hosts: Vec<String> = response
+            .agents
+            .iter()
+            .filter(|a| a.processes > 0)
+            .map(|a| {
+                format!(
+                    "{} ({} process(es), {} samples)",
+                    a.node, a.processes, a.samples
+                )
+            })
+            .collect();
+        println!(
+            "{} · {} at {} Hz · {}",
+            args.service,
+            coral_analysis::format_duration_ns(response.duration_ns),
+            response.frequency_hz,
+            if hosts.is_empty() {
+                "no agent hosts it".to_string()
+            } else {
+                hosts.join(", ")
+            }
+        );
+    }
+    let title = format!(
+        "{} CPU, {}",
+        args.service,
+        coral_analysis::format_duration_ns(response.duration_ns)
+    );
+    write_profile(&profile, &title, args.format, args.output.as_deref())
+}

@@ -1,0 +1,189 @@
+//! Real eBPF profiling end to end (needs root): this test process is the workload. Two
+//! threads burn CPU in known functions inside spans that carry `thread.id`, exported by
+//! the real OpenTelemetry SDK to the agent; `coral profile cpu` profiles the service
+//! and `coral query trace-profile` shows each request's own function.
+
+use crate::cli::coral;
+use crate::harness::{Backend, Stack, produce};
+use coral_analysis::profile::Profile;
+use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt, Tracer, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+#[inline(never)]
+fn validate_signature(until: Instant) -> u64 {
+    let mut x = 0u64;
+    while Instant::now() < until {
+        for i in 0..10_000u64 {
+            x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+    }
+    x
+}
+
+#[inline(never)]
+fn render_receipt(until: Instant) -> u64 {
+    let mut x = 1u64;
+    while Instant::now() < until {
+        for i in 0..10_000u64 {
+            x = black_box(x.rotate_left(7) ^ i);
+        }
+    }
+    x
+}
+
+/// Runs `work` for `busy` inside a server span of its own thread; returns the trace id.
+fn request(
+    tracer: &opentelemetry_sdk::trace::SdkTracer,
+    name: &str,
+    busy: Duration,
+    work: fn(Instant) -> u64,
+) -> String {
+    let tid = nix::unistd::gettid().as_raw() as i64;
+    let span = tracer
+        .span_builder(name.to_string())
+        .with_kind(SpanKind::Server)
+        .with_attributes([
+            KeyValue::new("thread.id", tid),
+            KeyValue::new("http.route", name.to_string()),
+        ])
+        .start(tracer);
+    let trace_id = span.span_context().trace_id().to_string();
+    let cx = Context::current_with_span(span);
+    black_box(work(Instant::now() + busy));
+    cx.span().end();
+    trace_id
+}
+
+/// `coral query trace-profile` output once the request's profile has arrived.
+async fn wait_for_profile(colony: &str, trace_id: &str, extra: &[&str]) -> String {
+    let mut args = vec!["query", "trace-profile", trace_id];
+    args.extend_from_slice(extra);
+    let mut last = String::new();
+    for _ in 0..100 {
+        let out = coral(Some(colony), &args);
+        if out.ok {
+            return out.stdout;
+        }
+        last = out.stderr;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no profile of {trace_id}: {last}");
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root for eBPF: run `cargo xtask test` as root"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root for eBPF: run `cargo xtask test`"]
+async fn profiles_a_service_and_each_request_at_thread_precision() {
+    require_root();
+    let stack = Stack::start(Backend::Sqlite).await;
+    let exporter = SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(format!("http://{}", stack.otlp_grpc))
+        .build()
+        .unwrap();
+    let provider = SdkTracerProvider::builder()
+        .with_resource(
+            Resource::builder()
+                .with_service_name("checkout-svc")
+                .with_attribute(KeyValue::new("process.pid", std::process::id() as i64))
+                .build(),
+        )
+        .with_simple_exporter(exporter)
+        .build();
+    // A first request tells the agent which process runs the service.
+    let p = provider.clone();
+    let warmup = produce(move || {
+        request(
+            &p.tracer("e2e"),
+            "GET /warmup",
+            Duration::from_millis(1),
+            render_receipt,
+        )
+    })
+    .await;
+    stack.wait_for_trace(&warmup, 1).await;
+
+    // Profile for 4 s while two threads serve one request each.
+    let colony = stack.colony.clone();
+    let profiling = tokio::task::spawn_blocking(move || {
+        coral(
+            Some(&colony),
+            &[
+                "profile",
+                "cpu",
+                "--service",
+                "checkout-svc",
+                "--duration",
+                "4s",
+                "--format",
+                "folded",
+            ],
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (pa, pb) = (provider.clone(), provider.clone());
+    let slow = std::thread::spawn(move || {
+        request(
+            &pa.tracer("e2e"),
+            "POST /checkout",
+            Duration::from_millis(1500),
+            validate_signature,
+        )
+    });
+    let other = std::thread::spawn(move || {
+        request(
+            &pb.tracer("e2e"),
+            "GET /receipt",
+            Duration::from_millis(1500),
+            render_receipt,
+        )
+    });
+    let (slow, other) = (slow.join().unwrap(), other.join().unwrap());
+    let profile = profiling.await.unwrap();
+    assert!(profile.ok, "{}", profile.stderr);
+    assert!(
+        profile.stdout.contains("validate_signature"),
+        "{}",
+        profile.stdout
+    );
+    assert!(
+        profile.stdout.contains("render_receipt"),
+        "{}",
+        profile.stdout
+    );
+
+    // Each request's profile holds its own thread's function only, as nearly all of
+    // its CPU time (frame pointers give whole stacks, so the function is inclusive).
+    for (trace, own, foreign) in [
+        (&slow, "validate_signature", "render_receipt"),
+        (&other, "render_receipt", "validate_signature"),
+    ] {
+        let text = wait_for_profile(&stack.colony, trace, &[]).await;
+        assert!(text.contains("thread precision"), "{text}");
+        assert!(text.contains(own) && !text.contains(foreign), "{text}");
+        let json = wait_for_profile(&stack.colony, trace, &["--format", "json"]).await;
+        let profile: Profile = serde_json::from_str(&json).expect("profile JSON");
+        let share = profile
+            .all_hotspots()
+            .iter()
+            .find(|h| h.function.ends_with(own))
+            .map(|h| h.total_share)
+            .unwrap_or(0.0);
+        assert!(
+            share >= 0.8,
+            "{own} has {share:.2} of its request's CPU:\n{text}"
+        );
+    }
+    provider.shutdown().unwrap();
+}

@@ -1,0 +1,64 @@
+//! Wire profiles (`v1::Profile`) to and from the profile model of `coral-analysis`,
+//! shared by everything that sends or shows profiles.
+
+use crate::v1;
+use coral_analysis::profile::{Frame, FrameKind, Profile, WeightedStack};
+
+/// Validates and converts a wire profile: every stack must index existing frames.
+pub fn profile_from_wire(profile: v1::Profile) -> Result<Profile, String> {
+    let frames: Vec<Frame> = profile
+        .frames
+        .into_iter()
+        .map(|f| Frame {
+            function: f.function,
+            module: f.module,
+            kind: if f.kernel {
+                FrameKind::Kernel
+            } else {
+                FrameKind::User
+            },
+        })
+        .collect();
+    let mut stacks = Vec::with_capacity(profile.stacks.len());
+    for stack in profile.stacks {
+        if let Some(bad) = stack
+            .frame_ids
+            .iter()
+            .find(|&&i| i as usize >= frames.len())
+        {
+            return Err(format!(
+                "a stack refers to frame {bad}, but the profile has {} frames",
+                frames.len()
+            ));
+        }
+        stacks.push(WeightedStack {
+            frames: stack.frame_ids,
+            samples: stack.samples,
+            cpu_ns: stack.cpu_ns,
+        });
+    }
+    Ok(Profile::from_parts(frames, stacks))
+}
+
+pub fn profile_to_wire(profile: &Profile) -> v1::Profile {
+    v1::Profile {
+        frames: profile
+            .frames
+            .iter()
+            .map(|f| v1::Frame {
+                function: f.function.clone(),
+                module: f.module.clone(),
+                kernel: f.kind == FrameKind::Kernel,
+            })
+            .collect(),
+        stacks: profile
+            .stacks
+            .iter()
+            .map(|s| v1::Stack {
+                frame_ids: s.frames.clone(),
+                samples: s.samples,
+                cpu_ns: s.cpu_ns,
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,179 @@
+//! `ProfileService`: on-demand CPU profiles of a service, and per-request profiles.
+
+use crate::convert::{profile_to_wire, trace_profile_to_wire};
+use crate::query::{duration_ns, parse_trace_id, require_service};
+use crate::{now_unix_nano, store_status};
+use coral_analysis::profile::Profile;
+use coral_client::v1::{self, profile_service_server};
+use coral_store::{ProfileSession, SessionResult, Store, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+pub const DEFAULT_FREQUENCY_HZ: u32 = 99;
+/// Above this, sampling itself starts to cost the profiled service noticeably.
+pub const MAX_FREQUENCY_HZ: u32 = 1000;
+const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+const MIN_DURATION: Duration = Duration::from_secs(1);
+const MAX_DURATION: Duration = Duration::from_secs(600);
+/// How long after a session ends the colony waits for agents to report.
+const REPORT_GRACE: Duration = Duration::from_secs(5);
+/// Agents whose last heartbeat is older than this are not waited for.
+const LIVE_AGENT_WINDOW: Duration = Duration::from_secs(30);
+/// Fewer samples than this and a profile says little.
+pub const WEAK_EVIDENCE_SAMPLES: u64 = 10;
+
+pub struct ProfileService {
+    store: Arc<dyn Store>,
+}
+
+impl ProfileService {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    /// Waits until every live agent has answered the session, or the grace has run out.
+    async fn collect_results(
+        &self,
+        session: &ProfileSession,
+    ) -> Result<Vec<SessionResult>, Status> {
+        let deadline = tokio::time::Instant::now() + REPORT_GRACE;
+        loop {
+            let results = self
+                .store
+                .session_results(session.session_id)
+                .await
+                .map_err(store_status)?;
+            let live_since = now_unix_nano() - LIVE_AGENT_WINDOW.as_nanos() as i64;
+            let agents = self.store.list_agents().await.map_err(store_status)?;
+            let all_answered = agents
+                .iter()
+                .filter(|a| a.last_heartbeat_unix_nano >= live_since)
+                .all(|a| results.iter().any(|r| r.agent_id == a.agent_id));
+            if all_answered || tokio::time::Instant::now() >= deadline {
+                return Ok(results);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl profile_service_server::ProfileService for ProfileService {
+    async fn profile_cpu(
+        &self,
+        request: Request<v1::ProfileCpuRequest>,
+    ) -> Result<Response<v1::ProfileCpuResponse>, Status> {
+        let req = request.into_inner();
+        require_service(self.store.as_ref(), &req.service).await?;
+        let frequency_hz = match req.frequency_hz {
+            0 => DEFAULT_FREQUENCY_HZ,
+            f if f > MAX_FREQUENCY_HZ => {
+                return Err(Status::invalid_argument(format!(
+                    "frequency {f} Hz is too high: at most {MAX_FREQUENCY_HZ} Hz (99 is the usual)"
+                )));
+            }
+            f => f,
+        };
+        let duration = match &req.duration {
+            Some(d) => Duration::from_nanos(duration_ns(d, "duration")? as u64),
+            None => DEFAULT_DURATION,
+        };
+        if !(MIN_DURATION..=MAX_DURATION).contains(&duration) {
+            return Err(Status::invalid_argument(format!(
+                "duration must be between {}s and {}s",
+                MIN_DURATION.as_secs(),
+                MAX_DURATION.as_secs()
+            )));
+        }
+        let session = ProfileSession {
+            session_id: uuid::Uuid::new_v4(),
+            service: req.service,
+            frequency_hz,
+            created_unix_nano: now_unix_nano(),
+            duration_ns: duration.as_nanos() as i64,
+        };
+        self.store
+            .create_profile_session(&session)
+            .await
+            .map_err(store_status)?;
+        tokio::time::sleep(duration).await;
+        let results = self.collect_results(&session).await?;
+
+        let mut merged = Profile::new();
+        let mut agents = Vec::new();
+        let mut warnings = Vec::new();
+        for r in &results {
+            if r.processes > 0 {
+                merged.merge(&r.profile);
+            }
+            if let Some(error) = &r.error {
+                warnings.push(format!("agent on {}: {error}", r.node));
+            }
+            if r.processes > 0 || r.error.is_some() {
+                agents.push(v1::AgentProfileResult {
+                    node: r.node.clone(),
+                    processes: r.processes,
+                    samples: r.profile.total_samples(),
+                    error: r.error.clone().unwrap_or_default(),
+                });
+            }
+        }
+        if !results.iter().any(|r| r.processes > 0) && warnings.is_empty() {
+            warnings.push(format!(
+                "no agent hosts a process of {}: agents find a service's processes from the \
+                 process.pid resource attribute of its spans",
+                session.service
+            ));
+        } else if merged.total_samples() < WEAK_EVIDENCE_SAMPLES {
+            warnings.push(format!(
+                "only {} samples: the service used little CPU; profile longer or at a higher frequency",
+                merged.total_samples()
+            ));
+        }
+        Ok(Response::new(v1::ProfileCpuResponse {
+            session_id: session.session_id.to_string(),
+            profile: Some(profile_to_wire(&merged)),
+            agents,
+            warnings,
+            frequency_hz,
+            duration_ns: session.duration_ns,
+        }))
+    }
+
+    async fn get_trace_profile(
+        &self,
+        request: Request<v1::GetTraceProfileRequest>,
+    ) -> Result<Response<v1::GetTraceProfileResponse>, Status> {
+        let req = request.into_inner();
+        let trace_id = parse_trace_id(&req.trace_id)?;
+        let profiles = self
+            .store
+            .trace_profiles(&trace_id)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => Status::not_found(format!(
+                    "no profile of trace {trace_id}: requests are profiled only while a profile \
+                 or trigger of their service is running (coral profile cpu --service S)"
+                )),
+                e => store_status(e),
+            })?;
+        let selected: Vec<_> = profiles
+            .iter()
+            .filter(|p| req.service.is_empty() || p.service == req.service)
+            .map(trace_profile_to_wire)
+            .collect();
+        if selected.is_empty() {
+            let mut services: Vec<_> = profiles.iter().map(|p| p.service.as_str()).collect();
+            services.dedup();
+            return Err(Status::not_found(format!(
+                "trace {trace_id} has no profile of service {:?}; it has profiles of: {}",
+                req.service,
+                services.join(", ")
+            )));
+        }
+        Ok(Response::new(v1::GetTraceProfileResponse {
+            profiles: selected,
+        }))
+    }
+}

@@ -1,0 +1,317 @@
+//! Trace profiles to rows and back, independent of the database: the part of profile
+//! storage that every backend shares.
+//!
+//! Writing, a profile becomes one sample row per distinct stack: its stack hash,
+//! samples and CPU time. Stacks are keyed by [`stack_hash`] of their frames'
+//! [`frame_hash`]es and frames by their hash, so equal stacks of one profile (a
+//! profile built with `from_parts` may repeat one) are merged, and every profile
+//! with a stack shares its one stored copy. A stack's frame index out of the
+//! profile's dictionary becomes the unknown user frame, as renderers show it.
+//!
+//! Reading, a profile is rebuilt in a canonical order, the same in every backend:
+//! stacks by CPU time descending, then stack hash; frames in the order they first
+//! appear in those stacks, root to leaf.
+//!
+//! Counts are `u64` in the model and BIGINT in the databases: larger values (only
+//! reachable by saturating arithmetic) are stored as `i64::MAX`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::{SpanId, StoreError, TraceId, TraceProfileRecord, frame_hash, stack_hash};
+use coral_analysis::profile::{Frame, FrameKind, Profile, WeightedStack};
+
+/// The batch without repeated (trace id, span id), sorted by them; of repeats, the
+/// first one given is kept.
+pub fn distinct_sorted(profiles: &[TraceProfileRecord]) -> Vec<&TraceProfileRecord> {
+    let mut sorted: Vec<&TraceProfileRecord> = profiles.iter().collect();
+    // Stable, so the first of equal keys stays first and survives `dedup_by_key`.
+    sorted.sort_by_key(|p| (p.trace_id, p.span_id));
+    sorted.dedup_by_key(|p| (p.trace_id, p.span_id));
+    sorted
+}
+
+/// One stored stack weight of one profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleRow {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub stack_hash: i64,
+    pub samples: i64,
+    pub cpu_ns: i64,
+}
+
+/// The rows that store some profiles' samples, each table's rows sorted by key (so
+/// that concurrent writers lock rows in the same order).
+#[derive(Debug, Default)]
+pub struct ProfileRows {
+    /// Distinct frames by hash.
+    pub frames: BTreeMap<i64, Frame>,
+    /// Distinct stacks by hash: their frame hashes, root first.
+    pub stacks: BTreeMap<i64, Vec<i64>>,
+    /// By (trace id, span id, stack hash) when the profiles come sorted.
+    pub samples: Vec<SampleRow>,
+}
+
+impl ProfileRows {
+    pub fn of<'a>(profiles: impl IntoIterator<Item = &'a TraceProfileRecord>) -> Self {
+        let mut rows = ProfileRows::default();
+        for record in profiles {
+            rows.add(record);
+        }
+        rows
+    }
+
+    fn add(&mut self, record: &TraceProfileRecord) {
+        let profile = &record.profile;
+        let hashes: Vec<i64> = profile.frames.iter().map(frame_hash).collect();
+        let mut unknown: Option<i64> = None;
+        // This profile's stacks by hash, equal ones merged.
+        let mut weights: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
+        for stack in &profile.stacks {
+            let frame_hashes: Vec<i64> = stack
+                .frames
+                .iter()
+                .map(|&i| match hashes.get(i as usize) {
+                    Some(&h) => {
+                        self.frames
+                            .entry(h)
+                            .or_insert_with(|| profile.frames[i as usize].clone());
+                        h
+                    }
+                    None => *unknown.get_or_insert_with(|| {
+                        let frame = Frame::unknown(FrameKind::User);
+                        let h = frame_hash(&frame);
+                        self.frames.entry(h).or_insert(frame);
+                        h
+                    }),
+                })
+                .collect();
+            let sh = stack_hash(&frame_hashes);
+            self.stacks.entry(sh).or_insert(frame_hashes);
+            let w = weights.entry(sh).or_insert((0, 0));
+            w.0 = w.0.saturating_add(stack.samples);
+            w.1 = w.1.saturating_add(stack.cpu_ns);
+        }
+        self.samples.extend(
+            weights
+                .into_iter()
+                .map(|(sh, (samples, cpu_ns))| SampleRow {
+                    trace_id: record.trace_id,
+                    span_id: record.span_id,
+                    stack_hash: sh,
+                    samples: to_i64(samples),
+                    cpu_ns: to_i64(cpu_ns),
+                }),
+        );
+    }
+}
+
+/// A count for a BIGINT column, saturating.
+pub fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A stored count; `Corrupt` if negative.
+pub fn to_u64(n: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{what} is negative ({n})")))
+}
+
+/// A stored `u32`; `Corrupt` if out of range.
+pub fn to_u32(n: i64, what: &str) -> Result<u32, StoreError> {
+    u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("{what} is out of range ({n})")))
+}
+
+pub fn kind_str(kind: FrameKind) -> &'static str {
+    match kind {
+        FrameKind::User => "user",
+        FrameKind::Kernel => "kernel",
+    }
+}
+
+pub fn parse_kind(kind: &str) -> Result<FrameKind, StoreError> {
+    match kind {
+        "user" => Ok(FrameKind::User),
+        "kernel" => Ok(FrameKind::Kernel),
+        other => Err(StoreError::Corrupt(format!(
+            "profile_frames.kind is {other:?}, not user or kernel"
+        ))),
+    }
+}
+
+/// One stored stack of a profile as read: its hash, weight and frame hashes.
+#[derive(Debug, Clone)]
+pub struct StackRead {
+    pub stack_hash: i64,
+    pub samples: u64,
+    pub cpu_ns: u64,
+    pub frame_hashes: Vec<i64>,
+}
+
+/// A profile from its stored stacks, in the canonical order (see the module docs);
+/// `Corrupt` if a frame is missing from `frames`.
+pub fn build_profile(
+    mut stacks: Vec<StackRead>,
+    frames: &HashMap<i64, Frame>,
+) -> Result<Profile, StoreError> {
+    stacks.sort_by(|a, b| {
+        b.cpu_ns
+            .cmp(&a.cpu_ns)
+            .then(a.stack_hash.cmp(&b.stack_hash))
+    });
+    let mut dictionary: Vec<Frame> = Vec::new();
+    let mut index: HashMap<i64, u32> = HashMap::new();
+    let mut weighted = Vec::with_capacity(stacks.len());
+    for stack in stacks {
+        let ids = stack
+            .frame_hashes
+            .iter()
+            .map(|h| match index.get(h) {
+                Some(&i) => Ok(i),
+                None => {
+                    let frame = frames.get(h).ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "stack {} has frame {h}, which is not stored",
+                            stack.stack_hash
+                        ))
+                    })?;
+                    let i = u32::try_from(dictionary.len())
+                        .map_err(|_| StoreError::Corrupt("too many frames".into()))?;
+                    dictionary.push(frame.clone());
+                    index.insert(*h, i);
+                    Ok(i)
+                }
+            })
+            .collect::<Result<Vec<u32>, StoreError>>()?;
+        weighted.push(WeightedStack {
+            frames: ids,
+            samples: stack.samples,
+            cpu_ns: stack.cpu_ns,
+        });
+    }
+    Ok(Profile::from_parts(dictionary, weighted))
+}
+
+/// Frame hashes as a little-endian byte string (SQLite's encoding of a stack).
+#[allow(dead_code)] // in the PostgreSQL backend, which stores BIGINT[]
+pub fn hashes_to_bytes(hashes: &[i64]) -> Vec<u8> {
+    hashes.iter().flat_map(|h| h.to_le_bytes()).collect()
+}
+
+/// The inverse of [`hashes_to_bytes`]; `None` unless the length is a multiple of 8.
+#[allow(dead_code)] // in the PostgreSQL backend
+pub fn hashes_from_bytes(bytes: &[u8]) -> Option<Vec<i64>> {
+    if !bytes.len().is_multiple_of(8) {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(profile: Profile) -> TraceProfileRecord {
+        TraceProfileRecord {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            service: "svc".into(),
+            span_name: "GET /".into(),
+            start_unix_nano: 0,
+            duration_ns: 1,
+            node: "n".into(),
+            pid: None,
+            thread_id: None,
+            precision: crate::Precision::Process,
+            frequency_hz: 99,
+            concurrent_requests: 0,
+            source: "test".into(),
+            profile,
+        }
+    }
+
+    #[test]
+    fn equal_stacks_merge_and_bad_indices_become_unknown() {
+        let main = Frame::user("main", "app");
+        let f = Frame::user("f", "app");
+        let profile = Profile::from_parts(
+            // `main` twice in the dictionary: stacks [0, 2] and [1, 2] are equal.
+            vec![main.clone(), main.clone(), f.clone()],
+            vec![
+                WeightedStack {
+                    frames: vec![0, 2],
+                    samples: 1,
+                    cpu_ns: 10,
+                },
+                WeightedStack {
+                    frames: vec![1, 2],
+                    samples: 2,
+                    cpu_ns: 20,
+                },
+                WeightedStack {
+                    frames: vec![0, 9],
+                    samples: 4,
+                    cpu_ns: u64::MAX,
+                },
+            ],
+        );
+        let rows = ProfileRows::of([&record(profile)]);
+        assert_eq!(rows.frames.len(), 3, "main, f and the unknown frame");
+        assert_eq!(rows.stacks.len(), 2);
+        assert_eq!(rows.samples.len(), 2);
+        let merged = stack_hash(&[frame_hash(&main), frame_hash(&f)]);
+        let row = rows
+            .samples
+            .iter()
+            .find(|r| r.stack_hash == merged)
+            .unwrap();
+        assert_eq!((row.samples, row.cpu_ns), (3, 30));
+        assert!(rows.samples.iter().any(|r| r.cpu_ns == i64::MAX));
+
+        let stacks = rows
+            .samples
+            .iter()
+            .map(|r| StackRead {
+                stack_hash: r.stack_hash,
+                samples: r.samples as u64,
+                cpu_ns: r.cpu_ns as u64,
+                frame_hashes: rows.stacks[&r.stack_hash].clone(),
+            })
+            .collect();
+        let frames: HashMap<i64, Frame> = rows.frames.clone().into_iter().collect();
+        let back = build_profile(stacks, &frames).unwrap();
+        assert_eq!(
+            back.frames,
+            [main, Frame::unknown(FrameKind::User), f],
+            "by first use in the hottest stack first"
+        );
+        assert_eq!(back.stacks[0].frames, [0, 1]);
+        assert_eq!(back.stacks[1].frames, [0, 2]);
+        assert!(matches!(
+            build_profile(
+                vec![StackRead {
+                    stack_hash: 1,
+                    samples: 1,
+                    cpu_ns: 1,
+                    frame_hashes: vec![42]
+                }],
+                &frames
+            ),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn hash_bytes_round_trip() {
+        let hashes = [i64::MIN, -1, 0, 1, i64::MAX];
+        let bytes = hashes_to_bytes(&hashes);
+        assert_eq!(bytes.len(), 40);
+        assert_eq!(hashes_from_bytes(&bytes).unwrap(), hashes);
+        assert_eq!(hashes_from_bytes(&[]).unwrap(), Vec::<i64>::new());
+        assert!(hashes_from_bytes(&[1, 2, 3]).is_none());
+    }
+}
