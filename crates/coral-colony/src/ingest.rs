@@ -21,11 +21,13 @@ type CommandStream =
 
 pub struct IngestService {
     store: Arc<dyn Store>,
+    /// Turns true when the colony begins to stop.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl IngestService {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<dyn Store>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { store, stopping }
     }
 }
 
@@ -36,11 +38,13 @@ fn require_agent_id(agent_id: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// Sends each active session once, as it appears, until the agent goes away.
+/// Sends each active session once, as it appears, until the agent goes away or the
+/// colony stops (the agent then reconnects, to this colony or another replica).
 async fn push_commands(
     store: Arc<dyn Store>,
     agent_id: String,
     tx: tokio::sync::mpsc::Sender<Result<v1::AgentCommand, Status>>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut sent = HashSet::new();
     loop {
@@ -73,6 +77,7 @@ async fn push_commands(
         tokio::select! {
             () = tokio::time::sleep(COMMAND_POLL_INTERVAL) => {}
             () = tx.closed() => return,
+            _ = stopping.wait_for(|stop| *stop) => return,
         }
     }
 }
@@ -88,7 +93,12 @@ impl AgentService for IngestService {
         let agent_id = request.into_inner().agent_id;
         require_agent_id(&agent_id)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(push_commands(self.store.clone(), agent_id, tx));
+        tokio::spawn(push_commands(
+            self.store.clone(),
+            agent_id,
+            tx,
+            self.stopping.clone(),
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

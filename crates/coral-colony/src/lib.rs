@@ -59,7 +59,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ColonyError> {
     let max = coral_client::MAX_MESSAGE_BYTES;
-    let ingest = AgentServiceServer::new(ingest::IngestService::new(store.clone()))
+    // Agents hold command streams open for as long as they run; the server's graceful
+    // stop waits for open calls, so those streams must end when the stop begins.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
+    let ingest = AgentServiceServer::new(ingest::IngestService::new(store.clone(), stopping))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let query = QueryServiceServer::new(query::QueryService::new(store.clone()))

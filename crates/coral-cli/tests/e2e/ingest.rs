@@ -315,3 +315,42 @@ async fn colony_refuses_bad_queries_and_keeps_serving() {
     let ok = q.query_traces(base).await.unwrap().into_inner();
     assert_eq!(ok.spans.len(), 1);
 }
+
+/// A colony stops gracefully even while an agent holds its command stream open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colony_stops_while_an_agent_watches_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = coral_colony::open_store(&coral_colony::StoreConfig::Embedded {
+        data_dir: dir.path().to_path_buf(),
+    })
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(coral_colony::serve(listener, store, async {
+        let _ = stopped.await;
+    }));
+    let mut agent = coral_client::agent_client(coral_client::connect(&addr).await.unwrap());
+    let mut commands = agent
+        .watch_commands(v1::WatchCommandsRequest {
+            agent_id: "watcher".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stop.send(()).unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(30), server).await;
+    assert!(
+        finished.is_ok(),
+        "the colony did not stop while a command stream was open"
+    );
+    assert!(
+        commands
+            .message()
+            .await
+            .map(|m| m.is_none())
+            .unwrap_or(true),
+        "the stream ended"
+    );
+}
