@@ -206,6 +206,30 @@ async fn queries_print_tables_trees_and_json() {
         unprofiled.stderr
     );
 
+    // The spans name a process that cannot exist: no agent hosts the service.
+    let unhosted = run(args(&[
+        "profile",
+        "cpu",
+        "--service",
+        "payment-svc",
+        "--duration",
+        "1s",
+    ]))
+    .await;
+    assert!(unhosted.ok, "{}", unhosted.stderr);
+    assert!(
+        unhosted
+            .stderr
+            .contains("no agent hosts a process of payment-svc"),
+        "{}",
+        unhosted.stderr
+    );
+    assert!(
+        unhosted.stdout.contains("no agent hosts it"),
+        "{}",
+        unhosted.stdout
+    );
+
     let unknown_profile = run(args(&[
         "profile",
         "cpu",

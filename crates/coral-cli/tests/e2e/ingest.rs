@@ -10,6 +10,10 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::time::Duration;
 
+/// The `process.pid` of the test requests: above Linux's largest pid (2^22), so no
+/// agent ever finds the process running.
+pub const NO_SUCH_PID: i64 = 999_999_999;
+
 #[derive(Clone, Copy, Debug)]
 pub enum Transport {
     Grpc,
@@ -41,7 +45,7 @@ pub async fn send_request(stack: &Stack, service: &str, transports: &[Transport]
     let mut builder = SdkTracerProvider::builder().with_resource(
         Resource::builder()
             .with_service_name(service.to_string())
-            .with_attribute(KeyValue::new("process.pid", 4242i64))
+            .with_attribute(KeyValue::new("process.pid", NO_SUCH_PID))
             .build(),
     );
     for &t in transports {
@@ -84,7 +88,7 @@ fn assert_request_fields(spans: &[v1::Span], service: &str) {
     assert_eq!(root.http_status, Some(503));
     assert_eq!(root.route.as_deref(), Some("/checkout"));
     assert_eq!(root.url.as_deref(), Some("/checkout"));
-    assert_eq!(root.pid, Some(4242));
+    assert_eq!(root.pid, Some(NO_SUCH_PID));
     assert_eq!(root.thread_id, Some(77));
     assert_eq!(root.node, "test-node");
     let attributes: serde_json::Value = serde_json::from_str(&root.attributes_json).unwrap();
