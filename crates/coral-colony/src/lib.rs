@@ -20,7 +20,6 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 /// Where the colony keeps its data.
 #[derive(Debug, Clone)]
@@ -79,7 +78,7 @@ pub async fn serve(
         .add_service(ingest)
         .add_service(query)
         .add_service(profile)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(coral_client::incoming(listener), shutdown)
         .await?;
     Ok(())
 }

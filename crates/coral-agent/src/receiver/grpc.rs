@@ -11,7 +11,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use std::future::Future;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
@@ -64,7 +63,7 @@ pub(crate) async fn serve(
     }
     tonic::transport::Server::builder()
         .add_service(GrpcReceiver::new(intake).into_service(max_request_bytes))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(coral_client::incoming(listener), shutdown)
         .await?;
     Ok(())
 }

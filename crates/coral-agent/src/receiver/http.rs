@@ -68,6 +68,10 @@ pub(crate) async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::debug!("OTLP/HTTP receiver on {addr}");
     }
+    // TCP_NODELAY: a multi-segment answer must not wait for the sender's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(intake, max_request_bytes))
         .with_graceful_shutdown(shutdown)
         .await
