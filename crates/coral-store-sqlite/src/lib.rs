@@ -30,7 +30,7 @@
 
 mod error;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -51,6 +51,7 @@ use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::error::{map_err, map_migrate_err};
+use coral_store::batch::{distinct_spans, now_unix_nano, services_seen};
 use coral_store::profile_rows::{
     ProfileRows, StackRead, build_profile, distinct_sorted as distinct_sorted_profiles,
     hashes_from_bytes, hashes_to_bytes, kind_str, parse_kind, to_i64, to_u32, to_u64,
@@ -198,7 +199,7 @@ impl Store for SqliteStore {
         if spans.is_empty() {
             return Ok(0);
         }
-        let spans = distinct_sorted(spans);
+        let spans = distinct_spans(spans);
         let services = services_seen(&spans);
 
         let mut tx = self
@@ -715,31 +716,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// The batch without repeated (trace id, span id), sorted by them; of repeats, the
-/// first one given is kept.
-fn distinct_sorted(spans: &[SpanRecord]) -> Vec<&SpanRecord> {
-    let mut sorted: Vec<&SpanRecord> = spans.iter().collect();
-    // Stable, so the first of equal keys stays first and survives `dedup_by_key`.
-    sorted.sort_by_key(|s| (s.trace_id, s.span_id));
-    sorted.dedup_by_key(|s| (s.trace_id, s.span_id));
-    sorted
-}
-
-/// Each service of the batch, by name, with its earliest and latest span start.
-fn services_seen<'a>(spans: &[&'a SpanRecord]) -> Vec<(&'a str, (i64, i64))> {
-    let mut seen: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
-    for span in spans {
-        let start = span.start_unix_nano;
-        seen.entry(span.service.as_str())
-            .and_modify(|(first, last)| {
-                *first = (*first).min(start);
-                *last = (*last).max(start);
-            })
-            .or_insert((start, start));
-    }
-    seen.into_iter().collect()
-}
-
 /// ` AND (<term> OR <term> …)`, every value bound.
 fn push_status_filter(qb: &mut QueryBuilder<Sqlite>, status: &StatusPattern) {
     qb.push(" AND (");
@@ -765,13 +741,6 @@ fn push_status_filter(qb: &mut QueryBuilder<Sqlite>, status: &StatusPattern) {
         }
     }
     qb.push(")");
-}
-
-/// Now, for `created_unix_nano`.
-fn now_unix_nano() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// A row's `trace_id` and `span_id`.

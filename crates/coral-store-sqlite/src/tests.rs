@@ -14,69 +14,12 @@ async fn fresh_store() -> TestStore {
     TestStore { store, dir }
 }
 
-#[async_trait]
-impl Store for TestStore {
-    fn backend(&self) -> &'static str {
-        self.store.backend()
-    }
-    async fn insert_spans(&self, spans: &[SpanRecord]) -> Result<u64, StoreError> {
-        self.store.insert_spans(spans).await
-    }
-    async fn list_services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
-        self.store.list_services().await
-    }
-    async fn service(&self, name: &str) -> Result<ServiceRecord, StoreError> {
-        self.store.service(name).await
-    }
-    async fn query_requests(&self, query: &RequestQuery) -> Result<Vec<SpanRecord>, StoreError> {
-        self.store.query_requests(query).await
-    }
-    async fn get_trace(&self, trace_id: &TraceId) -> Result<Vec<SpanRecord>, StoreError> {
-        self.store.get_trace(trace_id).await
-    }
-    async fn register_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
-        self.store.register_agent(agent).await
-    }
-    async fn heartbeat(
-        &self,
-        agent_id: &str,
-        at_unix_nano: i64,
-        counters: &serde_json::Value,
-    ) -> Result<(), StoreError> {
-        self.store.heartbeat(agent_id, at_unix_nano, counters).await
-    }
-    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        self.store.list_agents().await
-    }
-    async fn insert_trace_profiles(
-        &self,
-        profiles: &[TraceProfileRecord],
-    ) -> Result<u64, StoreError> {
-        self.store.insert_trace_profiles(profiles).await
-    }
-    async fn trace_profiles(
-        &self,
-        trace_id: &TraceId,
-    ) -> Result<Vec<TraceProfileRecord>, StoreError> {
-        self.store.trace_profiles(trace_id).await
-    }
-    async fn create_profile_session(&self, session: &ProfileSession) -> Result<(), StoreError> {
-        self.store.create_profile_session(session).await
-    }
-    async fn active_profile_sessions(
-        &self,
-        now_unix_nano: i64,
-    ) -> Result<Vec<ProfileSession>, StoreError> {
-        self.store.active_profile_sessions(now_unix_nano).await
-    }
-    async fn put_session_result(&self, result: &SessionResult) -> Result<(), StoreError> {
-        self.store.put_session_result(result).await
-    }
-    async fn session_results(
-        &self,
-        session_id: uuid::Uuid,
-    ) -> Result<Vec<SessionResult>, StoreError> {
-        self.store.session_results(session_id).await
+/// The suite and the tests below use the store inside; the wrapper only keeps its
+/// database alive.
+impl std::ops::Deref for TestStore {
+    type Target = SqliteStore;
+    fn deref(&self) -> &SqliteStore {
+        &self.store
     }
 }
 

@@ -16,7 +16,8 @@ use coral_analysis::profile::{Frame, FrameKind, Profile, WeightedStack};
 use serde_json::json;
 
 /// Generates one `#[tokio::test]` per check; `$store` is an expression (usually an
-/// `async` call, awaited here) giving a fresh, empty store. Attributes before the
+/// `async` call, awaited here) giving a fresh, empty store, or a guard that derefs to
+/// one (to keep a temporary database alive). Attributes before the
 /// expression (such as `#[ignore = "…"]`) go on every test.
 #[macro_export]
 macro_rules! conformance_suite {
@@ -49,7 +50,7 @@ macro_rules! conformance_suite {
         $($attr)*
         async fn $check() {
             let store = $store;
-            $crate::conformance::$check(&store).await;
+            $crate::conformance::$check(&*store).await;
         }
     };
     ($($input:tt)+) => {

@@ -4,6 +4,7 @@
 //! `coral-store-sqlite`), each with its own migrations. The `conformance` feature
 //! exposes the suite that every backend's tests run, so both behave the same.
 
+pub mod batch;
 mod hashing;
 mod ids;
 pub mod profile_rows;
