@@ -7,29 +7,75 @@
 //! - `query`: `QueryTraces --min-duration 1s` over 1,000,000 stored spans, p50/p95 in
 //!   the colony, beside a `ListServices` round trip (the RPC floor) measured in the
 //!   same run.
+//! - `overhead`: a CPU-bound workload on both cores, in alternating rounds without
+//!   (the baseline) and with the eBPF sampler at 99 Hz (drained every 100 ms and
+//!   symbolized, as the agent does): iterations/s and the slowdown. Needs root.
+//! - `symbolize`: frames/s of the symbolizer on stacks of this process, warm cache,
+//!   beside the cold first pass (the baseline).
+//! - `trace-profile`: `GetTraceProfile` p50/p95 in a colony over 10,000,000 stored
+//!   profile samples (PostgreSQL; fewer on SQLite), beside a `ListServices` round trip.
+//! - `agent-memory` (only when named: it takes 10 minutes, `CORAL_BENCH_MEMORY_SECS`
+//!   shortens it): the agent's RSS while profiling a busy service at 99 Hz, beside its
+//!   RSS before the session. Needs root.
 //!
 //! Every figure is printed; nothing here passes or fails on a timing.
+//!
+//! Hidden subcommands run the workloads the benchmarks sample, as child processes:
+//! `spin <seconds>` and `busy-service --otlp HOST:PORT [--rate N] [--work-ms M]`.
 
+mod agent_memory;
+mod busy;
 mod ingest;
+mod overhead;
 mod query;
+mod symbolize;
+mod trace_profile;
 mod workload;
 
 use anyhow::{Result, bail};
 
-#[tokio::main]
-async fn main() -> Result<()> {
+const USAGE: &str =
+    "usage: coral-bench [all|ingest|query|overhead|symbolize|trace-profile|agent-memory]";
+
+fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let postgres = std::env::var("CORAL_BENCH_POSTGRES_URL").ok();
-    let coral = std::env::var("CORAL_BIN").unwrap_or_else(|_| "target/release/coral".into());
     let which = args.first().map(String::as_str).unwrap_or("all");
-    if !matches!(which, "all" | "ingest" | "query") {
-        bail!("usage: coral-bench [all|ingest|query]");
+    match which {
+        "spin" => return busy::spin(&args[1..]),
+        "busy-service" => return busy::busy_service(&args[1..]),
+        "all" | "ingest" | "query" | "overhead" | "symbolize" | "trace-profile"
+        | "agent-memory" => {}
+        _ => bail!(USAGE),
     }
-    if matches!(which, "all" | "ingest") {
-        ingest::run(&coral, postgres.as_deref()).await?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(which))
+}
+
+async fn run(which: &str) -> Result<()> {
+    let postgres = std::env::var("CORAL_BENCH_POSTGRES_URL").ok();
+    let postgres = postgres.as_deref();
+    let coral = std::env::var("CORAL_BIN").unwrap_or_else(|_| "target/release/coral".into());
+    let all = which == "all";
+    if all || which == "ingest" {
+        ingest::run(&coral, postgres).await?;
     }
-    if matches!(which, "all" | "query") {
-        query::run(&coral, postgres.as_deref()).await?;
+    if all || which == "query" {
+        query::run(&coral, postgres).await?;
+    }
+    if all || which == "overhead" {
+        overhead::run()?;
+    }
+    if all || which == "symbolize" {
+        symbolize::run()?;
+    }
+    if all || which == "trace-profile" {
+        trace_profile::run(&coral, postgres).await?;
+    }
+    // Not part of `all`: it takes 10 minutes.
+    if which == "agent-memory" {
+        agent_memory::run(&coral, postgres).await?;
     }
     Ok(())
 }

@@ -199,8 +199,14 @@ impl Database {
 
     /// How many spans are stored, read straight from the database.
     pub async fn count_spans(&self) -> Result<i64> {
+        self.count_rows("spans").await
+    }
+
+    /// How many rows `table` holds, read straight from the database.
+    pub async fn count_rows(&self, table: &'static str) -> Result<i64> {
         use sqlx::Connection;
-        let sql = "SELECT count(*) FROM spans";
+        // The table name is a constant of this crate, never user text.
+        let sql = sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}"));
         Ok(match &self.config {
             coral_colony::StoreConfig::Postgres { url } => {
                 let mut c = sqlx::PgConnection::connect(url).await?;
@@ -281,4 +287,20 @@ pub fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     (at(0.5), at(0.95))
+}
+
+/// A tiny deterministic generator (xorshift64*).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
 }
