@@ -10,7 +10,8 @@ use super::fold::{StackCache, Symbolize, fold};
 use super::ring::SampleRing;
 use super::{Outbox, ProfilingConfig, SamplerFactory, Shared, is_request};
 use crate::stats::AgentStats;
-use coral_analysis::join::{self, RequestWindow, TimedSample};
+use coral_analysis::join::{self, RequestWindow};
+use coral_analysis::profile::Profile;
 use coral_client::profile::profile_to_wire;
 use coral_client::v1;
 use coral_sampler::Sampler;
@@ -78,6 +79,9 @@ struct Session {
     start: i64,
     end: i64,
     pids: BTreeSet<u32>,
+    /// The session's profile so far, folded at every drain: a session may last longer
+    /// than the ring keeps samples.
+    profile: Profile,
     /// Reported to the colony, targets removed; only its late requests are still
     /// joined, until `end + SESSION_GRACE`.
     closed: bool,
@@ -280,6 +284,7 @@ impl Worker {
             start,
             end,
             pids: pids.into_iter().collect(),
+            profile: Profile::new(),
             closed: false,
         });
         self.update_watched();
@@ -355,15 +360,26 @@ impl Worker {
         if let Some(sampler) = &self.sampler {
             let samples = sampler.drain();
             self.stats.add_samples(samples.len());
-            let evicted = self.ring.extend(samples);
-            if evicted > 0 {
-                self.stats.add_samples_evicted(evicted);
-            }
             let sampler_stats = sampler.stats();
             self.stats
                 .set_samples_lost(sampler_stats.lost + sampler_stats.dropped);
             for session in self.sessions.iter_mut().filter(|s| !s.closed) {
                 session.effective_hz = session.effective_hz.max(sampler_stats.frequency_hz);
+                let mut cache = StackCache::new();
+                let part = fold(
+                    samples.iter().filter(|s| {
+                        session.pids.contains(&s.tgid)
+                            && (session.start..=session.end).contains(&s.time_unix_nano)
+                    }),
+                    &mut cache,
+                    self.symbolizer.as_mut(),
+                    session.effective_hz,
+                );
+                session.profile.merge(&part);
+            }
+            let evicted = self.ring.extend(samples);
+            if evicted > 0 {
+                self.stats.add_samples_evicted(evicted);
             }
         }
         self.covered_until = now - nanos(SAMPLER_LAG);
@@ -430,25 +446,14 @@ impl Worker {
             tracing::warn!(session = %session.id, "cannot stop sampling: {e}");
         }
 
-        let samples = self.ring.as_slice();
-        let range = join::time_range(samples, session.start, session.end);
-        let mut cache = StackCache::new();
-        let profile = fold(
-            samples[range]
-                .iter()
-                .filter(|s| session.pids.contains(&s.tgid()))
-                .map(|s| &s.0),
-            &mut cache,
-            self.symbolizer.as_mut(),
-            session.effective_hz,
-        );
+        let profile = std::mem::take(&mut session.profile);
         let counters = self.stats.profiling();
         tracing::info!(
             session = %session.id,
             service = %session.service,
             processes = session.pids.len(),
             samples = profile.total_samples(),
-            stacks = cache.distinct_stacks(),
+            stacks = profile.stacks.len(),
             frequency_hz = session.effective_hz,
             ring_samples = self.ring.len(),
             samples_total = counters.samples,

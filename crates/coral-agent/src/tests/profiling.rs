@@ -228,6 +228,30 @@ async fn a_session_samples_the_service_and_reports_its_profile() {
     agent.stop().await.unwrap();
 }
 
+/// A session longer than the ring keeps samples still reports all of them: the
+/// session profile is folded as samples are drained, not cut from the ring at the end.
+#[tokio::test]
+async fn a_session_longer_than_the_ring_keeps_every_sample() {
+    let colony = FakeColony::start().await;
+    let sampler = Arc::new(FakeSampler::new());
+    let agent = TestAgent::start_with(test_config(&colony.url()), factory(&sampler)).await;
+    announce(&agent, "checkout", pid()).await;
+    let horizon = crate::profiler::RING_HORIZON.as_millis() as i64;
+    let start = now_ns() - (horizon + 30_000) * MS;
+    colony.push_session(session("s-long", "checkout", start, horizon + 31_000));
+    wait_for_targets(&sampler, &[pid()]).await;
+    // Samples from the session's first seconds, older than the ring's horizon.
+    sampler.push((0..4).map(|i| sample(pid(), pid(), start + (1_000 + i * 10) * MS, hot_fn)));
+    colony
+        .wait_until("the session report", |c| !c.reports.is_empty())
+        .await;
+    let profile = colony
+        .with(|c| c.reports[0].profile.clone())
+        .expect("a profile");
+    assert_eq!(total_samples(&profile), 4, "{profile:?}");
+    agent.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn requests_with_a_thread_id_get_their_own_threads_samples() {
     let colony = FakeColony::start().await;
