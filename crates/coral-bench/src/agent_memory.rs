@@ -97,25 +97,7 @@ pub async fn run(coral: &str, postgres: Option<&str>) -> Result<()> {
     let db = Database::fresh(postgres).await?;
     let mut procs = Processes(Vec::new());
     let colony = workload::start_colony(coral, &db, &mut procs).await?;
-    let otlp = format!("127.0.0.1:{}", workload::free_port()?);
-    let agent = workload::spawn(
-        coral,
-        &[
-            "agent",
-            "start",
-            "--colony",
-            &colony,
-            "--otlp-grpc",
-            &otlp,
-            "--otlp-http",
-            "off",
-            "--node",
-            "bench",
-        ]
-        .map(String::from),
-    )?;
-    let agent_pid = agent.id();
-    procs.0.push(agent);
+    let (otlp, agent_pid) = workload::start_agent(coral, &colony, &mut procs)?;
     let busy = Command::new(std::env::current_exe()?)
         .args(["busy-service", "--otlp", &otlp, "--rate", &RATE.to_string()])
         .stdout(Stdio::null())

@@ -45,23 +45,7 @@ async fn end_to_end(coral: &str, pg: Option<&str>) -> Result<(&'static str, f64)
     let db = Database::fresh(pg).await?;
     let mut procs = Processes(Vec::new());
     let colony = workload::start_colony(coral, &db, &mut procs).await?;
-    let otlp = format!("127.0.0.1:{}", workload::free_port()?);
-    procs.0.push(workload::spawn(
-        coral,
-        &[
-            "agent",
-            "start",
-            "--colony",
-            &colony,
-            "--otlp-grpc",
-            &otlp,
-            "--otlp-http",
-            "off",
-            "--node",
-            "bench",
-        ]
-        .map(String::from),
-    )?);
+    let (otlp, _) = workload::start_agent(coral, &colony, &mut procs)?;
     let client = loop {
         match TraceServiceClient::connect(format!("http://{otlp}")).await {
             Ok(c) => break c,

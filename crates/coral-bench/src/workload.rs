@@ -282,6 +282,28 @@ pub async fn start_colony(coral: &str, db: &Database, procs: &mut Processes) -> 
     bail!("the colony did not start")
 }
 
+/// Starts an agent forwarding to `colony`, with OTLP/gRPC on a free port; returns
+/// that address and the agent's pid.
+pub fn start_agent(coral: &str, colony: &str, procs: &mut Processes) -> Result<(String, u32)> {
+    let otlp = format!("127.0.0.1:{}", free_port()?);
+    let args = [
+        "agent",
+        "start",
+        "--colony",
+        colony,
+        "--otlp-grpc",
+        &otlp,
+        "--otlp-http",
+        "off",
+        "--node",
+        "bench",
+    ];
+    let agent = spawn(coral, &args.map(String::from))?;
+    let pid = agent.id();
+    procs.0.push(agent);
+    Ok((otlp, pid))
+}
+
 /// Median and 95th percentile.
 pub fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
