@@ -175,7 +175,7 @@ async fn seed_through_store(store: &dyn Store, profiles: u64, stacks: u64) -> Re
             precision: Precision::Thread,
             frequency_hz: 99,
             concurrent_requests: 0,
-            source: "bench".into(),
+            source: coral_store::ProfileSource::Session(uuid::Uuid::nil()),
             profile: variants[(i % VARIANTS) as usize].clone(),
         });
         if batch.len() == PROFILES_PER_CALL || i + 1 == profiles {

@@ -24,6 +24,7 @@ Quick start:
   coral query traces --service payment-svc --min-duration 1s
   coral query trace <trace-id>
   coral profile cpu --service payment-svc --duration 10s
+  coral profile trace-trigger --service payment-svc --min-duration 1s --count 10
   coral query trace-profile <trace-id>";
 
 #[derive(Subcommand)]
@@ -36,7 +37,7 @@ enum Command {
     Agent(commands::agent::AgentCommand),
     /// Ask the colony: services, requests, traces, request profiles.
     Query(commands::query::QueryArgs),
-    /// Profile CPU now.
+    /// Profile CPU: now, or the next requests that match a trigger.
     #[command(subcommand)]
     Profile(commands::profile::ProfileCommand),
 }

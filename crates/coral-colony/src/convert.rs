@@ -124,7 +124,7 @@ pub fn trace_profile_from_wire(p: v1::TraceProfile) -> Result<TraceProfileRecord
         precision,
         frequency_hz: p.frequency_hz,
         concurrent_requests: p.concurrent_requests,
-        source: p.source,
+        source: p.source.parse()?,
         profile: profile_from_wire(p.profile.unwrap_or_default())?,
     })
 }
@@ -143,7 +143,7 @@ pub fn trace_profile_to_wire(p: &TraceProfileRecord) -> v1::TraceProfile {
         precision: p.precision.as_str().to_string(),
         frequency_hz: p.frequency_hz,
         concurrent_requests: p.concurrent_requests,
-        source: p.source.clone(),
+        source: p.source.to_string(),
         profile: Some(profile_to_wire(&p.profile)),
     }
 }

@@ -1,6 +1,7 @@
 //! `AgentService`: what agents send (registration, heartbeats, spans).
 
 use crate::convert::{profile_from_wire, span_from_wire, trace_profile_from_wire};
+use crate::trigger::trigger_command;
 use crate::{now_unix_nano, store_status};
 use coral_client::v1::{self, agent_service_server::AgentService};
 use coral_store::{AgentRecord, SessionResult, Store};
@@ -38,8 +39,9 @@ fn require_agent_id(agent_id: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// Sends each active session once, as it appears, until the agent goes away or the
-/// colony stops (the agent then reconnects, to this colony or another replica).
+/// Sends each active session once, as it appears, and the set of active triggers
+/// first and whenever it changes, until the agent goes away or the colony stops (the
+/// agent then reconnects, to this colony or another replica).
 async fn push_commands(
     store: Arc<dyn Store>,
     agent_id: String,
@@ -47,7 +49,27 @@ async fn push_commands(
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut sent = HashSet::new();
+    let mut triggers_sent: Option<Vec<uuid::Uuid>> = None;
     loop {
+        match store.active_triggers(now_unix_nano()).await {
+            Ok(triggers) => {
+                let ids: Vec<uuid::Uuid> = triggers.iter().map(|t| t.trigger_id).collect();
+                if triggers_sent.as_ref() != Some(&ids) {
+                    let command = v1::AgentCommand {
+                        command: Some(v1::agent_command::Command::ActiveTriggers(
+                            v1::ActiveTriggers {
+                                triggers: triggers.iter().map(trigger_command).collect(),
+                            },
+                        )),
+                    };
+                    if tx.send(Ok(command)).await.is_err() {
+                        return;
+                    }
+                    triggers_sent = Some(ids);
+                }
+            }
+            Err(e) => tracing::warn!(agent = %agent_id, error = %e, "cannot read triggers"),
+        }
         match store.active_profile_sessions(now_unix_nano()).await {
             Ok(sessions) => {
                 for session in sessions {
@@ -148,14 +170,23 @@ impl AgentService for IngestService {
                 }
             }
         }
-        self.store
+        let inserted = self
+            .store
             .insert_trace_profiles(&records)
             .await
             .map_err(store_status)?;
+        if inserted.over_limit > 0 {
+            tracing::debug!(
+                agent = %req.agent_id,
+                over_limit = inserted.over_limit,
+                "request profiles beyond their trigger's count not kept"
+            );
+        }
         Ok(Response::new(v1::IngestTraceProfilesResponse {
-            accepted: records.len() as u64,
+            accepted: records.len() as u64 - inserted.over_limit,
             rejected,
             error_message,
+            over_limit: inserted.over_limit,
         }))
     }
 

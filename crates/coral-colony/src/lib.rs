@@ -9,8 +9,12 @@ mod convert;
 mod ingest;
 mod profile;
 mod query;
+mod trigger;
 
 pub use profile::{MAX_FREQUENCY_HZ, WEAK_EVIDENCE_SAMPLES};
+pub use trigger::{
+    DEFAULT_MAX_REQUESTS, DEFAULT_TIMEOUT, DEFAULT_TRIGGER_FREQUENCY_HZ, MAX_TIMEOUT,
+};
 
 use coral_client::v1::agent_service_server::AgentServiceServer;
 use coral_client::v1::profile_service_server::ProfileServiceServer;
@@ -19,6 +23,7 @@ use coral_store::{Store, StoreError};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Where the colony keeps its data.
@@ -51,10 +56,40 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreErr
     })
 }
 
-/// Serves the colony API on `listener` until `shutdown` resolves.
+/// How the colony runs, beyond its store and address.
+#[derive(Debug, Clone)]
+pub struct ColonyOptions {
+    /// Request profiles (and ended triggers and sessions) older than this are deleted.
+    pub profile_retention: Duration,
+}
+
+impl ColonyOptions {
+    pub const DEFAULT_PROFILE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+}
+
+impl Default for ColonyOptions {
+    fn default() -> Self {
+        Self {
+            profile_retention: Self::DEFAULT_PROFILE_RETENTION,
+        }
+    }
+}
+
+/// Serves the colony API on `listener` until `shutdown` resolves, with default options.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ColonyError> {
+    serve_with(listener, store, ColonyOptions::default(), shutdown).await
+}
+
+/// Serves the colony API on `listener` until `shutdown` resolves; also runs the sweeper
+/// (trigger expiry, retention) meanwhile.
+pub async fn serve_with(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    options: ColonyOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ColonyError> {
     let max = coral_client::MAX_MESSAGE_BYTES;
@@ -65,6 +100,11 @@ pub async fn serve(
         shutdown.await;
         let _ = stopping_tx.send(true);
     };
+    let sweeper = tokio::spawn(trigger::sweep(
+        store.clone(),
+        options.profile_retention,
+        stopping.clone(),
+    ));
     let ingest = AgentServiceServer::new(ingest::IngestService::new(store.clone(), stopping))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -74,12 +114,14 @@ pub async fn serve(
     let profile = ProfileServiceServer::new(profile::ProfileService::new(store))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .add_service(ingest)
         .add_service(query)
         .add_service(profile)
         .serve_with_incoming_shutdown(coral_client::incoming(listener), shutdown)
-        .await?;
+        .await;
+    sweeper.abort();
+    served?;
     Ok(())
 }
 

@@ -1,7 +1,9 @@
-//! `ProfileService`: on-demand CPU profiles of a service, and per-request profiles.
+//! `ProfileService`: on-demand CPU profiles of a service, per-request profiles, and
+//! trace-profile triggers (see [`crate::trigger`]).
 
 use crate::convert::{profile_to_wire, trace_profile_to_wire};
 use crate::query::{duration_ns, parse_trace_id, require_service};
+use crate::trigger::{list_limit, new_trigger, parse_trigger_id, trigger_status, trigger_to_wire};
 use crate::{now_unix_nano, store_status};
 use coral_analysis::profile::Profile;
 use coral_client::v1::{self, profile_service_server};
@@ -175,5 +177,82 @@ impl profile_service_server::ProfileService for ProfileService {
         Ok(Response::new(v1::GetTraceProfileResponse {
             profiles: selected,
         }))
+    }
+
+    async fn start_trace_profile_trigger(
+        &self,
+        request: Request<v1::StartTraceProfileTriggerRequest>,
+    ) -> Result<Response<v1::StartTraceProfileTriggerResponse>, Status> {
+        let req = request.into_inner();
+        let trigger = new_trigger(&req, now_unix_nano())?;
+        require_service(self.store.as_ref(), &trigger.service).await?;
+        self.store
+            .create_trigger(&trigger)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(
+            trigger = %trigger.trigger_id,
+            service = %trigger.service,
+            max_requests = trigger.max_requests,
+            frequency_hz = trigger.frequency_hz,
+            "trace-profile trigger started"
+        );
+        Ok(Response::new(v1::StartTraceProfileTriggerResponse {
+            trigger_id: trigger.trigger_id.to_string(),
+            status: trigger.status.to_string(),
+            trigger: Some(trigger_to_wire(&trigger, &[])),
+        }))
+    }
+
+    async fn get_trace_profile_trigger(
+        &self,
+        request: Request<v1::GetTraceProfileTriggerRequest>,
+    ) -> Result<Response<v1::TraceProfileTrigger>, Status> {
+        let id = parse_trigger_id(&request.into_inner().trigger_id)?;
+        let trigger = self.store.trigger(id).await.map_err(trigger_status)?;
+        let collected = self
+            .store
+            .trigger_requests(id)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(trigger_to_wire(&trigger, &collected)))
+    }
+
+    async fn list_trace_profile_triggers(
+        &self,
+        request: Request<v1::ListTraceProfileTriggersRequest>,
+    ) -> Result<Response<v1::ListTraceProfileTriggersResponse>, Status> {
+        let req = request.into_inner();
+        let service = Some(req.service.trim()).filter(|s| !s.is_empty());
+        if let Some(service) = service {
+            require_service(self.store.as_ref(), service).await?;
+        }
+        let triggers = self
+            .store
+            .list_triggers(service, req.all, list_limit(req.limit))
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(v1::ListTraceProfileTriggersResponse {
+            triggers: triggers.iter().map(|t| trigger_to_wire(t, &[])).collect(),
+        }))
+    }
+
+    async fn cancel_trace_profile_trigger(
+        &self,
+        request: Request<v1::CancelTraceProfileTriggerRequest>,
+    ) -> Result<Response<v1::TraceProfileTrigger>, Status> {
+        let id = parse_trigger_id(&request.into_inner().trigger_id)?;
+        let trigger = self
+            .store
+            .cancel_trigger(id, now_unix_nano())
+            .await
+            .map_err(trigger_status)?;
+        tracing::info!(trigger = %id, status = %trigger.status, "trace-profile trigger cancel asked");
+        let collected = self
+            .store
+            .trigger_requests(id)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(trigger_to_wire(&trigger, &collected)))
     }
 }

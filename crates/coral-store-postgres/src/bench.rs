@@ -2,7 +2,9 @@
 //! (`examples/profile_read_latency.rs`, `coral-bench`).
 
 use coral_analysis::profile::{Frame, Profile};
-use coral_store::{Precision, SpanId, Store, StoreError, TraceId, TraceProfileRecord};
+use coral_store::{
+    Precision, ProfileSource, SpanId, Store, StoreError, TraceId, TraceProfileRecord,
+};
 use sqlx::Row;
 
 use crate::PostgresStore;
@@ -157,7 +159,7 @@ fn template_profile(stacks: u64) -> TraceProfileRecord {
         precision: Precision::Thread,
         frequency_hz: 99,
         concurrent_requests: 0,
-        source: "bench".into(),
+        source: ProfileSource::Session(uuid::Uuid::nil()),
         profile,
     }
 }

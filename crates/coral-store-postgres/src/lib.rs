@@ -23,6 +23,18 @@
 //! since PostgreSQL arrays of arrays must be rectangular. A trace's profiles are read
 //! with three index look-ups: its profile rows, its samples joined to their stacks
 //! (a range scan on the samples' primary key prefix), and the frames they use.
+//!
+//! A trigger or baseline profile must also claim a slot of its trigger, after the
+//! profile rows went in (only new ones claim, so a retry never counts twice): one
+//! conditional `UPDATE` of the trigger row per profile, in trigger order (see
+//! `coral_store::trigger_rows::claim_order`). Under READ COMMITTED, an `UPDATE`
+//! blocked by another colony's claim re-evaluates its `WHERE` on the row that one
+//! committed, so no two colonies can take the last slot. Profiles that claim none
+//! are deleted again before their samples would go in.
+//!
+//! Trigger times are `TIMESTAMPTZ`, which has microsecond precision: Unix
+//! nanoseconds are converted exactly at the microsecond, in SQL (`timestamptz!`,
+//! `unix_nano!`), so nanoseconds below it are truncated.
 
 pub mod bench;
 mod error;
@@ -36,11 +48,12 @@ use coral_analysis::StatusPattern;
 use coral_analysis::profile::{Frame, Profile};
 use coral_analysis::status::{OTEL_STATUS_ERROR, StatusTerm};
 use coral_store::{
-    AgentRecord, Precision, ProfileSession, RequestQuery, ServiceRecord, SessionResult, SpanId,
-    SpanRecord, Store, StoreError, TraceId, TraceProfileRecord,
+    AgentRecord, CollectedRequest, InsertedProfiles, Precision, ProfileSession, ProfileSource,
+    RequestQuery, ServiceRecord, SessionResult, SpanId, SpanRecord, Store, StoreError, TraceId,
+    TraceProfileRecord, TraceProfileTrigger,
 };
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgBindIterExt, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgBindIterExt, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Row};
 
@@ -50,8 +63,9 @@ use crate::error::{map_err, map_migrate_err};
 use coral_store::batch::{distinct_spans, now_unix_nano, services_seen};
 use coral_store::profile_rows::{
     ProfileRows, StackRead, build_profile, distinct_sorted as distinct_sorted_profiles, kind_str,
-    parse_kind, to_i64, to_u32, to_u64,
+    parse_kind, parse_source, to_i64, to_u32, to_u64,
 };
+use coral_store::trigger_rows::{TriggerRow, claim_order, to_i32, trace_id_texts, unknown_service};
 
 /// This crate's migrations, embedded at compile time.
 static MIGRATOR: Migrator = sqlx::migrate!();
@@ -164,6 +178,107 @@ const SELECT_TRACE_SAMPLES: &str = "\
 const SELECT_FRAMES: &str = "SELECT f.frame_hash, f.function, f.module, f.kind \
      FROM unnest($1::int8[]) AS h (frame_hash) \
      JOIN profile_frames f ON f.frame_hash = h.frame_hash";
+
+const DELETE_TRACE_PROFILE: &str =
+    "DELETE FROM trace_profiles WHERE trace_id = $1 AND span_id = $2";
+
+/// A Unix-nanosecond parameter as `TIMESTAMPTZ`, truncated to the microsecond. Whole
+/// seconds and the rest are added apart: `float8 * interval` is exact while the
+/// product fits a double's 53 bits, which the microseconds of dates after 2255 do not.
+macro_rules! timestamptz {
+    ($param:literal) => {
+        concat!(
+            "(TIMESTAMPTZ 'epoch' + ",
+            $param,
+            "::int8 / 1000000000 * INTERVAL '1 second' + ",
+            $param,
+            "::int8 % 1000000000 / 1000 * INTERVAL '1 microsecond')"
+        )
+    };
+}
+
+/// A `TIMESTAMPTZ` column as Unix nanoseconds (`extract` is an exact `numeric` since
+/// PostgreSQL 14).
+macro_rules! unix_nano {
+    ($column:literal) => {
+        concat!("(extract(epoch FROM ", $column, ") * 1000000000)::int8")
+    };
+}
+
+/// A trigger's columns, with its service's name, in [`trigger_from_row`]'s order.
+macro_rules! select_triggers {
+    () => {
+        concat!(
+            "SELECT t.trigger_id, s.name AS service, ",
+            unix_nano!("t.created_at"),
+            " AS created_unix_nano, ",
+            unix_nano!("t.expires_at"),
+            " AS expires_unix_nano, ",
+            unix_nano!("t.ended_at"),
+            " AS ended_unix_nano, \
+             t.status, t.min_duration_ms, t.max_duration_ms, t.status_code_pattern, \
+             t.url_pattern, t.frequency_hz, t.max_requests, t.collected_requests, \
+             t.trace_ids, t.baseline_requests, t.baseline_collected \
+             FROM trace_profile_triggers t JOIN services s ON s.service_id = t.service_id"
+        )
+    };
+}
+
+/// Inserts nothing if the service (by name) is unknown.
+const INSERT_TRIGGER: &str = concat!(
+    "INSERT INTO trace_profile_triggers (trigger_id, service_id, created_at, expires_at, \
+         ended_at, status, min_duration_ms, max_duration_ms, status_code_pattern, \
+         url_pattern, frequency_hz, max_requests, collected_requests, trace_ids, \
+         baseline_requests, baseline_collected) \
+     SELECT $1, service_id, ",
+    timestamptz!("$3"),
+    ", ",
+    timestamptz!("$4"),
+    ", ",
+    timestamptz!("$5"),
+    ", $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 FROM services WHERE name = $2"
+);
+
+/// Takes one of a trigger's slots for trace `$2`, at `$3`: only while it is active,
+/// not full and without the trace. The last slot completes it.
+const CLAIM_TRIGGER_SLOT: &str = concat!(
+    "UPDATE trace_profile_triggers SET \
+         collected_requests = collected_requests + 1, \
+         trace_ids = array_append(coalesce(trace_ids, '{}'), $2::text), \
+         status = CASE WHEN collected_requests + 1 >= max_requests \
+             THEN 'completed' ELSE status END, \
+         ended_at = CASE WHEN collected_requests + 1 >= max_requests THEN ",
+    timestamptz!("$3"),
+    " ELSE ended_at END \
+     WHERE trigger_id = $1 AND status = 'active' AND collected_requests < max_requests \
+         AND NOT ($2::text = ANY(coalesce(trace_ids, '{}')))"
+);
+
+const TRIGGER_HAS_TRACE: &str = "SELECT EXISTS (SELECT 1 FROM trace_profile_triggers \
+     WHERE trigger_id = $1 AND $2::text = ANY(trace_ids))";
+
+const CLAIM_BASELINE_SLOT: &str = "UPDATE trace_profile_triggers \
+     SET baseline_collected = baseline_collected + 1 \
+     WHERE trigger_id = $1 AND baseline_collected < baseline_requests";
+
+/// A trigger's profiles, with the status of their spans.
+const SELECT_COLLECTED: &str = "\
+    SELECT p.trace_id, p.span_id, p.span_name, p.start_unix_nano, p.duration_ns, \
+        s.http_status, s.status_code, p.node, p.samples, p.precision \
+    FROM trace_profiles p \
+    LEFT JOIN spans s ON s.trace_id = p.trace_id AND s.span_id = p.span_id \
+    WHERE p.source = $1 \
+    ORDER BY p.created_unix_nano, p.start_unix_nano, p.trace_id, p.span_id";
+
+/// Old profiles and their samples; returns how many profiles.
+const PURGE_TRACE_PROFILES: &str = "\
+    WITH gone AS ( \
+        DELETE FROM trace_profiles WHERE created_unix_nano < $1 RETURNING trace_id, span_id \
+    ), samples AS ( \
+        DELETE FROM trace_profile_samples s USING gone \
+        WHERE s.trace_id = gone.trace_id AND s.span_id = gone.span_id \
+    ) \
+    SELECT count(*) FROM gone";
 
 /// A [`Store`] on PostgreSQL. Cloning shares the connection pool.
 #[derive(Debug, Clone)]
@@ -388,9 +503,9 @@ impl Store for PostgresStore {
     async fn insert_trace_profiles(
         &self,
         profiles: &[TraceProfileRecord],
-    ) -> Result<u64, StoreError> {
+    ) -> Result<InsertedProfiles, StoreError> {
         if profiles.is_empty() {
-            return Ok(0);
+            return Ok(InsertedProfiles::default());
         }
         let profiles = distinct_sorted_profiles(profiles);
         let created = now_unix_nano();
@@ -419,7 +534,7 @@ impl Store for PostgresStore {
                     .map(|p| i64::from(p.concurrent_requests))
                     .bind_iter(),
             )
-            .bind(profiles.iter().map(|p| p.source.as_str()).bind_iter())
+            .bind(profiles.iter().map(|p| p.source.to_string()).bind_iter())
             .bind(profiles.iter().map(|p| to_i64(p.samples())).bind_iter())
             .bind(
                 profiles
@@ -431,10 +546,6 @@ impl Store for PostgresStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(map_err)?;
-        if new_rows.is_empty() {
-            tx.commit().await.map_err(map_err)?;
-            return Ok(0);
-        }
         let mut new_keys: HashSet<(&[u8], &[u8])> = HashSet::with_capacity(new_rows.len());
         for row in &new_rows {
             new_keys.insert((
@@ -442,12 +553,33 @@ impl Store for PostgresStore {
                 row.try_get("span_id").map_err(map_err)?,
             ));
         }
-        let rows = ProfileRows::of(
-            profiles
-                .iter()
-                .copied()
-                .filter(|p| new_keys.contains(&(p.trace_id.as_bytes(), p.span_id.as_bytes()))),
-        );
+        let mut new: Vec<&TraceProfileRecord> = profiles
+            .iter()
+            .copied()
+            .filter(|p| new_keys.contains(&(p.trace_id.as_bytes(), p.span_id.as_bytes())))
+            .collect();
+        let mut refused: HashSet<(TraceId, SpanId)> = HashSet::new();
+        for p in claim_order(&new) {
+            if !claims_slot(&mut tx, p, created).await? {
+                sqlx::query(DELETE_TRACE_PROFILE)
+                    .bind(p.trace_id.as_bytes())
+                    .bind(p.span_id.as_bytes())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                refused.insert((p.trace_id, p.span_id));
+            }
+        }
+        new.retain(|p| !refused.contains(&(p.trace_id, p.span_id)));
+        let inserted = InsertedProfiles {
+            new: new.len() as u64,
+            over_limit: refused.len() as u64,
+        };
+        if new.is_empty() {
+            tx.commit().await.map_err(map_err)?;
+            return Ok(inserted);
+        }
+        let rows = ProfileRows::of(new);
 
         sqlx::query(INSERT_FRAMES)
             .bind(rows.frames.keys().copied().bind_iter())
@@ -488,7 +620,7 @@ impl Store for PostgresStore {
             .await
             .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
-        Ok(new_rows.len() as u64)
+        Ok(inserted)
     }
 
     async fn trace_profiles(
@@ -678,6 +810,160 @@ impl Store for PostgresStore {
             })
             .collect()
     }
+
+    async fn create_trigger(&self, trigger: &TraceProfileTrigger) -> Result<(), StoreError> {
+        let inserted = sqlx::query(INSERT_TRIGGER)
+            .bind(trigger.trigger_id)
+            .bind(&trigger.service)
+            .bind(trigger.created_unix_nano)
+            .bind(trigger.expires_unix_nano)
+            .bind(trigger.ended_unix_nano)
+            .bind(trigger.status.as_str())
+            .bind(
+                trigger
+                    .min_duration_ms
+                    .map(|n| to_i32(n, "min_duration_ms"))
+                    .transpose()?,
+            )
+            .bind(
+                trigger
+                    .max_duration_ms
+                    .map(|n| to_i32(n, "max_duration_ms"))
+                    .transpose()?,
+            )
+            .bind(trigger.status_code_pattern.as_deref())
+            .bind(trigger.url_pattern.as_deref())
+            .bind(to_i32(trigger.frequency_hz, "frequency_hz")?)
+            .bind(to_i32(trigger.max_requests, "max_requests")?)
+            .bind(to_i32(trigger.collected_requests, "collected_requests")?)
+            .bind(trace_id_texts(&trigger.trace_ids))
+            .bind(to_i32(trigger.baseline_requests, "baseline_requests")?)
+            .bind(to_i32(trigger.baseline_collected, "baseline_collected")?)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        if inserted == 0 {
+            return Err(unknown_service(&trigger.service));
+        }
+        Ok(())
+    }
+
+    async fn trigger(&self, trigger_id: uuid::Uuid) -> Result<TraceProfileTrigger, StoreError> {
+        let row = sqlx::query(concat!(select_triggers!(), " WHERE t.trigger_id = $1"))
+            .bind(trigger_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?
+            .ok_or_else(|| StoreError::NotFound(format!("trigger {trigger_id}")))?;
+        trigger_from_row(&row)
+    }
+
+    async fn list_triggers(
+        &self,
+        service: Option<&str>,
+        include_ended: bool,
+        limit: u32,
+    ) -> Result<Vec<TraceProfileTrigger>, StoreError> {
+        let rows = sqlx::query(concat!(
+            select_triggers!(),
+            " WHERE ($1::text IS NULL OR s.name = $1) AND ($2 OR t.status = 'active') \
+             ORDER BY t.created_at DESC, t.trigger_id DESC LIMIT $3"
+        ))
+        .bind(service)
+        .bind(include_ended)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(trigger_from_row).collect()
+    }
+
+    async fn active_triggers(
+        &self,
+        now_unix_nano: i64,
+    ) -> Result<Vec<TraceProfileTrigger>, StoreError> {
+        let rows = sqlx::query(concat!(
+            select_triggers!(),
+            " WHERE t.status = 'active' AND t.expires_at > ",
+            timestamptz!("$1"),
+            " ORDER BY t.created_at, t.trigger_id"
+        ))
+        .bind(now_unix_nano)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(trigger_from_row).collect()
+    }
+
+    async fn cancel_trigger(
+        &self,
+        trigger_id: uuid::Uuid,
+        now_unix_nano: i64,
+    ) -> Result<TraceProfileTrigger, StoreError> {
+        sqlx::query(concat!(
+            "UPDATE trace_profile_triggers SET status = 'cancelled', ended_at = ",
+            timestamptz!("$2"),
+            " WHERE trigger_id = $1 AND status = 'active'"
+        ))
+        .bind(trigger_id)
+        .bind(now_unix_nano)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        self.trigger(trigger_id).await
+    }
+
+    async fn expire_triggers(&self, now_unix_nano: i64) -> Result<u64, StoreError> {
+        let expired = sqlx::query(concat!(
+            "UPDATE trace_profile_triggers SET status = 'expired', ended_at = expires_at \
+             WHERE status = 'active' AND expires_at <= ",
+            timestamptz!("$1")
+        ))
+        .bind(now_unix_nano)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(expired)
+    }
+
+    async fn trigger_requests(
+        &self,
+        trigger_id: uuid::Uuid,
+    ) -> Result<Vec<CollectedRequest>, StoreError> {
+        let rows = sqlx::query(SELECT_COLLECTED)
+            .bind(ProfileSource::Trigger(trigger_id).to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(collected_request_from_row).collect()
+    }
+
+    async fn purge_profiles_before(&self, cutoff_unix_nano: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let purged: i64 = sqlx::query_scalar(PURGE_TRACE_PROFILES)
+            .bind(cutoff_unix_nano)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        // Their results go with them (ON DELETE CASCADE).
+        sqlx::query("DELETE FROM profile_sessions WHERE ends_unix_nano < $1")
+            .bind(cutoff_unix_nano)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        sqlx::query(concat!(
+            "DELETE FROM trace_profile_triggers WHERE status <> 'active' AND ended_at < ",
+            timestamptz!("$1")
+        ))
+        .bind(cutoff_unix_nano)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        to_u64(purged, "count(*)")
+    }
 }
 
 /// ` AND (<term> OR <term> …)`, every value bound.
@@ -705,6 +991,107 @@ fn push_status_filter(qb: &mut QueryBuilder<Postgres>, status: &StatusPattern) {
         }
     }
     qb.push(")");
+}
+
+/// Whether a new profile is kept: a trigger or baseline profile only if it claims a
+/// slot of its trigger (see [`Store::insert_trace_profiles`]).
+async fn claims_slot(
+    conn: &mut PgConnection,
+    profile: &TraceProfileRecord,
+    now_unix_nano: i64,
+) -> Result<bool, StoreError> {
+    match profile.source {
+        ProfileSource::Session(_) => Ok(true),
+        ProfileSource::Trigger(id) => {
+            let trace = profile.trace_id.to_string();
+            let claimed = sqlx::query(CLAIM_TRIGGER_SLOT)
+                .bind(id)
+                .bind(&trace)
+                .bind(now_unix_nano)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?
+                .rows_affected()
+                == 1;
+            // Another statement, so that it sees a claim of the trace that another
+            // colony committed while the one above waited for it.
+            Ok(claimed
+                || sqlx::query_scalar(TRIGGER_HAS_TRACE)
+                    .bind(id)
+                    .bind(&trace)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(map_err)?)
+        }
+        ProfileSource::Baseline(id) => Ok(sqlx::query(CLAIM_BASELINE_SLOT)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?
+            .rows_affected()
+            == 1),
+    }
+}
+
+fn trigger_from_row(row: &PgRow) -> Result<TraceProfileTrigger, StoreError> {
+    // INTEGER columns, read as i32.
+    let int = |column: &str| {
+        row.try_get::<i32, _>(column)
+            .map(i64::from)
+            .map_err(map_err)
+    };
+    let opt_int = |column: &str| {
+        row.try_get::<Option<i32>, _>(column)
+            .map(|n| n.map(i64::from))
+            .map_err(map_err)
+    };
+    TriggerRow {
+        trigger_id: row.try_get("trigger_id").map_err(map_err)?,
+        service: row.try_get("service").map_err(map_err)?,
+        created_unix_nano: row.try_get("created_unix_nano").map_err(map_err)?,
+        expires_unix_nano: row.try_get("expires_unix_nano").map_err(map_err)?,
+        ended_unix_nano: row.try_get("ended_unix_nano").map_err(map_err)?,
+        status: row.try_get("status").map_err(map_err)?,
+        min_duration_ms: opt_int("min_duration_ms")?,
+        max_duration_ms: opt_int("max_duration_ms")?,
+        status_code_pattern: row.try_get("status_code_pattern").map_err(map_err)?,
+        url_pattern: row.try_get("url_pattern").map_err(map_err)?,
+        frequency_hz: int("frequency_hz")?,
+        max_requests: int("max_requests")?,
+        collected_requests: opt_int("collected_requests")?,
+        trace_ids: row
+            .try_get::<Option<Vec<String>>, _>("trace_ids")
+            .map_err(map_err)?
+            .unwrap_or_default(),
+        baseline_requests: int("baseline_requests")?,
+        baseline_collected: int("baseline_collected")?,
+    }
+    .into_trigger()
+}
+
+fn collected_request_from_row(row: &PgRow) -> Result<CollectedRequest, StoreError> {
+    let bad_id =
+        |column: &str| StoreError::Corrupt(format!("trace_profiles.{column} is not a valid id"));
+    let trace_id: &[u8] = row.try_get("trace_id").map_err(map_err)?;
+    let span_id: &[u8] = row.try_get("span_id").map_err(map_err)?;
+    let precision: &str = row.try_get("precision").map_err(map_err)?;
+    Ok(CollectedRequest {
+        trace_id: TraceId::from_bytes(trace_id).ok_or_else(|| bad_id("trace_id"))?,
+        span_id: SpanId::from_bytes(span_id).ok_or_else(|| bad_id("span_id"))?,
+        span_name: row.try_get("span_name").map_err(map_err)?,
+        start_unix_nano: row.try_get("start_unix_nano").map_err(map_err)?,
+        duration_ns: row.try_get("duration_ns").map_err(map_err)?,
+        http_status: row.try_get("http_status").map_err(map_err)?,
+        status_code: row.try_get("status_code").map_err(map_err)?,
+        node: row.try_get("node").map_err(map_err)?,
+        samples: to_u64(
+            row.try_get("samples").map_err(map_err)?,
+            "trace_profiles.samples",
+        )?,
+        precision: Precision::parse(precision).ok_or_else(|| {
+            StoreError::Corrupt(format!("trace_profiles.precision is {precision:?}"))
+        })?,
+    })
 }
 
 /// A PostgreSQL array literal of integers: `{1,-2,3}`.
@@ -749,7 +1136,7 @@ fn trace_profile_from_row(row: &PgRow) -> Result<TraceProfileRecord, StoreError>
             row.try_get("concurrent_requests").map_err(map_err)?,
             "trace_profiles.concurrent_requests",
         )?,
-        source: row.try_get("source").map_err(map_err)?,
+        source: parse_source(row.try_get("source").map_err(map_err)?)?,
         profile: Profile::new(),
     })
 }

@@ -194,3 +194,18 @@ async fn missing_profile_rows_are_corrupt() {
     let err = db.store.trace_profiles(&p.trace_id).await.unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
 }
+
+/// Two colonies, each with its own pool, race for one trigger's slots.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run `cargo xtask test`, which provides one"]
+async fn two_pools_never_collect_more_than_max_requests() {
+    let db = fresh_store().await;
+    let other = PostgresStore::connect_with(db.admin.clone().database(&db.name))
+        .await
+        .unwrap();
+    coral_store::conformance::two_stores_collect_at_most_max_requests(&db.store, &other).await;
+    other.close().await;
+    assert_eq!(count(&db.store, "trace_profiles").await, 10);
+    // The refused profiles left no samples.
+    assert_eq!(count(&db.store, "trace_profile_samples").await, 10 * 4);
+}

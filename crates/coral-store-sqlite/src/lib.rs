@@ -27,6 +27,13 @@
 //! see `coral_store::profile_rows`). A stack's frame hashes are a BLOB of little-endian `i64`s.
 //! The samples table is `WITHOUT ROWID`, clustered on its primary key (trace id,
 //! span id, stack hash), so a trace's samples are one contiguous range.
+//!
+//! A trigger or baseline profile must also claim a slot of its trigger, after the
+//! profile rows went in (only new ones claim, so a retry never counts twice): one
+//! conditional `UPDATE` of the trigger row per profile. Write transactions are
+//! serialized, so no two writers, in this process or another, can take the last
+//! slot. Profiles that claim none are deleted again before their samples would go in.
+//! A trigger's `trace_ids` is a JSON array, appended to with `json_insert`.
 
 mod error;
 
@@ -39,13 +46,14 @@ use coral_analysis::StatusPattern;
 use coral_analysis::profile::{Frame, Profile};
 use coral_analysis::status::{OTEL_STATUS_ERROR, StatusTerm};
 use coral_store::{
-    AgentRecord, Precision, ProfileSession, RequestQuery, ServiceRecord, SessionResult, SpanId,
-    SpanRecord, Store, StoreError, TraceId, TraceProfileRecord,
+    AgentRecord, CollectedRequest, InsertedProfiles, Precision, ProfileSession, ProfileSource,
+    RequestQuery, ServiceRecord, SessionResult, SpanId, SpanRecord, Store, StoreError, TraceId,
+    TraceProfileRecord, TraceProfileTrigger,
 };
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row, Sqlite};
@@ -54,8 +62,9 @@ use crate::error::{map_err, map_migrate_err};
 use coral_store::batch::{distinct_spans, now_unix_nano, services_seen};
 use coral_store::profile_rows::{
     ProfileRows, StackRead, build_profile, distinct_sorted as distinct_sorted_profiles,
-    hashes_from_bytes, hashes_to_bytes, kind_str, parse_kind, to_i64, to_u32, to_u64,
+    hashes_from_bytes, hashes_to_bytes, kind_str, parse_kind, parse_source, to_i64, to_u32, to_u64,
 };
+use coral_store::trigger_rows::{TriggerRow, claim_order, to_i32, trace_id_texts, unknown_service};
 
 /// This crate's migrations, embedded at compile time.
 static MIGRATOR: Migrator = sqlx::migrate!();
@@ -131,6 +140,60 @@ const SELECT_TRACE_SAMPLES: &str = "\
 /// The frame hashes come as one JSON array.
 const SELECT_FRAMES: &str = "SELECT frame_hash, function, module, kind \
      FROM profile_frames WHERE frame_hash IN (SELECT value FROM json_each(?))";
+
+const DELETE_TRACE_PROFILE: &str =
+    "DELETE FROM trace_profiles WHERE trace_id = ?1 AND span_id = ?2";
+
+/// A trigger's columns, with its service's name, in [`trigger_from_row`]'s order.
+macro_rules! select_triggers {
+    () => {
+        "SELECT t.trigger_id, s.name AS service, t.created_at AS created_unix_nano, \
+             t.expires_at AS expires_unix_nano, t.ended_at AS ended_unix_nano, t.status, \
+             t.min_duration_ms, t.max_duration_ms, t.status_code_pattern, t.url_pattern, \
+             t.frequency_hz, t.max_requests, t.collected_requests, t.trace_ids, \
+             t.baseline_requests, t.baseline_collected \
+         FROM trace_profile_triggers t JOIN services s ON s.service_id = t.service_id"
+    };
+}
+
+/// Inserts nothing if the service (by name) is unknown.
+const INSERT_TRIGGER: &str = "\
+    INSERT INTO trace_profile_triggers (trigger_id, service_id, created_at, expires_at, \
+        ended_at, status, min_duration_ms, max_duration_ms, status_code_pattern, \
+        url_pattern, frequency_hz, max_requests, collected_requests, trace_ids, \
+        baseline_requests, baseline_collected) \
+    SELECT ?1, service_id, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16 \
+    FROM services WHERE name = ?2";
+
+/// Takes one of a trigger's slots for trace `?2`, at `?3`: only while it is active,
+/// not full and without the trace. The last slot completes it.
+const CLAIM_TRIGGER_SLOT: &str = "\
+    UPDATE trace_profile_triggers SET \
+        collected_requests = collected_requests + 1, \
+        trace_ids = json_insert(coalesce(trace_ids, '[]'), '$[#]', ?2), \
+        status = CASE WHEN collected_requests + 1 >= max_requests \
+            THEN 'completed' ELSE status END, \
+        ended_at = CASE WHEN collected_requests + 1 >= max_requests \
+            THEN ?3 ELSE ended_at END \
+    WHERE trigger_id = ?1 AND status = 'active' AND collected_requests < max_requests \
+        AND NOT EXISTS (SELECT 1 FROM json_each(trace_ids) WHERE value = ?2)";
+
+const TRIGGER_HAS_TRACE: &str = "\
+    SELECT EXISTS (SELECT 1 FROM trace_profile_triggers t, json_each(t.trace_ids) j \
+        WHERE t.trigger_id = ?1 AND j.value = ?2)";
+
+const CLAIM_BASELINE_SLOT: &str = "\
+    UPDATE trace_profile_triggers SET baseline_collected = baseline_collected + 1 \
+    WHERE trigger_id = ?1 AND baseline_collected < baseline_requests";
+
+/// A trigger's profiles, with the status of their spans.
+const SELECT_COLLECTED: &str = "\
+    SELECT p.trace_id, p.span_id, p.span_name, p.start_unix_nano, p.duration_ns, \
+        s.http_status, s.status_code, p.node, p.samples, p.precision \
+    FROM trace_profiles p \
+    LEFT JOIN spans s ON s.trace_id = p.trace_id AND s.span_id = p.span_id \
+    WHERE p.source = ?1 \
+    ORDER BY p.created_unix_nano, p.start_unix_nano, p.trace_id, p.span_id";
 
 /// A [`Store`] in one SQLite file. Cloning shares the connection pools.
 #[derive(Debug, Clone)]
@@ -397,9 +460,9 @@ impl Store for SqliteStore {
     async fn insert_trace_profiles(
         &self,
         profiles: &[TraceProfileRecord],
-    ) -> Result<u64, StoreError> {
+    ) -> Result<InsertedProfiles, StoreError> {
         if profiles.is_empty() {
-            return Ok(0);
+            return Ok(InsertedProfiles::default());
         }
         let profiles = distinct_sorted_profiles(profiles);
         let created = now_unix_nano();
@@ -429,7 +492,7 @@ impl Store for SqliteStore {
                     .push_bind(p.precision.as_str())
                     .push_bind(i64::from(p.frequency_hz))
                     .push_bind(i64::from(p.concurrent_requests))
-                    .push_bind(p.source.as_str())
+                    .push_bind(p.source.to_string())
                     .push_bind(to_i64(p.samples()))
                     .push_bind(to_i64(p.profile.total_cpu_ns()))
                     .push_bind(created);
@@ -446,16 +509,33 @@ impl Store for SqliteStore {
                 new_keys.insert(row_ids(row, "trace_profiles")?);
             }
         }
-        if new_keys.is_empty() {
-            tx.commit().await.map_err(map_err)?;
-            return Ok(0);
+        let mut new: Vec<&TraceProfileRecord> = profiles
+            .iter()
+            .copied()
+            .filter(|p| new_keys.contains(&(p.trace_id, p.span_id)))
+            .collect();
+        let mut refused: HashSet<(TraceId, SpanId)> = HashSet::new();
+        for p in claim_order(&new) {
+            if !claims_slot(&mut tx, p, created).await? {
+                sqlx::query(DELETE_TRACE_PROFILE)
+                    .bind(p.trace_id.as_bytes())
+                    .bind(p.span_id.as_bytes())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                refused.insert((p.trace_id, p.span_id));
+            }
         }
-        let rows = ProfileRows::of(
-            profiles
-                .iter()
-                .copied()
-                .filter(|p| new_keys.contains(&(p.trace_id, p.span_id))),
-        );
+        new.retain(|p| !refused.contains(&(p.trace_id, p.span_id)));
+        let inserted = InsertedProfiles {
+            new: new.len() as u64,
+            over_limit: refused.len() as u64,
+        };
+        if new.is_empty() {
+            tx.commit().await.map_err(map_err)?;
+            return Ok(inserted);
+        }
+        let rows = ProfileRows::of(new);
 
         let frames: Vec<(&i64, &Frame)> = rows.frames.iter().collect();
         for chunk in frames.chunks(FRAME_ROWS_PER_INSERT) {
@@ -514,7 +594,7 @@ impl Store for SqliteStore {
                 .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)?;
-        Ok(new_keys.len() as u64)
+        Ok(inserted)
     }
 
     async fn trace_profiles(
@@ -714,6 +794,169 @@ impl Store for SqliteStore {
             })
             .collect()
     }
+
+    async fn create_trigger(&self, trigger: &TraceProfileTrigger) -> Result<(), StoreError> {
+        let inserted = sqlx::query(INSERT_TRIGGER)
+            .bind(trigger.trigger_id.to_string())
+            .bind(&trigger.service)
+            .bind(trigger.created_unix_nano)
+            .bind(trigger.expires_unix_nano)
+            .bind(trigger.ended_unix_nano)
+            .bind(trigger.status.as_str())
+            .bind(
+                trigger
+                    .min_duration_ms
+                    .map(|n| to_i32(n, "min_duration_ms"))
+                    .transpose()?,
+            )
+            .bind(
+                trigger
+                    .max_duration_ms
+                    .map(|n| to_i32(n, "max_duration_ms"))
+                    .transpose()?,
+            )
+            .bind(trigger.status_code_pattern.as_deref())
+            .bind(trigger.url_pattern.as_deref())
+            .bind(to_i32(trigger.frequency_hz, "frequency_hz")?)
+            .bind(to_i32(trigger.max_requests, "max_requests")?)
+            .bind(to_i32(trigger.collected_requests, "collected_requests")?)
+            .bind(Json(trace_id_texts(&trigger.trace_ids)))
+            .bind(to_i32(trigger.baseline_requests, "baseline_requests")?)
+            .bind(to_i32(trigger.baseline_collected, "baseline_collected")?)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        if inserted == 0 {
+            return Err(unknown_service(&trigger.service));
+        }
+        Ok(())
+    }
+
+    async fn trigger(&self, trigger_id: uuid::Uuid) -> Result<TraceProfileTrigger, StoreError> {
+        let row = sqlx::query(concat!(select_triggers!(), " WHERE t.trigger_id = ?1"))
+            .bind(trigger_id.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?
+            .ok_or_else(|| StoreError::NotFound(format!("trigger {trigger_id}")))?;
+        trigger_from_row(&row)
+    }
+
+    async fn list_triggers(
+        &self,
+        service: Option<&str>,
+        include_ended: bool,
+        limit: u32,
+    ) -> Result<Vec<TraceProfileTrigger>, StoreError> {
+        let rows = sqlx::query(concat!(
+            select_triggers!(),
+            " WHERE (?1 IS NULL OR s.name = ?1) AND (?2 OR t.status = 'active') \
+             ORDER BY t.created_at DESC, t.trigger_id DESC LIMIT ?3"
+        ))
+        .bind(service)
+        .bind(include_ended)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(trigger_from_row).collect()
+    }
+
+    async fn active_triggers(
+        &self,
+        now_unix_nano: i64,
+    ) -> Result<Vec<TraceProfileTrigger>, StoreError> {
+        let rows = sqlx::query(concat!(
+            select_triggers!(),
+            " WHERE t.status = 'active' AND t.expires_at > ?1 \
+             ORDER BY t.created_at, t.trigger_id"
+        ))
+        .bind(now_unix_nano)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(trigger_from_row).collect()
+    }
+
+    async fn cancel_trigger(
+        &self,
+        trigger_id: uuid::Uuid,
+        now_unix_nano: i64,
+    ) -> Result<TraceProfileTrigger, StoreError> {
+        sqlx::query(
+            "UPDATE trace_profile_triggers SET status = 'cancelled', ended_at = ?2 \
+             WHERE trigger_id = ?1 AND status = 'active'",
+        )
+        .bind(trigger_id.to_string())
+        .bind(now_unix_nano)
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        self.trigger(trigger_id).await
+    }
+
+    async fn expire_triggers(&self, now_unix_nano: i64) -> Result<u64, StoreError> {
+        let expired = sqlx::query(
+            "UPDATE trace_profile_triggers SET status = 'expired', ended_at = expires_at \
+             WHERE status = 'active' AND expires_at <= ?1",
+        )
+        .bind(now_unix_nano)
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(expired)
+    }
+
+    async fn trigger_requests(
+        &self,
+        trigger_id: uuid::Uuid,
+    ) -> Result<Vec<CollectedRequest>, StoreError> {
+        let rows = sqlx::query(SELECT_COLLECTED)
+            .bind(ProfileSource::Trigger(trigger_id).to_string())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(collected_request_from_row).collect()
+    }
+
+    async fn purge_profiles_before(&self, cutoff_unix_nano: i64) -> Result<u64, StoreError> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        sqlx::query(
+            "DELETE FROM trace_profile_samples WHERE (trace_id, span_id) IN \
+             (SELECT trace_id, span_id FROM trace_profiles WHERE created_unix_nano < ?1)",
+        )
+        .bind(cutoff_unix_nano)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let purged = sqlx::query("DELETE FROM trace_profiles WHERE created_unix_nano < ?1")
+            .bind(cutoff_unix_nano)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        // Their results go with them (ON DELETE CASCADE).
+        sqlx::query("DELETE FROM profile_sessions WHERE ends_unix_nano < ?1")
+            .bind(cutoff_unix_nano)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        sqlx::query(
+            "DELETE FROM trace_profile_triggers WHERE status <> 'active' AND ended_at < ?1",
+        )
+        .bind(cutoff_unix_nano)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(purged)
+    }
 }
 
 /// ` AND (<term> OR <term> …)`, every value bound.
@@ -741,6 +984,89 @@ fn push_status_filter(qb: &mut QueryBuilder<Sqlite>, status: &StatusPattern) {
         }
     }
     qb.push(")");
+}
+
+/// Whether a new profile is kept: a trigger or baseline profile only if it claims a
+/// slot of its trigger (see [`Store::insert_trace_profiles`]).
+async fn claims_slot(
+    conn: &mut SqliteConnection,
+    profile: &TraceProfileRecord,
+    now_unix_nano: i64,
+) -> Result<bool, StoreError> {
+    match profile.source {
+        ProfileSource::Session(_) => Ok(true),
+        ProfileSource::Trigger(id) => {
+            let (id, trace) = (id.to_string(), profile.trace_id.to_string());
+            let claimed = sqlx::query(CLAIM_TRIGGER_SLOT)
+                .bind(&id)
+                .bind(&trace)
+                .bind(now_unix_nano)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?
+                .rows_affected()
+                == 1;
+            Ok(claimed
+                || sqlx::query_scalar(TRIGGER_HAS_TRACE)
+                    .bind(&id)
+                    .bind(&trace)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(map_err)?)
+        }
+        ProfileSource::Baseline(id) => Ok(sqlx::query(CLAIM_BASELINE_SLOT)
+            .bind(id.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?
+            .rows_affected()
+            == 1),
+    }
+}
+
+fn trigger_from_row(row: &SqliteRow) -> Result<TraceProfileTrigger, StoreError> {
+    let trace_ids: Option<Json<Vec<String>>> = row.try_get("trace_ids").map_err(map_err)?;
+    TriggerRow {
+        trigger_id: uuid_column(row, "trace_profile_triggers", "trigger_id")?,
+        service: row.try_get("service").map_err(map_err)?,
+        created_unix_nano: row.try_get("created_unix_nano").map_err(map_err)?,
+        expires_unix_nano: row.try_get("expires_unix_nano").map_err(map_err)?,
+        ended_unix_nano: row.try_get("ended_unix_nano").map_err(map_err)?,
+        status: row.try_get("status").map_err(map_err)?,
+        min_duration_ms: row.try_get("min_duration_ms").map_err(map_err)?,
+        max_duration_ms: row.try_get("max_duration_ms").map_err(map_err)?,
+        status_code_pattern: row.try_get("status_code_pattern").map_err(map_err)?,
+        url_pattern: row.try_get("url_pattern").map_err(map_err)?,
+        frequency_hz: row.try_get("frequency_hz").map_err(map_err)?,
+        max_requests: row.try_get("max_requests").map_err(map_err)?,
+        collected_requests: row.try_get("collected_requests").map_err(map_err)?,
+        trace_ids: trace_ids.map(|ids| ids.0).unwrap_or_default(),
+        baseline_requests: row.try_get("baseline_requests").map_err(map_err)?,
+        baseline_collected: row.try_get("baseline_collected").map_err(map_err)?,
+    }
+    .into_trigger()
+}
+
+fn collected_request_from_row(row: &SqliteRow) -> Result<CollectedRequest, StoreError> {
+    let (trace_id, span_id) = row_ids(row, "trace_profiles")?;
+    let precision: &str = row.try_get("precision").map_err(map_err)?;
+    Ok(CollectedRequest {
+        trace_id,
+        span_id,
+        span_name: row.try_get("span_name").map_err(map_err)?,
+        start_unix_nano: row.try_get("start_unix_nano").map_err(map_err)?,
+        duration_ns: row.try_get("duration_ns").map_err(map_err)?,
+        http_status: row.try_get("http_status").map_err(map_err)?,
+        status_code: row.try_get("status_code").map_err(map_err)?,
+        node: row.try_get("node").map_err(map_err)?,
+        samples: to_u64(
+            row.try_get("samples").map_err(map_err)?,
+            "trace_profiles.samples",
+        )?,
+        precision: Precision::parse(precision).ok_or_else(|| {
+            StoreError::Corrupt(format!("trace_profiles.precision is {precision:?}"))
+        })?,
+    })
 }
 
 /// A row's `trace_id` and `span_id`.
@@ -786,7 +1112,7 @@ fn trace_profile_from_row(row: &SqliteRow) -> Result<TraceProfileRecord, StoreEr
             row.try_get("concurrent_requests").map_err(map_err)?,
             "trace_profiles.concurrent_requests",
         )?,
-        source: row.try_get("source").map_err(map_err)?,
+        source: parse_source(row.try_get("source").map_err(map_err)?)?,
         profile: Profile::new(),
     })
 }

@@ -202,3 +202,14 @@ async fn missing_profile_rows_are_corrupt() {
     let err = tmp.store.trace_profiles(&p.trace_id).await.unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
 }
+
+/// Two stores on one file (two processes) race for one trigger's slots.
+#[tokio::test]
+async fn two_stores_on_one_file_never_collect_more_than_max_requests() {
+    let tmp = fresh_store().await;
+    let other = SqliteStore::open(tmp.dir.path()).await.unwrap();
+    coral_store::conformance::two_stores_collect_at_most_max_requests(&tmp.store, &other).await;
+    assert_eq!(count(&tmp.store, "trace_profiles").await, 10);
+    // The refused profiles left no samples.
+    assert_eq!(count(&tmp.store, "trace_profile_samples").await, 10 * 4);
+}

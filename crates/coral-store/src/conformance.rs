@@ -7,9 +7,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::batch::now_unix_nano;
 use crate::{
-    AgentRecord, Precision, ProfileSession, RequestQuery, SessionResult, SpanId, SpanRecord, Store,
-    StoreError, TraceId, TraceProfileRecord, frame_hash, stack_hash,
+    AgentRecord, CollectedRequest, InsertedProfiles, Precision, ProfileSession, ProfileSource,
+    RequestQuery, SessionResult, SpanId, SpanRecord, Store, StoreError, TraceId,
+    TraceProfileRecord, TraceProfileTrigger, TriggerStatus, frame_hash, stack_hash,
 };
 use coral_analysis::StatusPattern;
 use coral_analysis::profile::{Frame, FrameKind, Profile, WeightedStack};
@@ -38,7 +40,13 @@ macro_rules! conformance_suite {
             stacks_and_frames_are_shared, unknown_trace_has_no_profiles,
             large_profile_batch_is_stored, concurrent_profile_batches_store_each_once,
             profile_sessions_are_active_until_they_end,
-            session_results_replace_and_list_by_node);
+            session_results_replace_and_list_by_node, triggers_round_trip,
+            trigger_of_unknown_service_is_not_found, unknown_trigger_is_not_found,
+            active_triggers_exclude_expired_and_ended, cancelling_ends_only_active_triggers,
+            expiring_ends_the_triggers_due, trigger_collects_up_to_max_requests,
+            a_trace_counts_once_per_trigger, concurrent_trigger_profiles_never_exceed_max,
+            baseline_is_capped, trigger_requests_come_with_their_spans,
+            purge_deletes_old_profiles_and_ended_triggers);
     };
     (@each $attrs:tt $store:expr; $check:ident $(, $rest:ident)*) => {
         $crate::conformance_suite!(@one $attrs $store; $check);
@@ -501,6 +509,14 @@ pub fn refund_profile() -> Profile {
     p
 }
 
+/// The session that [`trace_profile`]'s profiles are collected for.
+const SESSION: uuid::Uuid = uuid::Uuid::from_u128(0x6f1c7b0e_2c1a_4d8e_9f3b_0a1b2c3d4e5f);
+
+/// What storing `new` profiles, none refused, returns.
+fn stored(new: u64) -> InsertedProfiles {
+    InsertedProfiles { new, over_limit: 0 }
+}
+
 /// A thread-precision profile of span `span_n` of trace `trace_n`.
 pub fn trace_profile(trace_n: u8, span_n: u8, profile: Profile) -> TraceProfileRecord {
     TraceProfileRecord {
@@ -516,7 +532,7 @@ pub fn trace_profile(trace_n: u8, span_n: u8, profile: Profile) -> TraceProfileR
         precision: Precision::Thread,
         frequency_hz: 99,
         concurrent_requests: 0,
-        source: "session:6f1c7b0e-2c1a-4d8e-9f3b-0a1b2c3d4e5f".into(),
+        source: ProfileSource::Session(SESSION),
         profile,
     }
 }
@@ -541,7 +557,7 @@ pub async fn trace_profiles_round_trip(store: &dyn Store) {
         .insert_trace_profiles(&[late.clone(), other.clone(), no_pid.clone(), early.clone()])
         .await
         .unwrap();
-    assert_eq!(n, 4);
+    assert_eq!(n, stored(4));
     let got = store.trace_profiles(&trace(1)).await.unwrap();
     assert_eq!(
         got,
@@ -574,14 +590,14 @@ pub async fn duplicate_trace_profiles_stored_once(store: &dyn Store) {
             .insert_trace_profiles(&[p.clone(), p.clone()])
             .await
             .unwrap(),
-        1
+        stored(1)
     );
     assert_eq!(
         store
             .insert_trace_profiles(std::slice::from_ref(&p))
             .await
             .unwrap(),
-        0
+        stored(0)
     );
     // A retry with other content leaves the stored profile as it is.
     let mut changed = trace_profile(1, 1, refund_profile());
@@ -592,7 +608,7 @@ pub async fn duplicate_trace_profiles_stored_once(store: &dyn Store) {
             .insert_trace_profiles(&[changed, fresh.clone()])
             .await
             .unwrap(),
-        1
+        stored(1)
     );
     assert_eq!(
         store.trace_profiles(&trace(1)).await.unwrap(),
@@ -636,14 +652,14 @@ pub async fn stacks_and_frames_are_shared(store: &dyn Store) {
             .insert_trace_profiles(std::slice::from_ref(&a))
             .await
             .unwrap(),
-        1
+        stored(1)
     );
     assert_eq!(
         store
             .insert_trace_profiles(&[c.clone(), b.clone(), d.clone()])
             .await
             .unwrap(),
-        3
+        stored(3)
     );
     for (n, p) in [(1, &a), (2, &b), (3, &c), (4, &d)] {
         assert_eq!(
@@ -658,7 +674,7 @@ pub async fn stacks_and_frames_are_shared(store: &dyn Store) {
 }
 
 pub async fn unknown_trace_has_no_profiles(store: &dyn Store) {
-    assert_eq!(store.insert_trace_profiles(&[]).await.unwrap(), 0);
+    assert_eq!(store.insert_trace_profiles(&[]).await.unwrap(), stored(0));
     let err = store.trace_profiles(&trace(77)).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
     // A trace with spans but no profile.
@@ -696,7 +712,10 @@ pub async fn large_profile_batch_is_stored(store: &dyn Store) {
     // More profiles, frames, stacks and samples than a naive one-statement insert can
     // bind parameters for.
     let profiles: Vec<TraceProfileRecord> = (0..900).map(numbered_profile).collect();
-    assert_eq!(store.insert_trace_profiles(&profiles).await.unwrap(), 900);
+    assert_eq!(
+        store.insert_trace_profiles(&profiles).await.unwrap(),
+        stored(900)
+    );
     for i in [0, 499, 500, 899] {
         let p = &profiles[i];
         assert_eq!(
@@ -727,7 +746,8 @@ pub async fn concurrent_profile_batches_store_each_once(store: &dyn Store) {
         store.insert_trace_profiles(&b2),
         store.insert_trace_profiles(&b3),
     );
-    assert_eq!(n0.unwrap() + n1.unwrap() + n2.unwrap() + n3.unwrap(), 204);
+    let new = [n0, n1, n2, n3].map(|n| n.unwrap().new);
+    assert_eq!(new.iter().sum::<u64>(), 204);
     for p in [&shared[0], &shared[123], &b3[200]] {
         assert_eq!(
             store.trace_profiles(&p.trace_id).await.unwrap(),
@@ -828,4 +848,692 @@ pub async fn session_results_replace_and_list_by_node(store: &dyn Store) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Trigger `n` of `service`, active and empty: created `n` seconds after [`T0`],
+/// expiring a minute later. Its times are whole microseconds, which PostgreSQL keeps.
+pub fn new_trigger(n: u8, service: &str) -> TraceProfileTrigger {
+    let created = T0 + i64::from(n) * SEC;
+    TraceProfileTrigger {
+        trigger_id: uuid::Uuid::from_bytes([n; 16]),
+        service: service.to_string(),
+        created_unix_nano: created,
+        expires_unix_nano: created + 60 * SEC,
+        ended_unix_nano: None,
+        status: TriggerStatus::Active,
+        min_duration_ms: Some(500),
+        max_duration_ms: None,
+        status_code_pattern: Some("5xx".into()),
+        url_pattern: None,
+        frequency_hz: 99,
+        max_requests: 10,
+        collected_requests: 0,
+        trace_ids: Vec::new(),
+        baseline_requests: 0,
+        baseline_collected: 0,
+    }
+}
+
+/// `trigger`, ended with `status` at `at`.
+fn ended(mut trigger: TraceProfileTrigger, status: TriggerStatus, at: i64) -> TraceProfileTrigger {
+    trigger.status = status;
+    trigger.ended_unix_nano = Some(at);
+    trigger
+}
+
+/// Makes `services` known, as their first spans do (trace 250, never profiled here).
+async fn services_send_spans(store: &dyn Store, services: &[&str]) {
+    let spans: Vec<SpanRecord> = services
+        .iter()
+        .zip(1u8..)
+        .map(|(service, n)| full_span(service, 250, n))
+        .collect();
+    store.insert_spans(&spans).await.unwrap();
+}
+
+/// A profile of span `span_n` of trace `trace_n` collected for `source`, of a
+/// request that started `start_s` seconds after [`T0`].
+pub fn sourced_profile(
+    trace_n: u8,
+    span_n: u8,
+    source: ProfileSource,
+    start_s: i64,
+) -> TraceProfileRecord {
+    TraceProfileRecord {
+        source,
+        start_unix_nano: T0 + start_s * SEC,
+        ..trace_profile(trace_n, span_n, checkout_profile(1))
+    }
+}
+
+/// Whether trace `n` has stored profiles.
+async fn has_profiles(store: &dyn Store, n: u8) -> bool {
+    match store.trace_profiles(&trace(n)).await {
+        Ok(_) => true,
+        Err(StoreError::NotFound(_)) => false,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+pub async fn triggers_round_trip(store: &dyn Store) {
+    services_send_spans(store, &["svc-a", "svc-b"]).await;
+    // Every field set, and an expiry that needs all 63 bits of its nanoseconds.
+    let a1 = TraceProfileTrigger {
+        expires_unix_nano: i64::MAX / 1000 * 1000,
+        max_duration_ms: Some(2000),
+        url_pattern: Some("/checkout*".into()),
+        collected_requests: 2,
+        trace_ids: vec![
+            trace(9),
+            "0af7651916cd43dd8448eb211c80319c".parse().unwrap(),
+        ],
+        baseline_requests: 50,
+        baseline_collected: 3,
+        ..new_trigger(1, "svc-a")
+    };
+    let b2 = new_trigger(2, "svc-b");
+    let a3 = TraceProfileTrigger {
+        min_duration_ms: None,
+        status_code_pattern: None,
+        ..new_trigger(3, "svc-a")
+    };
+    let a4 = ended(
+        new_trigger(4, "svc-a"),
+        TriggerStatus::Completed,
+        T0 + 5 * SEC + 1000,
+    );
+    for t in [&a3, &a1, &a4, &b2] {
+        store.create_trigger(t).await.unwrap();
+    }
+    for t in [&a1, &b2, &a3, &a4] {
+        assert_eq!(&store.trigger(t.trigger_id).await.unwrap(), t);
+    }
+    let list = |service, include_ended, limit| async move {
+        store
+            .list_triggers(service, include_ended, limit)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        list(None, true, 100).await,
+        [a4.clone(), a3.clone(), b2.clone(), a1.clone()],
+        "newest first"
+    );
+    assert_eq!(
+        list(None, false, 100).await,
+        [a3.clone(), b2.clone(), a1.clone()],
+        "active ones"
+    );
+    assert_eq!(list(Some("svc-a"), false, 100).await, [a3.clone(), a1]);
+    assert_eq!(list(Some("svc-a"), true, 2).await, [a4, a3]);
+    assert!(list(Some("svc-c"), true, 100).await.is_empty());
+}
+
+pub async fn trigger_of_unknown_service_is_not_found(store: &dyn Store) {
+    services_send_spans(store, &["svc-a"]).await;
+    let err = store
+        .create_trigger(&new_trigger(1, "ghost"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("\"ghost\"") && message.contains("spans"),
+        "{message}"
+    );
+    assert!(
+        store
+            .list_triggers(None, true, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn unknown_trigger_is_not_found(store: &dyn Store) {
+    let id = uuid::Uuid::from_bytes([7; 16]);
+    let err = store.trigger(id).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    let err = store.cancel_trigger(id, T0).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert!(store.trigger_requests(id).await.unwrap().is_empty());
+    // Its profiles have nowhere to count: refused.
+    let profiles = [
+        sourced_profile(1, 1, ProfileSource::Trigger(id), 0),
+        sourced_profile(2, 1, ProfileSource::Baseline(id), 0),
+    ];
+    assert_eq!(
+        store.insert_trace_profiles(&profiles).await.unwrap(),
+        InsertedProfiles {
+            new: 0,
+            over_limit: 2
+        }
+    );
+    assert!(!has_profiles(store, 1).await && !has_profiles(store, 2).await);
+}
+
+pub async fn active_triggers_exclude_expired_and_ended(store: &dyn Store) {
+    services_send_spans(store, &["svc-a", "svc-b"]).await;
+    let t1 = new_trigger(1, "svc-a");
+    let t2 = new_trigger(2, "svc-b");
+    let completed = ended(
+        new_trigger(3, "svc-a"),
+        TriggerStatus::Completed,
+        T0 + 4 * SEC,
+    );
+    let short = TraceProfileTrigger {
+        expires_unix_nano: T0 + 20 * SEC,
+        ..new_trigger(4, "svc-a")
+    };
+    let cancelled = ended(
+        new_trigger(5, "svc-a"),
+        TriggerStatus::Cancelled,
+        T0 + 6 * SEC,
+    );
+    for t in [&short, &cancelled, &t2, &completed, &t1] {
+        store.create_trigger(t).await.unwrap();
+    }
+    let active = |now| async move { store.active_triggers(now).await.unwrap() };
+    assert_eq!(
+        active(T0 + 10 * SEC).await,
+        [t1.clone(), t2.clone(), short.clone()],
+        "oldest first"
+    );
+    assert_eq!(active(T0 + 20 * SEC - 1000).await.len(), 3);
+    assert_eq!(
+        active(T0 + 20 * SEC).await,
+        [t1.clone(), t2.clone()],
+        "past its expiry, even before the sweeper marks it"
+    );
+    assert_eq!(active(T0 + 61 * SEC).await, [t2]);
+    assert!(active(T0 + 62 * SEC).await.is_empty());
+}
+
+pub async fn cancelling_ends_only_active_triggers(store: &dyn Store) {
+    services_send_spans(store, &["svc-a"]).await;
+    let t1 = new_trigger(1, "svc-a");
+    let completed = ended(
+        new_trigger(2, "svc-a"),
+        TriggerStatus::Completed,
+        T0 + 5 * SEC,
+    );
+    let expired = ended(
+        new_trigger(3, "svc-a"),
+        TriggerStatus::Expired,
+        T0 + 63 * SEC,
+    );
+    for t in [&t1, &completed, &expired] {
+        store.create_trigger(t).await.unwrap();
+    }
+    let cancelled = ended(t1.clone(), TriggerStatus::Cancelled, T0 + 10 * SEC);
+    assert_eq!(
+        store
+            .cancel_trigger(t1.trigger_id, T0 + 10 * SEC)
+            .await
+            .unwrap(),
+        cancelled
+    );
+    assert_eq!(store.trigger(t1.trigger_id).await.unwrap(), cancelled);
+    assert_eq!(
+        store
+            .cancel_trigger(t1.trigger_id, T0 + 20 * SEC)
+            .await
+            .unwrap(),
+        cancelled,
+        "cancelling again changes nothing"
+    );
+    for t in [completed, expired] {
+        assert_eq!(
+            store
+                .cancel_trigger(t.trigger_id, T0 + 30 * SEC)
+                .await
+                .unwrap(),
+            t,
+            "an ended trigger stays as it ended"
+        );
+    }
+    assert!(store.active_triggers(T0).await.unwrap().is_empty());
+}
+
+pub async fn expiring_ends_the_triggers_due(store: &dyn Store) {
+    services_send_spans(store, &["svc-a"]).await;
+    let t1 = new_trigger(1, "svc-a");
+    let t2 = new_trigger(2, "svc-a");
+    let short = TraceProfileTrigger {
+        expires_unix_nano: T0 + 20 * SEC,
+        ..new_trigger(3, "svc-a")
+    };
+    // Completed before its expiry, which has passed too.
+    let completed = TraceProfileTrigger {
+        expires_unix_nano: T0 + 10 * SEC,
+        ..ended(
+            new_trigger(4, "svc-a"),
+            TriggerStatus::Completed,
+            T0 + 5 * SEC,
+        )
+    };
+    for t in [&t1, &t2, &short, &completed] {
+        store.create_trigger(t).await.unwrap();
+    }
+    assert_eq!(
+        store.expire_triggers(T0 + 20 * SEC - 1000).await.unwrap(),
+        0
+    );
+    assert_eq!(store.expire_triggers(T0 + 20 * SEC).await.unwrap(), 1);
+    assert_eq!(
+        store.trigger(short.trigger_id).await.unwrap(),
+        ended(short.clone(), TriggerStatus::Expired, T0 + 20 * SEC)
+    );
+    assert_eq!(
+        store.trigger(completed.trigger_id).await.unwrap(),
+        completed
+    );
+    assert_eq!(store.expire_triggers(T0 + 20 * SEC).await.unwrap(), 0);
+    // Late: each ends at its own expiry, not at the sweep.
+    assert_eq!(store.expire_triggers(T0 + 100 * SEC).await.unwrap(), 2);
+    for t in [t1, t2] {
+        let at = t.expires_unix_nano;
+        assert_eq!(
+            store.trigger(t.trigger_id).await.unwrap(),
+            ended(t, TriggerStatus::Expired, at)
+        );
+    }
+}
+
+pub async fn trigger_collects_up_to_max_requests(store: &dyn Store) {
+    services_send_spans(store, &["payment-svc"]).await;
+    let trigger = TraceProfileTrigger {
+        max_requests: 3,
+        ..new_trigger(1, "payment-svc")
+    };
+    store.create_trigger(&trigger).await.unwrap();
+    let id = trigger.trigger_id;
+    let source = ProfileSource::Trigger(id);
+    // Five matching requests of five traces, not given in start order.
+    let batch: Vec<TraceProfileRecord> = [(1, 40), (2, 10), (3, 50), (4, 30), (5, 20)]
+        .into_iter()
+        .map(|(n, start_s)| sourced_profile(n, 1, source, start_s))
+        .collect();
+    let before = now_unix_nano();
+    let inserted = store.insert_trace_profiles(&batch).await.unwrap();
+    let after = now_unix_nano();
+    assert_eq!(
+        inserted,
+        InsertedProfiles {
+            new: 3,
+            over_limit: 2
+        }
+    );
+    let done = store.trigger(id).await.unwrap();
+    assert_eq!(done.status, TriggerStatus::Completed);
+    assert_eq!(done.collected_requests, 3);
+    assert_eq!(
+        done.trace_ids,
+        [trace(2), trace(5), trace(4)],
+        "a batch's earliest requests, in order"
+    );
+    let ended_at = done.ended_unix_nano.expect("a completed trigger has ended");
+    // PostgreSQL truncates to the microsecond.
+    assert!(
+        (before / 1000 * 1000..=after).contains(&ended_at),
+        "ended at {ended_at}, stored between {before} and {after}"
+    );
+    for (n, kept) in [(1, false), (2, true), (3, false), (4, true), (5, true)] {
+        assert_eq!(has_profiles(store, n).await, kept, "trace {n}");
+    }
+
+    // An agent's retry of a collected profile: nothing new, nothing refused.
+    assert_eq!(
+        store.insert_trace_profiles(&batch[1..2]).await.unwrap(),
+        stored(0)
+    );
+    // A second request span of a collected trace is kept, without counting.
+    let second = sourced_profile(2, 2, source, 11);
+    assert_eq!(
+        store.insert_trace_profiles(&[second]).await.unwrap(),
+        stored(1)
+    );
+    assert_eq!(store.trace_profiles(&trace(2)).await.unwrap().len(), 2);
+    // Another trace is over the limit.
+    assert_eq!(
+        store
+            .insert_trace_profiles(&[sourced_profile(6, 1, source, 60)])
+            .await
+            .unwrap(),
+        InsertedProfiles {
+            new: 0,
+            over_limit: 1
+        }
+    );
+    assert_eq!(
+        store.trigger(id).await.unwrap(),
+        done,
+        "nothing more counted"
+    );
+}
+
+pub async fn a_trace_counts_once_per_trigger(store: &dyn Store) {
+    services_send_spans(store, &["payment-svc"]).await;
+    let trigger = TraceProfileTrigger {
+        max_requests: 3,
+        ..new_trigger(1, "payment-svc")
+    };
+    store.create_trigger(&trigger).await.unwrap();
+    let source = ProfileSource::Trigger(trigger.trigger_id);
+    // Two request spans of trace 1 (a server span and a consumer span, say) in one
+    // batch, and one of trace 2.
+    let batch = [
+        sourced_profile(2, 1, source, 20),
+        sourced_profile(1, 2, source, 11),
+        sourced_profile(1, 1, source, 10),
+    ];
+    assert_eq!(
+        store.insert_trace_profiles(&batch).await.unwrap(),
+        stored(3)
+    );
+    let got = store.trigger(trigger.trigger_id).await.unwrap();
+    assert_eq!(got.collected_requests, 2);
+    assert_eq!(got.trace_ids, [trace(1), trace(2)]);
+    assert_eq!(got.status, TriggerStatus::Active);
+}
+
+pub async fn concurrent_trigger_profiles_never_exceed_max(store: &dyn Store) {
+    services_send_spans(store, &["payment-svc"]).await;
+    let triggers = [1, 2].map(|n| TraceProfileTrigger {
+        max_requests: 7,
+        ..new_trigger(n, "payment-svc")
+    });
+    for t in &triggers {
+        store.create_trigger(t).await.unwrap();
+    }
+    let [first, second] = triggers
+        .each_ref()
+        .map(|t| ProfileSource::Trigger(t.trigger_id));
+    // Twenty agents' batches at once, each with a matching request of its own trace
+    // for each trigger; in half of them the second trigger's request started first,
+    // so claiming in start order would lock the triggers in opposite orders.
+    let batches: Vec<[TraceProfileRecord; 2]> = (1..=20u8)
+        .map(|n| {
+            let start_s = i64::from(n) * 10;
+            let later = if n % 2 == 0 { 1 } else { -1 };
+            [
+                sourced_profile(n, 1, first, start_s),
+                sourced_profile(n, 2, second, start_s + later),
+            ]
+        })
+        .collect();
+    let results =
+        futures::future::join_all(batches.iter().map(|b| store.insert_trace_profiles(b))).await;
+    let (new, over_limit) = results.into_iter().fold((0, 0), |(new, over), r| {
+        let r = r.unwrap();
+        (new + r.new, over + r.over_limit)
+    });
+    assert_eq!((new, over_limit), (14, 26));
+    for t in &triggers {
+        let done = store.trigger(t.trigger_id).await.unwrap();
+        assert_eq!(done.collected_requests, 7);
+        assert_eq!(done.status, TriggerStatus::Completed);
+        let mut counted = done.trace_ids.clone();
+        counted.sort();
+        let mut kept: Vec<TraceId> = store
+            .trigger_requests(t.trigger_id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.trace_id)
+            .collect();
+        kept.sort();
+        assert_eq!(kept, counted, "the traces stored are those counted");
+    }
+}
+
+/// Not in the suite, which has one store: two stores on one database (two colonies)
+/// storing 40 trigger profiles of distinct traces at once, alternately, for one
+/// trigger of `max_requests` 10, keep exactly 10. Backends' tests call it on a fresh
+/// database; each profile has [`checkout_profile`]'s four stacks.
+pub async fn two_stores_collect_at_most_max_requests(a: &dyn Store, b: &dyn Store) {
+    services_send_spans(a, &["payment-svc"]).await;
+    let trigger = TraceProfileTrigger {
+        max_requests: 10,
+        ..new_trigger(1, "payment-svc")
+    };
+    a.create_trigger(&trigger).await.unwrap();
+    let source = ProfileSource::Trigger(trigger.trigger_id);
+    let profiles: Vec<TraceProfileRecord> = (1..=40)
+        .map(|n| sourced_profile(n, 1, source, i64::from(n)))
+        .collect();
+    let results = futures::future::join_all(
+        profiles
+            .iter()
+            .zip([a, b].iter().cycle())
+            .map(|(p, store)| store.insert_trace_profiles(std::slice::from_ref(p))),
+    )
+    .await;
+    let (new, over_limit) = results.into_iter().fold((0, 0), |(new, over), r| {
+        let r = r.unwrap();
+        (new + r.new, over + r.over_limit)
+    });
+    assert_eq!((new, over_limit), (10, 30));
+    let done = b.trigger(trigger.trigger_id).await.unwrap();
+    assert_eq!(done.collected_requests, 10);
+    assert_eq!(done.status, TriggerStatus::Completed);
+    assert_eq!(
+        a.trigger_requests(trigger.trigger_id).await.unwrap().len(),
+        10
+    );
+}
+
+pub async fn baseline_is_capped(store: &dyn Store) {
+    services_send_spans(store, &["payment-svc"]).await;
+    let trigger = TraceProfileTrigger {
+        max_requests: 1,
+        baseline_requests: 2,
+        ..new_trigger(1, "payment-svc")
+    };
+    store.create_trigger(&trigger).await.unwrap();
+    let id = trigger.trigger_id;
+    let baseline = |n| sourced_profile(n, 1, ProfileSource::Baseline(id), i64::from(n));
+    assert_eq!(
+        store.insert_trace_profiles(&[baseline(1)]).await.unwrap(),
+        stored(1)
+    );
+    let matching = sourced_profile(2, 1, ProfileSource::Trigger(id), 2);
+    assert_eq!(
+        store.insert_trace_profiles(&[matching]).await.unwrap(),
+        stored(1)
+    );
+    assert_eq!(
+        store.trigger(id).await.unwrap().status,
+        TriggerStatus::Completed
+    );
+    // Agents send the baseline when the trigger has ended: still kept, up to its size.
+    assert_eq!(
+        store
+            .insert_trace_profiles(&[baseline(3), baseline(4), baseline(5)])
+            .await
+            .unwrap(),
+        InsertedProfiles {
+            new: 1,
+            over_limit: 2
+        }
+    );
+    let done = store.trigger(id).await.unwrap();
+    assert_eq!((done.collected_requests, done.baseline_collected), (1, 2));
+    assert_eq!(done.trace_ids, [trace(2)], "the baseline is not collected");
+    assert!(
+        has_profiles(store, 3).await && !has_profiles(store, 4).await,
+        "the earliest first"
+    );
+    let requests = store.trigger_requests(id).await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].trace_id, trace(2));
+}
+
+pub async fn trigger_requests_come_with_their_spans(store: &dyn Store) {
+    // Trace 1's request span is stored (502, error); trace 2's is not (yet).
+    let span = full_span("payment-svc", 1, 1);
+    store
+        .insert_spans(std::slice::from_ref(&span))
+        .await
+        .unwrap();
+    let trigger = new_trigger(1, "payment-svc");
+    store.create_trigger(&trigger).await.unwrap();
+    let id = trigger.trigger_id;
+    let source = ProfileSource::Trigger(id);
+    let with_span = sourced_profile(1, 1, source, 20);
+    let mut without_span = sourced_profile(2, 1, source, 10);
+    without_span.precision = Precision::Process;
+    without_span.node = "node-b".into();
+    // Not the trigger's requests.
+    let others = [
+        sourced_profile(3, 1, ProfileSource::Baseline(id), 5),
+        trace_profile(4, 1, checkout_profile(1)),
+    ];
+    let mut batch = vec![with_span.clone(), without_span.clone()];
+    batch.extend(others);
+    assert_eq!(
+        store.insert_trace_profiles(&batch).await.unwrap(),
+        InsertedProfiles {
+            new: 3,
+            over_limit: 1
+        },
+        "a baseline of 0 keeps none"
+    );
+    // Collected later, though it started first.
+    let late = sourced_profile(5, 1, source, 1);
+    store
+        .insert_trace_profiles(std::slice::from_ref(&late))
+        .await
+        .unwrap();
+    let collected = |p: &TraceProfileRecord, http_status, status_code| CollectedRequest {
+        trace_id: p.trace_id,
+        span_id: p.span_id,
+        span_name: p.span_name.clone(),
+        start_unix_nano: p.start_unix_nano,
+        duration_ns: p.duration_ns,
+        http_status,
+        status_code,
+        node: p.node.clone(),
+        samples: p.samples(),
+        precision: p.precision,
+    };
+    assert_eq!(
+        store.trigger_requests(id).await.unwrap(),
+        [
+            collected(&without_span, None, None),
+            collected(&with_span, Some(502), Some(2)),
+            collected(&late, None, None),
+        ],
+        "in collection order"
+    );
+    assert_eq!(
+        store.trigger(id).await.unwrap().trace_ids,
+        [trace(2), trace(1), trace(5)]
+    );
+}
+
+pub async fn purge_deletes_old_profiles_and_ended_triggers(store: &dyn Store) {
+    services_send_spans(store, &["payment-svc"]).await;
+    // The cutoff is now (profiles are stamped when stored); triggers and sessions
+    // end either long ago (T0) or in an hour.
+    let hour_later = now_unix_nano() / 1000 * 1000 + 3600 * SEC;
+    let active = new_trigger(1, "payment-svc");
+    let cancelled_long_ago = ended(new_trigger(2, "payment-svc"), TriggerStatus::Cancelled, T0);
+    let completed_later = ended(
+        new_trigger(3, "payment-svc"),
+        TriggerStatus::Completed,
+        hour_later,
+    );
+    for t in [&active, &cancelled_long_ago, &completed_later] {
+        store.create_trigger(t).await.unwrap();
+    }
+    let old_session = session(1, T0, 10 * SEC);
+    let current_session = session(2, now_unix_nano(), 3600 * SEC);
+    let result = |s: &ProfileSession| SessionResult {
+        session_id: s.session_id,
+        agent_id: "agent-1".into(),
+        node: "node-a".into(),
+        processes: 1,
+        profile: checkout_profile(1),
+        error: None,
+    };
+    for s in [&old_session, &current_session] {
+        store.create_profile_session(s).await.unwrap();
+        store.put_session_result(&result(s)).await.unwrap();
+    }
+
+    let old = [
+        trace_profile(1, 1, checkout_profile(1)),
+        trace_profile(1, 2, refund_profile()),
+        sourced_profile(2, 1, ProfileSource::Trigger(active.trigger_id), 0),
+    ];
+    assert_eq!(store.insert_trace_profiles(&old).await.unwrap(), stored(3));
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    let cutoff = now_unix_nano();
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    let recent = trace_profile(3, 1, checkout_profile(2));
+    assert_eq!(
+        store
+            .insert_trace_profiles(std::slice::from_ref(&recent))
+            .await
+            .unwrap(),
+        stored(1)
+    );
+
+    assert_eq!(store.purge_profiles_before(cutoff).await.unwrap(), 3);
+    assert!(!has_profiles(store, 1).await && !has_profiles(store, 2).await);
+    assert_eq!(
+        store.trace_profiles(&trace(3)).await.unwrap(),
+        [canonical(&recent)]
+    );
+    // The samples went with their profiles: the same span profiled again has only
+    // its new stacks.
+    let again = trace_profile(1, 1, refund_profile());
+    assert_eq!(
+        store
+            .insert_trace_profiles(std::slice::from_ref(&again))
+            .await
+            .unwrap(),
+        stored(1)
+    );
+    assert_eq!(
+        store.trace_profiles(&trace(1)).await.unwrap(),
+        [canonical(&again)]
+    );
+    // The old session went with its results; the current one stays.
+    assert!(
+        store
+            .session_results(old_session.session_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let err = store
+        .put_session_result(&result(&old_session))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert_eq!(
+        store
+            .session_results(current_session.session_id)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Triggers: active ones stay whatever their age, ended ones until the cutoff.
+    let ids: Vec<uuid::Uuid> = store
+        .list_triggers(None, true, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.trigger_id)
+        .collect();
+    assert_eq!(ids, [completed_later.trigger_id, active.trigger_id]);
+    let err = store
+        .trigger(cancelled_long_ago.trigger_id)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert_eq!(store.purge_profiles_before(cutoff).await.unwrap(), 0);
 }

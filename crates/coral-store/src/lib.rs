@@ -10,13 +10,17 @@ mod ids;
 pub mod profile_rows;
 mod profiles;
 mod records;
+pub mod trigger_rows;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
 pub use hashing::{frame_hash, stack_hash};
 pub use ids::{IdError, SpanId, TraceId};
-pub use profiles::{Precision, ProfileSession, SessionResult, TraceProfileRecord};
+pub use profiles::{
+    CollectedRequest, InsertedProfiles, Precision, ProfileSession, ProfileSource, SessionResult,
+    TraceProfileRecord, TraceProfileTrigger, TriggerStatus,
+};
 pub use records::{
     AgentRecord, RequestQuery, SPAN_KIND_CONSUMER, SPAN_KIND_SERVER, ServiceRecord, SpanRecord,
 };
@@ -86,11 +90,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores request profiles; one already stored for the same (trace id, span id) is
     /// left as it is (an agent's retry). Stacks and frames are stored once, shared by
-    /// every profile that has them. Returns how many profiles were new.
+    /// every profile that has them.
+    ///
+    /// A [`ProfileSource::Trigger`] profile is kept only if it claims one of the
+    /// trigger's `max_requests` slots, decided atomically in the database so that
+    /// concurrent colonies never collect more: the trigger must be active, not full,
+    /// and not have the trace already (a second request span of a collected trace is
+    /// kept without counting). The last slot turns the trigger `completed`. A
+    /// [`ProfileSource::Baseline`] profile is kept while the trigger's baseline is not
+    /// full (whatever its status: agents send the baseline when it ends). Profiles not
+    /// kept are counted in [`InsertedProfiles::over_limit`].
     async fn insert_trace_profiles(
         &self,
         profiles: &[TraceProfileRecord],
-    ) -> Result<u64, StoreError>;
+    ) -> Result<InsertedProfiles, StoreError>;
 
     /// The profiles of a trace's spans, by span start; `NotFound` if there is none.
     async fn trace_profiles(
@@ -116,4 +129,52 @@ pub trait Store: Send + Sync + 'static {
         &self,
         session_id: uuid::Uuid,
     ) -> Result<Vec<SessionResult>, StoreError>;
+
+    /// Records a new trigger (status, counts and trace ids as given, normally active
+    /// and empty). `NotFound` if its service never sent a span. PostgreSQL keeps
+    /// trigger times to the microsecond: nanoseconds below it are truncated.
+    async fn create_trigger(&self, trigger: &TraceProfileTrigger) -> Result<(), StoreError>;
+
+    /// One trigger; `NotFound` if there is none with this id.
+    async fn trigger(&self, trigger_id: uuid::Uuid) -> Result<TraceProfileTrigger, StoreError>;
+
+    /// Triggers, newest first, at most `limit`: of one service or all, active ones or
+    /// all.
+    async fn list_triggers(
+        &self,
+        service: Option<&str>,
+        include_ended: bool,
+        limit: u32,
+    ) -> Result<Vec<TraceProfileTrigger>, StoreError>;
+
+    /// Triggers still active at `now_unix_nano` (status active, not past expiry),
+    /// oldest first: what agents run.
+    async fn active_triggers(
+        &self,
+        now_unix_nano: i64,
+    ) -> Result<Vec<TraceProfileTrigger>, StoreError>;
+
+    /// Cancels an active trigger (ended at `now_unix_nano`) and returns it; a trigger
+    /// that has already ended is returned unchanged. `NotFound` if there is none.
+    async fn cancel_trigger(
+        &self,
+        trigger_id: uuid::Uuid,
+        now_unix_nano: i64,
+    ) -> Result<TraceProfileTrigger, StoreError>;
+
+    /// Marks every active trigger whose expiry is at or before `now_unix_nano` expired
+    /// (ended at its expiry time). Returns how many.
+    async fn expire_triggers(&self, now_unix_nano: i64) -> Result<u64, StoreError>;
+
+    /// The requests a trigger collected (its `trigger:<id>` profiles, with the status
+    /// of their spans when stored), in collection order.
+    async fn trigger_requests(
+        &self,
+        trigger_id: uuid::Uuid,
+    ) -> Result<Vec<CollectedRequest>, StoreError>;
+
+    /// Retention: deletes request profiles created before `cutoff_unix_nano`, and the
+    /// sessions and the ended triggers that ended before it. Returns how many request
+    /// profiles were deleted.
+    async fn purge_profiles_before(&self, cutoff_unix_nano: i64) -> Result<u64, StoreError>;
 }

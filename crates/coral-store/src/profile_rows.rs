@@ -17,7 +17,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::{SpanId, StoreError, TraceId, TraceProfileRecord, frame_hash, stack_hash};
+use crate::{
+    ProfileSource, SpanId, StoreError, TraceId, TraceProfileRecord, frame_hash, stack_hash,
+};
 use coral_analysis::profile::{Frame, FrameKind, Profile, WeightedStack};
 
 /// The batch without repeated (trace id, span id), sorted by them; of repeats, the
@@ -119,6 +121,12 @@ pub fn to_u64(n: i64, what: &str) -> Result<u64, StoreError> {
 /// A stored `u32`; `Corrupt` if out of range.
 pub fn to_u32(n: i64, what: &str) -> Result<u32, StoreError> {
     u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("{what} is out of range ({n})")))
+}
+
+/// A stored `trace_profiles.source`; `Corrupt` if it is not one.
+pub fn parse_source(text: &str) -> Result<ProfileSource, StoreError> {
+    text.parse()
+        .map_err(|e| StoreError::Corrupt(format!("trace_profiles.source: {e}")))
 }
 
 pub fn kind_str(kind: FrameKind) -> &'static str {
@@ -229,7 +237,7 @@ mod tests {
             precision: crate::Precision::Process,
             frequency_hz: 99,
             concurrent_requests: 0,
-            source: "test".into(),
+            source: ProfileSource::Session(uuid::Uuid::nil()),
             profile,
         }
     }

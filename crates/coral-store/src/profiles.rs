@@ -24,9 +24,8 @@ pub struct TraceProfileRecord {
     /// Other requests of the same process that overlapped this one in time (what a
     /// process-precision profile may have mixed in).
     pub concurrent_requests: u32,
-    /// What asked for it: `session:<uuid>` for an on-demand profile; later issues add
-    /// triggers.
-    pub source: String,
+    /// What asked for it.
+    pub source: ProfileSource,
     pub profile: Profile,
 }
 
@@ -34,6 +33,154 @@ impl TraceProfileRecord {
     pub fn samples(&self) -> u64 {
         self.profile.total_samples()
     }
+}
+
+/// What a request profile was collected for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProfileSource {
+    /// An on-demand profiling session (`coral profile cpu`) that the request overlapped.
+    Session(uuid::Uuid),
+    /// A request that matched this trigger's criteria; counts towards its
+    /// `max_requests`.
+    Trigger(uuid::Uuid),
+    /// A random request of the trigger's service that did not match: the baseline
+    /// cohort; counts towards its `baseline_requests`.
+    Baseline(uuid::Uuid),
+}
+
+impl ProfileSource {
+    pub fn id(&self) -> uuid::Uuid {
+        match *self {
+            Self::Session(id) | Self::Trigger(id) | Self::Baseline(id) => id,
+        }
+    }
+}
+
+/// `session:<uuid>`, `trigger:<uuid>`, `baseline:<uuid>`: the stored and wire form.
+impl std::fmt::Display for ProfileSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Session(id) => write!(f, "session:{id}"),
+            Self::Trigger(id) => write!(f, "trigger:{id}"),
+            Self::Baseline(id) => write!(f, "baseline:{id}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ProfileSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid profile source {s:?}: expected session:<uuid>, trigger:<uuid> or baseline:<uuid>"
+            )
+        };
+        let (kind, id) = s.split_once(':').ok_or_else(bad)?;
+        let id: uuid::Uuid = id.parse().map_err(|_| bad())?;
+        match kind {
+            "session" => Ok(Self::Session(id)),
+            "trigger" => Ok(Self::Trigger(id)),
+            "baseline" => Ok(Self::Baseline(id)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// What [`crate::Store::insert_trace_profiles`] did with a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InsertedProfiles {
+    /// Profiles stored now (not stored before).
+    pub new: u64,
+    /// Profiles not kept: their trigger had collected `max_requests` (or its baseline
+    /// was full), had ended and was purged, or does not exist.
+    pub over_limit: u64,
+}
+
+/// Where a trace-profile trigger is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TriggerStatus {
+    /// Agents sample the service and collect matching requests.
+    Active,
+    /// `max_requests` requests were collected.
+    Completed,
+    /// The timeout passed first.
+    Expired,
+    /// Someone cancelled it.
+    Cancelled,
+}
+
+impl TriggerStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Completed => "completed",
+            Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for TriggerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TriggerStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "active" => Self::Active,
+            "completed" => Self::Completed,
+            "expired" => Self::Expired,
+            "cancelled" => Self::Cancelled,
+            _ => return Err(format!("unknown trigger status {s:?}")),
+        })
+    }
+}
+
+/// A trace-profile trigger (RFD 080's `trace_profile_triggers` row): profile the next
+/// `max_requests` requests of `service` that match every criterion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceProfileTrigger {
+    pub trigger_id: uuid::Uuid,
+    /// The service's name (the table keeps its `service_id`).
+    pub service: String,
+    pub created_unix_nano: i64,
+    pub expires_unix_nano: i64,
+    /// When it left `active`.
+    pub ended_unix_nano: Option<i64>,
+    pub status: TriggerStatus,
+    pub min_duration_ms: Option<u32>,
+    pub max_duration_ms: Option<u32>,
+    pub status_code_pattern: Option<String>,
+    pub url_pattern: Option<String>,
+    pub frequency_hz: u32,
+    pub max_requests: u32,
+    pub collected_requests: u32,
+    /// The traces collected, in collection order.
+    pub trace_ids: Vec<TraceId>,
+    /// Size of the baseline reservoir asked for.
+    pub baseline_requests: u32,
+    pub baseline_collected: u32,
+}
+
+/// A request a trigger collected, as `trigger-status` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectedRequest {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub span_name: String,
+    pub start_unix_nano: i64,
+    pub duration_ns: i64,
+    /// From the request's span, when the colony has it.
+    pub http_status: Option<i32>,
+    pub status_code: Option<i32>,
+    pub node: String,
+    pub samples: u64,
+    pub precision: Precision,
 }
 
 /// An on-demand profile of a service: every agent hosting it samples its processes for

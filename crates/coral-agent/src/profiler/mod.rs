@@ -34,6 +34,7 @@ mod directory;
 mod fold;
 mod ring;
 mod session;
+mod trigger;
 
 pub use coral_sampler::{Sampler, SamplerError};
 pub use directory::{DIRECTORY_TTL, ProcessDirectory};
@@ -350,10 +351,16 @@ async fn watch_commands(link: Link, shared: Arc<Shared>) {
                         Ok(Some(command)) => {
                             backoff = Backoff::new();
                             warned = false;
-                            if let Some(v1::agent_command::Command::ProfileSession(session)) =
-                                command.command
-                                && shared.to_worker.send(Msg::Session(session)).is_err()
-                            {
+                            let msg = match command.command {
+                                Some(v1::agent_command::Command::ProfileSession(session)) => {
+                                    Msg::Session(session)
+                                }
+                                Some(v1::agent_command::Command::ActiveTriggers(active)) => {
+                                    Msg::Triggers(active.triggers)
+                                }
+                                None => continue,
+                            };
+                            if shared.to_worker.send(msg).is_err() {
                                 return;
                             }
                         }

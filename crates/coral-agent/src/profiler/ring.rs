@@ -28,6 +28,9 @@ impl TimedSample for RingSample {
 pub struct SampleRing {
     samples: VecDeque<RingSample>,
     capacity: usize,
+    /// Every sample taken at or after this time is still here (none was evicted or
+    /// trimmed from after it).
+    complete_since: i64,
 }
 
 impl SampleRing {
@@ -35,6 +38,7 @@ impl SampleRing {
         Self {
             samples: VecDeque::new(),
             capacity: capacity.max(1),
+            complete_since: i64::MIN,
         }
     }
 
@@ -58,7 +62,11 @@ impl SampleRing {
                 .sort_by_key(|s| s.0.time_unix_nano);
         }
         let excess = self.samples.len().saturating_sub(self.capacity);
-        self.samples.drain(..excess);
+        if excess > 0 {
+            let last_evicted = self.samples[excess - 1].0.time_unix_nano;
+            self.complete_since = self.complete_since.max(last_evicted + 1);
+            self.samples.drain(..excess);
+        }
         excess as u64
     }
 
@@ -68,6 +76,13 @@ impl SampleRing {
             .samples
             .partition_point(|s| s.0.time_unix_nano < oldest_unix_nano);
         self.samples.drain(..keep_from);
+        self.complete_since = self.complete_since.max(oldest_unix_nano);
+    }
+
+    /// Every sample taken at or after this time is in the ring: a request that started
+    /// earlier can only be joined in part.
+    pub fn complete_since(&self) -> i64 {
+        self.complete_since
     }
 
     /// The time of the newest sample kept.
@@ -115,6 +130,7 @@ mod tests {
         assert_eq!(ring.extend(vec![sample(1), sample(2), sample(3)]), 0);
         assert_eq!(ring.extend(vec![sample(4), sample(5)]), 1);
         assert_eq!(times(&mut ring), [2, 3, 4, 5]);
+        assert_eq!(ring.complete_since(), 2);
         assert_eq!(ring.newest_time(), Some(5));
         assert_eq!(ring.extend(vec![]), 0);
         assert_eq!(ring.len(), 4);
@@ -133,10 +149,13 @@ mod tests {
     fn trim_drops_samples_older_than_the_horizon() {
         let mut ring = SampleRing::new(100);
         ring.extend((0..10).map(|t| sample(t * 10)).collect());
+        assert_eq!(ring.complete_since(), i64::MIN);
         ring.trim(35);
+        assert_eq!(ring.complete_since(), 35);
         assert_eq!(times(&mut ring), [40, 50, 60, 70, 80, 90]);
         ring.trim(0);
         assert_eq!(ring.len(), 6);
+        assert_eq!(ring.complete_since(), 35);
         ring.trim(1000);
         assert!(ring.is_empty());
         assert_eq!(ring.newest_time(), None);

@@ -1,13 +1,15 @@
-//! The profiler thread: profiling sessions, the recent-sample ring, and the requests
-//! held until their samples are in.
+//! The profiler thread: profiling sessions, triggers (their logic in `trigger.rs`), the
+//! recent-sample ring, and the requests held until their samples are in.
 //!
 //! Everything here runs on one plain thread ([`Worker::run`]): the sampler's calls may
 //! block (eBPF attach), the symbolizer is blocking work and not `Send`. The thread
-//! wakes on a message (a session command, spans to hold, stop) or every [`TICK`].
+//! wakes on a message (a session command, the active triggers, spans to hold, stop) or
+//! every [`TICK`].
 
 use super::directory::process_alive;
 use super::fold::{StackCache, Symbolize, fold};
 use super::ring::SampleRing;
+use super::trigger::Trigger;
 use super::{Outbox, ProfilingConfig, SamplerFactory, Shared, is_request};
 use crate::stats::AgentStats;
 use coral_analysis::join::{self, RequestWindow};
@@ -43,6 +45,8 @@ const REQUEST_MEMORY: Duration = Duration::from_secs(60);
 /// What the rest of the agent tells the profiler thread.
 pub(crate) enum Msg {
     Session(v1::ProfileSessionCommand),
+    /// Every trigger active now.
+    Triggers(Vec<v1::TriggerCommand>),
     /// Request spans of services being profiled.
     Spans(Vec<v1::Span>),
     Stop,
@@ -55,7 +59,7 @@ fn span_key(span: &v1::Span) -> SpanKey {
     (span.trace_id.clone(), span.span_id.clone())
 }
 
-fn now_unix_nano() -> i64 {
+pub(crate) fn now_unix_nano() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
@@ -87,20 +91,42 @@ struct Session {
     closed: bool,
 }
 
+/// What a request's profile is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Dest {
+    /// The session it overlapped.
+    Session(String),
+    /// A trigger whose criteria it met.
+    Trigger(String),
+    /// A slot of a trigger's baseline reservoir.
+    Baseline { trigger: String, slot: usize },
+}
+
+impl Dest {
+    /// The profile's `source` on the wire.
+    fn source(&self) -> String {
+        match self {
+            Self::Session(id) => format!("session:{id}"),
+            Self::Trigger(id) => format!("trigger:{id}"),
+            Self::Baseline { trigger, .. } => format!("baseline:{trigger}"),
+        }
+    }
+}
+
 /// A request span waiting for its samples.
 #[derive(Debug)]
-struct Held {
+pub(crate) struct Held {
     span: v1::Span,
     key: SpanKey,
     window: RequestWindow,
-    session_id: String,
+    pub(crate) dest: Dest,
     frequency_hz: u32,
     arrived: Instant,
 }
 
 pub(crate) struct Worker {
-    shared: Arc<Shared>,
-    config: ProfilingConfig,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) config: ProfilingConfig,
     factory: SamplerFactory,
     sampler: Option<Arc<dyn Sampler>>,
     symbolizer: Box<dyn Symbolize>,
@@ -108,14 +134,18 @@ pub(crate) struct Worker {
     stats: Arc<AgentStats>,
     agent_id: String,
     node: String,
-    ring: SampleRing,
+    pub(crate) ring: SampleRing,
     /// The ring holds every sample taken up to this time.
     covered_until: i64,
     sessions: Vec<Session>,
     /// Session ids already handled, with their end (the colony sends active sessions
     /// again after every reconnect).
     seen_sessions: HashMap<String, i64>,
-    held: Vec<Held>,
+    /// Triggers running here, and those ended lately (still sending their baseline).
+    pub(crate) triggers: Vec<Trigger>,
+    /// Trigger ids ended (or refused) here, with when: not started again.
+    pub(crate) ended_triggers: HashMap<String, i64>,
+    pub(crate) held: Vec<Held>,
     /// Request spans seen lately (with when), so that a span seen twice counts once.
     seen_requests: HashMap<SpanKey, i64>,
     /// Recent request windows per pid, to count concurrent requests.
@@ -148,6 +178,8 @@ impl Worker {
             covered_until: 0,
             sessions: Vec::new(),
             seen_sessions: HashMap::new(),
+            triggers: Vec::new(),
+            ended_triggers: HashMap::new(),
             held: Vec::new(),
             seen_requests: HashMap::new(),
             windows: HashMap::new(),
@@ -161,6 +193,7 @@ impl Worker {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match inbox.recv_timeout(wait) {
                 Ok(Msg::Session(command)) => self.start_session(command),
+                Ok(Msg::Triggers(triggers)) => self.set_triggers(triggers, now_unix_nano()),
                 Ok(Msg::Spans(spans)) => {
                     self.shared.span_batch_taken();
                     self.hold(spans);
@@ -188,7 +221,7 @@ impl Worker {
         self.shared.set_watched(HashSet::new());
     }
 
-    fn sampler(&mut self) -> Result<Arc<dyn Sampler>, String> {
+    pub(crate) fn sampler(&mut self) -> Result<Arc<dyn Sampler>, String> {
         if let Some(sampler) = &self.sampler {
             return Ok(sampler.clone());
         }
@@ -290,9 +323,46 @@ impl Worker {
         self.update_watched();
     }
 
-    fn update_watched(&self) {
-        let services = self.sessions.iter().map(|s| s.service.clone()).collect();
+    /// The services whose request spans the observer sends here.
+    pub(crate) fn update_watched(&self) {
+        let services = self
+            .sessions
+            .iter()
+            .map(|s| s.service.clone())
+            .chain(
+                self.triggers
+                    .iter()
+                    .filter(|t| t.is_active())
+                    .map(|t| t.service.clone()),
+            )
+            .collect();
         self.shared.set_watched(services);
+    }
+
+    /// Stops sampling those of `pids` that no open session or active trigger needs.
+    pub(crate) fn release(&mut self, pids: &[u32]) {
+        let needed: BTreeSet<u32> = self
+            .sessions
+            .iter()
+            .filter(|s| !s.closed)
+            .flat_map(|s| s.pids.iter().copied())
+            .chain(
+                self.triggers
+                    .iter()
+                    .filter(|t| t.is_active())
+                    .flat_map(|t| t.pids.keys().copied()),
+            )
+            .collect();
+        let release: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|p| !needed.contains(p))
+            .collect();
+        if let Some(sampler) = &self.sampler
+            && let Err(e) = sampler.remove_targets(&release)
+        {
+            tracing::warn!("cannot stop sampling: {e}");
+        }
     }
 
     /// Request spans of profiled services: remembered for concurrency, and held for a
@@ -323,6 +393,19 @@ impl Worker {
                 .or_default()
                 .insert(key.clone(), window);
 
+            if let Some(dest) = self.trigger_dest(&span, pid, start) {
+                let frequency_hz = frequency_of(&self.sessions, &self.triggers, &dest);
+                self.held.push(Held {
+                    span,
+                    key,
+                    window,
+                    dest,
+                    frequency_hz,
+                    arrived: Instant::now(),
+                });
+                continue;
+            }
+
             // Overlaps the session (an instant span counts when inside it).
             let Some(session) = self.sessions.iter_mut().find(|s| {
                 s.service == span.service
@@ -348,7 +431,7 @@ impl Worker {
                 span,
                 key,
                 window,
-                session_id: session.id.clone(),
+                dest: Dest::Session(session.id.clone()),
                 frequency_hz: session.effective_hz,
                 arrived: Instant::now(),
             });
@@ -363,6 +446,9 @@ impl Worker {
             let sampler_stats = sampler.stats();
             self.stats
                 .set_samples_lost(sampler_stats.lost + sampler_stats.dropped);
+            for trigger in self.triggers.iter_mut().filter(|t| t.is_active()) {
+                trigger.effective_hz = trigger.effective_hz.max(sampler_stats.frequency_hz);
+            }
             for session in self.sessions.iter_mut().filter(|s| !s.closed) {
                 session.effective_hz = session.effective_hz.max(sampler_stats.frequency_hz);
                 let mut cache = StackCache::new();
@@ -398,6 +484,7 @@ impl Worker {
         }
 
         self.join_ready(finishing);
+        self.tick_triggers(now, finishing);
 
         let before = self.sessions.len();
         let mut ended_pids = Vec::new();
@@ -425,27 +512,17 @@ impl Worker {
         let forget_before = now - nanos(Duration::from_secs(3600));
         self.seen_sessions
             .retain(|_, &mut end| end >= forget_before);
+        self.ended_triggers
+            .retain(|_, &mut end| end >= forget_before);
     }
 
     /// Stops sampling for session `i` (the processes no other open session needs),
     /// builds its profile and reports it.
     fn close_session(&mut self, i: usize) {
-        let still_needed: BTreeSet<u32> = self
-            .sessions
-            .iter()
-            .enumerate()
-            .filter(|&(j, s)| j != i && !s.closed)
-            .flat_map(|(_, s)| s.pids.iter().copied())
-            .collect();
+        self.sessions[i].closed = true;
+        let pids: Vec<u32> = self.sessions[i].pids.iter().copied().collect();
+        self.release(&pids);
         let session = &mut self.sessions[i];
-        session.closed = true;
-        let release: Vec<u32> = session.pids.difference(&still_needed).copied().collect();
-        if let Some(sampler) = &self.sampler
-            && let Err(e) = sampler.remove_targets(&release)
-        {
-            tracing::warn!(session = %session.id, "cannot stop sampling: {e}");
-        }
-
         let profile = std::mem::take(&mut session.profile);
         let counters = self.stats.profiling();
         tracing::info!(
@@ -499,11 +576,8 @@ impl Worker {
                 .windows
                 .get(&pid)
                 .map_or(0, |w| w.concurrent(&held.key, &held.window));
-            let frequency_hz = self
-                .sessions
-                .iter()
-                .find(|s| s.id == held.session_id)
-                .map_or(held.frequency_hz, |s| s.effective_hz);
+            let frequency_hz =
+                frequency_of(&self.sessions, &self.triggers, &held.dest).max(held.frequency_hz);
             let profile = fold(
                 joined.samples.into_iter().map(|s| &s.0),
                 &mut cache,
@@ -511,7 +585,7 @@ impl Worker {
                 frequency_hz,
             );
             let span = held.span;
-            profiles.push(v1::TraceProfile {
+            let profile = v1::TraceProfile {
                 trace_id: span.trace_id,
                 span_id: span.span_id,
                 service: span.service,
@@ -524,19 +598,33 @@ impl Worker {
                 precision: joined.precision.as_str().to_string(),
                 frequency_hz,
                 concurrent_requests: concurrent,
-                source: format!("session:{}", held.session_id),
+                source: held.dest.source(),
                 profile: Some(profile_to_wire(&profile)),
-            });
+            };
+            match held.dest {
+                Dest::Baseline { trigger, slot } => {
+                    if let Some(t) = self.triggers.iter_mut().find(|t| t.id == trigger) {
+                        t.baseline.put(slot, profile);
+                    }
+                }
+                _ => profiles.push(profile),
+            }
         }
+        tracing::debug!(
+            profiles = profiles.len(),
+            stacks = cache.distinct_stacks(),
+            "request profiles assembled"
+        );
+        self.send_profiles(profiles);
+    }
+
+    /// Queues request profiles for the colony (dropped, and counted, when the queue
+    /// is full).
+    pub(crate) fn send_profiles(&self, profiles: Vec<v1::TraceProfile>) {
         let n = profiles.len();
         if n == 0 {
             return;
         }
-        tracing::debug!(
-            profiles = n,
-            stacks = cache.distinct_stacks(),
-            "request profiles assembled"
-        );
         if let Err(e) = self.outbox.profiles.try_send(profiles) {
             let reason = match e {
                 tokio::sync::mpsc::error::TrySendError::Full(_) => {
@@ -547,6 +635,20 @@ impl Worker {
             tracing::warn!("dropped {n} request profiles: {reason}");
             self.stats.add_trace_profiles_dropped(n);
         }
+    }
+}
+
+/// The sampling frequency that profiles for `dest` are computed with (0 if it is gone).
+fn frequency_of(sessions: &[Session], triggers: &[Trigger], dest: &Dest) -> u32 {
+    match dest {
+        Dest::Session(id) => sessions
+            .iter()
+            .find(|s| s.id == *id)
+            .map_or(0, |s| s.effective_hz),
+        Dest::Trigger(id) | Dest::Baseline { trigger: id, .. } => triggers
+            .iter()
+            .find(|t| t.id == *id)
+            .map_or(0, |t| t.effective_hz),
     }
 }
 

@@ -4,6 +4,7 @@
 mod grpc;
 mod http;
 mod profiling;
+mod triggers;
 mod uplink;
 
 use crate::{AgentConfig, AgentError, AgentStats, Listeners, ServeOptions};
@@ -34,6 +35,9 @@ pub(crate) struct ColonyState {
     pub known: HashSet<String>,
     /// Profiling sessions to push: every command stream sends each of them once.
     pub sessions: Vec<v1::ProfileSessionCommand>,
+    /// The active triggers: every command stream sends the set first and whenever it
+    /// changes.
+    pub triggers: Vec<v1::TriggerCommand>,
     /// Command streams opened.
     pub watches: usize,
     pub reports: Vec<v1::ReportSessionRequest>,
@@ -63,14 +67,26 @@ impl AgentService for FakeColonyService {
         let state = self.0.clone();
         tokio::spawn(async move {
             let mut sent = 0;
+            let mut triggers_sent = None;
             loop {
-                let new: Vec<_> = {
+                let (new, triggers) = {
                     let state = state.lock().unwrap();
                     if state.closing {
                         return;
                     }
-                    state.sessions[sent..].to_vec()
+                    (state.sessions[sent..].to_vec(), state.triggers.clone())
                 };
+                if triggers_sent.as_ref() != Some(&triggers) {
+                    triggers_sent = Some(triggers.clone());
+                    let command = v1::AgentCommand {
+                        command: Some(v1::agent_command::Command::ActiveTriggers(
+                            v1::ActiveTriggers { triggers },
+                        )),
+                    };
+                    if tx.send(Ok(command)).await.is_err() {
+                        return;
+                    }
+                }
                 for session in new {
                     sent += 1;
                     let command = v1::AgentCommand {
@@ -211,6 +227,11 @@ impl FakeColony {
     /// Starts a profiling session: pushed to every command stream, open or future.
     pub fn push_session(&self, session: v1::ProfileSessionCommand) {
         self.state.lock().unwrap().sessions.push(session);
+    }
+
+    /// Sets the active triggers (pushed to every command stream).
+    pub fn set_triggers(&self, triggers: Vec<v1::TriggerCommand>) {
+        self.state.lock().unwrap().triggers = triggers;
     }
 
     /// Forgets registered agents (as a colony that lost its state would).

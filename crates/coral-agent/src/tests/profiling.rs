@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-const MS: i64 = 1_000_000;
+pub(super) const MS: i64 = 1_000_000;
 
 #[inline(never)]
-fn hot_fn(n: u64) -> u64 {
+pub(super) fn hot_fn(n: u64) -> u64 {
     let mut x = std::hint::black_box(n);
     for i in 0..n {
         x = x.wrapping_mul(31).wrapping_add(i);
@@ -27,7 +27,7 @@ fn hot_fn(n: u64) -> u64 {
 }
 
 #[inline(never)]
-fn other_fn(n: u64) -> u64 {
+pub(super) fn other_fn(n: u64) -> u64 {
     let mut x = std::hint::black_box(n);
     for i in 0..n {
         x ^= x.rotate_left(7).wrapping_add(i);
@@ -49,18 +49,18 @@ fn stack(leaf: fn(u64) -> u64) -> Vec<u64> {
     ]
 }
 
-fn now_ns() -> i64 {
+pub(super) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as i64
 }
 
-fn pid() -> u32 {
+pub(super) fn pid() -> u32 {
     std::process::id()
 }
 
-fn sample(tgid: u32, tid: u32, time: i64, leaf: fn(u64) -> u64) -> Sample {
+pub(super) fn sample(tgid: u32, tid: u32, time: i64, leaf: fn(u64) -> u64) -> Sample {
     Sample {
         tgid,
         tid,
@@ -71,7 +71,7 @@ fn sample(tgid: u32, tid: u32, time: i64, leaf: fn(u64) -> u64) -> Sample {
     }
 }
 
-fn factory(sampler: &Arc<FakeSampler>) -> ServeOptions {
+pub(super) fn factory(sampler: &Arc<FakeSampler>) -> ServeOptions {
     let sampler = sampler.clone();
     ServeOptions {
         sampler_factory: Arc::new(move |_| Ok(sampler.clone() as Arc<dyn Sampler>)),
@@ -90,7 +90,7 @@ fn session(id: &str, service: &str, start: i64, duration_ms: i64) -> v1::Profile
 }
 
 /// A server span `[start, start + duration]` with span id `[n; 8]`.
-fn request_span(n: u8, start: i64, duration_ms: i64, thread: Option<i64>) -> OtlpSpan {
+pub(super) fn request_span(n: u8, start: i64, duration_ms: i64, thread: Option<i64>) -> OtlpSpan {
     OtlpSpan {
         trace_id: TRACE_ID.to_vec(),
         span_id: vec![n; 8],
@@ -106,7 +106,7 @@ fn request_span(n: u8, start: i64, duration_ms: i64, thread: Option<i64>) -> Otl
 }
 
 /// Exports spans of `service` from process `pid` over OTLP/gRPC.
-async fn export(agent: &TestAgent, service: &str, pid: u32, spans: Vec<OtlpSpan>) {
+pub(super) async fn export(agent: &TestAgent, service: &str, pid: u32, spans: Vec<OtlpSpan>) {
     let mut client = TraceServiceClient::connect(agent.grpc_url()).await.unwrap();
     let resource = vec![
         kv("service.name", string(service)),
@@ -119,7 +119,7 @@ async fn export(agent: &TestAgent, service: &str, pid: u32, spans: Vec<OtlpSpan>
 }
 
 /// Tells the agent that `service` runs as process `pid` (one span, long ago).
-async fn announce(agent: &TestAgent, service: &str, pid: u32) {
+pub(super) async fn announce(agent: &TestAgent, service: &str, pid: u32) {
     let long_ago = now_ns() - 3_600_000 * MS;
     export(
         agent,
@@ -131,7 +131,7 @@ async fn announce(agent: &TestAgent, service: &str, pid: u32) {
 }
 
 /// Waits until the fake sampler's targets are `expected`.
-async fn wait_for_targets(sampler: &FakeSampler, expected: &[u32]) {
+pub(super) async fn wait_for_targets(sampler: &FakeSampler, expected: &[u32]) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while sampler.targets() != expected {
         assert!(
@@ -143,11 +143,11 @@ async fn wait_for_targets(sampler: &FakeSampler, expected: &[u32]) {
     }
 }
 
-fn function_names(profile: &v1::Profile) -> Vec<String> {
+pub(super) fn function_names(profile: &v1::Profile) -> Vec<String> {
     profile.frames.iter().map(|f| f.function.clone()).collect()
 }
 
-fn total_samples(profile: &v1::Profile) -> u64 {
+pub(super) fn total_samples(profile: &v1::Profile) -> u64 {
     profile.stacks.iter().map(|s| s.samples).sum()
 }
 

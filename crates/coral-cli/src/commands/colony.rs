@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use coral_colony::StoreConfig;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Subcommand)]
 pub enum ColonyCommand {
@@ -27,6 +28,17 @@ pub struct StartArgs {
     /// Directory of the embedded store [default: $XDG_DATA_HOME/coral or ~/.local/share/coral].
     #[arg(long, env = "CORAL_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Request profiles (and ended triggers and sessions) are deleted after this long.
+    #[arg(long, env = "CORAL_PROFILE_RETENTION", default_value = "7d", value_parser = parse_retention)]
+    profile_retention: Duration,
+}
+
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    let d = coral_analysis::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(60) {
+        return Err("must be at least 1m (profiles would be gone before anyone looks)".into());
+    }
+    Ok(d)
 }
 
 fn default_data_dir() -> PathBuf {
@@ -75,6 +87,9 @@ pub async fn run(cmd: ColonyCommand) -> anyhow::Result<()> {
             .map(|a| a.to_string())
             .unwrap_or(args.listen)
     );
-    coral_colony::serve(listener, store, super::shutdown_signal()).await?;
+    let options = coral_colony::ColonyOptions {
+        profile_retention: args.profile_retention,
+    };
+    coral_colony::serve_with(listener, store, options, super::shutdown_signal()).await?;
     Ok(())
 }

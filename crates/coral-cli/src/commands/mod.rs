@@ -4,6 +4,7 @@ pub mod agent;
 pub mod colony;
 pub mod profile;
 pub mod query;
+pub mod trigger;
 
 use clap::Args;
 

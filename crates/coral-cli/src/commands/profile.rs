@@ -1,4 +1,4 @@
-//! `coral profile …`: CPU profiles on demand.
+//! `coral profile …`: CPU profiles on demand, and trace-triggered profiling.
 
 use super::ColonyAddr;
 use crate::commands::query::{proto_duration, rpc_error};
@@ -18,6 +18,17 @@ pub enum ProfileCommand {
     /// spans. While the profile runs, each request of the service also gets its own
     /// profile (see `coral query trace-profile`).
     Cpu(CpuArgs),
+    /// Profile the next requests of a service that match (slower than --min-duration,
+    /// with --status-code, on --url), each from its first to its last moment, plus a
+    /// random baseline of the others. Shows progress until --count requests are
+    /// collected or --timeout passes.
+    TraceTrigger(super::trigger::TraceTriggerArgs),
+    /// One trigger: its progress and the requests it collected.
+    TriggerStatus(super::trigger::TriggerIdArgs),
+    /// Triggers, newest first: the active ones, or --all.
+    Triggers(super::trigger::TriggersArgs),
+    /// Stop an active trigger (what it collected is kept).
+    TriggerCancel(super::trigger::TriggerIdArgs),
 }
 
 #[derive(Args)]
@@ -73,7 +84,16 @@ async fn with_progress<T>(
 }
 
 pub async fn run(cmd: ProfileCommand) -> anyhow::Result<()> {
-    let ProfileCommand::Cpu(args) = cmd;
+    match cmd {
+        ProfileCommand::Cpu(args) => cpu(args).await,
+        ProfileCommand::TraceTrigger(args) => super::trigger::trace_trigger(args).await,
+        ProfileCommand::TriggerStatus(args) => super::trigger::status(args).await,
+        ProfileCommand::Triggers(args) => super::trigger::list(args).await,
+        ProfileCommand::TriggerCancel(args) => super::trigger::cancel(args).await,
+    }
+}
+
+async fn cpu(args: CpuArgs) -> anyhow::Result<()> {
     crate::output::profile::check_destination(args.format, args.output.as_deref())?;
     let channel = coral_client::connect(&args.colony.addr).await?;
     let mut client = coral_client::profile_client(channel);

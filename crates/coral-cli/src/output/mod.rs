@@ -1,6 +1,7 @@
 //! What `coral` prints: compact tables for people, JSON for programs.
 
 pub mod profile;
+pub mod trigger;
 
 use coral_analysis::format_duration_ns;
 use coral_client::v1;
@@ -128,14 +129,14 @@ pub fn format_timestamp(unix_nano: i64) -> String {
     )
 }
 
-fn print_json<T: Serialize>(value: &T) -> io::Result<()> {
+pub(crate) fn print_json<T: Serialize>(value: &T) -> io::Result<()> {
     let mut out = io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)
 }
 
 /// Left-aligned columns, two spaces apart; the last column is not padded.
-fn print_table(header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -65,6 +65,11 @@ fn help_texts_are_pinned() {
             &["query", "trace-profile", "--help"],
         ),
         ("profile-cpu-help.txt", &["profile", "cpu", "--help"]),
+        ("profile-help.txt", &["profile", "--help"]),
+        (
+            "profile-trace-trigger-help.txt",
+            &["profile", "trace-trigger", "--help"],
+        ),
     ] {
         let out = coral(None, args);
         assert!(out.ok, "{args:?}: {}", out.stderr);

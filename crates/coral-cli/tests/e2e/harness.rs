@@ -1,10 +1,14 @@
-//! A colony and an agent, in this process, on port 0, over either store.
+//! A colony and its agents, in this process, on port 0, over either store; either can
+//! be stopped and started again.
 
 use coral_client::v1;
+use coral_sampler::FakeSampler;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Backend {
@@ -32,18 +36,112 @@ async fn fresh_postgres_url() -> String {
     format!("{prefix}/{name}")
 }
 
+/// How the agents of a [`Stack`] sample CPU.
+#[derive(Clone)]
+pub enum Sampling {
+    /// The real eBPF sampler (needs root).
+    Ebpf,
+    /// An in-memory sampler: targets are tracked, samples are only those pushed.
+    Fake(Arc<FakeSampler>),
+}
+
+/// One agent of a [`Stack`], on its own OTLP ports.
+pub struct Agent {
+    pub node: String,
+    pub otlp_grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Agent {
+    async fn start(
+        colony: &str,
+        node: &str,
+        sampling: &Sampling,
+        ports: Option<(SocketAddr, SocketAddr)>,
+    ) -> Self {
+        let (grpc, http) = match ports {
+            Some((grpc, http)) => (bind_again(grpc).await, bind_again(http).await),
+            None => (
+                TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            ),
+        };
+        let (otlp_grpc, otlp_http) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+        let mut config = coral_agent::AgentConfig::new(colony.to_string(), node);
+        config.flush_interval = Duration::from_millis(50);
+        let listeners = coral_agent::Listeners {
+            otlp_grpc: Some(grpc),
+            otlp_http: Some(http),
+        };
+        let mut options = coral_agent::ServeOptions::default();
+        if let Sampling::Fake(sampler) = sampling {
+            let sampler = sampler.clone();
+            options.sampler_factory =
+                Arc::new(move |_| Ok(sampler.clone() as Arc<dyn coral_sampler::Sampler>));
+        }
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            coral_agent::serve_with(config, listeners, options, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the agent runs");
+        });
+        Self {
+            node: node.to_string(),
+            otlp_grpc,
+            otlp_http,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the agent and waits until it has (its ports are free again).
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("the agent stops cleanly");
+        }
+    }
+}
+
+/// Binds an address that was just released (a restarted server keeps its port).
+async fn bind_again(addr: SocketAddr) -> TcpListener {
+    for _ in 0..100 {
+        if let Ok(listener) = TcpListener::bind(addr).await {
+            return listener;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot bind {addr} again");
+}
+
 pub struct Stack {
     pub colony: String,
     pub otlp_grpc: SocketAddr,
     pub otlp_http: SocketAddr,
+    pub agents: Vec<Agent>,
+    sampling: Sampling,
+    colony_addr: SocketAddr,
+    store_config: coral_colony::StoreConfig,
+    colony_stop: Option<oneshot::Sender<()>>,
+    colony_task: Option<JoinHandle<()>>,
     _data_dir: tempfile::TempDir,
-    stops: Vec<oneshot::Sender<()>>,
 }
 
 impl Stack {
+    /// A colony on `backend` and one agent with the real eBPF sampler.
     pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, Sampling::Ebpf).await
+    }
+
+    pub async fn start_with(backend: Backend, sampling: Sampling) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
-        let config = match backend {
+        let store_config = match backend {
             Backend::Sqlite => coral_colony::StoreConfig::Embedded {
                 data_dir: data_dir.path().to_path_buf(),
             },
@@ -51,38 +149,81 @@ impl Stack {
                 url: fresh_postgres_url().await,
             },
         };
-        let store = coral_colony::open_store(&config).await.expect("open store");
-        let colony_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let colony = format!("http://{}", colony_listener.local_addr().unwrap());
-        let (stop_colony, colony_stopped) = oneshot::channel::<()>();
-        tokio::spawn(coral_colony::serve(colony_listener, store, async {
-            let _ = colony_stopped.await;
-        }));
-
-        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (otlp_grpc, otlp_http) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-        let mut config = coral_agent::AgentConfig::new(colony.clone(), "test-node");
-        config.flush_interval = Duration::from_millis(50);
-        let listeners = coral_agent::Listeners {
-            otlp_grpc: Some(grpc),
-            otlp_http: Some(http),
-        };
-        let (stop_agent, agent_stopped) = oneshot::channel::<()>();
-        tokio::spawn(coral_agent::serve(config, listeners, async {
-            let _ = agent_stopped.await;
-        }));
-        Self {
-            colony,
-            otlp_grpc,
-            otlp_http,
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let colony_addr = listener.local_addr().unwrap();
+        let colony = format!("http://{colony_addr}");
+        let mut stack = Self {
+            colony: colony.clone(),
+            otlp_grpc: colony_addr,
+            otlp_http: colony_addr,
+            agents: Vec::new(),
+            sampling,
+            colony_addr,
+            store_config,
+            colony_stop: None,
+            colony_task: None,
             _data_dir: data_dir,
-            stops: vec![stop_agent, stop_colony],
+        };
+        stack.serve_colony(listener).await;
+        let agent = Agent::start(&colony, "test-node", &stack.sampling, None).await;
+        (stack.otlp_grpc, stack.otlp_http) = (agent.otlp_grpc, agent.otlp_http);
+        stack.agents.push(agent);
+        stack
+    }
+
+    async fn serve_colony(&mut self, listener: TcpListener) {
+        let store = coral_colony::open_store(&self.store_config)
+            .await
+            .expect("open store");
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.colony_stop = Some(stop);
+        self.colony_task = Some(tokio::spawn(async move {
+            coral_colony::serve(listener, store, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the colony serves");
+        }));
+    }
+
+    /// Stops the colony (its store stays) and waits until it has.
+    pub async fn stop_colony(&mut self) {
+        if let Some(stop) = self.colony_stop.take() {
+            let _ = stop.send(());
         }
+        if let Some(task) = self.colony_task.take() {
+            task.await.expect("the colony stops cleanly");
+        }
+    }
+
+    /// Starts the colony again, on the same address and store.
+    pub async fn start_colony(&mut self) {
+        let listener = bind_again(self.colony_addr).await;
+        self.serve_colony(listener).await;
+    }
+
+    /// Stops agent `i` and starts a new one on the same ports (a restarted pod).
+    pub async fn restart_agent(&mut self, i: usize) {
+        let agent = &mut self.agents[i];
+        agent.stop().await;
+        let ports = Some((agent.otlp_grpc, agent.otlp_http));
+        let node = agent.node.clone();
+        self.agents[i] = Agent::start(&self.colony, &node, &self.sampling, ports).await;
+    }
+
+    /// Starts one more agent (another node); returns its index.
+    pub async fn add_agent(&mut self, node: &str) -> usize {
+        let agent = Agent::start(&self.colony, node, &self.sampling, None).await;
+        self.agents.push(agent);
+        self.agents.len() - 1
     }
 
     pub async fn query(&self) -> coral_client::QueryServiceClient<tonic::transport::Channel> {
         coral_client::query_client(coral_client::connect(&self.colony).await.unwrap())
+    }
+
+    pub async fn profile(&self) -> coral_client::ProfileServiceClient<tonic::transport::Channel> {
+        coral_client::profile_client(coral_client::connect(&self.colony).await.unwrap())
     }
 
     /// Waits (up to 20 s) until the trace has `n` spans in the colony.
@@ -109,7 +250,12 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for stop in self.stops.drain(..) {
+        for agent in &mut self.agents {
+            if let Some(stop) = agent.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+        if let Some(stop) = self.colony_stop.take() {
             let _ = stop.send(());
         }
     }

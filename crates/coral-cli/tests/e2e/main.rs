@@ -9,3 +9,4 @@ mod cli;
 mod harness;
 mod ingest;
 mod profile;
+mod trigger;

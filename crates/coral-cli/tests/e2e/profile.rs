@@ -1,7 +1,8 @@
-//! Real eBPF profiling end to end (needs root): this test process is the workload. Two
-//! threads burn CPU in known functions inside spans that carry `thread.id`, exported by
+//! Real eBPF profiling end to end (needs root): this test process is the workload.
+//! Threads burn CPU in known functions inside spans that carry `thread.id`, exported by
 //! the real OpenTelemetry SDK to the agent; `coral profile cpu` profiles the service
-//! and `coral query trace-profile` shows each request's own function.
+//! and `coral query trace-profile` shows each request's own function; a trigger
+//! collects slow requests whole.
 
 use crate::cli::coral;
 use crate::harness::{Backend, Stack, produce};
@@ -185,5 +186,142 @@ async fn profiles_a_service_and_each_request_at_thread_precision() {
             "{own} has {share:.2} of its request's CPU:\n{text}"
         );
     }
+    provider.shutdown().unwrap();
+}
+
+/// Perf events the in-process agent's sampler has attached: each is held by a BPF
+/// link (the perf event fd itself is closed once the link holds it).
+fn perf_events() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| {
+            let target = target.to_string_lossy();
+            target == "anon_inode:bpf_link" || target == "anon_inode:[perf_event]"
+        })
+        .count()
+}
+
+async fn wait_for_perf_events(what: &str, done: impl Fn(usize) -> bool) {
+    for _ in 0..200 {
+        if done(perf_events()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: {} perf events attached", perf_events());
+}
+
+/// A request that spends its first half in `validate_signature` and its second half
+/// in `render_receipt`: both show in its profile only if it was sampled whole.
+fn two_phase_request(tracer: &opentelemetry_sdk::trace::SdkTracer, half: Duration) -> String {
+    let tid = nix::unistd::gettid().as_raw() as i64;
+    let span = tracer
+        .span_builder("POST /checkout")
+        .with_kind(SpanKind::Server)
+        .with_attributes([
+            KeyValue::new("thread.id", tid),
+            KeyValue::new("url.path", "/checkout"),
+        ])
+        .start(tracer);
+    let trace_id = span.span_context().trace_id().to_string();
+    let cx = Context::current_with_span(span);
+    black_box(validate_signature(Instant::now() + half));
+    black_box(render_receipt(Instant::now() + half));
+    cx.span().end();
+    trace_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root for eBPF: run `cargo xtask test`"]
+async fn a_trigger_profiles_each_slow_request_from_its_first_to_its_last_moment() {
+    require_root();
+    let stack = Stack::start(Backend::Sqlite).await;
+    let provider = crate::trigger::provider(stack.otlp_grpc);
+    let p = provider.clone();
+    let warmup = produce(move || {
+        request(
+            &p.tracer("e2e"),
+            "GET /warmup",
+            Duration::from_millis(1),
+            render_receipt,
+        )
+    })
+    .await;
+    stack.wait_for_trace(&warmup, 1).await;
+    assert_eq!(
+        perf_events(),
+        0,
+        "nothing is attached while no trigger is active"
+    );
+
+    let colony = stack.colony.clone();
+    let cli = tokio::task::spawn_blocking(move || {
+        coral(
+            Some(&colony),
+            &[
+                "profile",
+                "trace-trigger",
+                "--service",
+                crate::trigger::SERVICE,
+                "--min-duration",
+                "300ms",
+                "--count",
+                "2",
+                "--timeout",
+                "60s",
+                "--output",
+                "json",
+            ],
+        )
+    });
+    wait_for_perf_events("the trigger attaches the sampler", |n| n > 0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let p = provider.clone();
+    let slow: Vec<String> = produce(move || {
+        let tracer = p.tracer("e2e");
+        let mut slow = Vec::new();
+        for _ in 0..3 {
+            slow.push(two_phase_request(&tracer, Duration::from_millis(250)));
+            request(
+                &tracer,
+                "GET /fast",
+                Duration::from_millis(5),
+                render_receipt,
+            );
+        }
+        slow
+    })
+    .await;
+
+    let out = cli.await.unwrap();
+    assert!(out.ok, "{}", out.stderr);
+    let result: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(result["status"], "completed", "{result}");
+    let collected = result["collected"].as_array().unwrap();
+    assert_eq!(collected.len(), 2, "{result}");
+    for c in collected {
+        let trace = c["trace_id"].as_str().unwrap();
+        assert!(
+            slow.iter().any(|s| s == trace),
+            "{trace} is not a slow request"
+        );
+        assert_eq!(c["precision"], "thread");
+        let json = wait_for_profile(&stack.colony, trace, &["--format", "json"]).await;
+        let profile: Profile = serde_json::from_str(&json).expect("profile JSON");
+        let share = |f: &str| {
+            profile
+                .all_hotspots()
+                .iter()
+                .find(|h| h.function.ends_with(f))
+                .map_or(0.0, |h| h.total_share)
+        };
+        // Each half is ~50% of the request (less on a busy machine): a profile of the
+        // tail only would lack the first, one cut short the second.
+        for f in ["validate_signature", "render_receipt"] {
+            assert!(share(f) >= 0.1, "{f}: {:.2} of {trace}: {json}", share(f));
+        }
+    }
+    wait_for_perf_events("sampling stops when the trigger completes", |n| n == 0).await;
     provider.shutdown().unwrap();
 }

@@ -1,0 +1,241 @@
+//! Trace-profile triggers on the agent: the (fake) colony sets the active triggers,
+//! a `FakeSampler` stands in for eBPF, spans arrive over OTLP/gRPC.
+
+use super::profiling::{
+    MS, announce, export, factory, function_names, hot_fn, now_ns, other_fn, pid, request_span,
+    sample, total_samples, wait_for_targets,
+};
+use super::{FakeColony, TestAgent, test_config};
+use crate::AgentConfig;
+use coral_client::v1;
+use coral_sampler::{FakeSampler, Sampler};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn trigger(id: &str, min_ms: i64, frequency_hz: u32, baseline: u32) -> v1::TriggerCommand {
+    v1::TriggerCommand {
+        trigger_id: id.to_string(),
+        service: "checkout".to_string(),
+        min_duration_ns: min_ms * MS,
+        frequency_hz,
+        expires_unix_nano: now_ns() + 600_000 * MS,
+        baseline_requests: baseline,
+        ..Default::default()
+    }
+}
+
+fn profiles_from(colony: &FakeColony, source: &str) -> Vec<v1::TraceProfile> {
+    colony.with(|c| {
+        c.trace_profiles
+            .iter()
+            .filter(|p| p.source == source)
+            .cloned()
+            .collect()
+    })
+}
+
+fn span_number(p: &v1::TraceProfile) -> u8 {
+    p.span_id[0]
+}
+
+/// The heart of tail-based capture: only the requests that match are collected, each
+/// with the samples of its whole duration; a bounded random baseline of the others is
+/// sent when the trigger ends; sampling stops with the trigger.
+#[tokio::test]
+async fn a_trigger_collects_matching_requests_whole_and_a_baseline_of_the_rest() {
+    let colony = FakeColony::start().await;
+    let sampler = Arc::new(FakeSampler::new());
+    let agent = TestAgent::start_with(test_config(&colony.url()), factory(&sampler)).await;
+    announce(&agent, "checkout", pid()).await;
+    let before = now_ns() - 100 * MS;
+    colony.set_triggers(vec![trigger("t-1", 300, 99, 2)]);
+    wait_for_targets(&sampler, &[pid()]).await;
+    let sampling_since = now_ns();
+    assert_eq!(sampler.stats().frequency_hz, 99);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let t0 = sampling_since + 10 * MS;
+    // The slow request burns CPU from its first to its last millisecond.
+    sampler.push([
+        sample(pid(), 101, t0 + MS, hot_fn),
+        sample(pid(), 101, t0 + 250 * MS, hot_fn),
+        sample(pid(), 101, t0 + 499 * MS, hot_fn),
+        sample(pid(), 102, t0 + 20 * MS, other_fn),
+    ]);
+    let mut spans = vec![request_span(1, t0, 500, Some(101))];
+    // Five fast ones (not matching): baseline candidates.
+    spans.extend((2..=6).map(|n| request_span(n, t0 + 10 * MS, 50, Some(102))));
+    // Slow, but it began before sampling did: only its tail could be profiled.
+    spans.push(request_span(7, before, 600, Some(101)));
+    export(&agent, "checkout", pid(), spans).await;
+
+    colony
+        .wait_until("the slow request's profile", |c| {
+            c.trace_profiles.iter().any(|p| p.source == "trigger:t-1")
+        })
+        .await;
+    let collected = profiles_from(&colony, "trigger:t-1");
+    assert_eq!(collected.len(), 1, "{collected:?}");
+    let slow = &collected[0];
+    assert_eq!(span_number(slow), 1);
+    assert_eq!((slow.precision.as_str(), slow.frequency_hz), ("thread", 99));
+    let profile = slow.profile.as_ref().unwrap();
+    assert_eq!(
+        total_samples(profile),
+        3,
+        "first, middle and last millisecond"
+    );
+    assert!(function_names(profile).iter().any(|n| n.contains("hot_fn")));
+
+    // The baseline is held until the trigger ends.
+    assert!(profiles_from(&colony, "baseline:t-1").is_empty());
+    colony.set_triggers(vec![]);
+    wait_for_targets(&sampler, &[]).await;
+    colony
+        .wait_until("the baseline", |c| {
+            c.trace_profiles.iter().any(|p| p.source == "baseline:t-1")
+        })
+        .await;
+    let baseline = profiles_from(&colony, "baseline:t-1");
+    assert_eq!(baseline.len(), 2, "the reservoir holds 2");
+    assert!(baseline.iter().all(|p| (2..=6).contains(&span_number(p))));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        colony.with(|c| !c.trace_profiles.iter().any(|p| span_number(p) == 7)),
+        "a request that began before sampling is neither collected nor baseline"
+    );
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_trigger_stops_sampling_at_its_expiry_without_the_colony() {
+    let colony = FakeColony::start().await;
+    let sampler = Arc::new(FakeSampler::new());
+    let agent = TestAgent::start_with(test_config(&colony.url()), factory(&sampler)).await;
+    announce(&agent, "checkout", pid()).await;
+    let mut short = trigger("t-2", 0, 99, 0);
+    short.expires_unix_nano = now_ns() + 1_500 * MS;
+    colony.set_triggers(vec![short]);
+    wait_for_targets(&sampler, &[pid()]).await;
+    // The colony still lists it (its sweeper is late): the agent stops on its own.
+    wait_for_targets(&sampler, &[]).await;
+    assert_eq!(sampler.stats().frequency_hz, 0, "perf events detached");
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn overlapping_triggers_sample_once_at_the_highest_frequency() {
+    let colony = FakeColony::start().await;
+    let sampler = Arc::new(FakeSampler::new());
+    let agent = TestAgent::start_with(test_config(&colony.url()), factory(&sampler)).await;
+    announce(&agent, "checkout", pid()).await;
+    colony.set_triggers(vec![trigger("slow", 100, 99, 0), trigger("any", 0, 499, 0)]);
+    wait_for_targets(&sampler, &[pid()]).await;
+    // The triggers start one after the other: sampling runs once, at the higher rate.
+    for _ in 0..100 {
+        if sampler.stats().frequency_hz == 499 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sampler.stats().frequency_hz, 499);
+    assert_eq!(sampler.targets(), [pid()]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let t0 = now_ns() - 250 * MS;
+    sampler.push([sample(pid(), 101, t0 + 10 * MS, hot_fn)]);
+    export(
+        &agent,
+        "checkout",
+        pid(),
+        vec![
+            request_span(1, t0, 200, Some(101)),
+            request_span(2, t0, 20, Some(101)),
+        ],
+    )
+    .await;
+    colony
+        .wait_until("two profiles", |c| c.trace_profiles.len() == 2)
+        .await;
+    // A request both triggers match is collected once, by the older trigger; each
+    // profile carries the frequency its samples were taken at.
+    let slow = profiles_from(&colony, "trigger:slow");
+    assert_eq!(slow.len(), 1);
+    assert_eq!(span_number(&slow[0]), 1);
+    assert_eq!(slow[0].frequency_hz, 499);
+    let any = profiles_from(&colony, "trigger:any");
+    assert_eq!(any.len(), 1);
+    assert_eq!(span_number(&any[0]), 2);
+
+    // One trigger ends: the other still needs the process.
+    colony.set_triggers(vec![trigger("slow", 100, 99, 0)]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sampler.targets(), [pid()]);
+    colony.set_triggers(vec![]);
+    wait_for_targets(&sampler, &[]).await;
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_trigger_for_a_service_outside_the_allow_list_samples_nothing() {
+    let colony = FakeColony::start().await;
+    let sampler = Arc::new(FakeSampler::new());
+    let mut config: AgentConfig = test_config(&colony.url());
+    config.profiling.allow_services = Some(vec!["payments".to_string()]);
+    let agent = TestAgent::start_with(config, factory(&sampler)).await;
+    announce(&agent, "checkout", pid()).await;
+    colony.set_triggers(vec![trigger("t-3", 0, 99, 10)]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    export(
+        &agent,
+        "checkout",
+        pid(),
+        vec![request_span(1, now_ns() - 100 * MS, 50, None)],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sampler.targets().is_empty());
+    assert!(colony.with(|c| c.trace_profiles.is_empty()));
+    agent.stop().await.unwrap();
+}
+
+/// A process of the service that appears while a trigger runs is sampled from then
+/// on; its requests that began earlier are not collected.
+#[tokio::test]
+async fn a_new_process_is_sampled_from_its_first_request_on() {
+    let colony = FakeColony::start().await;
+    let sampler = Arc::new(FakeSampler::new());
+    let agent = TestAgent::start_with(test_config(&colony.url()), factory(&sampler)).await;
+    colony.set_triggers(vec![trigger("t-4", 0, 99, 0)]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(sampler.targets().is_empty(), "no process known yet");
+    // The first span of the service reveals its process.
+    let early = now_ns() - 50 * MS;
+    export(
+        &agent,
+        "checkout",
+        pid(),
+        vec![request_span(1, early, 10, None)],
+    )
+    .await;
+    wait_for_targets(&sampler, &[pid()]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = now_ns() - 100 * MS;
+    sampler.push([sample(pid(), 101, t0 + 5 * MS, other_fn)]);
+    export(
+        &agent,
+        "checkout",
+        pid(),
+        vec![request_span(2, t0, 50, None)],
+    )
+    .await;
+    colony
+        .wait_until("a profile", |c| !c.trace_profiles.is_empty())
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let collected = profiles_from(&colony, "trigger:t-4");
+    let numbers: Vec<u8> = collected.iter().map(span_number).collect();
+    assert_eq!(numbers, [2]);
+    assert_eq!(collected[0].precision, "process");
+    agent.stop().await.unwrap();
+}

@@ -1,0 +1,285 @@
+//! What a trace-profile trigger asks of a request: duration bounds, a status-code
+//! pattern and a URL glob. Checked by the agent on every request span of a triggered
+//! service, so matching allocates nothing.
+
+use crate::status::{StatusPattern, StatusPatternError};
+use std::fmt;
+
+/// Longest URL pattern accepted.
+pub const MAX_URL_PATTERN_LEN: usize = 1024;
+
+/// Criteria that could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CriteriaError {
+    #[error(
+        "the minimum duration ({min_ms} ms) is above the maximum ({max_ms} ms): \
+         no request could match; lower --min-duration or raise --max-duration"
+    )]
+    MinAboveMax { min_ms: u64, max_ms: u64 },
+    #[error(transparent)]
+    Status(#[from] StatusPatternError),
+    #[error(
+        "invalid URL pattern {input:?}: {reason} (write a glob such as /checkout* or /api/*/pay)"
+    )]
+    Url { input: String, reason: String },
+}
+
+/// A glob on a request's URL path: `*` is any run of characters (including none and
+/// `/`), `?` is one character, everything else is literal. The query string
+/// (from `?` in the URL) is not part of what is matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlPattern {
+    pattern: String,
+}
+
+impl UrlPattern {
+    pub fn parse(input: &str) -> Result<Self, CriteriaError> {
+        let err = |reason: &str| CriteriaError::Url {
+            input: input.chars().take(80).collect(),
+            reason: reason.to_string(),
+        };
+        if input.is_empty() {
+            return Err(err("it is empty"));
+        }
+        if input.len() > MAX_URL_PATTERN_LEN {
+            return Err(err(&format!(
+                "it is longer than {MAX_URL_PATTERN_LEN} bytes"
+            )));
+        }
+        if input.chars().any(char::is_control) {
+            return Err(err("it contains a control character"));
+        }
+        if input.chars().any(char::is_whitespace) {
+            return Err(err("it contains white space (URLs have none)"));
+        }
+        Ok(Self {
+            pattern: input.to_string(),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Whether `url` (a path, possibly with a query string) matches.
+    pub fn matches(&self, url: &str) -> bool {
+        let path = url.split_once('?').map_or(url, |(path, _)| path);
+        glob_matches(self.pattern.as_bytes(), path.as_bytes())
+    }
+}
+
+impl fmt::Display for UrlPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.pattern)
+    }
+}
+
+/// Iterative glob matching with single-star backtracking: O(pattern × text) at worst,
+/// no recursion, no allocation.
+fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// What is known of a request when its span ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestFacts<'a> {
+    pub duration_ns: i64,
+    pub http_status: Option<i32>,
+    /// OpenTelemetry status code (2 = error).
+    pub status_code: i32,
+    /// `url.path` or `http.target`.
+    pub url: Option<&'a str>,
+    /// `http.route`.
+    pub route: Option<&'a str>,
+}
+
+/// Every criterion of a trigger; a request matches when it meets all of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestCriteria {
+    pub min_duration_ns: Option<i64>,
+    pub max_duration_ns: Option<i64>,
+    pub status: Option<StatusPattern>,
+    pub url: Option<UrlPattern>,
+}
+
+impl RequestCriteria {
+    /// Builds and checks criteria (bounds in milliseconds, as triggers store them;
+    /// empty patterns mean "any").
+    pub fn new(
+        min_duration_ms: Option<u64>,
+        max_duration_ms: Option<u64>,
+        status_pattern: Option<&str>,
+        url_pattern: Option<&str>,
+    ) -> Result<Self, CriteriaError> {
+        if let (Some(min_ms), Some(max_ms)) = (min_duration_ms, max_duration_ms)
+            && min_ms > max_ms
+        {
+            return Err(CriteriaError::MinAboveMax { min_ms, max_ms });
+        }
+        let ns = |ms: u64| i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+        Ok(Self {
+            min_duration_ns: min_duration_ms.map(ns),
+            max_duration_ns: max_duration_ms.map(ns),
+            status: status_pattern
+                .filter(|s| !s.is_empty())
+                .map(StatusPattern::parse)
+                .transpose()?,
+            url: url_pattern
+                .filter(|s| !s.is_empty())
+                .map(UrlPattern::parse)
+                .transpose()?,
+        })
+    }
+
+    /// Whether a request meets every criterion. A URL pattern matches the URL path or
+    /// the route; a request with neither does not match it.
+    pub fn matches(&self, request: &RequestFacts<'_>) -> bool {
+        self.min_duration_ns
+            .is_none_or(|min| request.duration_ns >= min)
+            && self
+                .max_duration_ns
+                .is_none_or(|max| request.duration_ns <= max)
+            && self
+                .status
+                .as_ref()
+                .is_none_or(|s| s.matches(request.http_status, request.status_code))
+            && self.url.as_ref().is_none_or(|u| {
+                request.url.is_some_and(|url| u.matches(url))
+                    || request.route.is_some_and(|route| u.matches(route))
+            })
+    }
+}
+
+impl fmt::Display for RequestCriteria {
+    /// `duration >= 1s and status 5xx and url /checkout*`, or `any request`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(min) = self.min_duration_ns {
+            parts.push(format!("duration >= {}", crate::format_duration_ns(min)));
+        }
+        if let Some(max) = self.max_duration_ns {
+            parts.push(format!("duration <= {}", crate::format_duration_ns(max)));
+        }
+        if let Some(status) = &self.status {
+            parts.push(format!("status {status}"));
+        }
+        if let Some(url) = &self.url {
+            parts.push(format!("url {url}"));
+        }
+        if parts.is_empty() {
+            f.write_str("any request")
+        } else {
+            f.write_str(&parts.join(" and "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(duration_ms: i64, http: Option<i32>, url: Option<&str>) -> RequestFacts<'_> {
+        RequestFacts {
+            duration_ns: duration_ms * 1_000_000,
+            http_status: http,
+            status_code: 0,
+            url,
+            route: None,
+        }
+    }
+
+    #[test]
+    fn globs() {
+        let cases = [
+            ("/checkout", "/checkout", true),
+            ("/checkout", "/checkout/x", false),
+            ("/checkout*", "/checkout/x", true),
+            ("/checkout*", "/check", false),
+            ("/api/*/pay", "/api/v1/pay", true),
+            ("/api/*/pay", "/api/v1/v2/pay", true),
+            ("/api/*/pay", "/api/v1/payx", false),
+            ("/a?c", "/abc", true),
+            ("/a?c", "/ac", false),
+            ("*", "", true),
+            ("*pay*", "/x/pay/y", true),
+            ("/checkout", "/checkout?card=1", true),
+            ("**a**b", "xxaxxbxx", false),
+            ("**a**b*", "xxaxxbxx", true),
+        ];
+        for (pattern, url, want) in cases {
+            let p = UrlPattern::parse(pattern).unwrap();
+            assert_eq!(p.matches(url), want, "{pattern} vs {url}");
+        }
+    }
+
+    #[test]
+    fn pathological_globs_stay_linear_enough() {
+        let p = UrlPattern::parse(&"*a".repeat(100)).unwrap();
+        let text = "a".repeat(99) + "b";
+        assert!(!p.matches(&text));
+    }
+
+    #[test]
+    fn every_criterion_must_hold() {
+        let c =
+            RequestCriteria::new(Some(1000), Some(5000), Some("5xx"), Some("/checkout*")).unwrap();
+        assert!(c.matches(&facts(1000, Some(503), Some("/checkout"))));
+        assert!(c.matches(&facts(5000, Some(500), Some("/checkout/card"))));
+        assert!(!c.matches(&facts(999, Some(503), Some("/checkout"))));
+        assert!(!c.matches(&facts(5001, Some(503), Some("/checkout"))));
+        assert!(!c.matches(&facts(2000, Some(200), Some("/checkout"))));
+        assert!(!c.matches(&facts(2000, None, Some("/checkout"))));
+        assert!(!c.matches(&facts(2000, Some(500), Some("/health"))));
+        assert!(!c.matches(&facts(2000, Some(500), None)));
+        let by_route = RequestFacts {
+            route: Some("/checkout/{id}"),
+            ..facts(2000, Some(500), None)
+        };
+        assert!(c.matches(&by_route));
+        assert_eq!(
+            c.to_string(),
+            "duration >= 1.00s and duration <= 5.00s and status 5xx and url /checkout*"
+        );
+    }
+
+    #[test]
+    fn no_criteria_match_everything() {
+        let c = RequestCriteria::new(None, None, Some(""), Some("")).unwrap();
+        assert!(c.matches(&facts(0, None, None)));
+        assert_eq!(c.to_string(), "any request");
+    }
+
+    #[test]
+    fn bad_criteria_say_what_is_wrong() {
+        let e = RequestCriteria::new(Some(2000), Some(1000), None, None).unwrap_err();
+        assert!(e.to_string().contains("above the maximum"), "{e}");
+        let e = RequestCriteria::new(None, None, Some("6xx"), None).unwrap_err();
+        assert!(e.to_string().contains("6xx"), "{e}");
+        for bad in ["/a b", "/a\nb", &"x".repeat(2000)] {
+            let e = RequestCriteria::new(None, None, None, Some(bad)).unwrap_err();
+            assert!(e.to_string().contains("invalid URL pattern"), "{e}");
+        }
+    }
+}

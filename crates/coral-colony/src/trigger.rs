@@ -1,0 +1,335 @@
+//! Trace-profile triggers (RFD 080 phase 1): creating, reading, cancelling them, the
+//! set agents run, and the sweeper that expires them and applies retention.
+//!
+//! The store decides everything that must hold across colony replicas: which requests
+//! a trigger collects (a conditional update per request, never more than
+//! `max_requests`), and when it ends. The colony only validates, converts and sweeps.
+
+use crate::query::duration_ns;
+use crate::{now_unix_nano, store_status};
+use coral_analysis::RequestCriteria;
+use coral_client::v1;
+use coral_store::{CollectedRequest, Store, StoreError, TraceProfileTrigger, TriggerStatus};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Status;
+
+pub const DEFAULT_TRIGGER_FREQUENCY_HZ: u32 = 99;
+pub const DEFAULT_MAX_REQUESTS: u32 = 10;
+/// More requests than this per trigger is a load test, not a diagnosis.
+pub const MAX_REQUESTS_LIMIT: u32 = 1000;
+/// The baseline reservoir is this many times the trigger's count by default.
+pub const DEFAULT_BASELINE_FACTOR: u32 = 5;
+pub const MAX_BASELINE_REQUESTS: u32 = 1000;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Triggers listed when the request does not say how many.
+const DEFAULT_LIST_LIMIT: u32 = 100;
+
+/// How often the sweeper expires triggers; agents also stop at expiry on their own.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+/// How often the sweeper deletes profiles past retention.
+const RETENTION_SWEEP: Duration = Duration::from_secs(600);
+
+/// Validates a `StartTraceProfileTrigger` request into a new active trigger.
+pub(crate) fn new_trigger(
+    req: &v1::StartTraceProfileTriggerRequest,
+    now: i64,
+) -> Result<TraceProfileTrigger, Status> {
+    let invalid = |m: String| Err(Status::invalid_argument(m));
+    if req.service_id.trim().is_empty() {
+        return invalid(
+            "service_id must name the service to profile (see `coral query services`)".into(),
+        );
+    }
+    let ms = |value: i32, what: &str| -> Result<Option<u32>, Status> {
+        match value {
+            0 => Ok(None),
+            v if v < 0 => Err(Status::invalid_argument(format!(
+                "{what} must not be negative (got {v} ms); 0 means no bound"
+            ))),
+            v => Ok(Some(v as u32)),
+        }
+    };
+    let min_duration_ms = ms(req.min_duration_ms, "min_duration_ms")?;
+    let max_duration_ms = ms(req.max_duration_ms, "max_duration_ms")?;
+    let status_code_pattern = Some(req.status_code_pattern.trim()).filter(|s| !s.is_empty());
+    let url_pattern = Some(req.url_pattern.trim()).filter(|s| !s.is_empty());
+    RequestCriteria::new(
+        min_duration_ms.map(u64::from),
+        max_duration_ms.map(u64::from),
+        status_code_pattern,
+        url_pattern,
+    )
+    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+
+    let frequency_hz = match req.frequency_hz {
+        None => DEFAULT_TRIGGER_FREQUENCY_HZ,
+        Some(f) if (1..=crate::MAX_FREQUENCY_HZ as i32).contains(&f) => f as u32,
+        Some(f) => {
+            return invalid(format!(
+                "frequency {f} Hz is out of range: 1..={} Hz (99 is the usual)",
+                crate::MAX_FREQUENCY_HZ
+            ));
+        }
+    };
+    let max_requests = match req.max_requests {
+        None => DEFAULT_MAX_REQUESTS,
+        Some(n) if (1..=MAX_REQUESTS_LIMIT as i32).contains(&n) => n as u32,
+        Some(n) => {
+            return invalid(format!(
+                "count {n} is out of range: collect 1..={MAX_REQUESTS_LIMIT} requests (10 is the usual)"
+            ));
+        }
+    };
+    let baseline_requests = match req.baseline_requests {
+        None => (max_requests * DEFAULT_BASELINE_FACTOR).min(MAX_BASELINE_REQUESTS),
+        Some(n) if (0..=MAX_BASELINE_REQUESTS as i32).contains(&n) => n as u32,
+        Some(n) => {
+            return invalid(format!(
+                "baseline {n} is out of range: 0..={MAX_BASELINE_REQUESTS} requests"
+            ));
+        }
+    };
+    let timeout = match &req.timeout {
+        None => DEFAULT_TIMEOUT,
+        Some(d) => Duration::from_nanos(duration_ns(d, "timeout")? as u64),
+    };
+    if timeout.is_zero() || timeout > MAX_TIMEOUT {
+        return invalid(format!(
+            "timeout must be more than 0 and at most {}h (5m is the usual)",
+            MAX_TIMEOUT.as_secs() / 3600
+        ));
+    }
+    Ok(TraceProfileTrigger {
+        trigger_id: uuid::Uuid::new_v4(),
+        service: req.service_id.trim().to_string(),
+        created_unix_nano: now,
+        expires_unix_nano: now.saturating_add(timeout.as_nanos() as i64),
+        ended_unix_nano: None,
+        status: TriggerStatus::Active,
+        min_duration_ms,
+        max_duration_ms,
+        status_code_pattern: status_code_pattern.map(str::to_string),
+        url_pattern: url_pattern.map(str::to_string),
+        frequency_hz,
+        max_requests,
+        collected_requests: 0,
+        trace_ids: Vec::new(),
+        baseline_requests,
+        baseline_collected: 0,
+    })
+}
+
+pub(crate) fn parse_trigger_id(id: &str) -> Result<uuid::Uuid, Status> {
+    id.trim().parse().map_err(|_| {
+        Status::invalid_argument(format!(
+            "invalid trigger id {id:?}: expected a UUID as `coral profile triggers` lists them"
+        ))
+    })
+}
+
+/// Maps a store failure, saying how to find a trigger that does not exist.
+pub(crate) fn trigger_status(err: StoreError) -> Status {
+    match err {
+        StoreError::NotFound(what) => Status::not_found(format!(
+            "{what} not found: `coral profile triggers --all` lists the triggers"
+        )),
+        e => store_status(e),
+    }
+}
+
+pub(crate) fn trigger_to_wire(
+    t: &TraceProfileTrigger,
+    collected: &[CollectedRequest],
+) -> v1::TraceProfileTrigger {
+    v1::TraceProfileTrigger {
+        trigger_id: t.trigger_id.to_string(),
+        service: t.service.clone(),
+        status: t.status.to_string(),
+        created_unix_nano: t.created_unix_nano,
+        expires_unix_nano: t.expires_unix_nano,
+        ended_unix_nano: t.ended_unix_nano.unwrap_or(0),
+        min_duration_ms: t.min_duration_ms.map_or(0, |v| v as i32),
+        max_duration_ms: t.max_duration_ms.map_or(0, |v| v as i32),
+        status_code_pattern: t.status_code_pattern.clone().unwrap_or_default(),
+        url_pattern: t.url_pattern.clone().unwrap_or_default(),
+        frequency_hz: t.frequency_hz,
+        max_requests: t.max_requests,
+        collected_requests: t.collected_requests,
+        baseline_requests: t.baseline_requests,
+        baseline_collected: t.baseline_collected,
+        collected: collected
+            .iter()
+            .map(|c| v1::CollectedRequest {
+                trace_id: c.trace_id.to_string(),
+                span_id: c.span_id.to_string(),
+                span_name: c.span_name.clone(),
+                start_time_unix_nano: c.start_unix_nano,
+                duration_ns: c.duration_ns,
+                http_status: c.http_status,
+                status_code: c.status_code.unwrap_or(0),
+                node: c.node.clone(),
+                samples: c.samples,
+                precision: c.precision.as_str().to_string(),
+            })
+            .collect(),
+    }
+}
+
+/// What an agent runs for an active trigger.
+pub(crate) fn trigger_command(t: &TraceProfileTrigger) -> v1::TriggerCommand {
+    let ns = |ms: Option<u32>| ms.map_or(0, |ms| i64::from(ms) * 1_000_000);
+    v1::TriggerCommand {
+        trigger_id: t.trigger_id.to_string(),
+        service: t.service.clone(),
+        min_duration_ns: ns(t.min_duration_ms),
+        max_duration_ns: ns(t.max_duration_ms),
+        status_code_pattern: t.status_code_pattern.clone().unwrap_or_default(),
+        url_pattern: t.url_pattern.clone().unwrap_or_default(),
+        frequency_hz: t.frequency_hz,
+        expires_unix_nano: t.expires_unix_nano,
+        baseline_requests: t.baseline_requests,
+    }
+}
+
+pub(crate) fn list_limit(limit: u32) -> u32 {
+    match limit {
+        0 => DEFAULT_LIST_LIMIT,
+        n => n.min(1000),
+    }
+}
+
+/// Expires triggers every second, even with no agent connected, and deletes request
+/// profiles older than `retention` every ten minutes. Runs until `stopping` turns true.
+/// Every replica may run one: both updates are idempotent.
+pub(crate) async fn sweep(
+    store: Arc<dyn Store>,
+    retention: Duration,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut expiry = tokio::time::interval(EXPIRY_SWEEP);
+    let mut purge = tokio::time::interval(RETENTION_SWEEP);
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = expiry.tick() => match store.expire_triggers(now_unix_nano()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(triggers = n, "triggers expired"),
+                Err(e) => tracing::warn!(error = %e, "cannot expire triggers"),
+            },
+            _ = purge.tick() => {
+                let cutoff = now_unix_nano().saturating_sub(retention.as_nanos() as i64);
+                match store.purge_profiles_before(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(profiles = n, "request profiles past retention deleted"),
+                    Err(e) => tracing::warn!(error = %e, "cannot apply profile retention"),
+                }
+            }
+            // The guard `wait_for` returns is not Send: drop it inside.
+            () = async { let _ = stopping.wait_for(|stop| *stop).await; } => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> v1::StartTraceProfileTriggerRequest {
+        v1::StartTraceProfileTriggerRequest {
+            service_id: "payment-svc".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_follow_rfd_080() {
+        let t = new_trigger(&request(), 1_000).unwrap();
+        assert_eq!(t.frequency_hz, 99);
+        assert_eq!(t.max_requests, 10);
+        assert_eq!(t.baseline_requests, 50);
+        assert_eq!(t.expires_unix_nano - t.created_unix_nano, 300_000_000_000);
+        assert_eq!(t.status, TriggerStatus::Active);
+        assert_eq!((t.min_duration_ms, t.max_duration_ms), (None, None));
+        let command = trigger_command(&t);
+        assert_eq!(command.service, "payment-svc");
+        assert_eq!(command.baseline_requests, 50);
+    }
+
+    #[test]
+    fn bad_requests_say_what_to_fix() {
+        let cases: Vec<(v1::StartTraceProfileTriggerRequest, &str)> = vec![
+            (
+                v1::StartTraceProfileTriggerRequest::default(),
+                "service_id must name",
+            ),
+            (
+                v1::StartTraceProfileTriggerRequest {
+                    min_duration_ms: 2000,
+                    max_duration_ms: 1000,
+                    ..request()
+                },
+                "above the maximum",
+            ),
+            (
+                v1::StartTraceProfileTriggerRequest {
+                    status_code_pattern: "6xx".into(),
+                    ..request()
+                },
+                "status-code pattern",
+            ),
+            (
+                v1::StartTraceProfileTriggerRequest {
+                    frequency_hz: Some(0),
+                    ..request()
+                },
+                "1..=1000 Hz",
+            ),
+            (
+                v1::StartTraceProfileTriggerRequest {
+                    frequency_hz: Some(1001),
+                    ..request()
+                },
+                "1..=1000 Hz",
+            ),
+            (
+                v1::StartTraceProfileTriggerRequest {
+                    max_requests: Some(0),
+                    ..request()
+                },
+                "count 0",
+            ),
+            (
+                v1::StartTraceProfileTriggerRequest {
+                    timeout: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 0,
+                    }),
+                    ..request()
+                },
+                "timeout must be more than 0",
+            ),
+            (
+                v1::StartTraceProfileTriggerRequest {
+                    min_duration_ms: -1,
+                    ..request()
+                },
+                "negative",
+            ),
+            (
+                v1::StartTraceProfileTriggerRequest {
+                    url_pattern: "/a b".into(),
+                    ..request()
+                },
+                "URL pattern",
+            ),
+        ];
+        for (req, want) in cases {
+            let err = new_trigger(&req, 0).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(err.message().contains(want), "{want}: {}", err.message());
+        }
+    }
+}
