@@ -25,7 +25,8 @@ Quick start:
   coral query trace <trace-id>
   coral profile cpu --service payment-svc --duration 10s
   coral profile trace-trigger --service payment-svc --min-duration 1s --count 10
-  coral query trace-profile <trace-id>";
+  coral query trace-profile <trace-id>
+  coral query profile-compare --service payment-svc --cohort-a \"duration > 1s\" --cohort-b \"duration < 100ms\"";
 
 #[derive(Subcommand)]
 enum Command {
@@ -35,7 +36,7 @@ enum Command {
     /// Run the node agent: receives OpenTelemetry spans and ships them to the colony.
     #[command(subcommand)]
     Agent(commands::agent::AgentCommand),
-    /// Ask the colony: services, requests, traces, request profiles.
+    /// Ask the colony: services, requests, traces, request profiles, cohort comparisons.
     Query(commands::query::QueryArgs),
     /// Profile CPU: now, or the next requests that match a trigger.
     #[command(subcommand)]

@@ -5,6 +5,7 @@
 //! (`coral_store`). It keeps no state of its own: every fact lives in the store, so
 //! several colony replicas can share one PostgreSQL.
 
+mod compare;
 mod convert;
 mod ingest;
 mod profile;

@@ -255,4 +255,13 @@ impl profile_service_server::ProfileService for ProfileService {
             .map_err(store_status)?;
         Ok(Response::new(trigger_to_wire(&trigger, &collected)))
     }
+
+    async fn compare_trace_profiles(
+        &self,
+        request: Request<v1::CompareTraceProfilesRequest>,
+    ) -> Result<Response<v1::CompareTraceProfilesResponse>, Status> {
+        crate::compare::compare_trace_profiles(self.store.as_ref(), request.into_inner())
+            .await
+            .map(Response::new)
+    }
 }

@@ -4,8 +4,9 @@
 //! [`PostgresStore::connect`] opens a connection pool and applies this crate's
 //! migrations (`migrations/`, embedded at compile time and run under sqlx's advisory
 //! lock, so several colonies may start at once). Every query is a runtime
-//! `sqlx::query` with bound parameters; the one dynamic query, the request listing,
-//! is built with [`sqlx::QueryBuilder`] and binds every value.
+//! `sqlx::query` with bound parameters; the dynamic ones bind every value too: the
+//! request listing is built with [`sqlx::QueryBuilder`], and a cohort's query takes
+//! the `WHERE` fragment `coral_store::filter_sql` compiles (numbered parameters only).
 //!
 //! Spans go in with one statement per batch: each column is bound as an array and
 //! `INSERT … SELECT unnest($1), …, unnest($18) ON CONFLICT DO NOTHING` turns them
@@ -20,9 +21,10 @@
 //! inserted with `ON CONFLICT DO NOTHING` (frames and stacks are shared by every
 //! profile that has them; see `coral_store::profile_rows`). A stack's frame hashes are a
 //! `BIGINT[]`, bound as one array literal per stack (`unnest($2::text[])::int8[]`),
-//! since PostgreSQL arrays of arrays must be rectangular. A trace's profiles are read
-//! with three index look-ups: its profile rows, its samples joined to their stacks
-//! (a range scan on the samples' primary key prefix), and the frames they use.
+//! since PostgreSQL arrays of arrays must be rectangular. Profiles (a trace's or a
+//! cohort's) are read with three queries: their rows, the samples of all of them
+//! (their keys bound as two arrays, a primary-key look-up each) joined to their
+//! stacks, and the frames those use.
 //!
 //! A trigger or baseline profile must also claim a slot of its trigger, after the
 //! profile rows went in (only new ones claim, so a retry never counts twice): one
@@ -45,6 +47,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coral_analysis::StatusPattern;
+use coral_analysis::filter::Filter;
 use coral_analysis::profile::{Frame, Profile};
 use coral_analysis::status::{OTEL_STATUS_ERROR, StatusTerm};
 use coral_store::{
@@ -55,15 +58,17 @@ use coral_store::{
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgBindIterExt, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row};
 
 pub use sqlx::postgres::PgConnectOptions;
 
 use crate::error::{map_err, map_migrate_err};
 use coral_store::batch::{distinct_spans, now_unix_nano, services_seen};
+use coral_store::filter_sql::{self, Dialect, SqlValue};
 use coral_store::profile_rows::{
-    ProfileRows, StackRead, build_profile, distinct_sorted as distinct_sorted_profiles, kind_str,
-    parse_kind, parse_source, to_i64, to_u32, to_u64,
+    ProfileRows, StackRead, StacksByProfile, attach_profiles,
+    distinct_sorted as distinct_sorted_profiles, frame_hashes_of, kind_str, parse_kind,
+    parse_source, to_i64, to_u32, to_u64,
 };
 use coral_store::trigger_rows::{TriggerRow, claim_order, to_i32, trace_id_texts, unknown_service};
 
@@ -167,11 +172,24 @@ const SELECT_TRACE_PROFILES: &str = concat!(
     " FROM trace_profiles WHERE trace_id = $1 ORDER BY start_unix_nano, span_id"
 );
 
-const SELECT_TRACE_SAMPLES: &str = "\
-    SELECT s.span_id, s.stack_hash, s.samples, s.cpu_ns, st.frame_hashes \
-    FROM trace_profile_samples s \
-    LEFT JOIN profile_stacks st ON st.stack_hash = s.stack_hash \
-    WHERE s.trace_id = $1";
+/// The samples of some profiles, by their (trace id, span id) as two arrays: a
+/// primary-key look-up per profile.
+const SELECT_SAMPLES: &str = "\
+    SELECT s.trace_id, s.span_id, s.stack_hash, s.samples, s.cpu_ns, st.frame_hashes \
+    FROM unnest($1::bytea[], $2::bytea[]) AS k (trace_id, span_id) \
+    JOIN trace_profile_samples s ON s.trace_id = k.trace_id AND s.span_id = k.span_id \
+    LEFT JOIN profile_stacks st ON st.stack_hash = s.stack_hash";
+
+/// A service's request profiles since a time, newest first, with their spans (if
+/// stored) as `s` for the cohort filter's fragment, which follows `AND` and whose
+/// parameters start at `$4`. `tp.*` because both tables have columns of the same
+/// names; rows are read by column name.
+const SELECT_COHORT: &str = "\
+    SELECT tp.* FROM trace_profiles tp \
+    LEFT JOIN spans s ON s.trace_id = tp.trace_id AND s.span_id = tp.span_id \
+    WHERE tp.service = $1 AND tp.start_unix_nano >= $2 AND ";
+const COHORT_ORDER: &str =
+    " ORDER BY tp.start_unix_nano DESC, tp.trace_id DESC, tp.span_id DESC LIMIT $3";
 
 /// A join rather than `frame_hash = ANY($1)`, which PostgreSQL may run as a scan of
 /// the frames testing each against the whole array.
@@ -642,64 +660,45 @@ impl Store for PostgresStore {
             .iter()
             .map(trace_profile_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-
-        let sample_rows = sqlx::query(SELECT_TRACE_SAMPLES)
-            .bind(trace_id.as_bytes())
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(map_err)?;
-        let mut stacks: HashMap<SpanId, Vec<StackRead>> = HashMap::new();
-        let mut frame_hashes: HashSet<i64> = HashSet::new();
-        for row in &sample_rows {
-            let span_id: &[u8] = row.try_get("span_id").map_err(map_err)?;
-            let span_id = SpanId::from_bytes(span_id).ok_or_else(|| {
-                StoreError::Corrupt("trace_profile_samples.span_id is not a valid id".into())
-            })?;
-            let stack_hash: i64 = row.try_get("stack_hash").map_err(map_err)?;
-            let hashes: Vec<i64> = row
-                .try_get::<Option<Vec<i64>>, _>("frame_hashes")
-                .map_err(map_err)?
-                .ok_or_else(|| StoreError::Corrupt(format!("stack {stack_hash} is not stored")))?;
-            frame_hashes.extend(&hashes);
-            stacks.entry(span_id).or_default().push(StackRead {
-                stack_hash,
-                samples: to_u64(
-                    row.try_get("samples").map_err(map_err)?,
-                    "trace_profile_samples.samples",
-                )?,
-                cpu_ns: to_u64(
-                    row.try_get("cpu_ns").map_err(map_err)?,
-                    "trace_profile_samples.cpu_ns",
-                )?,
-                frame_hashes: hashes,
-            });
-        }
-
-        let frame_hashes: Vec<i64> = frame_hashes.into_iter().collect();
-        let frame_rows = sqlx::query(SELECT_FRAMES)
-            .bind(&frame_hashes)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(map_err)?;
-        let mut frames: HashMap<i64, Frame> = HashMap::with_capacity(frame_rows.len());
-        for row in &frame_rows {
-            let kind: &str = row.try_get("kind").map_err(map_err)?;
-            frames.insert(
-                row.try_get("frame_hash").map_err(map_err)?,
-                Frame {
-                    function: row.try_get("function").map_err(map_err)?,
-                    module: row.try_get("module").map_err(map_err)?,
-                    kind: parse_kind(kind)?,
-                },
-            );
-        }
-        for record in &mut records {
-            // Samples of a profile stored after the first query are not in `records`,
-            // and ignored.
-            let stacks = stacks.remove(&record.span_id).unwrap_or_default();
-            record.profile = build_profile(stacks, &frames)?;
-        }
+        load_profiles(&mut conn, &mut records).await?;
         Ok(records)
+    }
+
+    async fn cohort_profiles(
+        &self,
+        service: &str,
+        since_unix_nano: i64,
+        filter: &Filter,
+        limit: u32,
+    ) -> Result<(Vec<TraceProfileRecord>, bool), StoreError> {
+        let (fragment, values) = filter_sql::compile(filter, Dialect::Postgres, 4);
+        let sql = format!("{SELECT_COHORT}{fragment}{COHORT_ORDER}");
+        // The fragment is the compiler's own text (every value is bound), and one
+        // statement per filter is not worth preparing for reuse.
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .persistent(false)
+            .bind(service)
+            .bind(since_unix_nano)
+            .bind(i64::from(limit) + 1);
+        for value in values {
+            query = match value {
+                SqlValue::I64(v) => query.bind(v),
+                SqlValue::F64(v) => query.bind(v),
+                SqlValue::Text(v) => query.bind(v),
+                SqlValue::Bytes(v) => query.bind(v),
+                SqlValue::Bool(v) => query.bind(v),
+            };
+        }
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        let rows = query.fetch_all(&mut *conn).await.map_err(map_err)?;
+        let truncated = rows.len() > limit as usize;
+        let mut records = rows
+            .iter()
+            .take(limit as usize)
+            .map(trace_profile_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        load_profiles(&mut conn, &mut records).await?;
+        Ok((records, truncated))
     }
 
     async fn create_profile_session(&self, session: &ProfileSession) -> Result<(), StoreError> {
@@ -1092,6 +1091,74 @@ fn collected_request_from_row(row: &PgRow) -> Result<CollectedRequest, StoreErro
             StoreError::Corrupt(format!("trace_profiles.precision is {precision:?}"))
         })?,
     })
+}
+
+/// Fills in the profiles of `records` (rows of `trace_profiles`) from their samples,
+/// stacks and frames: two queries however many profiles. Samples of a profile stored
+/// after its row was read are ignored.
+async fn load_profiles(
+    conn: &mut PgConnection,
+    records: &mut [TraceProfileRecord],
+) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let trace_ids: Vec<&[u8]> = records.iter().map(|r| r.trace_id.as_bytes()).collect();
+    let span_ids: Vec<&[u8]> = records.iter().map(|r| r.span_id.as_bytes()).collect();
+    let sample_rows = sqlx::query(SELECT_SAMPLES)
+        .bind(&trace_ids)
+        .bind(&span_ids)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    let mut stacks = StacksByProfile::new();
+    for row in &sample_rows {
+        let bad_id = |column: &str| {
+            StoreError::Corrupt(format!("trace_profile_samples.{column} is not a valid id"))
+        };
+        let trace_id: &[u8] = row.try_get("trace_id").map_err(map_err)?;
+        let span_id: &[u8] = row.try_get("span_id").map_err(map_err)?;
+        let key = (
+            TraceId::from_bytes(trace_id).ok_or_else(|| bad_id("trace_id"))?,
+            SpanId::from_bytes(span_id).ok_or_else(|| bad_id("span_id"))?,
+        );
+        let stack_hash: i64 = row.try_get("stack_hash").map_err(map_err)?;
+        let hashes: Vec<i64> = row
+            .try_get::<Option<Vec<i64>>, _>("frame_hashes")
+            .map_err(map_err)?
+            .ok_or_else(|| StoreError::Corrupt(format!("stack {stack_hash} is not stored")))?;
+        stacks.entry(key).or_default().push(StackRead {
+            stack_hash,
+            samples: to_u64(
+                row.try_get("samples").map_err(map_err)?,
+                "trace_profile_samples.samples",
+            )?,
+            cpu_ns: to_u64(
+                row.try_get("cpu_ns").map_err(map_err)?,
+                "trace_profile_samples.cpu_ns",
+            )?,
+            frame_hashes: hashes,
+        });
+    }
+
+    let frame_rows = sqlx::query(SELECT_FRAMES)
+        .bind(frame_hashes_of(&stacks))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    let mut frames: HashMap<i64, Frame> = HashMap::with_capacity(frame_rows.len());
+    for row in &frame_rows {
+        let kind: &str = row.try_get("kind").map_err(map_err)?;
+        frames.insert(
+            row.try_get("frame_hash").map_err(map_err)?,
+            Frame {
+                function: row.try_get("function").map_err(map_err)?,
+                module: row.try_get("module").map_err(map_err)?,
+                kind: parse_kind(kind)?,
+            },
+        );
+    }
+    attach_profiles(records, stacks, &frames)
 }
 
 /// A PostgreSQL array literal of integers: `{1,-2,3}`.

@@ -6,7 +6,9 @@
 //! `synchronous=NORMAL`, foreign keys on and a busy timeout, and applies this
 //! crate's migrations (`migrations/`, embedded at compile time). Every query is a
 //! runtime `sqlx::query` with bound parameters; the dynamic ones are built with
-//! [`sqlx::QueryBuilder`] and bind every value.
+//! [`sqlx::QueryBuilder`] and bind every value, or take the `WHERE` fragment of a
+//! cohort filter that `coral_store::filter_sql` compiles (numbered parameters only).
+//! Every connection registers `REGEXP` (Rust's `regex`) for the filters' regexes.
 //!
 //! SQLite allows one writer at a time, so the store keeps two pools on the file: a
 //! single-connection writer pool, which queues this process's writes in order
@@ -26,7 +28,8 @@
 //! NOTHING` statements (frames and stacks are shared by every profile that has them;
 //! see `coral_store::profile_rows`). A stack's frame hashes are a BLOB of little-endian `i64`s.
 //! The samples table is `WITHOUT ROWID`, clustered on its primary key (trace id,
-//! span id, stack hash), so a trace's samples are one contiguous range.
+//! span id, stack hash), so a profile's samples are one contiguous range; profiles
+//! are read with their keys as one JSON array, a primary-key search each.
 //!
 //! A trigger or baseline profile must also claim a slot of its trigger, after the
 //! profile rows went in (only new ones claim, so a retry never counts twice): one
@@ -43,6 +46,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coral_analysis::StatusPattern;
+use coral_analysis::filter::Filter;
 use coral_analysis::profile::{Frame, Profile};
 use coral_analysis::status::{OTEL_STATUS_ERROR, StatusTerm};
 use coral_store::{
@@ -56,13 +60,15 @@ use sqlx::sqlite::{
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::types::Json;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
 
 use crate::error::{map_err, map_migrate_err};
 use coral_store::batch::{distinct_spans, now_unix_nano, services_seen};
+use coral_store::filter_sql::{self, Dialect, SqlValue};
 use coral_store::profile_rows::{
-    ProfileRows, StackRead, build_profile, distinct_sorted as distinct_sorted_profiles,
-    hashes_from_bytes, hashes_to_bytes, kind_str, parse_kind, parse_source, to_i64, to_u32, to_u64,
+    ProfileRows, StackRead, StacksByProfile, attach_profiles,
+    distinct_sorted as distinct_sorted_profiles, frame_hashes_of, hashes_from_bytes,
+    hashes_to_bytes, kind_str, parse_kind, parse_source, to_i64, to_u32, to_u64,
 };
 use coral_store::trigger_rows::{TriggerRow, claim_order, to_i32, trace_id_texts, unknown_service};
 
@@ -131,11 +137,25 @@ const SELECT_TRACE_PROFILES: &str = concat!(
     " FROM trace_profiles WHERE trace_id = ? ORDER BY start_unix_nano, span_id"
 );
 
-const SELECT_TRACE_SAMPLES: &str = "\
-    SELECT s.span_id, s.stack_hash, s.samples, s.cpu_ns, st.frame_hashes \
-    FROM trace_profile_samples s \
+/// The samples of some profiles, whose (trace id, span id) come as one JSON array
+/// of `[trace hex, span hex]` pairs: a primary-key look-up per profile.
+const SELECT_SAMPLES: &str = "\
+    SELECT s.trace_id, s.span_id, s.stack_hash, s.samples, s.cpu_ns, st.frame_hashes \
+    FROM json_each(?1) AS k \
+    CROSS JOIN trace_profile_samples s \
     LEFT JOIN profile_stacks st ON st.stack_hash = s.stack_hash \
-    WHERE s.trace_id = ?";
+    WHERE s.trace_id = unhex(k.value ->> 0) AND s.span_id = unhex(k.value ->> 1)";
+
+/// A service's request profiles since a time, newest first, with their spans (if
+/// stored) as `s` for the cohort filter's fragment, which follows `AND` and whose
+/// parameters start at `?4`. `tp.*` because both tables have columns of the same
+/// names; rows are read by column name.
+const SELECT_COHORT: &str = "\
+    SELECT tp.* FROM trace_profiles tp \
+    LEFT JOIN spans s ON s.trace_id = tp.trace_id AND s.span_id = tp.span_id \
+    WHERE tp.service = ?1 AND tp.start_unix_nano >= ?2 AND ";
+const COHORT_ORDER: &str =
+    " ORDER BY tp.start_unix_nano DESC, tp.trace_id DESC, tp.span_id DESC LIMIT ?3";
 
 /// The frame hashes come as one JSON array.
 const SELECT_FRAMES: &str = "SELECT frame_hash, function, module, kind \
@@ -225,7 +245,8 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .with_regexp();
         // The writer first: it creates the file and switches it to WAL.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -616,74 +637,45 @@ impl Store for SqliteStore {
             .iter()
             .map(trace_profile_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-
-        let sample_rows = sqlx::query(SELECT_TRACE_SAMPLES)
-            .bind(trace_id.as_bytes())
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(map_err)?;
-        let mut stacks: HashMap<SpanId, Vec<StackRead>> = HashMap::new();
-        let mut frame_hashes: HashSet<i64> = HashSet::new();
-        for row in &sample_rows {
-            let span_id: &[u8] = row.try_get("span_id").map_err(map_err)?;
-            let span_id = SpanId::from_bytes(span_id).ok_or_else(|| {
-                StoreError::Corrupt("trace_profile_samples.span_id is not a valid id".into())
-            })?;
-            let stack_hash: i64 = row.try_get("stack_hash").map_err(map_err)?;
-            let bytes: Option<&[u8]> = row.try_get("frame_hashes").map_err(map_err)?;
-            let hashes = match bytes {
-                Some(bytes) => hashes_from_bytes(bytes).ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "profile_stacks.frame_hashes of stack {stack_hash} is {} bytes",
-                        bytes.len()
-                    ))
-                })?,
-                None => {
-                    return Err(StoreError::Corrupt(format!(
-                        "stack {stack_hash} is not stored"
-                    )));
-                }
-            };
-            frame_hashes.extend(&hashes);
-            stacks.entry(span_id).or_default().push(StackRead {
-                stack_hash,
-                samples: to_u64(
-                    row.try_get("samples").map_err(map_err)?,
-                    "trace_profile_samples.samples",
-                )?,
-                cpu_ns: to_u64(
-                    row.try_get("cpu_ns").map_err(map_err)?,
-                    "trace_profile_samples.cpu_ns",
-                )?,
-                frame_hashes: hashes,
-            });
-        }
-
-        let frame_hashes: Vec<i64> = frame_hashes.into_iter().collect();
-        let frame_rows = sqlx::query(SELECT_FRAMES)
-            .bind(Json(&frame_hashes))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(map_err)?;
-        let mut frames: HashMap<i64, Frame> = HashMap::with_capacity(frame_rows.len());
-        for row in &frame_rows {
-            let kind: &str = row.try_get("kind").map_err(map_err)?;
-            frames.insert(
-                row.try_get("frame_hash").map_err(map_err)?,
-                Frame {
-                    function: row.try_get("function").map_err(map_err)?,
-                    module: row.try_get("module").map_err(map_err)?,
-                    kind: parse_kind(kind)?,
-                },
-            );
-        }
-        for record in &mut records {
-            // Samples of a profile stored after the first query are not in `records`,
-            // and ignored.
-            let stacks = stacks.remove(&record.span_id).unwrap_or_default();
-            record.profile = build_profile(stacks, &frames)?;
-        }
+        load_profiles(&mut conn, &mut records).await?;
         Ok(records)
+    }
+
+    async fn cohort_profiles(
+        &self,
+        service: &str,
+        since_unix_nano: i64,
+        filter: &Filter,
+        limit: u32,
+    ) -> Result<(Vec<TraceProfileRecord>, bool), StoreError> {
+        let (fragment, values) = filter_sql::compile(filter, Dialect::Sqlite, 4);
+        let sql = format!("{SELECT_COHORT}{fragment}{COHORT_ORDER}");
+        // The fragment is the compiler's own text (every value is bound), and one
+        // statement per filter is not worth caching.
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .persistent(false)
+            .bind(service)
+            .bind(since_unix_nano)
+            .bind(i64::from(limit) + 1);
+        for value in values {
+            query = match value {
+                SqlValue::I64(v) => query.bind(v),
+                SqlValue::F64(v) => query.bind(v),
+                SqlValue::Text(v) => query.bind(v),
+                SqlValue::Bytes(v) => query.bind(v),
+                SqlValue::Bool(v) => query.bind(v),
+            };
+        }
+        let mut conn = self.reader.acquire().await.map_err(map_err)?;
+        let rows = query.fetch_all(&mut *conn).await.map_err(map_err)?;
+        let truncated = rows.len() > limit as usize;
+        let mut records = rows
+            .iter()
+            .take(limit as usize)
+            .map(trace_profile_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        load_profiles(&mut conn, &mut records).await?;
+        Ok((records, truncated))
     }
 
     async fn create_profile_session(&self, session: &ProfileSession) -> Result<(), StoreError> {
@@ -984,6 +976,72 @@ fn push_status_filter(qb: &mut QueryBuilder<Sqlite>, status: &StatusPattern) {
         }
     }
     qb.push(")");
+}
+
+/// Fills in the profiles of `records` (rows of `trace_profiles`) from their samples,
+/// stacks and frames: two queries however many profiles. Samples of a profile stored
+/// after its row was read are ignored.
+async fn load_profiles(
+    conn: &mut SqliteConnection,
+    records: &mut [TraceProfileRecord],
+) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<[String; 2]> = records
+        .iter()
+        .map(|r| [r.trace_id.to_string(), r.span_id.to_string()])
+        .collect();
+    let sample_rows = sqlx::query(SELECT_SAMPLES)
+        .bind(Json(&keys))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    let mut stacks = StacksByProfile::new();
+    for row in &sample_rows {
+        let key = row_ids(row, "trace_profile_samples")?;
+        let stack_hash: i64 = row.try_get("stack_hash").map_err(map_err)?;
+        let bytes: Option<&[u8]> = row.try_get("frame_hashes").map_err(map_err)?;
+        let bytes = bytes
+            .ok_or_else(|| StoreError::Corrupt(format!("stack {stack_hash} is not stored")))?;
+        let hashes = hashes_from_bytes(bytes).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "profile_stacks.frame_hashes of stack {stack_hash} is {} bytes",
+                bytes.len()
+            ))
+        })?;
+        stacks.entry(key).or_default().push(StackRead {
+            stack_hash,
+            samples: to_u64(
+                row.try_get("samples").map_err(map_err)?,
+                "trace_profile_samples.samples",
+            )?,
+            cpu_ns: to_u64(
+                row.try_get("cpu_ns").map_err(map_err)?,
+                "trace_profile_samples.cpu_ns",
+            )?,
+            frame_hashes: hashes,
+        });
+    }
+
+    let frame_rows = sqlx::query(SELECT_FRAMES)
+        .bind(Json(frame_hashes_of(&stacks)))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    let mut frames: HashMap<i64, Frame> = HashMap::with_capacity(frame_rows.len());
+    for row in &frame_rows {
+        let kind: &str = row.try_get("kind").map_err(map_err)?;
+        frames.insert(
+            row.try_get("frame_hash").map_err(map_err)?,
+            Frame {
+                function: row.try_get("function").map_err(map_err)?,
+                module: row.try_get("module").map_err(map_err)?,
+                kind: parse_kind(kind)?,
+            },
+        );
+    }
+    attach_profiles(records, stacks, &frames)
 }
 
 /// Whether a new profile is kept: a trigger or baseline profile only if it claims a

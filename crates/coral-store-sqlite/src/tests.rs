@@ -159,25 +159,49 @@ async fn profile_stacks_and_frames_are_stored_once() {
     assert_eq!(count(&tmp.store, "trace_profiles").await, 2);
 }
 
+async fn query_plan(store: &SqliteStore, query: &str, binds: &[&[u8]]) -> String {
+    let mut explain = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {query}")));
+    for bind in binds {
+        explain = explain.bind(*bind);
+    }
+    let plan: Vec<String> = explain
+        .fetch_all(&store.reader)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<String, _>("detail"))
+        .collect();
+    plan.join("\n")
+}
+
 #[tokio::test]
 async fn trace_profile_reads_use_the_primary_keys() {
     let tmp = fresh_store().await;
-    for query in [SELECT_TRACE_PROFILES, SELECT_TRACE_SAMPLES] {
-        let plan: Vec<String> =
-            sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {query}")))
-                .bind(TraceId([1; 16]).as_bytes())
-                .fetch_all(&tmp.store.reader)
-                .await
-                .unwrap()
-                .iter()
-                .map(|row| row.get::<String, _>("detail"))
-                .collect();
-        let plan = plan.join("\n");
-        assert!(
-            plan.contains("SEARCH") && !plan.contains("SCAN"),
-            "{query}:\n{plan}"
-        );
-    }
+    let plan = query_plan(&tmp.store, SELECT_TRACE_PROFILES, &[&[1; 16]]).await;
+    assert!(plan.contains("SEARCH") && !plan.contains("SCAN"), "{plan}");
+    // The keys' JSON array is scanned; each key is a primary-key search.
+    let plan = query_plan(&tmp.store, SELECT_SAMPLES, &[b"[]"]).await;
+    assert!(
+        plan.contains("SEARCH s USING PRIMARY KEY (trace_id=? AND span_id=?)")
+            && plan.contains("SEARCH st USING INTEGER PRIMARY KEY")
+            && !plan.contains("SCAN s"),
+        "{plan}"
+    );
+}
+
+#[tokio::test]
+async fn cohort_reads_use_the_service_start_index_and_span_keys() {
+    let tmp = fresh_store().await;
+    // A fragment on the span: without one, SQLite drops the (unique) LEFT JOIN.
+    let query = format!("{SELECT_COHORT}COALESCE(s.route = ?4, FALSE){COHORT_ORDER}");
+    let plan = query_plan(&tmp.store, &query, &[]).await;
+    assert!(
+        plan.contains("SEARCH tp USING INDEX trace_profiles_by_service_start")
+            && plan.contains("SEARCH s USING INDEX sqlite_autoindex_spans_1")
+            && !plan.contains("SCAN")
+            && !plan.contains("TEMP B-TREE"),
+        "{plan}"
+    );
 }
 
 #[tokio::test]

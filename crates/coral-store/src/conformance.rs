@@ -46,7 +46,8 @@ macro_rules! conformance_suite {
             expiring_ends_the_triggers_due, trigger_collects_up_to_max_requests,
             a_trace_counts_once_per_trigger, concurrent_trigger_profiles_never_exceed_max,
             baseline_is_capped, trigger_requests_come_with_their_spans,
-            purge_deletes_old_profiles_and_ended_triggers);
+            purge_deletes_old_profiles_and_ended_triggers, cohorts_are_selected_by_filter,
+            cohorts_respect_service_since_and_limit, cohort_filter_values_are_never_sql);
     };
     (@each $attrs:tt $store:expr; $check:ident $(, $rest:ident)*) => {
         $crate::conformance_suite!(@one $attrs $store; $check);
@@ -1536,4 +1537,345 @@ pub async fn purge_deletes_old_profiles_and_ended_triggers(store: &dyn Store) {
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
     assert_eq!(store.purge_profiles_before(cutoff).await.unwrap(), 0);
+}
+
+/// The cohort fixture's request `n` (trace `n`, span 1) of payment-svc, started `n`
+/// seconds after [`T0`]: its span (if stored) and its profile.
+struct CohortRequest {
+    n: u8,
+    duration_ms: i64,
+    name: &'static str,
+    /// `None`: the profile's span is not stored.
+    span: Option<CohortSpan>,
+}
+
+struct CohortSpan {
+    http_status: Option<i32>,
+    status_code: i32,
+    url: Option<&'static str>,
+    route: Option<&'static str>,
+    attributes: serde_json::Value,
+}
+
+fn cohort_requests() -> Vec<CohortRequest> {
+    let span = |http_status, status_code, url, route, attributes| {
+        Some(CohortSpan {
+            http_status,
+            status_code,
+            url,
+            route,
+            attributes,
+        })
+    };
+    vec![
+        CohortRequest {
+            n: 1,
+            duration_ms: 2000,
+            name: "POST /checkout",
+            span: span(
+                Some(500),
+                2,
+                Some("/checkout?id=1"),
+                Some("/checkout"),
+                json!({"retry": 3, "region": "eu-west", "cached": false, "tier": "3",
+                    "http.request.method": "POST"}),
+            ),
+        },
+        CohortRequest {
+            n: 2,
+            duration_ms: 50,
+            name: "POST /checkout",
+            span: span(
+                Some(200),
+                0,
+                Some("/checkout"),
+                Some("/checkout"),
+                json!({"retry": 0, "region": "us-east", "cached": true}),
+            ),
+        },
+        CohortRequest {
+            n: 3,
+            duration_ms: 1500,
+            name: "POST /pay",
+            span: span(
+                Some(503),
+                0,
+                Some("/api/v2/pay"),
+                Some("/api/{v}/pay"),
+                json!({"retry": 1.5, "region": "eu-central"}),
+            ),
+        },
+        CohortRequest {
+            n: 4,
+            duration_ms: 80,
+            name: "GET /health",
+            span: span(Some(404), 0, Some("/health"), None, json!({})),
+        },
+        CohortRequest {
+            n: 5,
+            duration_ms: 300,
+            name: "consume 'orders'; --",
+            span: span(None, 2, None, None, json!({"region": "eu-west"})),
+        },
+        CohortRequest {
+            n: 6,
+            duration_ms: 3000,
+            name: "POST /checkout",
+            span: None,
+        },
+    ]
+}
+
+/// Stores the cohort fixture: [`cohort_requests`] (request 3 collected by a trigger,
+/// 4 by its baseline, the others by a session), plus a request of another service
+/// (trace 7) and one of payment-svc that started before [`T0`] (trace 8). Returns the
+/// profiles of the requests, by `n`.
+async fn store_cohort_fixture(store: &dyn Store) -> Vec<TraceProfileRecord> {
+    let mut spans = Vec::new();
+    let mut profiles = Vec::new();
+    let mut trigger = new_trigger(1, "payment-svc");
+    trigger.baseline_requests = 5;
+    for r in cohort_requests() {
+        let mut p = trace_profile(r.n, 1, checkout_profile(u64::from(r.n)));
+        p.start_unix_nano = T0 + i64::from(r.n) * SEC;
+        p.duration_ns = r.duration_ms * 1_000_000;
+        p.span_name = r.name.into();
+        p.source = match r.n {
+            3 => ProfileSource::Trigger(trigger.trigger_id),
+            4 => ProfileSource::Baseline(trigger.trigger_id),
+            _ => p.source,
+        };
+        if let Some(s) = r.span {
+            let mut span = full_span("payment-svc", r.n, 1);
+            span.start_unix_nano = p.start_unix_nano;
+            span.duration_ns = p.duration_ns;
+            span.name = r.name.into();
+            span.http_status = s.http_status;
+            span.status_code = s.status_code;
+            span.url = s.url.map(String::from);
+            span.route = s.route.map(String::from);
+            span.attributes = s.attributes.as_object().unwrap().clone();
+            spans.push(span);
+        }
+        profiles.push(p);
+    }
+    let mut other = trace_profile(7, 1, checkout_profile(1));
+    other.service = "other-svc".into();
+    other.start_unix_nano = T0 + 7 * SEC;
+    let mut old = trace_profile(8, 1, checkout_profile(1));
+    old.start_unix_nano = T0 - 10 * SEC;
+    let mut old_span = full_span("payment-svc", 8, 1);
+    old_span.start_unix_nano = old.start_unix_nano;
+    spans.push(old_span);
+
+    store.insert_spans(&spans).await.unwrap();
+    store.create_trigger(&trigger).await.unwrap();
+    let mut batch = profiles.clone();
+    batch.extend([other, old]);
+    assert_eq!(
+        store.insert_trace_profiles(&batch).await.unwrap(),
+        stored(8)
+    );
+    profiles
+}
+
+/// The trace numbers of payment-svc's cohort for `filter` since [`T0`], newest first.
+async fn cohort(store: &dyn Store, filter: &str) -> Vec<u8> {
+    let filter = coral_analysis::filter::parse(filter).unwrap();
+    let (profiles, truncated) = store
+        .cohort_profiles("payment-svc", T0, &filter, 100)
+        .await
+        .unwrap();
+    assert!(!truncated);
+    profiles.iter().map(|p| p.trace_id.0[0]).collect()
+}
+
+pub async fn cohorts_are_selected_by_filter(store: &dyn Store) {
+    let profiles = store_cohort_fixture(store).await;
+    let t = |n: u8| hex::encode(trace(n).0);
+    let cases: Vec<(String, &[u8])> = vec![
+        // Durations (the profile's own, so request 6 without a span is in).
+        ("duration > 1s".into(), &[6, 3, 1]),
+        ("duration < 100ms".into(), &[4, 2]),
+        ("duration >= 1500".into(), &[6, 3, 1]),
+        ("duration in (50ms, 3s)".into(), &[6, 2]),
+        // Statuses: codes, classes, OpenTelemetry ERROR.
+        ("status = 5xx".into(), &[3, 1]),
+        ("status = 503".into(), &[3]),
+        ("status >= 4xx".into(), &[4, 3, 1]),
+        ("status < 300".into(), &[2]),
+        ("status = error".into(), &[5, 1]),
+        ("status in (5xx, error)".into(), &[5, 3, 1]),
+        ("status in (200, 404)".into(), &[4, 2]),
+        // A missing value matches no comparison, != and not in included ...
+        ("status != 200".into(), &[4, 3, 1]),
+        ("status not in (500, 503)".into(), &[4, 2]),
+        ("status != error".into(), &[4, 3, 2]),
+        // ... but `not` negates the whole condition.
+        ("not status = 200".into(), &[6, 5, 4, 3, 1]),
+        ("not status in (500, 503)".into(), &[6, 5, 4, 2]),
+        // URLs are paths (without the query string); globs are anchored and
+        // case-sensitive, `%` and `_` literal; regexes unanchored.
+        ("url = \"/checkout\"".into(), &[2, 1]),
+        ("url ~ \"/check*\"".into(), &[2, 1]),
+        ("url ~ \"/heal?h\"".into(), &[4]),
+        ("url ~ \"/health%\"".into(), &[]),
+        ("url ~ \"/he_lth\"".into(), &[]),
+        ("url ~ \"/CHECKOUT\"".into(), &[]),
+        ("url ~ \"pay\"".into(), &[]),
+        ("url ~ /pay/".into(), &[3]),
+        (r"url ~ /^\/api\/v[0-9]+\/pay$/".into(), &[3]),
+        ("url != \"/checkout\"".into(), &[4, 3]),
+        ("not url = \"/checkout\"".into(), &[6, 5, 4, 3]),
+        ("url in (\"/health\", \"/api/v2/pay\")".into(), &[4, 3]),
+        ("route = \"/api/{v}/pay\"".into(), &[3]),
+        ("route ~ \"/check*\"".into(), &[2, 1]),
+        ("route not in (\"/checkout\")".into(), &[3]),
+        // Names are the profile's (request 6 included).
+        ("name = \"POST /checkout\"".into(), &[6, 2, 1]),
+        ("name ~ \"POST *\"".into(), &[6, 3, 2, 1]),
+        ("name ~ \"post*\"".into(), &[]),
+        ("name ~ /^GET/".into(), &[4]),
+        ("name ~ /[[:digit:]]/".into(), &[]),
+        ("name = \"consume 'orders'; --\"".into(), &[5]),
+        // Traces.
+        (format!("trace = {}", t(3)), &[3]),
+        (format!("trace in ({}, {})", t(1), t(6)), &[6, 1]),
+        (format!("trace != {}", t(1)), &[6, 5, 4, 3, 2]),
+        (format!("trace = {}", t(7)), &[]),
+        // Attributes: strings, numbers and booleans, each only of its JSON type.
+        ("attr.region = \"eu-west\"".into(), &[5, 1]),
+        ("attr.region ~ \"eu-*\"".into(), &[5, 3, 1]),
+        ("attr.region ~ /central$/".into(), &[3]),
+        ("attr.region not in (\"eu-west\")".into(), &[3, 2]),
+        ("attr.retry > 1".into(), &[3, 1]),
+        ("attr.retry = 3".into(), &[1]),
+        ("attr.retry >= 0".into(), &[3, 2, 1]),
+        ("attr.retry in (0, 3)".into(), &[2, 1]),
+        ("attr.retry = \"3\"".into(), &[]),
+        ("attr.tier = 3".into(), &[]),
+        ("attr.tier = \"3\"".into(), &[1]),
+        ("attr.tier > 2".into(), &[]),
+        ("attr.cached = true".into(), &[2]),
+        ("attr.cached != true".into(), &[1]),
+        ("not attr.cached = true".into(), &[6, 5, 4, 3, 1]),
+        ("attr.missing = 1 or attr.missing != 1".into(), &[]),
+        ("attr.http.request.method = POST".into(), &[1]),
+        // and / or / not, with precedence.
+        ("duration > 1s and status = 5xx".into(), &[3, 1]),
+        ("duration < 100ms or status = error".into(), &[5, 4, 2, 1]),
+        ("not (duration > 1s or status = error)".into(), &[4, 2]),
+        (
+            "status = error or duration > 1s and url ~ \"/api/*\"".into(),
+            &[5, 3, 1],
+        ),
+        (
+            "(status = error or duration > 1s) and url ~ \"/api/*\"".into(),
+            &[3],
+        ),
+    ];
+    for (filter, expected) in &cases {
+        assert_eq!(&cohort(store, filter).await, expected, "{filter}");
+    }
+
+    // Whole profiles come back, whatever collected them.
+    let parsed = coral_analysis::filter::parse("duration > 1s").unwrap();
+    let (got, truncated) = store
+        .cohort_profiles("payment-svc", T0, &parsed, 10)
+        .await
+        .unwrap();
+    assert!(!truncated);
+    let by_n = |n: u8| canonical(&profiles[usize::from(n) - 1]);
+    assert_eq!(got, [by_n(6), by_n(3), by_n(1)]);
+    assert!(matches!(got[1].source, ProfileSource::Trigger(_)));
+}
+
+pub async fn cohorts_respect_service_since_and_limit(store: &dyn Store) {
+    store_cohort_fixture(store).await;
+    let all = coral_analysis::filter::parse("duration >= 0").unwrap();
+    let traces = |profiles: &[TraceProfileRecord]| -> Vec<u8> {
+        profiles.iter().map(|p| p.trace_id.0[0]).collect()
+    };
+    let get = |service: &'static str, since: i64, limit: u32| {
+        let all = all.clone();
+        async move {
+            let (profiles, truncated) = store
+                .cohort_profiles(service, since, &all, limit)
+                .await
+                .unwrap();
+            (traces(&profiles), truncated)
+        }
+    };
+    assert_eq!(
+        get("payment-svc", T0, 10).await,
+        (vec![6, 5, 4, 3, 2, 1], false)
+    );
+    assert_eq!(
+        get("payment-svc", T0, 6).await,
+        (vec![6, 5, 4, 3, 2, 1], false)
+    );
+    assert_eq!(get("payment-svc", T0, 5).await, (vec![6, 5, 4, 3, 2], true));
+    assert_eq!(get("payment-svc", T0, 1).await, (vec![6], true));
+    assert_eq!(get("payment-svc", T0, 0).await, (vec![], true));
+    assert_eq!(
+        get("payment-svc", T0 + 3 * SEC, 10).await,
+        (vec![6, 5, 4, 3], false)
+    );
+    assert_eq!(
+        get("payment-svc", T0 - 60 * SEC, 10).await,
+        (vec![6, 5, 4, 3, 2, 1, 8], false)
+    );
+    assert_eq!(get("other-svc", T0, 10).await, (vec![7], false));
+    assert_eq!(get("unknown-svc", T0, 10).await, (vec![], false));
+}
+
+pub async fn cohort_filter_values_are_never_sql(store: &dyn Store) {
+    store_cohort_fixture(store).await;
+    let attacks = [
+        "'; DROP TABLE spans; --",
+        "x' OR '1'='1",
+        "'); DELETE FROM trace_profiles; --",
+        "\\'; DROP TABLE trace_profiles; --",
+        "/* */ OR 1=1",
+        "$1",
+        "?1",
+    ];
+    for attack in attacks {
+        let quoted = {
+            let escaped = attack.replace('\\', "\\\\").replace('"', "\\\"");
+            format!("\"{escaped}\"")
+        };
+        for filter in [
+            format!("name = {quoted}"),
+            format!("url = {quoted} or route = {quoted}"),
+            format!("name ~ {quoted}"),
+            format!("url ~ {quoted}"),
+            format!("name in (\"a\", {quoted})"),
+            format!("attr.region = {quoted}"),
+            format!("attr.region ~ {quoted}"),
+        ] {
+            assert_eq!(cohort(store, &filter).await, [] as [u8; 0], "{filter}");
+        }
+        // What the value means literally: every name differs from it.
+        assert_eq!(
+            cohort(store, &format!("name != {quoted}")).await,
+            [6, 5, 4, 3, 2, 1]
+        );
+    }
+    for filter in [
+        r"name ~ /'; DROP TABLE spans; --/",
+        r"name ~ /\$1|\?1/",
+        "attr.x-y--z = 1",
+    ] {
+        assert_eq!(cohort(store, filter).await, [] as [u8; 0], "{filter}");
+    }
+    // The name with a quote and a comment marker is matched as the text it is.
+    assert_eq!(cohort(store, r#"name ~ "*'; --""#).await, [5]);
+    assert_eq!(cohort(store, r"name ~ /'orders'; --$/").await, [5]);
+    // Every table still has its rows.
+    assert_eq!(cohort(store, "duration >= 0").await, [6, 5, 4, 3, 2, 1]);
+    assert_eq!(store.get_trace(&trace(1)).await.unwrap().len(), 1);
+    assert_eq!(store.trace_profiles(&trace(1)).await.unwrap().len(), 1);
+    assert_eq!(store.list_services().await.unwrap().len(), 1);
+    assert_eq!(store.list_triggers(None, true, 10).await.unwrap().len(), 1);
 }

@@ -5,6 +5,7 @@
 //! exposes the suite that every backend's tests run, so both behave the same.
 
 pub mod batch;
+pub mod filter_sql;
 mod hashing;
 mod ids;
 pub mod profile_rows;
@@ -110,6 +111,20 @@ pub trait Store: Send + Sync + 'static {
         &self,
         trace_id: &TraceId,
     ) -> Result<Vec<TraceProfileRecord>, StoreError>;
+
+    /// Request profiles of `service` whose request started at or after
+    /// `since_unix_nano` and matches `filter` (trigger, baseline and session profiles
+    /// alike), newest first, at most `limit`. Returns the profiles and whether more
+    /// matched than `limit`. A profile whose span is not stored matches only
+    /// conditions on what the profile itself records (duration, name, trace); see
+    /// [`filter_sql`] for how missing values are treated.
+    async fn cohort_profiles(
+        &self,
+        service: &str,
+        since_unix_nano: i64,
+        filter: &coral_analysis::filter::Filter,
+        limit: u32,
+    ) -> Result<(Vec<TraceProfileRecord>, bool), StoreError>;
 
     /// Records a new on-demand profiling session.
     async fn create_profile_session(&self, session: &ProfileSession) -> Result<(), StoreError>;

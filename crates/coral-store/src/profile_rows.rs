@@ -15,7 +15,7 @@
 //! Counts are `u64` in the model and BIGINT in the databases: larger values (only
 //! reachable by saturating arithmetic) are stored as `i64::MAX`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::{
     ProfileSource, SpanId, StoreError, TraceId, TraceProfileRecord, frame_hash, stack_hash,
@@ -197,6 +197,35 @@ pub fn build_profile(
         });
     }
     Ok(Profile::from_parts(dictionary, weighted))
+}
+
+/// Stored stacks by the (trace id, span id) of their profile.
+pub type StacksByProfile = HashMap<(TraceId, SpanId), Vec<StackRead>>;
+
+/// The distinct frame hashes of `stacks`: the frames to read.
+pub fn frame_hashes_of(stacks: &StacksByProfile) -> Vec<i64> {
+    let hashes: HashSet<i64> = stacks
+        .values()
+        .flatten()
+        .flat_map(|s| s.frame_hashes.iter().copied())
+        .collect();
+    hashes.into_iter().collect()
+}
+
+/// Sets the profile of each of `records` from its stored stacks (none: an empty
+/// profile), in the canonical order; `Corrupt` if a frame is missing from `frames`.
+pub fn attach_profiles(
+    records: &mut [TraceProfileRecord],
+    mut stacks: StacksByProfile,
+    frames: &HashMap<i64, Frame>,
+) -> Result<(), StoreError> {
+    for record in records {
+        let stacks = stacks
+            .remove(&(record.trace_id, record.span_id))
+            .unwrap_or_default();
+        record.profile = build_profile(stacks, frames)?;
+    }
+    Ok(())
 }
 
 /// Frame hashes as a little-endian byte string (SQLite's encoding of a stack).

@@ -35,6 +35,55 @@ enum QueryCommand {
     /// The CPU profile of one request: per profiled span, its samples, CPU time,
     /// precision and top functions, with a warning when the evidence is weak.
     TraceProfile(TraceProfileArgs),
+    /// Compare two cohorts of a service's profiled requests: the functions that are
+    /// significantly hotter in one (Mann–Whitney U per function, requests as the unit,
+    /// Benjamini–Hochberg across functions; see docs/statistics.md).
+    ProfileCompare(ProfileCompareArgs),
+}
+
+#[derive(Args)]
+struct ProfileCompareArgs {
+    /// The service (as in its service.name resource attribute).
+    #[arg(long)]
+    service: String,
+    /// Cohort A, e.g. "duration > 1s", "status = 5xx and url ~ \"/checkout*\"".
+    #[arg(long = "cohort-a")]
+    cohort_a: String,
+    /// Cohort B, e.g. "duration < 100ms".
+    #[arg(long = "cohort-b")]
+    cohort_b: String,
+    /// Requests that started this far back (e.g. 15m, 1h, 2d; at most 30d).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    since: std::time::Duration,
+    /// Functions shown.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    top: u32,
+    /// Only functions at least this significant.
+    #[arg(long, value_enum)]
+    min_significance: Option<MinSignificance>,
+    /// table: functions with delta, CPU ms per request, q-value and significance;
+    /// json; folded: differential folded stacks; svg: differential flame graph
+    /// (red: hotter in A, blue: hotter in B).
+    #[arg(long, value_enum, default_value_t = CompareFormat::Table)]
+    format: CompareFormat,
+    /// Write to this file instead of standard output.
+    #[arg(long = "output-file")]
+    output_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum MinSignificance {
+    Low,
+    Medium,
+    High,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompareFormat {
+    Table,
+    Json,
+    Folded,
+    Svg,
 }
 
 #[derive(Args)]
@@ -144,6 +193,42 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
                 .map_err(rpc_error)?
                 .into_inner();
             output::print_agents(&resp.agents, format)
+        }
+        QueryCommand::ProfileCompare(c) => {
+            let channel = coral_client::connect(&args.colony.addr).await?;
+            let format = if format == Format::Json && c.format == CompareFormat::Table {
+                CompareFormat::Json // `-o json` as for every other query
+            } else {
+                c.format
+            };
+            let request = v1::CompareTraceProfilesRequest {
+                service_id: c.service.clone(),
+                cohort_a_filter: c.cohort_a.clone(),
+                cohort_b_filter: c.cohort_b.clone(),
+                time_range: Some(proto_duration(c.since)),
+                top: c.top,
+                min_significance: c
+                    .min_significance
+                    .map(|m| format!("{m:?}").to_lowercase())
+                    .unwrap_or_default(),
+                differential: matches!(format, CompareFormat::Folded | CompareFormat::Svg),
+            };
+            let resp = coral_client::profile_client(channel)
+                .compare_trace_profiles(request)
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            let cohorts = output::compare::Cohorts {
+                service: &c.service,
+                a: &c.cohort_a,
+                b: &c.cohort_b,
+            };
+            return output::compare::print_comparison(
+                &cohorts,
+                &resp,
+                format,
+                c.output_file.as_deref(),
+            );
         }
         QueryCommand::TraceProfile(t) => {
             let channel = coral_client::connect(&args.colony.addr).await?;

@@ -1,5 +1,6 @@
 //! What `coral` prints: compact tables for people, JSON for programs.
 
+pub mod compare;
 pub mod profile;
 pub mod trigger;
 

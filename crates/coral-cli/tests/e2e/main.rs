@@ -6,6 +6,7 @@
 //! unprivileged; `cargo xtask test` provides a server and runs them (as root).
 
 mod cli;
+mod compare;
 mod harness;
 mod ingest;
 mod profile;

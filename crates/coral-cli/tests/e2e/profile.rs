@@ -325,3 +325,133 @@ async fn a_trigger_profiles_each_slow_request_from_its_first_to_its_last_moment(
     wait_for_perf_events("sampling stops when the trigger completes", |n| n == 0).await;
     provider.shutdown().unwrap();
 }
+
+/// RFD 080's diagnosis end to end: most requests are fast, a few take a slow path
+/// through `validate_signature`; a trigger collects the slow ones and a baseline of
+/// the others; `profile-compare` names the planted function first, significantly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root for eBPF: run `cargo xtask test`"]
+async fn profile_compare_names_the_planted_slow_path() {
+    require_root();
+    let stack = Stack::start(Backend::Sqlite).await;
+    let provider = crate::trigger::provider(stack.otlp_grpc);
+    let p = provider.clone();
+    let warmup = produce(move || {
+        request(
+            &p.tracer("e2e"),
+            "GET /warmup",
+            Duration::from_millis(1),
+            render_receipt,
+        )
+    })
+    .await;
+    stack.wait_for_trace(&warmup, 1).await;
+
+    let colony = stack.colony.clone();
+    let trigger = tokio::task::spawn_blocking(move || {
+        coral(
+            Some(&colony),
+            &[
+                "profile",
+                "trace-trigger",
+                "--service",
+                crate::trigger::SERVICE,
+                "--min-duration",
+                "200ms",
+                "--count",
+                "6",
+                "--baseline",
+                "40",
+                "--timeout",
+                "60s",
+                "--output",
+                "json",
+            ],
+        )
+    });
+    wait_for_perf_events("the trigger attaches the sampler", |n| n > 0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let p = provider.clone();
+    produce(move || {
+        let tracer = p.tracer("e2e");
+        for i in 0..42 {
+            if i % 7 == 3 {
+                request(
+                    &tracer,
+                    "POST /checkout",
+                    Duration::from_millis(300),
+                    validate_signature,
+                );
+            } else {
+                request(
+                    &tracer,
+                    "POST /checkout",
+                    Duration::from_millis(25),
+                    render_receipt,
+                );
+            }
+        }
+    })
+    .await;
+    let out = trigger.await.unwrap();
+    assert!(out.ok, "{}", out.stderr);
+    // The baseline is sent when the trigger ends: wait until it is stored.
+    let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let id = status["trigger_id"].as_str().unwrap().to_string();
+    for _ in 0..100 {
+        let s = coral(
+            Some(&stack.colony),
+            &["profile", "trigger-status", &id, "--output", "json"],
+        );
+        let s: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
+        if s["baseline_collected"].as_u64().unwrap_or(0) >= 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let compare = |format: &str| {
+        coral(
+            Some(&stack.colony),
+            &[
+                "query",
+                "profile-compare",
+                "--service",
+                crate::trigger::SERVICE,
+                "--cohort-a",
+                "duration > 200ms",
+                "--cohort-b",
+                "duration < 100ms",
+                "--format",
+                format,
+            ],
+        )
+    };
+    let out = compare("json");
+    assert!(out.ok, "{}", out.stderr);
+    let result: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let first = &result["functions"][0];
+    assert!(
+        first["function"]
+            .as_str()
+            .unwrap()
+            .ends_with("validate_signature"),
+        "{result:#}"
+    );
+    assert_eq!(first["significance"], "high", "{result:#}");
+    assert!(first["delta_pp"].as_f64().unwrap() > 50.0, "{result:#}");
+    assert!(result["cohort_a"]["requests"].as_u64().unwrap() >= 6);
+    assert!(result["cohort_b"]["requests"].as_u64().unwrap() >= 30);
+
+    let table = compare("table");
+    assert!(table.ok, "{}", table.stderr);
+    assert!(
+        table.stdout.contains("validate_signature"),
+        "{}",
+        table.stdout
+    );
+    assert!(table.stdout.contains("Verdict:"), "{}", table.stdout);
+    let svg = compare("svg");
+    assert!(svg.ok && svg.stdout.starts_with("<?xml"), "{}", svg.stderr);
+    provider.shutdown().unwrap();
+}

@@ -1,0 +1,778 @@
+//! Cohort comparison: what is different about the slow requests, with evidence.
+//!
+//! Two cohorts of requests (A, e.g. slow; B, e.g. fast), one [`Profile`] per request.
+//! For every function (name + module) each request contributes its inclusive share
+//! (fraction of the request's CPU time in stacks containing the function, counted once
+//! per stack), its self share (leaf frames) and its CPU time in the function. The
+//! cohorts' inclusive shares are compared per function with a two-sided Mann–Whitney U
+//! test, **the request being the unit** (samples of one request are not independent),
+//! p-values are corrected across functions with Benjamini–Hochberg, and a function is
+//! only called significant when its effect is large enough to matter. The method and
+//! its reasoning are in `docs/statistics.md`.
+//!
+//! [`differential_folded`] and [`write_differential_svg`] draw the same comparison as a
+//! differential flame graph.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::io;
+use std::str::FromStr;
+
+use inferno::flamegraph::{self, Options};
+use serde::Serialize;
+use statrs::distribution::{ContinuousCDF, Normal};
+
+use crate::profile::{Profile, folded_lines};
+
+/// Cohorts with at most this many requests together get the exact distribution of U;
+/// larger ones the normal approximation, which is accurate from about there on.
+const EXACT_MAX_REQUESTS: usize = 30;
+/// Cliff's delta thresholds for small, medium and large effects (Romano et al. 2006).
+const CLIFF_SMALL: f64 = 0.147;
+const CLIFF_MEDIUM: f64 = 0.33;
+const CLIFF_LARGE: f64 = 0.474;
+/// Below this median number of samples per request, per-request shares are coarse.
+const FEW_SAMPLES_PER_REQUEST: u64 = 10;
+/// In the verdict, significant functions whose deltas are within this many points of
+/// the largest (same sign) are taken to be one call path; the one with the largest self
+/// delta is named, since that is where the time goes.
+const SAME_PATH_PP: f64 = 2.0;
+
+/// How strongly a function's difference between the cohorts is supported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Significance {
+    /// Not significant: too little evidence, or an effect below the floor.
+    #[default]
+    None,
+    /// q < 0.10, effect at least small.
+    Low,
+    /// q < 0.05, effect at least medium.
+    Medium,
+    /// q < 0.01, large effect, both cohorts of at least the minimum size.
+    High,
+}
+
+impl Significance {
+    fn as_str(self) -> &'static str {
+        match self {
+            Significance::None => "none",
+            Significance::Low => "low",
+            Significance::Medium => "medium",
+            Significance::High => "high",
+        }
+    }
+}
+
+impl fmt::Display for Significance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A significance level that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid significance {0:?} (expected none, low, medium or high)")]
+pub struct SignificanceError(pub String);
+
+impl FromStr for Significance {
+    type Err = SignificanceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(Significance::None),
+            "low" => Ok(Significance::Low),
+            "medium" => Ok(Significance::Medium),
+            "high" => Ok(Significance::High),
+            _ => Err(SignificanceError(s.to_string())),
+        }
+    }
+}
+
+/// One of the two cohorts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Cohort {
+    A,
+    B,
+}
+
+impl fmt::Display for Cohort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Cohort::A => "A",
+            Cohort::B => "B",
+        })
+    }
+}
+
+/// What to compare and report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompareOptions {
+    /// Cohorts with fewer requests (with CPU samples) are warned about and never reach
+    /// [`Significance::High`].
+    pub min_cohort_requests: usize,
+    /// The smallest difference in mean inclusive share, in percentage points of request
+    /// CPU time, that can be significant.
+    pub effect_floor_pp: f64,
+    /// How many functions to report (0 = all).
+    pub top: usize,
+    /// Report only functions at least this significant.
+    pub min_significance: Significance,
+}
+
+impl Default for CompareOptions {
+    fn default() -> Self {
+        CompareOptions {
+            min_cohort_requests: 5,
+            effect_floor_pp: 5.0,
+            top: 0,
+            min_significance: Significance::None,
+        }
+    }
+}
+
+/// One cohort in numbers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CohortSummary {
+    pub requests: usize,
+    /// Requests with CPU samples: the units of the share tests.
+    pub requests_with_cpu: usize,
+    pub samples: u64,
+    pub cpu_ns: u64,
+    /// Mean CPU time per request (all requests), in milliseconds.
+    pub mean_cpu_ms: f64,
+}
+
+/// One function compared between the cohorts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionDiff {
+    pub function: String,
+    pub module: String,
+    /// Mean inclusive share in A − in B, in percentage points of request CPU time
+    /// (+ = hotter in A).
+    pub delta_pp: f64,
+    /// The same for self (leaf) time.
+    pub self_delta_pp: f64,
+    /// Mean inclusive share in A and in B, in percent of request CPU time.
+    pub a_share_pct: f64,
+    pub b_share_pct: f64,
+    /// Mean inclusive CPU time per request, in milliseconds.
+    pub a_cpu_ms: f64,
+    pub b_cpu_ms: f64,
+    /// Mean self CPU time per request, in milliseconds.
+    pub a_self_cpu_ms: f64,
+    pub b_self_cpu_ms: f64,
+    /// Mann–Whitney U of cohort A's inclusive shares.
+    pub u: f64,
+    /// Two-sided p-value (1 when not tested).
+    pub p_value: f64,
+    /// Benjamini–Hochberg q-value across the tests (1 when not tested).
+    pub q_value: f64,
+    /// Cliff's delta (= rank-biserial correlation) in [-1, 1], + = larger shares in A.
+    pub effect_size: f64,
+    pub significance: Significance,
+    /// Whether the function was tested: functions that cannot reach the effect floor
+    /// whatever the labels are not, which keeps the correction for the others tight.
+    pub tested: bool,
+    /// Set when the function has CPU time in only one cohort.
+    pub only_in: Option<Cohort>,
+}
+
+/// The comparison of two cohorts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    pub a: CohortSummary,
+    pub b: CohortSummary,
+    /// Significant functions first, each group by |delta_pp| descending.
+    pub functions: Vec<FunctionDiff>,
+    /// Number of distinct tests, the m of the Benjamini–Hochberg correction: functions
+    /// with the same share in every request (a function and its only callee) are one.
+    pub tests: usize,
+    /// One line naming the function that explains the difference, when one does.
+    pub verdict: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Compares cohort A with cohort B, one profile per request. See the module docs.
+///
+/// A request without CPU samples counts in its cohort's CPU time per request (as 0) but
+/// not in the share tests: its composition is unknown, not zero, and counting it as
+/// zero in every function would make every function look hotter in the other cohort.
+pub fn compare(a: &[&Profile], b: &[&Profile], options: &CompareOptions) -> Comparison {
+    let mut names = Names::default();
+    let requests_a: Vec<Request> = a.iter().map(|p| Request::new(p, &mut names)).collect();
+    let requests_b: Vec<Request> = b.iter().map(|p| Request::new(p, &mut names)).collect();
+    let stats_a = CohortStats::new(&requests_a, names.len());
+    let stats_b = CohortStats::new(&requests_b, names.len());
+    let (na, nb) = (stats_a.units, stats_b.units);
+    let small = na < options.min_cohort_requests || nb < options.min_cohort_requests;
+
+    let mut functions: Vec<FunctionDiff> = Vec::with_capacity(names.len());
+    for (id, (function, module)) in names.names.iter().enumerate() {
+        let (fa, fb) = (&stats_a.functions[id], &stats_b.functions[id]);
+        let mean_a = mean(fa.incl_shares.iter().map(|s| s.1).sum(), na);
+        let mean_b = mean(fb.incl_shares.iter().map(|s| s.1).sum(), nb);
+        let pooled = mean(mean_a * na as f64 + mean_b * nb as f64, na + nb);
+        // |mean A − mean B| ≤ pooled × N / min(nA, nB) for shares ≥ 0, so a function
+        // below this bound cannot reach the floor. The bound depends on the pooled data
+        // only, not on the labels, so filtering on it keeps the tests valid.
+        let testable = na > 0
+            && nb > 0
+            && pooled > 0.0
+            && pooled * 100.0 * (na + nb) as f64 >= options.effect_floor_pp * na.min(nb) as f64;
+        let test = (na > 0 && nb > 0).then(|| {
+            mann_whitney(
+                &with_zeros(&fa.incl_shares, na),
+                &with_zeros(&fb.incl_shares, nb),
+            )
+        });
+        let only_in = match (fa.incl_ns > 0, fb.incl_ns > 0) {
+            (true, false) => Some(Cohort::A),
+            (false, true) => Some(Cohort::B),
+            _ => None,
+        };
+        functions.push(FunctionDiff {
+            function: function.clone(),
+            module: module.clone(),
+            delta_pp: (mean_a - mean_b) * 100.0,
+            self_delta_pp: (mean(fa.self_share_sum, na) - mean(fb.self_share_sum, nb)) * 100.0,
+            a_share_pct: mean_a * 100.0,
+            b_share_pct: mean_b * 100.0,
+            a_cpu_ms: mean_ms(fa.incl_ns, stats_a.requests),
+            b_cpu_ms: mean_ms(fb.incl_ns, stats_b.requests),
+            a_self_cpu_ms: mean_ms(fa.self_ns, stats_a.requests),
+            b_self_cpu_ms: mean_ms(fb.self_ns, stats_b.requests),
+            u: test.map_or(0.0, |t| t.u),
+            p_value: match test {
+                Some(t) if testable => t.p_value,
+                _ => 1.0,
+            },
+            q_value: 1.0,
+            effect_size: test.map_or(0.0, |t| t.effect_size),
+            significance: Significance::None,
+            tested: testable,
+            only_in,
+        });
+    }
+
+    // Functions with the same share in every request are one hypothesis: two copies of
+    // one p-value would share a step of the correction and halve it for both.
+    let mut tests: HashMap<Vec<(usize, u64)>, usize> = HashMap::new();
+    let mut test_of: Vec<Option<usize>> = vec![None; functions.len()];
+    let mut p: Vec<f64> = Vec::new();
+    // `functions` is still in id order here.
+    for (id, f) in functions.iter().enumerate().filter(|(_, f)| f.tested) {
+        let b_shares = stats_b.functions[id].incl_shares.iter();
+        let key = (stats_a.functions[id].incl_shares.iter().copied())
+            .chain(b_shares.map(|&(r, s)| (r + stats_a.requests, s)))
+            .map(|(r, s)| (r, s.to_bits()))
+            .collect();
+        test_of[id] = Some(*tests.entry(key).or_insert_with(|| {
+            p.push(f.p_value);
+            p.len() - 1
+        }));
+    }
+    let q = benjamini_hochberg(&p);
+    for (d, t) in functions.iter_mut().zip(test_of) {
+        let Some(t) = t else { continue };
+        d.q_value = q[t];
+        d.significance = classify(q[t], d.effect_size, d.delta_pp, options.effect_floor_pp);
+        if small {
+            d.significance = d.significance.min(Significance::Medium);
+        }
+    }
+
+    functions.sort_by(|x, y| {
+        (y.significance > Significance::None)
+            .cmp(&(x.significance > Significance::None))
+            .then(y.delta_pp.abs().total_cmp(&x.delta_pp.abs()))
+            .then(y.self_delta_pp.abs().total_cmp(&x.self_delta_pp.abs()))
+            .then_with(|| (&x.function, &x.module).cmp(&(&y.function, &y.module)))
+    });
+    let verdict = verdict(&functions, na, nb);
+    functions.retain(|f| f.significance >= options.min_significance);
+    if options.top > 0 {
+        functions.truncate(options.top);
+    }
+
+    let mut warnings = Vec::new();
+    cohort_warnings(Cohort::A, &requests_a, options, &mut warnings);
+    cohort_warnings(Cohort::B, &requests_b, options, &mut warnings);
+    frequency_warning(requests_a.iter().chain(&requests_b), &mut warnings);
+
+    Comparison {
+        a: stats_a.summary(&requests_a),
+        b: stats_b.summary(&requests_b),
+        functions,
+        tests: p.len(),
+        verdict,
+        warnings,
+    }
+}
+
+/// Functions identified by (function, module), numbered in order of appearance.
+#[derive(Default)]
+struct Names {
+    ids: HashMap<(String, String), usize>,
+    names: Vec<(String, String)>,
+}
+
+impl Names {
+    fn id(&mut self, function: &str, module: &str) -> usize {
+        let key = (function.to_string(), module.to_string());
+        if let Some(&id) = self.ids.get(&key) {
+            return id;
+        }
+        self.names.push(key.clone());
+        self.ids.insert(key, self.names.len() - 1);
+        self.names.len() - 1
+    }
+
+    fn len(&self) -> usize {
+        self.names.len()
+    }
+}
+
+/// One request's CPU time, total and per function.
+struct Request {
+    cpu_ns: u64,
+    samples: u64,
+    /// Profile sampling frequency, recovered from samples and CPU time.
+    hz: Option<u64>,
+    /// (function id, inclusive CPU ns, self CPU ns).
+    functions: Vec<(usize, u64, u64)>,
+}
+
+impl Request {
+    fn new(profile: &Profile, names: &mut Names) -> Request {
+        let mut ids: Vec<Option<usize>> = vec![None; profile.frames.len() + 1];
+        let unknown_slot = profile.frames.len();
+        let mut per_fn: HashMap<usize, (u64, u64)> = HashMap::new();
+        let mut on_stack: Vec<usize> = Vec::new();
+        for stack in profile.stacks.iter().filter(|s| s.cpu_ns > 0) {
+            on_stack.clear();
+            for &fi in &stack.frames {
+                let slot = (fi as usize).min(unknown_slot);
+                let id = *ids[slot].get_or_insert_with(|| {
+                    let frame = profile.frame(fi);
+                    names.id(&frame.function, &frame.module)
+                });
+                on_stack.push(id);
+            }
+            let leaf = on_stack.last().copied();
+            // Once per stack for inclusive time, even when the function recurses.
+            on_stack.sort_unstable();
+            on_stack.dedup();
+            for &id in &on_stack {
+                let e = per_fn.entry(id).or_default();
+                e.0 = e.0.saturating_add(stack.cpu_ns);
+            }
+            if let Some(leaf) = leaf {
+                let e = per_fn.entry(leaf).or_default();
+                e.1 = e.1.saturating_add(stack.cpu_ns);
+            }
+        }
+        let (cpu_ns, samples) = (profile.total_cpu_ns(), profile.total_samples());
+        Request {
+            cpu_ns,
+            samples,
+            hz: (cpu_ns > 0 && samples > 0)
+                .then(|| (samples as f64 * 1e9 / cpu_ns as f64).round() as u64),
+            functions: per_fn.into_iter().map(|(id, (i, s))| (id, i, s)).collect(),
+        }
+    }
+}
+
+/// Per-function sums over one cohort.
+#[derive(Default, Clone)]
+struct FunctionStats {
+    /// (request index, inclusive share) where the share is not 0, in request order;
+    /// the other requests with CPU time have share 0.
+    incl_shares: Vec<(usize, f64)>,
+    self_share_sum: f64,
+    incl_ns: u128,
+    self_ns: u128,
+}
+
+struct CohortStats {
+    requests: usize,
+    /// Requests with CPU time.
+    units: usize,
+    functions: Vec<FunctionStats>,
+}
+
+impl CohortStats {
+    fn new(requests: &[Request], n_functions: usize) -> CohortStats {
+        let mut functions = vec![FunctionStats::default(); n_functions];
+        for (i, r) in requests.iter().enumerate().filter(|(_, r)| r.cpu_ns > 0) {
+            let total = r.cpu_ns as f64;
+            for &(id, incl, self_ns) in &r.functions {
+                let f = &mut functions[id];
+                f.incl_shares.push((i, incl as f64 / total));
+                f.self_share_sum += self_ns as f64 / total;
+                f.incl_ns += u128::from(incl);
+                f.self_ns += u128::from(self_ns);
+            }
+        }
+        CohortStats {
+            requests: requests.len(),
+            units: requests.iter().filter(|r| r.cpu_ns > 0).count(),
+            functions,
+        }
+    }
+
+    fn summary(&self, requests: &[Request]) -> CohortSummary {
+        let cpu_ns = requests
+            .iter()
+            .fold(0u64, |acc, r| acc.saturating_add(r.cpu_ns));
+        CohortSummary {
+            requests: self.requests,
+            requests_with_cpu: self.units,
+            samples: requests
+                .iter()
+                .fold(0u64, |acc, r| acc.saturating_add(r.samples)),
+            cpu_ns,
+            mean_cpu_ms: mean_ms(u128::from(cpu_ns), self.requests),
+        }
+    }
+}
+
+fn mean(sum: f64, n: usize) -> f64 {
+    if n == 0 { 0.0 } else { sum / n as f64 }
+}
+
+fn mean_ms(ns: u128, n: usize) -> f64 {
+    mean(ns as f64 / 1e6, n)
+}
+
+fn with_zeros(nonzero: &[(usize, f64)], n: usize) -> Vec<f64> {
+    let mut v: Vec<f64> = nonzero.iter().map(|s| s.1).collect();
+    v.resize(n, 0.0);
+    v
+}
+
+/// The level a tested function reaches; see `docs/statistics.md` for the reasoning.
+fn classify(q: f64, effect_size: f64, delta_pp: f64, floor_pp: f64) -> Significance {
+    let effect = effect_size.abs();
+    if delta_pp.abs() < floor_pp {
+        Significance::None
+    } else if q < 0.01 && effect >= CLIFF_LARGE {
+        Significance::High
+    } else if q < 0.05 && effect >= CLIFF_MEDIUM {
+        Significance::Medium
+    } else if q < 0.10 && effect >= CLIFF_SMALL {
+        Significance::Low
+    } else {
+        Significance::None
+    }
+}
+
+fn verdict(sorted: &[FunctionDiff], na: usize, nb: usize) -> Option<String> {
+    let strong = |f: &&FunctionDiff| f.significance >= Significance::Medium;
+    let top = sorted.iter().find(strong)?;
+    let winner = sorted
+        .iter()
+        .filter(strong)
+        .filter(|f| {
+            f.delta_pp.signum() == top.delta_pp.signum()
+                && f.delta_pp.abs() >= top.delta_pp.abs() - SAME_PATH_PP
+        })
+        .fold(top, |best, f| {
+            if f.self_delta_pp.abs() > best.self_delta_pp.abs() {
+                f
+            } else {
+                best
+            }
+        });
+    let hotter = if winner.delta_pp > 0.0 { "A" } else { "B" };
+    let q = if winner.q_value < 0.001 {
+        "q < 0.001".to_string()
+    } else {
+        format!("q = {:.3}", winner.q_value)
+    };
+    Some(format!(
+        "{} is hotter in {hotter}: {:+.1} pp of request CPU, {:.1} ms vs {:.1} ms per request, \
+         {} significance ({q}, {na} vs {nb} requests)",
+        winner.function, winner.delta_pp, winner.a_cpu_ms, winner.b_cpu_ms, winner.significance
+    ))
+}
+
+fn cohort_warnings(
+    cohort: Cohort,
+    requests: &[Request],
+    options: &CompareOptions,
+    warnings: &mut Vec<String>,
+) {
+    let n = requests.len();
+    let mut samples: Vec<u64> = requests
+        .iter()
+        .filter(|r| r.cpu_ns > 0)
+        .map(|r| r.samples)
+        .collect();
+    let units = samples.len();
+    if n == 0 {
+        warnings.push(format!(
+            "cohort {cohort} is empty: nothing to compare, no significance claimed"
+        ));
+        return;
+    }
+    if units == 0 {
+        warnings.push(format!(
+            "cohort {cohort}: none of its {n} requests has CPU samples: nothing to compare, \
+             no significance claimed"
+        ));
+        return;
+    }
+    if units < n {
+        warnings.push(format!(
+            "cohort {cohort}: {} of {n} requests have no CPU samples: they count in CPU ms per \
+             request (as 0), not in the share tests",
+            n - units
+        ));
+    }
+    if units < options.min_cohort_requests {
+        let what = if units == 1 {
+            "1 request with CPU samples".to_string()
+        } else {
+            format!("{units} requests with CPU samples")
+        };
+        warnings.push(format!(
+            "cohort {cohort} has only {what} (fewer than {}): significance is capped at medium \
+             and small differences cannot be detected",
+            options.min_cohort_requests
+        ));
+    }
+    samples.sort_unstable();
+    let median = samples[units / 2];
+    if median < FEW_SAMPLES_PER_REQUEST {
+        warnings.push(format!(
+            "cohort {cohort}: a median of {median} samples per request: per-request shares are \
+             coarse, so only large differences show (more requests or a higher sampling \
+             frequency help)"
+        ));
+    }
+}
+
+fn frequency_warning<'a>(requests: impl Iterator<Item = &'a Request>, warnings: &mut Vec<String>) {
+    let hz: BTreeSet<u64> = requests.filter_map(|r| r.hz).collect();
+    if hz.len() > 1 {
+        let list: Vec<String> = hz.iter().map(u64::to_string).collect();
+        warnings.push(format!(
+            "requests were sampled at different frequencies ({} Hz): they are compared in CPU \
+             time, which normalises them; their sample counts are not comparable",
+            list.join(", ")
+        ));
+    }
+}
+
+/// The result of a two-sided Mann–Whitney U test.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct MannWhitney {
+    /// U of the first sample: the number of (a, b) pairs with a > b, ties counting ½.
+    pub u: f64,
+    pub p_value: f64,
+    /// Cliff's delta, 2U / (nA·nB) − 1.
+    pub effect_size: f64,
+}
+
+/// Two-sided Mann–Whitney U test of `a` against `b`, with midranks for ties. Up to
+/// [`EXACT_MAX_REQUESTS`] values in all, the p-value comes from the exact permutation
+/// distribution of the rank sum given the ties; beyond, from the normal approximation
+/// with tie and continuity corrections. Empty samples or all-equal values give p = 1.
+pub(crate) fn mann_whitney(a: &[f64], b: &[f64]) -> MannWhitney {
+    let (na, nb) = (a.len(), b.len());
+    if na == 0 || nb == 0 {
+        return MannWhitney {
+            u: 0.0,
+            p_value: 1.0,
+            effect_size: 0.0,
+        };
+    }
+    let ranks = doubled_midranks(a, b);
+    let rank_sum_a2: u64 = ranks.iter().filter(|r| r.1).map(|r| r.0).sum();
+    let u = rank_sum_a2 as f64 / 2.0 - (na * (na + 1)) as f64 / 2.0;
+    let all_tied = ranks.iter().all(|r| r.0 == ranks[0].0);
+    let p_value = if all_tied {
+        1.0
+    } else if na + nb <= EXACT_MAX_REQUESTS {
+        let doubled: Vec<u64> = ranks.iter().map(|r| r.0).collect();
+        exact_p(&doubled, na, rank_sum_a2)
+    } else {
+        let tie_term = tie_term(&ranks);
+        normal_p(u, na, nb, tie_term)
+    };
+    MannWhitney {
+        u,
+        p_value,
+        effect_size: 2.0 * u / (na * nb) as f64 - 1.0,
+    }
+}
+
+/// Twice the midrank of every value (so ranks stay integers), with whether it is from
+/// `a`, sorted by value.
+fn doubled_midranks(a: &[f64], b: &[f64]) -> Vec<(u64, bool)> {
+    let mut all: Vec<(f64, bool)> = a
+        .iter()
+        .map(|&x| (x, true))
+        .chain(b.iter().map(|&x| (x, false)))
+        .collect();
+    all.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let mut out = Vec::with_capacity(all.len());
+    let mut i = 0;
+    while i < all.len() {
+        let j = (i..all.len())
+            .find(|&j| all[j].0 != all[i].0)
+            .unwrap_or(all.len());
+        // Positions i..j hold ranks i+1..=j; their mean doubled is i + 1 + j.
+        let doubled = (i + 1 + j) as u64;
+        out.extend(all[i..j].iter().map(|v| (doubled, v.1)));
+        i = j;
+    }
+    out
+}
+
+/// Σ (t³ − t) over the groups of tied values.
+fn tie_term(ranks: &[(u64, bool)]) -> f64 {
+    ranks
+        .chunk_by(|x, y| x.0 == y.0)
+        .map(|g| {
+            let t = g.len() as f64;
+            t * t * t - t
+        })
+        .sum()
+}
+
+/// Exact two-sided p-value: the probability, over all equally likely ways to choose
+/// which `na` of the values are A's, of a (doubled) rank sum at least as far from its
+/// mean as the observed one. Counts come from a subset-sum table over the doubled
+/// midranks, so ties are handled exactly without enumerating permutations.
+fn exact_p(doubled_ranks: &[u64], na: usize, observed: u64) -> f64 {
+    let max_sum: u64 = doubled_ranks.iter().sum();
+    let width = max_sum as usize + 1;
+    // ways[k * width + s]: subsets of k values with doubled rank sum s.
+    let mut ways = vec![0f64; (na + 1) * width];
+    ways[0] = 1.0;
+    for &r in doubled_ranks {
+        let r = r as usize;
+        for k in (1..=na).rev() {
+            for s in (r..width).rev() {
+                let add = ways[(k - 1) * width + s - r];
+                if add != 0.0 {
+                    ways[k * width + s] += add;
+                }
+            }
+        }
+    }
+    // The mean doubled rank sum of A: na × (N + 1).
+    let center = (na * (doubled_ranks.len() + 1)) as i64;
+    let distance = (observed as i64 - center).abs();
+    let row = &ways[na * width..];
+    let total: f64 = row.iter().sum();
+    let extreme: f64 = row
+        .iter()
+        .enumerate()
+        .filter(|&(s, _)| (s as i64 - center).abs() >= distance)
+        .map(|(_, w)| w)
+        .sum();
+    (extreme / total).min(1.0)
+}
+
+/// Two-sided p-value of U under the normal approximation, with the tie correction of
+/// the variance and a continuity correction of ½.
+fn normal_p(u: f64, na: usize, nb: usize, tie_term: f64) -> f64 {
+    let (na, nb) = (na as f64, nb as f64);
+    let n = na + nb;
+    let variance = na * nb / 12.0 * ((n + 1.0) - tie_term / (n * (n - 1.0)));
+    if variance <= 0.0 {
+        return 1.0;
+    }
+    let z = ((u - na * nb / 2.0).abs() - 0.5).max(0.0) / variance.sqrt();
+    (2.0 * Normal::standard().sf(z)).min(1.0)
+}
+
+/// Benjamini–Hochberg q-values (adjusted p-values), in the order of `p`: for the i-th
+/// smallest of m p-values, min over j ≥ i of p₍ⱼ₎ · m / j, at most 1.
+pub(crate) fn benjamini_hochberg(p: &[f64]) -> Vec<f64> {
+    let m = p.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&x, &y| p[x].total_cmp(&p[y]));
+    let mut q = vec![1.0; m];
+    let mut running = 1.0f64;
+    for (rank, &i) in order.iter().enumerate().rev() {
+        running = running.min(p[i] * m as f64 / (rank + 1) as f64);
+        q[i] = running;
+    }
+    q
+}
+
+/// Differential folded stacks for a differential flame graph: one `stack a b` line per
+/// distinct stack (root → leaf, `;`-joined, sorted), `a` and `b` the mean CPU time per
+/// request in microseconds in each cohort, so that cohort sizes do not bias the
+/// picture. Stacks whose means both round to 0 µs are left out.
+pub fn differential_folded(a: &[&Profile], b: &[&Profile]) -> String {
+    let mut lines: BTreeMap<String, [u128; 2]> = BTreeMap::new();
+    for (side, cohort) in [a, b].into_iter().enumerate() {
+        for profile in cohort {
+            for (line, ns) in folded_lines(profile, |s| s.cpu_ns) {
+                lines.entry(line).or_default()[side] += u128::from(ns);
+            }
+        }
+    }
+    let mean_us = |ns: u128, n: usize| {
+        if n == 0 {
+            0
+        } else {
+            (ns as f64 / n as f64 / 1e3).round() as u64
+        }
+    };
+    let mut out = String::new();
+    for (line, [ns_a, ns_b]) in lines {
+        let (us_a, us_b) = (mean_us(ns_a, a.len()), mean_us(ns_b, b.len()));
+        if us_a > 0 || us_b > 0 {
+            out.push_str(&format!("{line} {us_a} {us_b}\n"));
+        }
+    }
+    out
+}
+
+/// Writes a differential flame graph (inferno) of [`differential_folded`] output:
+/// frame widths are cohort A's mean CPU time per request, red frames are hotter in A,
+/// blue ones hotter in B, the deeper the colour the larger the difference. Stacks only
+/// in B have no width in A and are not drawn (swap the cohorts to see them).
+pub fn write_differential_svg(folded_diff: &str, title: &str, w: impl io::Write) -> io::Result<()> {
+    // inferno draws the second count and colours by second − first, so A goes second.
+    let mut lines = Vec::new();
+    let mut width_a = 0u64;
+    for line in folded_diff.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let mut parts = line.rsplitn(3, ' ');
+        let (Some(b), Some(a), Some(stack)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad_line(line));
+        };
+        let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else {
+            return Err(bad_line(line));
+        };
+        width_a = width_a.saturating_add(a);
+        lines.push(format!("{stack} {b} {a}"));
+    }
+    if width_a == 0 {
+        lines.push("[no samples in cohort A] 1 1".to_string());
+    }
+    let mut options = Options::default();
+    options.title = title.to_string();
+    options.count_name = "µs".to_string();
+    options.deterministic = true;
+    options.subtitle = Some(
+        "widths: cohort A, mean CPU per request; red: hotter in A, blue: hotter in B".to_string(),
+    );
+    flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), w)
+}
+
+fn bad_line(line: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("not a differential folded line (`stack count_a count_b`): {line:?}"),
+    )
+}
+
+#[cfg(test)]
+mod tests;

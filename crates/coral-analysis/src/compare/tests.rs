@@ -1,0 +1,607 @@
+use super::*;
+use crate::profile::Frame;
+
+/// splitmix64: a small seeded generator, so every test run sees the same data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+
+    /// Standard normal (Box–Muller).
+    fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.uniform();
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+fn frames(stack: &str) -> Vec<Frame> {
+    stack.split(';').map(|f| Frame::user(f, "svc")).collect()
+}
+
+/// One request: `samples` samples at `hz`, each drawn from the weighted stacks.
+fn request(rng: &mut Rng, stacks: &[(&str, f64)], samples: u64, hz: u32) -> Profile {
+    let total: f64 = stacks.iter().map(|s| s.1).sum();
+    let mut counts = vec![0u64; stacks.len()];
+    for _ in 0..samples {
+        let mut x = rng.uniform() * total;
+        let i = stacks
+            .iter()
+            .position(|s| {
+                x -= s.1;
+                x < 0.0
+            })
+            .unwrap_or(stacks.len() - 1);
+        counts[i] += 1;
+    }
+    let mut p = Profile::new();
+    for (s, n) in stacks.iter().zip(counts) {
+        p.add(&frames(s.0), n, hz);
+    }
+    p
+}
+
+const BACKGROUND: [(&str, f64); 5] = [
+    ("main;handle_request;parse_body", 1.0),
+    ("main;handle_request;query_db;socket_read", 3.0),
+    ("main;handle_request;query_db;encode_row", 1.5),
+    ("main;handle_request;render;serialize_json", 2.0),
+    ("main;handle_request;log_access", 0.5),
+];
+
+/// The background stacks with per-request log-normal noise, weights summing to `mass`.
+fn background(rng: &mut Rng, sigma: f64, mass: f64) -> Vec<(&'static str, f64)> {
+    let noisy: Vec<(&str, f64)> = BACKGROUND
+        .iter()
+        .map(|&(s, w)| (s, w * (sigma * rng.normal()).exp()))
+        .collect();
+    let total: f64 = noisy.iter().map(|s| s.1).sum();
+    noisy
+        .into_iter()
+        .map(|(s, w)| (s, w / total * mass))
+        .collect()
+}
+
+const VALIDATE: &str = "main;handle_request;verify_request;validate_signature";
+
+/// 20 slow requests spending ~85% in `validate_signature`, 100 fast ones almost never.
+fn planted(seed: u64) -> (Vec<Profile>, Vec<Profile>) {
+    let mut rng = Rng(seed);
+    let slow = (0..20)
+        .map(|_| {
+            let v = (0.85 + 0.04 * rng.normal()).clamp(0.5, 0.98);
+            let mut stacks = background(&mut rng, 0.5, 1.0 - v);
+            stacks.push((VALIDATE, v));
+            let samples = rng.range(150, 400);
+            request(&mut rng, &stacks, samples, 99)
+        })
+        .collect();
+    let fast = (0..100)
+        .map(|i| {
+            let v = if rng.uniform() < 0.2 { 0.01 } else { 0.0 };
+            let mut stacks = background(&mut rng, 0.5, 1.0 - v);
+            stacks.push((VALIDATE, v));
+            // Half of the fast requests were sampled at 499 Hz: same CPU, 5× the samples.
+            let (hz, scale) = if i % 2 == 0 { (99, 1) } else { (499, 5) };
+            let samples = rng.range(8, 60) * scale;
+            request(&mut rng, &stacks, samples, hz)
+        })
+        .collect();
+    (slow, fast)
+}
+
+fn refs(v: &[Profile]) -> Vec<&Profile> {
+    v.iter().collect()
+}
+
+fn find<'a>(c: &'a Comparison, function: &str) -> &'a FunctionDiff {
+    c.functions
+        .iter()
+        .find(|f| f.function == function)
+        .unwrap_or_else(|| panic!("{function} not in {:#?}", c.functions))
+}
+
+#[test]
+fn planted_difference_is_found_first_with_high_significance() {
+    let (slow, fast) = planted(42);
+    let c = compare(&refs(&slow), &refs(&fast), &CompareOptions::default());
+    let top = &c.functions[0];
+    assert_eq!(top.function, "validate_signature", "{:#?}", c.functions);
+    assert_eq!(top.module, "svc");
+    assert_eq!(top.significance, Significance::High);
+    assert!((top.delta_pp - 85.0).abs() < 3.0, "delta {}", top.delta_pp);
+    assert!((top.self_delta_pp - top.delta_pp).abs() < 1e-9);
+    assert!(top.q_value < 0.001 && top.effect_size > 0.9);
+    assert!(top.a_cpu_ms > 1000.0 && top.b_cpu_ms < 5.0, "{top:?}");
+    assert_eq!(top.only_in, None);
+    // Its caller has the same inclusive shares: same delta, ranked after it on self time.
+    assert_eq!(c.functions[1].function, "verify_request");
+    assert_eq!(c.functions[1].delta_pp, top.delta_pp);
+    // Everything else takes a smaller share of the slow requests: hotter in B.
+    assert!(find(&c, "socket_read").delta_pp < -10.0);
+    // On every stack: no difference.
+    let main = find(&c, "main");
+    assert!(main.delta_pp.abs() < 1e-9 && main.significance == Significance::None);
+
+    let verdict = c.verdict.as_deref().expect("a verdict");
+    println!("{verdict}");
+    assert!(
+        verdict.starts_with("validate_signature is hotter in A: +8"),
+        "{verdict}"
+    );
+    assert!(
+        verdict.ends_with("high significance (q < 0.001, 20 vs 100 requests)"),
+        "{verdict}"
+    );
+    assert_eq!((c.a.requests, c.b.requests), (20, 100));
+    assert!(
+        c.warnings.iter().any(|w| w.contains("99, 499 Hz")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+/// Counts, over many A/A comparisons (both cohorts from one distribution), the runs in
+/// which any function reached each level, and the fraction of raw p-values below 0.05.
+fn aa_runs(runs: u64, n: usize, first_seed: u64) -> ([usize; 4], f64) {
+    let mut any = [0usize; 4];
+    let (mut below, mut tested) = (0usize, 0usize);
+    for seed in first_seed..first_seed + runs {
+        let mut rng = Rng(seed);
+        let cohort = |rng: &mut Rng| -> Vec<Profile> {
+            (0..n)
+                .map(|_| {
+                    let mut stacks = background(rng, 0.6, 1.0);
+                    // A sparse function: many requests at share 0 (ties).
+                    if rng.uniform() < 0.3 {
+                        stacks.push(("main;handle_request;cache_miss", 0.15));
+                    }
+                    let samples = rng.range(10, 200);
+                    let hz = if rng.uniform() < 0.5 { 99 } else { 499 };
+                    request(rng, &stacks, samples, hz)
+                })
+                .collect()
+        };
+        let (a, b) = (cohort(&mut rng), cohort(&mut rng));
+        let c = compare(&refs(&a), &refs(&b), &CompareOptions::default());
+        let best = c.functions.iter().map(|f| f.significance).max().unwrap();
+        for (level, count) in any.iter_mut().enumerate() {
+            if best as usize >= level {
+                *count += 1;
+            }
+        }
+        for f in c.functions.iter().filter(|f| f.tested) {
+            tested += 1;
+            below += usize::from(f.p_value < 0.05);
+        }
+    }
+    (any, below as f64 / tested as f64)
+}
+
+#[test]
+fn aa_comparisons_rarely_claim_a_difference() {
+    // 30 vs 30 requests: the normal approximation.
+    let (any, p05) = aa_runs(200, 30, 1000);
+    println!(
+        "A/A 30 vs 30, 200 runs: any low+ {}, medium+ {}, high {}; raw p < 0.05 in {:.1}% of tests",
+        any[1],
+        any[2],
+        any[3],
+        p05 * 100.0
+    );
+    assert!(any[3] <= 2, "high in {} of 200 runs", any[3]);
+    assert!(any[2] <= 10, "medium or better in {} of 200 runs", any[2]);
+    // The test itself is calibrated, not just throttled by the correction.
+    assert!(p05 < 0.07, "raw p < 0.05 in {:.3} of tests", p05);
+}
+
+#[test]
+fn aa_comparisons_of_small_cohorts_rarely_claim_a_difference() {
+    // 8 vs 8 requests: the exact distribution. The effect floor rarely helps here (chance
+    // differences of 8 requests exceed 5 pp), so this is the level of the test and the
+    // correction alone: 1,000 runs to measure it more finely than 200 could.
+    let (any, p05) = aa_runs(1000, 8, 100_000);
+    println!(
+        "A/A 8 vs 8, 1000 runs: any low+ {}, medium+ {}, high {}; raw p < 0.05 in {:.1}% of tests",
+        any[1],
+        any[2],
+        any[3],
+        p05 * 100.0
+    );
+    assert!(any[3] <= 10, "high in {} of 1000 runs", any[3]);
+    assert!(any[2] <= 50, "medium or better in {} of 1000 runs", any[2]);
+    assert!(p05 <= 0.05, "raw p < 0.05 in {:.3} of tests", p05);
+}
+
+#[test]
+fn functions_in_one_cohort_only_are_marked() {
+    let mut rng = Rng(7);
+    let a: Vec<Profile> = (0..10)
+        .map(|_| {
+            request(
+                &mut rng,
+                &[("main;work", 1.0), ("main;only_a", 1.0)],
+                100,
+                99,
+            )
+        })
+        .collect();
+    let b: Vec<Profile> = (0..10)
+        .map(|_| {
+            request(
+                &mut rng,
+                &[("main;work", 1.0), ("main;only_b", 0.2)],
+                100,
+                99,
+            )
+        })
+        .collect();
+    let c = compare(&refs(&a), &refs(&b), &CompareOptions::default());
+    assert_eq!(find(&c, "only_a").only_in, Some(Cohort::A));
+    assert_eq!(find(&c, "only_b").only_in, Some(Cohort::B));
+    assert_eq!(find(&c, "work").only_in, None);
+    assert_eq!(find(&c, "only_a").significance, Significance::High);
+    assert!(find(&c, "only_b").delta_pp < -10.0);
+    assert_eq!(find(&c, "only_b").significance, Significance::High);
+    assert_eq!(c.tests, 4);
+}
+
+#[test]
+fn one_request_per_cohort_makes_no_claim() {
+    let mut rng = Rng(3);
+    let a = request(&mut rng, &[("main;slow", 9.0), ("main;x", 1.0)], 500, 99);
+    let b = request(&mut rng, &[("main;fast", 9.0), ("main;x", 1.0)], 500, 99);
+    let c = compare(&[&a], &[&b], &CompareOptions::default());
+    assert!(
+        c.functions
+            .iter()
+            .all(|f| f.significance == Significance::None)
+    );
+    assert_eq!(c.verdict, None);
+    assert_eq!(find(&c, "slow").p_value, 1.0);
+    assert!((find(&c, "slow").delta_pp - 90.0).abs() < 5.0);
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("cohort A has only 1 request")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn small_cohorts_never_reach_high() {
+    let mut rng = Rng(11);
+    let mut cohort = |stacks: &[(&str, f64)], n| -> Vec<Profile> {
+        (0..n).map(|_| request(&mut rng, stacks, 300, 99)).collect()
+    };
+    let a = cohort(&[("main;slow", 9.0), ("main;x", 1.0)], 4);
+    let b = cohort(&[("main;fast", 9.0), ("main;x", 1.0)], 40);
+    let c = compare(&refs(&a), &refs(&b), &CompareOptions::default());
+    let slow = find(&c, "slow");
+    assert_eq!(slow.significance, Significance::Medium, "{slow:?}");
+    assert!(slow.q_value < 0.01 && slow.effect_size == 1.0);
+    assert!(c.warnings.iter().any(|w| w.contains("capped at medium")));
+}
+
+#[test]
+fn empty_cohorts_give_warnings_and_no_significance() {
+    let mut rng = Rng(5);
+    let p = request(&mut rng, &[("main;work", 1.0)], 50, 99);
+    for (a, b) in [(vec![], vec![]), (vec![&p], vec![]), (vec![], vec![&p, &p])] {
+        let c = compare(&a, &b, &CompareOptions::default());
+        assert_eq!(c.verdict, None);
+        assert_eq!(c.tests, 0);
+        assert!(
+            c.functions
+                .iter()
+                .all(|f| { f.significance == Significance::None && f.p_value == 1.0 && !f.tested })
+        );
+        let empty = usize::from(a.is_empty()) + usize::from(b.is_empty());
+        assert_eq!(
+            c.warnings.iter().filter(|w| w.contains("is empty")).count(),
+            empty,
+            "{:?}",
+            c.warnings
+        );
+        assert_eq!(c.a.requests, a.len());
+        assert_eq!(
+            c.a.mean_cpu_ms,
+            if a.is_empty() {
+                0.0
+            } else {
+                p.total_cpu_ns() as f64 / 1e6
+            }
+        );
+    }
+}
+
+#[test]
+fn requests_without_cpu_count_in_cpu_time_not_in_shares() {
+    let mut rng = Rng(9);
+    let a: Vec<Profile> = (0..6)
+        .map(|_| request(&mut rng, &[("main;work", 1.0)], 99, 99))
+        .collect();
+    let mut b: Vec<Profile> = (0..6)
+        .map(|_| request(&mut rng, &[("main;work", 1.0)], 99, 99))
+        .collect();
+    b.extend((0..6).map(|_| Profile::new()));
+    let c = compare(&refs(&a), &refs(&b), &CompareOptions::default());
+    let work = find(&c, "work");
+    assert_eq!(work.delta_pp, 0.0);
+    assert!((work.a_cpu_ms - 1000.0).abs() < 1e-6);
+    assert!((work.b_cpu_ms - 500.0).abs() < 1e-6);
+    assert_eq!((c.b.requests, c.b.requests_with_cpu), (12, 6));
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("6 of 12 requests have no CPU samples"))
+    );
+}
+
+#[test]
+fn mixed_frequencies_with_the_same_cpu_time_show_no_difference() {
+    let at = |hz: u32| -> Vec<Profile> {
+        (0..10)
+            .map(|_| {
+                let mut p = Profile::new();
+                // Two seconds of CPU, half in each function.
+                p.add(&frames("main;parse"), u64::from(hz), hz);
+                p.add(&frames("main;query"), u64::from(hz), hz);
+                p
+            })
+            .collect()
+    };
+    let (a, b) = (at(99), at(499));
+    let c = compare(&refs(&a), &refs(&b), &CompareOptions::default());
+    for f in &c.functions {
+        assert_eq!(f.delta_pp, 0.0, "{f:?}");
+        assert_eq!(f.a_cpu_ms, f.b_cpu_ms, "{f:?}");
+        assert_eq!(f.significance, Significance::None);
+    }
+    assert_eq!(c.a.cpu_ns, c.b.cpu_ns);
+    assert_eq!((c.a.samples, c.b.samples), (1980, 9980));
+    assert!(
+        c.warnings.iter().any(|w| w.contains("(99, 499 Hz)")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn recursion_counts_once_per_stack() {
+    let mut p = Profile::new();
+    p.add(&frames("main;walk;walk;walk"), 3, 100);
+    p.add(&frames("main;other"), 1, 100);
+    let c = compare(&[&p], &[&p], &CompareOptions::default());
+    let walk = find(&c, "walk");
+    assert_eq!((walk.a_cpu_ms, walk.a_self_cpu_ms), (30.0, 30.0));
+    assert_eq!(walk.a_share_pct, 75.0);
+}
+
+#[test]
+fn top_and_min_significance_filter_the_report() {
+    let (slow, fast) = planted(1);
+    let all = compare(&refs(&slow), &refs(&fast), &CompareOptions::default());
+    let top2 = compare(
+        &refs(&slow),
+        &refs(&fast),
+        &CompareOptions {
+            top: 2,
+            ..CompareOptions::default()
+        },
+    );
+    assert_eq!(top2.functions, all.functions[..2]);
+    assert_eq!(top2.verdict, all.verdict);
+    let high = compare(
+        &refs(&slow),
+        &refs(&fast),
+        &CompareOptions {
+            min_significance: Significance::High,
+            ..CompareOptions::default()
+        },
+    );
+    assert!(!high.functions.is_empty());
+    assert!(
+        high.functions
+            .iter()
+            .all(|f| f.significance == Significance::High)
+    );
+    // Sorted: significant first, by |delta| within each group.
+    let first_none = all
+        .functions
+        .iter()
+        .position(|f| f.significance == Significance::None)
+        .unwrap();
+    assert!(
+        all.functions[first_none..]
+            .iter()
+            .all(|f| f.significance == Significance::None)
+    );
+    for w in all.functions[..first_none].windows(2) {
+        assert!(w[0].delta_pp.abs() >= w[1].delta_pp.abs());
+    }
+}
+
+#[test]
+fn significance_parses_prints_and_orders() {
+    for s in ["none", "low", "medium", "high"] {
+        assert_eq!(s.parse::<Significance>().unwrap().to_string(), s);
+    }
+    assert_eq!(" High ".parse::<Significance>(), Ok(Significance::High));
+    assert!("strong".parse::<Significance>().is_err());
+    assert!(Significance::None < Significance::Low);
+    assert!(Significance::Low < Significance::Medium);
+    assert!(Significance::Medium < Significance::High);
+}
+
+#[test]
+fn comparison_serializes_to_json() {
+    let (slow, fast) = planted(2);
+    let c = compare(&refs(&slow), &refs(&fast), &CompareOptions::default());
+    let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(json["functions"][0]["function"], "validate_signature");
+    assert_eq!(json["functions"][0]["significance"], "high");
+    assert_eq!(json["functions"][0]["only_in"], serde_json::Value::Null);
+    assert_eq!(json["a"]["requests"], 20);
+}
+
+// Mann–Whitney and Benjamini–Hochberg against known values.
+
+#[test]
+fn mann_whitney_matches_the_textbook_example() {
+    // scipy.stats.mannwhitneyu docs: U = 17; exact p = 14/126 (two-sided; 7 of the 126
+    // ways to choose 4 ranks of 9 give U ≤ 3); asymptotic p = 0.11134688653314041.
+    let males = [19.0, 22.0, 16.0, 29.0, 24.0];
+    let females = [20.0, 11.0, 17.0, 12.0];
+    let r = mann_whitney(&males, &females);
+    assert_eq!(r.u, 17.0);
+    assert!((r.p_value - 14.0 / 126.0).abs() < 1e-12, "{r:?}");
+    assert!((r.effect_size - (2.0 * 17.0 / 20.0 - 1.0)).abs() < 1e-12);
+    assert!((normal_p(17.0, 5, 4, 0.0) - 0.11134688653314041).abs() < 1e-9);
+    // Swapping the samples: U' = nA·nB − U, same p, opposite effect.
+    let s = mann_whitney(&females, &males);
+    assert_eq!(s.u, 3.0);
+    assert_eq!(s.p_value, r.p_value);
+    assert_eq!(s.effect_size, -r.effect_size);
+}
+
+#[test]
+fn mann_whitney_handles_ties() {
+    // Ranks 1 | 3 3 3 | 5.5 5.5 | 7 | 8: R_A = 1 + 3 + 3 + 5.5 = 12.5, U = 12.5 − 10 = 2.5;
+    // ties (3, 2): Σ t³ − t = 24 + 6 = 30. Exact (by enumeration of the 70 splits): 14/70.
+    let a = [1.0, 2.0, 2.0, 3.0];
+    let b = [2.0, 3.0, 4.0, 5.0];
+    let r = mann_whitney(&a, &b);
+    assert_eq!(r.u, 2.5);
+    assert!((r.p_value - 0.2).abs() < 1e-12, "{r:?}");
+    assert_eq!(tie_term(&doubled_midranks(&a, &b)), 30.0);
+    // σ² = 16/12 · (9 − 30/56), z = (5.5 − 0.5)/σ, p = 2·(1 − Φ(z)).
+    assert!((normal_p(2.5, 4, 4, 30.0) - 0.13665824773814753).abs() < 1e-9);
+    // All values equal: no evidence at all.
+    assert_eq!(mann_whitney(&[0.0; 5], &[0.0; 7]).p_value, 1.0);
+    assert_eq!(mann_whitney(&[], &[1.0]).p_value, 1.0);
+}
+
+#[test]
+fn exact_distribution_matches_enumeration() {
+    let mut rng = Rng(99);
+    for _ in 0..200 {
+        let na = rng.range(1, 6) as usize;
+        let nb = rng.range(1, 7) as usize;
+        // Values on a coarse grid, so ties are common.
+        let mut draw = |n| -> Vec<f64> { (0..n).map(|_| rng.range(0, 4) as f64).collect() };
+        let (a, b) = (draw(na), draw(nb));
+        let ranks = doubled_midranks(&a, &b);
+        let doubled: Vec<u64> = ranks.iter().map(|r| r.0).collect();
+        let observed: u64 = ranks.iter().filter(|r| r.1).map(|r| r.0).sum();
+        let n = na + nb;
+        let center = (na * (n + 1)) as i64;
+        let distance = (observed as i64 - center).abs();
+        let (mut extreme, mut total) = (0u64, 0u64);
+        for mask in 0u32..1 << n {
+            if mask.count_ones() as usize != na {
+                continue;
+            }
+            let s: u64 = (0..n)
+                .filter(|i| mask >> i & 1 == 1)
+                .map(|i| doubled[i])
+                .sum();
+            total += 1;
+            extreme += u64::from((s as i64 - center).abs() >= distance);
+        }
+        let want = extreme as f64 / total as f64;
+        let got = exact_p(&doubled, na, observed);
+        assert!((got - want).abs() < 1e-12, "{a:?} {b:?}: {got} vs {want}");
+    }
+}
+
+#[test]
+fn normal_approximation_is_close_to_exact_at_the_switch() {
+    let a: Vec<f64> = (0..15).map(|i| f64::from(i) + 4.5).collect();
+    let b: Vec<f64> = (0..15).map(f64::from).collect();
+    let ranks = doubled_midranks(&a, &b);
+    let doubled: Vec<u64> = ranks.iter().map(|r| r.0).collect();
+    let observed: u64 = ranks.iter().filter(|r| r.1).map(|r| r.0).sum();
+    let r = mann_whitney(&a, &b);
+    let exact = exact_p(&doubled, 15, observed);
+    let normal = normal_p(r.u, 15, 15, 0.0);
+    assert!((exact - normal).abs() < 0.005, "{exact} vs {normal}");
+}
+
+#[test]
+fn benjamini_hochberg_matches_hand_computation() {
+    // Sorted 0.005, 0.01, 0.03, 0.04 → ·4/1, ·4/2, ·4/3, ·4/4 = 0.02, 0.02, 0.04, 0.04.
+    let q = benjamini_hochberg(&[0.01, 0.04, 0.03, 0.005]);
+    for (got, want) in q.iter().zip([0.02, 0.04, 0.04, 0.02]) {
+        assert!((got - want).abs() < 1e-12, "{q:?}");
+    }
+    // Step-up: 0.02·2/1 = 0.04 is lowered to the next one's 0.03·2/2 = 0.03.
+    let q = benjamini_hochberg(&[0.02, 0.03]);
+    assert!((q[0] - 0.03).abs() < 1e-12 && (q[1] - 0.03).abs() < 1e-12);
+    // Never above 1; the empty set is fine.
+    assert_eq!(benjamini_hochberg(&[0.9, 0.8, 1.0]), vec![1.0, 1.0, 1.0]);
+    assert!(benjamini_hochberg(&[]).is_empty());
+}
+
+// Differential flame graphs.
+
+#[test]
+fn differential_folded_gives_mean_microseconds_per_request() {
+    let mut a1 = Profile::new();
+    a1.add(&frames("main;slow"), 3, 100); // 30 ms
+    a1.add(&frames("main;shared"), 1, 100); // 10 ms
+    let mut a2 = Profile::new();
+    a2.add(&frames("main;slow"), 1, 100); // 10 ms
+    let mut b = Profile::new();
+    b.add(&frames("main;shared"), 2, 100); // 20 ms
+    b.add(&frames("main;fast"), 1, 1000); // 1 ms
+    let folded = differential_folded(&[&a1, &a2], &[&b]);
+    assert_eq!(
+        folded,
+        "main;fast 0 1000\nmain;shared 5000 20000\nmain;slow 20000 0\n"
+    );
+    assert_eq!(differential_folded(&[], &[]), "");
+}
+
+#[test]
+fn differential_svg_is_red_where_a_is_hotter() {
+    let folded = "main;slow 20000 0\nmain;shared 5000 20000\n";
+    let mut svg = Vec::new();
+    write_differential_svg(folded, "slow vs fast", &mut svg).unwrap();
+    let svg = String::from_utf8(svg).unwrap();
+    assert!(svg.contains("slow vs fast"));
+    // Widths are A's; red rgb(255,c,c) where A is hotter, blue rgb(c,c,255) where B is.
+    assert!(svg.contains(
+        "<title>slow (20,000 µs, 80.00%; +80.00%)</title><rect x=\"20.0000%\" y=\"61\" \
+         width=\"80.0000%\" height=\"15\" fill=\"rgb(255,100,100)\""
+    ));
+    assert!(svg.contains(
+        "<title>shared (5,000 µs, 20.00%; -60.00%)</title><rect x=\"0.0000%\" y=\"61\" \
+         width=\"20.0000%\" height=\"15\" fill=\"rgb(137,137,255)\""
+    ));
+
+    let mut empty = Vec::new();
+    write_differential_svg("", "nothing", &mut empty).unwrap();
+    assert!(
+        String::from_utf8(empty)
+            .unwrap()
+            .contains("no samples in cohort A")
+    );
+    assert!(write_differential_svg("main;x 12", "bad", &mut Vec::new()).is_err());
+}

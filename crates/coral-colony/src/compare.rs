@@ -1,0 +1,153 @@
+//! `CompareTraceProfiles`: two cohorts of a service's profiled requests, selected by
+//! filters the store compiles to parameterised SQL, compared function by function
+//! (`coral_analysis::compare`: Mann–Whitney U per function, requests as the unit,
+//! Benjamini–Hochberg across functions).
+
+use crate::query::{duration_ns, require_service};
+use crate::{now_unix_nano, store_status};
+use coral_analysis::compare::{self, CompareOptions, Comparison, Significance};
+use coral_analysis::filter::{self, Filter};
+use coral_analysis::profile::Profile;
+use coral_client::v1;
+use coral_store::{Store, TraceProfileRecord};
+use std::time::Duration;
+use tonic::Status;
+
+const DEFAULT_RANGE: Duration = Duration::from_secs(3600);
+const MAX_RANGE: Duration = Duration::from_secs(30 * 24 * 3600);
+const DEFAULT_TOP: u32 = 10;
+/// Requests per cohort at most; the newest are compared.
+pub const MAX_COHORT_REQUESTS: u32 = 5000;
+
+fn parse_filter(which: &str, text: &str) -> Result<Filter, Status> {
+    if text.trim().is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "the {which} filter is empty: write e.g. \"duration > 1s\" or \"status = 5xx\""
+        )));
+    }
+    filter::parse(text).map_err(|e| Status::invalid_argument(format!("{which} filter: {e}")))
+}
+
+async fn cohort(
+    store: &dyn Store,
+    service: &str,
+    since: i64,
+    filter: &Filter,
+    which: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<TraceProfileRecord>, Status> {
+    let (profiles, truncated) = store
+        .cohort_profiles(service, since, filter, MAX_COHORT_REQUESTS)
+        .await
+        .map_err(store_status)?;
+    if truncated {
+        warnings.push(format!(
+            "more than {MAX_COHORT_REQUESTS} requests match cohort {which}: the newest \
+             {MAX_COHORT_REQUESTS} were compared; narrow --since or the filter"
+        ));
+    }
+    if profiles.is_empty() {
+        warnings.push(format!(
+            "cohort {which} ({filter}) has no profiled request: requests get profiles only \
+             while a trigger (and its baseline) or a profiling session of the service runs; \
+             try coral profile trace-trigger --service {service} ..."
+        ));
+    }
+    Ok(profiles)
+}
+
+pub(crate) async fn compare_trace_profiles(
+    store: &dyn Store,
+    req: v1::CompareTraceProfilesRequest,
+) -> Result<v1::CompareTraceProfilesResponse, Status> {
+    let service = req.service_id.trim();
+    let filter_a = parse_filter("cohort A", &req.cohort_a_filter)?;
+    let filter_b = parse_filter("cohort B", &req.cohort_b_filter)?;
+    let range = match &req.time_range {
+        None => DEFAULT_RANGE,
+        Some(d) => Duration::from_nanos(duration_ns(d, "time_range")? as u64),
+    };
+    if range.is_zero() || range > MAX_RANGE {
+        return Err(Status::invalid_argument(format!(
+            "time_range must be more than 0 and at most {} days (1h is the usual)",
+            MAX_RANGE.as_secs() / 86_400
+        )));
+    }
+    let min_significance: Significance = match req.min_significance.trim() {
+        "" => Significance::None,
+        s => s.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "min_significance {s:?} is not one of none, low, medium, high"
+            ))
+        })?,
+    };
+    let top = match req.top {
+        0 => DEFAULT_TOP,
+        n => n.min(1000),
+    };
+    require_service(store, service).await?;
+
+    let since = now_unix_nano().saturating_sub(range.as_nanos() as i64);
+    let mut warnings = Vec::new();
+    let a = cohort(store, service, since, &filter_a, "A", &mut warnings).await?;
+    let b = cohort(store, service, since, &filter_b, "B", &mut warnings).await?;
+    let a: Vec<&Profile> = a.iter().map(|p| &p.profile).collect();
+    let b: Vec<&Profile> = b.iter().map(|p| &p.profile).collect();
+    let options = CompareOptions {
+        top: top as usize,
+        min_significance,
+        ..CompareOptions::default()
+    };
+    let comparison = compare::compare(&a, &b, &options);
+    let differential_folded = if req.differential {
+        compare::differential_folded(&a, &b)
+    } else {
+        String::new()
+    };
+    warnings.extend(comparison.warnings.iter().cloned());
+    Ok(to_wire(comparison, warnings, differential_folded))
+}
+
+fn to_wire(
+    c: Comparison,
+    warnings: Vec<String>,
+    differential_folded: String,
+) -> v1::CompareTraceProfilesResponse {
+    let samples = |n: u64| i32::try_from(n).unwrap_or(i32::MAX);
+    v1::CompareTraceProfilesResponse {
+        hotspots: c
+            .functions
+            .iter()
+            .map(|f| v1::DifferentialHotspot {
+                function: f.function.clone(),
+                delta_percentage: f.delta_pp as f32,
+                cohort_a_cpu_ms: f.a_cpu_ms.round() as i64,
+                cohort_b_cpu_ms: f.b_cpu_ms.round() as i64,
+                significance: f.significance.to_string(),
+                module: f.module.clone(),
+                self_delta_percentage: f.self_delta_pp as f32,
+                cohort_a_cpu_ms_per_request: f.a_cpu_ms,
+                cohort_b_cpu_ms_per_request: f.b_cpu_ms,
+                cohort_a_self_cpu_ms: f.a_self_cpu_ms,
+                cohort_b_self_cpu_ms: f.b_self_cpu_ms,
+                p_value: f.p_value,
+                q_value: f.q_value,
+                effect_size: f.effect_size,
+                only_in: match f.only_in {
+                    Some(compare::Cohort::A) => "a".into(),
+                    Some(compare::Cohort::B) => "b".into(),
+                    None => String::new(),
+                },
+            })
+            .collect(),
+        cohort_a_sample_count: samples(c.a.samples),
+        cohort_b_sample_count: samples(c.b.samples),
+        cohort_a_requests: c.a.requests as u32,
+        cohort_b_requests: c.b.requests as u32,
+        cohort_a_mean_cpu_ms: c.a.mean_cpu_ms,
+        cohort_b_mean_cpu_ms: c.b.mean_cpu_ms,
+        verdict: c.verdict.unwrap_or_default(),
+        warnings,
+        differential_folded,
+    }
+}
