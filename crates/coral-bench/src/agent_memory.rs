@@ -4,7 +4,7 @@
 //! (`CORAL_BENCH_MEMORY_SECS` shortens it), reading the agent's VmRSS every 10 s.
 
 use crate::workload::{self, Database, Processes};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use coral_client::v1;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,28 +22,6 @@ fn status_kib(pid: u32, field: &str) -> Result<u64> {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
-}
-
-/// CPU time (user + system) process `pid` has used so far, from /proc/PID/stat.
-fn process_cpu(pid: u32) -> Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("process {pid} is gone"))?;
-    // Fields after the command name (which may hold spaces): state is field 3, utime
-    // and stime fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .with_context(|| format!("unexpected /proc/{pid}/stat"))
-    };
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?
-        .filter(|&t| t > 0)
-        .unwrap_or(100) as f64;
-    Ok(Duration::from_secs_f64(
-        (ticks(11)? + ticks(12)?) as f64 / per_second,
-    ))
 }
 
 fn mib(kib: u64) -> f64 {
@@ -106,28 +84,12 @@ pub async fn run(coral: &str, postgres: Option<&str>) -> Result<()> {
     let busy_pid = busy.id();
     procs.0.push(busy);
 
-    let channel = coral_client::connect(&colony).await?;
-    let mut query = coral_client::query_client(channel.clone());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let services = query
-            .list_services(v1::ListServicesRequest {})
-            .await?
-            .into_inner()
-            .services;
-        if services.iter().any(|s| s.name == crate::busy::BUSY_SERVICE) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("busy-svc's spans did not reach the colony within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    workload::wait_for_service(&colony, crate::busy::BUSY_SERVICE).await?;
     // Let the agent settle with spans flowing before taking the baseline.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let baseline = Rss::read(agent_pid)?;
 
-    let mut profiles = coral_client::profile_client(channel);
+    let mut profiles = coral_client::profile_client(coral_client::connect(&colony).await?);
     let request = v1::ProfileCpuRequest {
         service: crate::busy::BUSY_SERVICE.into(),
         duration: Some(prost_types::Duration {
@@ -137,7 +99,7 @@ pub async fn run(coral: &str, postgres: Option<&str>) -> Result<()> {
         frequency_hz: FREQUENCY_HZ,
     };
     let session_start = Instant::now();
-    let busy_cpu_before = process_cpu(busy_pid)?;
+    let busy_cpu_before = workload::process_cpu(busy_pid)?;
     let mut call = tokio::spawn(async move { profiles.profile_cpu(request).await });
     let mut readings: Vec<(Duration, Rss)> = Vec::new();
     let mut next = tokio::time::Instant::now() + POLL;
@@ -152,8 +114,8 @@ pub async fn run(coral: &str, postgres: Option<&str>) -> Result<()> {
     };
     let after = Rss::read(agent_pid)?;
     // What the session could have sampled: the service's CPU time × the frequency.
-    let expected_samples =
-        (process_cpu(busy_pid)? - busy_cpu_before).as_secs_f64() * f64::from(FREQUENCY_HZ);
+    let expected_samples = (workload::process_cpu(busy_pid)? - busy_cpu_before).as_secs_f64()
+        * f64::from(FREQUENCY_HZ);
     let ended = session_start.elapsed();
     let peak = status_kib(agent_pid, "VmHWM")?;
     // Request profiles may still be on their way (the agent holds requests ≤ 2 s).

@@ -4,19 +4,25 @@
 //! - `spin <seconds>`: waits for a line on stdin (so the parent can attach a sampler
 //!   first), then burns CPU on 2 threads for that long and prints
 //!   `<iterations> <elapsed ns> <CPU ns used>`.
-//! - `busy-service --otlp HOST:PORT [--rate N] [--work-ms M]`: a service of 2 worker
-//!   threads serving about N requests/s in total, each request M ms of CPU in named
-//!   functions, exporting a server span per request over OTLP/gRPC (service
+//! - `busy-service --otlp HOST:PORT [--rate N] [--work-ms M] [--saturate]`: a service
+//!   of 2 worker threads serving about N requests/s in total, each request M ms of CPU
+//!   in named functions, exporting a server span per request over OTLP/gRPC (service
 //!   `busy-svc`, resource `process.pid`, span attribute `thread.id`), until killed.
+//!   With `--saturate`, the workers serve requests back to back, each a fixed amount of
+//!   work (calibrated at start to take M ms of CPU), so that what the service completes
+//!   measures the CPU it gets; every line on stdin is answered on stdout with
+//!   `<requests completed> <ns since the workers started>`.
 
+use crate::workload::kv;
 use anyhow::{Context, Result, bail};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use std::hint::black_box;
-use std::io::BufRead;
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Worker threads of both workloads (the machine has 2 cores).
@@ -130,12 +136,48 @@ fn busy_serve_request(seed: u64, work: Duration) -> u64 {
     acc
 }
 
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
+/// Does `units` units of work: the same amount whatever CPU share the thread gets.
+#[inline(never)]
+fn busy_serve_units(seed: u64, units: u64) -> u64 {
+    let mut acc = seed;
+    for _ in 0..units {
+        acc = acc.wrapping_add(busy_handle_unit(acc));
     }
+    acc
+}
+
+/// CPU time this thread has used so far.
+fn thread_cpu_time() -> Result<Duration> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_THREAD)?;
+    let micros = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec().max(0) as u64)
+            + Duration::from_micros(t.tv_usec().max(0) as u64)
+    };
+    Ok(micros(usage.user_time()) + micros(usage.system_time()))
+}
+
+/// How many units of work take `work` of CPU, measured on this thread's CPU time (not
+/// wall time: the other processes of the benchmark share the cores).
+fn calibrate(work: Duration) -> Result<u64> {
+    const MEASURE: Duration = Duration::from_millis(300);
+    let start = thread_cpu_time()?;
+    let (mut units, mut acc) = (0u64, 0u64);
+    while thread_cpu_time()? - start < MEASURE {
+        acc = acc.wrapping_add(busy_serve_units(acc, 64));
+        units += 64;
+    }
+    black_box(acc);
+    Ok(((units as f64 * work.as_secs_f64() / MEASURE.as_secs_f64()) as u64).max(1))
+}
+
+/// How a request's work is bounded.
+#[derive(Clone, Copy)]
+enum Work {
+    /// Wall time: paced requests that take about this long.
+    Time(Duration),
+    /// Units of work: back-to-back requests.
+    Units(u64),
 }
 
 fn unix_nanos() -> u64 {
@@ -151,11 +193,12 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
-/// `coral-bench busy-service --otlp HOST:PORT [--rate N] [--work-ms M]`.
+/// `coral-bench busy-service --otlp HOST:PORT [--rate N] [--work-ms M] [--saturate]`.
 pub fn busy_service(args: &[String]) -> Result<()> {
     let mut otlp = None;
     let mut rate = 50.0f64;
     let mut work_ms = 15.0f64;
+    let mut saturate = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().with_context(|| format!("{a} needs a value"));
@@ -163,6 +206,7 @@ pub fn busy_service(args: &[String]) -> Result<()> {
             "--otlp" => otlp = Some(value()?.clone()),
             "--rate" => rate = value()?.parse().context("--rate: a number")?,
             "--work-ms" => work_ms = value()?.parse().context("--work-ms: a number")?,
+            "--saturate" => saturate = true,
             other => bail!("unknown option {other}"),
         }
     }
@@ -173,8 +217,16 @@ pub fn busy_service(args: &[String]) -> Result<()> {
     // Each worker serves rate / THREADS requests per second.
     let period = Duration::from_secs_f64(THREADS as f64 / rate);
     let work = Duration::from_secs_f64(work_ms / 1e3);
+    let work = if saturate {
+        Work::Units(calibrate(work)?)
+    } else {
+        Work::Time(work)
+    };
+    let completed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
     for t in 0..THREADS as u64 {
         let tx = tx.clone();
+        let completed = completed.clone();
         // Runs until the process is killed.
         std::thread::spawn(move || {
             let tid = i64::from(nix::unistd::gettid().as_raw());
@@ -182,8 +234,12 @@ pub fn busy_service(args: &[String]) -> Result<()> {
             let mut n = 0u64;
             loop {
                 let start = unix_nanos();
-                black_box(busy_serve_request(t << 40 | n, work));
+                black_box(match work {
+                    Work::Time(work) => busy_serve_request(t << 40 | n, work),
+                    Work::Units(units) => busy_serve_units(t << 40 | n, units),
+                });
                 let end = unix_nanos();
+                completed.fetch_add(1, Ordering::Relaxed);
                 let span = Span {
                     trace_id: random_bytes::<16>().to_vec(),
                     span_id: random_bytes::<8>().to_vec(),
@@ -206,6 +262,9 @@ pub fn busy_service(args: &[String]) -> Result<()> {
                     return;
                 }
                 n += 1;
+                if saturate {
+                    continue;
+                }
                 next += period;
                 let now = Instant::now();
                 if next > now {
@@ -217,6 +276,18 @@ pub fn busy_service(args: &[String]) -> Result<()> {
         });
     }
     drop(tx);
+    if saturate {
+        std::thread::spawn(move || -> Result<()> {
+            let mut out = std::io::stdout().lock();
+            for line in std::io::stdin().lock().lines() {
+                line?;
+                let done = completed.load(Ordering::Relaxed);
+                writeln!(out, "{done} {}", started.elapsed().as_nanos())?;
+                out.flush()?;
+            }
+            Ok(())
+        });
+    }
 
     // The exporter: a batch every 200 ms, like an SDK's batch span processor.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -236,12 +307,7 @@ pub fn busy_service(args: &[String]) -> Result<()> {
             ],
             ..Default::default()
         };
-        let mut client = loop {
-            match TraceServiceClient::connect(format!("http://{otlp}")).await {
-                Ok(c) => break c,
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        };
+        let mut client = crate::workload::otlp_client(&otlp).await;
         let mut pending: Vec<Span> = Vec::new();
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;

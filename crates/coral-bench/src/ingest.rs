@@ -2,15 +2,15 @@
 
 use crate::workload::{self, Database, Processes};
 use anyhow::{Result, bail};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use std::time::{Duration, Instant};
 
 /// Spans sent end to end per backend.
 const SPANS: u64 = 500_000;
 /// Spans per OTLP request (an SDK batch processor's usual size is 512).
-const PER_REQUEST: u64 = 1_000;
+pub const PER_REQUEST: u64 = 1_000;
 /// Concurrent exporters.
-const SENDERS: usize = 4;
+pub const SENDERS: usize = 4;
 
 pub async fn run(coral: &str, postgres: Option<&str>) -> Result<()> {
     println!(
@@ -46,13 +46,20 @@ async fn end_to_end(coral: &str, pg: Option<&str>) -> Result<(&'static str, f64)
     let mut procs = Processes(Vec::new());
     let colony = workload::start_colony(coral, &db, &mut procs).await?;
     let (otlp, _) = workload::start_agent(coral, &colony, &mut procs)?;
-    let client = loop {
-        match TraceServiceClient::connect(format!("http://{otlp}")).await {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
-    let requests = workload::otlp_requests(2, SPANS, PER_REQUEST);
+    let requests = workload::otlp_requests(2, SPANS, PER_REQUEST, 1000);
+    let elapsed = pump(&otlp, &db, requests, SPANS).await?;
+    Ok((db.label, SPANS as f64 / elapsed.as_secs_f64()))
+}
+
+/// Sends `requests` to the agent at `otlp` from [`SENDERS`] concurrent exporters, then
+/// waits until `db` holds `stored` spans. Returns the time from the first export on.
+pub async fn pump(
+    otlp: &str,
+    db: &Database,
+    requests: Vec<ExportTraceServiceRequest>,
+    stored: u64,
+) -> Result<Duration> {
+    let client = workload::otlp_client(otlp).await;
     let start = Instant::now();
     let mut senders = Vec::new();
     for part in requests.chunks(requests.len().div_ceil(SENDERS)) {
@@ -75,14 +82,13 @@ async fn end_to_end(coral: &str, pg: Option<&str>) -> Result<(&'static str, f64)
     }
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let stored = db.count_spans().await?;
-        if stored as u64 >= SPANS {
-            break;
+        let count = db.count_spans().await? as u64;
+        if count >= stored {
+            return Ok(start.elapsed());
         }
         if Instant::now() > deadline {
-            bail!("only {stored} of {SPANS} spans were stored");
+            bail!("only {count} of {stored} spans were stored");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok((db.label, SPANS as f64 / start.elapsed().as_secs_f64()))
 }

@@ -14,6 +14,12 @@
 //!   beside the cold first pass (the baseline).
 //! - `trace-profile`: `GetTraceProfile` p50/p95 in a colony over 10,000,000 stored
 //!   profile samples (PostgreSQL; fewer on SQLite), beside a `ListServices` round trip.
+//! - `trigger`: trace-triggered profiling (root). The agent's perf events with no
+//!   trigger, an active one and a cancelled one; a saturated service's requests/s in
+//!   alternating rounds without (the baseline) and with an active trigger at 99 Hz;
+//!   `RequestCriteria::matches` spans/s beside a duration comparison, and span ingest
+//!   through an agent with and without an active trigger; a matching span's arrival to
+//!   its trace id in `GetTraceProfileTrigger`, beside that RPC's round trip.
 //! - `agent-memory` (only when named: it takes 10 minutes, `CORAL_BENCH_MEMORY_SECS`
 //!   shortens it): the agent's RSS while profiling a busy service at 99 Hz, beside its
 //!   RSS before the session. Needs root.
@@ -21,7 +27,8 @@
 //! Every figure is printed; nothing here passes or fails on a timing.
 //!
 //! Hidden subcommands run the workloads the benchmarks sample, as child processes:
-//! `spin <seconds>` and `busy-service --otlp HOST:PORT [--rate N] [--work-ms M]`.
+//! `spin <seconds>` and `busy-service --otlp HOST:PORT [--rate N] [--work-ms M]
+//! [--saturate]`.
 
 mod agent_memory;
 mod busy;
@@ -30,12 +37,13 @@ mod overhead;
 mod query;
 mod symbolize;
 mod trace_profile;
+mod trigger;
 mod workload;
 
 use anyhow::{Result, bail};
 
 const USAGE: &str =
-    "usage: coral-bench [all|ingest|query|overhead|symbolize|trace-profile|agent-memory]";
+    "usage: coral-bench [all|ingest|query|overhead|symbolize|trace-profile|trigger|agent-memory]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,7 +51,7 @@ fn main() -> Result<()> {
     match which {
         "spin" => return busy::spin(&args[1..]),
         "busy-service" => return busy::busy_service(&args[1..]),
-        "all" | "ingest" | "query" | "overhead" | "symbolize" | "trace-profile"
+        "all" | "ingest" | "query" | "overhead" | "symbolize" | "trace-profile" | "trigger"
         | "agent-memory" => {}
         _ => bail!(USAGE),
     }
@@ -72,6 +80,9 @@ async fn run(which: &str) -> Result<()> {
     }
     if all || which == "trace-profile" {
         trace_profile::run(&coral, postgres).await?;
+    }
+    if all || which == "trigger" {
+        trigger::run(&coral, postgres).await?;
     }
     // Not part of `all`: it takes 10 minutes.
     if which == "agent-memory" {

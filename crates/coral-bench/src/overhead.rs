@@ -3,6 +3,7 @@
 //! attached at 99 Hz, drained every 100 ms and its stacks symbolized, as the agent's
 //! profiler does.
 
+use crate::workload::{loss_vs_neighbours, median};
 use anyhow::{Context, Result, bail};
 use coral_sampler::{EbpfSampler, Sample, Sampler, SamplerConfig};
 use coral_symbolizer::Symbolizer;
@@ -114,8 +115,7 @@ pub fn run() -> Result<()> {
 
     // Each "on" round (2k+1) against the mean of the "off" rounds around it.
     let versus_neighbours = |round: usize, value: fn(&Round) -> f64| {
-        let around = (value(&rounds[round - 1]) + value(&rounds[round + 1])) / 2.0;
-        1.0 - value(&rounds[round]) / around
+        loss_vs_neighbours(&rounds.iter().map(value).collect::<Vec<_>>(), round)
     };
     let slowdown = |round: usize| versus_neighbours(round, Round::rate);
     let on_indices: Vec<usize> = (1..rounds_count).step_by(2).collect();
@@ -226,16 +226,6 @@ struct Round {
     own_cpu: Duration,
     /// `Some` for "on" rounds.
     stats: Option<RoundStats>,
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// What one "on" round drained.

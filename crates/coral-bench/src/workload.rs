@@ -4,6 +4,7 @@
 use anyhow::{Context, Result, bail};
 use coral_store::{SpanId, SpanRecord, TraceId};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
@@ -82,7 +83,7 @@ pub fn records(
     out
 }
 
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
+pub fn kv(key: &str, value: any_value::Value) -> KeyValue {
     KeyValue {
         key: key.into(),
         value: Some(AnyValue { value: Some(value) }),
@@ -91,8 +92,14 @@ fn kv(key: &str, value: any_value::Value) -> KeyValue {
 }
 
 /// OTLP export requests of `per_request` spans each, like an SDK's batches: one server
-/// span per trace with the usual HTTP attributes.
-pub fn otlp_requests(run: u32, spans: u64, per_request: u64) -> Vec<ExportTraceServiceRequest> {
+/// span per trace with the usual HTTP attributes, of service `bench-svc` in process
+/// `pid`; each lasts 1 s and ends now (when generated).
+pub fn otlp_requests(
+    run: u32,
+    spans: u64,
+    per_request: u64,
+    pid: i64,
+) -> Vec<ExportTraceServiceRequest> {
     let now = now_ns() as u64;
     (0..spans.div_ceil(per_request))
         .map(|r| {
@@ -130,7 +137,7 @@ pub fn otlp_requests(run: u32, spans: u64, per_request: u64) -> Vec<ExportTraceS
                                 "service.name",
                                 any_value::Value::StringValue("bench-svc".into()),
                             ),
-                            kv("process.pid", any_value::Value::IntValue(1000)),
+                            kv("process.pid", any_value::Value::IntValue(pid)),
                         ],
                         ..Default::default()
                     }),
@@ -226,12 +233,13 @@ pub fn backends(postgres: Option<&str>) -> Vec<Option<&str>> {
     postgres.map(Some).into_iter().chain([None]).collect()
 }
 
-/// Child processes killed on drop.
+/// Child processes killed on drop, the last started first (an agent before its
+/// colony, which it would otherwise log about).
 pub struct Processes(pub Vec<Child>);
 
 impl Drop for Processes {
     fn drop(&mut self) {
-        for c in &mut self.0 {
+        for c in self.0.iter_mut().rev() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -302,6 +310,63 @@ pub fn start_agent(coral: &str, colony: &str, procs: &mut Processes) -> Result<(
     let pid = agent.id();
     procs.0.push(agent);
     Ok((otlp, pid))
+}
+
+/// An OTLP/gRPC client of the receiver at `addr`, once it accepts connections.
+pub async fn otlp_client(addr: &str) -> TraceServiceClient<tonic::transport::Channel> {
+    loop {
+        match TraceServiceClient::connect(format!("http://{addr}")).await {
+            Ok(c) => return c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Waits until the colony at `colony` lists `service` (its spans are stored).
+pub async fn wait_for_service(colony: &str, service: &str) -> Result<()> {
+    let mut query = coral_client::query_client(coral_client::connect(colony).await?);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let services = query
+            .list_services(coral_client::v1::ListServicesRequest {})
+            .await?
+            .into_inner()
+            .services;
+        if services.iter().any(|s| s.name == service) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{service}'s spans did not reach the colony within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// CPU time process `pid` has used so far, to the nanosecond (its CPU-time clock;
+/// /proc/PID/stat counts in 10 ms ticks).
+pub fn process_cpu(pid: u32) -> Result<Duration> {
+    use nix::time::{ClockId, clock_gettime};
+    let clock = ClockId::pid_cpu_clock_id(nix::unistd::Pid::from_raw(pid as i32))
+        .with_context(|| format!("process {pid} is gone"))?;
+    Ok(clock_gettime(clock)
+        .with_context(|| format!("process {pid} is gone"))?
+        .into())
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// How much lower `values[i]` is than the mean of its neighbours (alternating rounds:
+/// this cancels slow drifts of the machine's speed).
+pub fn loss_vs_neighbours(values: &[f64], i: usize) -> f64 {
+    1.0 - values[i] / ((values[i - 1] + values[i + 1]) / 2.0)
 }
 
 /// Median and 95th percentile.
