@@ -26,9 +26,11 @@
 //!   samples up to its end (at most [`MAX_HOLD`]), then joined on thread and time
 //!   (*thread* precision) or process and time (*process* precision), and sent as a
 //!   `TraceProfile`, even when no sample fell in it (an honest empty profile).
-//! * Perf events are attached only while a session needs them: the sampler detaches
-//!   when its last target is removed. Nothing is sampled, and the span observer costs
-//!   one directory update per request, while no session runs.
+//! * Perf events are attached only while a session or trigger needs them: the sampler
+//!   detaches when its last target is removed, and is unloaded after a minute
+//!   ([`ProfilingConfig::sampler_idle_unload`]) with nothing to sample. Nothing is
+//!   sampled, and the span observer costs one directory update per request, while no
+//!   session or trigger runs.
 
 mod directory;
 mod fold;
@@ -66,11 +68,15 @@ pub struct ProfilingConfig {
     /// `None`: any service may be profiled. `Some(list)`: only these; a session for
     /// another is answered with an error.
     pub allow_services: Option<Vec<String>>,
+    /// The sampler (BPF program, maps, reader thread) is unloaded after this long with
+    /// nothing to sample: detached perf events cost nothing, a loaded sampler a little.
+    pub sampler_idle_unload: Duration,
 }
 
 impl ProfilingConfig {
     pub const DEFAULT_MAX_FREQUENCY_HZ: u32 = 1000;
     pub const DEFAULT_RING_SAMPLES: usize = 200_000;
+    pub const DEFAULT_SAMPLER_IDLE_UNLOAD: Duration = Duration::from_secs(60);
 }
 
 impl Default for ProfilingConfig {
@@ -79,6 +85,7 @@ impl Default for ProfilingConfig {
             max_frequency_hz: Self::DEFAULT_MAX_FREQUENCY_HZ,
             ring_samples: Self::DEFAULT_RING_SAMPLES,
             allow_services: None,
+            sampler_idle_unload: Self::DEFAULT_SAMPLER_IDLE_UNLOAD,
         }
     }
 }
@@ -104,6 +111,30 @@ pub fn is_request(span: &v1::Span) -> bool {
     matches!(span.kind, 2 | 5) || span.parent_span_id.is_empty()
 }
 
+/// What the profiler thread needs of a request span: not its other attributes (the
+/// largest part, and a copy per request while a trigger runs).
+fn request_part(span: &v1::Span) -> v1::Span {
+    v1::Span {
+        trace_id: span.trace_id.clone(),
+        span_id: span.span_id.clone(),
+        parent_span_id: span.parent_span_id.clone(),
+        service: span.service.clone(),
+        name: span.name.clone(),
+        kind: span.kind,
+        start_time_unix_nano: span.start_time_unix_nano,
+        duration_ns: span.duration_ns,
+        status_code: span.status_code,
+        http_status: span.http_status,
+        url: span.url.clone(),
+        route: span.route.clone(),
+        pid: span.pid,
+        thread_id: span.thread_id,
+        status_message: String::new(),
+        node: String::new(),
+        attributes_json: String::new(),
+    }
+}
+
 /// Most span batches queued for the profiler thread; beyond it the observer drops them.
 const MAX_QUEUED_SPAN_BATCHES: usize = 4096;
 /// Most request-profile batches waiting for the colony.
@@ -123,6 +154,9 @@ pub(crate) struct Shared {
     watched: RwLock<HashSet<String>>,
     to_worker: std::sync::mpsc::Sender<Msg>,
     queued_span_batches: AtomicUsize,
+    /// The latest set of active triggers, not yet taken by the profiler thread: kept
+    /// apart from the span queue, so that a busy agent ends a trigger at once.
+    pending_triggers: Mutex<Option<Vec<v1::TriggerCommand>>>,
 }
 
 impl Shared {
@@ -138,6 +172,13 @@ impl Shared {
         let any = !services.is_empty();
         *self.watched.write().unwrap_or_else(|e| e.into_inner()) = services;
         self.watching.store(any, Ordering::Release);
+    }
+
+    pub(crate) fn take_pending_triggers(&self) -> Option<Vec<v1::TriggerCommand>> {
+        self.pending_triggers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     pub(crate) fn span_batch_taken(&self) {
@@ -196,7 +237,7 @@ impl SpanObserver for Profiler {
             spans
                 .iter()
                 .filter(|s| s.pid.is_some() && is_request(s) && watched.contains(&s.service))
-                .cloned()
+                .map(request_part)
                 .collect()
         };
         if picked.is_empty() {
@@ -251,6 +292,7 @@ impl Running {
             watched: RwLock::new(HashSet::new()),
             to_worker,
             queued_span_batches: AtomicUsize::new(0),
+            pending_triggers: Mutex::new(None),
         });
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let (profiles_tx, profiles_rx) = mpsc::channel(MAX_QUEUED_PROFILE_BATCHES);
@@ -356,7 +398,11 @@ async fn watch_commands(link: Link, shared: Arc<Shared>) {
                                     Msg::Session(session)
                                 }
                                 Some(v1::agent_command::Command::ActiveTriggers(active)) => {
-                                    Msg::Triggers(active.triggers)
+                                    *shared
+                                        .pending_triggers
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner()) = Some(active.triggers);
+                                    Msg::TriggersChanged
                                 }
                                 None => continue,
                             };

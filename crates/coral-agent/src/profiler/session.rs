@@ -17,7 +17,7 @@ use coral_analysis::profile::Profile;
 use coral_client::profile::profile_to_wire;
 use coral_client::v1;
 use coral_sampler::Sampler;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -45,19 +45,44 @@ const REQUEST_MEMORY: Duration = Duration::from_secs(60);
 /// What the rest of the agent tells the profiler thread.
 pub(crate) enum Msg {
     Session(v1::ProfileSessionCommand),
-    /// Every trigger active now.
-    Triggers(Vec<v1::TriggerCommand>),
+    /// The set of active triggers changed (it waits in `Shared::pending_triggers`).
+    TriggersChanged,
     /// Request spans of services being profiled.
     Spans(Vec<v1::Span>),
     Stop,
 }
 
-/// A span's identity: trace id and span id.
-type SpanKey = (Vec<u8>, Vec<u8>);
+/// A span's identity: trace id and span id (the receivers checked their lengths).
+type SpanKey = ([u8; 16], [u8; 8]);
 
 fn span_key(span: &v1::Span) -> SpanKey {
-    (span.trace_id.clone(), span.span_id.clone())
+    (
+        span.trace_id.as_slice().try_into().unwrap_or_default(),
+        span.span_id.as_slice().try_into().unwrap_or_default(),
+    )
 }
+
+/// Trace and span ids are random, so a cheap mix of their bytes hashes them well;
+/// SipHash of every request span's key showed in the profiler thread's profile.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+}
+
+type SpanKeyMap<V> = HashMap<SpanKey, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 pub(crate) fn now_unix_nano() -> i64 {
     std::time::SystemTime::now()
@@ -129,6 +154,8 @@ pub(crate) struct Worker {
     pub(crate) config: ProfilingConfig,
     factory: SamplerFactory,
     sampler: Option<Arc<dyn Sampler>>,
+    /// Since when the loaded sampler has had nothing to sample.
+    sampler_idle_since: Option<Instant>,
     symbolizer: Box<dyn Symbolize>,
     outbox: Outbox,
     stats: Arc<AgentStats>,
@@ -147,7 +174,9 @@ pub(crate) struct Worker {
     pub(crate) ended_triggers: HashMap<String, i64>,
     pub(crate) held: Vec<Held>,
     /// Request spans seen lately (with when), so that a span seen twice counts once.
-    seen_requests: HashMap<SpanKey, i64>,
+    seen_requests: SpanKeyMap<i64>,
+    /// The same keys in the order seen, to forget the old ones without a full scan.
+    seen_order: VecDeque<(i64, SpanKey)>,
     /// Recent request windows per pid, to count concurrent requests.
     windows: HashMap<u32, Windows>,
 }
@@ -170,6 +199,7 @@ impl Worker {
             config,
             factory,
             sampler: None,
+            sampler_idle_since: None,
             symbolizer,
             outbox,
             stats,
@@ -181,7 +211,8 @@ impl Worker {
             triggers: Vec::new(),
             ended_triggers: HashMap::new(),
             held: Vec::new(),
-            seen_requests: HashMap::new(),
+            seen_requests: SpanKeyMap::default(),
+            seen_order: VecDeque::new(),
             windows: HashMap::new(),
         }
     }
@@ -193,13 +224,17 @@ impl Worker {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match inbox.recv_timeout(wait) {
                 Ok(Msg::Session(command)) => self.start_session(command),
-                Ok(Msg::Triggers(triggers)) => self.set_triggers(triggers, now_unix_nano()),
+                Ok(Msg::TriggersChanged) => {}
                 Ok(Msg::Spans(spans)) => {
                     self.shared.span_batch_taken();
                     self.hold(spans);
                 }
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
+            }
+            // Before the next span batch, however many are queued.
+            if let Some(triggers) = self.shared.take_pending_triggers() {
+                self.set_triggers(triggers, now_unix_nano());
             }
             if Instant::now() >= next_tick {
                 self.tick(false);
@@ -385,13 +420,11 @@ impl Worker {
                 end_unix_nano: start.saturating_add(span.duration_ns.max(0)),
             };
             let key = span_key(&span);
-            if self.seen_requests.insert(key.clone(), now).is_some() {
+            if self.seen_requests.insert(key, now).is_some() {
                 continue;
             }
-            self.windows
-                .entry(pid)
-                .or_default()
-                .insert(key.clone(), window);
+            self.seen_order.push_back((now, key));
+            self.windows.entry(pid).or_default().insert(key, window);
 
             if let Some(dest) = self.trigger_dest(&span, pid, start) {
                 let frequency_hz = frequency_of(&self.sessions, &self.triggers, &dest);
@@ -503,8 +536,14 @@ impl Worker {
                 }
             }
         }
+        self.unload_idle_sampler();
         let memory = now - nanos(REQUEST_MEMORY);
-        self.seen_requests.retain(|_, &mut when| when >= memory);
+        while let Some(&(when, key)) = self.seen_order.front()
+            && when < memory
+        {
+            self.seen_order.pop_front();
+            self.seen_requests.remove(&key);
+        }
         self.windows.retain(|_, windows| {
             windows.forget_before(memory);
             !windows.is_empty()
@@ -514,6 +553,24 @@ impl Worker {
             .retain(|_, &mut end| end >= forget_before);
         self.ended_triggers
             .retain(|_, &mut end| end >= forget_before);
+    }
+
+    fn unload_idle_sampler(&mut self) {
+        let needed =
+            self.sessions.iter().any(|s| !s.closed) || self.triggers.iter().any(|t| t.is_active());
+        if needed || self.sampler.is_none() {
+            self.sampler_idle_since = None;
+            return;
+        }
+        let idle_since = *self.sampler_idle_since.get_or_insert_with(Instant::now);
+        if idle_since.elapsed() >= self.config.sampler_idle_unload {
+            self.sampler = None;
+            self.sampler_idle_since = None;
+            tracing::info!(
+                "CPU sampler unloaded: nothing to sample for {:?}",
+                self.config.sampler_idle_unload
+            );
+        }
     }
 
     /// Stops sampling for session `i` (the processes no other open session needs),
@@ -653,29 +710,27 @@ fn frequency_of(sessions: &[Session], triggers: &[Trigger], dest: &Dest) -> u32 
 }
 
 /// Recent request windows of one process, ordered by end time, to count the requests
-/// that overlap a given one.
+/// that overlap a given one. A tree: spans of one process reach the agent out of end
+/// order when it has several exporters, and a sorted vector then copies at every
+/// insert.
 #[derive(Debug, Default)]
-struct Windows(VecDeque<(SpanKey, RequestWindow)>);
+struct Windows(BTreeMap<(i64, SpanKey), RequestWindow>);
+
+const LOWEST_KEY: SpanKey = ([0; 16], [0; 8]);
 
 impl Windows {
     fn insert(&mut self, key: SpanKey, window: RequestWindow) {
-        // Spans arrive roughly in end order: the position is near the back.
-        let at = self
-            .0
-            .partition_point(|(_, w)| w.end_unix_nano <= window.end_unix_nano);
-        self.0.insert(at, (key, window));
+        self.0.insert((window.end_unix_nano, key), window);
     }
 
     /// The requests other than `key` that overlap `window`. Only the windows ending
     /// after `window` starts are looked at.
     fn concurrent(&self, key: &SpanKey, window: &RequestWindow) -> u32 {
-        let from = self
-            .0
-            .partition_point(|(_, w)| w.end_unix_nano <= window.start_unix_nano);
+        let from = (window.start_unix_nano.saturating_add(1), LOWEST_KEY);
         let others: Vec<RequestWindow> = self
             .0
             .range(from..)
-            .filter(|(k, _)| k != key)
+            .filter(|((_, k), _)| k != key)
             .map(|(_, w)| *w)
             .collect();
         join::concurrent_requests(window, &others)
@@ -683,10 +738,7 @@ impl Windows {
 
     /// Forgets the windows that ended before `oldest_end`.
     fn forget_before(&mut self, oldest_end: i64) {
-        let n = self
-            .0
-            .partition_point(|(_, w)| w.end_unix_nano < oldest_end);
-        self.0.drain(..n);
+        self.0 = self.0.split_off(&(oldest_end, LOWEST_KEY));
     }
 
     fn is_empty(&self) -> bool {
@@ -708,7 +760,7 @@ mod tests {
     }
 
     fn key(n: u8) -> SpanKey {
-        (vec![1; 16], vec![n; 8])
+        ([1; 16], [n; 8])
     }
 
     #[test]
@@ -718,7 +770,7 @@ mod tests {
         windows.insert(key(3), window(150, 300));
         windows.insert(key(2), window(50, 120)); // arrives late, sorted in by end
         windows.insert(key(4), window(400, 500));
-        let ends: Vec<i64> = windows.0.iter().map(|(_, w)| w.end_unix_nano).collect();
+        let ends: Vec<i64> = windows.0.values().map(|w| w.end_unix_nano).collect();
         assert_eq!(ends, [100, 120, 300, 500]);
 
         assert_eq!(windows.concurrent(&key(2), &window(50, 120)), 1);

@@ -239,3 +239,38 @@ async fn a_new_process_is_sampled_from_its_first_request_on() {
     assert_eq!(collected[0].precision, "process");
     agent.stop().await.unwrap();
 }
+
+/// Detached perf events cost nothing, a loaded sampler a little: it is unloaded once
+/// nothing has needed it for a while, and loaded again by the next trigger.
+#[tokio::test]
+async fn an_idle_sampler_is_unloaded_and_loaded_again_when_needed() {
+    let colony = FakeColony::start().await;
+    let sampler = Arc::new(FakeSampler::new());
+    let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let options = {
+        let (sampler, loads) = (sampler.clone(), loads.clone());
+        crate::ServeOptions {
+            sampler_factory: Arc::new(move |_| {
+                loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(sampler.clone() as Arc<dyn Sampler>)
+            }),
+            ..crate::ServeOptions::default()
+        }
+    };
+    let mut config: AgentConfig = test_config(&colony.url());
+    config.profiling.sampler_idle_unload = Duration::from_millis(300);
+    let agent = TestAgent::start_with(config, options).await;
+    announce(&agent, "checkout", pid()).await;
+    let load_count = || loads.load(std::sync::atomic::Ordering::SeqCst);
+
+    colony.set_triggers(vec![trigger("t-5", 0, 99, 0)]);
+    wait_for_targets(&sampler, &[pid()]).await;
+    assert_eq!(load_count(), 1);
+    colony.set_triggers(vec![]);
+    wait_for_targets(&sampler, &[]).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    colony.set_triggers(vec![trigger("t-6", 0, 99, 0)]);
+    wait_for_targets(&sampler, &[pid()]).await;
+    assert_eq!(load_count(), 2, "unloaded while idle, loaded again");
+    agent.stop().await.unwrap();
+}

@@ -86,6 +86,7 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
         max_frequency_hz: args.max_frequency,
         ring_samples: args.ring_samples as usize,
         allow_services: args.profile_allow,
+        ..coral_agent::ProfilingConfig::default()
     };
     coral_agent::serve(config, listeners, super::shutdown_signal()).await?;
     Ok(())
