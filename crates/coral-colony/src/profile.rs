@@ -34,6 +34,19 @@ impl ProfileService {
         Self { store }
     }
 
+    /// A trigger on the wire with the requests it collected.
+    async fn with_collected(
+        &self,
+        trigger: coral_store::TraceProfileTrigger,
+    ) -> Result<Response<v1::TraceProfileTrigger>, Status> {
+        let collected = self
+            .store
+            .trigger_requests(trigger.trigger_id)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(trigger_to_wire(&trigger, &collected)))
+    }
+
     /// Waits until every live agent has answered the session, or the grace has run out.
     async fn collect_results(
         &self,
@@ -210,12 +223,7 @@ impl profile_service_server::ProfileService for ProfileService {
     ) -> Result<Response<v1::TraceProfileTrigger>, Status> {
         let id = parse_trigger_id(&request.into_inner().trigger_id)?;
         let trigger = self.store.trigger(id).await.map_err(trigger_status)?;
-        let collected = self
-            .store
-            .trigger_requests(id)
-            .await
-            .map_err(store_status)?;
-        Ok(Response::new(trigger_to_wire(&trigger, &collected)))
+        self.with_collected(trigger).await
     }
 
     async fn list_trace_profile_triggers(
@@ -248,12 +256,7 @@ impl profile_service_server::ProfileService for ProfileService {
             .await
             .map_err(trigger_status)?;
         tracing::info!(trigger = %id, status = %trigger.status, "trace-profile trigger cancel asked");
-        let collected = self
-            .store
-            .trigger_requests(id)
-            .await
-            .map_err(store_status)?;
-        Ok(Response::new(trigger_to_wire(&trigger, &collected)))
+        self.with_collected(trigger).await
     }
 
     async fn compare_trace_profiles(

@@ -117,6 +117,19 @@ async fn get(
         .into_inner())
 }
 
+async fn cancel_rpc(
+    client: &mut ProfileServiceClient<Channel>,
+    id: &str,
+) -> anyhow::Result<v1::TraceProfileTrigger> {
+    Ok(client
+        .cancel_trace_profile_trigger(v1::CancelTraceProfileTriggerRequest {
+            trigger_id: id.to_string(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner())
+}
+
 pub async fn trace_trigger(args: TraceTriggerArgs) -> anyhow::Result<()> {
     let min_duration_ms = millis(args.min_duration, "--min-duration")?;
     let max_duration_ms = millis(args.max_duration, "--max-duration")?;
@@ -226,13 +239,7 @@ async fn interrupted(client: &mut ProfileServiceClient<Channel>, id: &str) -> an
         false
     };
     if cancel {
-        let trigger = client
-            .cancel_trace_profile_trigger(v1::CancelTraceProfileTriggerRequest {
-                trigger_id: id.to_string(),
-            })
-            .await
-            .map_err(rpc_error)?
-            .into_inner();
+        let trigger = cancel_rpc(client, id).await?;
         eprintln!("trigger {id} cancelled");
         print_trigger(&trigger, Format::Table)?;
     } else {
@@ -263,13 +270,7 @@ pub async fn cancel(args: TriggerIdArgs) -> anyhow::Result<()> {
         );
         return print_trigger(&before, args.output).map_err(Into::into);
     }
-    let trigger = client
-        .cancel_trace_profile_trigger(v1::CancelTraceProfileTriggerRequest {
-            trigger_id: id.to_string(),
-        })
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+    let trigger = cancel_rpc(&mut client, id).await?;
     if trigger.status != "cancelled" {
         // It completed or expired between the two calls.
         eprintln!(
