@@ -207,7 +207,41 @@ pub fn print_trigger(t: &v1::TraceProfileTrigger, format: Format) -> io::Result<
         "Next: one request's flame graph: coral query trace-profile {} --format svg --output-file slow.svg",
         t.collected[0].trace_id
     );
+    if t.baseline_requests > 0 {
+        let filter = cohort_filter(t);
+        println!(
+            "      what differs from the others: coral query profile-compare --service {} \\\n          --cohort-a '{filter}' --cohort-b 'not ({filter})'",
+            t.service
+        );
+    }
     Ok(())
+}
+
+/// The trigger's criteria in the cohort filter language (`coral query profile-compare`).
+fn cohort_filter(t: &v1::TraceProfileTrigger) -> String {
+    let mut parts = Vec::new();
+    if t.min_duration_ms > 0 {
+        parts.push(format!("duration >= {}ms", t.min_duration_ms));
+    }
+    if t.max_duration_ms > 0 {
+        parts.push(format!("duration <= {}ms", t.max_duration_ms));
+    }
+    if !t.status_code_pattern.is_empty() {
+        let terms: Vec<&str> = t.status_code_pattern.split(',').map(str::trim).collect();
+        parts.push(match terms.as_slice() {
+            [one] => format!("status = {one}"),
+            many => format!("status in ({})", many.join(", ")),
+        });
+    }
+    if !t.url_pattern.is_empty() {
+        let quoted = t.url_pattern.replace('\\', "\\\\").replace('"', "\\\"");
+        parts.push(format!("url ~ \"{quoted}\""));
+    }
+    if parts.is_empty() {
+        "duration >= 0ms".to_string()
+    } else {
+        parts.join(" and ")
+    }
 }
 
 /// Triggers, newest first.
@@ -259,6 +293,30 @@ pub fn print_triggers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trigger_criteria_become_a_cohort_filter_that_parses() {
+        let t = v1::TraceProfileTrigger {
+            min_duration_ms: 1000,
+            max_duration_ms: 5000,
+            status_code_pattern: "4xx,503".into(),
+            url_pattern: "/check\"out*".into(),
+            ..Default::default()
+        };
+        let filter = cohort_filter(&t);
+        assert_eq!(
+            filter,
+            "duration >= 1000ms and duration <= 5000ms and status in (4xx, 503) and url ~ \"/check\\\"out*\""
+        );
+        coral_analysis::filter::parse(&filter).unwrap();
+        coral_analysis::filter::parse(&format!("not ({filter})")).unwrap();
+        let errors = v1::TraceProfileTrigger {
+            status_code_pattern: "error".into(),
+            ..Default::default()
+        };
+        assert_eq!(cohort_filter(&errors), "status = error");
+        coral_analysis::filter::parse(&cohort_filter(&v1::TraceProfileTrigger::default())).unwrap();
+    }
 
     #[test]
     fn progress_reads_well() {
