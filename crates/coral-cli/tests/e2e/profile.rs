@@ -181,8 +181,12 @@ async fn profiles_a_service_and_each_request_at_thread_precision() {
             .find(|h| h.function.ends_with(own))
             .map(|h| h.total_share)
             .unwrap_or(0.0);
+        // Not ~100 %: a sample taken in a small leaf before it has pushed its frame
+        // pointer skips the leaf's caller (here `own`) in a frame-pointer walk; in
+        // this debug build that is 15-25 % of the samples (the stacks still hold
+        // `request`, 98 %).
         assert!(
-            share >= 0.8,
+            share >= 0.65,
             "{own} has {share:.2} of its request's CPU:\n{text}"
         );
     }
