@@ -13,9 +13,6 @@ mod query;
 mod trigger;
 
 pub use profile::{MAX_FREQUENCY_HZ, WEAK_EVIDENCE_SAMPLES};
-pub use trigger::{
-    DEFAULT_MAX_REQUESTS, DEFAULT_TIMEOUT, DEFAULT_TRIGGER_FREQUENCY_HZ, MAX_TIMEOUT,
-};
 
 use coral_client::v1::agent_service_server::AgentServiceServer;
 use coral_client::v1::profile_service_server::ProfileServiceServer;
