@@ -76,17 +76,22 @@ async fn wait_for_profile(colony: &str, trace_id: &str, extra: &[&str]) -> Strin
     panic!("no profile of {trace_id}: {last}");
 }
 
-fn require_root() {
+/// The eBPF tests count this process's perf events, so they run one at a time: each
+/// holds the guard for its whole run.
+static EBPF: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn require_root() -> tokio::sync::MutexGuard<'static, ()> {
     assert!(
         nix::unistd::geteuid().is_root(),
         "this test needs root for eBPF: run `cargo xtask test` as root"
     );
+    EBPF.lock().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root for eBPF: run `cargo xtask test`"]
 async fn profiles_a_service_and_each_request_at_thread_precision() {
-    require_root();
+    let _ebpf = require_root().await;
     let stack = Stack::start(Backend::Sqlite).await;
     let exporter = SpanExporter::builder()
         .with_tonic()
@@ -239,7 +244,7 @@ fn two_phase_request(tracer: &opentelemetry_sdk::trace::SdkTracer, half: Duratio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root for eBPF: run `cargo xtask test`"]
 async fn a_trigger_profiles_each_slow_request_from_its_first_to_its_last_moment() {
-    require_root();
+    let _ebpf = require_root().await;
     let stack = Stack::start(Backend::Sqlite).await;
     let provider = crate::trigger::provider(stack.otlp_grpc);
     let p = provider.clone();
@@ -336,7 +341,7 @@ async fn a_trigger_profiles_each_slow_request_from_its_first_to_its_last_moment(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root for eBPF: run `cargo xtask test`"]
 async fn profile_compare_names_the_planted_slow_path() {
-    require_root();
+    let _ebpf = require_root().await;
     let stack = Stack::start(Backend::Sqlite).await;
     let provider = crate::trigger::provider(stack.otlp_grpc);
     let p = provider.clone();
