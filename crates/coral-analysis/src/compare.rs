@@ -282,9 +282,15 @@ pub fn compare(a: &[&Profile], b: &[&Profile], options: &CompareOptions) -> Comp
         }
     }
 
+    // Cohort A is the one being explained (the slow requests): among significant
+    // functions, what A does more comes before what it does less (the complement: a
+    // fast path B takes instead can have the larger |delta|).
+    let significant = |f: &FunctionDiff| f.significance > Significance::None;
+    let hotter_in_a = |f: &FunctionDiff| significant(f) && f.delta_pp > 0.0;
     functions.sort_by(|x, y| {
-        (y.significance > Significance::None)
-            .cmp(&(x.significance > Significance::None))
+        significant(y)
+            .cmp(&significant(x))
+            .then(hotter_in_a(y).cmp(&hotter_in_a(x)))
             .then(y.delta_pp.abs().total_cmp(&x.delta_pp.abs()))
             .then(y.self_delta_pp.abs().total_cmp(&x.self_delta_pp.abs()))
             .then_with(|| (&x.function, &x.module).cmp(&(&y.function, &y.module)))
