@@ -241,10 +241,16 @@ fn two_phase_request(tracer: &opentelemetry_sdk::trace::SdkTracer, half: Duratio
     trace_id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs root for eBPF: run `cargo xtask test`"]
-async fn a_trigger_profiles_each_slow_request_from_its_first_to_its_last_moment() {
-    let _ebpf = require_root().await;
+/// A stack whose agent knows this process as the trigger tests' service (nothing
+/// attached yet: checked), and `coral profile trace-trigger … --output json` with
+/// `flags` running in the background once its sampler is attached.
+async fn sampling_for_a_trigger(
+    flags: &[&str],
+) -> (
+    Stack,
+    opentelemetry_sdk::trace::SdkTracerProvider,
+    tokio::task::JoinHandle<crate::cli::Output>,
+) {
     let stack = Stack::start(Backend::Sqlite).await;
     let provider = crate::trigger::provider(stack.otlp_grpc);
     let p = provider.clone();
@@ -263,29 +269,33 @@ async fn a_trigger_profiles_each_slow_request_from_its_first_to_its_last_moment(
         0,
         "nothing is attached while no trigger is active"
     );
-
+    let mut args = vec![
+        "profile".to_string(),
+        "trace-trigger".into(),
+        "--service".into(),
+        crate::trigger::SERVICE.into(),
+        "--timeout".into(),
+        "60s".into(),
+        "--output".into(),
+        "json".into(),
+    ];
+    args.extend(flags.iter().map(|f| f.to_string()));
     let colony = stack.colony.clone();
     let cli = tokio::task::spawn_blocking(move || {
-        coral(
-            Some(&colony),
-            &[
-                "profile",
-                "trace-trigger",
-                "--service",
-                crate::trigger::SERVICE,
-                "--min-duration",
-                "300ms",
-                "--count",
-                "2",
-                "--timeout",
-                "60s",
-                "--output",
-                "json",
-            ],
-        )
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        coral(Some(&colony), &args)
     });
     wait_for_perf_events("the trigger attaches the sampler", |n| n > 0).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
+    (stack, provider, cli)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root for eBPF: run `cargo xtask test`"]
+async fn a_trigger_profiles_each_slow_request_from_its_first_to_its_last_moment() {
+    let _ebpf = require_root().await;
+    let (stack, provider, cli) =
+        sampling_for_a_trigger(&["--min-duration", "300ms", "--count", "2"]).await;
     let p = provider.clone();
     let slow: Vec<String> = produce(move || {
         let tracer = p.tracer("e2e");
@@ -342,44 +352,15 @@ async fn a_trigger_profiles_each_slow_request_from_its_first_to_its_last_moment(
 #[ignore = "needs root for eBPF: run `cargo xtask test`"]
 async fn profile_compare_names_the_planted_slow_path() {
     let _ebpf = require_root().await;
-    let stack = Stack::start(Backend::Sqlite).await;
-    let provider = crate::trigger::provider(stack.otlp_grpc);
-    let p = provider.clone();
-    let warmup = produce(move || {
-        request(
-            &p.tracer("e2e"),
-            "GET /warmup",
-            Duration::from_millis(1),
-            render_receipt,
-        )
-    })
+    let (stack, provider, trigger) = sampling_for_a_trigger(&[
+        "--min-duration",
+        "200ms",
+        "--count",
+        "6",
+        "--baseline",
+        "40",
+    ])
     .await;
-    stack.wait_for_trace(&warmup, 1).await;
-
-    let colony = stack.colony.clone();
-    let trigger = tokio::task::spawn_blocking(move || {
-        coral(
-            Some(&colony),
-            &[
-                "profile",
-                "trace-trigger",
-                "--service",
-                crate::trigger::SERVICE,
-                "--min-duration",
-                "200ms",
-                "--count",
-                "6",
-                "--baseline",
-                "40",
-                "--timeout",
-                "60s",
-                "--output",
-                "json",
-            ],
-        )
-    });
-    wait_for_perf_events("the trigger attaches the sampler", |n| n > 0).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let p = provider.clone();
     produce(move || {
         let tracer = p.tracer("e2e");
