@@ -26,7 +26,8 @@ Quick start:
   coral profile cpu --service payment-svc --duration 10s
   coral profile trace-trigger --service payment-svc --min-duration 1s --count 10
   coral query trace-profile <trace-id>
-  coral query profile-compare --service payment-svc --cohort-a \"duration > 1s\" --cohort-b \"duration < 100ms\"";
+  coral query profile-compare --service payment-svc --cohort-a \"duration > 1s\" --cohort-b \"duration < 100ms\"
+  coral mcp                               # MCP tools for AI assistants, on stdio";
 
 #[derive(Subcommand)]
 enum Command {
@@ -41,6 +42,8 @@ enum Command {
     /// Profile CPU: now, or the next requests that match a trigger.
     #[command(subcommand)]
     Profile(commands::profile::ProfileCommand),
+    /// Serve the MCP tools for AI assistants (stdio, or streamable HTTP with --http).
+    Mcp(commands::mcp::McpArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
             Command::Agent(cmd) => commands::agent::run(cmd).await,
             Command::Query(args) => commands::query::run(args).await,
             Command::Profile(cmd) => commands::profile::run(cmd).await,
+            Command::Mcp(args) => commands::mcp::run(args).await,
         }
     });
     match result {

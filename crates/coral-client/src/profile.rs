@@ -62,3 +62,34 @@ pub fn profile_to_wire(profile: &Profile) -> v1::Profile {
             .collect(),
     }
 }
+
+/// Fewer samples than this and a request's profile cannot say where its time went.
+pub const WEAK_SAMPLES: u64 = 5;
+
+/// What a reader should not conclude from one request's profile.
+pub fn evidence_warnings(p: &v1::TraceProfile, samples: u64, cpu_ns: u64) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if samples < WEAK_SAMPLES {
+        warnings.push(format!(
+            "only {samples} sample(s) at {} Hz: too few to say where the time went",
+            p.frequency_hz
+        ));
+    }
+    if p.precision == "process" && p.concurrent_requests > 0 {
+        warnings.push(format!(
+            "process precision while {} other request(s) ran in this process: their CPU is \
+             mixed in (spans with a thread.id attribute get thread precision)",
+            p.concurrent_requests
+        ));
+    }
+    if p.precision == "thread" && p.duration_ns > 0 && (cpu_ns as f64) < 0.5 * p.duration_ns as f64
+    {
+        warnings.push(format!(
+            "on CPU {} of {}: the request mostly waited (I/O, locks, other services), which \
+             CPU samples do not show",
+            coral_analysis::format_duration_ns(cpu_ns as i64),
+            coral_analysis::format_duration_ns(p.duration_ns)
+        ));
+    }
+    warnings
+}

@@ -54,41 +54,6 @@ pub fn write_profile(
     Ok(())
 }
 
-/// Fewer samples than this and a request's profile cannot say where its time went.
-pub const WEAK_SAMPLES: u64 = 5;
-
-/// What a reader should not conclude from one request's profile.
-pub fn evidence_warnings(
-    p: &coral_client::v1::TraceProfile,
-    samples: u64,
-    cpu_ns: u64,
-) -> Vec<String> {
-    let mut warnings = Vec::new();
-    if samples < WEAK_SAMPLES {
-        warnings.push(format!(
-            "only {samples} sample(s) at {} Hz: too few to say where the time went",
-            p.frequency_hz
-        ));
-    }
-    if p.precision == "process" && p.concurrent_requests > 0 {
-        warnings.push(format!(
-            "process precision while {} other request(s) ran in this process: their CPU is \
-             mixed in (spans with a thread.id attribute get thread precision)",
-            p.concurrent_requests
-        ));
-    }
-    if p.precision == "thread" && p.duration_ns > 0 && (cpu_ns as f64) < 0.5 * p.duration_ns as f64
-    {
-        warnings.push(format!(
-            "on CPU {} of {}: the request mostly waited (I/O, locks, other services), which \
-             CPU samples do not show",
-            coral_analysis::format_duration_ns(cpu_ns as i64),
-            coral_analysis::format_duration_ns(p.duration_ns)
-        ));
-    }
-    warnings
-}
-
 /// One request's profiles: a section per span in text, else the spans merged.
 pub fn print_trace_profiles(
     trace_id: &str,
@@ -114,7 +79,7 @@ pub fn print_trace_profiles(
                 coral_analysis::format_duration_ns(cpu_ns as i64),
                 p.precision
             )?;
-            for warning in evidence_warnings(p, samples, cpu_ns) {
+            for warning in coral_client::profile::evidence_warnings(p, samples, cpu_ns) {
                 writeln!(text, "warning: {warning}")?;
             }
             if samples > 0 {

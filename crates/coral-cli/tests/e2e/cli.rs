@@ -35,7 +35,7 @@ pub fn coral(colony: Option<&str>, args: &[&str]) -> Output {
     }
 }
 
-fn golden(name: &str, actual: &str) {
+pub fn golden(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
         .join(name);
@@ -66,6 +66,7 @@ fn help_texts_are_pinned() {
         ),
         ("profile-cpu-help.txt", &["profile", "cpu", "--help"]),
         ("profile-help.txt", &["profile", "--help"]),
+        ("mcp-help.txt", &["mcp", "--help"]),
         (
             "profile-trace-trigger-help.txt",
             &["profile", "trace-trigger", "--help"],

@@ -9,5 +9,6 @@ mod cli;
 mod compare;
 mod harness;
 mod ingest;
+mod mcp;
 mod profile;
 mod trigger;

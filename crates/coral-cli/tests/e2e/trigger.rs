@@ -144,7 +144,10 @@ async fn wait_for_trigger(
 
 /// A fresh stack whose agents use `sampler`, with the agent knowing this process as
 /// [`SERVICE`] (one span seen).
-async fn stack_with(backend: Backend, sampler: &Arc<FakeSampler>) -> (Stack, SdkTracerProvider) {
+pub async fn stack_with(
+    backend: Backend,
+    sampler: &Arc<FakeSampler>,
+) -> (Stack, SdkTracerProvider) {
     let stack = Stack::start_with(backend, Sampling::Fake(sampler.clone())).await;
     let provider = provider(stack.otlp_grpc);
     let hello = request(
@@ -165,7 +168,7 @@ fn pid() -> u32 {
 
 /// The sampler is attached to this process: requests that start from now on are
 /// sampled from their first moment. Returns a start time just after that.
-async fn sampled_from_now(sampler: &FakeSampler) -> SystemTime {
+pub async fn sampled_from_now(sampler: &FakeSampler) -> SystemTime {
     wait_for_targets(sampler, &[pid()]).await;
     SystemTime::now() + Duration::from_millis(20)
 }

@@ -1,0 +1,48 @@
+//! `coral mcp`: the MCP server for AI assistants, on stdio or streamable HTTP.
+
+use super::ColonyAddr;
+use anyhow::Context;
+use clap::Args;
+use std::net::SocketAddr;
+
+#[derive(Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    colony: ColonyAddr,
+    /// Serve streamable HTTP at http://ADDR/mcp instead of stdio (e.g. 127.0.0.1:7080).
+    /// Bind a non-loopback address only with --token.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// With --http: every request must carry `Authorization: Bearer TOKEN` (stdio
+    /// ignores it).
+    #[arg(long, env = "CORAL_MCP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+pub async fn run(args: McpArgs) -> anyhow::Result<()> {
+    // stdout is the MCP channel on stdio: logs go to stderr only.
+    super::init_logging();
+    let Some(addr) = args.http else {
+        return coral_mcp::serve_stdio(&args.colony.addr)
+            .await
+            .map_err(Into::into);
+    };
+    if !addr.ip().is_loopback() && args.token.is_none() {
+        anyhow::bail!(
+            "refusing to serve MCP on {addr} without --token: anyone who can reach it could \
+             start profiling. Pass --token (or CORAL_MCP_TOKEN), or bind 127.0.0.1."
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let server = coral_mcp::CoralMcp::new(&args.colony.addr)?;
+    tracing::info!(
+        "MCP on http://{}/mcp, colony {}",
+        listener.local_addr()?,
+        args.colony.addr
+    );
+    coral_mcp::serve_http(listener, server, args.token, super::shutdown_signal())
+        .await
+        .map_err(Into::into)
+}

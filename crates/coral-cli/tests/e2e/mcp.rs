@@ -1,0 +1,402 @@
+//! The MCP server with rmcp's own client: over stdio (the real `coral mcp` binary)
+//! and over streamable HTTP, against a live colony with spans from the real
+//! OpenTelemetry SDK. Tool schemas are pinned by `tests/golden/mcp-tools.json`.
+
+use crate::harness::{Backend, Stack};
+use crate::trigger::{SERVICE, request, sampled_from_now, stack_with};
+use coral_sampler::FakeSampler;
+use rmcp::model::{CallToolRequestParams, CallToolResult, ErrorCode};
+use rmcp::service::{RunningService, ServiceError};
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+type Client = RunningService<RoleClient, ()>;
+
+/// `coral mcp` on stdio, for the colony at `colony`, with a clean environment.
+async fn stdio_client(colony: &str) -> Client {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_coral"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CORAL_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("CORAL_COLONY", colony)
+        .env("RUST_LOG", "warn")
+        .arg("mcp");
+    ().serve(TokioChildProcess::new(cmd).expect("spawn coral mcp"))
+        .await
+        .expect("MCP handshake over stdio")
+}
+
+async fn call(client: &Client, tool: &str, args: Value) -> Result<CallToolResult, ServiceError> {
+    let Value::Object(args) = args else {
+        panic!("arguments must be an object")
+    };
+    client
+        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args))
+        .await
+}
+
+/// A successful answer's text; its structured content must be there too.
+async fn ok(client: &Client, tool: &str, args: Value) -> (String, Value) {
+    let result = call(client, tool, args.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{tool} {args}: {e}"));
+    let text = text_of(&result);
+    assert_ne!(result.is_error, Some(true), "{tool} {args}: {text}");
+    let data = result
+        .structured_content
+        .unwrap_or_else(|| panic!("{tool}: no structured content"));
+    (text, data)
+}
+
+/// A tool error's text (the model sees it and can fix the call).
+async fn tool_error(client: &Client, tool: &str, args: Value) -> String {
+    let result = call(client, tool, args.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{tool} {args}: expected a tool error, got {e}"));
+    assert_eq!(
+        result.is_error,
+        Some(true),
+        "{tool} {args}: {}",
+        text_of(&result)
+    );
+    text_of(&result)
+}
+
+/// Arguments that do not fit the schema: a tool error (as MCP asks, so that the model
+/// can correct the call) that points at the schema.
+async fn schema_error(client: &Client, tool: &str, args: Value) -> String {
+    let text = tool_error(client, tool, args).await;
+    assert!(
+        text.contains("failed to deserialize parameters") && text.contains("inputSchema"),
+        "{text}"
+    );
+    text
+}
+
+fn text_of(result: &CallToolResult) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A rough token count (about four characters per token for English and ids).
+fn tokens(text: &str) -> usize {
+    text.chars().count().div_ceil(4)
+}
+
+/// The tool list as the golden file pins it: names, descriptions, schemas.
+async fn tools_json(client: &Client) -> String {
+    let mut tools = client.list_all_tools().await.expect("tools/list");
+    tools.sort_by(|a, b| a.name.cmp(&b.name));
+    let tools: Vec<Value> = tools
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "description": t.description,
+                "inputSchema": Value::Object(t.input_schema.as_ref().clone()),
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&tools).unwrap() + "\n"
+}
+
+/// A stack with requests of [`SERVICE`]: `fast` quick ones and one slow one (its id
+/// is returned).
+async fn stack_with_requests(backend: Backend, sampler: &Arc<FakeSampler>) -> (Stack, String) {
+    let (stack, provider) = stack_with(backend, sampler).await;
+    let now = SystemTime::now() - Duration::from_secs(5);
+    for i in 0..20 {
+        let status = if i == 0 { 500 } else { 200 };
+        let t = request(
+            &provider,
+            now,
+            Duration::from_millis(20 + i),
+            "/pay",
+            status,
+        )
+        .await;
+        stack.wait_for_trace(&t, 1).await;
+    }
+    let slow = request(&provider, now, Duration::from_millis(1500), "/pay", 200).await;
+    stack.wait_for_trace(&slow, 1).await;
+    provider.shutdown().unwrap();
+    (stack, slow)
+}
+
+async fn every_tool_over_stdio(backend: Backend) {
+    let sampler = Arc::new(FakeSampler::new());
+    let (stack, slow) = stack_with_requests(backend, &sampler).await;
+    let client = stdio_client(&stack.colony).await;
+
+    let info = client.peer_info().expect("server info");
+    let instructions = info.instructions.clone().unwrap_or_default();
+    for needle in ["coral_query_profile_compare", "significance", "precision"] {
+        assert!(instructions.contains(needle), "{instructions}");
+    }
+    crate::cli::golden("mcp-tools.json", &tools_json(&client).await);
+
+    let (text, data) = ok(&client, "coral_list_services", json!({})).await;
+    assert!(text.contains(SERVICE), "{text}");
+    assert_eq!(data["services"][0]["name"], SERVICE);
+
+    let (text, data) = ok(&client, "coral_query_summary", json!({"service": SERVICE})).await;
+    assert!(text.contains("p99 1.50s"), "{text}");
+    assert!(text.contains(&format!("slow: {slow}")), "{text}");
+    assert_eq!(data["services"][0]["stats"]["requests"], 22, "{data}");
+    assert_eq!(data["services"][0]["slowest"][0]["trace_id"], slow);
+    assert!(tokens(&text) < 2000, "{} tokens: {text}", tokens(&text));
+    let (text, _) = ok(&client, "coral_query_summary", json!({"since": "30m"})).await;
+    assert!(text.contains(SERVICE), "{text}");
+
+    let (text, data) = ok(
+        &client,
+        "coral_query_traces",
+        json!({"service": SERVICE, "min_duration_ms": 1000}),
+    )
+    .await;
+    assert!(text.contains(&slow), "{text}");
+    assert_eq!(data["requests"].as_array().unwrap().len(), 1, "{data}");
+
+    // Not profiled: the error says how to get a profile.
+    let text = tool_error(
+        &client,
+        "coral_query_trace_profile",
+        json!({"trace_id": slow}),
+    )
+    .await;
+    assert!(text.contains("coral_profile_trace_trigger"), "{text}");
+    let text = tool_error(
+        &client,
+        "coral_query_trace_profile",
+        json!({"trace_id": slow, "profile_type": "memory"}),
+    )
+    .await;
+    assert!(text.contains("not collected yet"), "{text}");
+
+    // A trigger that completes while the tool waits.
+    let peer = client.peer().clone();
+    let trigger =
+        tokio::spawn(async move {
+            peer.call_tool(CallToolRequestParams::new("coral_profile_trace_trigger").with_arguments(
+            json!({"service": SERVICE, "min_duration_ms": 1000, "count": 1, "timeout": "2m"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        ))
+        .await
+        });
+    let t0 = sampled_from_now(&sampler).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let provider = crate::trigger::provider(stack.otlp_grpc);
+    let matched = request(&provider, t0, Duration::from_millis(1200), "/pay", 200).await;
+    let result = trigger.await.unwrap().expect("the trigger tool answers");
+    let answer = text_of(&result);
+    assert!(
+        answer.contains("completed") && answer.contains("1/1") && answer.contains(&matched),
+        "{answer}"
+    );
+    let id = result.structured_content.unwrap()["trigger_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (text, data) = ok(&client, "coral_trigger_status", json!({"trigger_id": id})).await;
+    assert_eq!(data["status"], "completed", "{text}");
+    // Cancel: a trigger nothing matches.
+    let started = stack
+        .profile()
+        .await
+        .start_trace_profile_trigger(coral_client::v1::StartTraceProfileTriggerRequest {
+            service_id: SERVICE.into(),
+            min_duration_ms: 60_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (text, data) = ok(
+        &client,
+        "coral_cancel_trigger",
+        json!({"trigger_id": started.trigger_id}),
+    )
+    .await;
+    assert_eq!(data["status"], "cancelled", "{text}");
+
+    let (text, data) = ok(
+        &client,
+        "coral_query_profile_compare",
+        json!({"service": SERVICE, "cohort_a_filter": "duration > 1s",
+               "cohort_b_filter": "duration < 100ms"}),
+    )
+    .await;
+    assert!(
+        text.contains("cohort A (duration > 1s): 1 requests"),
+        "{text}"
+    );
+    assert_eq!(data["since"], "1h", "the RFD's default");
+    provider.shutdown().unwrap();
+
+    bad_input(&client).await;
+    // Still serving.
+    ok(&client, "coral_list_services", json!({})).await;
+    client.cancel().await.unwrap();
+}
+
+/// Each mistake is refused with a message that names the fix; none stops the server.
+async fn bad_input(client: &Client) {
+    let msg = schema_error(
+        client,
+        "coral_query_profile_compare",
+        json!({"service": SERVICE, "cohort_a_filter": "duration > 1s"}),
+    )
+    .await;
+    assert!(msg.contains("cohort_b_filter"), "{msg}");
+    let msg = schema_error(
+        client,
+        "coral_profile_trace_trigger",
+        json!({"service": SERVICE, "min_duration_ms": "1s"}),
+    )
+    .await;
+    assert!(msg.contains("invalid type: string \"1s\""), "{msg}");
+    let msg = schema_error(
+        client,
+        "coral_query_trace_profile",
+        json!({"trace_id": "00", "profile_type": "disk"}),
+    )
+    .await;
+    assert!(msg.contains("cpu") && msg.contains("memory"), "{msg}");
+
+    let text = tool_error(
+        client,
+        "coral_query_summary",
+        json!({"service": "no-such-svc"}),
+    )
+    .await;
+    assert!(
+        text.contains("no-such-svc")
+            && text.contains(SERVICE)
+            && text.contains("coral_list_services"),
+        "{text}"
+    );
+    let text = tool_error(
+        client,
+        "coral_query_profile_compare",
+        json!({"service": SERVICE, "cohort_a_filter": "duration >> 1s",
+               "cohort_b_filter": "duration < 100ms"}),
+    )
+    .await;
+    assert!(
+        text.contains("cohort A filter") && text.contains("column"),
+        "{text}"
+    );
+    let text = tool_error(
+        client,
+        "coral_query_profile_compare",
+        json!({"service": SERVICE, "cohort_a_filter": "duration > 1s",
+               "cohort_b_filter": "duration < 100ms", "since": "yesterday"}),
+    )
+    .await;
+    assert!(text.contains("\"1h\""), "{text}");
+    let text = tool_error(
+        client,
+        "coral_query_trace_profile",
+        json!({"trace_id": "0123456789abcdef0123456789abcdef"}),
+    )
+    .await;
+    assert!(text.contains("no profile"), "{text}");
+    let text = tool_error(
+        client,
+        "coral_query_trace_profile",
+        json!({"trace_id": "xyz"}),
+    )
+    .await;
+    assert!(text.contains("32 hex"), "{text}");
+    let text = tool_error(client, "coral_trigger_status", json!({"trigger_id": "42"})).await;
+    assert!(text.contains("UUID"), "{text}");
+    match call(client, "coral_no_such_tool", json!({})).await {
+        Err(ServiceError::McpError(e)) => {
+            assert_eq!(e.code, ErrorCode::INVALID_PARAMS, "{e:?}");
+            assert!(e.message.contains("tools/list"), "{e:?}");
+        }
+        other => panic!("an unknown tool: expected invalid_params, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tool_over_stdio_sqlite() {
+    every_tool_over_stdio(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: run `cargo xtask test`, which provides one"]
+async fn every_tool_over_stdio_postgres() {
+    every_tool_over_stdio(Backend::Postgres).await;
+}
+
+/// Streamable HTTP with a bearer token: the same tools, and no token, no session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamable_http_with_a_token() {
+    let sampler = Arc::new(FakeSampler::new());
+    let (stack, slow) = stack_with_requests(Backend::Sqlite, &sampler).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = coral_mcp::CoralMcp::new(&stack.colony).unwrap();
+    let serving = tokio::spawn(coral_mcp::serve_http(
+        listener,
+        server,
+        Some("s3cret".into()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    let config =
+        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+            url.as_str(),
+        );
+    let refused = ()
+        .serve(StreamableHttpClientTransport::from_config(
+            config.clone().auth_header("wrong"),
+        ))
+        .await;
+    assert!(refused.is_err(), "a wrong token must not open a session");
+
+    let client = ()
+        .serve(StreamableHttpClientTransport::from_config(
+            config.auth_header("s3cret"),
+        ))
+        .await
+        .expect("MCP handshake over HTTP");
+    crate::cli::golden("mcp-tools.json", &tools_json(&client).await);
+    let (text, _) = ok(
+        &client,
+        "coral_query_traces",
+        json!({"service": SERVICE, "limit": 5}),
+    )
+    .await;
+    assert!(text.contains("5 request(s)"), "{text}");
+    let (text, _) = ok(&client, "coral_query_summary", json!({"service": SERVICE})).await;
+    assert!(text.contains(&slow), "{text}");
+    let text = tool_error(
+        &client,
+        "coral_query_traces",
+        json!({"service": SERVICE, "limit": 0}),
+    )
+    .await;
+    assert!(text.contains("1 to 100"), "{text}");
+    client.cancel().await.unwrap();
+    let _ = stop.send(());
+    serving
+        .await
+        .unwrap()
+        .expect("the HTTP server stops cleanly");
+}

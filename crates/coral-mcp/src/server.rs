@@ -1,0 +1,813 @@
+//! The tools: each calls the colony, then writes a compact text answer and the same
+//! facts as JSON.
+
+use crate::instructions::INSTRUCTIONS;
+use crate::text::{self, ms, q_value, request_line};
+use crate::tools::*;
+use coral_analysis::profile::write_text_summary;
+use coral_analysis::{format_duration_ns, parse_duration};
+use coral_client::v1;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// How long `coral_profile_trace_trigger` waits for its requests before answering
+/// with the trigger id (an assistant's call should not hang for the trigger's timeout).
+const TRIGGER_WAIT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(500);
+/// Requests a summary reads at most (the newest); the colony caps a listing at 1000.
+const SUMMARY_REQUESTS: u32 = 1000;
+/// Services a summary of every service covers at most.
+const SUMMARY_SERVICES: usize = 20;
+const EXEMPLARS: usize = 3;
+const TOP: usize = 5;
+
+/// The MCP server. Cheap to clone: one per HTTP session shares the colony channel.
+#[derive(Clone)]
+pub struct CoralMcp {
+    colony: String,
+    channel: Channel,
+    trigger_wait: Duration,
+    tool_router: ToolRouter<Self>,
+}
+
+impl std::fmt::Debug for CoralMcp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoralMcp")
+            .field("colony", &self.colony)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A tool's answer: text for the model, JSON for programs.
+struct Answer {
+    text: String,
+    data: Value,
+}
+
+/// A call the colony could not serve, with how to fix it.
+type Outcome = Result<Answer, String>;
+
+fn respond(outcome: Outcome) -> CallToolResult {
+    match outcome {
+        Ok(Answer { text, data }) => {
+            let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+            result.structured_content = Some(data);
+            result
+        }
+        Err(message) => CallToolResult::error(vec![ContentBlock::text(message)]),
+    }
+}
+
+fn since(value: &str, field: &str) -> Result<prost_types::Duration, String> {
+    let d = parse_duration(value).map_err(|e| {
+        format!("{field} {value:?} is not a duration ({e}): write e.g. \"15m\", \"1h\" or \"2d\"")
+    })?;
+    Ok(prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    })
+}
+
+impl CoralMcp {
+    /// A server for the colony at `colony` (connected on first use, so the server starts
+    /// even while the colony is down, and tool errors say so).
+    pub fn new(colony: &str) -> Result<Self, coral_client::ConnectError> {
+        Ok(Self {
+            colony: coral_client::normalize_addr(colony),
+            channel: coral_client::connect_lazy(colony)?,
+            trigger_wait: TRIGGER_WAIT,
+            tool_router: Self::tool_router(),
+        })
+    }
+
+    /// Caps how long `coral_profile_trace_trigger` waits before answering (default 60 s).
+    pub fn with_trigger_wait(mut self, wait: Duration) -> Self {
+        self.trigger_wait = wait;
+        self
+    }
+
+    fn query(&self) -> coral_client::QueryServiceClient<Channel> {
+        coral_client::query_client(self.channel.clone())
+    }
+
+    fn profile(&self) -> coral_client::ProfileServiceClient<Channel> {
+        coral_client::profile_client(self.channel.clone())
+    }
+
+    /// The colony's refusal, with what the model should do next.
+    fn refused(&self, status: tonic::Status, fix: &str) -> String {
+        use tonic::Code;
+        match status.code() {
+            Code::Unavailable | Code::Unknown | Code::DeadlineExceeded => format!(
+                "cannot reach the Coral colony at {}: {}. It may not be running (`coral colony \
+                 start`), or `coral mcp` was started with the wrong --colony address.",
+                self.colony,
+                status.message()
+            ),
+            Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition => {
+                format!("{} {fix}", status.message())
+            }
+            _ => format!("the colony failed: {}", status.message()),
+        }
+    }
+}
+
+const FIX_SERVICE: &str = "Call coral_list_services for the service names.";
+const FIX_TRIGGER: &str = "Pass the trigger_id that coral_profile_trace_trigger returned (a UUID).";
+
+#[tool_router]
+impl CoralMcp {
+    #[tool(
+        description = "List the services that have sent spans, with when they were last seen. \
+                       Start here to learn the service names the other tools take."
+    )]
+    async fn coral_list_services(&self) -> CallToolResult {
+        respond(self.list_services().await)
+    }
+
+    #[tool(
+        description = "Request rate, error rate and p50/p95/p99 latency of a service (or of \
+                       every service), its slowest traces, and for those the CPU profile's top \
+                       functions when they were profiled."
+    )]
+    async fn coral_query_summary(
+        &self,
+        Parameters(p): Parameters<SummaryParams>,
+    ) -> CallToolResult {
+        respond(self.summary(p).await)
+    }
+
+    #[tool(
+        description = "Recent requests of a service, newest first, optionally only slow or \
+                       failed ones: trace id, duration, status, name."
+    )]
+    async fn coral_query_traces(&self, Parameters(p): Parameters<TracesParams>) -> CallToolResult {
+        respond(self.traces(p).await)
+    }
+
+    #[tool(
+        description = "Get CPU or memory profile for a specific distributed trace ID: per \
+                       profiled span, samples, CPU time, attribution precision, top functions \
+                       and warnings when the evidence is weak."
+    )]
+    async fn coral_query_trace_profile(
+        &self,
+        Parameters(p): Parameters<TraceProfileParams>,
+    ) -> CallToolResult {
+        respond(self.trace_profile(p).await)
+    }
+
+    #[tool(
+        description = "Start high-frequency profiling for requests matching criteria: the next \
+                       `count` requests of the service that match are profiled (plus a random \
+                       baseline of the others, for comparison). Waits up to a minute and returns \
+                       what was collected, or the trigger id to poll with coral_trigger_status."
+    )]
+    async fn coral_profile_trace_trigger(
+        &self,
+        Parameters(p): Parameters<TraceTriggerParams>,
+    ) -> CallToolResult {
+        respond(self.trace_trigger(p).await)
+    }
+
+    #[tool(
+        description = "Progress of a trace-profile trigger: status, requests collected, and \
+                       those requests."
+    )]
+    async fn coral_trigger_status(
+        &self,
+        Parameters(p): Parameters<TriggerIdParams>,
+    ) -> CallToolResult {
+        respond(self.trigger_status(p, false).await)
+    }
+
+    #[tool(description = "Stop a trace-profile trigger; what it collected is kept.")]
+    async fn coral_cancel_trigger(
+        &self,
+        Parameters(p): Parameters<TriggerIdParams>,
+    ) -> CallToolResult {
+        respond(self.trigger_status(p, true).await)
+    }
+
+    #[tool(
+        description = "Compare flame graphs between request cohorts to identify performance \
+                       differences: the functions significantly hotter in cohort A than in B \
+                       (delta in percentage points of request CPU, CPU ms per request, q-value, \
+                       significance high/medium/low)."
+    )]
+    async fn coral_query_profile_compare(
+        &self,
+        Parameters(p): Parameters<CompareParams>,
+    ) -> CallToolResult {
+        respond(self.compare(p).await)
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for CoralMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("coral", env!("CARGO_PKG_VERSION")))
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    /// Arguments that do not fit a tool's schema come back as a tool error with what
+    /// serde refused (rmcp, as MCP asks, so the model can correct itself); the model
+    /// also needs where to look.
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let name = request.name.to_string();
+        let call = ToolCallContext::new(self, request, context);
+        let mut response = self.tool_router.call(call).await.map_err(|mut e| {
+            if e.message == "tool not found" {
+                e.message = format!("no tool {name:?}: tools/list names Coral's tools").into();
+            }
+            e
+        })?;
+        if let CallToolResponse::Complete(result) = &mut response
+            && result.is_error == Some(true)
+            && let Some(ContentBlock::Text(text)) = result.content.first_mut()
+            && text.text.starts_with("failed to deserialize parameters")
+        {
+            text.text = format!(
+                "{}; check the arguments against the inputSchema of {name} in tools/list",
+                text.text
+            );
+        }
+        Ok(response)
+    }
+}
+
+impl CoralMcp {
+    async fn list_services(&self) -> Outcome {
+        let services = self
+            .query()
+            .list_services(v1::ListServicesRequest {})
+            .await
+            .map_err(|s| self.refused(s, ""))?
+            .into_inner()
+            .services;
+        let now = now_unix_nano();
+        let mut text = if services.is_empty() {
+            "No service has sent spans yet: instrument it with OpenTelemetry and send OTLP to \
+             a Coral agent."
+                .to_string()
+        } else {
+            format!("{} service(s), last seen:\n", services.len())
+        };
+        for s in &services {
+            text.push_str(&format!(
+                "{}  {} ago\n",
+                s.name,
+                format_duration_ns((now - s.last_seen_unix_nano).max(0))
+            ));
+        }
+        let data = json!({ "services": services.iter().map(|s| json!({
+            "name": s.name,
+            "first_seen_unix_nano": s.first_seen_unix_nano,
+            "last_seen_unix_nano": s.last_seen_unix_nano,
+        })).collect::<Vec<_>>() });
+        Ok(Answer { text, data })
+    }
+
+    async fn traces(&self, p: TracesParams) -> Outcome {
+        if !(1..=100).contains(&p.limit) {
+            return Err(format!("limit {} is out of range: use 1 to 100", p.limit));
+        }
+        let spans = self
+            .query()
+            .query_traces(v1::QueryTracesRequest {
+                service: p.service.clone(),
+                since: Some(since(&p.since, "since")?),
+                min_duration: p.min_duration_ms.map(|ms| prost_types::Duration {
+                    seconds: i64::from(ms / 1000),
+                    nanos: (ms % 1000) as i32 * 1_000_000,
+                }),
+                status_code_pattern: p.status_code.unwrap_or_default(),
+                limit: p.limit,
+            })
+            .await
+            .map_err(|s| self.refused(s, FIX_SERVICE))?
+            .into_inner()
+            .spans;
+        let mut text = format!(
+            "{} request(s) of {} in the last {}, newest first (trace id, duration, status, name):\n",
+            spans.len(),
+            p.service,
+            p.since
+        );
+        for s in &spans {
+            text.push_str(&request_line(s));
+            text.push('\n');
+        }
+        let data = json!({ "service": p.service, "requests": spans.iter().map(span_json).collect::<Vec<_>>() });
+        Ok(Answer { text, data })
+    }
+
+    async fn trace_profile(&self, p: TraceProfileParams) -> Outcome {
+        if p.profile_type == ProfileType::Memory {
+            return Err(
+                "memory profiles are not collected yet: Coral collects CPU profiles only. Call \
+                 again with profile_type \"cpu\"."
+                    .to_string(),
+            );
+        }
+        let profiles = self
+            .profile()
+            .get_trace_profile(v1::GetTraceProfileRequest {
+                trace_id: p.trace_id.trim().to_string(),
+                service: String::new(),
+            })
+            .await
+            .map_err(|s| {
+                self.refused(
+                    s,
+                    "To profile this kind of request, start coral_profile_trace_trigger for its \
+                     service, then pick a trace id from what it collects.",
+                )
+            })?
+            .into_inner()
+            .profiles;
+        let mut text = format!("CPU profile of trace {}:\n", p.trace_id.trim());
+        let mut spans = Vec::new();
+        for tp in &profiles {
+            let profile =
+                coral_client::profile::profile_from_wire(tp.profile.clone().unwrap_or_default())
+                    .map_err(|e| format!("the colony sent an invalid profile: {e}"))?;
+            let (samples, cpu_ns) = (profile.total_samples(), profile.total_cpu_ns());
+            let warnings = coral_client::profile::evidence_warnings(tp, samples, cpu_ns);
+            text.push_str(&format!(
+                "{} · {} · duration {} · on CPU {} · {samples} samples at {} Hz · {} precision\n",
+                tp.service,
+                tp.span_name,
+                format_duration_ns(tp.duration_ns),
+                format_duration_ns(cpu_ns as i64),
+                tp.frequency_hz,
+                tp.precision
+            ));
+            for w in &warnings {
+                text.push_str(&format!("warning: {w}\n"));
+            }
+            if samples > 0 {
+                let mut summary = Vec::new();
+                write_text_summary(&profile, TOP, &mut summary)
+                    .map_err(|e| format!("cannot summarize the profile: {e}"))?;
+                text.push_str(&String::from_utf8_lossy(&summary));
+            }
+            let hotspots: Vec<Value> = profile
+                .hotspots(TOP)
+                .iter()
+                .map(|h| {
+                    json!({
+                        "function": h.function, "module": h.module,
+                        "self_cpu_ms": h.self_cpu_ns as f64 / 1e6,
+                        "total_cpu_ms": h.total_cpu_ns as f64 / 1e6,
+                        "self_share": h.self_share, "total_share": h.total_share,
+                    })
+                })
+                .collect();
+            spans.push(json!({
+                "service": tp.service, "span_id": hex::encode(&tp.span_id),
+                "span_name": tp.span_name, "duration_ns": tp.duration_ns,
+                "cpu_ns": cpu_ns, "samples": samples, "frequency_hz": tp.frequency_hz,
+                "precision": tp.precision, "concurrent_requests": tp.concurrent_requests,
+                "source": tp.source, "hotspots": hotspots, "warnings": warnings,
+            }));
+        }
+        let data = json!({ "trace_id": p.trace_id.trim(), "profile_type": "cpu", "spans": spans });
+        Ok(Answer { text, data })
+    }
+
+    async fn trace_trigger(&self, p: TraceTriggerParams) -> Outcome {
+        let timeout = match &p.timeout {
+            Some(t) => Some(since(t, "timeout")?),
+            None => None,
+        };
+        let int =
+            |v: u32, field: &str| i32::try_from(v).map_err(|_| format!("{field} {v} is too large"));
+        let started = self
+            .profile()
+            .start_trace_profile_trigger(v1::StartTraceProfileTriggerRequest {
+                service_id: p.service.clone(),
+                min_duration_ms: int(p.min_duration_ms, "min_duration_ms")?,
+                status_code_pattern: p.status_code.unwrap_or_default(),
+                frequency_hz: p.frequency_hz.map(|f| int(f, "frequency_hz")).transpose()?,
+                max_requests: Some(int(p.count, "count")?),
+                timeout,
+                max_duration_ms: 0,
+                url_pattern: p.url.unwrap_or_default(),
+                baseline_requests: None,
+            })
+            .await
+            .map_err(|s| self.refused(s, FIX_SERVICE))?
+            .into_inner();
+        let trigger = started.trigger.unwrap_or_default();
+        // Wait no longer than the trigger can run.
+        let lifetime = Duration::from_nanos(
+            (trigger.expires_unix_nano - trigger.created_unix_nano).max(0) as u64,
+        );
+        let deadline = Instant::now() + self.trigger_wait.min(lifetime);
+        let mut client = self.profile();
+        loop {
+            let current = client
+                .get_trace_profile_trigger(v1::GetTraceProfileTriggerRequest {
+                    trigger_id: started.trigger_id.clone(),
+                })
+                .await
+                .map_err(|s| self.refused(s, FIX_TRIGGER))?
+                .into_inner();
+            if current.status != "active" || Instant::now() >= deadline {
+                return Ok(trigger_answer(&current));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn trigger_status(&self, p: TriggerIdParams, cancel: bool) -> Outcome {
+        let trigger_id = p.trigger_id.trim().to_string();
+        if uuid::Uuid::parse_str(&trigger_id).is_err() {
+            return Err(format!(
+                "trigger_id {:?} is not a UUID. {FIX_TRIGGER}",
+                p.trigger_id
+            ));
+        }
+        let mut client = self.profile();
+        if cancel {
+            client
+                .cancel_trace_profile_trigger(v1::CancelTraceProfileTriggerRequest {
+                    trigger_id: trigger_id.clone(),
+                })
+                .await
+                .map_err(|s| self.refused(s, FIX_TRIGGER))?;
+        }
+        // The full trigger, with the requests it collected.
+        let trigger = client
+            .get_trace_profile_trigger(v1::GetTraceProfileTriggerRequest { trigger_id })
+            .await
+            .map_err(|s| self.refused(s, FIX_TRIGGER))?
+            .into_inner();
+        Ok(trigger_answer(&trigger))
+    }
+
+    async fn compare(&self, p: CompareParams) -> Outcome {
+        let r = self
+            .profile()
+            .compare_trace_profiles(v1::CompareTraceProfilesRequest {
+                service_id: p.service.clone(),
+                cohort_a_filter: p.cohort_a_filter.clone(),
+                cohort_b_filter: p.cohort_b_filter.clone(),
+                time_range: Some(since(&p.since, "since")?),
+                top: 10,
+                min_significance: String::new(),
+                differential: false,
+            })
+            .await
+            .map_err(|s| {
+                self.refused(
+                    s,
+                    "Fix the call: service from coral_list_services; filters like \"duration > \
+                     1s\", \"duration < 100ms\", \"status = 5xx\", \"url ~ \\\"/checkout*\\\"\", \
+                     joined with and/or/not.",
+                )
+            })?
+            .into_inner();
+        let mut text = format!("{} in the last {}\n", p.service, p.since);
+        for (name, filter, requests, samples, cpu) in [
+            (
+                "A",
+                &p.cohort_a_filter,
+                r.cohort_a_requests,
+                r.cohort_a_sample_count,
+                r.cohort_a_mean_cpu_ms,
+            ),
+            (
+                "B",
+                &p.cohort_b_filter,
+                r.cohort_b_requests,
+                r.cohort_b_sample_count,
+                r.cohort_b_mean_cpu_ms,
+            ),
+        ] {
+            text.push_str(&format!(
+                "cohort {name} ({filter}): {requests} requests, {samples} samples, {} CPU per request\n",
+                ms(cpu)
+            ));
+        }
+        if !r.hotspots.is_empty() {
+            text.push_str(
+                "functions (delta: percentage points of request CPU, + hotter in A; CPU per \
+                 request, inclusive):\n",
+            );
+        }
+        for (i, h) in r.hotspots.iter().enumerate() {
+            let only = match h.only_in.as_str() {
+                "a" => ", only in A",
+                "b" => ", only in B",
+                _ => "",
+            };
+            text.push_str(&format!(
+                "{}. {} ({}) {:+.1}pp, A {}/req vs B {}/req, q {}, significance {}{only}\n",
+                i + 1,
+                h.function,
+                h.module,
+                h.delta_percentage,
+                ms(h.cohort_a_cpu_ms_per_request),
+                ms(h.cohort_b_cpu_ms_per_request),
+                q_value(h.q_value),
+                h.significance
+            ));
+        }
+        if !r.verdict.is_empty() {
+            text.push_str(&format!("verdict: {}\n", r.verdict));
+        }
+        for w in &r.warnings {
+            text.push_str(&format!("warning: {w}\n"));
+        }
+        let functions: Vec<Value> = r
+            .hotspots
+            .iter()
+            .map(|h| {
+                json!({
+                    "function": h.function, "module": h.module,
+                    "delta_pp": h.delta_percentage, "self_delta_pp": h.self_delta_percentage,
+                    "a_cpu_ms_per_request": h.cohort_a_cpu_ms_per_request,
+                    "b_cpu_ms_per_request": h.cohort_b_cpu_ms_per_request,
+                    "p_value": h.p_value, "q_value": h.q_value, "effect_size": h.effect_size,
+                    "significance": h.significance,
+                    "only_in": (!h.only_in.is_empty()).then_some(&h.only_in),
+                })
+            })
+            .collect();
+        let data = json!({
+            "service": p.service, "since": p.since,
+            "cohort_a": { "filter": p.cohort_a_filter, "requests": r.cohort_a_requests,
+                          "samples": r.cohort_a_sample_count, "mean_cpu_ms": r.cohort_a_mean_cpu_ms },
+            "cohort_b": { "filter": p.cohort_b_filter, "requests": r.cohort_b_requests,
+                          "samples": r.cohort_b_sample_count, "mean_cpu_ms": r.cohort_b_mean_cpu_ms },
+            "functions": functions,
+            "verdict": (!r.verdict.is_empty()).then_some(&r.verdict),
+            "warnings": r.warnings,
+        });
+        Ok(Answer { text, data })
+    }
+
+    async fn summary(&self, p: SummaryParams) -> Outcome {
+        let window = p.since.as_str();
+        let range = since(window, "since")?;
+        let services = match p.service {
+            Some(s) => vec![s],
+            None => {
+                let all = self
+                    .query()
+                    .list_services(v1::ListServicesRequest {})
+                    .await
+                    .map_err(|s| self.refused(s, ""))?
+                    .into_inner()
+                    .services;
+                all.into_iter()
+                    .take(SUMMARY_SERVICES)
+                    .map(|s| s.name)
+                    .collect()
+            }
+        };
+        let single = services.len() == 1;
+        let mut text = String::new();
+        let mut out = Vec::new();
+        for service in services {
+            let mut spans = self
+                .query()
+                .query_traces(v1::QueryTracesRequest {
+                    service: service.clone(),
+                    since: Some(range),
+                    min_duration: None,
+                    status_code_pattern: String::new(),
+                    limit: SUMMARY_REQUESTS,
+                })
+                .await
+                .map_err(|s| self.refused(s, FIX_SERVICE))?
+                .into_inner()
+                .spans;
+            let stats = Stats::of(&spans, range.seconds as f64);
+            text.push_str(&format!("{service} (last {window}): {}\n", stats.line()));
+            spans.sort_by_key(|s| std::cmp::Reverse(s.duration_ns));
+            let mut exemplars = Vec::new();
+            if single {
+                for span in spans.iter().take(EXEMPLARS) {
+                    text.push_str(&format!("slow: {}\n", request_line(span)));
+                    let profile = self.exemplar_profile(span, &mut text).await;
+                    let mut e = span_json(span);
+                    e["profile"] = profile;
+                    exemplars.push(e);
+                }
+            }
+            out.push(json!({ "service": service, "stats": stats.json(), "slowest": exemplars }));
+        }
+        if out.is_empty() {
+            text.push_str("No service has sent spans yet.\n");
+        } else if !single {
+            text.push_str("Call again with one service for its slowest traces and profiles.\n");
+        }
+        Ok(Answer {
+            text,
+            data: json!({ "since": window, "services": out }),
+        })
+    }
+
+    /// A slow request's profile in two lines, or nothing when it was not profiled.
+    async fn exemplar_profile(&self, span: &v1::Span, text: &mut String) -> Value {
+        let Ok(resp) = self
+            .profile()
+            .get_trace_profile(v1::GetTraceProfileRequest {
+                trace_id: text::trace_id(span),
+                service: span.service.clone(),
+            })
+            .await
+        else {
+            return Value::Null;
+        };
+        let Some(tp) = resp
+            .into_inner()
+            .profiles
+            .into_iter()
+            .find(|tp| tp.span_id == span.span_id)
+        else {
+            return Value::Null;
+        };
+        let Ok(profile) = coral_client::profile::profile_from_wire(tp.profile.unwrap_or_default())
+        else {
+            return Value::Null;
+        };
+        // Sorted by self CPU time already.
+        let mut hot = profile.all_hotspots();
+        hot.truncate(3);
+        let samples = profile.total_samples();
+        text.push_str(&format!(
+            "  profile: {samples} samples, {} precision, top self: {}\n",
+            tp.precision,
+            hot.iter()
+                .map(|h| format!("{} {:.0}%", h.function, h.self_share * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        json!({
+            "samples": samples, "precision": tp.precision,
+            "cpu_ns": profile.total_cpu_ns(),
+            "top_self": hot.iter().map(|h| json!({"function": h.function, "self_share": h.self_share})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Latency and error figures over a window's requests.
+struct Stats {
+    requests: usize,
+    truncated: bool,
+    per_second: f64,
+    error_rate: f64,
+    p50: i64,
+    p95: i64,
+    p99: i64,
+}
+
+impl Stats {
+    fn of(spans: &[v1::Span], window_s: f64) -> Self {
+        let mut durations: Vec<i64> = spans.iter().map(|s| s.duration_ns).collect();
+        durations.sort_unstable();
+        let truncated = spans.len() >= SUMMARY_REQUESTS as usize;
+        // When the listing was cut, the rate is over the time the listed requests span.
+        let seconds = if truncated {
+            let first = spans
+                .iter()
+                .map(|s| s.start_time_unix_nano)
+                .min()
+                .unwrap_or(0);
+            let last = spans
+                .iter()
+                .map(|s| s.start_time_unix_nano)
+                .max()
+                .unwrap_or(0);
+            ((last - first) as f64 / 1e9).max(1.0)
+        } else {
+            window_s.max(1.0)
+        };
+        let errors = spans.iter().filter(|s| text::is_error(s)).count();
+        Self {
+            requests: spans.len(),
+            truncated,
+            per_second: spans.len() as f64 / seconds,
+            error_rate: if spans.is_empty() {
+                0.0
+            } else {
+                errors as f64 / spans.len() as f64
+            },
+            p50: text::percentile(&durations, 0.50),
+            p95: text::percentile(&durations, 0.95),
+            p99: text::percentile(&durations, 0.99),
+        }
+    }
+
+    fn line(&self) -> String {
+        if self.requests == 0 {
+            return "no requests".to_string();
+        }
+        format!(
+            "{}{} requests, {:.2}/s, errors {:.1}%, p50 {} p95 {} p99 {}{}",
+            if self.truncated { "newest " } else { "" },
+            self.requests,
+            self.per_second,
+            self.error_rate * 100.0,
+            format_duration_ns(self.p50),
+            format_duration_ns(self.p95),
+            format_duration_ns(self.p99),
+            if self.truncated {
+                " (over those requests only)"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "requests": self.requests, "truncated": self.truncated,
+            "requests_per_second": self.per_second, "error_rate": self.error_rate,
+            "p50_ns": self.p50, "p95_ns": self.p95, "p99_ns": self.p99,
+        })
+    }
+}
+
+fn span_json(s: &v1::Span) -> Value {
+    json!({
+        "trace_id": text::trace_id(s), "span_id": hex::encode(&s.span_id),
+        "name": s.name, "start_time_unix_nano": s.start_time_unix_nano,
+        "duration_ns": s.duration_ns, "http_status": s.http_status,
+        "error": text::is_error(s), "url": s.url,
+    })
+}
+
+fn trigger_answer(t: &v1::TraceProfileTrigger) -> Answer {
+    let mut text = format!(
+        "trigger {} on {}: {}, {}/{} matching requests collected, baseline {}/{}\n",
+        t.trigger_id,
+        t.service,
+        t.status,
+        t.collected_requests,
+        t.max_requests,
+        t.baseline_collected,
+        t.baseline_requests
+    );
+    for c in t.collected.iter().take(10) {
+        text.push_str(&format!(
+            "{} {} {} samples, {} precision\n",
+            c.trace_id,
+            format_duration_ns(c.duration_ns),
+            c.samples,
+            c.precision
+        ));
+    }
+    if t.status == "active" {
+        text.push_str(&format!(
+            "Still collecting: call coral_trigger_status {{\"trigger_id\": \"{}\"}} later, or \
+             coral_cancel_trigger to stop. Matching requests must happen for it to collect.\n",
+            t.trigger_id
+        ));
+    } else if t.collected_requests > 0 {
+        text.push_str(&format!(
+            "Next: coral_query_profile_compare with cohort_a_filter \"duration >= {}ms\" and a \
+             cohort_b_filter for fast requests; or coral_query_trace_profile for one trace id.\n",
+            t.min_duration_ms
+        ));
+    }
+    let data = json!({
+        "trigger_id": t.trigger_id, "service": t.service, "status": t.status,
+        "collected_requests": t.collected_requests, "max_requests": t.max_requests,
+        "baseline_collected": t.baseline_collected, "baseline_requests": t.baseline_requests,
+        "min_duration_ms": t.min_duration_ms, "status_code_pattern": t.status_code_pattern,
+        "url_pattern": t.url_pattern, "frequency_hz": t.frequency_hz,
+        "expires_unix_nano": t.expires_unix_nano,
+        "collected": t.collected.iter().map(|c| json!({
+            "trace_id": c.trace_id, "span_id": c.span_id, "span_name": c.span_name,
+            "duration_ns": c.duration_ns, "http_status": c.http_status,
+            "samples": c.samples, "precision": c.precision,
+        })).collect::<Vec<_>>(),
+    });
+    Answer { text, data }
+}
+
+fn now_unix_nano() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}

@@ -1,0 +1,80 @@
+//! Small pieces of the compact text answers.
+
+use coral_analysis::format_duration_ns;
+use coral_client::v1;
+
+/// Milliseconds with the precision a reader needs.
+pub fn ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}ms")
+    } else {
+        format!("{v:.1}ms")
+    }
+}
+
+pub fn q_value(q: f64) -> String {
+    if q < 0.001 {
+        "<0.001".to_string()
+    } else {
+        format!("{q:.3}")
+    }
+}
+
+pub fn trace_id(span: &v1::Span) -> String {
+    hex::encode(&span.trace_id)
+}
+
+/// A request failed: HTTP 5xx, or span status ERROR.
+pub fn is_error(span: &v1::Span) -> bool {
+    span.status_code == 2 || span.http_status.is_some_and(|s| s >= 500)
+}
+
+/// `200`, `500 error`, or `error` for a request without an HTTP status.
+pub fn status(span: &v1::Span) -> String {
+    match (span.http_status, span.status_code == 2) {
+        (Some(code), true) => format!("{code} error"),
+        (Some(code), false) => code.to_string(),
+        (None, true) => "error".to_string(),
+        (None, false) => "-".to_string(),
+    }
+}
+
+/// One request on one line: id, duration, status, name.
+pub fn request_line(span: &v1::Span) -> String {
+    format!(
+        "{} {} {} {}",
+        trace_id(span),
+        format_duration_ns(span.duration_ns),
+        status(span),
+        span.name
+    )
+}
+
+/// The value at quantile `q` of sorted values (nearest rank).
+pub fn percentile(sorted: &[i64], q: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<i64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 50);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&[7], 0.99), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn millisecond_precision() {
+        assert_eq!(ms(1234.4), "1234ms");
+        assert_eq!(ms(4.25), "4.2ms");
+    }
+}
