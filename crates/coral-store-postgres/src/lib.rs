@@ -52,8 +52,8 @@ use coral_analysis::profile::{Frame, Profile};
 use coral_analysis::status::{OTEL_STATUS_ERROR, StatusTerm};
 use coral_store::{
     AgentRecord, CollectedRequest, InsertedProfiles, Precision, ProfileSession, ProfileSource,
-    RequestQuery, ServiceRecord, SessionResult, SpanId, SpanRecord, Store, StoreError, TraceId,
-    TraceProfileRecord, TraceProfileTrigger,
+    RequestQuery, RequestSummary, SUMMARY_PERCENTILES, ServiceRecord, SessionResult, SpanId,
+    SpanRecord, Store, StoreError, TraceId, TraceProfileRecord, TraceProfileTrigger,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgBindIterExt, PgConnection, PgPool, PgPoolOptions, PgRow};
@@ -63,6 +63,9 @@ use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row};
 pub use sqlx::postgres::PgConnectOptions;
 
 use crate::error::{map_err, map_migrate_err};
+
+/// The lowest HTTP status a summary counts as an error (5xx).
+const HTTP_SERVER_ERROR: i32 = 500;
 use coral_store::batch::{distinct_spans, now_unix_nano, services_seen};
 use coral_store::filter_sql::{self, Dialect, SqlValue};
 use coral_store::profile_rows::{
@@ -430,6 +433,58 @@ impl Store for PostgresStore {
         qb.push_bind(i64::from(query.limit));
         let rows = qb.build().fetch_all(&self.pool).await.map_err(map_err)?;
         rows.iter().map(span_from_row).collect()
+    }
+
+    async fn request_summary(
+        &self,
+        service: &str,
+        since_unix_nano: i64,
+        slowest: u32,
+    ) -> Result<RequestSummary, StoreError> {
+        // percentile_disc is nearest rank, as SQLite's backend computes it; one
+        // REPEATABLE READ transaction so the slowest requests match the counts.
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let row = sqlx::query(
+            "SELECT count(*), \
+                 count(*) FILTER (WHERE status_code = $1 OR http_status >= $2), \
+                 percentile_disc($3::float8[]) WITHIN GROUP (ORDER BY duration_ns) \
+             FROM spans WHERE is_request AND service = $4 AND start_unix_nano >= $5",
+        )
+        .bind(OTEL_STATUS_ERROR)
+        .bind(HTTP_SERVER_ERROR)
+        .bind(&SUMMARY_PERCENTILES[..])
+        .bind(service)
+        .bind(since_unix_nano)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let requests = to_u64(row.try_get(0).map_err(map_err)?, "request count")?;
+        let errors = to_u64(row.try_get(1).map_err(map_err)?, "error count")?;
+        // NULL when there is no request.
+        let percentiles_ns: Option<Vec<i64>> = row.try_get(2).map_err(map_err)?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            span_columns!(),
+            " FROM spans WHERE is_request AND service = $1 AND start_unix_nano >= $2 \
+             ORDER BY duration_ns DESC LIMIT $3"
+        ))
+        .bind(service)
+        .bind(since_unix_nano)
+        .bind(i64::from(slowest))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(RequestSummary {
+            requests,
+            errors,
+            percentiles_ns: percentiles_ns.unwrap_or_default(),
+            slowest: rows.iter().map(span_from_row).collect::<Result<_, _>>()?,
+        })
     }
 
     async fn get_trace(&self, trace_id: &TraceId) -> Result<Vec<SpanRecord>, StoreError> {

@@ -51,8 +51,9 @@ use coral_analysis::profile::{Frame, Profile};
 use coral_analysis::status::{OTEL_STATUS_ERROR, StatusTerm};
 use coral_store::{
     AgentRecord, CollectedRequest, InsertedProfiles, Precision, ProfileSession, ProfileSource,
-    RequestQuery, ServiceRecord, SessionResult, SpanId, SpanRecord, Store, StoreError, TraceId,
-    TraceProfileRecord, TraceProfileTrigger,
+    RequestQuery, RequestSummary, SUMMARY_PERCENTILES, ServiceRecord, SessionResult, SpanId,
+    SpanRecord, Store, StoreError, TraceId, TraceProfileRecord, TraceProfileTrigger,
+    nearest_rank_offset,
 };
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -63,6 +64,9 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
 
 use crate::error::{map_err, map_migrate_err};
+
+/// The lowest HTTP status a summary counts as an error (5xx).
+const HTTP_SERVER_ERROR: i32 = 500;
 use coral_store::batch::{distinct_spans, now_unix_nano, services_seen};
 use coral_store::filter_sql::{self, Dialect, SqlValue};
 use coral_store::profile_rows::{
@@ -391,6 +395,70 @@ impl Store for SqliteStore {
         qb.push_bind(i64::from(query.limit));
         let rows = qb.build().fetch_all(&self.reader).await.map_err(map_err)?;
         rows.iter().map(span_from_row).collect()
+    }
+
+    async fn request_summary(
+        &self,
+        service: &str,
+        since_unix_nano: i64,
+        slowest: u32,
+    ) -> Result<RequestSummary, StoreError> {
+        // One read transaction: the count and the percentile rows see the same snapshot.
+        let mut tx = self.reader.begin().await.map_err(map_err)?;
+        let row = sqlx::query(
+            "SELECT count(*), coalesce(sum(status_code = ? OR http_status >= ?), 0) \
+             FROM spans WHERE is_request AND service = ? AND start_unix_nano >= ?",
+        )
+        .bind(OTEL_STATUS_ERROR)
+        .bind(HTTP_SERVER_ERROR)
+        .bind(service)
+        .bind(since_unix_nano)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let requests = to_u64(row.try_get(0).map_err(map_err)?, "request count")?;
+        let errors = to_u64(row.try_get(1).map_err(map_err)?, "error count")?;
+        // SQLite has no percentile function: the nearest-rank row, read in duration
+        // order (the spans_requests_by_duration index serves the ORDER BY).
+        let mut percentiles_ns = Vec::new();
+        if requests > 0 {
+            for q in SUMMARY_PERCENTILES {
+                let offset = i64::try_from(nearest_rank_offset(q, requests))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let d: i64 = sqlx::query_scalar(
+                    "SELECT duration_ns FROM spans \
+                     WHERE is_request AND service = ? AND start_unix_nano >= ? \
+                     ORDER BY duration_ns LIMIT 1 OFFSET ?",
+                )
+                .bind(service)
+                .bind(since_unix_nano)
+                .bind(offset)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                percentiles_ns.push(d);
+            }
+        }
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            span_columns!(),
+            " FROM spans \
+             WHERE is_request AND service = ? AND start_unix_nano >= ? \
+             ORDER BY duration_ns DESC LIMIT ?"
+        ))
+        .bind(service)
+        .bind(since_unix_nano)
+        .bind(i64::from(slowest))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(RequestSummary {
+            requests,
+            errors,
+            percentiles_ns,
+            slowest: rows.iter().map(span_from_row).collect::<Result<_, _>>()?,
+        })
     }
 
     async fn get_trace(&self, trace_id: &TraceId) -> Result<Vec<SpanRecord>, StoreError> {

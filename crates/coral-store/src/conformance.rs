@@ -47,7 +47,8 @@ macro_rules! conformance_suite {
             a_trace_counts_once_per_trigger, concurrent_trigger_profiles_never_exceed_max,
             baseline_is_capped, trigger_requests_come_with_their_spans,
             purge_deletes_old_profiles_and_ended_triggers, cohorts_are_selected_by_filter,
-            cohorts_respect_service_since_and_limit, cohort_filter_values_are_never_sql);
+            cohorts_respect_service_since_and_limit, cohort_filter_values_are_never_sql,
+            request_summary_is_exact_over_the_window);
     };
     (@each $attrs:tt $store:expr; $check:ident $(, $rest:ident)*) => {
         $crate::conformance_suite!(@one $attrs $store; $check);
@@ -204,6 +205,81 @@ pub async fn services_are_recorded(store: &dyn Store) {
 pub async fn unknown_trace_is_not_found(store: &dyn Store) {
     let err = store.get_trace(&trace(77)).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+pub async fn request_summary_is_exact_over_the_window(store: &dyn Store) {
+    const MS: i64 = 1_000_000;
+    // Thirty requests in the window lasting 10ms..300ms, stored out of order. Errors:
+    // OTel status error (every 5th), HTTP 503 (every 7th), both (the 30th: counted
+    // once); HTTP 404 is not an error.
+    let mut spans = Vec::new();
+    for i in (1..=30u8).rev().step_by(2).chain((1..=30u8).step_by(2)) {
+        let mut r = full_span("shop", i, 1);
+        r.start_unix_nano = T0 + i64::from(i) * SEC;
+        r.duration_ns = i64::from(i) * 10 * MS;
+        r.status_code = if i % 5 == 0 { 2 } else { 0 };
+        r.http_status = Some(match i {
+            30 => 500,
+            i if i % 7 == 0 => 503,
+            i if i % 3 == 0 => 404,
+            _ => 200,
+        });
+        // Not requests: never counted, however slow.
+        spans.push(minimal_child(&r, 2, 1, 999 * SEC));
+        spans.push(r);
+    }
+    // Before the window, and another service: not counted either.
+    let mut old = full_span("shop", 100, 1);
+    old.start_unix_nano = T0 - SEC;
+    old.duration_ns = 999 * SEC;
+    let mut other = full_span("elsewhere", 101, 1);
+    other.start_unix_nano = T0 + 5 * SEC;
+    other.duration_ns = 999 * SEC;
+    spans.extend([old, other]);
+    store.insert_spans(&spans).await.unwrap();
+
+    let summary = store.request_summary("shop", T0, 3).await.unwrap();
+    assert_eq!(summary.requests, 30);
+    assert_eq!(summary.errors, 10, "6 OTel errors + 4 HTTP 503");
+    // Nearest rank over 30: the 15th, 29th (28.5 rounded up) and 30th (29.7).
+    assert_eq!(summary.percentiles_ns, [150 * MS, 290 * MS, 300 * MS]);
+    let slowest: Vec<_> = summary
+        .slowest
+        .iter()
+        .map(|s| (s.trace_id, s.duration_ns))
+        .collect();
+    assert_eq!(
+        slowest,
+        [
+            (trace(30), 300 * MS),
+            (trace(29), 290 * MS),
+            (trace(28), 280 * MS)
+        ]
+    );
+    assert_eq!(summary.slowest[0], spans[1], "the whole span");
+
+    // From the 21st second: requests 21..=30.
+    let recent = store
+        .request_summary("shop", T0 + 21 * SEC, 1)
+        .await
+        .unwrap();
+    assert_eq!((recent.requests, recent.errors), (10, 4));
+    assert_eq!(recent.percentiles_ns, [250 * MS, 300 * MS, 300 * MS]);
+    assert_eq!(recent.slowest.len(), 1);
+
+    let empty = store
+        .request_summary("shop", T0 + 31 * SEC, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        empty,
+        crate::RequestSummary {
+            requests: 0,
+            errors: 0,
+            percentiles_ns: vec![],
+            slowest: vec![],
+        }
+    );
 }
 
 pub async fn requests_are_filtered(store: &dyn Store) {

@@ -23,7 +23,8 @@ pub use profiles::{
     TraceProfileRecord, TraceProfileTrigger, TriggerStatus,
 };
 pub use records::{
-    AgentRecord, RequestQuery, SPAN_KIND_CONSUMER, SPAN_KIND_SERVER, ServiceRecord, SpanRecord,
+    AgentRecord, RequestQuery, RequestSummary, SPAN_KIND_CONSUMER, SPAN_KIND_SERVER,
+    SUMMARY_PERCENTILES, ServiceRecord, SpanRecord, nearest_rank_offset,
 };
 
 use async_trait::async_trait;
@@ -70,6 +71,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Request spans (see [`SpanRecord::is_request`]) of one service, newest first.
     async fn query_requests(&self, query: &RequestQuery) -> Result<Vec<SpanRecord>, StoreError>;
+
+    /// Counts, error count and latency percentiles of `service`'s requests that started
+    /// at or after `since_unix_nano`, over all of them, with the `slowest` longest.
+    async fn request_summary(
+        &self,
+        service: &str,
+        since_unix_nano: i64,
+        slowest: u32,
+    ) -> Result<RequestSummary, StoreError>;
 
     /// Every span of a trace, by start time; `NotFound` if there is none.
     async fn get_trace(&self, trace_id: &TraceId) -> Result<Vec<SpanRecord>, StoreError>;

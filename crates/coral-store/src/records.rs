@@ -88,3 +88,26 @@ pub struct RequestQuery {
     /// At most this many, newest first.
     pub limit: u32,
 }
+
+/// Latency percentiles a request summary gives, as fractions (nearest rank: the
+/// smallest duration at or above that share of the requests, PostgreSQL's
+/// `percentile_disc`).
+pub const SUMMARY_PERCENTILES: [f64; 3] = [0.50, 0.95, 0.99];
+
+/// A service's requests over a window, counted exactly (not sampled).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestSummary {
+    pub requests: u64,
+    /// Requests whose OTel status is error or whose HTTP status is 5xx.
+    pub errors: u64,
+    /// One duration per [`SUMMARY_PERCENTILES`]; empty when there is no request.
+    pub percentiles_ns: Vec<i64>,
+    /// The slowest requests, longest first.
+    pub slowest: Vec<SpanRecord>,
+}
+
+/// 0-based position of the nearest-rank percentile `q` among `n` sorted values
+/// (`n` > 0): both backends select this row, so they agree exactly.
+pub fn nearest_rank_offset(q: f64, n: u64) -> u64 {
+    ((q * n as f64).ceil() as u64).clamp(1, n) - 1
+}
