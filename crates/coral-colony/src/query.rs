@@ -1,6 +1,6 @@
 //! `QueryService`: what people and assistants ask.
 
-use crate::convert::span_to_wire;
+use crate::convert::{span_to_wire, trace_profile_to_wire};
 use crate::{now_unix_nano, store_status};
 use coral_analysis::StatusPattern;
 use coral_client::v1::{self, query_service_server};
@@ -13,6 +13,10 @@ use tonic::{Request, Response, Status};
 const DEFAULT_SINCE: Duration = Duration::from_secs(3600);
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 1000;
+const DEFAULT_SLOWEST: u32 = 3;
+const MAX_SLOWEST: u32 = 20;
+/// Services a summary of every service covers at most (by name).
+const MAX_SUMMARY_SERVICES: usize = 50;
 
 pub struct QueryService {
     store: Arc<dyn Store>,
@@ -65,8 +69,104 @@ pub(crate) fn parse_trace_id(s: &str) -> Result<TraceId, Status> {
         .map_err(|e: coral_store::IdError| Status::invalid_argument(e.to_string()))
 }
 
+impl QueryService {
+    async fn service_summary(
+        &self,
+        service: String,
+        since_unix_nano: i64,
+        window_s: f64,
+        slowest: u32,
+    ) -> Result<v1::ServiceSummary, Status> {
+        let s = self
+            .store
+            .request_summary(&service, since_unix_nano, slowest)
+            .await
+            .map_err(store_status)?;
+        let mut out = Vec::with_capacity(s.slowest.len());
+        for span in s.slowest {
+            // A missing profile is the common case (only triggers and sessions
+            // profile requests), not an error.
+            let profile = match self.store.trace_profiles(&span.trace_id).await {
+                Ok(profiles) => profiles
+                    .iter()
+                    .find(|p| p.span_id == span.span_id)
+                    .map(trace_profile_to_wire),
+                Err(StoreError::NotFound(_)) => None,
+                Err(e) => return Err(store_status(e)),
+            };
+            out.push(v1::SlowRequest {
+                span: Some(span_to_wire(span)),
+                profile,
+            });
+        }
+        let p = |i: usize| s.percentiles_ns.get(i).copied().unwrap_or(0);
+        Ok(v1::ServiceSummary {
+            service,
+            requests: s.requests,
+            errors: s.errors,
+            requests_per_second: s.requests as f64 / window_s.max(1e-9),
+            error_rate: if s.requests == 0 {
+                0.0
+            } else {
+                s.errors as f64 / s.requests as f64
+            },
+            p50_ns: p(0),
+            p95_ns: p(1),
+            p99_ns: p(2),
+            slowest: out,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl query_service_server::QueryService for QueryService {
+    async fn get_service_summary(
+        &self,
+        request: Request<v1::GetServiceSummaryRequest>,
+    ) -> Result<Response<v1::GetServiceSummaryResponse>, Status> {
+        let req = request.into_inner();
+        let since_ns = match &req.since {
+            Some(d) => duration_ns(d, "since")?,
+            None => DEFAULT_SINCE.as_nanos() as i64,
+        };
+        if since_ns == 0 {
+            return Err(Status::invalid_argument("since must be longer than 0"));
+        }
+        let slowest = match req.slowest {
+            None => DEFAULT_SLOWEST,
+            Some(n) if n > MAX_SLOWEST => {
+                return Err(Status::invalid_argument(format!(
+                    "slowest {n} is too large: at most {MAX_SLOWEST}"
+                )));
+            }
+            Some(n) => n,
+        };
+        let service = req.service.trim();
+        let (names, truncated) = if service.is_empty() {
+            let all = self.store.list_services().await.map_err(store_status)?;
+            let truncated = all.len() > MAX_SUMMARY_SERVICES;
+            let names = all.into_iter().take(MAX_SUMMARY_SERVICES).map(|s| s.name);
+            (names.collect(), truncated)
+        } else {
+            require_service(self.store.as_ref(), service).await?;
+            (vec![service.to_string()], false)
+        };
+        let since_unix_nano = now_unix_nano().saturating_sub(since_ns);
+        let window_s = since_ns as f64 / 1e9;
+        let mut services = Vec::with_capacity(names.len());
+        for name in names {
+            services.push(
+                self.service_summary(name, since_unix_nano, window_s, slowest)
+                    .await?,
+            );
+        }
+        Ok(Response::new(v1::GetServiceSummaryResponse {
+            services,
+            since_unix_nano,
+            truncated,
+        }))
+    }
+
     async fn list_services(
         &self,
         _request: Request<v1::ListServicesRequest>,

@@ -24,11 +24,8 @@ use tonic::transport::Channel;
 /// with the trigger id (an assistant's call should not hang for the trigger's timeout).
 const TRIGGER_WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(500);
-/// Requests a summary reads at most (the newest); the colony caps a listing at 1000.
-const SUMMARY_REQUESTS: u32 = 1000;
-/// Services a summary of every service covers at most.
-const SUMMARY_SERVICES: usize = 20;
-const EXEMPLARS: usize = 3;
+/// Slowest requests (with their profiles) a summary of one service shows.
+const EXEMPLARS: u32 = 3;
 const TOP: usize = 5;
 
 /// The MCP server. Cheap to clone: one per HTTP session shares the colony channel.
@@ -567,185 +564,103 @@ impl CoralMcp {
     async fn summary(&self, p: SummaryParams) -> Outcome {
         let window = p.since.as_str();
         let range = since(window, "since")?;
-        let services = match p.service {
-            Some(s) => vec![s],
-            None => {
-                let all = self
-                    .query()
-                    .list_services(v1::ListServicesRequest {})
-                    .await
-                    .map_err(|s| self.refused(s, ""))?
-                    .into_inner()
-                    .services;
-                all.into_iter()
-                    .take(SUMMARY_SERVICES)
-                    .map(|s| s.name)
-                    .collect()
-            }
-        };
-        let single = services.len() == 1;
+        let single = p.service.is_some();
+        let resp = self
+            .query()
+            .get_service_summary(v1::GetServiceSummaryRequest {
+                service: p.service.unwrap_or_default(),
+                since: Some(range),
+                // Exemplars only for one service: a summary of all stays short.
+                slowest: Some(if single { EXEMPLARS } else { 0 }),
+            })
+            .await
+            .map_err(|s| self.refused(s, FIX_SERVICE))?
+            .into_inner();
         let mut text = String::new();
         let mut out = Vec::new();
-        for service in services {
-            let mut spans = self
-                .query()
-                .query_traces(v1::QueryTracesRequest {
-                    service: service.clone(),
-                    since: Some(range),
-                    min_duration: None,
-                    status_code_pattern: String::new(),
-                    limit: SUMMARY_REQUESTS,
-                })
-                .await
-                .map_err(|s| self.refused(s, FIX_SERVICE))?
-                .into_inner()
-                .spans;
-            let stats = Stats::of(&spans, range.seconds as f64);
-            text.push_str(&format!("{service} (last {window}): {}\n", stats.line()));
-            spans.sort_by_key(|s| std::cmp::Reverse(s.duration_ns));
+        for s in &resp.services {
+            text.push_str(&format!(
+                "{} (last {window}): {}\n",
+                s.service,
+                stats_line(s)
+            ));
             let mut exemplars = Vec::new();
-            if single {
-                for span in spans.iter().take(EXEMPLARS) {
-                    text.push_str(&format!("slow: {}\n", request_line(span)));
-                    let profile = self.exemplar_profile(span, &mut text).await;
-                    let mut e = span_json(span);
-                    e["profile"] = profile;
-                    exemplars.push(e);
-                }
+            for slow in &s.slowest {
+                let Some(span) = &slow.span else { continue };
+                text.push_str(&format!("slow: {}\n", request_line(span)));
+                let mut e = span_json(span);
+                e["profile"] = match &slow.profile {
+                    Some(tp) => exemplar_profile(tp, &mut text),
+                    None => Value::Null,
+                };
+                exemplars.push(e);
             }
-            out.push(json!({ "service": service, "stats": stats.json(), "slowest": exemplars }));
+            out.push(json!({
+                "service": s.service,
+                "stats": {
+                    "requests": s.requests, "errors": s.errors,
+                    "requests_per_second": s.requests_per_second, "error_rate": s.error_rate,
+                    "p50_ns": s.p50_ns, "p95_ns": s.p95_ns, "p99_ns": s.p99_ns,
+                },
+                "slowest": exemplars,
+            }));
         }
         if out.is_empty() {
             text.push_str("No service has sent spans yet.\n");
         } else if !single {
+            if resp.truncated {
+                text.push_str("(more services exist: ask for one by name)\n");
+            }
             text.push_str("Call again with one service for its slowest traces and profiles.\n");
         }
         Ok(Answer {
             text,
-            data: json!({ "since": window, "services": out }),
-        })
-    }
-
-    /// A slow request's profile in two lines, or nothing when it was not profiled.
-    async fn exemplar_profile(&self, span: &v1::Span, text: &mut String) -> Value {
-        let Ok(resp) = self
-            .profile()
-            .get_trace_profile(v1::GetTraceProfileRequest {
-                trace_id: text::trace_id(span),
-                service: span.service.clone(),
-            })
-            .await
-        else {
-            return Value::Null;
-        };
-        let Some(tp) = resp
-            .into_inner()
-            .profiles
-            .into_iter()
-            .find(|tp| tp.span_id == span.span_id)
-        else {
-            return Value::Null;
-        };
-        let Ok(profile) = coral_client::profile::profile_from_wire(tp.profile.unwrap_or_default())
-        else {
-            return Value::Null;
-        };
-        // Sorted by self CPU time already.
-        let mut hot = profile.all_hotspots();
-        hot.truncate(3);
-        let samples = profile.total_samples();
-        text.push_str(&format!(
-            "  profile: {samples} samples, {} precision, top self: {}\n",
-            tp.precision,
-            hot.iter()
-                .map(|h| format!("{} {:.0}%", h.function, h.self_share * 100.0))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        json!({
-            "samples": samples, "precision": tp.precision,
-            "cpu_ns": profile.total_cpu_ns(),
-            "top_self": hot.iter().map(|h| json!({"function": h.function, "self_share": h.self_share})).collect::<Vec<_>>(),
+            data: json!({ "since": window, "services": out, "truncated": resp.truncated }),
         })
     }
 }
 
-/// Latency and error figures over a window's requests.
-struct Stats {
-    requests: usize,
-    truncated: bool,
-    per_second: f64,
-    error_rate: f64,
-    p50: i64,
-    p95: i64,
-    p99: i64,
+/// A slow request's profile in one line, and as JSON; null when it cannot be read.
+fn exemplar_profile(tp: &v1::TraceProfile, text: &mut String) -> Value {
+    let Ok(profile) =
+        coral_client::profile::profile_from_wire(tp.profile.clone().unwrap_or_default())
+    else {
+        return Value::Null;
+    };
+    // Sorted by self CPU time already.
+    let mut hot = profile.all_hotspots();
+    hot.truncate(3);
+    let samples = profile.total_samples();
+    text.push_str(&format!(
+        "  profile: {samples} samples, {} precision, top self: {}\n",
+        tp.precision,
+        hot.iter()
+            .map(|h| format!("{} {:.0}%", h.function, h.self_share * 100.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    json!({
+        "samples": samples, "precision": tp.precision,
+        "cpu_ns": profile.total_cpu_ns(),
+        "top_self": hot.iter().map(|h| json!({"function": h.function, "self_share": h.self_share})).collect::<Vec<_>>(),
+    })
 }
 
-impl Stats {
-    fn of(spans: &[v1::Span], window_s: f64) -> Self {
-        let mut durations: Vec<i64> = spans.iter().map(|s| s.duration_ns).collect();
-        durations.sort_unstable();
-        let truncated = spans.len() >= SUMMARY_REQUESTS as usize;
-        // When the listing was cut, the rate is over the time the listed requests span.
-        let seconds = if truncated {
-            let first = spans
-                .iter()
-                .map(|s| s.start_time_unix_nano)
-                .min()
-                .unwrap_or(0);
-            let last = spans
-                .iter()
-                .map(|s| s.start_time_unix_nano)
-                .max()
-                .unwrap_or(0);
-            ((last - first) as f64 / 1e9).max(1.0)
-        } else {
-            window_s.max(1.0)
-        };
-        let errors = spans.iter().filter(|s| text::is_error(s)).count();
-        Self {
-            requests: spans.len(),
-            truncated,
-            per_second: spans.len() as f64 / seconds,
-            error_rate: if spans.is_empty() {
-                0.0
-            } else {
-                errors as f64 / spans.len() as f64
-            },
-            p50: text::percentile(&durations, 0.50),
-            p95: text::percentile(&durations, 0.95),
-            p99: text::percentile(&durations, 0.99),
-        }
+/// Rate, errors and percentiles on one line.
+fn stats_line(s: &v1::ServiceSummary) -> String {
+    if s.requests == 0 {
+        return "no requests".to_string();
     }
-
-    fn line(&self) -> String {
-        if self.requests == 0 {
-            return "no requests".to_string();
-        }
-        format!(
-            "{}{} requests, {:.2}/s, errors {:.1}%, p50 {} p95 {} p99 {}{}",
-            if self.truncated { "newest " } else { "" },
-            self.requests,
-            self.per_second,
-            self.error_rate * 100.0,
-            format_duration_ns(self.p50),
-            format_duration_ns(self.p95),
-            format_duration_ns(self.p99),
-            if self.truncated {
-                " (over those requests only)"
-            } else {
-                ""
-            }
-        )
-    }
-
-    fn json(&self) -> Value {
-        json!({
-            "requests": self.requests, "truncated": self.truncated,
-            "requests_per_second": self.per_second, "error_rate": self.error_rate,
-            "p50_ns": self.p50, "p95_ns": self.p95, "p99_ns": self.p99,
-        })
-    }
+    format!(
+        "{} requests, {:.2}/s, errors {:.1}% ({}), p50 {} p95 {} p99 {}",
+        s.requests,
+        s.requests_per_second,
+        s.error_rate * 100.0,
+        s.errors,
+        format_duration_ns(s.p50_ns),
+        format_duration_ns(s.p95_ns),
+        format_duration_ns(s.p99_ns),
+    )
 }
 
 fn span_json(s: &v1::Span) -> Value {

@@ -111,3 +111,17 @@ pub struct RequestSummary {
 pub fn nearest_rank_offset(q: f64, n: u64) -> u64 {
     ((q * n as f64).ceil() as u64).clamp(1, n) - 1
 }
+
+#[cfg(test)]
+mod tests {
+    use super::nearest_rank_offset;
+
+    #[test]
+    fn nearest_rank_offsets() {
+        assert_eq!(nearest_rank_offset(0.5, 100), 49);
+        assert_eq!(nearest_rank_offset(0.99, 100), 98);
+        assert_eq!(nearest_rank_offset(0.95, 30), 28);
+        assert_eq!(nearest_rank_offset(0.99, 1), 0);
+        assert_eq!(nearest_rank_offset(0.0, 5), 0);
+    }
+}

@@ -149,10 +149,21 @@ async fn every_tool_over_stdio(backend: Backend) {
     assert_eq!(data["services"][0]["name"], SERVICE);
 
     let (text, data) = ok(&client, "coral_query_summary", json!({"service": SERVICE})).await;
-    assert!(text.contains("p99 1.50s"), "{text}");
+    // Exact over the 22 requests (1ms hello, 20..39ms, 1.5s slow; one HTTP 500):
+    // nearest rank puts p50 on the 11th, p95 on the 21st, p99 on the 22nd.
+    assert!(
+        text.contains("22 requests") && text.contains("errors 4.5% (1)"),
+        "{text}"
+    );
+    assert!(text.contains("p50 29.0ms p95 39.0ms p99 1.50s"), "{text}");
     assert!(text.contains(&format!("slow: {slow}")), "{text}");
-    assert_eq!(data["services"][0]["stats"]["requests"], 22, "{data}");
+    let stats = &data["services"][0]["stats"];
+    assert_eq!(stats["requests"], 22, "{data}");
+    assert_eq!(stats["errors"], 1, "{data}");
+    assert_eq!(stats["p50_ns"], 29_000_000, "{data}");
     assert_eq!(data["services"][0]["slowest"][0]["trace_id"], slow);
+    assert_eq!(data["services"][0]["slowest"][0]["profile"], Value::Null);
+    assert_eq!(data["services"][0]["slowest"].as_array().unwrap().len(), 3);
     assert!(tokens(&text) < 2000, "{} tokens: {text}", tokens(&text));
     let (text, _) = ok(&client, "coral_query_summary", json!({"since": "30m"})).await;
     assert!(text.contains(SERVICE), "{text}");
@@ -210,6 +221,17 @@ async fn every_tool_over_stdio(backend: Backend) {
         .to_string();
     let (text, data) = ok(&client, "coral_trigger_status", json!({"trigger_id": id})).await;
     assert_eq!(data["status"], "completed", "{text}");
+    // The summary's slowest requests now include the profiled one, with its profile.
+    let (text, data) = ok(&client, "coral_query_summary", json!({"service": SERVICE})).await;
+    let profiled = &data["services"][0]["slowest"][1];
+    assert_eq!(profiled["trace_id"], matched.as_str(), "{data}");
+    // The fake sampler records no stacks: what matters is that the profile is found.
+    assert_eq!(profiled["profile"]["precision"], "process", "{data}");
+    assert!(profiled["profile"]["samples"].is_u64(), "{data}");
+    assert!(
+        text.contains("  profile: ") && text.contains("precision, top self: "),
+        "{text}"
+    );
     // Cancel: a trigger nothing matches.
     let started = stack
         .profile()
