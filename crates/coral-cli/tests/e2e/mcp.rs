@@ -422,3 +422,126 @@ async fn streamable_http_with_a_token() {
         .unwrap()
         .expect("the HTTP server stops cleanly");
 }
+
+/// RFD 080's use case as a scripted assistant, with real eBPF: this test process is
+/// the workload (a few requests take a slow path through `validate_signature`). The
+/// assistant reads the summary, triggers profiling of requests slower than what it
+/// saw, and the comparison names the planted function first with 'high' significance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root for eBPF: run `cargo xtask test`"]
+async fn scripted_diagnosis_names_the_planted_slow_path() {
+    use crate::profile::{
+        render_receipt, request, require_root, validate_signature, wait_for_perf_events,
+    };
+    use opentelemetry::trace::TracerProvider as _;
+    let _ebpf = require_root().await;
+    let stack = Stack::start(Backend::Sqlite).await;
+    let provider = crate::trigger::provider(stack.otlp_grpc);
+    // Traffic before anyone looks: one request in seven takes the slow path.
+    let workload = |n: usize| {
+        let p = provider.clone();
+        crate::harness::produce(move || {
+            let tracer = p.tracer("e2e");
+            let mut last = String::new();
+            for i in 0..n {
+                last = if i % 7 == 3 {
+                    request(
+                        &tracer,
+                        "POST /checkout",
+                        Duration::from_millis(300),
+                        validate_signature,
+                    )
+                } else {
+                    request(
+                        &tracer,
+                        "POST /checkout",
+                        Duration::from_millis(25),
+                        render_receipt,
+                    )
+                };
+            }
+            last
+        })
+    };
+    let last = workload(14).await;
+    stack.wait_for_trace(&last, 1).await;
+    let client = stdio_client(&stack.colony).await;
+
+    // 1. Summary: p99 far above p50, and the slow requests as exemplars.
+    let (text, data) = ok(&client, "coral_query_summary", json!({"service": SERVICE})).await;
+    let stats = &data["services"][0]["stats"];
+    let p50_ms = stats["p50_ns"].as_i64().unwrap() / 1_000_000;
+    let p99_ms = stats["p99_ns"].as_i64().unwrap() / 1_000_000;
+    assert!(p50_ms < 100 && p99_ms >= 300, "{text}");
+    assert!(text.contains("slow: "), "{text}");
+    assert!(tokens(&text) < 2000, "{} tokens: {text}", tokens(&text));
+
+    // 2. Trigger: profile requests slower than halfway to p99 (the tool waits).
+    let threshold_ms = p99_ms / 2;
+    let peer = client.peer().clone();
+    let args = json!({"service": SERVICE, "min_duration_ms": threshold_ms, "count": 6,
+                      "timeout": "60s"});
+    let trigger = tokio::spawn(async move {
+        peer.call_tool(
+            CallToolRequestParams::new("coral_profile_trace_trigger")
+                .with_arguments(args.as_object().unwrap().clone()),
+        )
+        .await
+    });
+    wait_for_perf_events("the trigger attaches the sampler", |n| n > 0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    workload(42).await;
+    let result = trigger.await.unwrap().expect("the trigger tool answers");
+    let answer = text_of(&result);
+    assert!(
+        answer.contains("completed") && answer.contains("6/6"),
+        "{answer}"
+    );
+    let id = result.structured_content.unwrap()["trigger_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The baseline (fast requests) is sent when the trigger ends.
+    for _ in 0..100 {
+        let (_, status) = ok(&client, "coral_trigger_status", json!({"trigger_id": id})).await;
+        if status["baseline_collected"].as_u64().unwrap_or(0) >= 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // 3. Compare slow against fast: the planted function first, significantly.
+    let (text, data) = ok(
+        &client,
+        "coral_query_profile_compare",
+        json!({"service": SERVICE,
+               "cohort_a_filter": format!("duration > {threshold_ms}ms"),
+               "cohort_b_filter": "duration < 100ms"}),
+    )
+    .await;
+    let first = &data["functions"][0];
+    assert!(
+        first["function"]
+            .as_str()
+            .unwrap()
+            .ends_with("validate_signature"),
+        "{text}"
+    );
+    assert_eq!(first["significance"], "high", "{text}");
+    assert!(first["delta_pp"].as_f64().unwrap() > 50.0, "{text}");
+    // The evidence is in the text the model reads: delta and CPU per request.
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("1. "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("validate_signature")
+            && line.contains("pp, A ")
+            && line.contains("/req vs B ")
+            && line.contains("significance high"),
+        "{text}"
+    );
+    assert!(tokens(&text) < 2000, "{} tokens: {text}", tokens(&text));
+    client.cancel().await.unwrap();
+    provider.shutdown().unwrap();
+}

@@ -16,7 +16,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 #[inline(never)]
-fn validate_signature(until: Instant) -> u64 {
+pub(crate) fn validate_signature(until: Instant) -> u64 {
     let mut x = 0u64;
     while Instant::now() < until {
         for i in 0..10_000u64 {
@@ -27,7 +27,7 @@ fn validate_signature(until: Instant) -> u64 {
 }
 
 #[inline(never)]
-fn render_receipt(until: Instant) -> u64 {
+pub(crate) fn render_receipt(until: Instant) -> u64 {
     let mut x = 1u64;
     while Instant::now() < until {
         for i in 0..10_000u64 {
@@ -38,7 +38,7 @@ fn render_receipt(until: Instant) -> u64 {
 }
 
 /// Runs `work` for `busy` inside a server span of its own thread; returns the trace id.
-fn request(
+pub(crate) fn request(
     tracer: &opentelemetry_sdk::trace::SdkTracer,
     name: &str,
     busy: Duration,
@@ -80,7 +80,7 @@ async fn wait_for_profile(colony: &str, trace_id: &str, extra: &[&str]) -> Strin
 /// holds the guard for its whole run.
 static EBPF: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn require_root() -> tokio::sync::MutexGuard<'static, ()> {
+pub(crate) async fn require_root() -> tokio::sync::MutexGuard<'static, ()> {
     assert!(
         nix::unistd::geteuid().is_root(),
         "this test needs root for eBPF: run `cargo xtask test` as root"
@@ -211,7 +211,7 @@ fn perf_events() -> usize {
         .count()
 }
 
-async fn wait_for_perf_events(what: &str, done: impl Fn(usize) -> bool) {
+pub(crate) async fn wait_for_perf_events(what: &str, done: impl Fn(usize) -> bool) {
     for _ in 0..200 {
         if done(perf_events()) {
             return;
