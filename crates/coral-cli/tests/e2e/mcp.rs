@@ -167,6 +167,45 @@ async fn every_tool_over_stdio(backend: Backend) {
     assert!(tokens(&text) < 2000, "{} tokens: {text}", tokens(&text));
     let (text, _) = ok(&client, "coral_query_summary", json!({"since": "30m"})).await;
     assert!(text.contains(SERVICE), "{text}");
+    // The colony RPC behind it refuses what it cannot answer, naming the fix.
+    let mut query = stack.query().await;
+    let summary = |service: &str, seconds: i64, slowest: Option<u32>| {
+        coral_client::v1::GetServiceSummaryRequest {
+            service: service.into(),
+            since: Some(prost_types::Duration { seconds, nanos: 0 }),
+            slowest,
+        }
+    };
+    for (request, code, needle) in [
+        (
+            summary(SERVICE, 60, Some(21)),
+            tonic::Code::InvalidArgument,
+            "at most 20",
+        ),
+        (
+            summary(SERVICE, 0, None),
+            tonic::Code::InvalidArgument,
+            "since",
+        ),
+        (
+            summary("no-such-svc", 60, None),
+            tonic::Code::NotFound,
+            SERVICE,
+        ),
+    ] {
+        let status = query.get_service_summary(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(needle), "{status:?}");
+    }
+    // Over every service: no exemplars, the figures alone.
+    let all = query
+        .get_service_summary(summary("", 3600, Some(0)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.services.len(), 1);
+    assert_eq!((all.services[0].requests, all.services[0].errors), (22, 1));
+    assert!(all.services[0].slowest.is_empty() && !all.truncated);
 
     let (text, data) = ok(
         &client,
