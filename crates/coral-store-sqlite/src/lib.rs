@@ -418,25 +418,35 @@ impl Store for SqliteStore {
         .map_err(map_err)?;
         let requests = to_u64(row.try_get(0).map_err(map_err)?, "request count")?;
         let errors = to_u64(row.try_get(1).map_err(map_err)?, "error count")?;
-        // SQLite has no percentile function: the nearest-rank row, read in duration
-        // order (the spans_requests_by_duration index serves the ORDER BY).
+        // SQLite has no percentile function: the nearest-rank rows, numbered in
+        // duration order in one pass (one OFFSET query per percentile would walk the
+        // window once each).
         let mut percentiles_ns = Vec::new();
         if requests > 0 {
-            for q in SUMMARY_PERCENTILES {
-                let offset = i64::try_from(nearest_rank_offset(q, requests))
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let d: i64 = sqlx::query_scalar(
-                    "SELECT duration_ns FROM spans \
-                     WHERE is_request AND service = ? AND start_unix_nano >= ? \
-                     ORDER BY duration_ns LIMIT 1 OFFSET ?",
-                )
-                .bind(service)
-                .bind(since_unix_nano)
-                .bind(offset)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map_err)?;
-                percentiles_ns.push(d);
+            let offsets = SUMMARY_PERCENTILES
+                .map(|q| i64::try_from(nearest_rank_offset(q, requests)).unwrap_or(i64::MAX));
+            let rows: Vec<(i64, i64)> = sqlx::query_as(
+                "SELECT rank, duration_ns FROM ( \
+                     SELECT duration_ns, row_number() OVER (ORDER BY duration_ns) - 1 AS rank \
+                     FROM spans WHERE is_request AND service = ? AND start_unix_nano >= ?) \
+                 WHERE rank IN (?, ?, ?)",
+            )
+            .bind(service)
+            .bind(since_unix_nano)
+            .bind(offsets[0])
+            .bind(offsets[1])
+            .bind(offsets[2])
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            for offset in offsets {
+                let (_, d) = rows
+                    .iter()
+                    .find(|(rank, _)| *rank == offset)
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("no request at rank {offset} of {requests}"))
+                    })?;
+                percentiles_ns.push(*d);
             }
         }
         let rows = sqlx::query(concat!(
