@@ -460,7 +460,7 @@ impl CoralMcp {
     }
 
     async fn compare(&self, p: CompareParams) -> Outcome {
-        let mut r = self
+        let r = self
             .profile()
             .compare_trace_profiles(v1::CompareTraceProfilesRequest {
                 service_id: p.service.clone(),
@@ -481,12 +481,6 @@ impl CoralMcp {
                 )
             })?
             .into_inner();
-        // Cohort A is what is being explained (the slow requests): among the significant
-        // functions, those hotter in A come first, each group in the colony's order (by
-        // the size of the delta). A fast path exclusive to B can have the larger delta
-        // and would otherwise hide the function that makes A slow.
-        r.hotspots
-            .sort_by_key(|h| (h.significance == "none", h.delta_percentage < 0.0));
         let mut text = format!("{} in the last {}\n", p.service, p.since);
         for (name, filter, requests, samples, cpu) in [
             (
