@@ -47,7 +47,7 @@ pub async fn serve_http(
                 let authorized = req
                     .headers()
                     .get(header::AUTHORIZATION)
-                    .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+                    .is_some_and(|v| same_secret(v.as_bytes(), expected.as_bytes()));
                 async move {
                     if authorized {
                         next.run(req).await
@@ -67,6 +67,18 @@ pub async fn serve_http(
         .map_err(McpError::Http)
 }
 
+/// Compares every byte whatever differs first, so the response time does not tell a
+/// guesser how much of the token it got right.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && std::hint::black_box(
+            given
+                .iter()
+                .zip(expected)
+                .fold(0, |diff, (a, b)| diff | (a ^ b)),
+        ) == 0
+}
+
 fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
@@ -75,4 +87,17 @@ fn unauthorized() -> Response {
          `coral mcp --token` was started with\n",
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn only_the_exact_token_is_the_same_secret() {
+        assert!(same_secret(b"Bearer s3cret", b"Bearer s3cret"));
+        assert!(!same_secret(b"Bearer s3cres", b"Bearer s3cret"));
+        assert!(!same_secret(b"Bearer s3cre", b"Bearer s3cret"));
+        assert!(!same_secret(b"", b"Bearer s3cret"));
+    }
 }
