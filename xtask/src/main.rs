@@ -3,8 +3,9 @@
 //! - `test`: installs what the tests need on a fresh machine (PostgreSQL server, as
 //!   root, from Debian's packages), starts a throwaway PostgreSQL cluster on a free
 //!   port, runs every test (including those marked as needing PostgreSQL), and stops it.
-//! - `demo`: the main job: builds `coral`, starts a colony on the embedded store and an
-//!   agent, sends a sample trace over OTLP/HTTP, and queries it back.
+//! - `demo`: the main job: builds `coral` and the demo service, and runs `coral demo`
+//!   (a colony on the embedded store, an agent, payment-svc with a planted slow path
+//!   under load, then trace-trigger and profile-compare).
 //! - `bench`: release build, a throwaway PostgreSQL, and `coral-bench`, which prints the
 //!   figures recorded in docs/benchmarks.md.
 
@@ -28,7 +29,7 @@ fn main() -> Result<()> {
             "usage: cargo xtask <task>\n\n\
              tasks:\n  \
              test [-- <cargo test args>]   install prerequisites, start PostgreSQL, run all tests\n  \
-             demo [--exit]                 run colony + agent on the embedded store with a sample trace\n  \
+             demo [coral demo args]        build, then find payment-svc's planted slow path (root)\n  \
              bench [all|ingest|query]      release build, PostgreSQL and the embedded store: print figures"
         ),
     }

@@ -18,6 +18,7 @@ struct Cli {
 
 const QUICK_START: &str = "\
 Quick start:
+  coral demo                              # the whole diagnosis on a demo service (root)
   coral colony start                      # the server, embedded store, 127.0.0.1:7070
   coral agent start                       # OTLP on :4317 (gRPC) and :4318 (HTTP)
   coral query services
@@ -44,6 +45,8 @@ enum Command {
     Profile(commands::profile::ProfileCommand),
     /// Serve the MCP tools for AI assistants (stdio, or streamable HTTP with --http).
     Mcp(commands::mcp::McpArgs),
+    /// Run the whole diagnosis on a demo service with a planted slow path (root).
+    Demo(commands::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
             Command::Query(args) => commands::query::run(args).await,
             Command::Profile(cmd) => commands::profile::run(cmd).await,
             Command::Mcp(args) => commands::mcp::run(args).await,
+            Command::Demo(args) => commands::demo::run(args).await,
         }
     });
     match result {

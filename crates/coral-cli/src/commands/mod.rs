@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod colony;
+pub mod demo;
 pub mod mcp;
 pub mod profile;
 pub mod query;

@@ -17,6 +17,9 @@ use tonic::transport::Channel;
 /// How often the progress is polled.
 const POLL: Duration = Duration::from_millis(500);
 
+/// How long to wait for the baseline after the trigger ended.
+const BASELINE_GRACE: Duration = Duration::from_secs(3);
+
 #[derive(Args)]
 pub struct TraceTriggerArgs {
     #[command(flatten)]
@@ -199,7 +202,7 @@ async fn wait(
         let now = now_unix_nano();
         if trigger.status != "active" {
             clear_progress();
-            return Ok(trigger);
+            return Ok(with_baseline(client, trigger).await);
         }
         let line = progress_line(&trigger, now);
         if live {
@@ -210,6 +213,25 @@ async fn wait(
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Agents send a trigger's baseline when it ends, so it lands a moment after the end:
+/// wait a little for it, so that a `profile-compare` run next finds it.
+async fn with_baseline(
+    client: &mut ProfileServiceClient<Channel>,
+    mut trigger: v1::TraceProfileTrigger,
+) -> v1::TraceProfileTrigger {
+    let deadline = tokio::time::Instant::now() + BASELINE_GRACE;
+    while trigger.baseline_collected < trigger.baseline_requests
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(POLL).await;
+        match get(client, &trigger.trigger_id).await {
+            Ok(t) => trigger = t,
+            Err(_) => break,
+        }
+    }
+    trigger
 }
 
 fn now_unix_nano() -> i64 {

@@ -67,6 +67,7 @@ fn help_texts_are_pinned() {
         ("profile-cpu-help.txt", &["profile", "cpu", "--help"]),
         ("profile-help.txt", &["profile", "--help"]),
         ("mcp-help.txt", &["mcp", "--help"]),
+        ("demo-help.txt", &["demo", "--help"]),
         (
             "profile-trace-trigger-help.txt",
             &["profile", "trace-trigger", "--help"],
