@@ -332,6 +332,9 @@ async fn demo(args: DemoArgs) -> Result<()> {
             Scenario::Errors => "latency",
         }
     );
+    if let Some(dir) = coral.parent().filter(|dir| !on_path(dir)) {
+        println!("  (coral is in {0}: export PATH={0}:$PATH)", dir.display());
+    }
     if args.keep_running && found.is_ok() {
         println!(
             "\nStill running: colony {colony}, OTLP on 127.0.0.1:{otlp_grpc} (gRPC) and \
@@ -371,6 +374,11 @@ fn verdict(scenario: Scenario, comparison: &Value) -> Result<String, String> {
              significance: see comparison.json"
         ))
     }
+}
+
+/// Whether `dir` is on PATH, so that `coral` there runs as just `coral`.
+fn on_path(dir: &Path) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|p| p == dir))
 }
 
 fn path(p: &Path) -> String {
