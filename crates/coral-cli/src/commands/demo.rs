@@ -98,6 +98,7 @@ pub struct DemoArgs {
 
 pub async fn run(args: DemoArgs) -> Result<()> {
     tokio::select! {
+        biased; // with --keep-running, Ctrl-C ends the demo normally
         result = demo(args) => result,
         _ = tokio::signal::ctrl_c() => bail!("interrupted; every demo process was stopped"),
     }
@@ -341,7 +342,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
              127.0.0.1:{otlp_http} (HTTP), payment-svc on http://{service_addr}/checkout.\n\
              export CORAL_COLONY={colony}   # then any coral command. Ctrl-C stops everything."
         );
-        std::future::pending::<()>().await;
+        let _ = tokio::signal::ctrl_c().await;
     }
     procs.stop();
     println!(

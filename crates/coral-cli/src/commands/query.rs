@@ -231,6 +231,11 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
             );
         }
         QueryCommand::TraceProfile(t) => {
+            let profile_format = if format == Format::Json && t.format == ProfileFormat::Text {
+                ProfileFormat::Json // `-o json` as for every other query
+            } else {
+                t.format
+            };
             let channel = coral_client::connect(&args.colony.addr).await?;
             let resp = coral_client::profile_client(channel)
                 .get_trace_profile(v1::GetTraceProfileRequest {
@@ -243,7 +248,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
             return output::profile::print_trace_profiles(
                 &t.trace_id,
                 &resp.profiles,
-                t.format,
+                profile_format,
                 t.output_file.as_deref(),
             );
         }

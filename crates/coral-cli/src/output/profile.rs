@@ -20,7 +20,7 @@ pub const TOP_FUNCTIONS: usize = 10;
 pub fn check_destination(format: ProfileFormat, output: Option<&Path>) -> anyhow::Result<()> {
     anyhow::ensure!(
         !(format == ProfileFormat::Pprof && output.is_none() && std::io::stdout().is_terminal()),
-        "pprof is a binary format: write it to a file with --output FILE (or pipe it)"
+        "pprof is a binary format: write it to a file (--output-file FILE; -o FILE for `profile cpu`) or pipe it"
     );
     Ok(())
 }
