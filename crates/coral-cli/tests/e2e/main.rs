@@ -4,9 +4,13 @@
 //!
 //! Tests that need PostgreSQL or root (eBPF) are `#[ignore]`d so that plain `cargo test` stays
 //! unprivileged; `cargo xtask test` provides a server and runs them (as root).
+//!
+//! `deploy` checks the Kubernetes manifests with `kubectl kustomize` and
+//! `kubernetes-validate`, which `cargo xtask test` installs.
 
 mod cli;
 mod compare;
+mod deploy;
 mod harness;
 mod ingest;
 mod mcp;
