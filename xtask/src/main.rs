@@ -1,7 +1,8 @@
 //! Project tasks, run as `cargo xtask <task>`:
 //!
-//! - `test`: installs what the tests need on a fresh machine (PostgreSQL server, as
-//!   root, from Debian's packages), starts a throwaway PostgreSQL cluster on a free
+//! - `test`: installs what the tests need on a fresh machine (PostgreSQL server, kubectl
+//!   and python3-pip, as root, from Debian's packages; kubernetes-validate from PyPI),
+//!   starts a throwaway PostgreSQL cluster on a free
 //!   port, runs every test (including those marked as needing PostgreSQL), and stops it.
 //! - `demo`: the main job: builds `coral` and the demo service, and runs `coral demo`
 //!   (a colony on the embedded store, an agent, payment-svc with a planted slow path
@@ -51,8 +52,21 @@ const TEST_PREREQUISITES: &[system::Prerequisite] = &[
     ("postgresql", postgres::server_installed),
 ];
 
+/// What the tests of deploy/kubernetes need: `kubectl kustomize` (Debian 12's
+/// kubernetes-client is kubectl 1.20, whose kustomize v2.0.3 the manifests keep to) and
+/// pip, for kubernetes-validate (PyPI; it bundles the Kubernetes schemas).
+const DEPLOY_TEST_PREREQUISITES: &[system::Prerequisite] = &[
+    ("kubernetes-client", || {
+        system::succeeds("kubectl", &["kustomize", "--help"])
+    }),
+    ("python3-pip", || {
+        system::succeeds("python3", &["-m", "pip", "--version"])
+    }),
+];
+
 fn test(extra: &[String]) -> Result<()> {
-    system::ensure_debian_packages(TEST_PREREQUISITES)?;
+    system::ensure_debian_packages(&[TEST_PREREQUISITES, DEPLOY_TEST_PREREQUISITES].concat())?;
+    system::ensure_python_package("kubernetes_validate", "kubernetes-validate==1.37.0")?;
     system::run("cargo", &["fmt", "--all", "--", "--check"])
         .map_err(|e| anyhow::anyhow!("{e}: run `cargo fmt --all`"))?;
     let cluster = postgres::Cluster::start()?;

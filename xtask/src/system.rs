@@ -75,3 +75,37 @@ pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
+
+/// Whether `program args…` runs and exits 0 (output discarded).
+pub fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs a PyPI package with `python3 -m pip` unless `python3 -m <module> --version`
+/// already works. A Debian-managed Python refuses pip installs into it (PEP 668); on
+/// this throwaway test machine the package then goes in with --break-system-packages
+/// (pip puts it under /usr/local, beside Debian's own packages).
+pub fn ensure_python_package(module: &str, requirement: &str) -> Result<()> {
+    let present = || succeeds("python3", &["-m", module, "--version"]);
+    if present() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {requirement} (PyPI)");
+    let install = ["-m", "pip", "install", "--quiet", requirement];
+    if !succeeds("python3", &install) {
+        let mut forced = install.to_vec();
+        forced.push("--break-system-packages");
+        run("python3", &forced).with_context(|| {
+            format!("installing {requirement}: python3 -m pip install {requirement}")
+        })?;
+    }
+    if !present() {
+        bail!("{requirement} was installed but `python3 -m {module} --version` still fails");
+    }
+    Ok(())
+}
