@@ -31,7 +31,8 @@ fn main() -> Result<()> {
              tasks:\n  \
              test [-- <cargo test args>]   install prerequisites, start PostgreSQL, run all tests\n  \
              demo [coral demo args]        build, then find payment-svc's planted slow path (root)\n  \
-             bench [all|ingest|query]      release build, PostgreSQL and the embedded store: print figures"
+             bench [NAME]                  release build, PostgreSQL and the embedded store: print figures\n                                \
+             (NAME: all, ingest, query, mcp, overhead, symbolize, trace-profile, trigger, agent-memory)"
         ),
     }
 }

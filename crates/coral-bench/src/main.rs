@@ -12,6 +12,10 @@
 //!   symbolized, as the agent does): iterations/s and the slowdown. Needs root.
 //! - `symbolize`: frames/s of the symbolizer on stacks of this process, warm cache,
 //!   beside the cold first pass (the baseline).
+//! - `mcp`: every query tool of `coral mcp`, called by rmcp's client over the child's
+//!   stdio, against a colony holding 1,000,000 spans and a few thousand request
+//!   profiles: p50/p95 and answer sizes, beside the `coral_list_services` call (the
+//!   baseline) and a raw `ListServices` round trip measured in the same run.
 //! - `trace-profile`: `GetTraceProfile` p50/p95 in a colony over 10,000,000 stored
 //!   profile samples (PostgreSQL; fewer on SQLite), beside a `ListServices` round trip.
 //! - `trigger`: trace-triggered profiling (root). The agent's perf events with no
@@ -33,6 +37,7 @@
 mod agent_memory;
 mod busy;
 mod ingest;
+mod mcp;
 mod overhead;
 mod query;
 mod symbolize;
@@ -42,8 +47,7 @@ mod workload;
 
 use anyhow::{Result, bail};
 
-const USAGE: &str =
-    "usage: coral-bench [all|ingest|query|overhead|symbolize|trace-profile|trigger|agent-memory]";
+const USAGE: &str = "usage: coral-bench [all|ingest|query|mcp|overhead|symbolize|trace-profile|trigger|agent-memory]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -51,8 +55,8 @@ fn main() -> Result<()> {
     match which {
         "spin" => return busy::spin(&args[1..]),
         "busy-service" => return busy::busy_service(&args[1..]),
-        "all" | "ingest" | "query" | "overhead" | "symbolize" | "trace-profile" | "trigger"
-        | "agent-memory" => {}
+        "all" | "ingest" | "query" | "mcp" | "overhead" | "symbolize" | "trace-profile"
+        | "trigger" | "agent-memory" => {}
         _ => bail!(USAGE),
     }
     tokio::runtime::Builder::new_multi_thread()
@@ -71,6 +75,9 @@ async fn run(which: &str) -> Result<()> {
     }
     if all || which == "query" {
         query::run(&coral, postgres).await?;
+    }
+    if all || which == "mcp" {
+        mcp::run(&coral, postgres).await?;
     }
     if all || which == "overhead" {
         overhead::run()?;
