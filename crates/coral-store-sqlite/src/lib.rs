@@ -125,6 +125,25 @@ const SELECT_SERVICES: &str = "SELECT service_id, name, first_seen_unix_nano, \
 const SELECT_SERVICE: &str = "SELECT service_id, name, first_seen_unix_nano, \
      last_seen_unix_nano FROM services WHERE name = ?";
 
+/// How many requests service `?3` served since `?4`, and how many failed (OTel
+/// status `?1` or HTTP status `?2` and above): read from the covering
+/// `spans_requests_by_start_covering` index alone.
+const SUMMARY_COUNTS: &str = "\
+    SELECT count(*), coalesce(sum(status_code = ?1 OR http_status >= ?2), 0) \
+    FROM spans WHERE is_request AND service = ?3 AND start_unix_nano >= ?4";
+
+/// SQLite has no percentile function: the nearest-rank rows `?3`, `?4`, `?5` of
+/// service `?1`'s requests since `?2`, numbered in duration order in one pass (one
+/// `OFFSET` query per percentile would walk the window once each). The window comes
+/// from the covering start index and is sorted; `+duration_ns` keeps the planner
+/// from walking the `(service, duration_ns)` index instead, which avoids the sort
+/// but reads every request the service ever sent and looks each up in the table.
+const SUMMARY_PERCENTILE_ROWS: &str = "\
+    SELECT rank, duration_ns FROM ( \
+        SELECT duration_ns, row_number() OVER (ORDER BY +duration_ns) - 1 AS rank \
+        FROM spans WHERE is_request AND service = ?1 AND start_unix_nano >= ?2) \
+    WHERE rank IN (?3, ?4, ?5)";
+
 /// The columns of a trace profile row, in [`trace_profile_from_row`]'s and the
 /// insert's order.
 macro_rules! trace_profile_columns {
@@ -405,40 +424,29 @@ impl Store for SqliteStore {
     ) -> Result<RequestSummary, StoreError> {
         // One read transaction: the count and the percentile rows see the same snapshot.
         let mut tx = self.reader.begin().await.map_err(map_err)?;
-        let row = sqlx::query(
-            "SELECT count(*), coalesce(sum(status_code = ? OR http_status >= ?), 0) \
-             FROM spans WHERE is_request AND service = ? AND start_unix_nano >= ?",
-        )
-        .bind(OTEL_STATUS_ERROR)
-        .bind(HTTP_SERVER_ERROR)
-        .bind(service)
-        .bind(since_unix_nano)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        let row = sqlx::query(SUMMARY_COUNTS)
+            .bind(OTEL_STATUS_ERROR)
+            .bind(HTTP_SERVER_ERROR)
+            .bind(service)
+            .bind(since_unix_nano)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
         let requests = to_u64(row.try_get(0).map_err(map_err)?, "request count")?;
         let errors = to_u64(row.try_get(1).map_err(map_err)?, "error count")?;
-        // SQLite has no percentile function: the nearest-rank rows, numbered in
-        // duration order in one pass (one OFFSET query per percentile would walk the
-        // window once each).
         let mut percentiles_ns = Vec::new();
         if requests > 0 {
             let offsets = SUMMARY_PERCENTILES
                 .map(|q| i64::try_from(nearest_rank_offset(q, requests)).unwrap_or(i64::MAX));
-            let rows: Vec<(i64, i64)> = sqlx::query_as(
-                "SELECT rank, duration_ns FROM ( \
-                     SELECT duration_ns, row_number() OVER (ORDER BY duration_ns) - 1 AS rank \
-                     FROM spans WHERE is_request AND service = ? AND start_unix_nano >= ?) \
-                 WHERE rank IN (?, ?, ?)",
-            )
-            .bind(service)
-            .bind(since_unix_nano)
-            .bind(offsets[0])
-            .bind(offsets[1])
-            .bind(offsets[2])
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(map_err)?;
+            let rows: Vec<(i64, i64)> = sqlx::query_as(SUMMARY_PERCENTILE_ROWS)
+                .bind(service)
+                .bind(since_unix_nano)
+                .bind(offsets[0])
+                .bind(offsets[1])
+                .bind(offsets[2])
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_err)?;
             for offset in offsets {
                 let (_, d) = rows
                     .iter()

@@ -205,6 +205,23 @@ async fn cohort_reads_use_the_service_start_index_and_span_keys() {
 }
 
 #[tokio::test]
+async fn summaries_read_the_window_from_the_covering_index() {
+    let tmp = fresh_store().await;
+    // The plan may not say COVERING (the partial index's `is_request` term counts as
+    // a table column), but the table seek is deferred and never made: every column
+    // read is in the index.
+    for query in [SUMMARY_COUNTS, SUMMARY_PERCENTILE_ROWS] {
+        let plan = query_plan(&tmp.store, query, &[]).await;
+        assert!(
+            plan.contains(
+                "INDEX spans_requests_by_start_covering (service=? AND start_unix_nano>?)"
+            ) && !plan.contains("spans_requests_by_duration"),
+            "{plan}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn missing_profile_rows_are_corrupt() {
     use coral_store::conformance::{checkout_profile, trace_profile};
     let tmp = fresh_store().await;
