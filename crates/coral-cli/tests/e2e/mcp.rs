@@ -469,9 +469,7 @@ async fn streamable_http_with_a_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root for eBPF: run `cargo xtask test`"]
 async fn scripted_diagnosis_names_the_planted_slow_path() {
-    use crate::profile::{
-        render_receipt, request, require_root, validate_signature, wait_for_perf_events,
-    };
+    use crate::profile::{mixed_checkouts, require_root, wait_for_perf_events};
     use opentelemetry::trace::TracerProvider as _;
     let _ebpf = require_root().await;
     let stack = Stack::start(Backend::Sqlite).await;
@@ -479,28 +477,7 @@ async fn scripted_diagnosis_names_the_planted_slow_path() {
     // Traffic before anyone looks: one request in seven takes the slow path.
     let workload = |n: usize| {
         let p = provider.clone();
-        crate::harness::produce(move || {
-            let tracer = p.tracer("e2e");
-            let mut last = String::new();
-            for i in 0..n {
-                last = if i % 7 == 3 {
-                    request(
-                        &tracer,
-                        "POST /checkout",
-                        Duration::from_millis(300),
-                        validate_signature,
-                    )
-                } else {
-                    request(
-                        &tracer,
-                        "POST /checkout",
-                        Duration::from_millis(25),
-                        render_receipt,
-                    )
-                };
-            }
-            last
-        })
+        crate::harness::produce(move || mixed_checkouts(&p.tracer("e2e"), n))
     };
     let last = workload(14).await;
     stack.wait_for_trace(&last, 1).await;

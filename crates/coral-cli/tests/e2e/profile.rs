@@ -241,6 +241,30 @@ fn two_phase_request(tracer: &opentelemetry_sdk::trace::SdkTracer, half: Duratio
     trace_id
 }
 
+/// `n` checkouts, one in seven taking the slow path (300 ms in `validate_signature`),
+/// the others 25 ms in `render_receipt`; returns the last one's trace id.
+pub(crate) fn mixed_checkouts(tracer: &opentelemetry_sdk::trace::SdkTracer, n: usize) -> String {
+    let mut last = String::new();
+    for i in 0..n {
+        last = if i % 7 == 3 {
+            request(
+                tracer,
+                "POST /checkout",
+                Duration::from_millis(300),
+                validate_signature,
+            )
+        } else {
+            request(
+                tracer,
+                "POST /checkout",
+                Duration::from_millis(25),
+                render_receipt,
+            )
+        };
+    }
+    last
+}
+
 /// A stack whose agent knows this process as the trigger tests' service (nothing
 /// attached yet: checked), and `coral profile trace-trigger … --output json` with
 /// `flags` running in the background once its sampler is attached.
@@ -362,27 +386,7 @@ async fn profile_compare_names_the_planted_slow_path() {
     ])
     .await;
     let p = provider.clone();
-    produce(move || {
-        let tracer = p.tracer("e2e");
-        for i in 0..42 {
-            if i % 7 == 3 {
-                request(
-                    &tracer,
-                    "POST /checkout",
-                    Duration::from_millis(300),
-                    validate_signature,
-                );
-            } else {
-                request(
-                    &tracer,
-                    "POST /checkout",
-                    Duration::from_millis(25),
-                    render_receipt,
-                );
-            }
-        }
-    })
-    .await;
+    produce(move || mixed_checkouts(&p.tracer("e2e"), 42)).await;
     let out = trigger.await.unwrap();
     assert!(out.ok, "{}", out.stderr);
     // The baseline is sent when the trigger ends: wait until it is stored.
