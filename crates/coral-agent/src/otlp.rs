@@ -9,7 +9,10 @@
 //!   `end_time_unix_nano` must not be before it.
 //! * `service` is the resource attribute `service.name`, else `unknown_service` (or
 //!   `unknown_service:<process.executable.name>`, as the OTel SDKs do); `pid` is the
-//!   resource attribute `process.pid` (an int, or a string holding one).
+//!   resource attribute `process.pid` (an int, or a string holding one);
+//!   `container_id` and `k8s_pod_uid` are the resource attributes `container.id` and
+//!   `k8s.pod.uid` (non-empty strings), which tell the profiler in which pid namespace
+//!   `pid` and `thread_id` are.
 //! * From the span attributes: `thread_id` = `thread.id`; `http_status` =
 //!   `http.response.status_code`, else `http.status_code` (int or numeric string);
 //!   `url` = `url.path`, else `http.target`; `route` = `http.route`. An attribute whose
@@ -19,7 +22,7 @@
 //!   doubles as themselves (non-finite doubles as the strings `NaN`, `Infinity`,
 //!   `-Infinity`), arrays as arrays, kvlists as objects, bytes as hex strings, an
 //!   empty value as `null`.
-//! * Events, links and resource attributes other than the two above are not kept.
+//! * Events, links and resource attributes other than the four above are not kept.
 //!
 //! [`decode_json`] reads OTLP JSON bodies, fixing up the proto3 JSON forms that
 //! opentelemetry-proto's serde impls refuse.
@@ -247,6 +250,8 @@ fn standard_base64(text: &str) -> String {
 struct ResourceInfo {
     service: String,
     pid: Option<i64>,
+    container_id: Option<String>,
+    k8s_pod_uid: Option<String>,
 }
 
 impl ResourceInfo {
@@ -255,6 +260,7 @@ impl ResourceInfo {
         let mut service = None;
         let mut executable = None;
         let mut pid = None;
+        let (mut container_id, mut k8s_pod_uid) = (None, None);
         for kv in attributes {
             match kv.key.as_str() {
                 "service.name" => {
@@ -266,6 +272,8 @@ impl ResourceInfo {
                     executable = as_str(kv).filter(|n| !n.is_empty());
                 }
                 "process.pid" => pid = as_int(kv).or(pid),
+                "container.id" => container_id = as_id(kv).or(container_id),
+                "k8s.pod.uid" => k8s_pod_uid = as_id(kv).or(k8s_pod_uid),
                 _ => {}
             }
         }
@@ -274,7 +282,12 @@ impl ResourceInfo {
             (None, Some(exe)) => format!("{UNKNOWN_SERVICE}:{exe}"),
             (None, None) => UNKNOWN_SERVICE.to_string(),
         };
-        Self { service, pid }
+        Self {
+            service,
+            pid,
+            container_id: container_id.map(str::to_string),
+            k8s_pod_uid: k8s_pod_uid.map(str::to_string),
+        }
     }
 }
 
@@ -287,6 +300,11 @@ fn as_str(kv: &KeyValue) -> Option<&str> {
         Value::StringValue(s) => Some(s),
         _ => None,
     }
+}
+
+/// A non-empty string, without surrounding whitespace.
+fn as_id(kv: &KeyValue) -> Option<&str> {
+    as_str(kv).map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// An int, or a string holding one.
@@ -427,6 +445,8 @@ fn convert_span(
         pid: resource.pid,
         thread_id,
         node: node.to_string(),
+        container_id: resource.container_id.clone(),
+        k8s_pod_uid: resource.k8s_pod_uid.clone(),
         attributes_json,
     })
 }
@@ -613,6 +633,31 @@ pub(crate) mod tests {
         assert_eq!(pid(string("4243")), Some(4243));
         assert_eq!(pid(string("not a pid")), None);
         assert_eq!(pid(Value::DoubleValue(1.5)), None);
+    }
+
+    #[test]
+    fn container_id_and_pod_uid_from_the_resource() {
+        let resource = vec![
+            kv("container.id", string(" 0123abcd ")),
+            kv("k8s.pod.uid", string("5f0c-11")),
+        ];
+        let out = one(resource, span(1)).unwrap();
+        assert_eq!(out.container_id.as_deref(), Some("0123abcd"));
+        assert_eq!(out.k8s_pod_uid.as_deref(), Some("5f0c-11"));
+        let absent = one(vec![], span(1)).unwrap();
+        assert_eq!((absent.container_id, absent.k8s_pod_uid), (None, None));
+        let unusable = vec![
+            kv("container.id", string("")),
+            kv("k8s.pod.uid", Value::IntValue(7)),
+        ];
+        let out = one(unusable, span(1)).unwrap();
+        assert_eq!((out.container_id, out.k8s_pod_uid), (None, None));
+        // Span attributes of those names are not resource attributes: kept as such.
+        let mut s = span(1);
+        s.attributes = vec![kv("container.id", string("c1"))];
+        let out = one(vec![], s).unwrap();
+        assert_eq!(out.container_id, None);
+        assert_eq!(attributes(&out), json!({"container.id": "c1"}));
     }
 
     #[test]

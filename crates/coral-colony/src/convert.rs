@@ -89,6 +89,9 @@ pub fn span_to_wire(span: SpanRecord) -> v1::Span {
         pid: span.pid,
         thread_id: span.thread_id,
         node: span.node,
+        // Not stored: only the agent uses them, to find the process on its node.
+        container_id: None,
+        k8s_pod_uid: None,
         attributes_json: if span.attributes.is_empty() {
             String::new()
         } else {

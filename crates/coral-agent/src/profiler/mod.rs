@@ -129,6 +129,8 @@ fn request_part(span: &v1::Span) -> v1::Span {
         route: span.route.clone(),
         pid: span.pid,
         thread_id: span.thread_id,
+        container_id: None,
+        k8s_pod_uid: None,
         status_message: String::new(),
         node: String::new(),
         attributes_json: String::new(),
