@@ -114,7 +114,9 @@ async fn stopped() {
 
 /// The SDK set up as a service would: a batch exporter over OTLP/gRPC, and the
 /// process id as a resource attribute (what ties the spans to the process Coral
-/// samples).
+/// samples). `Resource::builder()` also reads `OTEL_RESOURCE_ATTRIBUTES`, e.g.
+/// `k8s.pod.uid=…` or `container.id=…`, with which the agent finds the process when
+/// it runs in a container (its own pid namespace).
 fn tracer_provider(endpoint: &str, service: &str) -> anyhow::Result<SdkTracerProvider> {
     let exporter = SpanExporter::builder()
         .with_tonic()

@@ -17,6 +17,11 @@
 //!
 //! * The [`ProcessDirectory`] learns which processes serve a service from the
 //!   `process.pid` resource attribute of its spans (entries expire after 10 minutes).
+//!   A span from a container (resource attribute `container.id` or `k8s.pod.uid`)
+//!   names a pid of the container's pid namespace: the [`PidResolver`] turns it, and
+//!   the span's `thread.id`, into the host's pid and tid, which the directory and the
+//!   join use (the spans forwarded to the colony keep the service's numbers). A
+//!   process it cannot find is not profiled.
 //! * A session samples the service's live processes from its start to its end, then
 //!   reports one profile of all of them. A service with no process here is answered at
 //!   once with `processes = 0`; a failure (allow list, sampler) with the error text.
@@ -34,12 +39,14 @@
 
 mod directory;
 mod fold;
+mod pidns;
 mod ring;
 mod session;
 mod trigger;
 
 pub use coral_sampler::{Sampler, SamplerError};
 pub use directory::{DIRECTORY_TTL, ProcessDirectory};
+pub use pidns::{HostPid, PidResolver};
 pub use session::{MAX_HOLD, RING_HORIZON, SESSION_GRACE, TICK};
 
 use crate::receiver::SpanObserver;
@@ -150,6 +157,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the span observer and the profiler thread share.
 pub(crate) struct Shared {
     directory: Mutex<ProcessDirectory>,
+    /// Locked before `directory` when both are.
+    resolver: Mutex<PidResolver>,
     /// Whether any service is being profiled (the observer's fast path).
     watching: AtomicBool,
     /// The services being profiled (session running, or in its grace period).
@@ -164,6 +173,10 @@ pub(crate) struct Shared {
 impl Shared {
     fn directory(&self) -> MutexGuard<'_, ProcessDirectory> {
         self.directory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn resolver(&self) -> MutexGuard<'_, PidResolver> {
+        self.resolver.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn pids_of(&self, service: &str) -> Vec<u32> {
@@ -208,40 +221,70 @@ impl std::fmt::Debug for Profiler {
     }
 }
 
+/// Whether two spans come from the same process, as far as their resources tell.
+fn same_process(a: &v1::Span, b: &v1::Span) -> bool {
+    a.pid == b.pid
+        && a.service == b.service
+        && a.container_id == b.container_id
+        && a.k8s_pod_uid == b.k8s_pod_uid
+}
+
 impl SpanObserver for Profiler {
     fn observe(&self, spans: &[v1::Span]) {
         let now = Instant::now();
-        {
-            let mut directory = self.shared.directory();
-            let mut last: Option<(&str, i64)> = None;
-            for span in spans {
-                let Some(pid) = span.pid else { continue };
-                if last == Some((span.service.as_str(), pid)) {
-                    continue; // a request's spans usually share their resource
-                }
-                last = Some((span.service.as_str(), pid));
-                if let Ok(pid) = u32::try_from(pid)
-                    && pid != 0
-                {
-                    directory.saw(&span.service, pid, now);
-                }
-            }
-        }
-        if !self.shared.watching.load(Ordering::Acquire) {
-            return;
-        }
-        let picked: Vec<v1::Span> = {
-            let watched = self
-                .shared
+        let watched = self.shared.watching.load(Ordering::Acquire).then(|| {
+            self.shared
                 .watched
                 .read()
-                .unwrap_or_else(|e| e.into_inner());
-            spans
-                .iter()
-                .filter(|s| s.pid.is_some() && is_request(s) && watched.contains(&s.service))
-                .map(request_part)
-                .collect()
-        };
+                .unwrap_or_else(|e| e.into_inner())
+        });
+        let mut picked = Vec::new();
+        {
+            let mut resolver = self.shared.resolver();
+            let mut directory = self.shared.directory();
+            let mut last: Option<(&v1::Span, Option<HostPid>)> = None;
+            for span in spans {
+                let Some(pid) = span.pid.and_then(|p| u32::try_from(p).ok()) else {
+                    continue;
+                };
+                if pid == 0 {
+                    continue;
+                }
+                let host = match last {
+                    // A request's spans usually share their resource.
+                    Some((previous, host)) if same_process(previous, span) => host,
+                    _ => {
+                        let host = resolver.host_pid(
+                            &span.service,
+                            pid,
+                            span.container_id.as_deref(),
+                            span.k8s_pod_uid.as_deref(),
+                            now,
+                        );
+                        if let Some(host) = host {
+                            directory.saw(&span.service, host.pid, now);
+                        }
+                        host
+                    }
+                };
+                last = Some((span, host));
+                // Not found on this host: not profiled, rather than a wrong process.
+                let (Some(watched), Some(host)) = (&watched, host) else {
+                    continue;
+                };
+                if !is_request(span) || !watched.contains(&span.service) {
+                    continue;
+                }
+                let mut part = request_part(span);
+                part.pid = Some(i64::from(host.pid));
+                // A thread not found gives process precision.
+                part.thread_id = span
+                    .thread_id
+                    .and_then(|tid| resolver.host_tid(host, tid, now));
+                picked.push(part);
+            }
+        }
+        drop(watched);
         if picked.is_empty() {
             return;
         }
@@ -290,6 +333,7 @@ impl Running {
         let (to_worker, inbox) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared {
             directory: Mutex::new(ProcessDirectory::new()),
+            resolver: Mutex::new(PidResolver::new("/proc")),
             watching: AtomicBool::new(false),
             watched: RwLock::new(HashSet::new()),
             to_worker,

@@ -418,6 +418,41 @@ async fn a_service_without_a_live_process_here_answers_zero_processes_at_once() 
     agent.stop().await.unwrap();
 }
 
+/// A span from a container names a pid of the container's pid namespace: when the
+/// container is not on this host (or the agent cannot see its processes), that pid is
+/// not sampled, even though a host process of that number exists.
+#[tokio::test]
+async fn a_process_in_a_container_that_is_not_found_here_is_not_sampled() {
+    let colony = FakeColony::start().await;
+    let sampler = Arc::new(FakeSampler::new());
+    let agent = TestAgent::start_with(test_config(&colony.url()), factory(&sampler)).await;
+    let container = "ab".repeat(32);
+    let mut client = TraceServiceClient::connect(agent.grpc_url()).await.unwrap();
+    let resource = vec![
+        kv("service.name", string("boxed")),
+        kv("process.pid", Value::IntValue(i64::from(pid()))),
+        kv("container.id", string(&container)),
+    ];
+    let span = request_span(1, now_ns() - 3_600_000 * MS, 1, Some(1));
+    client.export(request(resource, vec![span])).await.unwrap();
+    colony
+        .wait_until("the span forwarded", |c| !c.spans.is_empty())
+        .await;
+    // Forwarded as the service sent it.
+    let forwarded = colony.with(|c| c.spans[0].clone());
+    assert_eq!(forwarded.pid, Some(i64::from(pid())));
+    assert_eq!(forwarded.container_id.as_deref(), Some(container.as_str()));
+
+    colony.push_session(session("s-6", "boxed", now_ns(), 60_000));
+    colony
+        .wait_until("the report", |c| !c.reports.is_empty())
+        .await;
+    let report = colony.with(|c| c.reports[0].clone());
+    assert_eq!((report.processes, report.error.as_str()), (0, ""));
+    assert!(sampler.targets().is_empty());
+    agent.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_sampler_that_cannot_start_is_reported_and_the_agent_keeps_serving() {
     let colony = FakeColony::start().await;
