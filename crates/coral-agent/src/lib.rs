@@ -69,6 +69,8 @@ pub const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct AgentConfig {
     /// Colony address, e.g. `http://127.0.0.1:7070` or `127.0.0.1:7070`.
     pub colony: String,
+    /// TLS (for `https://` colonies; a client certificate for mutual TLS) and token.
+    pub security: coral_client::Security,
     /// Node name, reported with every span.
     pub node: String,
     /// Stable id of this agent process, e.g. `<node>-<uuid>`.
@@ -101,6 +103,7 @@ impl AgentConfig {
         let node = node.into();
         Self {
             colony: colony.into(),
+            security: coral_client::Security::default(),
             agent_id: format!("{node}-{}", uuid::Uuid::new_v4()),
             node,
             max_buffered_spans: Self::DEFAULT_MAX_BUFFERED_SPANS,
@@ -248,7 +251,7 @@ pub async fn serve_with(
     if listeners.otlp_grpc.is_none() && listeners.otlp_http.is_none() {
         return Err(AgentError::NoListeners);
     }
-    let channel = coral_client::connect_lazy(&config.colony)?;
+    let channel = coral_client::connect_lazy_with(&config.colony, &config.security)?;
     let profiler =
         profiler::Running::start(&config, channel.clone(), stats.clone(), sampler_factory)
             .map_err(AgentError::Profiler)?;

@@ -17,6 +17,7 @@ use crate::AgentConfig;
 use crate::stats::AgentStats;
 use bytes::{BufMut, Bytes};
 use coral_client::AgentServiceClient;
+use coral_client::Channel;
 use coral_client::v1::{self, HeartbeatRequest, IngestSpansResponse, RegisterAgentRequest};
 use prost::Message;
 use std::collections::VecDeque;
@@ -28,7 +29,6 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Concurrent `IngestSpans` calls.

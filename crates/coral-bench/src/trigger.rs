@@ -948,7 +948,7 @@ async fn ingest_run(
 }
 
 async fn get_trigger(
-    client: &mut v1::profile_service_client::ProfileServiceClient<tonic::transport::Channel>,
+    client: &mut v1::profile_service_client::ProfileServiceClient<coral_client::Channel>,
     id: &str,
 ) -> Result<v1::TraceProfileTrigger> {
     Ok(client

@@ -5,6 +5,7 @@
 //! (`coral_store`). It keeps no state of its own: every fact lives in the store, so
 //! several colony replicas can share one PostgreSQL.
 
+mod auth;
 mod compare;
 mod convert;
 mod ingest;
@@ -12,6 +13,7 @@ mod profile;
 mod query;
 mod trigger;
 
+pub use auth::{Role, Tokens, TokensError};
 pub use profile::{MAX_FREQUENCY_HZ, WEAK_EVIDENCE_SAMPLES};
 
 use coral_client::v1::agent_service_server::AgentServiceServer;
@@ -40,6 +42,8 @@ pub enum ColonyError {
     Store(#[from] StoreError),
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("bad TLS configuration: {0}")]
+    Tls(String),
 }
 
 /// Opens (and migrates) the configured store.
@@ -59,6 +63,30 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreErr
 pub struct ColonyOptions {
     /// Request profiles (and ended triggers and sessions) older than this are deleted.
     pub profile_retention: Duration,
+    /// Serve TLS with this identity (and, with a client CA, mutual TLS for agents).
+    pub tls: Option<TlsOptions>,
+    /// Set: every RPC needs a bearer token of the right role.
+    pub tokens: Option<Arc<Tokens>>,
+}
+
+/// The colony's TLS identity, as PEM.
+#[derive(Clone)]
+pub struct TlsOptions {
+    /// Certificate chain (PEM).
+    pub cert_pem: Vec<u8>,
+    /// Private key (PEM).
+    pub key_pem: Vec<u8>,
+    /// Set: AgentService calls need a client certificate signed by this CA (PEM);
+    /// other clients may connect without one (and authenticate with tokens).
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("client_ca", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ColonyOptions {
@@ -69,6 +97,8 @@ impl Default for ColonyOptions {
     fn default() -> Self {
         Self {
             profile_retention: Self::DEFAULT_PROFILE_RETENTION,
+            tls: None,
+            tokens: None,
         }
     }
 }
@@ -90,6 +120,29 @@ pub async fn serve_with(
     options: ColonyOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ColonyError> {
+    let guard = auth::Guard {
+        tokens: options.tokens.clone(),
+        require_agent_certificate: options
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_pem.is_some()),
+    };
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &options.tls {
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+        );
+        if let Some(ca) = &tls.client_ca_pem {
+            // Optional at the TLS layer: query and profile clients may connect without
+            // a certificate; the guard requires one for AgentService.
+            config = config
+                .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+                .client_auth_optional(true);
+        }
+        builder = builder
+            .tls_config(config)
+            .map_err(|e| ColonyError::Tls(coral_client::chain(&e)))?;
+    }
     let max = coral_client::MAX_MESSAGE_BYTES;
     // Agents hold command streams open for as long as they run; the server's graceful
     // stop waits for open calls, so those streams must end when the stop begins.
@@ -112,7 +165,8 @@ pub async fn serve_with(
     let profile = ProfileServiceServer::new(profile::ProfileService::new(store))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let served = tonic::transport::Server::builder()
+    let served = builder
+        .layer(guard)
         .add_service(ingest)
         .add_service(query)
         .add_service(profile)

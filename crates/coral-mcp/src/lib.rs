@@ -36,7 +36,11 @@ pub enum McpError {
 
 /// Serves one MCP session on standard input and output until the client closes it.
 pub async fn serve_stdio(colony: &str) -> Result<(), McpError> {
-    let server = CoralMcp::new(colony)?;
+    serve_stdio_with(CoralMcp::new(colony)?).await
+}
+
+/// Serves one MCP session of `server` on standard input and output.
+pub async fn serve_stdio_with(server: CoralMcp) -> Result<(), McpError> {
     let running = server
         .serve(rmcp::transport::stdio())
         .await

@@ -6,6 +6,7 @@ use crate::text::{self, ms, q_value, request_line};
 use crate::tools::*;
 use coral_analysis::profile::write_text_summary;
 use coral_analysis::{format_duration_ns, parse_duration};
+use coral_client::Channel;
 use coral_client::v1;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
@@ -18,7 +19,6 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 /// How long `coral_profile_trace_trigger` waits for its requests before answering
 /// with the trigger id (an assistant's call should not hang for the trigger's timeout).
@@ -79,9 +79,17 @@ impl CoralMcp {
     /// A server for the colony at `colony` (connected on first use, so the server starts
     /// even while the colony is down, and tool errors say so).
     pub fn new(colony: &str) -> Result<Self, coral_client::ConnectError> {
+        Self::with_security(colony, &coral_client::Security::default())
+    }
+
+    /// [`CoralMcp::new`] with TLS settings (`https://` addresses) and a colony token.
+    pub fn with_security(
+        colony: &str,
+        security: &coral_client::Security,
+    ) -> Result<Self, coral_client::ConnectError> {
         Ok(Self {
             colony: coral_client::normalize_addr(colony),
-            channel: coral_client::connect_lazy(colony)?,
+            channel: coral_client::connect_lazy_with(colony, security)?,
             trigger_wait: TRIGGER_WAIT,
             tool_router: Self::tool_router(),
         })

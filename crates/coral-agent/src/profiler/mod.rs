@@ -53,6 +53,7 @@ use crate::receiver::SpanObserver;
 use crate::stats::AgentStats;
 use crate::uplink::{Backoff, describe, is_permanent};
 use coral_client::AgentServiceClient;
+use coral_client::Channel;
 use coral_client::v1;
 use session::{Msg, Worker};
 use std::collections::HashSet;
@@ -62,7 +63,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// Settings of CPU profiling.
 #[derive(Debug, Clone, PartialEq, Eq)]

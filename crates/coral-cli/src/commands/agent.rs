@@ -42,6 +42,12 @@ pub struct StartArgs {
     /// sends spans through this agent).
     #[arg(long, env = "CORAL_PROFILE_ALLOW", value_delimiter = ',')]
     profile_allow: Option<Vec<String>>,
+    /// Client certificate (PEM) for a colony that requires mutual TLS (--client-ca).
+    #[arg(long, env = "CORAL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "CORAL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 fn default_node() -> String {
@@ -80,7 +86,11 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
         listeners.otlp_grpc.is_some() || listeners.otlp_http.is_some(),
         "both OTLP receivers are off: enable --otlp-grpc or --otlp-http"
     );
+    let mut security = args.colony.security();
+    security.tls_cert = args.tls_cert;
+    security.tls_key = args.tls_key;
     let mut config = coral_agent::AgentConfig::new(args.colony.addr, node);
+    config.security = security;
     config.max_buffered_spans = args.max_buffered_spans as usize;
     config.profiling = coral_agent::ProfilingConfig {
         max_frequency_hz: args.max_frequency,

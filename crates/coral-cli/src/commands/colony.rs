@@ -31,6 +31,24 @@ pub struct StartArgs {
     /// Request profiles (and ended triggers and sessions) are deleted after this long.
     #[arg(long, env = "CORAL_PROFILE_RETENTION", default_value = "7d", value_parser = parse_retention)]
     profile_retention: Duration,
+    /// Serve TLS with this certificate (PEM; with --tls-key). Clients then use https://.
+    #[arg(long, env = "CORAL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "CORAL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS for agents: agent calls need a client certificate signed by this CA
+    /// (PEM). Query and profile clients may still connect without one.
+    #[arg(long, env = "CORAL_CLIENT_CA", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Require a bearer token on every call: a file of `ROLE TOKEN` lines (roles: read,
+    /// operate, agent; `#` comments).
+    #[arg(long, env = "CORAL_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+}
+
+fn read_file(path: &std::path::Path, flag: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
 }
 
 fn parse_retention(s: &str) -> Result<Duration, String> {
@@ -67,6 +85,24 @@ pub async fn run(cmd: ColonyCommand) -> anyhow::Result<()> {
             data_dir: args.data_dir.unwrap_or_else(default_data_dir),
         },
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(coral_colony::TlsOptions {
+            cert_pem: read_file(cert, "--tls-cert")?,
+            key_pem: read_file(key, "--tls-key")?,
+            client_ca_pem: args
+                .client_ca
+                .as_deref()
+                .map(|p| read_file(p, "--client-ca"))
+                .transpose()?,
+        }),
+        _ => None,
+    };
+    let tokens = args
+        .tokens_file
+        .as_deref()
+        .map(coral_colony::Tokens::load)
+        .transpose()?
+        .map(std::sync::Arc::new);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| {
@@ -85,10 +121,21 @@ pub async fn run(cmd: ColonyCommand) -> anyhow::Result<()> {
         listener
             .local_addr()
             .map(|a| a.to_string())
-            .unwrap_or(args.listen)
+            .unwrap_or(args.listen.clone())
     );
+    let local = listener.local_addr().ok();
+    if tls.is_none() && local.is_some_and(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            "listening on {} without TLS: spans, profiles{} travel in plaintext. Enable TLS \
+             with --tls-cert FILE --tls-key FILE (clients then use https:// and --tls-ca)",
+            args.listen,
+            if tokens.is_some() { " and tokens" } else { "" }
+        );
+    }
     let options = coral_colony::ColonyOptions {
         profile_retention: args.profile_retention,
+        tls,
+        tokens,
     };
     coral_colony::serve_with(listener, store, options, super::shutdown_signal()).await?;
     Ok(())

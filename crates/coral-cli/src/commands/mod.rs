@@ -10,12 +10,43 @@ pub mod trigger;
 
 use clap::Args;
 
+/// The colony this command connected to, so that a call's transport error can be
+/// explained ([`coral_client::explain_status`]).
+pub(crate) static CONNECTED: std::sync::OnceLock<(String, coral_client::Security)> =
+    std::sync::OnceLock::new();
+
 /// Where the colony is, for commands that talk to it.
 #[derive(Args, Debug, Clone)]
 pub struct ColonyAddr {
-    /// Colony address (host:port or http://host:port).
+    /// Colony address (host:port, http://host:port, or https://host:port for TLS).
     #[arg(long = "colony", global = true, env = coral_client::COLONY_ADDR_ENV, default_value = coral_client::DEFAULT_COLONY_ADDR)]
     pub addr: String,
+    /// CA certificate (PEM) that signs the colony's TLS certificate (https:// addresses).
+    /// Unset: the public webpki roots.
+    #[arg(long = "tls-ca", global = true, env = coral_client::TLS_CA_ENV)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Bearer token for a colony started with --tokens-file.
+    #[arg(long = "token", global = true, env = coral_client::TOKEN_ENV, hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ColonyAddr {
+    /// TLS trust and token for the colony connection.
+    pub fn security(&self) -> coral_client::Security {
+        coral_client::Security {
+            tls_ca: self.tls_ca.clone(),
+            token: self.token.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Connects now, with the TLS settings and token.
+    pub async fn connect(&self) -> Result<coral_client::Channel, coral_client::ConnectError> {
+        let security = self.security();
+        let channel = coral_client::connect_with(&self.addr, &security).await?;
+        let _ = CONNECTED.set((self.addr.clone(), security));
+        Ok(channel)
+    }
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the level (default: info).

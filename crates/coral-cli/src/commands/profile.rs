@@ -95,7 +95,7 @@ pub async fn run(cmd: ProfileCommand) -> anyhow::Result<()> {
 
 async fn cpu(args: CpuArgs) -> anyhow::Result<()> {
     crate::output::profile::check_destination(args.format, args.output.as_deref())?;
-    let channel = coral_client::connect(&args.colony.addr).await?;
+    let channel = args.colony.connect().await?;
     let mut client = coral_client::profile_client(channel);
     let request = v1::ProfileCpuRequest {
         service: args.service.clone(),

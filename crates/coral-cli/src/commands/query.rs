@@ -130,6 +130,12 @@ pub(crate) fn proto_duration(d: std::time::Duration) -> prost_types::Duration {
 
 /// A gRPC error as a person should read it: the colony's message, not the transport's.
 pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    // A TLS mismatch or refused certificate shows up at the first call: say what to change.
+    if let Some((addr, security)) = super::CONNECTED.get()
+        && let Some(err) = coral_client::explain_status(addr, security, &status)
+    {
+        return err.into();
+    }
     match status.code() {
         tonic::Code::Unavailable => anyhow::anyhow!(
             "the colony is unavailable: {}. Is it running (`coral colony start`)?",
@@ -149,7 +155,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let channel = coral_client::connect(&args.colony.addr).await?;
+    let channel = args.colony.connect().await?;
     let mut client = coral_client::query_client(channel);
     let format = args.output;
     match args.command {
@@ -195,7 +201,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
             output::print_agents(&resp.agents, format)
         }
         QueryCommand::ProfileCompare(c) => {
-            let channel = coral_client::connect(&args.colony.addr).await?;
+            let channel = args.colony.connect().await?;
             let format = if format == Format::Json && c.format == CompareFormat::Table {
                 CompareFormat::Json // `-o json` as for every other query
             } else {
@@ -236,7 +242,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
             } else {
                 t.format
             };
-            let channel = coral_client::connect(&args.colony.addr).await?;
+            let channel = args.colony.connect().await?;
             let resp = coral_client::profile_client(channel)
                 .get_trace_profile(v1::GetTraceProfileRequest {
                     trace_id: t.trace_id.clone(),

@@ -8,11 +8,11 @@ use crate::output::trigger::{print_trigger, print_triggers, progress_line};
 use anyhow::Context;
 use clap::Args;
 use coral_analysis::{RequestCriteria, parse_duration};
+use coral_client::Channel;
 use coral_client::v1;
 use coral_client::v1::profile_service_client::ProfileServiceClient;
 use std::io::IsTerminal;
 use std::time::Duration;
-use tonic::transport::Channel;
 
 /// How often the progress is polled.
 const POLL: Duration = Duration::from_millis(500);
@@ -102,9 +102,7 @@ fn check_trigger_id(id: &str) -> anyhow::Result<()> {
 }
 
 async fn client(colony: &ColonyAddr) -> anyhow::Result<ProfileServiceClient<Channel>> {
-    Ok(coral_client::profile_client(
-        coral_client::connect(&colony.addr).await?,
-    ))
+    Ok(coral_client::profile_client(colony.connect().await?))
 }
 
 async fn get(

@@ -218,11 +218,11 @@ impl Stack {
         self.agents.len() - 1
     }
 
-    pub async fn query(&self) -> coral_client::QueryServiceClient<tonic::transport::Channel> {
+    pub async fn query(&self) -> coral_client::QueryServiceClient<coral_client::Channel> {
         coral_client::query_client(coral_client::connect(&self.colony).await.unwrap())
     }
 
-    pub async fn profile(&self) -> coral_client::ProfileServiceClient<tonic::transport::Channel> {
+    pub async fn profile(&self) -> coral_client::ProfileServiceClient<coral_client::Channel> {
         coral_client::profile_client(coral_client::connect(&self.colony).await.unwrap())
     }
 

@@ -15,4 +15,5 @@ mod harness;
 mod ingest;
 mod mcp;
 mod profile;
+mod security;
 mod trigger;
