@@ -275,6 +275,8 @@ struct Link {
     channel: Channel,
     client: AgentServiceClient<Channel>,
     colony: String,
+    /// To explain TLS and certificate failures in the outage warning.
+    security: coral_client::Security,
     agent_id: String,
     node: String,
     stats: Arc<AgentStats>,
@@ -291,7 +293,9 @@ impl Link {
             tracing::warn!(
                 colony = %self.colony,
                 "colony unreachable ({what}: {}); buffering spans and retrying",
-                describe(status)
+                coral_client::explain_status(&self.colony, &self.security, status)
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| describe(status))
             );
         }
     }
@@ -433,6 +437,7 @@ impl Uplink {
             client: coral_client::agent_client(channel.clone()),
             channel,
             colony: coral_client::normalize_addr(&config.colony),
+            security: config.security.clone(),
             agent_id: config.agent_id.clone(),
             node: config.node.clone(),
             stats,

@@ -396,3 +396,51 @@ pub fn profile_client(channel: Channel) -> ProfileServiceClient<Channel> {
 pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_settings_that_cannot_work_are_refused_before_connecting() {
+        let dir = std::env::temp_dir().join(format!("coral-client-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let with_ca = |ca: &Path| Security {
+            tls_ca: Some(ca.to_path_buf()),
+            ..Default::default()
+        };
+        let err = connect_lazy_with("http://127.0.0.1:1", &with_ca(&not_pem)).unwrap_err();
+        assert!(err.to_string().contains("use https://127.0.0.1:1"), "{err}");
+        let err = connect_lazy_with("https://127.0.0.1:1", &with_ca(&not_pem)).unwrap_err();
+        assert!(err.to_string().contains("is not PEM"), "{err}");
+        let err = connect_lazy_with("https://127.0.0.1:1", &with_ca(&dir.join("missing.pem")))
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot read --tls-ca"), "{err}");
+        let half = Security {
+            tls_cert: Some(not_pem.clone()),
+            ..Default::default()
+        };
+        let err = connect_lazy_with("https://127.0.0.1:1", &half).unwrap_err();
+        assert!(err.to_string().contains("go together"), "{err}");
+        let bad_token = Security {
+            token: Some("a\nb".into()),
+            ..Default::default()
+        };
+        let err = connect_lazy_with("http://127.0.0.1:1", &bad_token).unwrap_err();
+        assert!(err.to_string().contains("token"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let s = Security {
+            token: Some("sekrit-token-value".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{s:?}").contains("sekrit"));
+        let b = bearer(&s).unwrap();
+        assert!(!format!("{b:?}").contains("sekrit"));
+    }
+}

@@ -516,3 +516,77 @@ impl ErrCode for Result<(), tonic::Status> {
         self.err().map(|s| s.code())
     }
 }
+
+#[test]
+fn the_colony_refuses_a_malformed_tokens_file_and_warns_when_exposed_without_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, format!("# ok\nread {READ}\nwrite {OPERATE}\n")).unwrap();
+    let data = dir.path().join("data");
+    let out = coral(
+        None,
+        &[
+            "colony",
+            "start",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--tokens-file",
+            tokens.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.ok);
+    assert!(
+        out.stderr
+            .contains("tokens.txt, line 3: unknown role \"write\""),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains(READ),
+        "never print a token: {}",
+        out.stderr
+    );
+
+    // Beyond loopback without TLS: a warning that says how to enable it.
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coral"))
+        .args(["colony", "start", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(&data)
+        .env_remove("CORAL_TLS_CERT")
+        .env_remove("CORAL_TLS_KEY")
+        .env_remove("CORAL_TOKENS_FILE")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read on a thread, so a missing warning fails the test instead of hanging it.
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut warned = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("WARN") => {
+                warned = Some(line);
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let warned = warned.expect("a warning");
+    assert!(
+        warned.contains("plaintext") && warned.contains("--tls-cert"),
+        "{warned}"
+    );
+}
