@@ -590,3 +590,42 @@ fn the_colony_refuses_a_malformed_tokens_file_and_warns_when_exposed_without_tls
         "{warned}"
     );
 }
+
+/// `coral mcp` on stdio, reaching a TLS colony with a colony token.
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_reaches_a_tls_colony_with_its_colony_token() {
+    use rmcp::ServiceExt;
+    use rmcp::model::CallToolRequestParams;
+    let pki = Pki::generate();
+    let colony = Colony::start(Some(pki.tls("server", None)), true).await;
+    let mcp = |token: Option<&str>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_coral"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("CORAL_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("RUST_LOG", "warn")
+            .args(["mcp", "--colony", &colony.https(), "--tls-ca"])
+            .arg(pki.path("ca.pem"));
+        if let Some(token) = token {
+            cmd.env("CORAL_TOKEN", token);
+        }
+        cmd
+    };
+    for (token, allowed) in [(Some(READ), true), (None, false)] {
+        let client =
+            ().serve(rmcp::transport::TokioChildProcess::new(mcp(token)).unwrap())
+                .await
+                .expect("MCP handshake over stdio");
+        let result = client
+            .call_tool(
+                CallToolRequestParams::new("coral_list_services")
+                    .with_arguments(serde_json::Map::new()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(result.is_error == Some(true), !allowed, "{result:?}");
+        client.cancel().await.unwrap();
+    }
+}
