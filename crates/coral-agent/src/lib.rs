@@ -39,6 +39,7 @@
 //! [`serve`] runs everything until its shutdown future resolves, then stops accepting,
 //! flushes the buffer (waiting at most [`SHUTDOWN_FLUSH_TIMEOUT`]) and returns.
 
+pub mod metrics;
 pub mod otlp;
 pub mod profiler;
 pub mod receiver;
@@ -159,6 +160,9 @@ pub struct Listeners {
     pub otlp_grpc: Option<TcpListener>,
     /// OTLP/HTTP, usually port 4318.
     pub otlp_http: Option<TcpListener>,
+    /// Prometheus metrics (`GET /metrics`, see [`metrics`]); served until [`serve`]
+    /// returns.
+    pub metrics: Option<TcpListener>,
 }
 
 /// A failure to start or run the agent.
@@ -268,6 +272,16 @@ pub async fn serve_with(
         }
     };
 
+    let metrics = listeners.metrics.map(|listener| {
+        let stats = stats.clone();
+        let render: coral_metrics::Render = Arc::new(move || metrics::render(&stats));
+        tokio::spawn(async move {
+            if let Err(e) = coral_metrics::serve(listener, render, std::future::pending()).await {
+                tracing::error!("the metrics endpoint failed: {e}");
+            }
+        })
+    });
+
     let mut receivers: Vec<JoinHandle<Result<(), AgentError>>> = Vec::new();
     if let Some(listener) = listeners.otlp_grpc {
         let server = receiver::grpc::serve(
@@ -328,6 +342,9 @@ pub async fn serve_with(
         profiler.shutdown(SHUTDOWN_FLUSH_TIMEOUT),
         uplink.shutdown(SHUTDOWN_FLUSH_TIMEOUT)
     );
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     failure.unwrap_or(Ok(()))
 }
 

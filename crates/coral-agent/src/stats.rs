@@ -4,7 +4,7 @@
 
 use coral_client::v1::AgentCounters;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// At most one "spans dropped" warning per this interval.
@@ -39,6 +39,12 @@ pub struct ProfilingCounters {
     pub trace_profiles_sent: u64,
     /// Per-request profiles given up (queue full, refused by the colony, shutdown).
     pub trace_profiles_dropped: u64,
+    /// Triggers running on this agent now.
+    pub active_triggers: u64,
+    /// Processes the sampler samples now.
+    pub processes_sampled: u64,
+    /// Whether the sampler's perf events are attached now.
+    pub sampler_attached: bool,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +56,9 @@ struct ProfilingStats {
     samples_evicted: AtomicU64,
     trace_profiles_sent: AtomicU64,
     trace_profiles_dropped: AtomicU64,
+    active_triggers: AtomicU64,
+    processes_sampled: AtomicU64,
+    sampler_attached: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +90,9 @@ impl AgentStats {
             samples_evicted: p.samples_evicted.load(Relaxed),
             trace_profiles_sent: p.trace_profiles_sent.load(Relaxed),
             trace_profiles_dropped: p.trace_profiles_dropped.load(Relaxed),
+            active_triggers: p.active_triggers.load(Relaxed),
+            processes_sampled: p.processes_sampled.load(Relaxed),
+            sampler_attached: p.sampler_attached.load(Relaxed),
         }
     }
 
@@ -95,9 +107,19 @@ impl AgentStats {
         self.profiling.samples.fetch_add(n as u64, Relaxed);
     }
 
-    /// The sampler's own cumulative count of lost samples.
-    pub(crate) fn set_samples_lost(&self, n: u64) {
-        self.profiling.samples_lost.store(n, Relaxed);
+    /// Samples the sampler lost since the last call (a counter: it never goes down,
+    /// even when the sampler is unloaded and a new one starts from zero).
+    pub(crate) fn add_samples_lost(&self, n: u64) {
+        self.profiling.samples_lost.fetch_add(n, Relaxed);
+    }
+
+    /// What the profiler runs now: active triggers, processes sampled, perf events
+    /// attached.
+    pub(crate) fn set_profiler_state(&self, triggers: usize, processes: usize, attached: bool) {
+        let p = &self.profiling;
+        p.active_triggers.store(triggers as u64, Relaxed);
+        p.processes_sampled.store(processes as u64, Relaxed);
+        p.sampler_attached.store(attached, Relaxed);
     }
 
     pub(crate) fn add_samples_evicted(&self, n: u64) {

@@ -175,6 +175,15 @@ impl AgentService for IngestService {
             .insert_trace_profiles(&records)
             .await
             .map_err(store_status)?;
+        let stored = inserted.new + inserted.over_limit;
+        crate::metrics::with_current(|m| {
+            m.add_profiles(
+                inserted.new,
+                inserted.over_limit,
+                (records.len() as u64).saturating_sub(stored),
+                rejected,
+            )
+        });
         if inserted.over_limit > 0 {
             tracing::debug!(
                 agent = %req.agent_id,
@@ -256,10 +265,13 @@ impl AgentService for IngestService {
         if rejected > 0 {
             tracing::warn!(agent = %req.agent_id, rejected, first = %error_message, "rejected invalid spans");
         }
-        self.store
+        let new = self
+            .store
             .insert_spans(&records)
             .await
             .map_err(store_status)?;
+        let accepted = records.len() as u64;
+        crate::metrics::with_current(|m| m.add_spans(new, accepted.saturating_sub(new), rejected));
         Ok(Response::new(v1::IngestSpansResponse {
             accepted: records.len() as u64,
             rejected,

@@ -9,11 +9,13 @@ mod auth;
 mod compare;
 mod convert;
 mod ingest;
+pub mod metrics;
 mod profile;
 mod query;
 mod trigger;
 
 pub use auth::{Role, Tokens, TokensError};
+pub use metrics::ColonyMetrics;
 pub use profile::{MAX_FREQUENCY_HZ, WEAK_EVIDENCE_SAMPLES};
 
 use coral_client::v1::agent_service_server::AgentServiceServer;
@@ -120,6 +122,18 @@ pub async fn serve_with(
     options: ColonyOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ColonyError> {
+    serve_with_metrics(listener, None, store, options, shutdown).await
+}
+
+/// [`serve_with`], and Prometheus metrics (`GET /metrics`, see [`metrics`]) on
+/// `metrics` while the API is served.
+pub async fn serve_with_metrics(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    store: Arc<dyn Store>,
+    options: ColonyOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ColonyError> {
     let guard = auth::Guard {
         tokens: options.tokens.clone(),
         require_agent_certificate: options
@@ -143,6 +157,16 @@ pub async fn serve_with(
             .tls_config(config)
             .map_err(|e| ColonyError::Tls(coral_client::chain(&e)))?;
     }
+    let counters = Arc::new(ColonyMetrics::default());
+    let endpoint = metrics.map(|listener| {
+        let counters = counters.clone();
+        let render: coral_metrics::Render = Arc::new(move || counters.render());
+        tokio::spawn(async move {
+            if let Err(e) = coral_metrics::serve(listener, render, std::future::pending()).await {
+                tracing::error!("the metrics endpoint failed: {e}");
+            }
+        })
+    });
     let max = coral_client::MAX_MESSAGE_BYTES;
     // Agents hold command streams open for as long as they run; the server's graceful
     // stop waits for open calls, so those streams must end when the stop begins.
@@ -155,6 +179,7 @@ pub async fn serve_with(
         store.clone(),
         options.profile_retention,
         stopping.clone(),
+        counters.clone(),
     ));
     let ingest = AgentServiceServer::new(ingest::IngestService::new(store.clone(), stopping))
         .max_decoding_message_size(max)
@@ -166,6 +191,7 @@ pub async fn serve_with(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let served = builder
+        .layer(metrics::RpcMetricsLayer(counters))
         .layer(guard)
         .add_service(ingest)
         .add_service(query)
@@ -173,6 +199,9 @@ pub async fn serve_with(
         .serve_with_incoming_shutdown(coral_client::incoming(listener), shutdown)
         .await;
     sweeper.abort();
+    if let Some(endpoint) = endpoint {
+        endpoint.abort();
+    }
     served?;
     Ok(())
 }
@@ -181,8 +210,12 @@ pub async fn serve_with(
 pub(crate) fn store_status(err: StoreError) -> tonic::Status {
     match &err {
         StoreError::NotFound(_) => tonic::Status::not_found(err.to_string()),
-        StoreError::Unavailable(_) => tonic::Status::unavailable(err.to_string()),
+        StoreError::Unavailable(_) => {
+            metrics::with_current(|m| m.add_store_error());
+            tonic::Status::unavailable(err.to_string())
+        }
         _ => {
+            metrics::with_current(|m| m.add_store_error());
             tracing::error!(error = %err, "store failure");
             tonic::Status::internal(err.to_string())
         }

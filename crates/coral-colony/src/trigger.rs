@@ -207,6 +207,7 @@ pub(crate) async fn sweep(
     store: Arc<dyn Store>,
     retention: Duration,
     mut stopping: tokio::sync::watch::Receiver<bool>,
+    metrics: Arc<crate::ColonyMetrics>,
 ) {
     let mut expiry = tokio::time::interval(EXPIRY_SWEEP);
     let mut purge = tokio::time::interval(RETENTION_SWEEP);
@@ -214,17 +215,32 @@ pub(crate) async fn sweep(
     purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = expiry.tick() => match store.expire_triggers(now_unix_nano()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(triggers = n, "triggers expired"),
-                Err(e) => tracing::warn!(error = %e, "cannot expire triggers"),
-            },
+            _ = expiry.tick() => {
+                match store.expire_triggers(now_unix_nano()).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        metrics.add_triggers_expired(n);
+                        tracing::info!(triggers = n, "triggers expired");
+                    }
+                    Err(e) => {
+                        metrics.add_store_error();
+                        tracing::warn!(error = %e, "cannot expire triggers");
+                    }
+                }
+                match store.active_triggers(now_unix_nano()).await {
+                    Ok(active) => metrics.set_triggers_active(active.len()),
+                    Err(_) => metrics.add_store_error(),
+                }
+            }
             _ = purge.tick() => {
                 let cutoff = now_unix_nano().saturating_sub(retention.as_nanos() as i64);
                 match store.purge_profiles_before(cutoff).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(profiles = n, "request profiles past retention deleted"),
-                    Err(e) => tracing::warn!(error = %e, "cannot apply profile retention"),
+                    Err(e) => {
+                        metrics.add_store_error();
+                        tracing::warn!(error = %e, "cannot apply profile retention");
+                    }
                 }
             }
             // The guard `wait_for` returns is not Send: drop it inside.

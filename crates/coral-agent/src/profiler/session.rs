@@ -156,6 +156,8 @@ pub(crate) struct Worker {
     sampler: Option<Arc<dyn Sampler>>,
     /// Since when the loaded sampler has had nothing to sample.
     sampler_idle_since: Option<Instant>,
+    /// The loaded sampler's cumulative lost and dropped samples, as last counted.
+    sampler_lost_seen: u64,
     symbolizer: Box<dyn Symbolize>,
     outbox: Outbox,
     stats: Arc<AgentStats>,
@@ -200,6 +202,7 @@ impl Worker {
             factory,
             sampler: None,
             sampler_idle_since: None,
+            sampler_lost_seen: 0,
             symbolizer,
             outbox,
             stats,
@@ -263,6 +266,7 @@ impl Worker {
         let sampler = (self.factory)(&self.config).map_err(|e| e.to_string())?;
         tracing::info!("CPU sampler started");
         self.sampler = Some(sampler.clone());
+        self.sampler_lost_seen = 0;
         Ok(sampler)
     }
 
@@ -477,8 +481,10 @@ impl Worker {
             let samples = sampler.drain();
             self.stats.add_samples(samples.len());
             let sampler_stats = sampler.stats();
+            let lost = sampler_stats.lost + sampler_stats.dropped;
             self.stats
-                .set_samples_lost(sampler_stats.lost + sampler_stats.dropped);
+                .add_samples_lost(lost.saturating_sub(self.sampler_lost_seen));
+            self.sampler_lost_seen = lost;
             for trigger in self.triggers.iter_mut().filter(|t| t.is_active()) {
                 trigger.effective_hz = trigger.effective_hz.max(sampler_stats.frequency_hz);
             }
@@ -537,6 +543,12 @@ impl Worker {
             }
         }
         self.unload_idle_sampler();
+        let (processes, attached) = self.sampler.as_ref().map_or((0, false), |s| {
+            let stats = s.stats();
+            (stats.targets, stats.attached)
+        });
+        let active = self.triggers.iter().filter(|t| t.is_active()).count();
+        self.stats.set_profiler_state(active, processes, attached);
         let memory = now - nanos(REQUEST_MEMORY);
         while let Some(&(when, key)) = self.seen_order.front()
             && when < memory

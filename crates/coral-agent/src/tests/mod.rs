@@ -324,6 +324,7 @@ impl TestAgent {
         let listeners = Listeners {
             otlp_grpc: Some(grpc),
             otlp_http: Some(http),
+            metrics: None,
         };
         let options = ServeOptions {
             stats: stats.clone(),
@@ -419,6 +420,7 @@ async fn serve_rejects_a_bad_colony_address() {
         Listeners {
             otlp_grpc: Some(listener),
             otlp_http: None,
+            metrics: None,
         },
         async {},
     )
@@ -438,6 +440,7 @@ async fn serve_rejects_a_zero_batch_size() {
         Listeners {
             otlp_grpc: None,
             otlp_http: Some(listener),
+            metrics: None,
         },
         async {},
     )

@@ -48,6 +48,8 @@ pub struct StartArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, env = "CORAL_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    observability: super::Observability,
 }
 
 fn default_node() -> String {
@@ -76,11 +78,12 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<Option<tokio::net::TcpLi
 
 pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
     let AgentCommand::Start(args) = cmd;
-    super::init_logging();
+    super::init_logging(args.observability.log_format);
     let node = args.node.unwrap_or_else(default_node);
     let listeners = coral_agent::Listeners {
         otlp_grpc: bind(&args.otlp_grpc, "otlp-grpc").await?,
         otlp_http: bind(&args.otlp_http, "otlp-http").await?,
+        metrics: args.observability.bind_metrics().await?,
     };
     anyhow::ensure!(
         listeners.otlp_grpc.is_some() || listeners.otlp_http.is_some(),

@@ -45,6 +45,8 @@ pub struct StartArgs {
     /// operate, agent; `#` comments).
     #[arg(long, env = "CORAL_TOKENS_FILE")]
     tokens_file: Option<PathBuf>,
+    #[command(flatten)]
+    observability: super::Observability,
 }
 
 fn read_file(path: &std::path::Path, flag: &str) -> anyhow::Result<Vec<u8>> {
@@ -71,7 +73,7 @@ fn default_data_dir() -> PathBuf {
 
 pub async fn run(cmd: ColonyCommand) -> anyhow::Result<()> {
     let ColonyCommand::Start(args) = cmd;
-    super::init_logging();
+    super::init_logging(args.observability.log_format);
     let config = match args.database_url {
         Some(url) => {
             anyhow::ensure!(
@@ -111,6 +113,7 @@ pub async fn run(cmd: ColonyCommand) -> anyhow::Result<()> {
                 args.listen
             )
         })?;
+    let metrics = args.observability.bind_metrics().await?;
     let store = coral_colony::open_store(&config).await?;
     let where_ = match &config {
         StoreConfig::Embedded { data_dir } => format!("embedded store in {}", data_dir.display()),
@@ -137,6 +140,7 @@ pub async fn run(cmd: ColonyCommand) -> anyhow::Result<()> {
         tls,
         tokens,
     };
-    coral_colony::serve_with(listener, store, options, super::shutdown_signal()).await?;
+    coral_colony::serve_with_metrics(listener, metrics, store, options, super::shutdown_signal())
+        .await?;
     Ok(())
 }

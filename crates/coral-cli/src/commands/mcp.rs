@@ -27,7 +27,7 @@ pub struct McpArgs {
 
 pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     // stdout is the MCP channel on stdio: logs go to stderr only.
-    super::init_logging();
+    super::init_logging(super::LogFormat::Text);
     let security = coral_client::Security {
         tls_ca: args.tls_ca.clone(),
         token: args.colony_token.clone(),

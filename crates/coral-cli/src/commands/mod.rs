@@ -49,15 +49,65 @@ impl ColonyAddr {
     }
 }
 
+/// How `coral agent start` and `coral colony start` log, and where they serve metrics.
+#[derive(Args, Debug, Clone)]
+pub struct Observability {
+    /// Serve Prometheus metrics at http://ADDR/metrics ("off" to disable; e.g.
+    /// 127.0.0.1:9464).
+    #[arg(long, env = "CORAL_METRICS", default_value = "off")]
+    pub metrics: String,
+    /// Log format: text for people, json for log collectors (one object per line).
+    #[arg(long, env = "CORAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Observability {
+    /// Binds the metrics listener, unless the address is "off".
+    pub async fn bind_metrics(&self) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+        use anyhow::Context;
+        if self.metrics == "off" {
+            return Ok(None);
+        }
+        let listener = tokio::net::TcpListener::bind(&self.metrics)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot serve metrics on {} (in use? pick another with --metrics, or \"off\")",
+                    self.metrics
+                )
+            })?;
+        tracing::info!(
+            "metrics listening on http://{}/metrics",
+            listener.local_addr()?
+        );
+        Ok(Some(listener))
+    }
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// Logs go to stderr; `RUST_LOG` overrides the level (default: info).
-pub fn init_logging() {
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_ansi(false)
+            .try_init(),
+    };
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends).

@@ -50,6 +50,8 @@ pub struct Agent {
     pub node: String,
     pub otlp_grpc: SocketAddr,
     pub otlp_http: SocketAddr,
+    /// Its Prometheus metrics endpoint (a new port after a restart).
+    pub metrics: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -69,11 +71,14 @@ impl Agent {
             ),
         };
         let (otlp_grpc, otlp_http) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+        let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics = metrics_listener.local_addr().unwrap();
         let mut config = coral_agent::AgentConfig::new(colony.to_string(), node);
         config.flush_interval = Duration::from_millis(50);
         let listeners = coral_agent::Listeners {
             otlp_grpc: Some(grpc),
             otlp_http: Some(http),
+            metrics: Some(metrics_listener),
         };
         let mut options = coral_agent::ServeOptions::default();
         if let Sampling::Fake(sampler) = sampling {
@@ -93,6 +98,7 @@ impl Agent {
             node: node.to_string(),
             otlp_grpc,
             otlp_http,
+            metrics,
             stop: Some(stop),
             task: Some(task),
         }
@@ -125,6 +131,8 @@ pub struct Stack {
     pub otlp_grpc: SocketAddr,
     pub otlp_http: SocketAddr,
     pub agents: Vec<Agent>,
+    /// The colony's Prometheus metrics endpoint (a new port after a restart).
+    pub colony_metrics: SocketAddr,
     sampling: Sampling,
     colony_addr: SocketAddr,
     store_config: coral_colony::StoreConfig,
@@ -157,6 +165,7 @@ impl Stack {
             otlp_grpc: colony_addr,
             otlp_http: colony_addr,
             agents: Vec::new(),
+            colony_metrics: colony_addr,
             sampling,
             colony_addr,
             store_config,
@@ -175,10 +184,13 @@ impl Stack {
         let store = coral_colony::open_store(&self.store_config)
             .await
             .expect("open store");
+        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.colony_metrics = metrics.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         self.colony_stop = Some(stop);
         self.colony_task = Some(tokio::spawn(async move {
-            coral_colony::serve(listener, store, async {
+            let options = coral_colony::ColonyOptions::default();
+            coral_colony::serve_with_metrics(listener, Some(metrics), store, options, async {
                 let _ = stopped.await;
             })
             .await

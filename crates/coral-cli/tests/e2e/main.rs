@@ -14,6 +14,7 @@ mod deploy;
 mod harness;
 mod ingest;
 mod mcp;
+mod metrics;
 mod profile;
 mod security;
 mod trigger;

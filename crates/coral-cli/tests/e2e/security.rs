@@ -183,6 +183,7 @@ async fn agent_registers_over_mutual_tls_and_the_cli_queries_with_a_token() {
     let listeners = coral_agent::Listeners {
         otlp_grpc: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
         otlp_http: None,
+        metrics: None,
     };
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(coral_agent::serve_with(
