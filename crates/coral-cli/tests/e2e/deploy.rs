@@ -848,6 +848,7 @@ fn deploy_settings_are_ones_coral_reads_and_accepts() {
             ("CORAL_OTLP_HTTP", "127.0.0.1:0"),
             // Nothing listens on port 1: the agent retries, as without a colony.
             ("CORAL_COLONY", "http://127.0.0.1:1"),
+            ("CORAL_METRICS", "127.0.0.1:0"),
         ],
         "otlp-http listening on",
     );
@@ -858,6 +859,7 @@ fn deploy_settings_are_ones_coral_reads_and_accepts() {
             ("CORAL_LISTEN", "127.0.0.1:0"),
             // CORAL_DATABASE_URL (from the Secret) is left out: the embedded store.
             ("CORAL_DATA_DIR", data.path().to_str().unwrap()),
+            ("CORAL_METRICS", "127.0.0.1:0"),
         ],
         "colony listening on",
     );
