@@ -1,11 +1,13 @@
 //! The Prometheus endpoints of agent and colony: spans sent with the real
 //! OpenTelemetry SDK through a real agent to a real colony move the counters by
 //! exactly what was sent; both expositions parse as the text format (strictly, by the
-//! parser below); a bad request does not disturb serving; and the `coral` binary
+//! parser below); a bad request does not disturb serving; a trigger moves the
+//! trigger and sampler gauges of both, and back when cancelled; and the `coral` binary
 //! serves metrics with `--metrics` (and logs JSON with `--log-format json`).
 
-use crate::harness::{Backend, Sampling, Stack};
-use crate::trigger::{provider, request};
+use crate::cli::coral;
+use crate::harness::{Backend, Sampling, Stack, produce};
+use crate::trigger::{SERVICE, provider, request};
 use coral_sampler::FakeSampler;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
@@ -362,6 +364,58 @@ async fn metrics_count_spans_from_sdk_to_colony() {
         c.sum("coral_colony_rpc_duration_seconds_count", &refused),
         1.0
     );
+
+    // A trigger: the colony's sweeper sees it active, the agent runs it and samples
+    // this process (the spans' process.pid); cancelled, all goes back to zero.
+    let colony_addr = stack.colony.clone();
+    let id = produce(move || {
+        let out = coral(
+            Some(&colony_addr),
+            &[
+                "profile",
+                "trace-trigger",
+                "--service",
+                SERVICE,
+                "--detach",
+                "--timeout",
+                "60s",
+            ],
+        );
+        assert!(out.ok, "{}", out.stderr);
+        out.stdout.trim().to_string()
+    })
+    .await;
+    let running = |e: &Exposition| {
+        e.get("coral_agent_triggers_active") == 1.0
+            && e.get("coral_agent_processes_sampled") == 1.0
+            && e.get("coral_agent_sampler_attached") == 1.0
+    };
+    let a = scrape_until(agent, running).await;
+    assert!(running(&a), "{:#?}", a.series);
+    let c = scrape_until(colony, |e| {
+        e.get("coral_colony_triggers{state=\"active\"}") == 1.0
+    })
+    .await;
+    assert_eq!(c.get("coral_colony_triggers{state=\"active\"}"), 1.0);
+    let colony_addr = stack.colony.clone();
+    produce(move || {
+        let out = coral(Some(&colony_addr), &["profile", "trigger-cancel", &id]);
+        assert!(out.ok, "{}", out.stderr);
+    })
+    .await;
+    let stopped = |e: &Exposition| {
+        e.get("coral_agent_triggers_active") == 0.0
+            && e.get("coral_agent_processes_sampled") == 0.0
+            && e.get("coral_agent_sampler_attached") == 0.0
+    };
+    let a = scrape_until(agent, stopped).await;
+    assert!(stopped(&a), "{:#?}", a.series);
+    let c = scrape_until(colony, |e| {
+        e.get("coral_colony_triggers{state=\"active\"}") == 0.0
+    })
+    .await;
+    assert_eq!(c.get("coral_colony_triggers{state=\"active\"}"), 0.0);
+    assert_eq!(c.get("coral_colony_triggers_expired_total"), 0.0);
     sdk.shutdown().ok();
 }
 
