@@ -138,4 +138,51 @@ mod tests {
         assert_eq!(format_duration_ns(125_000_000_000), "2m05s");
         assert_eq!(format_duration_ns(-2_000_000), "-2.00ms");
     }
+
+    /// What the `status_pattern` fuzz target (`fuzz/`) checks of durations, over seeded
+    /// numbers and units with junk inserted: parsing never panics, and a parsed
+    /// duration written in nanoseconds parses back to itself (up to 2^53 ns, where
+    /// the f64 sum is exact).
+    #[test]
+    fn random_durations_parse_consistently() {
+        const NUMBERS: &[&str] = &["0", "1", "1.5", "250", ".5", "5.", "99999999999999999999"];
+        const UNITS: &[&str] = &["ns", "us", "µs", "ms", "s", "m", "h", "d"];
+        const JUNK: &[&str] = &[" ", ".", "x", "1e3", "-", "0", "µ", "ss"];
+        let mut rng = fastrand::Rng::with_seed(0xd0_4a71);
+        let (mut parsed, mut refused) = (0, 0);
+        for _ in 0..5000 {
+            let mut input = String::new();
+            for _ in 0..rng.usize(1..4) {
+                input.push_str(NUMBERS[rng.usize(0..NUMBERS.len())]);
+                input.push_str(UNITS[rng.usize(0..UNITS.len())]);
+            }
+            if rng.bool() {
+                let mut at = rng.usize(0..=input.len());
+                while !input.is_char_boundary(at) {
+                    at -= 1;
+                }
+                input.insert_str(at, JUNK[rng.usize(0..JUNK.len())]);
+            }
+            match parse_duration(&input) {
+                Ok(duration) => {
+                    parsed += 1;
+                    let nanos = duration.as_nanos();
+                    let _ = format_duration_ns(i64::try_from(nanos).unwrap_or(i64::MAX));
+                    if nanos <= 1 << 53 {
+                        let again = parse_duration(&format!("{nanos}ns"))
+                            .unwrap_or_else(|e| panic!("{input:?} → {nanos}ns: {e}"));
+                        assert_eq!(again, duration, "{input:?}");
+                    }
+                }
+                Err(e) => {
+                    refused += 1;
+                    assert_eq!(e.input, input);
+                }
+            }
+        }
+        assert!(
+            parsed > 300 && refused > 300,
+            "{parsed} parsed, {refused} refused"
+        );
+    }
 }
