@@ -81,10 +81,59 @@ pub(crate) async fn serve(
         })
 }
 
+/// The encoding of an OTLP/HTTP body (from its Content-Type).
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
+pub enum Encoding {
     Protobuf,
     Json,
+}
+
+/// Why [`decode_body`] refused a body.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// Decompressed, it is larger than the limit (HTTP 413).
+    TooLarge,
+    /// It cannot be decompressed or decoded (HTTP 400); the message says why.
+    Invalid(String),
+}
+
+/// What the receiver does with a request body once it is read: gunzip it (at most
+/// `limit` bytes) when `gzip`, then decode it as `encoding`. Public (hidden) for the
+/// fuzz targets in `fuzz/`, which run exactly this on arbitrary bytes.
+#[doc(hidden)]
+pub fn decode_body(
+    body: Bytes,
+    encoding: Encoding,
+    gzip: bool,
+    limit: usize,
+) -> Result<ExportTraceServiceRequest, BodyError> {
+    let body = if gzip {
+        match gunzip(&body, limit) {
+            Ok(Some(body)) => Bytes::from(body),
+            Ok(None) => return Err(BodyError::TooLarge),
+            Err(err) => {
+                return Err(BodyError::Invalid(format!(
+                    "cannot decompress the gzip body: {err}"
+                )));
+            }
+        }
+    } else {
+        body
+    };
+    match encoding {
+        Encoding::Protobuf => ExportTraceServiceRequest::decode(body).map_err(|e| {
+            BodyError::Invalid(format!(
+                "cannot decode the body as a protobuf ExportTraceServiceRequest: {e}"
+            ))
+        }),
+        Encoding::Json => crate::otlp::decode_json(&body).map_err(|e| {
+            BodyError::Invalid(format!(
+                "cannot decode the body as an OTLP JSON ExportTraceServiceRequest: {e}"
+            ))
+        }),
+    }
 }
 
 /// `google.rpc.Status`, the error body OTLP/HTTP asks for.
@@ -137,31 +186,10 @@ async fn export(State(state): State<HttpState>, request: Request) -> Response {
             );
         }
     };
-    let body = if gzip {
-        match gunzip(&body, limit) {
-            Ok(Some(body)) => Bytes::from(body),
-            Ok(None) => return fail(StatusCode::PAYLOAD_TOO_LARGE, too_large()),
-            Err(err) => {
-                return fail(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot decompress the gzip body: {err}"),
-                );
-            }
-        }
-    } else {
-        body
-    };
-    let decoded = match encoding {
-        Encoding::Protobuf => ExportTraceServiceRequest::decode(body).map_err(|e| {
-            format!("cannot decode the body as a protobuf ExportTraceServiceRequest: {e}")
-        }),
-        Encoding::Json => crate::otlp::decode_json(&body).map_err(|e| {
-            format!("cannot decode the body as an OTLP JSON ExportTraceServiceRequest: {e}")
-        }),
-    };
-    let request = match decoded {
+    let request = match decode_body(body, encoding, gzip, limit) {
         Ok(request) => request,
-        Err(message) => return fail(StatusCode::BAD_REQUEST, message),
+        Err(BodyError::TooLarge) => return fail(StatusCode::PAYLOAD_TOO_LARGE, too_large()),
+        Err(BodyError::Invalid(message)) => return fail(StatusCode::BAD_REQUEST, message),
     };
     match state.intake.accept(request) {
         Ok(response) => success(encoding, &response),

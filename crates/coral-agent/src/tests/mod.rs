@@ -1,6 +1,7 @@
 //! Integration tests: a real agent ([`crate::serve_with_stats`]) on port 0, real OTLP
 //! clients, and a fake colony — an in-memory `AgentService` — below it.
 
+mod bad_input;
 mod grpc;
 mod http;
 mod profiling;
