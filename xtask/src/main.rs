@@ -9,8 +9,12 @@
 //!   under load, then trace-trigger and profile-compare).
 //! - `bench`: release build, a throwaway PostgreSQL, and `coral-bench`, which prints the
 //!   figures recorded in docs/benchmarks.md.
+//! - `fuzz`: the extended test mode, not part of `test`: every cargo-fuzz target of
+//!   `fuzz/` for a fixed time each (nightly and cargo-fuzz, installed when missing);
+//!   fails on a crash.
 
 mod demo;
+mod fuzz;
 mod postgres;
 mod system;
 
@@ -26,13 +30,18 @@ fn main() -> Result<()> {
         "test" => test(rest),
         "demo" => demo::run(rest),
         "bench" => bench(rest),
+        "fuzz" => {
+            system::ensure_debian_packages(BUILD_PREREQUISITES)?;
+            fuzz::run(rest)
+        }
         _ => bail!(
             "usage: cargo xtask <task>\n\n\
              tasks:\n  \
              test [-- <cargo test args>]   install prerequisites, start PostgreSQL, run all tests\n  \
              demo [coral demo args]        build, then find payment-svc's planted slow path (root)\n  \
              bench [NAME]                  release build, PostgreSQL and the embedded store: print figures\n                                \
-             (NAME: all, ingest, query, mcp, overhead, symbolize, trace-profile, trigger, agent-memory)"
+             (NAME: all, ingest, query, mcp, overhead, symbolize, trace-profile, trigger, agent-memory)\n  \
+             fuzz [--seconds N] [TARGET...]  extended mode: each fuzz target for N s (default 60), nightly"
         ),
     }
 }

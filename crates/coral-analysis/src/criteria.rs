@@ -380,7 +380,7 @@ mod tests {
             "",
         ];
         const PIECES: &[&str] = &["*", "?", "/", "a", "é", "語", "??", "**", " "];
-        let mut rng = fastrand::Rng::with_seed(0x0091_0b5);
+        let mut rng = fastrand::Rng::with_seed(0x0009_10b5);
         let (mut matched, mut unmatched) = (0, 0);
         for _ in 0..5000 {
             let seed = SEEDS[rng.usize(0..SEEDS.len())];
