@@ -308,31 +308,6 @@ mod tests {
         }
     }
 
-    /// One to three random edits of `input`: delete, insert a piece, copy a run.
-    fn mutate(rng: &mut fastrand::Rng, input: &str, pieces: &[&str]) -> String {
-        let mut chars: Vec<char> = input.chars().collect();
-        for _ in 0..rng.usize(1..4) {
-            let at = rng.usize(0..=chars.len());
-            match rng.u8(0..3) {
-                0 if !chars.is_empty() => {
-                    let end = (at + rng.usize(1..3)).min(chars.len());
-                    chars.drain(at.min(end)..end);
-                }
-                1 if !chars.is_empty() => {
-                    let from = rng.usize(0..chars.len());
-                    let end = (from + rng.usize(1..6)).min(chars.len());
-                    let copy: Vec<char> = chars[from..end].to_vec();
-                    chars.splice(at..at, copy);
-                }
-                _ => {
-                    let piece = pieces[rng.usize(0..pieces.len())];
-                    chars.splice(at..at, piece.chars());
-                }
-            }
-        }
-        chars.into_iter().collect()
-    }
-
     /// Whether `text` matches `pattern`, by the textbook O(n·m) table over characters.
     fn reference_glob(pattern: &[char], text: &[char]) -> bool {
         let mut row = vec![false; text.len() + 1];
@@ -384,9 +359,9 @@ mod tests {
         let (mut matched, mut unmatched) = (0, 0);
         for _ in 0..5000 {
             let seed = SEEDS[rng.usize(0..SEEDS.len())];
-            let pattern = mutate(&mut rng, seed, PIECES);
+            let pattern = crate::mutation::mutate(&mut rng, seed, PIECES);
             let seed = URLS[rng.usize(0..URLS.len())];
-            let url = mutate(&mut rng, seed, PIECES);
+            let url = crate::mutation::mutate(&mut rng, seed, PIECES);
             let Ok(parsed) = UrlPattern::parse(&pattern) else {
                 continue;
             };

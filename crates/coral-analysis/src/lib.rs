@@ -12,6 +12,9 @@ pub mod join;
 pub mod profile;
 pub mod status;
 
+#[cfg(test)]
+mod mutation;
+
 pub use criteria::{CriteriaError, RequestCriteria, RequestFacts, UrlPattern};
 pub use duration::{DurationError, format_duration_ns, parse_duration};
 pub use filter::{Filter, FilterError};

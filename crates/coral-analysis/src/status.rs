@@ -122,31 +122,6 @@ mod tests {
         }
     }
 
-    /// One to three random edits of `input`: delete, insert a piece, copy a run.
-    fn mutate(rng: &mut fastrand::Rng, input: &str, pieces: &[&str]) -> String {
-        let mut chars: Vec<char> = input.chars().collect();
-        for _ in 0..rng.usize(1..4) {
-            let at = rng.usize(0..=chars.len());
-            match rng.u8(0..3) {
-                0 if !chars.is_empty() => {
-                    let end = (at + rng.usize(1..3)).min(chars.len());
-                    chars.drain(at.min(end)..end);
-                }
-                1 if !chars.is_empty() => {
-                    let from = rng.usize(0..chars.len());
-                    let end = (from + rng.usize(1..6)).min(chars.len());
-                    let copy: Vec<char> = chars[from..end].to_vec();
-                    chars.splice(at..at, copy);
-                }
-                _ => {
-                    let piece = pieces[rng.usize(0..pieces.len())];
-                    chars.splice(at..at, piece.chars());
-                }
-            }
-        }
-        chars.into_iter().collect()
-    }
-
     /// What the `status_pattern` fuzz target (`fuzz/`) checks, over seeded mutations of
     /// valid patterns: parsing never panics, and a pattern's `Display` parses back to
     /// an equal pattern.
@@ -158,7 +133,7 @@ mod tests {
         let (mut parsed, mut refused) = (0, 0);
         for _ in 0..5000 {
             let seed = SEEDS[rng.usize(0..SEEDS.len())];
-            let input = mutate(&mut rng, seed, PIECES);
+            let input = crate::mutation::mutate(&mut rng, seed, PIECES);
             match StatusPattern::parse(&input) {
                 Ok(pattern) => {
                     parsed += 1;
