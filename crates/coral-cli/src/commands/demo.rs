@@ -449,16 +449,27 @@ fn free_ports<const N: usize>() -> Result<[u16; N]> {
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The services the colony knows, or `None` while it does not answer.
+async fn known_services(colony: &str) -> Option<Vec<String>> {
+    let channel = coral_client::connect(colony).await.ok()?;
+    let response = coral_client::query_client(channel)
+        .list_services(coral_client::v1::ListServicesRequest {})
+        .await
+        .ok()?;
+    Some(
+        response
+            .into_inner()
+            .services
+            .into_iter()
+            .map(|s| s.name)
+            .collect(),
+    )
+}
+
 async fn wait_for_colony(colony: &str, procs: &mut Processes) -> Result<()> {
     procs
         .wait_until("the colony", async || {
-            let Ok(channel) = coral_client::connect(colony).await else {
-                return false;
-            };
-            coral_client::query_client(channel)
-                .list_services(coral_client::v1::ListServicesRequest {})
-                .await
-                .is_ok()
+            known_services(colony).await.is_some()
         })
         .await
 }
@@ -476,13 +487,9 @@ async fn wait_for_port(port: u16, what: &str, procs: &mut Processes) -> Result<(
 async fn wait_for_service(colony: &str, procs: &mut Processes) -> Result<()> {
     procs
         .wait_until("payment-svc's spans in the colony", async || {
-            let Ok(channel) = coral_client::connect(colony).await else {
-                return false;
-            };
-            coral_client::query_client(channel)
-                .list_services(coral_client::v1::ListServicesRequest {})
+            known_services(colony)
                 .await
-                .is_ok_and(|r| r.into_inner().services.iter().any(|s| s.name == SERVICE))
+                .is_some_and(|names| names.iter().any(|n| n == SERVICE))
         })
         .await
 }
