@@ -17,7 +17,10 @@
 //!            uplink workers ── IngestSpans ──► colony   (retried with backoff)
 //!            uplink session ── RegisterAgent / Heartbeat ──► colony
 //!
-//!  colony ── WatchCommands ──► profiler ── ReportSession / IngestTraceProfiles ──► colony
+//!  colony ── WatchCommands ──► profiler ── ReportSession ──► colony
+//!                                 │ request profiles
+//!                                 ▼
+//!                      profiler::Spool (<data_dir>/spool, bounded) ── IngestTraceProfiles ──► colony
 //! ```
 //!
 //! * [`otlp`] is pure conversion: OTLP `ExportTraceServiceRequest` to Coral's wire
@@ -35,6 +38,8 @@
 //!   invalid, which also counts as rejected).
 //! * [`profiler`] runs the CPU profiling sessions the colony pushes, and profiles every
 //!   request of the profiled service that ran during one (see its documentation).
+//!   Request profiles go through a spool on disk ([`profiler::Spool`]): a colony outage
+//!   or an agent restart loses none.
 //!
 //! [`serve`] runs everything until its shutdown future resolves, then stops accepting,
 //! flushes the buffer (waiting at most [`SHUTDOWN_FLUSH_TIMEOUT`]) and returns.
@@ -90,6 +95,11 @@ pub struct AgentConfig {
     pub max_request_bytes: usize,
     /// CPU profiling sessions and per-request profiles.
     pub profiling: ProfilingConfig,
+    /// Where request profiles wait for the colony (the spool, see
+    /// [`profiler::Spool`]); `None` keeps them in memory only, lost on restart.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Most bytes of request profiles held for the colony.
+    pub spool_max_bytes: u64,
 }
 
 impl AgentConfig {
@@ -98,6 +108,7 @@ impl AgentConfig {
     pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
     pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
     pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+    pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
     /// The defaults, with `agent_id` = `<node>-<random uuid>`.
     pub fn new(colony: impl Into<String>, node: impl Into<String>) -> Self {
@@ -113,6 +124,8 @@ impl AgentConfig {
             heartbeat_interval: Self::DEFAULT_HEARTBEAT_INTERVAL,
             max_request_bytes: Self::DEFAULT_MAX_REQUEST_BYTES,
             profiling: ProfilingConfig::default(),
+            data_dir: None,
+            spool_max_bytes: Self::DEFAULT_SPOOL_MAX_BYTES,
         }
     }
 
@@ -132,6 +145,9 @@ impl AgentConfig {
         }
         if self.max_request_bytes == 0 {
             return bad("max_request_bytes must be at least 1");
+        }
+        if self.spool_max_bytes == 0 {
+            return bad("spool_max_bytes must be at least 1");
         }
         if self.heartbeat_interval.is_zero() {
             return bad("heartbeat_interval must be longer than zero");
@@ -184,6 +200,15 @@ pub enum AgentError {
     Grpc(#[from] tonic::transport::Error),
     #[error("starting the profiler thread failed: {0}")]
     Profiler(#[source] std::io::Error),
+    #[error(
+        "cannot use {} as the agent's data directory ({source}): make it writable, or pick another with --data-dir",
+        .dir.display()
+    )]
+    DataDir {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What [`serve_with`] runs with besides the configuration.
@@ -256,9 +281,20 @@ pub async fn serve_with(
         return Err(AgentError::NoListeners);
     }
     let channel = coral_client::connect_lazy_with(&config.colony, &config.security)?;
-    let profiler =
-        profiler::Running::start(&config, channel.clone(), stats.clone(), sampler_factory)
-            .map_err(AgentError::Profiler)?;
+    let spool_dir = config.data_dir.as_ref().map(|dir| dir.join("spool"));
+    let spool = profiler::Spool::open(spool_dir.as_deref(), config.spool_max_bytes, stats.clone())
+        .map_err(|source| AgentError::DataDir {
+            dir: spool_dir.clone().unwrap_or_default(),
+            source,
+        })?;
+    let profiler = profiler::Running::start(
+        &config,
+        channel.clone(),
+        stats.clone(),
+        sampler_factory,
+        Arc::new(spool),
+    )
+    .map_err(AgentError::Profiler)?;
     let uplink = uplink::Uplink::start(&config, channel, stats.clone());
     let intake = receiver::Intake::new(config.node.clone(), uplink.buffer(), stats.clone())
         .with_observer(profiler.observer());

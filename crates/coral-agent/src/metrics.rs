@@ -66,8 +66,23 @@ pub fn render(stats: &AgentStats) -> String {
     )
     .counter(
         "coral_agent_trace_profiles_dropped_total",
-        "Per-request profiles given up (queue full, refused by the colony, shutdown).",
+        "Per-request profiles given up (spool full, refused by the colony, unreadable, or held in memory at shutdown).",
         p.trace_profiles_dropped,
+    )
+    .gauge(
+        "coral_agent_spool_batches",
+        "Batches of request profiles waiting in the spool for the colony.",
+        p.spool_batches as f64,
+    )
+    .gauge(
+        "coral_agent_spool_bytes",
+        "Bytes of request profiles waiting in the spool (on disk, or in memory while the disk fails).",
+        p.spool_bytes as f64,
+    )
+    .counter(
+        "coral_agent_spool_write_errors_total",
+        "Spool writes that failed (disk full, read-only); those batches were kept in memory.",
+        p.spool_write_errors,
     )
     .gauge(
         "coral_agent_triggers_active",

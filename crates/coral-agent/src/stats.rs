@@ -37,8 +37,15 @@ pub struct ProfilingCounters {
     pub samples_evicted: u64,
     /// Per-request profiles the colony accepted.
     pub trace_profiles_sent: u64,
-    /// Per-request profiles given up (queue full, refused by the colony, shutdown).
+    /// Per-request profiles given up (spool full, refused by the colony, unreadable, or
+    /// held in memory at shutdown).
     pub trace_profiles_dropped: u64,
+    /// Batches of request profiles waiting in the spool for the colony.
+    pub spool_batches: u64,
+    /// Their size, in bytes (on disk, or in memory while the disk fails).
+    pub spool_bytes: u64,
+    /// Spool writes that failed (disk full, read-only); those batches stay in memory.
+    pub spool_write_errors: u64,
     /// Triggers running on this agent now.
     pub active_triggers: u64,
     /// Processes the sampler samples now.
@@ -56,6 +63,9 @@ struct ProfilingStats {
     samples_evicted: AtomicU64,
     trace_profiles_sent: AtomicU64,
     trace_profiles_dropped: AtomicU64,
+    spool_batches: AtomicU64,
+    spool_bytes: AtomicU64,
+    spool_write_errors: AtomicU64,
     active_triggers: AtomicU64,
     processes_sampled: AtomicU64,
     sampler_attached: AtomicBool,
@@ -90,6 +100,9 @@ impl AgentStats {
             samples_evicted: p.samples_evicted.load(Relaxed),
             trace_profiles_sent: p.trace_profiles_sent.load(Relaxed),
             trace_profiles_dropped: p.trace_profiles_dropped.load(Relaxed),
+            spool_batches: p.spool_batches.load(Relaxed),
+            spool_bytes: p.spool_bytes.load(Relaxed),
+            spool_write_errors: p.spool_write_errors.load(Relaxed),
             active_triggers: p.active_triggers.load(Relaxed),
             processes_sampled: p.processes_sampled.load(Relaxed),
             sampler_attached: p.sampler_attached.load(Relaxed),
@@ -136,6 +149,16 @@ impl AgentStats {
         self.profiling
             .trace_profiles_dropped
             .fetch_add(n as u64, Relaxed);
+    }
+
+    /// What the profile spool holds now.
+    pub(crate) fn set_spool(&self, batches: usize, bytes: u64) {
+        self.profiling.spool_batches.store(batches as u64, Relaxed);
+        self.profiling.spool_bytes.store(bytes, Relaxed);
+    }
+
+    pub(crate) fn add_spool_write_error(&self) {
+        self.profiling.spool_write_errors.fetch_add(1, Relaxed);
     }
 
     /// Spans that arrived in an OTLP request (valid or not).

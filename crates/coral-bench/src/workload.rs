@@ -306,7 +306,11 @@ pub fn start_agent(coral: &str, colony: &str, procs: &mut Processes) -> Result<(
         "--node",
         "bench",
     ];
-    let agent = spawn(coral, &args.map(String::from))?;
+    // Its own spool directory, removed with the bench's other temporary files.
+    let data = tempfile::tempdir()?.keep();
+    let mut args: Vec<String> = args.map(String::from).into();
+    args.extend(["--data-dir".into(), data.display().to_string()]);
+    let agent = spawn(coral, &args)?;
     let pid = agent.id();
     procs.0.push(agent);
     Ok((otlp, pid))

@@ -284,7 +284,9 @@ fn a_service_in_its_own_pid_namespace_is_profiled_by_its_container_id() {
                 &colony,
                 "--node",
                 "pidns-node",
+                "--data-dir",
             ])
+            .arg(tmp.path().join("agent"))
             .args(["--otlp-grpc", &format!("127.0.0.1:{grpc}")])
             .args(["--otlp-http", &format!("127.0.0.1:{http}")])
             .env("RUST_LOG", "info,coral_agent=debug"),

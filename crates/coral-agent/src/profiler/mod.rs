@@ -12,7 +12,8 @@
 //!                                └─ held request spans: join (coral_analysis::join),
 //!                                   fold → TraceProfile
 //!                                │
-//!  colony ◄── ReportSession / IngestTraceProfiles (tasks here, retried with backoff)
+//!  colony ◄── ReportSession / IngestTraceProfiles (tasks here, retried with backoff;
+//!              request profiles wait in the Spool, on disk, until the colony takes them)
 //! ```
 //!
 //! * The [`ProcessDirectory`] learns which processes serve a service from the
@@ -42,12 +43,14 @@ mod fold;
 mod pidns;
 mod ring;
 mod session;
+mod spool;
 mod trigger;
 
 pub use coral_sampler::{Sampler, SamplerError};
 pub use directory::{DIRECTORY_TTL, ProcessDirectory};
 pub use pidns::{HostPid, PidResolver};
 pub use session::{MAX_HOLD, RING_HORIZON, SESSION_GRACE, TICK};
+pub use spool::Spool;
 
 use crate::receiver::SpanObserver;
 use crate::stats::AgentStats;
@@ -146,9 +149,7 @@ fn request_part(span: &v1::Span) -> v1::Span {
 
 /// Most span batches queued for the profiler thread; beyond it the observer drops them.
 const MAX_QUEUED_SPAN_BATCHES: usize = 4096;
-/// Most request-profile batches waiting for the colony.
-const MAX_QUEUED_PROFILE_BATCHES: usize = 1024;
-/// Most request profiles per `IngestTraceProfiles` call.
+/// Most request profiles per spool batch, hence per `IngestTraceProfiles` call.
 const PROFILES_PER_CALL: usize = 256;
 /// A session report is given up after trying this long.
 const REPORT_PATIENCE: Duration = Duration::from_secs(120);
@@ -204,7 +205,7 @@ impl Shared {
 /// Where the profiler thread puts what goes to the colony.
 pub(crate) struct Outbox {
     pub(crate) reports: mpsc::UnboundedSender<v1::ReportSessionRequest>,
-    pub(crate) profiles: mpsc::Sender<Vec<v1::TraceProfile>>,
+    pub(crate) profiles: Arc<Spool>,
 }
 
 /// The span observer side of the profiler (what [`crate::receiver::Intake`] calls).
@@ -312,6 +313,7 @@ pub(crate) struct Running {
     thread: Option<std::thread::JoinHandle<()>>,
     commands: JoinHandle<()>,
     senders: Vec<JoinHandle<()>>,
+    spool: Arc<Spool>,
 }
 
 /// What the profiler's colony tasks need.
@@ -329,6 +331,7 @@ impl Running {
         channel: Channel,
         stats: Arc<AgentStats>,
         factory: SamplerFactory,
+        spool: Arc<Spool>,
     ) -> std::io::Result<Self> {
         let (to_worker, inbox) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared {
@@ -341,10 +344,9 @@ impl Running {
             pending_triggers: Mutex::new(None),
         });
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-        let (profiles_tx, profiles_rx) = mpsc::channel(MAX_QUEUED_PROFILE_BATCHES);
         let outbox = Outbox {
             reports: reports_tx,
-            profiles: profiles_tx,
+            profiles: spool.clone(),
         };
         let worker_parts = (
             shared.clone(),
@@ -374,10 +376,11 @@ impl Running {
         let commands = tokio::spawn(watch_commands(link.clone(), shared.clone()));
         let senders = vec![
             tokio::spawn(send_reports(link.clone(), reports_rx)),
-            tokio::spawn(send_profiles(link, profiles_rx)),
+            tokio::spawn(send_profiles(link, spool.clone())),
         ];
         Ok(Self {
             profiler: Profiler { shared },
+            spool,
             thread: Some(thread),
             commands,
             senders,
@@ -402,13 +405,18 @@ impl Running {
                 Err(_) => tracing::warn!("the profiler thread did not stop within {timeout:?}"),
             }
         }
-        // The thread is gone, so are the outbox senders: the tasks end once the queues
-        // are empty.
+        // The thread is gone: no more pushes. The tasks end once the queues are empty;
+        // what is spooled on disk waits for the next start.
+        self.spool.close();
         let aborts: Vec<_> = self.senders.iter().map(JoinHandle::abort_handle).collect();
         let sent = futures::future::join_all(std::mem::take(&mut self.senders));
         if tokio::time::timeout(timeout, sent).await.is_err() {
-            tracing::warn!("CPU profiles still unsent {timeout:?} after shutdown were dropped");
             aborts.iter().for_each(|a| a.abort());
+            let lost = self.spool.abandon_memory();
+            tracing::warn!(
+                "request profiles still unsent {timeout:?} after shutdown: {lost} held in memory \
+                 were dropped, the rest stay in the spool for the next start"
+            );
         }
     }
 }
@@ -519,30 +527,17 @@ async fn send_reports(link: Link, mut reports: mpsc::UnboundedReceiver<v1::Repor
     }
 }
 
-/// Sends request profiles in batches of at most [`PROFILES_PER_CALL`], each batch until
-/// the colony takes it (the colony is idempotent on trace and span id).
-async fn send_profiles(link: Link, mut queue: mpsc::Receiver<Vec<v1::TraceProfile>>) {
-    let mut pending: Vec<v1::TraceProfile> = Vec::new();
-    loop {
-        if pending.is_empty() {
-            match queue.recv().await {
-                Some(batch) => pending = batch,
-                None => return,
-            }
-        }
-        while pending.len() < PROFILES_PER_CALL {
-            match queue.try_recv() {
-                Ok(batch) => pending.extend(batch),
-                Err(_) => break,
-            }
-        }
-        let rest = pending.split_off(pending.len().min(PROFILES_PER_CALL));
-        let batch = std::mem::replace(&mut pending, rest);
-        deliver_profiles(&link, batch).await;
+/// Delivers the spool's batches in order, each until the colony takes it (the colony
+/// is idempotent on trace and span id).
+async fn send_profiles(link: Link, spool: Arc<Spool>) {
+    while let Some(batch) = spool.next().await {
+        let dropped = deliver_profiles(&link, batch.profiles).await;
+        spool.delivered(batch.seq, dropped);
     }
 }
 
-async fn deliver_profiles(link: &Link, profiles: Vec<v1::TraceProfile>) {
+/// Sends one batch until the colony answers; returns how many profiles it refused.
+async fn deliver_profiles(link: &Link, profiles: Vec<v1::TraceProfile>) -> usize {
     let n = profiles.len();
     let request = v1::IngestTraceProfilesRequest {
         agent_id: link.agent_id.clone(),
@@ -558,21 +553,19 @@ async fn deliver_profiles(link: &Link, profiles: Vec<v1::TraceProfile>) {
                 let rejected = usize::try_from(response.rejected).unwrap_or(n).min(n);
                 link.stats.add_trace_profiles_sent(n - rejected);
                 if rejected > 0 {
-                    link.stats.add_trace_profiles_dropped(rejected);
                     tracing::warn!(
                         "the colony rejected {rejected} of {n} request profiles: {}",
                         response.error_message
                     );
                 }
-                return;
+                return rejected;
             }
             Err(status) if is_permanent(&status) => {
                 tracing::error!(
                     "the colony refused {n} request profiles ({}); dropping them",
                     describe(&status)
                 );
-                link.stats.add_trace_profiles_dropped(n);
-                return;
+                return n;
             }
             Err(status) => {
                 tracing::debug!(

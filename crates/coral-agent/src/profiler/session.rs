@@ -687,22 +687,14 @@ impl Worker {
         self.send_profiles(profiles);
     }
 
-    /// Queues request profiles for the colony (dropped, and counted, when the queue
-    /// is full).
-    pub(crate) fn send_profiles(&self, profiles: Vec<v1::TraceProfile>) {
-        let n = profiles.len();
-        if n == 0 {
-            return;
-        }
-        if let Err(e) = self.outbox.profiles.try_send(profiles) {
-            let reason = match e {
-                tokio::sync::mpsc::error::TrySendError::Full(_) => {
-                    "the queue to the colony is full (the colony is slow or unreachable)"
-                }
-                tokio::sync::mpsc::error::TrySendError::Closed(_) => "shutting down",
-            };
-            tracing::warn!("dropped {n} request profiles: {reason}");
-            self.stats.add_trace_profiles_dropped(n);
+    /// Spools request profiles for the colony, in batches of at most
+    /// [`PROFILES_PER_CALL`](super::PROFILES_PER_CALL).
+    pub(crate) fn send_profiles(&self, mut profiles: Vec<v1::TraceProfile>) {
+        while !profiles.is_empty() {
+            let rest = profiles.split_off(profiles.len().min(super::PROFILES_PER_CALL));
+            self.outbox
+                .profiles
+                .push(std::mem::replace(&mut profiles, rest));
         }
     }
 }

@@ -42,6 +42,16 @@ pub struct StartArgs {
     /// sends spans through this agent).
     #[arg(long, env = "CORAL_PROFILE_ALLOW", value_delimiter = ',')]
     profile_allow: Option<Vec<String>>,
+    /// Where request profiles wait for the colony, so that an outage or a restart
+    /// loses none [default: /var/lib/coral/agent as root, else
+    /// $XDG_STATE_HOME/coral/agent or ~/.local/state/coral/agent].
+    #[arg(long, env = "CORAL_AGENT_DATA_DIR")]
+    data_dir: Option<std::path::PathBuf>,
+    /// Most bytes of request profiles kept for the colony; newer ones are dropped (and
+    /// counted) beyond it.
+    #[arg(long, env = "CORAL_SPOOL_MAX_BYTES", default_value_t = 256 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024 * 1024..=1024 * 1024 * 1024 * 1024))]
+    spool_max_bytes: u64,
     /// Client certificate (PEM) for a colony that requires mutual TLS (--client-ca).
     #[arg(long, env = "CORAL_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -63,6 +73,20 @@ fn default_node() -> String {
         })
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn default_data_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/coral/agent");
+    }
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(state).join("coral/agent");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/state/coral/agent"),
+        None => PathBuf::from("coral-agent-data"),
+    }
 }
 
 async fn bind(addr: &str, what: &str) -> anyhow::Result<Option<tokio::net::TcpListener>> {
@@ -95,6 +119,8 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
     let mut config = coral_agent::AgentConfig::new(args.colony.addr, node);
     config.security = security;
     config.max_buffered_spans = args.max_buffered_spans as usize;
+    config.data_dir = Some(args.data_dir.unwrap_or_else(default_data_dir));
+    config.spool_max_bytes = args.spool_max_bytes;
     config.profiling = coral_agent::ProfilingConfig {
         max_frequency_hz: args.max_frequency,
         ring_samples: args.ring_samples as usize,

@@ -162,18 +162,21 @@ async fn demo(args: DemoArgs) -> Result<()> {
     wait_for_colony(&colony, &mut procs).await?;
     procs.spawn(
         "agent",
-        Command::new(&coral).args([
-            "agent",
-            "start",
-            "--colony",
-            &colony,
-            "--otlp-grpc",
-            &format!("127.0.0.1:{otlp_grpc}"),
-            "--otlp-http",
-            &format!("127.0.0.1:{otlp_http}"),
-            "--node",
-            "demo-node",
-        ]),
+        Command::new(&coral)
+            .args([
+                "agent",
+                "start",
+                "--colony",
+                &colony,
+                "--otlp-grpc",
+                &format!("127.0.0.1:{otlp_grpc}"),
+                "--otlp-http",
+                &format!("127.0.0.1:{otlp_http}"),
+                "--node",
+                "demo-node",
+                "--data-dir",
+            ])
+            .arg(data.join("agent")),
     )?;
     wait_for_port(otlp_grpc, "the agent", &mut procs).await?;
     procs.spawn(

@@ -839,11 +839,13 @@ fn deploy_settings_are_ones_coral_reads_and_accepts() {
     }
 
     let data = tempfile::tempdir().unwrap();
+    let agent_data = tempfile::tempdir().unwrap();
     runs_as_configured(
         "DaemonSet",
         AGENT,
         &[
             ("CORAL_NODE", "test-node"),
+            ("CORAL_AGENT_DATA_DIR", agent_data.path().to_str().unwrap()),
             ("CORAL_OTLP_GRPC", "127.0.0.1:0"),
             ("CORAL_OTLP_HTTP", "127.0.0.1:0"),
             // Nothing listens on port 1: the agent retries, as without a colony.

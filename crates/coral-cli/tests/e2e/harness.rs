@@ -4,6 +4,7 @@
 use coral_client::v1;
 use coral_sampler::FakeSampler;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -48,6 +49,8 @@ pub enum Sampling {
 /// One agent of a [`Stack`], on its own OTLP ports.
 pub struct Agent {
     pub node: String,
+    /// Its data directory (the profile spool): a restarted agent gets the same one.
+    pub data_dir: PathBuf,
     pub otlp_grpc: SocketAddr,
     pub otlp_http: SocketAddr,
     /// Its Prometheus metrics endpoint (a new port after a restart).
@@ -60,6 +63,7 @@ impl Agent {
     async fn start(
         colony: &str,
         node: &str,
+        data_dir: PathBuf,
         sampling: &Sampling,
         ports: Option<(SocketAddr, SocketAddr)>,
     ) -> Self {
@@ -75,6 +79,7 @@ impl Agent {
         let metrics = metrics_listener.local_addr().unwrap();
         let mut config = coral_agent::AgentConfig::new(colony.to_string(), node);
         config.flush_interval = Duration::from_millis(50);
+        config.data_dir = Some(data_dir.clone());
         let listeners = coral_agent::Listeners {
             otlp_grpc: Some(grpc),
             otlp_http: Some(http),
@@ -96,6 +101,7 @@ impl Agent {
         });
         Self {
             node: node.to_string(),
+            data_dir,
             otlp_grpc,
             otlp_http,
             metrics,
@@ -112,6 +118,27 @@ impl Agent {
         if let Some(task) = self.task.take() {
             task.await.expect("the agent stops cleanly");
         }
+    }
+}
+
+impl Agent {
+    /// Ends the agent at once, as a crash would: no flush, nothing sent at shutdown.
+    /// Waits until its spool is released (the profiler thread has noticed).
+    pub async fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        self.stop = None;
+        let lock = self.data_dir.join("spool/lock");
+        for _ in 0..100 {
+            let file = std::fs::File::open(&lock).unwrap();
+            if file.try_lock().is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the killed agent still holds {}", lock.display());
     }
 }
 
@@ -138,7 +165,7 @@ pub struct Stack {
     store_config: coral_colony::StoreConfig,
     colony_stop: Option<oneshot::Sender<()>>,
     colony_task: Option<JoinHandle<()>>,
-    _data_dir: tempfile::TempDir,
+    data_dir: tempfile::TempDir,
 }
 
 impl Stack {
@@ -171,10 +198,17 @@ impl Stack {
             store_config,
             colony_stop: None,
             colony_task: None,
-            _data_dir: data_dir,
+            data_dir,
         };
         stack.serve_colony(listener).await;
-        let agent = Agent::start(&colony, "test-node", &stack.sampling, None).await;
+        let agent = Agent::start(
+            &colony,
+            "test-node",
+            stack.agent_data_dir("test-node"),
+            &stack.sampling,
+            None,
+        )
+        .await;
         (stack.otlp_grpc, stack.otlp_http) = (agent.otlp_grpc, agent.otlp_http);
         stack.agents.push(agent);
         stack
@@ -214,18 +248,28 @@ impl Stack {
         self.serve_colony(listener).await;
     }
 
+    fn agent_data_dir(&self, node: &str) -> PathBuf {
+        self.data_dir.path().join(format!("agent-{node}"))
+    }
+
     /// Stops agent `i` and starts a new one on the same ports (a restarted pod).
     pub async fn restart_agent(&mut self, i: usize) {
-        let agent = &mut self.agents[i];
-        agent.stop().await;
+        self.agents[i].stop().await;
+        self.start_agent_again(i).await;
+    }
+
+    /// Starts agent `i` again after [`Agent::kill`]: same ports, same data directory.
+    pub async fn start_agent_again(&mut self, i: usize) {
+        let agent = &self.agents[i];
         let ports = Some((agent.otlp_grpc, agent.otlp_http));
-        let node = agent.node.clone();
-        self.agents[i] = Agent::start(&self.colony, &node, &self.sampling, ports).await;
+        let (node, data_dir) = (agent.node.clone(), agent.data_dir.clone());
+        self.agents[i] = Agent::start(&self.colony, &node, data_dir, &self.sampling, ports).await;
     }
 
     /// Starts one more agent (another node); returns its index.
     pub async fn add_agent(&mut self, node: &str) -> usize {
-        let agent = Agent::start(&self.colony, node, &self.sampling, None).await;
+        let data_dir = self.agent_data_dir(node);
+        let agent = Agent::start(&self.colony, node, data_dir, &self.sampling, None).await;
         self.agents.push(agent);
         self.agents.len() - 1
     }

@@ -19,13 +19,13 @@ use std::time::{Duration, Instant, SystemTime};
 /// One parsed exposition: every series (`name{labels}` as written, labels in their
 /// order) with its value.
 #[derive(Debug, Default)]
-struct Exposition {
+pub(crate) struct Exposition {
     series: BTreeMap<String, f64>,
     types: HashMap<String, String>,
 }
 
 impl Exposition {
-    fn get(&self, series: &str) -> f64 {
+    pub(crate) fn get(&self, series: &str) -> f64 {
         *self
             .series
             .get(series)
@@ -223,7 +223,7 @@ async fn get(addr: SocketAddr, path: &str) -> Scrape {
     }
 }
 
-async fn scrape(addr: SocketAddr) -> Exposition {
+pub(crate) async fn scrape(addr: SocketAddr) -> Exposition {
     let s = get(addr, "/metrics").await;
     assert_eq!(s.status, 200, "{}", s.body);
     assert!(
@@ -235,7 +235,10 @@ async fn scrape(addr: SocketAddr) -> Exposition {
 }
 
 /// Scrapes until `done` holds (at most 20 s).
-async fn scrape_until(addr: SocketAddr, done: impl Fn(&Exposition) -> bool) -> Exposition {
+pub(crate) async fn scrape_until(
+    addr: SocketAddr,
+    done: impl Fn(&Exposition) -> bool,
+) -> Exposition {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let e = scrape(addr).await;
@@ -500,6 +503,7 @@ async fn coral_binary_serves_metrics_and_logs_json() {
         0.0
     );
 
+    let agent_data = tempfile::tempdir().unwrap();
     let (agent, line) = spawn_until(
         &[
             "agent",
@@ -512,6 +516,8 @@ async fn coral_binary_serves_metrics_and_logs_json() {
             "off",
             "--metrics",
             "127.0.0.1:0",
+            "--data-dir",
+            agent_data.path().to_str().unwrap(),
         ],
         "metrics listening on",
         |_| {},

@@ -591,3 +591,128 @@ async fn overlapping_triggers_share_one_sampler_and_each_collects_its_own() {
     wait_for_targets(&sampler, &[]).await;
     provider.shutdown().unwrap();
 }
+
+/// Request profiles spooled on disk by the agent with data directory `dir`.
+fn spooled_profiles(dir: &std::path::Path) -> usize {
+    use prost::Message;
+    let Ok(entries) = std::fs::read_dir(dir.join("spool")) else {
+        return 0;
+    };
+    entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pb"))
+        .filter_map(|p| std::fs::read(p).ok())
+        .map(|bytes| {
+            v1::IngestTraceProfilesRequest::decode(bytes.as_slice())
+                .expect("a spool file is a profile batch")
+                .profiles
+                .len()
+        })
+        .sum()
+}
+
+/// The colony is down for a minute while a trigger collects, and the agent is killed
+/// (no flush) and restarted during the outage: the profiles it took wait on disk and
+/// reach the colony once it is back; nothing is lost or stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "takes over a minute (a 60 s colony outage): run `cargo xtask test`"]
+async fn a_trigger_loses_nothing_through_a_colony_outage_and_an_agent_crash() {
+    const OUTAGE: Duration = Duration::from_secs(60);
+    let sampler = Arc::new(FakeSampler::new());
+    let (mut stack, provider) = stack_with(Backend::Sqlite, &sampler).await;
+    let id = start_detached(
+        &stack,
+        &[
+            "--min-duration",
+            "500ms",
+            "--count",
+            "6",
+            "--baseline",
+            "0",
+            "--timeout",
+            "10m",
+        ],
+    )
+    .await;
+    let slow = async |provider: &SdkTracerProvider| {
+        let t = SystemTime::now();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        request(provider, t, Duration::from_millis(600), "/checkout", 200).await
+    };
+    sampled_from_now(&sampler).await;
+    let mut expected = vec![slow(&provider).await];
+    wait_for_trigger(&stack, &id, "the first request", |t| {
+        t.collected_requests == 1
+    })
+    .await;
+
+    stack.stop_colony().await;
+    let outage = std::time::Instant::now();
+    for _ in 0..3 {
+        expected.push(slow(&provider).await);
+    }
+    let dir = stack.agents[0].data_dir.clone();
+    for _ in 0..200 {
+        if spooled_profiles(&dir) == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        spooled_profiles(&dir),
+        3,
+        "profiles spooled during the outage"
+    );
+
+    stack.agents[0].kill().await;
+    stack.start_agent_again(0).await;
+    assert_eq!(spooled_profiles(&dir), 3, "the spool after the crash");
+    tokio::time::sleep(OUTAGE.saturating_sub(outage.elapsed())).await;
+    stack.start_colony().await;
+
+    // The restarted agent learns the trigger from the colony and this process from
+    // its next span; the spool drains.
+    let hello = request(
+        &provider,
+        SystemTime::now(),
+        Duration::from_millis(1),
+        "/hello",
+        200,
+    )
+    .await;
+    stack.wait_for_trace(&hello, 1).await;
+    wait_for_trigger(&stack, &id, "the spooled requests", |t| {
+        t.collected_requests == 4
+    })
+    .await;
+    sampled_from_now(&sampler).await;
+    for _ in 0..2 {
+        expected.push(slow(&provider).await);
+    }
+    let done = wait_for_trigger(&stack, &id, "all requests", |t| t.status == "completed").await;
+
+    let collected: Vec<String> = done.collected.iter().map(|c| c.trace_id.clone()).collect();
+    assert_eq!(collected.len(), 6, "{collected:?}");
+    assert_eq!(
+        collected.iter().collect::<HashSet<_>>(),
+        expected.iter().collect::<HashSet<_>>()
+    );
+    assert_eq!(spooled_profiles(&dir), 0, "the spool is empty");
+    let metrics = crate::metrics::scrape(stack.agents[0].metrics).await;
+    assert_eq!(metrics.get("coral_agent_trace_profiles_dropped_total"), 0.0);
+    assert_eq!(metrics.get("coral_agent_spool_batches"), 0.0);
+    let mut client = stack.profile().await;
+    for trace in &expected {
+        let profiles = client
+            .get_trace_profile(v1::GetTraceProfileRequest {
+                trace_id: trace.clone(),
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .profiles;
+        assert_eq!(profiles.len(), 1, "trace {trace}: {profiles:?}");
+    }
+    provider.shutdown().unwrap();
+}
