@@ -182,7 +182,8 @@ impl AgentService for IngestService {
                 inserted.over_limit,
                 (records.len() as u64).saturating_sub(stored),
                 rejected,
-            )
+            );
+            m.add_trigger_event("completed", inserted.completed_triggers);
         });
         if inserted.over_limit > 0 {
             tracing::debug!(

@@ -35,8 +35,13 @@ pub struct ColonyMetrics {
     profiles_rejected: AtomicU64,
     store_errors: AtomicU64,
     triggers_active: AtomicU64,
-    triggers_expired: AtomicU64,
+    /// Trigger lifecycle events this colony caused, by [`TRIGGER_EVENTS`] index.
+    trigger_events: [AtomicU64; TRIGGER_EVENTS.len()],
 }
+
+/// What happens to a trigger: started, then completed (its count reached), cancelled
+/// or expired.
+const TRIGGER_EVENTS: [&str; 4] = ["started", "completed", "cancelled", "expired"];
 
 /// Runs `f` on the metrics of the colony serving the current RPC, if any.
 pub(crate) fn with_current(f: impl FnOnce(&ColonyMetrics)) {
@@ -102,8 +107,11 @@ impl ColonyMetrics {
         self.triggers_active.store(n as u64, Relaxed);
     }
 
-    pub(crate) fn add_triggers_expired(&self, n: u64) {
-        self.triggers_expired.fetch_add(n, Relaxed);
+    /// Counts `n` trigger `event`s (one of [`TRIGGER_EVENTS`]).
+    pub(crate) fn add_trigger_event(&self, event: &str, n: u64) {
+        if let Some(i) = TRIGGER_EVENTS.iter().position(|e| *e == event) {
+            self.trigger_events[i].fetch_add(n, Relaxed);
+        }
     }
 
     /// The exposition now.
@@ -171,11 +179,19 @@ impl ColonyMetrics {
             &[("state", "active")],
             self.triggers_active.load(Relaxed) as f64,
         )
-        .counter(
-            "coral_colony_triggers_expired_total",
-            "Triggers this colony's sweeper marked expired.",
-            self.triggers_expired.load(Relaxed),
+        .family(
+            "coral_colony_trigger_events_total",
+            "Trace-profile triggers this colony started, completed (count reached), \
+             cancelled or expired.",
+            Kind::Counter,
         );
+        for (event, n) in TRIGGER_EVENTS.iter().zip(&self.trigger_events) {
+            e.sample(
+                "coral_colony_trigger_events_total",
+                &[("event", event)],
+                n.load(Relaxed) as f64,
+            );
+        }
         e.finish()
     }
 }

@@ -210,6 +210,7 @@ impl profile_service_server::ProfileService for ProfileService {
             frequency_hz = trigger.frequency_hz,
             "trace-profile trigger started"
         );
+        crate::metrics::with_current(|m| m.add_trigger_event("started", 1));
         Ok(Response::new(v1::StartTraceProfileTriggerResponse {
             trigger_id: trigger.trigger_id.to_string(),
             status: trigger.status.to_string(),
@@ -250,11 +251,18 @@ impl profile_service_server::ProfileService for ProfileService {
         request: Request<v1::CancelTraceProfileTriggerRequest>,
     ) -> Result<Response<v1::TraceProfileTrigger>, Status> {
         let id = parse_trigger_id(&request.into_inner().trigger_id)?;
+        let now = now_unix_nano();
         let trigger = self
             .store
-            .cancel_trigger(id, now_unix_nano())
+            .cancel_trigger(id, now)
             .await
             .map_err(trigger_status)?;
+        // Ended by this call, not before (PostgreSQL keeps microseconds).
+        if trigger.status == coral_store::TriggerStatus::Cancelled
+            && trigger.ended_unix_nano >= Some(now / 1000 * 1000)
+        {
+            crate::metrics::with_current(|m| m.add_trigger_event("cancelled", 1));
+        }
         tracing::info!(trigger = %id, status = %trigger.status, "trace-profile trigger cancel asked");
         self.with_collected(trigger).await
     }

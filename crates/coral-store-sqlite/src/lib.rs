@@ -50,9 +50,9 @@ use coral_analysis::filter::Filter;
 use coral_analysis::profile::{Frame, Profile};
 use coral_analysis::status::{OTEL_STATUS_ERROR, StatusTerm};
 use coral_store::{
-    AgentRecord, CollectedRequest, InsertedProfiles, Precision, ProfileSession, ProfileSource,
-    RequestQuery, RequestSummary, SUMMARY_PERCENTILES, ServiceRecord, SessionResult, SpanId,
-    SpanRecord, Store, StoreError, TraceId, TraceProfileRecord, TraceProfileTrigger,
+    AgentRecord, Claim, CollectedRequest, InsertedProfiles, Precision, ProfileSession,
+    ProfileSource, RequestQuery, RequestSummary, SUMMARY_PERCENTILES, ServiceRecord, SessionResult,
+    SpanId, SpanRecord, Store, StoreError, TraceId, TraceProfileRecord, TraceProfileTrigger,
     nearest_rank_offset,
 };
 use sqlx::migrate::Migrator;
@@ -219,7 +219,8 @@ const CLAIM_TRIGGER_SLOT: &str = "\
         ended_at = CASE WHEN collected_requests + 1 >= max_requests \
             THEN ?3 ELSE ended_at END \
     WHERE trigger_id = ?1 AND status = 'active' AND collected_requests < max_requests \
-        AND NOT EXISTS (SELECT 1 FROM json_each(trace_ids) WHERE value = ?2)";
+        AND NOT EXISTS (SELECT 1 FROM json_each(trace_ids) WHERE value = ?2) \
+    RETURNING status";
 
 const TRIGGER_HAS_TRACE: &str = "\
     SELECT EXISTS (SELECT 1 FROM trace_profile_triggers t, json_each(t.trace_ids) j \
@@ -622,8 +623,11 @@ impl Store for SqliteStore {
             .filter(|p| new_keys.contains(&(p.trace_id, p.span_id)))
             .collect();
         let mut refused: HashSet<(TraceId, SpanId)> = HashSet::new();
+        let mut completed_triggers = 0;
         for p in claim_order(&new) {
-            if !claims_slot(&mut tx, p, created).await? {
+            let claim = claims_slot(&mut tx, p, created).await?;
+            completed_triggers += u64::from(claim == Claim::Completed);
+            if claim == Claim::Refused {
                 sqlx::query(DELETE_TRACE_PROFILE)
                     .bind(p.trace_id.as_bytes())
                     .bind(p.span_id.as_bytes())
@@ -637,6 +641,7 @@ impl Store for SqliteStore {
         let inserted = InsertedProfiles {
             new: new.len() as u64,
             over_limit: refused.len() as u64,
+            completed_triggers,
         };
         if new.is_empty() {
             tx.commit().await.map_err(map_err)?;
@@ -1136,35 +1141,44 @@ async fn claims_slot(
     conn: &mut SqliteConnection,
     profile: &TraceProfileRecord,
     now_unix_nano: i64,
-) -> Result<bool, StoreError> {
+) -> Result<Claim, StoreError> {
+    let kept = |kept: bool| if kept { Claim::Kept } else { Claim::Refused };
     match profile.source {
-        ProfileSource::Session(_) => Ok(true),
+        ProfileSource::Session(_) => Ok(Claim::Kept),
         ProfileSource::Trigger(id) => {
             let (id, trace) = (id.to_string(), profile.trace_id.to_string());
-            let claimed = sqlx::query(CLAIM_TRIGGER_SLOT)
+            let claimed: Option<String> = sqlx::query_scalar(CLAIM_TRIGGER_SLOT)
                 .bind(&id)
                 .bind(&trace)
                 .bind(now_unix_nano)
-                .execute(&mut *conn)
+                .fetch_optional(&mut *conn)
                 .await
-                .map_err(map_err)?
-                .rows_affected()
-                == 1;
-            Ok(claimed
-                || sqlx::query_scalar(TRIGGER_HAS_TRACE)
+                .map_err(map_err)?;
+            if let Some(status) = claimed {
+                return Ok(if status == "completed" {
+                    Claim::Completed
+                } else {
+                    Claim::Kept
+                });
+            }
+            Ok(kept(
+                sqlx::query_scalar(TRIGGER_HAS_TRACE)
                     .bind(&id)
                     .bind(&trace)
                     .fetch_one(&mut *conn)
                     .await
-                    .map_err(map_err)?)
+                    .map_err(map_err)?,
+            ))
         }
-        ProfileSource::Baseline(id) => Ok(sqlx::query(CLAIM_BASELINE_SLOT)
-            .bind(id.to_string())
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?
-            .rows_affected()
-            == 1),
+        ProfileSource::Baseline(id) => Ok(kept(
+            sqlx::query(CLAIM_BASELINE_SLOT)
+                .bind(id.to_string())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?
+                .rows_affected()
+                == 1,
+        )),
     }
 }
 

@@ -591,7 +591,10 @@ const SESSION: uuid::Uuid = uuid::Uuid::from_u128(0x6f1c7b0e_2c1a_4d8e_9f3b_0a1b
 
 /// What storing `new` profiles, none refused, returns.
 fn stored(new: u64) -> InsertedProfiles {
-    InsertedProfiles { new, over_limit: 0 }
+    InsertedProfiles {
+        new,
+        ..InsertedProfiles::default()
+    }
 }
 
 /// A thread-precision profile of span `span_n` of trace `trace_n`.
@@ -1083,7 +1086,8 @@ pub async fn unknown_trigger_is_not_found(store: &dyn Store) {
         store.insert_trace_profiles(&profiles).await.unwrap(),
         InsertedProfiles {
             new: 0,
-            over_limit: 2
+            over_limit: 2,
+            completed_triggers: 0
         }
     );
     assert!(!has_profiles(store, 1).await && !has_profiles(store, 2).await);
@@ -1238,7 +1242,8 @@ pub async fn trigger_collects_up_to_max_requests(store: &dyn Store) {
         inserted,
         InsertedProfiles {
             new: 3,
-            over_limit: 2
+            over_limit: 2,
+            completed_triggers: 1
         }
     );
     let done = store.trigger(id).await.unwrap();
@@ -1279,7 +1284,8 @@ pub async fn trigger_collects_up_to_max_requests(store: &dyn Store) {
             .unwrap(),
         InsertedProfiles {
             new: 0,
-            over_limit: 1
+            over_limit: 1,
+            completed_triggers: 0
         }
     );
     assert_eq!(
@@ -1341,11 +1347,15 @@ pub async fn concurrent_trigger_profiles_never_exceed_max(store: &dyn Store) {
         .collect();
     let results =
         futures::future::join_all(batches.iter().map(|b| store.insert_trace_profiles(b))).await;
-    let (new, over_limit) = results.into_iter().fold((0, 0), |(new, over), r| {
+    let (new, over_limit, completed) = results.into_iter().fold((0, 0, 0), |(n, o, c), r| {
         let r = r.unwrap();
-        (new + r.new, over + r.over_limit)
+        (n + r.new, o + r.over_limit, c + r.completed_triggers)
     });
-    assert_eq!((new, over_limit), (14, 26));
+    assert_eq!(
+        (new, over_limit, completed),
+        (14, 26, 2),
+        "each trigger completed once"
+    );
     for t in &triggers {
         let done = store.trigger(t.trigger_id).await.unwrap();
         assert_eq!(done.collected_requests, 7);
@@ -1417,7 +1427,11 @@ pub async fn baseline_is_capped(store: &dyn Store) {
     let matching = sourced_profile(2, 1, ProfileSource::Trigger(id), 2);
     assert_eq!(
         store.insert_trace_profiles(&[matching]).await.unwrap(),
-        stored(1)
+        InsertedProfiles {
+            new: 1,
+            over_limit: 0,
+            completed_triggers: 1
+        }
     );
     assert_eq!(
         store.trigger(id).await.unwrap().status,
@@ -1431,7 +1445,8 @@ pub async fn baseline_is_capped(store: &dyn Store) {
             .unwrap(),
         InsertedProfiles {
             new: 1,
-            over_limit: 2
+            over_limit: 2,
+            completed_triggers: 0
         }
     );
     let done = store.trigger(id).await.unwrap();
@@ -1472,7 +1487,8 @@ pub async fn trigger_requests_come_with_their_spans(store: &dyn Store) {
         store.insert_trace_profiles(&batch).await.unwrap(),
         InsertedProfiles {
             new: 3,
-            over_limit: 1
+            over_limit: 1,
+            completed_triggers: 0
         },
         "a baseline of 0 keeps none"
     );

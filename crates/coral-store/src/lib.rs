@@ -19,8 +19,8 @@ pub mod conformance;
 pub use hashing::{frame_hash, stack_hash};
 pub use ids::{IdError, SpanId, TraceId};
 pub use profiles::{
-    CollectedRequest, InsertedProfiles, Precision, ProfileSession, ProfileSource, SessionResult,
-    TraceProfileRecord, TraceProfileTrigger, TriggerStatus,
+    Claim, CollectedRequest, InsertedProfiles, Precision, ProfileSession, ProfileSource,
+    SessionResult, TraceProfileRecord, TraceProfileTrigger, TriggerStatus,
 };
 pub use records::{
     AgentRecord, RequestQuery, RequestSummary, SPAN_KIND_CONSUMER, SPAN_KIND_SERVER,

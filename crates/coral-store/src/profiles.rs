@@ -95,6 +95,19 @@ pub struct InsertedProfiles {
     /// Profiles not kept: their trigger had collected `max_requests` (or its baseline
     /// was full), had ended and was purged, or does not exist.
     pub over_limit: u64,
+    /// Triggers these profiles completed (each took its last slot).
+    pub completed_triggers: u64,
+}
+
+/// What claiming a trigger slot for a new profile decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The profile is kept.
+    Kept,
+    /// Kept, and it took its trigger's last slot.
+    Completed,
+    /// Not kept (see [`InsertedProfiles::over_limit`]).
+    Refused,
 }
 
 /// Where a trace-profile trigger is in its life.

@@ -418,7 +418,15 @@ async fn metrics_count_spans_from_sdk_to_colony() {
     })
     .await;
     assert_eq!(c.get("coral_colony_triggers{state=\"active\"}"), 0.0);
-    assert_eq!(c.get("coral_colony_triggers_expired_total"), 0.0);
+    for (event, n) in [
+        ("started", 1.0),
+        ("cancelled", 1.0),
+        ("completed", 0.0),
+        ("expired", 0.0),
+    ] {
+        let series = format!("coral_colony_trigger_events_total{{event=\"{event}\"}}");
+        assert_eq!(c.get(&series), n, "{series}");
+    }
     sdk.shutdown().ok();
 }
 

@@ -701,6 +701,13 @@ async fn a_trigger_loses_nothing_through_a_colony_outage_and_an_agent_crash() {
     let metrics = crate::metrics::scrape(stack.agents[0].metrics).await;
     assert_eq!(metrics.get("coral_agent_trace_profiles_dropped_total"), 0.0);
     assert_eq!(metrics.get("coral_agent_spool_batches"), 0.0);
+    let colony = crate::metrics::scrape(stack.colony_metrics).await;
+    let completed = "coral_colony_trigger_events_total{event=\"completed\"}";
+    assert_eq!(
+        colony.get(completed),
+        1.0,
+        "{completed} (the restarted colony)"
+    );
     let mut client = stack.profile().await;
     for trace in &expected {
         let profiles = client
