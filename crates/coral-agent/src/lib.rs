@@ -46,6 +46,7 @@
 
 pub mod metrics;
 pub mod otlp;
+pub mod privileges;
 pub mod profiler;
 pub mod receiver;
 pub mod stats;

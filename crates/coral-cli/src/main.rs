@@ -51,6 +51,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the runtime starts its threads: capabilities are per thread.
+    let privileges =
+        matches!(cli.command, Command::Agent(_)).then(coral_agent::privileges::drop_unneeded);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -61,7 +64,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Colony(cmd) => commands::colony::run(cmd).await,
-            Command::Agent(cmd) => commands::agent::run(cmd).await,
+            Command::Agent(cmd) => commands::agent::run(cmd, privileges).await,
             Command::Query(args) => commands::query::run(args).await,
             Command::Profile(cmd) => commands::profile::run(cmd).await,
             Command::Mcp(args) => commands::mcp::run(args).await,

@@ -3,6 +3,7 @@
 use super::ColonyAddr;
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use coral_agent::privileges::{Dropped, PrivilegeError};
 
 #[derive(Subcommand)]
 pub enum AgentCommand {
@@ -100,9 +101,25 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<Option<tokio::net::TcpLi
     Ok(Some(listener))
 }
 
-pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
+/// Runs the agent; `privileges` is what dropping capabilities did, before the runtime
+/// started (see [`coral_agent::privileges`]).
+pub async fn run(
+    cmd: AgentCommand,
+    privileges: Option<Result<Dropped, PrivilegeError>>,
+) -> anyhow::Result<()> {
     let AgentCommand::Start(args) = cmd;
     super::init_logging(args.observability.log_format);
+    match privileges {
+        Some(Ok(Dropped::Kept { kept, dropped })) => {
+            let kept: Vec<String> = kept.iter().map(ToString::to_string).collect();
+            tracing::info!(
+                "dropped {dropped} capabilities the agent does not need; kept {}",
+                kept.join(", ")
+            );
+        }
+        Some(Ok(Dropped::NothingToDrop)) | None => {}
+        Some(Err(e)) => tracing::warn!("{e}; the agent runs with the capabilities it was given"),
+    }
     let node = args.node.unwrap_or_else(default_node);
     let listeners = coral_agent::Listeners {
         otlp_grpc: bind(&args.otlp_grpc, "otlp-grpc").await?,

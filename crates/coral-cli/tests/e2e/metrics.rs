@@ -432,7 +432,7 @@ async fn metrics_count_spans_from_sdk_to_colony() {
 
 /// Runs `coral` with `args` and waits (at most 20 s) for a stderr line containing
 /// `marker`; returns the child (killed when dropped) and that line. Every line read must satisfy `check`.
-fn spawn_until(args: &[&str], marker: &str, check: impl Fn(&str)) -> (Kill, String) {
+pub(crate) fn spawn_until(args: &[&str], marker: &str, check: impl Fn(&str)) -> (Kill, String) {
     let mut child = Kill(
         Command::new(env!("CARGO_BIN_EXE_coral"))
             .args(args)
@@ -471,7 +471,7 @@ fn metrics_addr(line: &str) -> SocketAddr {
     line[start..end].parse().expect("a socket address")
 }
 
-struct Kill(Child);
+pub(crate) struct Kill(pub(crate) Child);
 
 impl Drop for Kill {
     fn drop(&mut self) {

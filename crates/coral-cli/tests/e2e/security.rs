@@ -630,3 +630,62 @@ async fn mcp_reaches_a_tls_colony_with_its_colony_token() {
         client.cancel().await.unwrap();
     }
 }
+
+/// `coral agent start` as root keeps only the capabilities profiling needs, in every
+/// thread and in the bounding set (so nothing it runs can get the others back). The
+/// demo tests show that it still profiles with them.
+#[test]
+#[ignore = "needs root: run `cargo xtask test`, which runs root tests"]
+fn the_agent_keeps_only_the_capabilities_it_needs() {
+    use coral_agent::privileges::NEEDED;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test checks what root gives up: run it as root"
+    );
+    let data = tempfile::tempdir().unwrap();
+    let logged = std::sync::Mutex::new(Vec::new());
+    let (agent, _) = crate::metrics::spawn_until(
+        &[
+            "agent",
+            "start",
+            "--colony",
+            "http://127.0.0.1:1",
+            "--otlp-grpc",
+            "127.0.0.1:0",
+            "--otlp-http",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ],
+        "otlp-http listening on",
+        |line| logged.lock().unwrap().push(line.to_string()),
+    );
+    let needed = NEEDED.iter().fold(0u64, |m, c| m | c.bitmask());
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.0.id())).unwrap();
+    let mut threads = 0;
+    for task in tasks {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        for set in ["CapPrm", "CapEff", "CapBnd", "CapInh", "CapAmb"] {
+            let value = status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{set}:")))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap();
+            let expected = if matches!(set, "CapInh" | "CapAmb") {
+                0
+            } else {
+                needed
+            };
+            assert_eq!(value, expected, "{set} {value:#x} (thread {threads})");
+        }
+        threads += 1;
+    }
+    assert!(threads > 1, "the runtime's threads are checked too");
+    let logged = logged.lock().unwrap();
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("capabilities the agent does not need; kept CAP_")),
+        "{logged:?}"
+    );
+}
