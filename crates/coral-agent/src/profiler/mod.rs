@@ -41,6 +41,7 @@
 mod directory;
 mod fold;
 mod pidns;
+mod policy;
 mod ring;
 mod session;
 mod spool;
@@ -49,6 +50,7 @@ mod trigger;
 pub use coral_sampler::{Sampler, SamplerError};
 pub use directory::{DIRECTORY_TTL, ProcessDirectory};
 pub use pidns::{HostPid, PidResolver};
+pub use policy::ProcessPolicy;
 pub use session::{MAX_HOLD, RING_HORIZON, SESSION_GRACE, TICK};
 pub use spool::Spool;
 
@@ -78,6 +80,9 @@ pub struct ProfilingConfig {
     /// `None`: any service may be profiled. `Some(list)`: only these; a session for
     /// another is answered with an error.
     pub allow_services: Option<Vec<String>>,
+    /// `None`: any process a service's spans name (but the host's init). `Some(globs)`:
+    /// only processes whose cgroup path matches one (see [`ProcessPolicy`]).
+    pub allow_cgroups: Option<Vec<String>>,
     /// The sampler (BPF program, maps, reader thread) is unloaded after this long with
     /// nothing to sample: detached perf events cost nothing, a loaded sampler a little.
     pub sampler_idle_unload: Duration,
@@ -95,6 +100,7 @@ impl Default for ProfilingConfig {
             max_frequency_hz: Self::DEFAULT_MAX_FREQUENCY_HZ,
             ring_samples: Self::DEFAULT_RING_SAMPLES,
             allow_services: None,
+            allow_cgroups: None,
             sampler_idle_unload: Self::DEFAULT_SAMPLER_IDLE_UNLOAD,
         }
     }

@@ -8,6 +8,7 @@
 
 use super::directory::process_alive;
 use super::fold::{StackCache, Symbolize, fold};
+use super::policy::ProcessPolicy;
 use super::ring::SampleRing;
 use super::trigger::Trigger;
 use super::{Outbox, ProfilingConfig, SamplerFactory, Shared, is_request};
@@ -158,6 +159,8 @@ pub(crate) struct Worker {
     sampler_idle_since: Option<Instant>,
     /// The loaded sampler's cumulative lost and dropped samples, as last counted.
     sampler_lost_seen: u64,
+    /// Which processes may be sampled, whatever the spans say.
+    pub(crate) policy: ProcessPolicy,
     symbolizer: Box<dyn Symbolize>,
     outbox: Outbox,
     stats: Arc<AgentStats>,
@@ -197,6 +200,7 @@ impl Worker {
     ) -> Self {
         Self {
             ring: SampleRing::new(config.ring_samples),
+            policy: ProcessPolicy::new("/proc", config.allow_cgroups.clone()),
             shared,
             config,
             factory,
@@ -293,11 +297,18 @@ impl Worker {
         }
         self.seen_sessions.insert(command.session_id.clone(), end);
         let service = command.service.as_str();
+        let mut refusals = Vec::new();
         let pids: Vec<u32> = self
             .shared
             .pids_of(service)
             .into_iter()
-            .filter(|&pid| process_alive(pid))
+            .filter(|&pid| match self.policy.check(pid) {
+                Ok(()) => true,
+                Err(why) => {
+                    refusals.push(format!("pid {pid}: {why}"));
+                    false
+                }
+            })
             .collect();
         tracing::info!(
             session = %command.session_id,
@@ -316,6 +327,15 @@ impl Worker {
                 error,
             );
         };
+        if pids.is_empty() && refusals.iter().any(|r| !r.ends_with("the process is gone")) {
+            return refuse(
+                self,
+                format!(
+                    "no process of {service} may be sampled here ({})",
+                    refusals.join("; ")
+                ),
+            );
+        }
         if pids.is_empty() {
             // Not hosted here: answer at once so the colony does not wait for us (and
             // without an error, even when the allow list would refuse the service).
@@ -456,7 +476,7 @@ impl Worker {
                 // while the session runs; otherwise it was not sampled.
                 let sampler = self.sampler.clone();
                 let added = !session.closed
-                    && process_alive(pid)
+                    && self.policy.check(pid).is_ok()
                     && sampler.is_some_and(|s| s.add_targets(&[pid], session.frequency_hz).is_ok());
                 if !added {
                     continue;

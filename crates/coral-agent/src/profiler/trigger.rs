@@ -205,16 +205,14 @@ impl Worker {
     /// do not try again (and log again) at every request.
     pub(crate) fn sample_for_trigger(&mut self, i: usize, pid: u32, now: i64) {
         let frequency_hz = self.triggers[i].frequency_hz;
-        let attached = if super::directory::process_alive(pid) {
+        let attached = self.policy.check(pid).and_then(|()| {
             self.sampler().and_then(|sampler| {
                 sampler
                     .add_targets(&[pid], frequency_hz)
                     .map(|()| sampler)
                     .map_err(|e| e.to_string())
             })
-        } else {
-            Err("the process is gone".to_string())
-        };
+        });
         let trigger = &mut self.triggers[i];
         match attached {
             Ok(sampler) => {

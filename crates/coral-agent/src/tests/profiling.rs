@@ -549,3 +549,47 @@ async fn shutdown_reports_an_open_session_and_stops_sampling() {
     assert_eq!(reports.len(), 1, "reported before serve returned");
     assert_eq!(total_samples(reports[0].profile.as_ref().unwrap()), 1);
 }
+
+#[tokio::test]
+async fn processes_outside_the_allowed_cgroups_are_not_sampled() {
+    let colony = FakeColony::start().await;
+    let sampler = Arc::new(FakeSampler::new());
+    let mut config: AgentConfig = test_config(&colony.url());
+    config.profiling.allow_cgroups = Some(vec!["*no-such-cgroup*".to_string()]);
+    let agent = TestAgent::start_with(config, factory(&sampler)).await;
+    announce(&agent, "checkout", pid()).await;
+    colony.push_session(session("s-11", "checkout", now_ns(), 60_000));
+    colony
+        .wait_until("a report", |c| c.reports.len() == 1)
+        .await;
+    let report = colony.with(|c| c.reports[0].clone());
+    assert!(
+        report
+            .error
+            .starts_with("no process of checkout may be sampled here")
+            && report
+                .error
+                .contains("matches no --profile-cgroup pattern (*no-such-cgroup*)"),
+        "{}",
+        report.error
+    );
+    assert!(sampler.targets().is_empty());
+    agent.stop().await.unwrap();
+
+    // This process's own cgroup is allowed: sampled.
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let path = cgroup
+        .lines()
+        .next()
+        .unwrap()
+        .splitn(3, ':')
+        .nth(2)
+        .unwrap();
+    let mut config: AgentConfig = test_config(&colony.url());
+    config.profiling.allow_cgroups = Some(vec![format!("{path}*")]);
+    let agent = TestAgent::start_with(config, factory(&sampler)).await;
+    announce(&agent, "checkout", pid()).await;
+    colony.push_session(session("s-12", "checkout", now_ns(), 60_000));
+    wait_for_targets(&sampler, &[pid()]).await;
+    agent.stop().await.unwrap();
+}

@@ -43,6 +43,11 @@ pub struct StartArgs {
     /// sends spans through this agent).
     #[arg(long, env = "CORAL_PROFILE_ALLOW", value_delimiter = ',')]
     profile_allow: Option<Vec<String>>,
+    /// Only processes whose cgroup path matches one of these globs may be sampled
+    /// (comma-separated; `*` matches anything), e.g. "*kubepods*" for pods only
+    /// [default: any process but the host's init].
+    #[arg(long, env = "CORAL_PROFILE_CGROUP", value_delimiter = ',')]
+    profile_cgroup: Option<Vec<String>>,
     /// Where request profiles wait for the colony, so that an outage or a restart
     /// loses none [default: /var/lib/coral/agent as root, else
     /// $XDG_STATE_HOME/coral/agent or ~/.local/state/coral/agent].
@@ -142,6 +147,7 @@ pub async fn run(
         max_frequency_hz: args.max_frequency,
         ring_samples: args.ring_samples as usize,
         allow_services: args.profile_allow,
+        allow_cgroups: args.profile_cgroup,
         ..coral_agent::ProfilingConfig::default()
     };
     coral_agent::serve(config, listeners, super::shutdown_signal()).await?;
