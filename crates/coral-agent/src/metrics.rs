@@ -55,6 +55,11 @@ pub fn render(stats: &AgentStats) -> String {
         p.samples_lost,
     )
     .counter(
+        "coral_agent_stack_errors_total",
+        "Stacks the sampler could not store (kernel stack map full, or a hash collision).",
+        p.stack_errors,
+    )
+    .counter(
         "coral_agent_samples_evicted_total",
         "CPU samples pushed out of the recent-sample ring by newer ones before they aged out.",
         p.samples_evicted,

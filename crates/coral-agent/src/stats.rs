@@ -33,6 +33,9 @@ pub struct ProfilingCounters {
     pub samples: u64,
     /// Samples the sampler lost (kernel ring buffer full, or its own buffer overflowed).
     pub samples_lost: u64,
+    /// Stacks the sampler could not store (its kernel stack map full, or a hash
+    /// collision): those samples have no stack.
+    pub stack_errors: u64,
     /// Samples pushed out of the recent-sample ring by newer ones before they aged out.
     pub samples_evicted: u64,
     /// Per-request profiles the colony accepted.
@@ -60,6 +63,7 @@ struct ProfilingStats {
     session_errors: AtomicU64,
     samples: AtomicU64,
     samples_lost: AtomicU64,
+    stack_errors: AtomicU64,
     samples_evicted: AtomicU64,
     trace_profiles_sent: AtomicU64,
     trace_profiles_dropped: AtomicU64,
@@ -97,6 +101,7 @@ impl AgentStats {
             session_errors: p.session_errors.load(Relaxed),
             samples: p.samples.load(Relaxed),
             samples_lost: p.samples_lost.load(Relaxed),
+            stack_errors: p.stack_errors.load(Relaxed),
             samples_evicted: p.samples_evicted.load(Relaxed),
             trace_profiles_sent: p.trace_profiles_sent.load(Relaxed),
             trace_profiles_dropped: p.trace_profiles_dropped.load(Relaxed),
@@ -133,6 +138,10 @@ impl AgentStats {
         p.active_triggers.store(triggers as u64, Relaxed);
         p.processes_sampled.store(processes as u64, Relaxed);
         p.sampler_attached.store(attached, Relaxed);
+    }
+
+    pub(crate) fn add_stack_errors(&self, n: u64) {
+        self.profiling.stack_errors.fetch_add(n, Relaxed);
     }
 
     pub(crate) fn add_samples_evicted(&self, n: u64) {

@@ -823,3 +823,40 @@ fn overhead_at_99_hz() {
         "sampling at 99 Hz halved the throughput"
     );
 }
+
+/// Full kernel maps and a full user-space buffer: a one-entry stack map cannot hold a
+/// second distinct stack, and samples not drained for a second overflow an 8-sample
+/// buffer. Both are counted, nothing fails, and sampling goes on.
+#[test]
+#[ignore = "needs root for eBPF: run `cargo xtask test`"]
+fn full_maps_are_counted_and_sampling_goes_on() {
+    let _serial = serial();
+    require_root();
+    let sampler = EbpfSampler::new(SamplerConfig {
+        ring_bytes: 4096,
+        stack_map_entries: 1,
+        max_buffered_samples: 8,
+        ..SamplerConfig::default()
+    })
+    .expect("EbpfSampler::new as root");
+    let mut workload = Workload::spawn(&["work", "2.5"]);
+    let pid = workload.pid();
+    sampler.add_targets(&[pid], 1000).expect("add_targets");
+    std::thread::sleep(Duration::from_millis(1000));
+    let stats = sampler.stats();
+    assert!(
+        stats.dropped > 0,
+        "the 8-sample buffer overflowed: {stats:?}"
+    );
+    assert!(
+        stats.stack_errors > 0,
+        "the 1-entry stack map was full: {stats:?}"
+    );
+    assert!(sampler.drain().len() <= 8, "{stats:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let more = sampler.drain();
+    assert!(!more.is_empty(), "still sampling after the maps filled up");
+    assert!(more.iter().all(|s| s.tgid == pid));
+    sampler.remove_targets(&[pid]).expect("remove_targets");
+    workload.wait();
+}

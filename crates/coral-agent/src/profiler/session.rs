@@ -24,6 +24,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 /// How often the sampler is drained and held requests are looked at.
+/// Sample losses are logged at most this often (they are counted always).
+const LOSS_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
 pub const TICK: Duration = Duration::from_millis(100);
 /// Samples older than this leave the ring (it is also bounded by count).
 pub const RING_HORIZON: Duration = Duration::from_secs(60);
@@ -157,8 +160,12 @@ pub(crate) struct Worker {
     sampler: Option<Arc<dyn Sampler>>,
     /// Since when the loaded sampler has had nothing to sample.
     sampler_idle_since: Option<Instant>,
-    /// The loaded sampler's cumulative lost and dropped samples, as last counted.
+    /// The loaded sampler's cumulative lost and dropped samples, and stack errors, as
+    /// last counted.
     sampler_lost_seen: u64,
+    sampler_stack_errors_seen: u64,
+    /// When sample losses were last logged (at most once per [`LOSS_WARNING_INTERVAL`]).
+    loss_warned: Option<(Instant, u64, u64)>,
     /// Which processes may be sampled, whatever the spans say.
     pub(crate) policy: ProcessPolicy,
     symbolizer: Box<dyn Symbolize>,
@@ -207,6 +214,8 @@ impl Worker {
             sampler: None,
             sampler_idle_since: None,
             sampler_lost_seen: 0,
+            sampler_stack_errors_seen: 0,
+            loss_warned: None,
             symbolizer,
             outbox,
             stats,
@@ -271,6 +280,7 @@ impl Worker {
         tracing::info!("CPU sampler started");
         self.sampler = Some(sampler.clone());
         self.sampler_lost_seen = 0;
+        self.sampler_stack_errors_seen = 0;
         Ok(sampler)
     }
 
@@ -495,6 +505,29 @@ impl Worker {
         }
     }
 
+    /// Logs samples lost and stacks not stored since the last warning (kernel maps or
+    /// buffers full), at most once per [`LOSS_WARNING_INTERVAL`].
+    fn warn_of_losses(&mut self) {
+        let counters = self.stats.profiling();
+        let (lost, stack_errors) = (counters.samples_lost, counters.stack_errors);
+        let (last, lost_then, errors_then) = self.loss_warned.unwrap_or((Instant::now(), 0, 0));
+        if (lost, stack_errors) == (lost_then, errors_then)
+            || self.loss_warned.is_some() && last.elapsed() < LOSS_WARNING_INTERVAL
+        {
+            return;
+        }
+        tracing::warn!(
+            samples_lost = lost - lost_then,
+            stacks_not_stored = stack_errors - errors_then,
+            "the CPU sampler lost {} samples and could not store {} stacks since the last \
+             warning (its kernel buffer or stack map was full: profiles undercount; a lower \
+             sampling frequency or fewer profiled processes helps)",
+            lost - lost_then,
+            stack_errors - errors_then
+        );
+        self.loss_warned = Some((Instant::now(), lost, stack_errors));
+    }
+
     fn tick(&mut self, finishing: bool) {
         let now = now_unix_nano();
         if let Some(sampler) = &self.sampler {
@@ -505,6 +538,11 @@ impl Worker {
             self.stats
                 .add_samples_lost(lost.saturating_sub(self.sampler_lost_seen));
             self.sampler_lost_seen = lost;
+            let stack_errors = sampler_stats.stack_errors;
+            self.stats
+                .add_stack_errors(stack_errors.saturating_sub(self.sampler_stack_errors_seen));
+            self.sampler_stack_errors_seen = stack_errors;
+            self.warn_of_losses();
             for trigger in self.triggers.iter_mut().filter(|t| t.is_active()) {
                 trigger.effective_hz = trigger.effective_hz.max(sampler_stats.frequency_hz);
             }

@@ -593,3 +593,34 @@ async fn processes_outside_the_allowed_cgroups_are_not_sampled() {
     wait_for_targets(&sampler, &[pid()]).await;
     agent.stop().await.unwrap();
 }
+
+/// Full kernel maps (samples lost, stacks not stored) are counted, and profiling goes
+/// on.
+#[tokio::test]
+async fn sampler_losses_are_counted_and_profiling_goes_on() {
+    let colony = FakeColony::start().await;
+    let sampler = Arc::new(FakeSampler::new());
+    let agent = TestAgent::start_with(test_config(&colony.url()), factory(&sampler)).await;
+    announce(&agent, "checkout", pid()).await;
+    let start = now_ns() - 100 * MS;
+    colony.push_session(session("s-13", "checkout", start, 1_500));
+    wait_for_targets(&sampler, &[pid()]).await;
+    sampler.set_counters(5, 7, 2);
+    sampler.push([sample(pid(), pid(), start + 50 * MS, hot_fn)]);
+    colony
+        .wait_until("a report", |c| c.reports.len() == 1)
+        .await;
+    let report = colony.with(|c| c.reports[0].clone());
+    assert_eq!(
+        (
+            report.error.as_str(),
+            total_samples(report.profile.as_ref().unwrap())
+        ),
+        ("", 1)
+    );
+    let counters = agent.stats.profiling();
+    assert_eq!((counters.samples_lost, counters.stack_errors), (7, 7));
+    let text = crate::metrics::render(&agent.stats);
+    assert!(text.contains("coral_agent_stack_errors_total 7"), "{text}");
+    agent.stop().await.unwrap();
+}
