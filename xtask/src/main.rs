@@ -63,8 +63,9 @@ const TEST_PREREQUISITES: &[system::Prerequisite] = &[
 ];
 
 /// What the tests of deploy/kubernetes need: `kubectl kustomize` (Debian 12's
-/// kubernetes-client is kubectl 1.20, whose kustomize v2.0.3 the manifests keep to) and
-/// pip, for kubernetes-validate (PyPI; it bundles the Kubernetes schemas).
+/// kubernetes-client is kubectl 1.20, whose kustomize v2.0.3 the manifests keep to),
+/// pip, for kubernetes-validate (PyPI; it bundles the Kubernetes schemas), and openssl
+/// for deploy/kubernetes/make-secrets.sh.
 const DEPLOY_TEST_PREREQUISITES: &[system::Prerequisite] = &[
     ("kubernetes-client", || {
         system::succeeds("kubectl", &["kustomize", "--help"])
@@ -72,6 +73,7 @@ const DEPLOY_TEST_PREREQUISITES: &[system::Prerequisite] = &[
     ("python3-pip", || {
         system::succeeds("python3", &["-m", "pip", "--version"])
     }),
+    ("openssl", || system::succeeds("openssl", &["version"])),
 ];
 
 fn test(extra: &[String]) -> Result<()> {

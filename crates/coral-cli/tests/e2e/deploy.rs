@@ -496,6 +496,82 @@ fn violations(objects: &[Value], with_secret: bool) -> Vec<String> {
         }
     }
 
+    // TLS on the colony's port, mutual TLS and a token for agents, from Secret volumes.
+    for (kind_, workload, wanted) in [
+        (
+            "Deployment",
+            COLONY,
+            &[
+                "CORAL_TLS_CERT",
+                "CORAL_TLS_KEY",
+                "CORAL_CLIENT_CA",
+                "CORAL_TOKENS_FILE",
+            ][..],
+        ),
+        (
+            "DaemonSet",
+            AGENT,
+            &["CORAL_TLS_CA", "CORAL_TLS_CERT", "CORAL_TLS_KEY"][..],
+        ),
+    ] {
+        let Some(pod) = find(objects, kind_, workload).map(|o| &o["spec"]["template"]["spec"])
+        else {
+            continue;
+        };
+        let c = &pod["containers"][0];
+        let env = container_env(objects, c, &mut Vec::new(), workload);
+        let secret_mounts: Vec<&str> =
+            c["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|m| {
+                    pod["volumes"].as_array().into_iter().flatten().any(|v| {
+                        v["name"] == m["name"] && v.pointer("/secret/secretName").is_some()
+                    })
+                })
+                .filter_map(|m| str_at(m, "/mountPath"))
+                .collect();
+        for var in wanted {
+            let value = env.get(*var).copied().flatten().and_then(Value::as_str);
+            let in_secret = value.is_some_and(|v| {
+                secret_mounts
+                    .iter()
+                    .any(|m| v.starts_with(&format!("{m}/")))
+            });
+            if !in_secret {
+                p.push(format!(
+                    "{workload}: {var} ({value:?}) is not a file of a Secret volume"
+                ));
+            }
+        }
+        if workload == AGENT {
+            let colony = env
+                .get("CORAL_COLONY")
+                .copied()
+                .flatten()
+                .and_then(Value::as_str);
+            if !colony.is_some_and(|c| c.starts_with("https://")) {
+                p.push(format!(
+                    "{workload}: CORAL_COLONY {colony:?} is not https://"
+                ));
+            }
+            let token = c["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"] == "CORAL_TOKEN");
+            if token
+                .and_then(|v| v.pointer("/valueFrom/secretKeyRef"))
+                .is_none()
+            {
+                p.push(format!(
+                    "{workload}: CORAL_TOKEN is not from a secretKeyRef"
+                ));
+            }
+        }
+    }
+
     // The colony's Service reaches the colony's pods on 7070.
     match (find(objects, "Service", COLONY), colony) {
         (Some(svc), Some(colony)) => {
@@ -671,6 +747,33 @@ fn the_deploy_check_catches_each_broken_promise() {
             cm["data"]["CORAL_DATABASE_URL"] = json!("postgres://u:p@db/coral");
         }),
         ("database Secret", |o| o.retain(|c| kind(c) != "Secret")),
+        ("is not https://", |o| {
+            let cm = o
+                .iter_mut()
+                .find(|c| kind(c) == "ConfigMap" && name(c).starts_with("coral-agent"))
+                .unwrap();
+            cm["data"]["CORAL_COLONY"] = json!("http://coral-colony:7070");
+        }),
+        ("CORAL_TOKENS_FILE", |o| {
+            let cm = o
+                .iter_mut()
+                .find(|c| kind(c) == "ConfigMap" && name(c).starts_with("coral-colony"))
+                .unwrap();
+            cm["data"]
+                .as_object_mut()
+                .unwrap()
+                .remove("CORAL_TOKENS_FILE");
+        }),
+        ("CORAL_CLIENT_CA", |o| {
+            let c = &mut colony_pod(o)["containers"][0];
+            c["volumeMounts"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|m| m["name"] != "tls");
+        }),
+        ("CORAL_TOKEN is not from a secretKeyRef", |o| {
+            *env_var(agent_pod(o), "CORAL_TOKEN") = json!({"name": "CORAL_TOKEN", "value": "t"});
+        }),
         ("spec.nodeName", |o| {
             *env_var(agent_pod(o), "CORAL_NODE") = json!({"name": "CORAL_NODE", "value": "n1"});
         }),
@@ -746,22 +849,122 @@ fn expand(arg: &str, env: &BTreeMap<String, String>) -> String {
     out
 }
 
-/// Runs the real `coral` with a container's args and environment (ConfigMap and
-/// literal env), plus `overrides` that keep it on loopback; it must still be running
-/// after a second and have logged `ready`.
-fn runs_as_configured(kind_: &str, name_: &str, overrides: &[(&str, &str)], ready: &str) {
+/// The Secrets `deploy/kubernetes/make-secrets.sh` makes (name → key → contents),
+/// with the directory it wrote them to.
+fn make_secrets() -> (
+    tempfile::TempDir,
+    BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+) {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let script = deploy_dir().join("make-secrets.sh");
+    let out = Command::new("sh")
+        .arg(&script)
+        .arg(dir.path())
+        .output()
+        .expect("run make-secrets.sh (needs openssl: `cargo xtask test` installs it)");
+    assert!(
+        out.status.success(),
+        "make-secrets.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = std::fs::read_to_string(dir.path().join("secrets.yaml")).unwrap();
+    let mut secrets = BTreeMap::new();
+    for secret in parse(&yaml) {
+        assert_eq!(kind(&secret), "Secret");
+        assert_eq!(str_at(&secret, "/metadata/namespace"), Some(NAMESPACE));
+        let data = secret["data"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap())
+                    .unwrap();
+                (k.clone(), bytes)
+            })
+            .collect();
+        secrets.insert(name(&secret).to_string(), data);
+    }
+    (dir, secrets)
+}
+
+/// A `coral` process started by [`run_as_configured`]; killed when dropped.
+struct Running {
+    child: std::process::Child,
+    /// The log line that said it was ready.
+    ready_line: String,
+    _stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the real `coral` as a workload's container would: its args and environment
+/// (ConfigMaps, literal values, `secretKeyRef`s), its Secret volumes written under
+/// `root` at their mount paths' place (paths in the environment point there), plus
+/// `overrides` that keep it on loopback. Waits until it logs `ready`.
+fn run_as_configured(
+    kind_: &str,
+    name_: &str,
+    secrets: &BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    root: &std::path::Path,
+    overrides: &[(&str, &str)],
+    ready: &str,
+) -> Running {
+    use std::io::BufRead;
     let objects = overlay();
-    let workload = find(objects, kind_, name_).unwrap();
-    let container = &workload["spec"]["template"]["spec"]["containers"][0];
+    let pod = &find(objects, kind_, name_).unwrap()["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
     let mut problems = Vec::new();
-    let mut env: BTreeMap<String, String> = container_env(objects, container, &mut problems, name_)
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, v?.as_str()?.to_string())))
-        .collect();
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in container_env(objects, container, &mut problems, name_) {
+        let value = v.and_then(Value::as_str).map(str::to_string);
+        env.insert(k, value.unwrap_or_default());
+    }
     assert!(problems.is_empty(), "{problems:?}");
+    for var in container["env"].as_array().into_iter().flatten() {
+        if let Some(r) = var.pointer("/valueFrom/secretKeyRef") {
+            let (secret, key) = (str_at(r, "/name").unwrap(), str_at(r, "/key").unwrap());
+            if let Some(value) = secrets.get(secret).and_then(|s| s.get(key)) {
+                let value = String::from_utf8(value.clone()).unwrap();
+                env.insert(str_at(var, "/name").unwrap().to_string(), value);
+            }
+        }
+    }
+    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("every mount has its volume");
+        let Some(secret) = str_at(volume, "/secret/secretName") else {
+            continue;
+        };
+        let data = secrets.get(secret).unwrap_or_else(|| {
+            panic!("{name_} mounts Secret {secret}, which make-secrets.sh does not make")
+        });
+        let path = str_at(mount, "/mountPath").unwrap();
+        let local = root.join(format!("{name_}{path}"));
+        std::fs::create_dir_all(&local).unwrap();
+        for (key, bytes) in data {
+            std::fs::write(local.join(key), bytes).unwrap();
+        }
+        for value in env.values_mut() {
+            if value.starts_with(path) {
+                *value = value.replacen(path, local.to_str().unwrap(), 1);
+            }
+        }
+    }
     for (k, v) in overrides {
         env.insert(k.to_string(), v.to_string());
     }
+    env.retain(|_, v| !v.is_empty());
     let args: Vec<String> = container["args"]
         .as_array()
         .unwrap()
@@ -776,28 +979,35 @@ fn runs_as_configured(kind_: &str, name_: &str, overrides: &[(&str, &str)], read
         .stderr(Stdio::piped())
         .spawn()
         .expect("run coral");
-    let deadline = Instant::now() + Duration::from_millis(1500);
-    let mut exited = None;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            exited = Some(status);
-            break;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
         }
-        std::thread::sleep(Duration::from_millis(50));
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut log = Vec::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains(ready) {
+            return Running {
+                child,
+                ready_line: line,
+                _stderr: rx,
+            };
+        }
+        log.push(line);
     }
-    if exited.is_none() {
-        child.kill().unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        exited.is_none(),
-        "coral {args:?} with {name_}'s settings exited ({:?}):\n{stderr}",
-        exited
-    );
-    assert!(
-        stderr.contains(ready),
-        "coral {args:?}: no {ready:?} in:\n{stderr}"
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!(
+        "coral {args:?} with {name_}'s settings never logged {ready:?}:\n{}",
+        log.join("\n")
     );
 }
 
@@ -837,26 +1047,23 @@ fn deploy_settings_are_ones_coral_reads_and_accepts() {
             );
         }
     }
+}
 
+/// The colony and an agent, each run with its manifest's settings and the Secrets
+/// `make-secrets.sh` makes: the colony serves TLS and wants tokens, the agent reaches
+/// it over mutual TLS with its token and registers; a client needs the CA and a token.
+#[test]
+#[ignore = "needs kubectl, kubernetes-validate and openssl: run `cargo xtask test`, which installs them"]
+fn the_agent_registers_over_mutual_tls_with_its_token_as_configured() {
+    let (keys, secrets) = make_secrets();
+    let root = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     let agent_data = tempfile::tempdir().unwrap();
-    runs_as_configured(
-        "DaemonSet",
-        AGENT,
-        &[
-            ("CORAL_NODE", "test-node"),
-            ("CORAL_AGENT_DATA_DIR", agent_data.path().to_str().unwrap()),
-            ("CORAL_OTLP_GRPC", "127.0.0.1:0"),
-            ("CORAL_OTLP_HTTP", "127.0.0.1:0"),
-            // Nothing listens on port 1: the agent retries, as without a colony.
-            ("CORAL_COLONY", "http://127.0.0.1:1"),
-            ("CORAL_METRICS", "127.0.0.1:0"),
-        ],
-        "otlp-http listening on",
-    );
-    runs_as_configured(
+    let colony = run_as_configured(
         "Deployment",
         COLONY,
+        &secrets,
+        root.path(),
         &[
             ("CORAL_LISTEN", "127.0.0.1:0"),
             // CORAL_DATABASE_URL (from the Secret) is left out: the embedded store.
@@ -864,5 +1071,66 @@ fn deploy_settings_are_ones_coral_reads_and_accepts() {
             ("CORAL_METRICS", "127.0.0.1:0"),
         ],
         "colony listening on",
+    );
+    let addr = colony.ready_line.split("listening on ").nth(1).unwrap();
+    let port = addr
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap();
+    // The certificate names coral-colony and localhost (for port-forwarding).
+    let url = format!("https://localhost:{port}");
+    let _agent = run_as_configured(
+        "DaemonSet",
+        AGENT,
+        &secrets,
+        root.path(),
+        &[
+            ("CORAL_NODE", "test-node"),
+            ("CORAL_AGENT_DATA_DIR", agent_data.path().to_str().unwrap()),
+            ("CORAL_OTLP_GRPC", "127.0.0.1:0"),
+            ("CORAL_OTLP_HTTP", "127.0.0.1:0"),
+            ("CORAL_COLONY", &url),
+            ("CORAL_METRICS", "127.0.0.1:0"),
+        ],
+        "otlp-http listening on",
+    );
+    let ca = keys.path().join("ca.crt");
+    let read = std::fs::read_to_string(keys.path().join("read.token")).unwrap();
+    let query = |token: Option<&str>| {
+        let mut args = vec![
+            "query",
+            "agents",
+            "--tls-ca",
+            ca.to_str().unwrap(),
+            "-o",
+            "json",
+        ];
+        if let Some(token) = token {
+            args.extend(["--token", token.trim()]);
+        }
+        crate::cli::coral(Some(&url), &args)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = query(Some(&read));
+        assert!(out.ok, "{}", out.stderr);
+        if out.stdout.contains("test-node") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never registered: {}",
+            out.stdout
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let refused = query(None);
+    assert!(
+        !refused.ok && refused.stderr.contains("token"),
+        "no token: {}",
+        refused.stderr
     );
 }
