@@ -144,6 +144,14 @@ impl AgentConfig {
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1");
         }
+        if self.batch_size > coral_client::limits::MAX_SPANS_PER_INGEST {
+            return Err(AgentError::InvalidConfig(format!(
+                "batch_size is {}; the colony accepts at most {} spans per call: lower \
+                 --batch-size",
+                self.batch_size,
+                coral_client::limits::MAX_SPANS_PER_INGEST
+            )));
+        }
         if self.max_request_bytes == 0 {
             return bad("max_request_bytes must be at least 1");
         }

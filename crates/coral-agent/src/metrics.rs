@@ -29,6 +29,11 @@ pub fn render(stats: &AgentStats) -> String {
         "Spans lost: refused because the buffer was full, or still unsent at shutdown.",
         spans.spans_dropped,
     )
+    .counter(
+        "coral_agent_spans_truncated_total",
+        "Spans kept with a name, URL or attribute cut to the size limits (marked …[truncated]).",
+        stats.truncated(),
+    )
     .gauge(
         "coral_agent_spans_buffered",
         "Spans queued or in flight to the colony now.",

@@ -27,6 +27,7 @@
 //! [`decode_json`] reads OTLP JSON bodies, fixing up the proto3 JSON forms that
 //! opentelemetry-proto's serde impls refuse.
 
+use coral_client::limits;
 use coral_client::v1;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -34,10 +35,14 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use std::cell::Cell;
 use std::fmt;
 
 /// The service name used when a resource has no `service.name`.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// Longest `container.id` or `k8s.pod.uid` taken (real ones are 64 and 36 bytes).
+const MAX_ID_BYTES: usize = 256;
 
 /// How many rejection reasons [`Conversion::error_message`] spells out.
 const REASONS_IN_MESSAGE: usize = 3;
@@ -48,6 +53,8 @@ const REASONS_IN_MESSAGE: usize = 3;
 pub struct Conversion {
     pub spans: Vec<v1::Span>,
     pub rejections: Vec<Rejection>,
+    /// How many of `spans` were cut to the size limits (see [`limit_span`]).
+    pub truncated: usize,
 }
 
 /// One refused span: where it was in the request and why.
@@ -117,13 +124,17 @@ pub fn convert(request: ExportTraceServiceRequest, node: &str) -> Conversion {
     let mut out = Conversion {
         spans: Vec::with_capacity(total),
         rejections: Vec::new(),
+        truncated: 0,
     };
     for (r, resource_spans) in request.resource_spans.into_iter().enumerate() {
         let resource = ResourceInfo::new(resource_spans.resource.as_ref());
         for (s, scope_spans) in resource_spans.scope_spans.into_iter().enumerate() {
             for (i, span) in scope_spans.spans.into_iter().enumerate() {
                 match convert_span(span, &resource, node) {
-                    Ok(span) => out.spans.push(span),
+                    Ok((span, truncated)) => {
+                        out.truncated += usize::from(truncated);
+                        out.spans.push(span);
+                    }
                     Err(reason) => out.rejections.push(Rejection {
                         resource: r,
                         scope: s,
@@ -249,6 +260,8 @@ fn standard_base64(text: &str) -> String {
 /// What every span of one resource shares.
 struct ResourceInfo {
     service: String,
+    /// `service` was cut to [`limits::MAX_SERVICE_NAME_BYTES`].
+    service_truncated: bool,
     pid: Option<i64>,
     container_id: Option<String>,
     k8s_pod_uid: Option<String>,
@@ -277,16 +290,20 @@ impl ResourceInfo {
                 _ => {}
             }
         }
-        let service = match (service, executable) {
+        let mut service = match (service, executable) {
             (Some(name), _) => name.to_string(),
             (None, Some(exe)) => format!("{UNKNOWN_SERVICE}:{exe}"),
             (None, None) => UNKNOWN_SERVICE.to_string(),
         };
+        let service_truncated = limits::truncate(&mut service, limits::MAX_SERVICE_NAME_BYTES);
+        // An id longer than any real one cannot name a container: ignored.
+        let id = |id: Option<&str>| id.filter(|id| id.len() <= MAX_ID_BYTES).map(str::to_string);
         Self {
             service,
+            service_truncated,
             pid,
-            container_id: container_id.map(str::to_string),
-            k8s_pod_uid: k8s_pod_uid.map(str::to_string),
+            container_id: id(container_id),
+            k8s_pod_uid: id(k8s_pod_uid),
         }
     }
 }
@@ -375,11 +392,12 @@ fn take_string(attributes: &mut [KeyValue], index: usize) -> Option<String> {
     }
 }
 
+/// A span and whether it was cut to the size limits.
 fn convert_span(
     mut span: OtlpSpan,
     resource: &ResourceInfo,
     node: &str,
-) -> Result<v1::Span, String> {
+) -> Result<(v1::Span, bool), String> {
     check_id(&span.trace_id, 16, "trace_id")?;
     check_id(&span.span_id, 8, "span_id")?;
     match span.parent_span_id.len() {
@@ -420,15 +438,12 @@ fn convert_span(
         used[3] = Some(i);
         take_string(&mut span.attributes, i)
     });
-    let attributes_json = serde_json::to_string(&JsonAttributes {
-        attributes: &span.attributes,
-        skip: &used,
-    })
-    .map_err(|e| format!("cannot encode the attributes as JSON: {e}"))?;
+    let (attributes_json, attributes_cut) = attributes_json(&span.attributes, &used)
+        .map_err(|e| format!("cannot encode the attributes as JSON: {e}"))?;
 
     let (status_code, status_message) =
         span.status.map(|s| (s.code, s.message)).unwrap_or_default();
-    Ok(v1::Span {
+    let mut span = v1::Span {
         trace_id: span.trace_id,
         span_id: span.span_id,
         parent_span_id: span.parent_span_id,
@@ -448,38 +463,174 @@ fn convert_span(
         container_id: resource.container_id.clone(),
         k8s_pod_uid: resource.k8s_pod_uid.clone(),
         attributes_json,
-    })
+    };
+    let truncated = limit_span(&mut span) | attributes_cut | resource.service_truncated;
+    Ok((span, truncated))
+}
+
+/// Cuts the span's text fields to their limits ([`coral_client::limits`]), marking each
+/// cut with [`limits::TRUNCATION_MARKER`]; true if anything was cut.
+///
+/// Truncated rather than refused: a span whose URL or SQL attribute is too long is
+/// still a request that happened, with a duration and a status that queries, triggers
+/// and profiles need; refusing it would hide exactly the unusual requests someone is
+/// looking for. The marker says the value is not whole.
+pub fn limit_span(span: &mut v1::Span) -> bool {
+    let mut cut = limits::truncate(&mut span.name, limits::MAX_SPAN_NAME_BYTES);
+    cut |= limits::truncate(&mut span.status_message, limits::MAX_STATUS_MESSAGE_BYTES);
+    for text in [span.url.as_mut(), span.route.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        cut |= limits::truncate(text, limits::MAX_URL_BYTES);
+    }
+    cut
+}
+
+/// The span attributes not picked as fields as one JSON object, within the attribute
+/// limits; true if any attribute was cut or dropped. Attributes beyond
+/// [`limits::MAX_ATTRIBUTES_PER_SPAN`], or that do not fit in
+/// [`limits::MAX_ATTRIBUTES_JSON_BYTES`], are dropped and counted in
+/// [`limits::DROPPED_ATTRIBUTES_KEY`]; long strings are cut.
+fn attributes_json(
+    attributes: &[KeyValue],
+    skip: &[Option<usize>],
+) -> Result<(String, bool), serde_json::Error> {
+    let limiter = Limiter::default();
+    let json = serde_json::to_string(&JsonAttributes {
+        attributes,
+        skip,
+        limiter: &limiter,
+        top: true,
+    })?;
+    if json.len() <= limits::MAX_ATTRIBUTES_JSON_BYTES {
+        return Ok((json, limiter.changed()));
+    }
+    // Rare: too big as a whole. Keep the attributes, in order, that fit.
+    let limiter = Limiter::default();
+    let room_for_count = limits::DROPPED_ATTRIBUTES_KEY.len() + 32;
+    let mut size = 2 + room_for_count;
+    let mut out = String::from("{");
+    let mut kept = 0;
+    for (i, kv) in attributes.iter().enumerate() {
+        if skip.contains(&Some(i)) {
+            continue;
+        }
+        if kept == limits::MAX_ATTRIBUTES_PER_SPAN {
+            limiter.drop_one();
+            continue;
+        }
+        let key = serde_json::to_string(&LimitedStr(&kv.key, &limiter))?;
+        let value = serde_json::to_string(&JsonValue(kv.value.as_ref(), &limiter))?;
+        if size + key.len() + value.len() + 2 > limits::MAX_ATTRIBUTES_JSON_BYTES {
+            limiter.drop_one();
+            continue;
+        }
+        if kept > 0 {
+            out.push(',');
+        }
+        size += key.len() + value.len() + 2;
+        out.push_str(&key);
+        out.push(':');
+        out.push_str(&value);
+        kept += 1;
+    }
+    let dropped = limiter.dropped.get();
+    if dropped > 0 {
+        if kept > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!("\"{}\":{dropped}", limits::DROPPED_ATTRIBUTES_KEY));
+    }
+    out.push('}');
+    Ok((out, true))
+}
+
+/// What the attribute limits cut while serializing.
+#[derive(Default)]
+struct Limiter {
+    dropped: Cell<usize>,
+    truncated: Cell<bool>,
+}
+
+impl Limiter {
+    fn drop_one(&self) {
+        self.dropped.set(self.dropped.get() + 1);
+    }
+
+    fn changed(&self) -> bool {
+        self.dropped.get() > 0 || self.truncated.get()
+    }
+
+    /// Serializes `text` cut to [`limits::MAX_ATTRIBUTE_VALUE_BYTES`].
+    fn str<S: Serializer>(&self, text: &str, serializer: S) -> Result<S::Ok, S::Error> {
+        match limits::truncated(text, limits::MAX_ATTRIBUTE_VALUE_BYTES) {
+            None => serializer.serialize_str(text),
+            Some(cut) => {
+                self.truncated.set(true);
+                serializer.serialize_str(&cut)
+            }
+        }
+    }
+}
+
+/// A key or string value, cut to its limit.
+struct LimitedStr<'a>(&'a str, &'a Limiter);
+
+impl Serialize for LimitedStr<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.1.str(self.0, serializer)
+    }
 }
 
 /// The span attributes not picked as fields, serialized as one JSON object without an
 /// intermediate `serde_json::Value`.
+/// At most [`limits::MAX_ATTRIBUTES_PER_SPAN`] entries (the rest dropped and, at the top
+/// level, counted in [`limits::DROPPED_ATTRIBUTES_KEY`]).
 struct JsonAttributes<'a> {
     attributes: &'a [KeyValue],
     skip: &'a [Option<usize>],
+    limiter: &'a Limiter,
+    /// The span's own attributes, not a nested key-value list.
+    top: bool,
 }
 
 impl Serialize for JsonAttributes<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
+        let mut kept = 0;
         for (i, kv) in self.attributes.iter().enumerate() {
             if self.skip.contains(&Some(i)) {
                 continue;
             }
-            map.serialize_entry(&kv.key, &JsonValue(kv.value.as_ref()))?;
+            if kept == limits::MAX_ATTRIBUTES_PER_SPAN {
+                self.limiter.drop_one();
+                continue;
+            }
+            kept += 1;
+            map.serialize_entry(
+                &LimitedStr(&kv.key, self.limiter),
+                &JsonValue(kv.value.as_ref(), self.limiter),
+            )?;
+        }
+        let dropped = self.limiter.dropped.get();
+        if self.top && dropped > 0 {
+            map.serialize_entry(limits::DROPPED_ATTRIBUTES_KEY, &dropped)?;
         }
         map.end()
     }
 }
 
-struct JsonValue<'a>(Option<&'a AnyValue>);
+struct JsonValue<'a>(Option<&'a AnyValue>, &'a Limiter);
 
 impl Serialize for JsonValue<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let Some(value) = self.0.and_then(|v| v.value.as_ref()) else {
             return serializer.serialize_unit();
         };
+        let limiter = self.1;
         match value {
-            Value::StringValue(s) => serializer.serialize_str(s),
+            Value::StringValue(s) => limiter.str(s, serializer),
             Value::BoolValue(b) => serializer.serialize_bool(*b),
             Value::IntValue(i) => serializer.serialize_i64(*i),
             Value::DoubleValue(d) if d.is_finite() => serializer.serialize_f64(*d),
@@ -487,18 +638,28 @@ impl Serialize for JsonValue<'_> {
             Value::DoubleValue(d) if *d > 0.0 => serializer.serialize_str("Infinity"),
             Value::DoubleValue(_) => serializer.serialize_str("-Infinity"),
             Value::ArrayValue(array) => {
-                let mut seq = serializer.serialize_seq(Some(array.values.len()))?;
-                for item in &array.values {
-                    seq.serialize_element(&JsonValue(Some(item)))?;
+                let kept = array.values.len().min(limits::MAX_ATTRIBUTES_PER_SPAN);
+                for _ in kept..array.values.len() {
+                    limiter.drop_one();
+                }
+                let mut seq = serializer.serialize_seq(Some(kept))?;
+                for item in &array.values[..kept] {
+                    seq.serialize_element(&JsonValue(Some(item), limiter))?;
                 }
                 seq.end()
             }
             Value::KvlistValue(list) => JsonAttributes {
                 attributes: &list.values,
                 skip: &[],
+                limiter,
+                top: false,
             }
             .serialize(serializer),
-            Value::BytesValue(bytes) => serializer.serialize_str(&hex::encode(bytes)),
+            Value::BytesValue(bytes) => {
+                // Hex doubles the size: cut the bytes first, so huge values cost little.
+                let cap = limits::MAX_ATTRIBUTE_VALUE_BYTES;
+                limiter.str(&hex::encode(&bytes[..bytes.len().min(cap)]), serializer)
+            }
             // Only used by the profiles signal (a string table index); meaningless here.
             Value::StringValueStrindex(_) => serializer.serialize_unit(),
         }
@@ -971,5 +1132,118 @@ pub(crate) mod tests {
         let message = convert(request(vec![], bad), "n").error_message();
         assert!(message.starts_with("rejected 10 of 10 spans"), "{message}");
         assert!(message.ends_with("; and 7 more"), "{message}");
+    }
+
+    #[test]
+    fn oversized_fields_are_cut_with_a_marker_and_the_span_kept() {
+        let marker = limits::TRUNCATION_MARKER;
+        let mut big = span(1);
+        big.name = "n".repeat(5000);
+        big.attributes = vec![
+            kv("url.path", string(&format!("/{}", "p".repeat(20_000)))),
+            kv("http.route", string("/ok")),
+            kv("sql", string(&"s".repeat(10_000))),
+            kv(&"k".repeat(5000), string("v")),
+            kv("blob", Value::BytesValue(vec![7; 10_000])),
+        ];
+        let service = kv("service.name", string(&"svc".repeat(200)));
+        let out = convert(request(vec![service], vec![big, span(2)]), "n");
+        assert!(out.rejections.is_empty(), "{:?}", out.rejections);
+        assert_eq!(out.truncated, 2, "both spans have the cut service name");
+        let s = &out.spans[0];
+        assert_eq!(s.name.len(), limits::MAX_SPAN_NAME_BYTES);
+        assert!(s.name.ends_with(marker));
+        assert!(s.service.len() <= limits::MAX_SERVICE_NAME_BYTES && s.service.ends_with(marker));
+        let url = s.url.as_deref().unwrap();
+        assert_eq!(url.len(), limits::MAX_URL_BYTES);
+        assert!(url.starts_with("/ppp") && url.ends_with(marker));
+        assert_eq!(s.route.as_deref(), Some("/ok"));
+        let a = attributes(s);
+        let sql = a["sql"].as_str().unwrap();
+        assert_eq!(sql.len(), limits::MAX_ATTRIBUTE_VALUE_BYTES);
+        assert!(sql.starts_with("sss") && sql.ends_with(marker));
+        assert!(a["blob"].as_str().unwrap().ends_with(marker));
+        let long_key = a
+            .as_object()
+            .unwrap()
+            .keys()
+            .find(|k| k.starts_with("kkk"))
+            .expect("the long key is kept, cut");
+        assert!(long_key.len() <= limits::MAX_ATTRIBUTE_VALUE_BYTES && long_key.ends_with(marker));
+        assert!(
+            a.get(limits::DROPPED_ATTRIBUTES_KEY).is_none(),
+            "nothing dropped"
+        );
+        assert!(!out.spans[1].name.ends_with(marker));
+    }
+
+    #[test]
+    fn attributes_beyond_the_count_limit_are_dropped_and_counted() {
+        let mut many = span(1);
+        many.attributes = (0..200)
+            .map(|i| kv(&format!("a{i}"), Value::IntValue(i)))
+            .collect();
+        many.attributes.push(kv(
+            "list",
+            Value::ArrayValue(ArrayValue {
+                values: (0..300)
+                    .map(|i| AnyValue {
+                        value: Some(Value::IntValue(i)),
+                    })
+                    .collect(),
+            }),
+        ));
+        let s = one(vec![], many).unwrap();
+        let a = attributes(&s);
+        let map = a.as_object().unwrap();
+        // 128 kept, plus the count.
+        assert_eq!(map.len(), limits::MAX_ATTRIBUTES_PER_SPAN + 1);
+        assert_eq!(a["a0"], 0);
+        assert_eq!(a["a127"], 127);
+        assert!(a.get("a128").is_none());
+        // 72 ints and the list (the 201st) dropped.
+        assert_eq!(a[limits::DROPPED_ATTRIBUTES_KEY], 73);
+
+        let mut nested = span(2);
+        nested.attributes = vec![kv(
+            "list",
+            Value::ArrayValue(ArrayValue {
+                values: (0..300)
+                    .map(|i| AnyValue {
+                        value: Some(Value::IntValue(i)),
+                    })
+                    .collect(),
+            }),
+        )];
+        let a = attributes(&one(vec![], nested).unwrap());
+        assert_eq!(
+            a["list"].as_array().unwrap().len(),
+            limits::MAX_ATTRIBUTES_PER_SPAN
+        );
+        assert_eq!(a[limits::DROPPED_ATTRIBUTES_KEY], 300 - 128);
+    }
+
+    #[test]
+    fn attributes_beyond_the_total_size_are_dropped_and_counted() {
+        let mut fat = span(1);
+        // 100 values of 4 KiB: 400 KiB, over the 64 KiB total.
+        fat.attributes = (0..100)
+            .map(|i| kv(&format!("v{i:03}"), string(&"x".repeat(5000))))
+            .collect();
+        let s = one(vec![], fat).unwrap();
+        assert!(
+            s.attributes_json.len() <= limits::MAX_ATTRIBUTES_JSON_BYTES,
+            "{}",
+            s.attributes_json.len()
+        );
+        let a = attributes(&s);
+        let map = a.as_object().unwrap();
+        let kept = map.len() - 1;
+        assert!(kept >= 10, "{kept}");
+        assert_eq!(
+            a["v000"].as_str().unwrap().len(),
+            limits::MAX_ATTRIBUTE_VALUE_BYTES
+        );
+        assert_eq!(a[limits::DROPPED_ATTRIBUTES_KEY], 100 - kept);
     }
 }

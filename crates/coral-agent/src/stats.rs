@@ -18,6 +18,8 @@ pub struct AgentStats {
     dropped: AtomicU64,
     rejected: AtomicU64,
     buffered: AtomicU64,
+    /// Spans kept with a field or attribute cut to the size limits.
+    truncated: AtomicU64,
     drop_warning: Mutex<DropWarning>,
     profiling: ProfilingStats,
 }
@@ -94,6 +96,16 @@ impl AgentStats {
     }
 
     /// The CPU profiler's counters now.
+    /// Spans kept with a field or attribute cut to the size limits
+    /// (`coral_client::limits`); not on the heartbeat, only in the metrics.
+    pub fn truncated(&self) -> u64 {
+        self.truncated.load(Relaxed)
+    }
+
+    pub(crate) fn add_truncated(&self, n: usize) {
+        self.truncated.fetch_add(n as u64, Relaxed);
+    }
+
     pub fn profiling(&self) -> ProfilingCounters {
         let p = &self.profiling;
         ProfilingCounters {

@@ -290,9 +290,14 @@ impl Link {
     fn failed(&self, what: &str, status: &Status) {
         self.needs_register.store(true, Ordering::Relaxed);
         if !self.down.swap(true, Ordering::Relaxed) {
+            let problem = if coral_client::is_database_unavailable(status) {
+                "colony cannot reach its database"
+            } else {
+                "colony unreachable"
+            };
             tracing::warn!(
                 colony = %self.colony,
-                "colony unreachable ({what}: {}); buffering spans and retrying",
+                "{problem} ({what}: {}); buffering spans and retrying",
                 coral_client::explain_status(&self.colony, &self.security, status)
                     .map(|e| e.to_string())
                     .unwrap_or_else(|| describe(status))

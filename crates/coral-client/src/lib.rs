@@ -8,6 +8,7 @@ pub mod v1 {
     tonic::include_proto!("coral.v1");
 }
 
+pub mod limits;
 pub mod profile;
 
 pub use v1::agent_service_client::AgentServiceClient;
@@ -346,6 +347,23 @@ pub fn connect_lazy_with(addr: &str, security: &Security) -> Result<Channel, Con
     ))
 }
 
+/// The metadata key the colony sets on an `UNAVAILABLE` status that it returns itself
+/// because its database cannot be reached (value [`CAUSE_DATABASE`]), so that clients
+/// do not take it for a colony they cannot reach.
+pub const UNAVAILABLE_CAUSE_KEY: &str = "coral-unavailable-cause";
+/// The value of [`UNAVAILABLE_CAUSE_KEY`] for an unreachable database.
+pub const CAUSE_DATABASE: &str = "database";
+
+/// True when the colony answered, and answered that its database is unreachable: the
+/// request can be retried as it is once the database is back.
+pub fn is_database_unavailable(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && status
+            .metadata()
+            .get(UNAVAILABLE_CAUSE_KEY)
+            .is_some_and(|v| v.as_bytes() == CAUSE_DATABASE.as_bytes())
+}
+
 /// A call's status, with a TLS or certificate cause explained when the call failed
 /// because the connection could not be made.
 pub fn explain_status(
@@ -353,6 +371,11 @@ pub fn explain_status(
     security: &Security,
     status: &tonic::Status,
 ) -> Option<ConnectError> {
+    // The colony answered: its message (which may quote the database's "connection
+    // reset") says what is wrong, not the transport.
+    if is_database_unavailable(status) {
+        return None;
+    }
     if !matches!(
         status.code(),
         tonic::Code::Unavailable

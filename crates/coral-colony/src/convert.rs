@@ -1,7 +1,7 @@
 //! Wire spans (`coral_client::v1::Span`) to domain records and back.
 
 pub use coral_client::profile::{profile_from_wire, profile_to_wire};
-use coral_client::v1;
+use coral_client::{limits, v1};
 use coral_store::{Precision, SpanId, SpanRecord, TraceId, TraceProfileRecord};
 
 /// Validates and converts one wire span; the error says what is wrong with it.
@@ -39,6 +39,7 @@ pub fn span_from_wire(span: v1::Span) -> Result<SpanRecord, String> {
     if span.service.is_empty() {
         return Err("service must be set".into());
     }
+    check_span_sizes(&span)?;
     let attributes = if span.attributes_json.is_empty() {
         serde_json::Map::new()
     } else {
@@ -101,6 +102,83 @@ pub fn span_to_wire(span: SpanRecord) -> v1::Span {
 }
 
 /// Validates and converts one wire trace profile.
+/// Refuses a span over the size limits of [`limits`]. Coral agents cut spans to them
+/// before sending (see `coral_agent::otlp::limit_span`), so only another client meets
+/// this; it learns which field and by how much.
+fn check_span_sizes(span: &v1::Span) -> Result<(), String> {
+    let fields = [
+        (
+            "service",
+            span.service.len(),
+            limits::MAX_SERVICE_NAME_BYTES,
+        ),
+        ("name", span.name.len(), limits::MAX_SPAN_NAME_BYTES),
+        (
+            "status_message",
+            span.status_message.len(),
+            limits::MAX_STATUS_MESSAGE_BYTES,
+        ),
+        (
+            "url",
+            span.url.as_ref().map_or(0, String::len),
+            limits::MAX_URL_BYTES,
+        ),
+        (
+            "route",
+            span.route.as_ref().map_or(0, String::len),
+            limits::MAX_URL_BYTES,
+        ),
+        (
+            "attributes_json",
+            span.attributes_json.len(),
+            limits::MAX_ATTRIBUTES_JSON_BYTES,
+        ),
+    ];
+    for (what, len, max) in fields {
+        if len > max {
+            return Err(format!(
+                "{}: cut it before sending (Coral agents do)",
+                limits::too_long(what, len, max)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a profile over the size limits of [`limits`] (stacks, frames, stack depth)
+/// and cuts over-long frame names, before it is converted and stored.
+pub fn check_profile_size(profile: &mut v1::Profile) -> Result<(), String> {
+    let (stacks, frames) = (profile.stacks.len(), profile.frames.len());
+    if stacks > limits::MAX_STACKS_PER_PROFILE {
+        return Err(format!(
+            "the profile has {stacks} stacks; the limit is {}",
+            limits::MAX_STACKS_PER_PROFILE
+        ));
+    }
+    if frames > limits::MAX_FRAMES_PER_PROFILE {
+        return Err(format!(
+            "the profile has {frames} frames; the limit is {}",
+            limits::MAX_FRAMES_PER_PROFILE
+        ));
+    }
+    if let Some(deep) = profile
+        .stacks
+        .iter()
+        .map(|s| s.frame_ids.len())
+        .find(|&n| n > limits::MAX_FRAMES_PER_STACK)
+    {
+        return Err(format!(
+            "a stack has {deep} frames; the limit is {}",
+            limits::MAX_FRAMES_PER_STACK
+        ));
+    }
+    for frame in &mut profile.frames {
+        limits::truncate(&mut frame.function, limits::MAX_FRAME_NAME_BYTES);
+        limits::truncate(&mut frame.module, limits::MAX_FRAME_NAME_BYTES);
+    }
+    Ok(())
+}
+
 pub fn trace_profile_from_wire(p: v1::TraceProfile) -> Result<TraceProfileRecord, String> {
     let trace_id = TraceId::from_bytes(&p.trace_id)
         .ok_or_else(|| format!("trace_id must be 16 bytes (got {})", p.trace_id.len()))?;
@@ -128,7 +206,11 @@ pub fn trace_profile_from_wire(p: v1::TraceProfile) -> Result<TraceProfileRecord
         frequency_hz: p.frequency_hz,
         concurrent_requests: p.concurrent_requests,
         source: p.source.parse()?,
-        profile: profile_from_wire(p.profile.unwrap_or_default())?,
+        profile: {
+            let mut profile = p.profile.unwrap_or_default();
+            check_profile_size(&mut profile)?;
+            profile_from_wire(profile)?
+        },
     })
 }
 
@@ -211,5 +293,78 @@ mod tests {
             let err = span_from_wire(span).unwrap_err();
             assert!(err.contains(expected), "{err}");
         }
+    }
+
+    #[test]
+    fn spans_over_the_size_limits_are_refused_naming_the_limit() {
+        type Mutation = fn(&mut v1::Span);
+        let cases: [(Mutation, &str); 5] = [
+            (
+                |s| s.name = "n".repeat(2000),
+                "name is 2000 bytes; the limit is 1024",
+            ),
+            (
+                |s| s.service = "s".repeat(300),
+                "service is 300 bytes; the limit is 256",
+            ),
+            (
+                |s| s.url = Some("/".repeat(9000)),
+                "url is 9000 bytes; the limit is 8192",
+            ),
+            (
+                |s| s.status_message = "m".repeat(5000),
+                "status_message is 5000 bytes; the limit is 4096",
+            ),
+            (
+                |s| s.attributes_json = format!(r#"{{"k":"{}"}}"#, "v".repeat(70_000)),
+                "attributes_json is 70008 bytes; the limit is 65536",
+            ),
+        ];
+        for (mutate, expected) in cases {
+            let mut span = wire();
+            mutate(&mut span);
+            let err = span_from_wire(span).unwrap_err();
+            assert!(err.contains(expected), "{err}");
+        }
+        // At the limits exactly: kept.
+        let mut span = wire();
+        span.name = "n".repeat(limits::MAX_SPAN_NAME_BYTES);
+        span.url = Some("/".repeat(limits::MAX_URL_BYTES));
+        assert!(span_from_wire(span).is_ok());
+    }
+
+    #[test]
+    fn profiles_over_the_size_limits_are_refused_and_long_names_cut() {
+        let frame = |name: String| v1::Frame {
+            function: name,
+            module: "m".into(),
+            kernel: false,
+        };
+        let stack = |frame_ids: Vec<u32>| v1::Stack {
+            frame_ids,
+            samples: 1,
+            cpu_ns: 1,
+        };
+        let mut deep = v1::Profile {
+            frames: vec![frame("f".into())],
+            stacks: vec![stack(vec![0; limits::MAX_FRAMES_PER_STACK + 1])],
+        };
+        let err = check_profile_size(&mut deep).unwrap_err();
+        assert_eq!(err, "a stack has 1025 frames; the limit is 1024");
+
+        let mut wide = v1::Profile {
+            frames: vec![frame("f".into())],
+            stacks: vec![stack(vec![0]); limits::MAX_STACKS_PER_PROFILE + 1],
+        };
+        let err = check_profile_size(&mut wide).unwrap_err();
+        assert_eq!(err, "the profile has 100001 stacks; the limit is 100000");
+
+        let mut long = v1::Profile {
+            frames: vec![frame("x".repeat(10_000))],
+            stacks: vec![stack(vec![0])],
+        };
+        check_profile_size(&mut long).unwrap();
+        assert_eq!(long.frames[0].function.len(), limits::MAX_FRAME_NAME_BYTES);
+        assert!(long.frames[0].function.ends_with(limits::TRUNCATION_MARKER));
     }
 }

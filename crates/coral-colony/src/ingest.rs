@@ -1,8 +1,11 @@
 //! `AgentService`: what agents send (registration, heartbeats, spans).
 
-use crate::convert::{profile_from_wire, span_from_wire, trace_profile_from_wire};
+use crate::convert::{
+    check_profile_size, profile_from_wire, span_from_wire, trace_profile_from_wire,
+};
 use crate::trigger::trigger_command;
 use crate::{now_unix_nano, store_status};
+use coral_client::limits;
 use coral_client::v1::{self, agent_service_server::AgentService};
 use coral_store::{AgentRecord, SessionResult, Store};
 use std::collections::HashSet;
@@ -134,8 +137,9 @@ impl AgentService for IngestService {
             .session_id
             .parse()
             .map_err(|_| Status::invalid_argument("session_id must be a UUID"))?;
-        let profile =
-            profile_from_wire(req.profile.unwrap_or_default()).map_err(Status::invalid_argument)?;
+        let mut profile = req.profile.unwrap_or_default();
+        check_profile_size(&mut profile).map_err(Status::invalid_argument)?;
+        let profile = profile_from_wire(profile).map_err(Status::invalid_argument)?;
         let result = SessionResult {
             session_id,
             agent_id: req.agent_id,
@@ -156,6 +160,14 @@ impl AgentService for IngestService {
         request: Request<v1::IngestTraceProfilesRequest>,
     ) -> Result<Response<v1::IngestTraceProfilesResponse>, Status> {
         let req = request.into_inner();
+        let max = limits::MAX_PROFILES_PER_INGEST;
+        if req.profiles.len() > max {
+            let n = req.profiles.len();
+            crate::metrics::with_current(|m| m.add_profiles(0, 0, 0, n as u64));
+            return Err(Status::invalid_argument(format!(
+                "the request has {n} profiles; the limit is {max}: send smaller batches"
+            )));
+        }
         let mut records = Vec::with_capacity(req.profiles.len());
         let mut rejected = 0u64;
         let mut error_message = String::new();
@@ -249,6 +261,15 @@ impl AgentService for IngestService {
         request: Request<v1::IngestSpansRequest>,
     ) -> Result<Response<v1::IngestSpansResponse>, Status> {
         let req = request.into_inner();
+        let max = limits::MAX_SPANS_PER_INGEST;
+        if req.spans.len() > max {
+            let n = req.spans.len();
+            crate::metrics::with_current(|m| m.add_spans(0, 0, n as u64));
+            return Err(Status::invalid_argument(format!(
+                "the request has {n} spans; the limit is {max}: send smaller batches \
+                 (agents: --batch-size)"
+            )));
+        }
         let mut records = Vec::with_capacity(req.spans.len());
         let mut rejected = 0u64;
         let mut error_message = String::new();

@@ -212,7 +212,15 @@ pub(crate) fn store_status(err: StoreError) -> tonic::Status {
         StoreError::NotFound(_) => tonic::Status::not_found(err.to_string()),
         StoreError::Unavailable(_) => {
             metrics::with_current(|m| m.add_store_error());
-            tonic::Status::unavailable(err.to_string())
+            tracing::warn!(error = %err, "database unreachable");
+            // UNAVAILABLE is gRPC's "retry later" code; the metadata tells clients that
+            // the colony itself is up (see coral_client::is_database_unavailable).
+            let mut status = tonic::Status::unavailable(err.to_string());
+            status.metadata_mut().insert(
+                coral_client::UNAVAILABLE_CAUSE_KEY,
+                tonic::metadata::MetadataValue::from_static(coral_client::CAUSE_DATABASE),
+            );
+            status
         }
         _ => {
             metrics::with_current(|m| m.add_store_error());

@@ -199,6 +199,12 @@ impl profile_service_server::ProfileService for ProfileService {
         let req = request.into_inner();
         let trigger = new_trigger(&req, now_unix_nano())?;
         require_service(self.store.as_ref(), &trigger.service).await?;
+        let active = self
+            .store
+            .active_triggers(trigger.created_unix_nano)
+            .await
+            .map_err(store_status)?;
+        crate::trigger::check_active_trigger_count(&trigger.service, &active)?;
         self.store
             .create_trigger(&trigger)
             .await

@@ -8,7 +8,7 @@
 use crate::query::duration_ns;
 use crate::{now_unix_nano, store_status};
 use coral_analysis::RequestCriteria;
-use coral_client::v1;
+use coral_client::{limits, v1};
 use coral_store::{CollectedRequest, Store, StoreError, TraceProfileTrigger, TriggerStatus};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Triggers listed when the request does not say how many.
 const DEFAULT_LIST_LIMIT: u32 = 100;
+/// Most triggers one `ListTraceProfileTriggers` call returns.
+const MAX_LIST_LIMIT: u32 = 1000;
 
 /// How often the sweeper expires triggers; agents also stop at expiry on their own.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
@@ -55,6 +57,18 @@ pub(crate) fn new_trigger(
     let max_duration_ms = ms(req.max_duration_ms, "max_duration_ms")?;
     let status_code_pattern = Some(req.status_code_pattern.trim()).filter(|s| !s.is_empty());
     let url_pattern = Some(req.url_pattern.trim()).filter(|s| !s.is_empty());
+    for (what, pattern) in [
+        ("the status-code pattern", status_code_pattern),
+        ("the URL pattern", url_pattern),
+    ] {
+        let max = limits::MAX_TRIGGER_PATTERN_BYTES;
+        if let Some(p) = pattern.filter(|p| p.len() > max) {
+            return invalid(format!(
+                "{}: shorten it (a glob such as \"/api/*\" matches many URLs)",
+                limits::too_long(what, p.len(), max)
+            ));
+        }
+    }
     RequestCriteria::new(
         min_duration_ms.map(u64::from),
         max_duration_ms.map(u64::from),
@@ -196,8 +210,29 @@ pub(crate) fn trigger_command(t: &TraceProfileTrigger) -> v1::TriggerCommand {
 pub(crate) fn list_limit(limit: u32) -> u32 {
     match limit {
         0 => DEFAULT_LIST_LIMIT,
-        n => n.min(1000),
+        n => n.min(MAX_LIST_LIMIT),
     }
+}
+
+/// Refuses a new trigger of a service that already has
+/// [`limits::MAX_ACTIVE_TRIGGERS_PER_SERVICE`] active ones (`RESOURCE_EXHAUSTED`,
+/// saying how to free one). Checked before the insert, not in it: two starts racing on
+/// different replicas may each see room, so the bound can be passed by the number of
+/// concurrent starts; it is a guard against runaway scripts, not a quota.
+pub(crate) fn check_active_trigger_count(
+    service: &str,
+    active: &[TraceProfileTrigger],
+) -> Result<(), Status> {
+    let max = limits::MAX_ACTIVE_TRIGGERS_PER_SERVICE;
+    let n = active.iter().filter(|t| t.service == service).count();
+    if n >= max {
+        return Err(Status::resource_exhausted(format!(
+            "service {service} has {n} active triggers; the limit is {max}: cancel one \
+             (`coral profile trigger-cancel ID`, see `coral profile triggers`) or wait for \
+             one to complete or expire"
+        )));
+    }
+    Ok(())
 }
 
 /// Expires triggers every second, even with no agent connected, and deletes request
@@ -302,6 +337,20 @@ mod tests {
                     ..request()
                 },
                 "1..=1000 Hz",
+            ),
+            (
+                v1::StartTraceProfileTriggerRequest {
+                    url_pattern: format!("/{}", "a".repeat(2000)),
+                    ..request()
+                },
+                "the URL pattern is 2001 bytes; the limit is 1024",
+            ),
+            (
+                v1::StartTraceProfileTriggerRequest {
+                    status_code_pattern: "5xx,".repeat(300),
+                    ..request()
+                },
+                "the status-code pattern is 1200 bytes; the limit is 1024",
             ),
             (
                 v1::StartTraceProfileTriggerRequest {

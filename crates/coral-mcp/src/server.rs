@@ -112,6 +112,13 @@ impl CoralMcp {
     /// The colony's refusal, with what the model should do next.
     fn refused(&self, status: tonic::Status, fix: &str) -> String {
         use tonic::Code;
+        if coral_client::is_database_unavailable(&status) {
+            return format!(
+                "the Coral colony cannot reach its database right now: {}. Try the same call \
+                 again in a little while.",
+                status.message()
+            );
+        }
         match status.code() {
             Code::Unavailable | Code::Unknown | Code::DeadlineExceeded => format!(
                 "cannot reach the Coral colony at {}: {}. It may not be running (`coral colony \
@@ -119,7 +126,10 @@ impl CoralMcp {
                 self.colony,
                 status.message()
             ),
-            Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition => {
+            Code::NotFound
+            | Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::ResourceExhausted => {
                 format!("{} {fix}", status.message())
             }
             _ => format!("the colony failed: {}", status.message()),

@@ -80,9 +80,13 @@ static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// Connections in the pool.
 const MAX_CONNECTIONS: u32 = 10;
-/// How long a query waits for a free connection before the store reports
-/// [`StoreError::Unavailable`].
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a query waits for a connection before the store reports
+/// [`StoreError::Unavailable`]. While PostgreSQL is down (restarting, failing over),
+/// sqlx keeps retrying a refused connection until this deadline, so it is also how
+/// long a call takes to fail during an outage: short enough that a person at the CLI
+/// and an agent's retry loop hear about it soon, long enough for a busy pool's
+/// connections to come free under load.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The columns of a span, in [`span_from_row`]'s and the insert's order.
 macro_rules! span_columns {
@@ -322,6 +326,10 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A pooled connection may have died with a restarted server: check it
+            // before handing it out, so the first query after an outage succeeds
+            // (sqlx's default, set here because reconnection depends on it).
+            .test_before_acquire(true)
             .connect_with(options)
             .await
             .map_err(map_err)?;

@@ -38,8 +38,9 @@ pub enum StoreError {
     /// The thing asked for does not exist.
     #[error("{0} not found")]
     NotFound(String),
-    /// The database cannot be reached now; the same call may succeed later.
-    #[error("the database is unavailable ({0}); retry shortly")]
+    /// The database cannot be reached now (down, restarting, refusing connections);
+    /// the same call may succeed later.
+    #[error("the database is unreachable ({0}); the request can be retried once it is back")]
     Unavailable(#[source] BoxError),
     /// Migrations could not be applied.
     #[error("database migration failed: {0}")]

@@ -157,6 +157,7 @@ fn request_part(span: &v1::Span) -> v1::Span {
 const MAX_QUEUED_SPAN_BATCHES: usize = 4096;
 /// Most request profiles per spool batch, hence per `IngestTraceProfiles` call.
 const PROFILES_PER_CALL: usize = 256;
+const _: () = assert!(PROFILES_PER_CALL <= coral_client::limits::MAX_PROFILES_PER_INGEST);
 /// A session report is given up after trying this long.
 const REPORT_PATIENCE: Duration = Duration::from_secs(120);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);

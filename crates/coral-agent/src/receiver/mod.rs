@@ -96,6 +96,9 @@ impl Intake {
     ) -> Result<ExportTraceServiceResponse, Refusal> {
         let conversion = otlp::convert(request, &self.node);
         self.stats.add_received(conversion.received());
+        if conversion.truncated > 0 {
+            self.stats.add_truncated(conversion.truncated);
+        }
         let rejected = conversion.rejections.len();
         let error_message = conversion.error_message();
         if rejected > 0 {

@@ -136,6 +136,13 @@ pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
     {
         return err.into();
     }
+    if coral_client::is_database_unavailable(&status) {
+        return anyhow::anyhow!(
+            "the colony is running but cannot reach its database: {}. Run \
+             the command again once the database is back (the colony reconnects by itself).",
+            status.message()
+        );
+    }
     match status.code() {
         tonic::Code::Unavailable => anyhow::anyhow!(
             "the colony is unavailable: {}. Is it running (`coral colony start`)?",

@@ -184,6 +184,22 @@ impl Stack {
                 url: fresh_postgres_url().await,
             },
         };
+        Self::start_on_store(store_config, data_dir, sampling).await
+    }
+
+    /// A colony on PostgreSQL at `url` (a server the test controls) and one agent.
+    pub async fn start_on_postgres(url: &str, sampling: Sampling) -> Self {
+        let config = coral_colony::StoreConfig::Postgres {
+            url: url.to_string(),
+        };
+        Self::start_on_store(config, tempfile::tempdir().unwrap(), sampling).await
+    }
+
+    async fn start_on_store(
+        store_config: coral_colony::StoreConfig,
+        data_dir: tempfile::TempDir,
+        sampling: Sampling,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let colony_addr = listener.local_addr().unwrap();
         let colony = format!("http://{colony_addr}");

@@ -11,8 +11,10 @@
 mod cli;
 mod compare;
 mod deploy;
+mod faults;
 mod harness;
 mod ingest;
+mod limits;
 mod mcp;
 mod metrics;
 mod profile;

@@ -33,7 +33,7 @@ impl Exposition {
     }
 
     /// The sum of the series of `name` whose labels include all of `labels`.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.series
             .iter()
             .filter(|(s, _)| {
