@@ -23,6 +23,11 @@
 //!   `-Infinity`), arrays as arrays, kvlists as objects, bytes as hex strings, an
 //!   empty value as `null`.
 //! * Events, links and resource attributes other than the four above are not kept.
+//! * Sizes are bounded ([`coral_client::limits`]): the service name, span name, URL,
+//!   route, status message and attribute keys and values are cut with a
+//!   `…[truncated]` marker, attributes beyond the count or the JSON size are dropped and
+//!   counted in `coral.dropped_attributes`; [`Conversion::truncated`] counts the spans
+//!   cut. An over-long `container.id` or `k8s.pod.uid` is ignored.
 //!
 //! [`decode_json`] reads OTLP JSON bodies, fixing up the proto3 JSON forms that
 //! opentelemetry-proto's serde impls refuse.

@@ -244,8 +244,14 @@ impl query_service_server::QueryService for QueryService {
             )),
             e => store_status(e),
         })?;
+        let truncated = spans.len() > coral_store::MAX_TRACE_SPANS;
         Ok(Response::new(v1::GetTraceResponse {
-            spans: spans.into_iter().map(span_to_wire).collect(),
+            spans: spans
+                .into_iter()
+                .take(coral_store::MAX_TRACE_SPANS)
+                .map(span_to_wire)
+                .collect(),
+            truncated,
         }))
     }
 

@@ -126,7 +126,7 @@ const UPSERT_SERVICES: &str = "\
 const SELECT_TRACE: &str = concat!(
     "SELECT ",
     span_columns!(),
-    " FROM spans WHERE trace_id = $1 ORDER BY start_unix_nano, span_id"
+    " FROM spans WHERE trace_id = $1 ORDER BY start_unix_nano, span_id LIMIT $2"
 );
 
 // COLLATE "C": byte order whatever the database's locale, as SQLite sorts.
@@ -499,6 +499,7 @@ impl Store for PostgresStore {
     async fn get_trace(&self, trace_id: &TraceId) -> Result<Vec<SpanRecord>, StoreError> {
         let rows = sqlx::query(SELECT_TRACE)
             .bind(trace_id.as_bytes())
+            .bind(coral_store::MAX_TRACE_SPANS as i64 + 1)
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;

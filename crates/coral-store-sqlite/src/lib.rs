@@ -116,7 +116,7 @@ macro_rules! span_columns {
 const SELECT_TRACE: &str = concat!(
     "SELECT ",
     span_columns!(),
-    " FROM spans WHERE trace_id = ? ORDER BY start_unix_nano, span_id"
+    " FROM spans WHERE trace_id = ? ORDER BY start_unix_nano, span_id LIMIT ?"
 );
 
 const SELECT_SERVICES: &str = "SELECT service_id, name, first_seen_unix_nano, \
@@ -483,6 +483,7 @@ impl Store for SqliteStore {
     async fn get_trace(&self, trace_id: &TraceId) -> Result<Vec<SpanRecord>, StoreError> {
         let rows = sqlx::query(SELECT_TRACE)
             .bind(trace_id.as_bytes())
+            .bind(coral_store::MAX_TRACE_SPANS as i64 + 1)
             .fetch_all(&self.reader)
             .await
             .map_err(map_err)?;

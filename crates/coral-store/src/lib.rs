@@ -29,6 +29,11 @@ pub use records::{
 
 use async_trait::async_trait;
 
+/// Most spans of one trace that `GetTrace` returns (the earliest ones). A trace of a
+/// batch job or a runaway loop can have millions of spans; 10,000 is far beyond any
+/// request a person reads as a tree, and keeps the answer around 10 MB.
+pub const MAX_TRACE_SPANS: usize = 10_000;
+
 /// Boxed source error of a backend (sqlx, I/O).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -82,7 +87,9 @@ pub trait Store: Send + Sync + 'static {
         slowest: u32,
     ) -> Result<RequestSummary, StoreError>;
 
-    /// Every span of a trace, by start time; `NotFound` if there is none.
+    /// The spans of a trace, by start time: all of them up to [`MAX_TRACE_SPANS`], else
+    /// the first `MAX_TRACE_SPANS + 1` (one more than the limit says the trace is
+    /// longer); `NotFound` if there is none.
     async fn get_trace(&self, trace_id: &TraceId) -> Result<Vec<SpanRecord>, StoreError>;
 
     /// Records an agent. Registering again (after a reconnect) updates node, version,

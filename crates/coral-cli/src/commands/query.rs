@@ -197,6 +197,12 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
                 .map_err(rpc_error)?
                 .into_inner();
             let spans: Vec<SpanView> = resp.spans.iter().map(SpanView::from).collect();
+            if resp.truncated {
+                eprintln!(
+                    "note: the trace has more than {} spans; these are the first {0} by start time",
+                    spans.len()
+                );
+            }
             output::print_trace(&spans, format)
         }
         QueryCommand::Agents => {

@@ -242,3 +242,64 @@ async fn active_triggers_per_service_are_bounded() {
         .await
         .expect("a trigger starts once one was cancelled");
 }
+
+/// A trace longer than `MAX_TRACE_SPANS` comes back as its first spans, marked
+/// truncated, and the CLI says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_trace_returns_at_most_the_span_limit() {
+    let stack = stack().await;
+    let mut agent = coral_client::agent_client(coral_client::connect(&stack.colony).await.unwrap());
+    let trace_id = vec![0x3e; 16];
+    let start = 1_700_000_000_000_000_000i64;
+    let n = coral_store::MAX_TRACE_SPANS + 1;
+    let spans = (0..n)
+        .map(|i| v1::Span {
+            trace_id: trace_id.clone(),
+            span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+            service: "long-trace".into(),
+            name: format!("step {i}"),
+            start_time_unix_nano: start + i as i64,
+            ..Default::default()
+        })
+        .collect();
+    let r = agent
+        .ingest_spans(v1::IngestSpansRequest {
+            agent_id: "a".into(),
+            spans,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, n as u64);
+    let mut query = stack.query().await;
+    let trace = query
+        .get_trace(v1::GetTraceRequest {
+            trace_id: hex::encode(&trace_id),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(trace.truncated);
+    assert_eq!(trace.spans.len(), coral_store::MAX_TRACE_SPANS);
+    assert_eq!(trace.spans[0].name, "step 0", "the earliest spans are kept");
+    assert_eq!(
+        trace.spans.last().unwrap().name,
+        format!("step {}", coral_store::MAX_TRACE_SPANS - 1)
+    );
+    let colony = stack.colony.clone();
+    let cli = tokio::task::spawn_blocking(move || {
+        coral(
+            Some(&colony),
+            &["query", "trace", &hex::encode(&trace_id), "-o", "json"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(cli.ok, "{}", cli.stderr);
+    assert!(
+        cli.stderr
+            .contains("the trace has more than 10000 spans; these are the first 10000"),
+        "{}",
+        cli.stderr
+    );
+}

@@ -2,7 +2,8 @@
 //! them to a real colony on the embedded store and on PostgreSQL; the `coral` binary
 //! queries them back.
 //!
-//! Tests that need PostgreSQL or root (eBPF) are `#[ignore]`d so that plain `cargo test` stays
+//! Tests that need PostgreSQL or root (eBPF, or `faults`, which runs a PostgreSQL server
+//! of its own as the `postgres` user) are `#[ignore]`d so that plain `cargo test` stays
 //! unprivileged; `cargo xtask test` provides a server and runs them (as root).
 //!
 //! `deploy` checks the Kubernetes manifests with `kubectl kustomize` and
