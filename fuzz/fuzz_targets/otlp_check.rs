@@ -27,5 +27,7 @@ pub fn check(request: ExportTraceServiceRequest) {
         let attributes: serde_json::Value = serde_json::from_str(&span.attributes_json)
             .unwrap_or_else(|e| panic!("{:?}: {e}", span.attributes_json));
         assert!(attributes.is_object(), "{}", span.attributes_json);
+        // Within the size limits: cutting again changes nothing.
+        assert!(!coral_agent::otlp::limit_span(&mut span.clone()), "{span:?}");
     }
 }

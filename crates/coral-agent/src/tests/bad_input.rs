@@ -104,6 +104,10 @@ fn check(request: ExportTraceServiceRequest) {
         let attributes: serde_json::Value = serde_json::from_str(&span.attributes_json)
             .unwrap_or_else(|e| panic!("{:?}: {e}", span.attributes_json));
         assert!(attributes.is_object(), "{}", span.attributes_json);
+        // Within the size limits, so the colony takes it.
+        assert!(!crate::otlp::limit_span(&mut span.clone()), "{span:?}");
+        assert!(span.service.len() <= coral_client::limits::MAX_SERVICE_NAME_BYTES);
+        assert!(span.attributes_json.len() <= coral_client::limits::MAX_ATTRIBUTES_JSON_BYTES);
     }
 }
 
