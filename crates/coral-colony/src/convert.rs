@@ -101,7 +101,6 @@ pub fn span_to_wire(span: SpanRecord) -> v1::Span {
     }
 }
 
-/// Validates and converts one wire trace profile.
 /// Refuses a span over the size limits of [`limits`]. Coral agents cut spans to them
 /// before sending (see `coral_agent::otlp::limit_span`), so only another client meets
 /// this; it learns which field and by how much.
@@ -179,6 +178,7 @@ pub fn check_profile_size(profile: &mut v1::Profile) -> Result<(), String> {
     Ok(())
 }
 
+/// Validates and converts one wire trace profile.
 pub fn trace_profile_from_wire(p: v1::TraceProfile) -> Result<TraceProfileRecord, String> {
     let trace_id = TraceId::from_bytes(&p.trace_id)
         .ok_or_else(|| format!("trace_id must be 16 bytes (got {})", p.trace_id.len()))?;
