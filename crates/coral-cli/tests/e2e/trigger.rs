@@ -454,6 +454,28 @@ async fn a_trigger_survives_a_colony_restart_postgres() {
     survives_a_colony_restart(Backend::Postgres).await;
 }
 
+/// A trigger expires on time while the colony is down: the agent stops sampling at its
+/// expiry by itself, and the restarted colony marks it expired at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_expires_on_time_across_a_colony_restart() {
+    let sampler = Arc::new(FakeSampler::new());
+    let (mut stack, provider) = stack_with(Backend::Sqlite, &sampler).await;
+    let id = start_detached(&stack, &["--min-duration", "10s", "--timeout", "3s"]).await;
+    wait_for_targets(&sampler, &[pid()]).await;
+    let trigger = wait_for_trigger(&stack, &id, "the trigger", |_| true).await;
+    let expires = std::time::UNIX_EPOCH + Duration::from_nanos(trigger.expires_unix_nano as u64);
+    stack.stop_colony().await;
+    wait_for_targets(&sampler, &[]).await;
+    assert!(
+        SystemTime::now() >= expires,
+        "the agent stopped sampling before the trigger's expiry"
+    );
+    stack.start_colony().await;
+    let done = wait_for_trigger(&stack, &id, "expiry", |t| t.status != "active").await;
+    assert_eq!(done.status, "expired");
+    provider.shutdown().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_resumes_the_active_trigger() {
     let sampler = Arc::new(FakeSampler::new());
