@@ -1182,22 +1182,24 @@ pub(crate) mod tests {
         assert!(!out.spans[1].name.ends_with(marker));
     }
 
+    /// An array attribute value of `n` integers.
+    fn int_list(n: i64) -> Value {
+        Value::ArrayValue(ArrayValue {
+            values: (0..n)
+                .map(|i| AnyValue {
+                    value: Some(Value::IntValue(i)),
+                })
+                .collect(),
+        })
+    }
+
     #[test]
     fn attributes_beyond_the_count_limit_are_dropped_and_counted() {
         let mut many = span(1);
         many.attributes = (0..200)
             .map(|i| kv(&format!("a{i}"), Value::IntValue(i)))
             .collect();
-        many.attributes.push(kv(
-            "list",
-            Value::ArrayValue(ArrayValue {
-                values: (0..300)
-                    .map(|i| AnyValue {
-                        value: Some(Value::IntValue(i)),
-                    })
-                    .collect(),
-            }),
-        ));
+        many.attributes.push(kv("list", int_list(300)));
         let s = one(vec![], many).unwrap();
         let a = attributes(&s);
         let map = a.as_object().unwrap();
@@ -1210,16 +1212,7 @@ pub(crate) mod tests {
         assert_eq!(a[limits::DROPPED_ATTRIBUTES_KEY], 73);
 
         let mut nested = span(2);
-        nested.attributes = vec![kv(
-            "list",
-            Value::ArrayValue(ArrayValue {
-                values: (0..300)
-                    .map(|i| AnyValue {
-                        value: Some(Value::IntValue(i)),
-                    })
-                    .collect(),
-            }),
-        )];
+        nested.attributes = vec![kv("list", int_list(300))];
         let a = attributes(&one(vec![], nested).unwrap());
         assert_eq!(
             a["list"].as_array().unwrap().len(),

@@ -150,8 +150,14 @@ pub async fn stack_with(
 ) -> (Stack, SdkTracerProvider) {
     let stack = Stack::start_with(backend, Sampling::Fake(sampler.clone())).await;
     let provider = provider(stack.otlp_grpc);
+    say_hello(&stack, &provider).await;
+    (stack, provider)
+}
+
+/// One quick request, stored: the agent knows this process as [`SERVICE`] from it.
+async fn say_hello(stack: &Stack, provider: &SdkTracerProvider) {
     let hello = request(
-        &provider,
+        provider,
         SystemTime::now(),
         Duration::from_millis(1),
         "/hello",
@@ -159,7 +165,6 @@ pub async fn stack_with(
     )
     .await;
     stack.wait_for_trace(&hello, 1).await;
-    (stack, provider)
 }
 
 fn pid() -> u32 {
@@ -485,15 +490,7 @@ async fn a_restarted_agent_resumes_the_active_trigger() {
 
     stack.restart_agent(0).await;
     // The new agent has the trigger at once, and learns the process from its next span.
-    let hello = request(
-        &provider,
-        SystemTime::now(),
-        Duration::from_millis(1),
-        "/hello",
-        200,
-    )
-    .await;
-    stack.wait_for_trace(&hello, 1).await;
+    say_hello(&stack, &provider).await;
     let t0 = sampled_from_now(&sampler).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let slow = request(&provider, t0, Duration::from_millis(600), "/checkout", 200).await;
@@ -510,15 +507,7 @@ async fn two_agents_of_one_service_collect_exactly_count_together() {
     let (mut stack, provider) = stack_with(Backend::Postgres, &sampler).await;
     let second = stack.add_agent("node-2").await;
     let provider_2 = self::provider(stack.agents[second].otlp_grpc);
-    let hello = request(
-        &provider_2,
-        SystemTime::now(),
-        Duration::from_millis(1),
-        "/hello",
-        200,
-    )
-    .await;
-    stack.wait_for_trace(&hello, 1).await;
+    say_hello(&stack, &provider_2).await;
 
     let id = start_detached(&stack, &["--min-duration", "500ms", "--count", "3"]).await;
     let t0 = sampled_from_now(&sampler).await;
@@ -694,15 +683,7 @@ async fn a_trigger_loses_nothing_through_a_colony_outage_and_an_agent_crash() {
 
     // The restarted agent learns the trigger from the colony and this process from
     // its next span; the spool drains.
-    let hello = request(
-        &provider,
-        SystemTime::now(),
-        Duration::from_millis(1),
-        "/hello",
-        200,
-    )
-    .await;
-    stack.wait_for_trace(&hello, 1).await;
+    say_hello(&stack, &provider).await;
     wait_for_trigger(&stack, &id, "the spooled requests", |t| {
         t.collected_requests == 4
     })
