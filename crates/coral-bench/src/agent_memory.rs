@@ -14,7 +14,7 @@ const RATE: u32 = 50;
 const POLL: Duration = Duration::from_secs(10);
 
 /// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(pid: u32, field: &str) -> Result<u64> {
+pub(crate) fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("process {pid} is gone"))?;
     status
@@ -73,7 +73,7 @@ pub async fn run(coral: &str, postgres: Option<&str>) -> Result<()> {
     );
 
     let db = Database::fresh(postgres).await?;
-    let mut procs = Processes(Vec::new());
+    let mut procs = Processes::default();
     let colony = workload::start_colony(coral, &db, &mut procs).await?;
     let (otlp, agent_pid) = workload::start_agent(coral, &colony, &mut procs)?;
     let busy = Command::new(std::env::current_exe()?)
@@ -82,7 +82,7 @@ pub async fn run(coral: &str, postgres: Option<&str>) -> Result<()> {
         .spawn()
         .context("cannot start `coral-bench busy-service`")?;
     let busy_pid = busy.id();
-    procs.0.push(busy);
+    procs.children.push(busy);
 
     workload::wait_for_service(&colony, crate::busy::BUSY_SERVICE).await?;
     // Let the agent settle with spans flowing before taking the baseline.

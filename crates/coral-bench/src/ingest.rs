@@ -43,7 +43,7 @@ async fn store_baseline(pg: Option<&str>) -> Result<f64> {
 
 async fn end_to_end(coral: &str, pg: Option<&str>) -> Result<(&'static str, f64)> {
     let db = Database::fresh(pg).await?;
-    let mut procs = Processes(Vec::new());
+    let mut procs = Processes::default();
     let colony = workload::start_colony(coral, &db, &mut procs).await?;
     let (otlp, _) = workload::start_agent(coral, &colony, &mut procs)?;
     let requests = workload::otlp_requests(2, SPANS, PER_REQUEST, 1000);

@@ -27,8 +27,15 @@
 //! - `agent-memory` (only when named: it takes 10 minutes, `CORAL_BENCH_MEMORY_SECS`
 //!   shortens it): the agent's RSS while profiling a busy service at 99 Hz, beside its
 //!   RSS before the session. Needs root.
+//! - `load [--seconds N] [--rate SPANS_PER_S] [--store postgres|sqlite|both]` (only
+//!   when named; 600 s at 20,000 spans/s into PostgreSQL by default): colony and agent
+//!   processes under a steady open-loop OTLP load with an active trace trigger and
+//!   queries every second; progress every 10 s; then lost and duplicated spans
+//!   (counted in the store), both processes' RSS over time, query latencies. The one
+//!   benchmark that exits non-zero: when a span was lost or duplicated, or under 95 %
+//!   of the target rate was held.
 //!
-//! Every figure is printed; nothing here passes or fails on a timing.
+//! Every figure is printed; apart from `load` (above), nothing here passes or fails.
 //!
 //! Hidden subcommands run the workloads the benchmarks sample, as child processes:
 //! `spin <seconds>` and `busy-service --otlp HOST:PORT [--rate N] [--work-ms M]
@@ -37,6 +44,7 @@
 mod agent_memory;
 mod busy;
 mod ingest;
+mod load;
 mod mcp;
 mod overhead;
 mod query;
@@ -47,7 +55,7 @@ mod workload;
 
 use anyhow::{Result, bail};
 
-const USAGE: &str = "usage: coral-bench [all|ingest|query|mcp|overhead|symbolize|trace-profile|trigger|agent-memory]";
+const USAGE: &str = "usage: coral-bench [all|ingest|query|mcp|overhead|symbolize|trace-profile|trigger|agent-memory|load [--seconds N] [--rate SPANS_PER_S] [--store postgres|sqlite|both]]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,16 +64,16 @@ fn main() -> Result<()> {
         "spin" => return busy::spin(&args[1..]),
         "busy-service" => return busy::busy_service(&args[1..]),
         "all" | "ingest" | "query" | "mcp" | "overhead" | "symbolize" | "trace-profile"
-        | "trigger" | "agent-memory" => {}
+        | "trigger" | "agent-memory" | "load" => {}
         _ => bail!(USAGE),
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(which))
+        .block_on(run(which, &args[1..]))
 }
 
-async fn run(which: &str) -> Result<()> {
+async fn run(which: &str, rest: &[String]) -> Result<()> {
     let postgres = std::env::var("CORAL_BENCH_POSTGRES_URL").ok();
     let postgres = postgres.as_deref();
     let coral = std::env::var("CORAL_BIN").unwrap_or_else(|_| "target/release/coral".into());
@@ -94,6 +102,10 @@ async fn run(which: &str) -> Result<()> {
     // Not part of `all`: it takes 10 minutes.
     if which == "agent-memory" {
         agent_memory::run(&coral, postgres).await?;
+    }
+    // Not part of `all`: 10 minutes by default, and it fails when a span is lost.
+    if which == "load" {
+        load::run(&coral, postgres, rest).await?;
     }
     Ok(())
 }

@@ -489,7 +489,7 @@ async fn answer(client: &Client, c: &Call) -> Result<(String, Value)> {
 }
 
 async fn measure(coral: &str, db: &Database, seeded: &Seeded) -> Result<Vec<String>> {
-    let mut procs = Processes(Vec::new());
+    let mut procs = Processes::default();
     let colony = workload::start_colony(coral, db, &mut procs).await?;
     let mut grpc = coral_client::query_client(coral_client::connect(&colony).await?);
     let client = mcp_client(coral, &colony).await?;

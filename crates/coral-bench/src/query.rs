@@ -36,7 +36,7 @@ pub async fn run(coral: &str, postgres: Option<&str>) -> Result<()> {
             store.insert_spans(chunk).await?;
         }
         drop(store);
-        let mut procs = Processes(Vec::new());
+        let mut procs = Processes::default();
         let colony = workload::start_colony(coral, &db, &mut procs).await?;
         let mut client = coral_client::query_client(coral_client::connect(&colony).await?);
         let request = v1::QueryTracesRequest {

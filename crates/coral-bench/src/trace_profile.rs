@@ -69,7 +69,7 @@ pub async fn run(coral: &str, postgres: Option<&str>) -> Result<()> {
 
 async fn measure(coral: &str, db: &Database, ids: &[TraceId], seeding: Duration) -> Result<()> {
     let rows = db.count_rows("trace_profile_samples").await?;
-    let mut procs = Processes(Vec::new());
+    let mut procs = Processes::default();
     let colony = workload::start_colony(coral, db, &mut procs).await?;
     let channel = coral_client::connect(&colony).await?;
     let mut profiles = coral_client::profile_client(channel.clone());

@@ -190,7 +190,7 @@ fn machine_busy() -> Result<Duration> {
 }
 
 /// Runs `coral <args>`; returns its standard output.
-async fn coral_cli(coral: &str, args: &[&str]) -> Result<String> {
+pub(crate) async fn coral_cli(coral: &str, args: &[&str]) -> Result<String> {
     let out = tokio::process::Command::new(coral)
         .args(args)
         .env("RUST_LOG", "warn")
@@ -208,7 +208,12 @@ async fn coral_cli(coral: &str, args: &[&str]) -> Result<String> {
 }
 
 /// `coral profile trace-trigger --service S <args> --detach --output json`: the id.
-async fn start_trigger(coral: &str, colony: &str, service: &str, args: &[&str]) -> Result<String> {
+pub(crate) async fn start_trigger(
+    coral: &str,
+    colony: &str,
+    service: &str,
+    args: &[&str],
+) -> Result<String> {
     let mut all = vec![
         "profile",
         "trace-trigger",
@@ -232,7 +237,7 @@ async fn start_trigger(coral: &str, colony: &str, service: &str, args: &[&str]) 
         .with_context(|| format!("no trigger_id in {out:?}"))
 }
 
-async fn cancel_trigger(coral: &str, colony: &str, id: &str) -> Result<()> {
+pub(crate) async fn cancel_trigger(coral: &str, colony: &str, id: &str) -> Result<()> {
     let args = [
         "profile",
         "trigger-cancel",
@@ -266,7 +271,7 @@ impl Service {
             stdin: child.stdin.take().context("child stdin")?,
             stdout: BufReader::new(child.stdout.take().context("child stdout")?),
         };
-        procs.0.push(child);
+        procs.children.push(child);
         Ok(service)
     }
 
@@ -327,10 +332,10 @@ async fn cost(coral: &str) -> Result<()> {
         Err(_) => DEFAULT_ROUNDS,
     };
     let db = Database::fresh(None).await?;
-    let mut procs = Processes(Vec::new());
+    let mut procs = Processes::default();
     let colony = workload::start_colony(coral, &db, &mut procs).await?;
     // The child start_colony just added.
-    let colony_pid = procs.0.last().context("no colony process")?.id();
+    let colony_pid = procs.children.last().context("no colony process")?.id();
     let (otlp, agent) = workload::start_agent(coral, &colony, &mut procs)?;
     let mut service = Service::start(&otlp, &mut procs)?;
     workload::wait_for_service(&colony, BUSY_SERVICE).await?;
@@ -835,7 +840,7 @@ fn export_request(service: &str, pid: i64, spans: Vec<Span>) -> ExportTraceServi
 }
 
 /// Idle processes (`coral-bench spin`, blocked on its stdin) the agent can sample.
-fn idle_processes(n: usize, procs: &mut Processes) -> Result<Vec<i64>> {
+pub(crate) fn idle_processes(n: usize, procs: &mut Processes) -> Result<Vec<i64>> {
     (0..n)
         .map(|_| {
             let child = Command::new(std::env::current_exe()?)
@@ -845,7 +850,7 @@ fn idle_processes(n: usize, procs: &mut Processes) -> Result<Vec<i64>> {
                 .spawn()
                 .context("cannot start `coral-bench spin`")?;
             let pid = i64::from(child.id());
-            procs.0.push(child);
+            procs.children.push(child);
             Ok(pid)
         })
         .collect()
@@ -879,7 +884,7 @@ async fn ingest_run(
     scenario: Scenario,
 ) -> Result<(&'static str, Ingest)> {
     let db = Database::fresh(pg).await?;
-    let mut procs = Processes(Vec::new());
+    let mut procs = Processes::default();
     let colony = workload::start_colony(coral, &db, &mut procs).await?;
     let (otlp, agent) = workload::start_agent(coral, &colony, &mut procs)?;
     let mut pids = idle_processes(SENDERS, &mut procs)?;
@@ -947,7 +952,7 @@ async fn ingest_run(
     ))
 }
 
-async fn get_trigger(
+pub(crate) async fn get_trigger(
     client: &mut v1::profile_service_client::ProfileServiceClient<coral_client::Channel>,
     id: &str,
 ) -> Result<v1::TraceProfileTrigger> {
@@ -1001,7 +1006,7 @@ async fn latency(coral: &str, postgres: Option<&str>) -> Result<()> {
     let mut notes = Vec::new();
     for pg in workload::backends(postgres) {
         let db = Database::fresh(pg).await?;
-        let mut procs = Processes(Vec::new());
+        let mut procs = Processes::default();
         let colony = workload::start_colony(coral, &db, &mut procs).await?;
         let (otlp, agent) = workload::start_agent(coral, &colony, &mut procs)?;
         let mut otlp = workload::otlp_client(&otlp).await;

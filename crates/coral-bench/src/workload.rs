@@ -157,6 +157,8 @@ pub fn otlp_requests(
 pub struct Database {
     pub label: &'static str,
     pub config: coral_colony::StoreConfig,
+    /// PostgreSQL: the server's URL and this database's name, to drop it.
+    created: Option<(String, String)>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -177,6 +179,7 @@ impl Database {
                     config: coral_colony::StoreConfig::Postgres {
                         url: format!("{prefix}/{name}"),
                     },
+                    created: Some((base.to_string(), name)),
                     _dir: None,
                 })
             }
@@ -187,6 +190,7 @@ impl Database {
                     config: coral_colony::StoreConfig::Embedded {
                         data_dir: dir.path().to_path_buf(),
                     },
+                    created: None,
                     _dir: Some(dir),
                 })
             }
@@ -211,9 +215,22 @@ impl Database {
 
     /// How many rows `table` holds, read straight from the database.
     pub async fn count_rows(&self, table: &'static str) -> Result<i64> {
-        use sqlx::Connection;
         // The table name is a constant of this crate, never user text.
-        let sql = sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}"));
+        self.scalar(format!("SELECT count(*) FROM {table}")).await
+    }
+
+    /// How many distinct (trace id, span id) keys the stored spans have.
+    pub async fn count_distinct_span_keys(&self) -> Result<i64> {
+        self.scalar(
+            "SELECT count(*) FROM (SELECT DISTINCT trace_id, span_id FROM spans) AS k".into(),
+        )
+        .await
+    }
+
+    /// One integer, from a query of this crate's own text (never user text).
+    async fn scalar(&self, sql: String) -> Result<i64> {
+        use sqlx::Connection;
+        let sql = sqlx::AssertSqlSafe(sql);
         Ok(match &self.config {
             coral_colony::StoreConfig::Postgres { url } => {
                 let mut c = sqlx::PgConnection::connect(url).await?;
@@ -226,6 +243,22 @@ impl Database {
             }
         })
     }
+
+    /// Deletes the database now (PostgreSQL; the embedded store's directory goes when
+    /// this is dropped), once nothing is connected to it.
+    pub async fn drop_database(self) -> Result<()> {
+        if let Some((base, name)) = &self.created {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(base).await?;
+            // The name was generated in `fresh`, never user text.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE {name} WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 /// PostgreSQL (when a URL is given), then the embedded store.
@@ -235,11 +268,16 @@ pub fn backends(postgres: Option<&str>) -> Vec<Option<&str>> {
 
 /// Child processes killed on drop, the last started first (an agent before its
 /// colony, which it would otherwise log about).
-pub struct Processes(pub Vec<Child>);
+#[derive(Default)]
+pub struct Processes {
+    pub children: Vec<Child>,
+    /// Their temporary directories, removed after they are killed.
+    dirs: Vec<tempfile::TempDir>,
+}
 
 impl Drop for Processes {
     fn drop(&mut self) {
-        for c in self.0.iter_mut().rev() {
+        for c in self.children.iter_mut().rev() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -265,6 +303,15 @@ pub fn spawn(coral: &str, args: &[String]) -> Result<Child> {
 
 /// Starts a colony on `db`; returns its address once it answers.
 pub async fn start_colony(coral: &str, db: &Database, procs: &mut Processes) -> Result<String> {
+    Ok(start_colony_pid(coral, db, procs).await?.0)
+}
+
+/// [`start_colony`], also returning the colony's pid.
+pub async fn start_colony_pid(
+    coral: &str,
+    db: &Database,
+    procs: &mut Processes,
+) -> Result<(String, u32)> {
     let addr = format!("127.0.0.1:{}", free_port()?);
     let mut args = vec![
         "colony".into(),
@@ -273,7 +320,9 @@ pub async fn start_colony(coral: &str, db: &Database, procs: &mut Processes) -> 
         addr.clone(),
     ];
     args.extend(db.colony_args());
-    procs.0.push(spawn(coral, &args)?);
+    let colony = spawn(coral, &args)?;
+    let pid = colony.id();
+    procs.children.push(colony);
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Ok(ch) = coral_client::connect(&addr).await {
@@ -282,7 +331,7 @@ pub async fn start_colony(coral: &str, db: &Database, procs: &mut Processes) -> 
                 .await
                 .is_ok()
             {
-                return Ok(addr);
+                return Ok((addr, pid));
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -293,8 +342,18 @@ pub async fn start_colony(coral: &str, db: &Database, procs: &mut Processes) -> 
 /// Starts an agent forwarding to `colony`, with OTLP/gRPC on a free port; returns
 /// that address and the agent's pid.
 pub fn start_agent(coral: &str, colony: &str, procs: &mut Processes) -> Result<(String, u32)> {
+    start_agent_with(coral, colony, procs, &[])
+}
+
+/// [`start_agent`] with more arguments of `coral agent start`.
+pub fn start_agent_with(
+    coral: &str,
+    colony: &str,
+    procs: &mut Processes,
+    extra: &[&str],
+) -> Result<(String, u32)> {
     let otlp = format!("127.0.0.1:{}", free_port()?);
-    let args = [
+    let mut args = vec![
         "agent",
         "start",
         "--colony",
@@ -306,13 +365,18 @@ pub fn start_agent(coral: &str, colony: &str, procs: &mut Processes) -> Result<(
         "--node",
         "bench",
     ];
-    // Its own spool directory, removed with the bench's other temporary files.
-    let data = tempfile::tempdir()?.keep();
-    let mut args: Vec<String> = args.map(String::from).into();
-    args.extend(["--data-dir".into(), data.display().to_string()]);
+    // Its own spool directory, removed with the processes.
+    let data = tempfile::tempdir()?;
+    args.extend([
+        "--data-dir",
+        data.path().to_str().expect("a UTF-8 temp path"),
+    ]);
+    args.extend(extra);
+    let args: Vec<String> = args.into_iter().map(String::from).collect();
+    procs.dirs.push(data);
     let agent = spawn(coral, &args)?;
     let pid = agent.id();
-    procs.0.push(agent);
+    procs.children.push(agent);
     Ok((otlp, pid))
 }
 
