@@ -40,7 +40,8 @@ fn main() -> Result<()> {
              test [-- <cargo test args>]   install prerequisites, start PostgreSQL, run all tests\n  \
              demo [coral demo args]        build, then find payment-svc's planted slow path (root)\n  \
              bench [NAME]                  release build, PostgreSQL and the embedded store: print figures\n                                \
-             (NAME: all, ingest, query, mcp, overhead, symbolize, trace-profile, trigger, agent-memory)\n  \
+             (NAME: all, ingest, query, mcp, overhead, symbolize, trace-profile, trigger, agent-memory,\n                                \
+             load [--seconds N] [--rate SPANS_PER_S] [--store postgres|sqlite|both])\n  \
              fuzz [--seconds N] [TARGET...]  extended mode: each fuzz target for N s (default 60), nightly"
         ),
     }
