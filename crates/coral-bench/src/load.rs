@@ -229,7 +229,11 @@ async fn run_one(coral: &str, pg: Option<&str>, o: &Options) -> Result<Vec<Strin
         let due = (o.rate as f64 * elapsed.as_secs_f64().min(total.as_secs_f64())) as u64;
         let generated = generator.spans - warm_spans;
         if due > generated {
-            for request in generator.tick(&mut rng, due - generated) {
+            // At most two ticks' worth at once: when the agent refuses and every export
+            // slot is taken, the backlog stays a number (the schedule), not spans in
+            // memory (a first version made them all and was killed at 23 GB).
+            let chunk = (due - generated).min(o.rate / 5).max(1);
+            for request in generator.tick(&mut rng, chunk) {
                 let permit = permits.clone().acquire_owned().await?;
                 let (client, sent) = (client.clone(), sent.clone());
                 tokio::spawn(async move {
