@@ -70,6 +70,14 @@ pub const MAX_FRAME_NAME_BYTES: usize = 4096;
 /// for the questions of one incident.
 pub const MAX_ACTIVE_TRIGGERS_PER_SERVICE: usize = 10;
 
+/// Most request profiles in one `GetTraceProfile` answer (a trace with more request
+/// spans profiled, e.g. a batch job, gets the earliest by start and `truncated`).
+pub const MAX_PROFILES_PER_TRACE_RESPONSE: usize = 1000;
+
+/// Largest `GetTraceProfile` answer, encoded: well under the gRPC message limit
+/// ([`crate::MAX_MESSAGE_BYTES`]) so that every client can read it.
+pub const MAX_TRACE_PROFILE_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Longest trigger URL glob or status-code pattern.
 pub const MAX_TRIGGER_PATTERN_BYTES: usize = 1024;
 

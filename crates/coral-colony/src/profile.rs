@@ -173,11 +173,12 @@ impl profile_service_server::ProfileService for ProfileService {
                 )),
                 e => store_status(e),
             })?;
-        let selected: Vec<_> = profiles
+        let mut selected: Vec<_> = profiles
             .iter()
             .filter(|p| req.service.is_empty() || p.service == req.service)
             .map(trace_profile_to_wire)
             .collect();
+        let truncated = bound_trace_profiles(&mut selected);
         if selected.is_empty() {
             let mut services: Vec<_> = profiles.iter().map(|p| p.service.as_str()).collect();
             services.dedup();
@@ -189,6 +190,7 @@ impl profile_service_server::ProfileService for ProfileService {
         }
         Ok(Response::new(v1::GetTraceProfileResponse {
             profiles: selected,
+            truncated,
         }))
     }
 
@@ -280,5 +282,61 @@ impl profile_service_server::ProfileService for ProfileService {
         crate::compare::compare_trace_profiles(self.store.as_ref(), request.into_inner())
             .await
             .map(Response::new)
+    }
+}
+
+/// Keeps the first profiles that fit one answer (by count and encoded size; the first
+/// always, so that a single huge profile is still served); true if any were left out.
+fn bound_trace_profiles(profiles: &mut Vec<v1::TraceProfile>) -> bool {
+    use coral_client::limits::{MAX_PROFILES_PER_TRACE_RESPONSE, MAX_TRACE_PROFILE_RESPONSE_BYTES};
+    use prost::Message;
+    let mut bytes = 0;
+    let fits = profiles
+        .iter()
+        .take(MAX_PROFILES_PER_TRACE_RESPONSE)
+        .take_while(|p| {
+            bytes += p.encoded_len();
+            bytes <= MAX_TRACE_PROFILE_RESPONSE_BYTES
+        })
+        .count()
+        .max(1);
+    let truncated = profiles.len() > fits;
+    profiles.truncate(fits);
+    truncated
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+    use coral_client::limits::{MAX_PROFILES_PER_TRACE_RESPONSE, MAX_TRACE_PROFILE_RESPONSE_BYTES};
+
+    fn named(n: usize, name_bytes: usize) -> Vec<v1::TraceProfile> {
+        (0..n)
+            .map(|i| v1::TraceProfile {
+                span_id: (i as u64).to_be_bytes().to_vec(),
+                span_name: "x".repeat(name_bytes),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn answers_are_bounded_by_count_and_size() {
+        let mut few = named(3, 10);
+        assert!(!bound_trace_profiles(&mut few));
+        assert_eq!(few.len(), 3);
+
+        let mut many = named(MAX_PROFILES_PER_TRACE_RESPONSE + 5, 10);
+        assert!(bound_trace_profiles(&mut many));
+        assert_eq!(many.len(), MAX_PROFILES_PER_TRACE_RESPONSE);
+        assert_eq!(many[0].span_id, 0u64.to_be_bytes(), "the earliest kept");
+
+        let mut big = named(10, MAX_TRACE_PROFILE_RESPONSE_BYTES / 4);
+        assert!(bound_trace_profiles(&mut big));
+        assert_eq!(big.len(), 3);
+
+        let mut huge = named(2, MAX_TRACE_PROFILE_RESPONSE_BYTES + 1);
+        assert!(bound_trace_profiles(&mut huge));
+        assert_eq!(huge.len(), 1, "one profile is always served");
     }
 }

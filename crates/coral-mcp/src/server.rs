@@ -354,9 +354,15 @@ impl CoralMcp {
                      service, then pick a trace id from what it collects.",
                 )
             })?
-            .into_inner()
-            .profiles;
+            .into_inner();
+        let (profiles, truncated) = (profiles.profiles, profiles.truncated);
         let mut text = format!("CPU profile of trace {}:\n", p.trace_id.trim());
+        if truncated {
+            text.push_str(&format!(
+                "note: the trace has more request profiles; these are the first {} by start\n",
+                profiles.len()
+            ));
+        }
         let mut spans = Vec::new();
         for tp in &profiles {
             let profile =

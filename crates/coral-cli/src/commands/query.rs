@@ -264,6 +264,13 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
+            if resp.truncated {
+                eprintln!(
+                    "note: the trace has more request profiles than one answer holds; these are \
+                     the first {} by start time (--service narrows it)",
+                    resp.profiles.len()
+                );
+            }
             return output::profile::print_trace_profiles(
                 &t.trace_id,
                 &resp.profiles,
