@@ -65,6 +65,11 @@ pub fn render(stats: &AgentStats) -> String {
         p.stack_errors,
     )
     .counter(
+        "coral_agent_clock_steps_total",
+        "Steps of the wall clock (set by more than 100 ms at once) the sampler followed.",
+        p.clock_steps,
+    )
+    .counter(
         "coral_agent_samples_evicted_total",
         "CPU samples pushed out of the recent-sample ring by newer ones before they aged out.",
         p.samples_evicted,

@@ -38,6 +38,9 @@ pub struct ProfilingCounters {
     /// Stacks the sampler could not store (its kernel stack map full, or a hash
     /// collision): those samples have no stack.
     pub stack_errors: u64,
+    /// Steps of the wall clock the sampler saw (logged by it): requests around one may
+    /// be profiled without their samples.
+    pub clock_steps: u64,
     /// Samples pushed out of the recent-sample ring by newer ones before they aged out.
     pub samples_evicted: u64,
     /// Per-request profiles the colony accepted.
@@ -66,6 +69,7 @@ struct ProfilingStats {
     samples: AtomicU64,
     samples_lost: AtomicU64,
     stack_errors: AtomicU64,
+    clock_steps: AtomicU64,
     samples_evicted: AtomicU64,
     trace_profiles_sent: AtomicU64,
     trace_profiles_dropped: AtomicU64,
@@ -114,6 +118,7 @@ impl AgentStats {
             samples: p.samples.load(Relaxed),
             samples_lost: p.samples_lost.load(Relaxed),
             stack_errors: p.stack_errors.load(Relaxed),
+            clock_steps: p.clock_steps.load(Relaxed),
             samples_evicted: p.samples_evicted.load(Relaxed),
             trace_profiles_sent: p.trace_profiles_sent.load(Relaxed),
             trace_profiles_dropped: p.trace_profiles_dropped.load(Relaxed),
@@ -154,6 +159,10 @@ impl AgentStats {
 
     pub(crate) fn add_stack_errors(&self, n: u64) {
         self.profiling.stack_errors.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn add_clock_steps(&self, n: u64) {
+        self.profiling.clock_steps.fetch_add(n, Relaxed);
     }
 
     pub(crate) fn add_samples_evicted(&self, n: u64) {

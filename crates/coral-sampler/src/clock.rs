@@ -82,12 +82,19 @@ impl ClockOffset {
     }
 }
 
+/// A change of the offset larger than this between two measurements is a step of the
+/// real-time clock (NTP slews by at most 0.5 ms/s; a step is set by hand or by NTP
+/// after a long drift), logged and counted.
+pub(crate) const CLOCK_STEP: Duration = Duration::from_millis(100);
+
 /// The offset with the time it was measured, re-measured when it gets old.
 #[derive(Debug)]
 pub(crate) struct OffsetTracker {
     current: ClockOffset,
     measured_at: Instant,
     interval: Duration,
+    /// Steps of the real-time clock seen (see [`CLOCK_STEP`]).
+    pub steps: u64,
 }
 
 impl OffsetTracker {
@@ -96,24 +103,38 @@ impl OffsetTracker {
             current: ClockOffset::measure(),
             measured_at: Instant::now(),
             interval,
+            steps: 0,
         }
     }
 
     /// The current offset, re-measuring it first if it is older than the interval.
     pub fn get(&mut self) -> ClockOffset {
         if self.measured_at.elapsed() >= self.interval {
-            let fresh = ClockOffset::measure();
-            let shift = fresh.offset_ns - self.current.offset_ns;
-            if shift.abs() > 1_000_000 {
-                tracing::debug!(
-                    shift_ns = shift,
-                    "real-time clock moved against the monotonic clock"
-                );
-            }
-            self.current = fresh;
-            self.measured_at = Instant::now();
+            self.update(ClockOffset::measure());
         }
         self.current
+    }
+
+    /// Takes a fresh measurement; a step of the real-time clock is logged and counted.
+    fn update(&mut self, fresh: ClockOffset) {
+        let shift = fresh.offset_ns - self.current.offset_ns;
+        if shift.unsigned_abs() > CLOCK_STEP.as_nanos() as u64 {
+            self.steps += 1;
+            tracing::warn!(
+                step_ms = shift / 1_000_000,
+                "the wall clock stepped by {:+.3} s (set by hand or by NTP): samples are \
+                 placed on the new clock from now on; requests around the step may be \
+                 profiled without their samples",
+                shift as f64 / 1e9
+            );
+        } else if shift.abs() > 1_000_000 {
+            tracing::debug!(
+                shift_ns = shift,
+                "real-time clock moved against the monotonic clock"
+            );
+        }
+        self.current = fresh;
+        self.measured_at = Instant::now();
     }
 }
 
@@ -206,6 +227,24 @@ mod tests {
             .unwrap()
             .as_nanos() as i64;
         assert!((system - real).abs() < 5_000_000);
+    }
+
+    #[test]
+    fn a_step_of_the_wall_clock_is_counted_and_followed() {
+        let mut tracker = OffsetTracker::new(Duration::from_secs(3600));
+        let at = |offset_ns| ClockOffset {
+            offset_ns,
+            uncertainty_ns: 10,
+        };
+        let base = tracker.current.offset_ns;
+        tracker.update(at(base + 400_000)); // an NTP slew: followed, not a step
+        assert_eq!(tracker.steps, 0);
+        tracker.update(at(base + 400_000 + 30_000_000_000)); // set 30 s ahead
+        assert_eq!(tracker.steps, 1);
+        assert_eq!(tracker.get().to_unix_nano(0), base + 30_000_400_000);
+        tracker.update(at(base - 5_000_000_000)); // and back, past where it was
+        assert_eq!(tracker.steps, 2);
+        assert_eq!(tracker.get().to_unix_nano(1), base - 4_999_999_999);
     }
 
     #[test]

@@ -68,6 +68,8 @@ struct Shared {
     dropped: AtomicU64,
     /// Stack ids that could not be resolved in user space.
     resolve_errors: AtomicU64,
+    /// Steps of the wall clock the reader's offset tracker saw.
+    clock_steps: AtomicU64,
     /// Stack map rotations done, and stack entries deleted by them (for tests and logs).
     rotations: AtomicU64,
     cleared_stacks: AtomicU64,
@@ -172,6 +174,7 @@ impl EbpfSampler {
             samples: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             resolve_errors: AtomicU64::new(0),
+            clock_steps: AtomicU64::new(0),
             rotations: AtomicU64::new(0),
             cleared_stacks: AtomicU64::new(0),
             stop: AtomicBool::new(false),
@@ -299,6 +302,7 @@ impl Sampler for EbpfSampler {
             stack_errors: control.counter(COUNTER_STACK_ERRORS)
                 + self.shared.resolve_errors.load(Ordering::Relaxed),
             dropped: self.shared.dropped.load(Ordering::Relaxed),
+            clock_steps: self.shared.clock_steps.load(Ordering::Relaxed),
             frequency_hz: control.frequency_hz,
             targets: control.targets.len(),
             attached: !control.links.is_empty(),
@@ -517,6 +521,9 @@ impl Reader {
             return;
         }
         let offset = self.offset.get();
+        shared
+            .clock_steps
+            .store(self.offset.steps, Ordering::Relaxed);
         let mut errors = 0;
         let samples = events
             .into_iter()

@@ -77,6 +77,9 @@ pub struct SamplerStats {
     /// Samples discarded because the buffer was full ([`Sampler::drain`] not called
     /// often enough); the oldest go first.
     pub dropped: u64,
+    /// Steps of the wall clock seen (it was set by more than 100 ms at once); samples
+    /// follow the new clock within a second.
+    pub clock_steps: u64,
     /// The frequency the perf events are attached with; 0 when detached.
     pub frequency_hz: u32,
     /// Number of processes being profiled.

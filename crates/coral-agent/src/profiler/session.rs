@@ -164,6 +164,7 @@ pub(crate) struct Worker {
     /// last counted.
     sampler_lost_seen: u64,
     sampler_stack_errors_seen: u64,
+    sampler_clock_steps_seen: u64,
     /// When sample losses were last logged (at most once per [`LOSS_WARNING_INTERVAL`]).
     loss_warned: Option<(Instant, u64, u64)>,
     /// Which processes may be sampled, whatever the spans say.
@@ -215,6 +216,7 @@ impl Worker {
             sampler_idle_since: None,
             sampler_lost_seen: 0,
             sampler_stack_errors_seen: 0,
+            sampler_clock_steps_seen: 0,
             loss_warned: None,
             symbolizer,
             outbox,
@@ -281,6 +283,7 @@ impl Worker {
         self.sampler = Some(sampler.clone());
         self.sampler_lost_seen = 0;
         self.sampler_stack_errors_seen = 0;
+        self.sampler_clock_steps_seen = 0;
         Ok(sampler)
     }
 
@@ -542,6 +545,12 @@ impl Worker {
             self.stats
                 .add_stack_errors(stack_errors.saturating_sub(self.sampler_stack_errors_seen));
             self.sampler_stack_errors_seen = stack_errors;
+            self.stats.add_clock_steps(
+                sampler_stats
+                    .clock_steps
+                    .saturating_sub(self.sampler_clock_steps_seen),
+            );
+            self.sampler_clock_steps_seen = sampler_stats.clock_steps;
             self.warn_of_losses();
             for trigger in self.triggers.iter_mut().filter(|t| t.is_active()) {
                 trigger.effective_hz = trigger.effective_hz.max(sampler_stats.frequency_hz);
