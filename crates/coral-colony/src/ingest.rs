@@ -195,7 +195,10 @@ impl AgentService for IngestService {
                 (records.len() as u64).saturating_sub(stored),
                 rejected,
             );
-            m.add_trigger_event("completed", inserted.completed_triggers);
+            m.add_trigger_event(
+                crate::metrics::TriggerEvent::Completed,
+                inserted.completed_triggers,
+            );
         });
         if inserted.over_limit > 0 {
             tracing::debug!(

@@ -35,13 +35,37 @@ pub struct ColonyMetrics {
     profiles_rejected: AtomicU64,
     store_errors: AtomicU64,
     triggers_active: AtomicU64,
-    /// Trigger lifecycle events this colony caused, by [`TRIGGER_EVENTS`] index.
-    trigger_events: [AtomicU64; TRIGGER_EVENTS.len()],
+    /// Trigger lifecycle events this colony caused, by [`TriggerEvent`].
+    trigger_events: [AtomicU64; TriggerEvent::ALL.len()],
 }
 
 /// What happens to a trigger: started, then completed (its count reached), cancelled
 /// or expired.
-const TRIGGER_EVENTS: [&str; 4] = ["started", "completed", "cancelled", "expired"];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TriggerEvent {
+    Started,
+    Completed,
+    Cancelled,
+    Expired,
+}
+
+impl TriggerEvent {
+    const ALL: [TriggerEvent; 4] = [
+        Self::Started,
+        Self::Completed,
+        Self::Cancelled,
+        Self::Expired,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Completed => "completed",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+        }
+    }
+}
 
 /// Runs `f` on the metrics of the colony serving the current RPC, if any.
 pub(crate) fn with_current(f: impl FnOnce(&ColonyMetrics)) {
@@ -107,11 +131,9 @@ impl ColonyMetrics {
         self.triggers_active.store(n as u64, Relaxed);
     }
 
-    /// Counts `n` trigger `event`s (one of [`TRIGGER_EVENTS`]).
-    pub(crate) fn add_trigger_event(&self, event: &str, n: u64) {
-        if let Some(i) = TRIGGER_EVENTS.iter().position(|e| *e == event) {
-            self.trigger_events[i].fetch_add(n, Relaxed);
-        }
+    /// Counts `n` trigger `event`s.
+    pub(crate) fn add_trigger_event(&self, event: TriggerEvent, n: u64) {
+        self.trigger_events[event as usize].fetch_add(n, Relaxed);
     }
 
     /// The exposition now.
@@ -185,10 +207,10 @@ impl ColonyMetrics {
              cancelled or expired.",
             Kind::Counter,
         );
-        for (event, n) in TRIGGER_EVENTS.iter().zip(&self.trigger_events) {
+        for (event, n) in TriggerEvent::ALL.iter().zip(&self.trigger_events) {
             e.sample(
                 "coral_colony_trigger_events_total",
-                &[("event", event)],
+                &[("event", event.label())],
                 n.load(Relaxed) as f64,
             );
         }

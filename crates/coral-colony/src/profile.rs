@@ -218,7 +218,9 @@ impl profile_service_server::ProfileService for ProfileService {
             frequency_hz = trigger.frequency_hz,
             "trace-profile trigger started"
         );
-        crate::metrics::with_current(|m| m.add_trigger_event("started", 1));
+        crate::metrics::with_current(|m| {
+            m.add_trigger_event(crate::metrics::TriggerEvent::Started, 1)
+        });
         Ok(Response::new(v1::StartTraceProfileTriggerResponse {
             trigger_id: trigger.trigger_id.to_string(),
             status: trigger.status.to_string(),
@@ -269,7 +271,9 @@ impl profile_service_server::ProfileService for ProfileService {
         if trigger.status == coral_store::TriggerStatus::Cancelled
             && trigger.ended_unix_nano >= Some(now / 1000 * 1000)
         {
-            crate::metrics::with_current(|m| m.add_trigger_event("cancelled", 1));
+            crate::metrics::with_current(|m| {
+                m.add_trigger_event(crate::metrics::TriggerEvent::Cancelled, 1)
+            });
         }
         tracing::info!(trigger = %id, status = %trigger.status, "trace-profile trigger cancel asked");
         self.with_collected(trigger).await

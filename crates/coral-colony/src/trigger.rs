@@ -254,7 +254,7 @@ pub(crate) async fn sweep(
                 match store.expire_triggers(now_unix_nano()).await {
                     Ok(0) => {}
                     Ok(n) => {
-                        metrics.add_trigger_event("expired", n);
+                        metrics.add_trigger_event(crate::metrics::TriggerEvent::Expired, n);
                         tracing::info!(triggers = n, "triggers expired");
                     }
                     Err(e) => {

@@ -16,9 +16,7 @@ use coral_sampler::FakeSampler;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
 };
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use sqlx::Connection;
 use std::path::PathBuf;
 use std::process::Command;
@@ -206,28 +204,13 @@ fn otlp_request(n: u64) -> ExportTraceServiceRequest {
         end_time_unix_nano: start + 2_000_000,
         ..Default::default()
     };
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue(SERVICE.into())),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans: vec![
-                    span(1, vec![], "GET /pay", 2),
-                    span(2, vec![1; 8], "charge", 1),
-                ],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    crate::harness::otlp_request(
+        Some(SERVICE),
+        vec![
+            span(1, vec![], "GET /pay", 2),
+            span(2, vec![1; 8], "charge", 1),
+        ],
+    )
 }
 
 /// A profile of request `n` with `STACKS_PER_PROFILE` stacks of 1..=40 samples.

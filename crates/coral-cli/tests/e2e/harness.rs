@@ -3,6 +3,7 @@
 
 use coral_client::v1;
 use coral_sampler::FakeSampler;
+use opentelemetry_proto::tonic as otlp;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -337,4 +338,54 @@ impl Drop for Stack {
 /// on a thread that can reach this runtime's reactor.
 pub async fn produce<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// An OTLP string attribute.
+pub fn otlp_string(key: &str, value: impl Into<String>) -> otlp::common::v1::KeyValue {
+    use otlp::common::v1::{AnyValue, KeyValue, any_value};
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// One OTLP export request: `spans` from one resource, named `service` if given.
+pub fn otlp_request(
+    service: Option<&str>,
+    spans: Vec<otlp::trace::v1::Span>,
+) -> otlp::collector::trace::v1::ExportTraceServiceRequest {
+    use otlp::trace::v1::{ResourceSpans, ScopeSpans};
+    otlp::collector::trace::v1::ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: service.map(|s| otlp::resource::v1::Resource {
+                attributes: vec![otlp_string("service.name", s)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+impl Stack {
+    /// Sends `request` to the first agent's OTLP/gRPC receiver.
+    pub async fn export(
+        &self,
+        request: otlp::collector::trace::v1::ExportTraceServiceRequest,
+    ) -> Result<otlp::collector::trace::v1::ExportTraceServiceResponse, tonic::Status> {
+        use otlp::collector::trace::v1::trace_service_client::TraceServiceClient;
+        let mut client = TraceServiceClient::connect(format!("http://{}", self.otlp_grpc))
+            .await
+            .expect("the agent's OTLP/gRPC receiver accepts connections");
+        client
+            .export(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
 }

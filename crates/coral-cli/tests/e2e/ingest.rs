@@ -165,12 +165,7 @@ async fn otel_sdk_spans_round_trip_on_postgres() {
 /// one is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_spans_are_refused_and_valid_ones_kept() {
-    use opentelemetry_proto::tonic::collector::trace::v1::{
-        ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
-    };
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue as PKv, any_value};
-    use opentelemetry_proto::tonic::resource::v1::Resource as PResource;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use opentelemetry_proto::tonic::trace::v1::Span;
 
     let stack = Stack::start(Backend::Sqlite).await;
     let now = std::time::SystemTime::now()
@@ -187,38 +182,16 @@ async fn invalid_spans_are_refused_and_valid_ones_kept() {
         ..Default::default()
     };
     let good_trace = vec![7u8; 16];
-    let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(PResource {
-                attributes: vec![PKv {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue("mixed".into())),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans: vec![
-                    span(vec![1; 5], vec![1; 8], now, now + 1), // short trace id
-                    span(vec![2; 16], vec![], now, now + 1),    // missing span id
-                    span(vec![3; 16], vec![3; 8], now, now - 1_000), // negative duration
-                    span(good_trace.clone(), vec![4; 8], now, now + 1_000_000),
-                ],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    let mut client = TraceServiceClient::connect(format!("http://{}", stack.otlp_grpc))
-        .await
-        .unwrap();
-    let resp = client
-        .export(request)
-        .await
-        .expect("partial success is OK")
-        .into_inner();
+    let request = crate::harness::otlp_request(
+        Some("mixed"),
+        vec![
+            span(vec![1; 5], vec![1; 8], now, now + 1), // short trace id
+            span(vec![2; 16], vec![], now, now + 1),    // missing span id
+            span(vec![3; 16], vec![3; 8], now, now - 1_000), // negative duration
+            span(good_trace.clone(), vec![4; 8], now, now + 1_000_000),
+        ],
+    );
+    let resp = stack.export(request).await.expect("partial success is OK");
     let partial = resp.partial_success.expect("partial success reported");
     assert_eq!(partial.rejected_spans, 3);
     assert!(!partial.error_message.is_empty());

@@ -3,17 +3,12 @@
 //! many active triggers are refused with a message naming the limit.
 
 use crate::cli::coral;
-use crate::harness::{Backend, Sampling, Stack};
+use crate::harness::{Backend, Sampling, Stack, otlp_request, otlp_string};
 use crate::ingest::{Transport, send_request};
 use crate::metrics::scrape;
 use coral_client::{limits, v1};
 use coral_sampler::FakeSampler;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
-};
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use std::sync::Arc;
 
 async fn stack() -> Stack {
@@ -22,16 +17,6 @@ async fn stack() -> Stack {
         Sampling::Fake(Arc::new(FakeSampler::new())),
     )
     .await
-}
-
-fn string(key: &str, value: String) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value)),
-        }),
-        ..Default::default()
-    }
 }
 
 /// A span with a 5,000-byte name, a 20 KB URL, a 10 KB attribute and 200 attributes in
@@ -45,36 +30,24 @@ async fn oversized_span_fields_are_cut_with_a_marker_and_counted() {
         .as_nanos() as u64;
     let trace_id = vec![0x1e; 16];
     let mut attributes = vec![
-        string("url.path", format!("/{}", "p".repeat(20_000))),
-        string("db.statement", "s".repeat(10_000)),
+        otlp_string("url.path", format!("/{}", "p".repeat(20_000))),
+        otlp_string("db.statement", "s".repeat(10_000)),
     ];
-    attributes.extend((0..198).map(|i| string(&format!("a{i:03}"), "v".into())));
-    let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![string("service.name", "big-svc".into())],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans: vec![Span {
-                    trace_id: trace_id.clone(),
-                    span_id: vec![1; 8],
-                    name: "n".repeat(5000),
-                    kind: 2,
-                    start_time_unix_nano: now,
-                    end_time_unix_nano: now + 1_000_000,
-                    attributes,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
+    attributes.extend((0..198).map(|i| otlp_string(&format!("a{i:03}"), "v")));
+    let request = otlp_request(
+        Some("big-svc"),
+        vec![Span {
+            trace_id: trace_id.clone(),
+            span_id: vec![1; 8],
+            name: "n".repeat(5000),
+            kind: 2,
+            start_time_unix_nano: now,
+            end_time_unix_nano: now + 1_000_000,
+            attributes,
             ..Default::default()
         }],
-    };
-    let mut client = TraceServiceClient::connect(format!("http://{}", stack.otlp_grpc))
-        .await
-        .unwrap();
-    let resp = client.export(request).await.unwrap().into_inner();
+    );
+    let resp = stack.export(request).await.unwrap();
     assert!(
         resp.partial_success.is_none_or(|p| p.rejected_spans == 0),
         "an oversized span must be kept, not refused"

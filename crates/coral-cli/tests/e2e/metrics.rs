@@ -251,10 +251,7 @@ pub(crate) async fn scrape_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_spans_from_sdk_to_colony() {
-    use opentelemetry_proto::tonic::collector::trace::v1::{
-        ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
-    };
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use opentelemetry_proto::tonic::trace::v1::Span;
 
     let sampling = Sampling::Fake(Arc::new(FakeSampler::new()));
     let stack = Stack::start_with(Backend::Sqlite, sampling).await;
@@ -274,24 +271,16 @@ async fn metrics_count_spans_from_sdk_to_colony() {
         let url = format!("/pay/{i}");
         traces.push(request(&sdk, SystemTime::now(), Duration::from_millis(3), &url, 200).await);
     }
-    let invalid = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans: vec![Span {
-                    trace_id: vec![1; 5], // too short
-                    span_id: vec![1; 8],
-                    name: "bad".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
+    let invalid = crate::harness::otlp_request(
+        None,
+        vec![Span {
+            trace_id: vec![1; 5], // too short
+            span_id: vec![1; 8],
+            name: "bad".into(),
             ..Default::default()
         }],
-    };
-    let mut client = TraceServiceClient::connect(format!("http://{}", stack.otlp_grpc))
-        .await
-        .unwrap();
-    client.export(invalid).await.expect("partial success is OK");
+    );
+    stack.export(invalid).await.expect("partial success is OK");
     for trace in &traces {
         stack.wait_for_trace(trace, 1).await;
     }
