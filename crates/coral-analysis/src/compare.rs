@@ -22,11 +22,19 @@ use inferno::flamegraph::{self, Options};
 use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, Normal};
 
-use crate::profile::{Profile, folded_lines};
+use crate::profile::{Profile, folded_lines, function_identity};
 
-/// Cohorts with at most this many requests together get the exact distribution of U;
-/// larger ones the normal approximation, which is accurate from about there on.
+/// Cohorts with at most this many requests together get the exact distribution of the
+/// rank sum, counted with a subset-sum table.
 const EXACT_MAX_REQUESTS: usize = 30;
+/// A smaller cohort of at most this many requests gets the exact distribution too,
+/// whatever the other's size: the normal approximation is far too optimistic when one
+/// side is tiny (1 request against 375 tied at share 0 gave p ≈ 0 for an exact 2/376).
+const EXACT_MAX_SMALLER: usize = 10;
+/// ... as long as smaller × total stays within this, which bounds the transform size
+/// (at most 2¹⁸ points) and so the cost of one test. Cohorts are truncated at 5,000
+/// requests, so 10 vs 5,000 is within it.
+const EXACT_MAX_SMALLER_TIMES_TOTAL: usize = 100_000;
 /// Cliff's delta thresholds for small, medium and large effects (Romano et al. 2006).
 const CLIFF_SMALL: f64 = 0.147;
 const CLIFF_MEDIUM: f64 = 0.33;
@@ -206,6 +214,9 @@ pub fn compare(a: &[&Profile], b: &[&Profile], options: &CompareOptions) -> Comp
     let stats_b = CohortStats::new(&requests_b, names.len());
     let (na, nb) = (stats_a.units, stats_b.units);
     let small = na < options.min_cohort_requests || nb < options.min_cohort_requests;
+    // One request can only be unusual among the other cohort's, which says what that
+    // request did, not what its cohort does: a lead, never evidence.
+    let single = na == 1 || nb == 1;
 
     let mut functions: Vec<FunctionDiff> = Vec::with_capacity(names.len());
     for (id, (function, module)) in names.names.iter().enumerate() {
@@ -280,6 +291,9 @@ pub fn compare(a: &[&Profile], b: &[&Profile], options: &CompareOptions) -> Comp
         if small {
             d.significance = d.significance.min(Significance::Medium);
         }
+        if single {
+            d.significance = d.significance.min(Significance::Low);
+        }
     }
 
     // Cohort A is the one being explained (the slow requests): among significant
@@ -316,7 +330,8 @@ pub fn compare(a: &[&Profile], b: &[&Profile], options: &CompareOptions) -> Comp
     }
 }
 
-/// Functions identified by (function, module), numbered in order of appearance.
+/// Functions identified by (function, module), numbered in order of appearance; the
+/// function by its [`function_identity`], so that JIT tiers of one function are one.
 #[derive(Default)]
 struct Names {
     ids: HashMap<(String, String), usize>,
@@ -325,7 +340,7 @@ struct Names {
 
 impl Names {
     fn id(&mut self, function: &str, module: &str) -> usize {
-        let key = (function.to_string(), module.to_string());
+        let key = (function_identity(function).into_owned(), module.to_string());
         if let Some(&id) = self.ids.get(&key) {
             return id;
         }
@@ -536,15 +551,16 @@ fn cohort_warnings(
             n - units
         ));
     }
-    if units < options.min_cohort_requests {
-        let what = if units == 1 {
-            "1 request with CPU samples".to_string()
-        } else {
-            format!("{units} requests with CPU samples")
-        };
+    if units == 1 {
         warnings.push(format!(
-            "cohort {cohort} has only {what} (fewer than {}): significance is capped at medium \
-             and small differences cannot be detected",
+            "cohort {cohort} has only 1 request with CPU samples: significance is capped at \
+             low (one request shows what it did, not what its cohort does), and against n \
+             requests no p-value is below 2/(n + 1)"
+        ));
+    } else if units < options.min_cohort_requests {
+        warnings.push(format!(
+            "cohort {cohort} has only {units} requests with CPU samples (fewer than {}): \
+             significance is capped at medium and small differences cannot be detected",
             options.min_cohort_requests
         ));
     }
@@ -581,9 +597,9 @@ pub(crate) struct MannWhitney {
     pub effect_size: f64,
 }
 
-/// Two-sided Mann–Whitney U test of `a` against `b`, with midranks for ties. Up to
-/// [`EXACT_MAX_REQUESTS`] values in all, the p-value comes from the exact permutation
-/// distribution of the rank sum given the ties; beyond, from the normal approximation
+/// Two-sided Mann–Whitney U test of `a` against `b`, with midranks for ties. When
+/// [`uses_exact_test`] says so, the p-value comes from the exact permutation
+/// distribution of the rank sum given the ties; otherwise from the normal approximation
 /// with tie and continuity corrections. Empty samples or all-equal values give p = 1.
 pub(crate) fn mann_whitney(a: &[f64], b: &[f64]) -> MannWhitney {
     let (na, nb) = (a.len(), b.len());
@@ -600,9 +616,16 @@ pub(crate) fn mann_whitney(a: &[f64], b: &[f64]) -> MannWhitney {
     let all_tied = ranks.iter().all(|r| r.0 == ranks[0].0);
     let p_value = if all_tied {
         1.0
-    } else if na + nb <= EXACT_MAX_REQUESTS {
+    } else if uses_exact_test(na, nb) {
         let doubled: Vec<u64> = ranks.iter().map(|r| r.0).collect();
-        exact_p(&doubled, na, rank_sum_a2)
+        // The smaller cohort's rank sum has the same p-value (B's is the total minus
+        // A's) and a much smaller range.
+        let (k, observed) = if na <= nb {
+            (na, rank_sum_a2)
+        } else {
+            (nb, doubled.iter().sum::<u64>() - rank_sum_a2)
+        };
+        exact_p(&doubled, k, observed)
     } else {
         let tie_term = tie_term(&ranks);
         normal_p(u, na, nb, tie_term)
@@ -612,6 +635,15 @@ pub(crate) fn mann_whitney(a: &[f64], b: &[f64]) -> MannWhitney {
         p_value,
         effect_size: 2.0 * u / (na * nb) as f64 - 1.0,
     }
+}
+
+/// Whether cohorts of `na` and `nb` requests get the exact test: up to
+/// [`EXACT_MAX_REQUESTS`] together, or a smaller cohort of at most [`EXACT_MAX_SMALLER`]
+/// with smaller × total at most [`EXACT_MAX_SMALLER_TIMES_TOTAL`].
+pub(crate) fn uses_exact_test(na: usize, nb: usize) -> bool {
+    let (smaller, total) = (na.min(nb), na + nb);
+    total <= EXACT_MAX_REQUESTS
+        || (smaller <= EXACT_MAX_SMALLER && smaller * total <= EXACT_MAX_SMALLER_TIMES_TOTAL)
 }
 
 /// Twice the midrank of every value (so ranks stay integers), with whether it is from
@@ -648,39 +680,226 @@ fn tie_term(ranks: &[(u64, bool)]) -> f64 {
         .sum()
 }
 
-/// Exact two-sided p-value: the probability, over all equally likely ways to choose
-/// which `na` of the values are A's, of a (doubled) rank sum at least as far from its
-/// mean as the observed one. Counts come from a subset-sum table over the doubled
-/// midranks, so ties are handled exactly without enumerating permutations.
-fn exact_p(doubled_ranks: &[u64], na: usize, observed: u64) -> f64 {
-    let max_sum: u64 = doubled_ranks.iter().sum();
-    let width = max_sum as usize + 1;
-    // ways[k * width + s]: subsets of k values with doubled rank sum s.
-    let mut ways = vec![0f64; (na + 1) * width];
+/// Exact two-sided p-value of a (doubled) rank sum `observed` of `k` of the values:
+/// twice the smaller tail, P(S ≤ observed) or P(S ≥ observed), over all equally likely
+/// ways to choose which `k` of the values are the cohort's, at most 1. Twice the smaller
+/// tail rather than "as far from the mean" because ties make the distribution
+/// asymmetric: one request above 375 tied ones has a one-sided tail of 1/376 and no
+/// opposite tail at all, and its p must still be 2/376.
+///
+/// Up to [`EXACT_MAX_REQUESTS`] values the distribution is counted exactly with a
+/// subset-sum table; beyond (small `k` only), with a discrete Fourier transform, exact up
+/// to floating-point rounding (about 1e-12).
+fn exact_p(doubled_ranks: &[u64], k: usize, observed: u64) -> f64 {
+    let n = doubled_ranks.len();
+    let distribution = if n <= EXACT_MAX_REQUESTS {
+        rank_sum_counts(doubled_ranks, k)
+    } else {
+        rank_sum_probabilities(doubled_ranks, k)
+    };
+    let observed = observed as usize;
+    let total: f64 = distribution.iter().sum();
+    let lower: f64 = distribution.iter().take(observed + 1).sum();
+    let upper: f64 = distribution.iter().skip(observed).sum();
+    // The observed split itself has probability 1 / C(n, k): rounding never takes a
+    // tail below that.
+    let floor = (-ln_choose(n, k)).exp();
+    let tail = (lower.min(upper) / total).max(floor);
+    (2.0 * tail).min(1.0)
+}
+
+/// Counts of the k-subsets of `doubled_ranks` by sum (index = sum), from a subset-sum
+/// table: O(n · k · max sum), for small n.
+fn rank_sum_counts(doubled_ranks: &[u64], k: usize) -> Vec<f64> {
+    let width = doubled_ranks.iter().sum::<u64>() as usize + 1;
+    // ways[j * width + s]: subsets of j values with doubled rank sum s.
+    let mut ways = vec![0f64; (k + 1) * width];
     ways[0] = 1.0;
     for &r in doubled_ranks {
         let r = r as usize;
-        for k in (1..=na).rev() {
+        for j in (1..=k).rev() {
             for s in (r..width).rev() {
-                let add = ways[(k - 1) * width + s - r];
+                let add = ways[(j - 1) * width + s - r];
                 if add != 0.0 {
-                    ways[k * width + s] += add;
+                    ways[j * width + s] += add;
                 }
             }
         }
     }
-    // The mean doubled rank sum of A: na × (N + 1).
-    let center = (na * (doubled_ranks.len() + 1)) as i64;
-    let distance = (observed as i64 - center).abs();
-    let row = &ways[na * width..];
-    let total: f64 = row.iter().sum();
-    let extreme: f64 = row
-        .iter()
-        .enumerate()
-        .filter(|&(s, _)| (s as i64 - center).abs() >= distance)
-        .map(|(_, w)| w)
-        .sum();
-    (extreme / total).min(1.0)
+    ways.split_off(k * width)
+}
+
+/// The probabilities of the k-subsets' sums of `doubled_ranks` (index = sum), for small
+/// k and any n, in O(M log M + M k²) with M ≈ 2kn.
+///
+/// The counts are the coefficients of e_k(x^r₁, …, x^rₙ), the k-th elementary symmetric
+/// polynomial of the monomials. At each M-th root of unity it follows from the power
+/// sums p_j = Σ x^(j·rᵢ) by Newton's identities, and every p_j is a value of one
+/// transform of the rank histogram; an inverse transform gives the coefficients.
+/// Dividing e_j by C(n, j) keeps every quantity within [−1, 1]-ish, so nothing
+/// overflows and rounding stays near the machine epsilon.
+fn rank_sum_probabilities(doubled_ranks: &[u64], k: usize) -> Vec<f64> {
+    let n = doubled_ranks.len();
+    // Sums are taken above k × the smallest rank, which shrinks the transform when the
+    // smallest values are many ties (requests without the function).
+    let lowest = doubled_ranks.iter().copied().min().unwrap_or(0);
+    let highest = doubled_ranks.iter().copied().max().unwrap_or(0);
+    let span = k * (highest - lowest) as usize;
+    let m = (span + 1).next_power_of_two();
+    let mut histogram = vec![Complex::ZERO; m];
+    for &r in doubled_ranks {
+        histogram[(r - lowest) as usize].re += 1.0;
+    }
+    let transform = Fft::new(m);
+    transform.run(&mut histogram, false);
+    // Newton: e_j = (1/j) Σᵢ (−1)^(i−1) e_(j−i) p_i; with f_j = e_j / C(n, j),
+    // f_j = Σᵢ (−1)^(i−1) f_(j−i) p_i · C(n, j−i) / (j · C(n, j)).
+    let mut weight = vec![vec![0f64; k + 1]; k + 1];
+    for (j, row) in weight.iter_mut().enumerate().skip(1) {
+        // C(n, j−i) / C(n, j) = Π over l in (j−i, j] of l / (n − l + 1).
+        let mut ratio = 1.0;
+        for (i, w) in row.iter_mut().enumerate().take(j + 1).skip(1) {
+            let l = j - i + 1;
+            ratio *= l as f64 / (n - l + 1) as f64;
+            let sign = if i % 2 == 1 { 1.0 } else { -1.0 };
+            *w = sign * ratio / j as f64;
+        }
+    }
+    let mut spectrum = vec![Complex::ZERO; m];
+    let mut f = vec![Complex::ZERO; k + 1];
+    let mut power_sums = vec![Complex::ZERO; k + 1];
+    // The distribution is real, so its transform at m − t is the conjugate of that at t.
+    for t in 0..=m / 2 {
+        for (i, p) in power_sums.iter_mut().enumerate().skip(1) {
+            *p = histogram[(i * t) & (m - 1)];
+        }
+        f[0] = Complex { re: 1.0, im: 0.0 };
+        for j in 1..=k {
+            let mut acc = Complex::ZERO;
+            for i in 1..=j {
+                acc = acc.add(f[j - i].mul(power_sums[i]).scale(weight[j][i]));
+            }
+            f[j] = acc;
+        }
+        spectrum[t] = f[k];
+        if t > 0 && t < m - t {
+            spectrum[m - t] = f[k].conj();
+        }
+    }
+    transform.run(&mut spectrum, true);
+    // Back to sums of the ranks themselves.
+    let offset = k * lowest as usize;
+    let mut probabilities = vec![0f64; offset];
+    probabilities.extend(
+        spectrum
+            .iter()
+            .take(span + 1)
+            .map(|c| (c.re / m as f64).max(0.0)),
+    );
+    probabilities
+}
+
+/// ln C(n, k).
+fn ln_choose(n: usize, k: usize) -> f64 {
+    (0..k).map(|i| ((n - i) as f64 / (k - i) as f64).ln()).sum()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Complex {
+    re: f64,
+    im: f64,
+}
+
+impl Complex {
+    const ZERO: Complex = Complex { re: 0.0, im: 0.0 };
+
+    fn add(self, o: Complex) -> Complex {
+        Complex {
+            re: self.re + o.re,
+            im: self.im + o.im,
+        }
+    }
+
+    fn sub(self, o: Complex) -> Complex {
+        Complex {
+            re: self.re - o.re,
+            im: self.im - o.im,
+        }
+    }
+
+    fn mul(self, o: Complex) -> Complex {
+        Complex {
+            re: self.re * o.re - self.im * o.im,
+            im: self.re * o.im + self.im * o.re,
+        }
+    }
+
+    fn scale(self, x: f64) -> Complex {
+        Complex {
+            re: self.re * x,
+            im: self.im * x,
+        }
+    }
+
+    fn conj(self) -> Complex {
+        Complex {
+            re: self.re,
+            im: -self.im,
+        }
+    }
+}
+
+/// An in-place radix-2 fast Fourier transform of one power-of-two size.
+struct Fft {
+    /// e^(−2πi·j/m) for j < m/2, each computed directly for accuracy.
+    twiddles: Vec<Complex>,
+}
+
+impl Fft {
+    fn new(m: usize) -> Fft {
+        debug_assert!(m.is_power_of_two());
+        let twiddles = (0..m / 2)
+            .map(|j| {
+                let angle = -2.0 * std::f64::consts::PI * j as f64 / m as f64;
+                Complex {
+                    re: angle.cos(),
+                    im: angle.sin(),
+                }
+            })
+            .collect();
+        Fft { twiddles }
+    }
+
+    /// The forward transform Σ x_s e^(−2πi·st/m), or without the sign (`inverse`, not
+    /// scaled by 1/m).
+    fn run(&self, data: &mut [Complex], inverse: bool) {
+        let m = data.len();
+        if m < 2 {
+            return;
+        }
+        let bits = m.trailing_zeros();
+        for i in 0..m {
+            let j = i.reverse_bits() >> (usize::BITS - bits);
+            if i < j {
+                data.swap(i, j);
+            }
+        }
+        let mut len = 2;
+        while len <= m {
+            let stride = m / len;
+            for start in (0..m).step_by(len) {
+                for i in 0..len / 2 {
+                    let w = self.twiddles[i * stride];
+                    let w = if inverse { w.conj() } else { w };
+                    let even = data[start + i];
+                    let odd = data[start + i + len / 2].mul(w);
+                    data[start + i] = even.add(odd);
+                    data[start + i + len / 2] = even.sub(odd);
+                }
+            }
+            len *= 2;
+        }
+    }
 }
 
 /// Two-sided p-value of U under the normal approximation, with the tie correction of

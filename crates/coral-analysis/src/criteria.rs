@@ -22,6 +22,17 @@ pub enum CriteriaError {
         "invalid URL pattern {input:?}: {reason} (write a glob such as /checkout* or /api/*/pay)"
     )]
     Url { input: String, reason: String },
+    #[error(
+        "URL pattern {input:?} can never match: it is matched against the whole path, which \
+         starts with '/'; write \"/{input}\" for that path, or \"*{input}*\" for any path containing it"
+    )]
+    UrlNeverMatches { input: String },
+    #[error(
+        "a trigger needs at least one criterion (a minimum or maximum duration, a status or a \
+         URL pattern): without one every request matches and there is no baseline to compare \
+         with; to profile every request of a service, profile it for a while instead"
+    )]
+    NoCriteria,
 }
 
 /// A glob on a request's URL path: `*` is any run of characters (including none and
@@ -51,6 +62,13 @@ impl UrlPattern {
         }
         if input.chars().any(char::is_whitespace) {
             return Err(err("it contains white space (URLs have none)"));
+        }
+        // Paths and routes start with '/': a pattern that starts with anything else
+        // but a wildcard matches no request, which would leave a trigger waiting forever.
+        if !input.starts_with(['/', '*', '?']) {
+            return Err(CriteriaError::UrlNeverMatches {
+                input: input.chars().take(80).collect(),
+            });
         }
         Ok(Self {
             pattern: input.to_string(),
@@ -171,6 +189,15 @@ impl RequestCriteria {
         })
     }
 
+    /// Criteria that every request meets: refused for a trigger, whose baseline (the
+    /// requests that do not match) would always be empty.
+    pub fn require_some(self) -> Result<Self, CriteriaError> {
+        if self == Self::default() {
+            return Err(CriteriaError::NoCriteria);
+        }
+        Ok(self)
+    }
+
     /// Whether a request meets every criterion. A URL pattern matches the URL path or
     /// the route; a request with neither does not match it.
     pub fn matches(&self, request: &RequestFacts<'_>) -> bool {
@@ -191,25 +218,42 @@ impl RequestCriteria {
 }
 
 impl fmt::Display for RequestCriteria {
-    /// `duration >= 1s and status 5xx and url /checkout*`, or `any request`.
+    /// The criteria in the cohort filter language ([`crate::filter`]), so that what a
+    /// trigger collected can be compared with the rest: `duration >= 1s and status =
+    /// 5xx and (url ~ "/checkout*" or route ~ "/checkout*")`. Criteria without a
+    /// condition (older triggers) read `duration >= 0ns`, which every request meets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
+        let ns = |ns: i64| format!("{ns}ns");
         if let Some(min) = self.min_duration_ns {
-            parts.push(format!("duration >= {}", crate::format_duration_ns(min)));
+            parts.push(format!("duration >= {}", ns(min)));
         }
         if let Some(max) = self.max_duration_ns {
-            parts.push(format!("duration <= {}", crate::format_duration_ns(max)));
+            parts.push(format!("duration <= {}", ns(max)));
         }
         if let Some(status) = &self.status {
-            parts.push(format!("status {status}"));
+            let terms = status.to_string();
+            parts.push(if terms.contains(',') {
+                format!("status in ({})", terms.replace(',', ", "))
+            } else {
+                format!("status = {terms}")
+            });
         }
         if let Some(url) = &self.url {
-            parts.push(format!("url {url}"));
+            // The pattern has no white space or control characters; quote `"` and `\`.
+            let quoted = url.as_str().replace('\\', "\\\\").replace('"', "\\\"");
+            parts.push(format!(
+                "(url ~ \"{quoted}\" or route ~ \"{quoted}\")"
+            ));
         }
         if parts.is_empty() {
-            f.write_str("any request")
-        } else {
-            f.write_str(&parts.join(" and "))
+            parts.push("duration >= 0ns".to_string());
+        }
+        // Through the filter's canonical form: durations in their largest exact unit.
+        let text = parts.join(" and ");
+        match crate::filter::parse(&text) {
+            Ok(filter) => write!(f, "{filter}"),
+            Err(_) => f.write_str(&text),
         }
     }
 }
@@ -285,7 +329,8 @@ mod tests {
         assert!(c.matches(&by_route));
         assert_eq!(
             c.to_string(),
-            "duration >= 1.00s and duration <= 5.00s and status 5xx and url /checkout*"
+            "duration >= 1s and duration <= 5s and status = 5xx and \
+             (url ~ \"/checkout*\" or route ~ \"/checkout*\")"
         );
     }
 
@@ -293,7 +338,43 @@ mod tests {
     fn no_criteria_match_everything() {
         let c = RequestCriteria::new(None, None, Some(""), Some("")).unwrap();
         assert!(c.matches(&facts(0, None, None)));
-        assert_eq!(c.to_string(), "any request");
+        assert_eq!(c.to_string(), "duration >= 0ns");
+        assert_eq!(c.require_some(), Err(CriteriaError::NoCriteria));
+    }
+
+    #[test]
+    fn criteria_read_as_a_cohort_filter_that_selects_the_same_requests() {
+        let c = RequestCriteria::new(Some(1500), Some(60_000), Some("4xx,503"), Some("/pay*"))
+            .unwrap();
+        assert_eq!(
+            c.to_string(),
+            "duration >= 1500ms and duration <= 1m and status in (4xx, 503) and \
+             (url ~ \"/pay*\" or route ~ \"/pay*\")"
+        );
+        crate::filter::parse(&c.to_string()).unwrap();
+        let quoted = RequestCriteria::new(None, None, Some("error"), Some("/a\"b\\*"))
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            crate::filter::parse(&quoted).unwrap().to_string(),
+            quoted,
+            "parses back"
+        );
+    }
+
+    #[test]
+    fn a_url_pattern_that_cannot_match_a_path_is_refused() {
+        let e = RequestCriteria::new(None, None, None, Some("checkout")).unwrap_err();
+        assert_eq!(
+            e,
+            CriteriaError::UrlNeverMatches {
+                input: "checkout".into()
+            }
+        );
+        assert!(e.to_string().contains("\"/checkout\""), "{e}");
+        for ok in ["/checkout", "*checkout*", "?api*"] {
+            RequestCriteria::new(None, None, None, Some(ok)).unwrap();
+        }
     }
 
     #[test]

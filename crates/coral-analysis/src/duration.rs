@@ -4,7 +4,10 @@ use std::time::Duration;
 
 /// A duration that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: {reason} (write e.g. 100ms, 1.5s, 5m, 2h or 1h30m)")]
+#[error(
+    "invalid duration {input:?}: {reason} (write e.g. 100ms, 1.5s, 5m, 2h or 1h30m; \
+     units: ns, us, µs, ms, s, m, h, d)"
+)]
 pub struct DurationError {
     pub input: String,
     pub reason: &'static str,
@@ -127,6 +130,12 @@ mod tests {
             let e = parse_duration(bad).unwrap_err();
             assert!(e.to_string().contains("100ms"), "{bad}: {e}");
         }
+        // The units are listed, so `2 hours` is fixed without looking anything up.
+        let e = parse_duration("2 hours").unwrap_err();
+        assert!(
+            e.to_string().contains("units: ns, us, µs, ms, s, m, h, d"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -28,7 +28,10 @@
 //! * `trace`: a trace id, 32 hex digits; `=`, `!=`, `in` only.
 //! * `attr.<key>` (key: letters, digits, `.`, `_`, `-`): a string, a number or
 //!   `true`/`false`; ordering takes a number, `~` takes a string pattern; the values
-//!   of an `in` list have one type.
+//!   of an `in` list have one type. The attributes the agent moves into fields are
+//!   those fields under their own name: `attr.http.response.status_code` and
+//!   `attr.http.status_code` are `status`, `attr.url.path` and `attr.http.target`
+//!   are `url`, `attr.http.route` is `route`.
 //!
 //! Strings are in double quotes, with `\"` and `\\` as the only escapes, and hold no
 //! control characters. A bare word (letters, digits, `_ . - :`) is also a value: text
@@ -72,6 +75,19 @@ pub const MAX_FILTER_LEN: usize = 4096;
 pub const MAX_DEPTH: usize = 64;
 /// Largest repetition count in a regex (PostgreSQL's limit).
 const MAX_REPEAT: u32 = 255;
+
+/// Span attributes that the agent moves into a field of the span (so they are not in
+/// its attributes any more), with the field a condition on them reads: a user who
+/// sees `http.response.status_code: 200` on a span can filter on
+/// `attr.http.response.status_code = 200`. `http.target` is compared as the path,
+/// like `url`.
+const PROMOTED_ATTRIBUTES: [(&str, Field); 5] = [
+    ("http.response.status_code", Field::Status),
+    ("http.status_code", Field::Status),
+    ("url.path", Field::Url),
+    ("http.target", Field::Url),
+    ("http.route", Field::Route),
+];
 
 /// A filter that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -216,6 +232,7 @@ const ATTR: &str = "a string, a number or true/false";
 const PATTERN: &str = "a glob in double quotes such as \"/api/*\" or a /regular expression/";
 
 /// Which field a condition is on.
+#[derive(Clone)]
 enum Field {
     Duration,
     Status,
@@ -405,7 +422,12 @@ impl<'a> Parser<'a> {
                         &format!("{word:?}"),
                     ));
                 }
-                Field::Attr(key.to_string())
+                // The agent moves these span attributes into fields of their own:
+                // under their own name they are those fields.
+                match PROMOTED_ATTRIBUTES.iter().find(|(name, _)| *name == key) {
+                    Some((_, field)) => field.clone(),
+                    None => Field::Attr(key.to_string()),
+                }
             }
             _ => {
                 return Err(self.error_at(

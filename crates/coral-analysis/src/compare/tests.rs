@@ -159,11 +159,16 @@ fn planted_difference_is_found_first_with_high_significance() {
 /// Counts, over many A/A comparisons (both cohorts from one distribution), the runs in
 /// which any function reached each level, and the fraction of raw p-values below 0.05.
 fn aa_runs(runs: u64, n: usize, first_seed: u64) -> ([usize; 4], f64) {
+    aa_runs_unbalanced(runs, (n, n), first_seed)
+}
+
+/// [`aa_runs`] with cohorts of different sizes.
+fn aa_runs_unbalanced(runs: u64, (na, nb): (usize, usize), first_seed: u64) -> ([usize; 4], f64) {
     let mut any = [0usize; 4];
     let (mut below, mut tested) = (0usize, 0usize);
     for seed in first_seed..first_seed + runs {
         let mut rng = Rng(seed);
-        let cohort = |rng: &mut Rng| -> Vec<Profile> {
+        let cohort = |rng: &mut Rng, n: usize| -> Vec<Profile> {
             (0..n)
                 .map(|_| {
                     let mut stacks = background(rng, 0.6, 1.0);
@@ -177,7 +182,7 @@ fn aa_runs(runs: u64, n: usize, first_seed: u64) -> ([usize; 4], f64) {
                 })
                 .collect()
         };
-        let (a, b) = (cohort(&mut rng), cohort(&mut rng));
+        let (a, b) = (cohort(&mut rng, na), cohort(&mut rng, nb));
         let c = compare(&refs(&a), &refs(&b), &CompareOptions::default());
         let best = c.functions.iter().map(|f| f.significance).max().unwrap();
         for (level, count) in any.iter_mut().enumerate() {
@@ -226,6 +231,28 @@ fn aa_comparisons_of_small_cohorts_rarely_claim_a_difference() {
     assert!(any[3] <= 10, "high in {} of 1000 runs", any[3]);
     assert!(any[2] <= 50, "medium or better in {} of 1000 runs", any[2]);
     assert!(p05 <= 0.05, "raw p < 0.05 in {:.3} of tests", p05);
+}
+
+#[test]
+fn aa_comparisons_of_a_few_requests_against_many_rarely_claim_a_difference() {
+    // The exact test for a small cohort against a larger one.
+    for (sizes, seed) in [((3, 100), 200_000), ((10, 150), 300_000)] {
+        let (any, p05) = aa_runs_unbalanced(200, sizes, seed);
+        println!(
+            "A/A {} vs {}, 200 runs: any low+ {}, medium+ {}, high {}; raw p < 0.05 in {:.1}% \
+             of tests",
+            sizes.0,
+            sizes.1,
+            any[1],
+            any[2],
+            any[3],
+            p05 * 100.0
+        );
+        // At the nominal 5 % of runs, 200 runs see more than 16 in about 1 % of cases.
+        assert!(any[3] <= 2, "high in {} of 200 runs", any[3]);
+        assert!(any[2] <= 16, "medium or better in {} of 200 runs", any[2]);
+        assert!(p05 <= 0.06, "raw p < 0.05 in {:.3} of tests", p05);
+    }
 }
 
 #[test]
@@ -511,9 +538,8 @@ fn exact_distribution_matches_enumeration() {
         let doubled: Vec<u64> = ranks.iter().map(|r| r.0).collect();
         let observed: u64 = ranks.iter().filter(|r| r.1).map(|r| r.0).sum();
         let n = na + nb;
-        let center = (na * (n + 1)) as i64;
-        let distance = (observed as i64 - center).abs();
-        let (mut extreme, mut total) = (0u64, 0u64);
+        // Twice the smaller tail: ties make the distribution asymmetric.
+        let (mut lower, mut upper, mut total) = (0u64, 0u64, 0u64);
         for mask in 0u32..1 << n {
             if mask.count_ones() as usize != na {
                 continue;
@@ -523,9 +549,10 @@ fn exact_distribution_matches_enumeration() {
                 .map(|i| doubled[i])
                 .sum();
             total += 1;
-            extreme += u64::from((s as i64 - center).abs() >= distance);
+            lower += u64::from(s <= observed);
+            upper += u64::from(s >= observed);
         }
-        let want = extreme as f64 / total as f64;
+        let want = (2.0 * lower.min(upper) as f64 / total as f64).min(1.0);
         let got = exact_p(&doubled, na, observed);
         assert!((got - want).abs() < 1e-12, "{a:?} {b:?}: {got} vs {want}");
     }
@@ -542,6 +569,197 @@ fn normal_approximation_is_close_to_exact_at_the_switch() {
     let exact = exact_p(&doubled, 15, observed);
     let normal = normal_p(r.u, 15, 15, 0.0);
     assert!((exact - normal).abs() < 0.005, "{exact} vs {normal}");
+}
+
+#[test]
+fn transformed_distribution_matches_the_subset_sum_table() {
+    // Beyond 30 values the exact distribution of a small cohort's rank sum comes from a
+    // Fourier transform; the subset-sum table is the reference, ties and all.
+    let mut rng = Rng(7);
+    for _ in 0..60 {
+        let k = rng.range(1, 10) as usize;
+        let n = rng.range(31, 70) as usize;
+        let grid = rng.range(2, 60);
+        let values: Vec<f64> = (0..n).map(|_| rng.range(0, grid) as f64).collect();
+        let ranks = doubled_midranks(&values[..k], &values[k..]);
+        let doubled: Vec<u64> = ranks.iter().map(|r| r.0).collect();
+        let counts = rank_sum_counts(&doubled, k);
+        let total: f64 = counts.iter().sum();
+        let probabilities = rank_sum_probabilities(&doubled, k);
+        for (sum, count) in counts.iter().enumerate() {
+            let p = probabilities.get(sum).copied().unwrap_or(0.0);
+            assert!(
+                (count / total - p).abs() < 1e-12,
+                "k {k}, n {n}, sum {sum}: {} vs {p}",
+                count / total
+            );
+        }
+    }
+}
+
+#[test]
+fn the_smaller_cohort_decides_whether_the_test_is_exact() {
+    assert!(uses_exact_test(15, 15));
+    assert!(!uses_exact_test(16, 15));
+    assert!(uses_exact_test(1, 5000) && uses_exact_test(5000, 1));
+    assert!(uses_exact_test(10, 5000));
+    assert!(!uses_exact_test(11, 5000));
+    assert!(!uses_exact_test(10, 9_991));
+}
+
+#[test]
+fn one_value_against_many_has_p_at_least_two_over_n_plus_one() {
+    // 1 vs 375, all of B tied at 0: the normal approximation with its tie correction
+    // gave p ≈ 0; the exact one-sided tail is 1/376, so p = 2/376.
+    let b = vec![0.0; 375];
+    let r = mann_whitney(&[0.4], &b);
+    assert!((r.p_value - 2.0 / 376.0).abs() < 1e-12, "{r:?}");
+    assert_eq!(r.effect_size, 1.0);
+    assert_eq!(mann_whitney(&b, &[0.4]).p_value, r.p_value);
+    // Distinct values, the one above all 5,000 others.
+    let b: Vec<f64> = (0..5000).map(|i| f64::from(i) / 5000.0).collect();
+    let r = mann_whitney(&[2.0], &b);
+    assert!((r.p_value - 2.0 / 5001.0).abs() < 1e-12, "{r:?}");
+    // In the middle: no evidence.
+    assert_eq!(mann_whitney(&[0.5], &b).p_value, 1.0);
+}
+
+#[test]
+fn ten_values_against_five_thousand_are_exact() {
+    // No ties: the distribution of U is symmetric, the extreme has p = 2 / C(5010, 10),
+    // far below anything the normal approximation resolves; one step in from it, the
+    // count doubles.
+    let b: Vec<f64> = (0..5000).map(f64::from).collect();
+    let top: Vec<f64> = (0..10).map(|i| 10_000.0 + f64::from(i)).collect();
+    let r = mann_whitney(&top, &b);
+    let floor = 2.0 * (-ln_choose(5010, 10)).exp();
+    assert!(r.p_value >= floor && r.p_value < 1e-12, "{r:?}");
+    // Nine far above, one at the median: a U of 9 × 5000 + 2500.
+    let mut mixed = top[..9].to_vec();
+    mixed.push(2499.5);
+    let r = mann_whitney(&mixed, &b);
+    assert_eq!(r.u, 47_500.0);
+    // Without ties, a 10-subset with U' = 50,000 − U = u is a partition of u into at
+    // most 10 parts of at most 5,000 (the number of B values below each A value), and
+    // for u ≤ 2,500 the bound of 5,000 never binds: by conjugation, partitions into
+    // parts of at most 10.
+    let mut partitions = vec![0f64; 2501];
+    partitions[0] = 1.0;
+    for part in 1..=10 {
+        for u in part..partitions.len() {
+            partitions[u] += partitions[u - part];
+        }
+    }
+    let want = 2.0 * partitions.iter().sum::<f64>() / ln_choose(5010, 10).exp();
+    // Rounding in the transform is absolute, about 1e-17 here.
+    assert!((r.p_value - want).abs() < 1e-14, "{r:?} vs {want}");
+    // The normal approximation is conservative in this corner (Σ of 10 uniforms has
+    // lighter tails than a normal): the trouble is ties and single requests.
+    assert!(normal_p(r.u, 10, 5000, 0.0) > r.p_value);
+}
+
+/// One request against many (issue 14: `trace = <id>` against 375 requests was rated
+/// medium with q < 0.001): p is never below 2/(n + 1) and one request is a lead at best.
+#[test]
+fn one_request_against_many_is_never_more_than_a_lead() {
+    for n in [375usize, 5000] {
+        let mut rng = Rng(n as u64);
+        let many: Vec<Profile> = (0..n)
+            .map(|_| {
+                let stacks = background(&mut rng, 0.5, 1.0);
+                request(&mut rng, &stacks, 40, 99)
+            })
+            .collect();
+        // The outlier: 95 % in a function no other request has.
+        let mut stacks = background(&mut rng, 0.5, 0.05);
+        stacks.push(("main;handle_request;stuck_in_regex", 0.95));
+        let one = request(&mut rng, &stacks, 400, 99);
+        let floor = 2.0 / (n as f64 + 1.0);
+        for (a, b) in [(vec![&one], refs(&many)), (refs(&many), vec![&one])] {
+            let c = compare(&a, &b, &CompareOptions::default());
+            for f in c.functions.iter().filter(|f| f.tested) {
+                assert!(f.p_value >= floor * (1.0 - 1e-9), "{f:?}");
+                assert!(f.significance <= Significance::Low, "{f:?}");
+            }
+            let stuck = find(&c, "stuck_in_regex");
+            assert!((stuck.p_value - floor).abs() < 1e-9, "{stuck:?}");
+            assert!(stuck.delta_pp.abs() > 80.0);
+            assert_eq!(stuck.significance, Significance::Low);
+            assert_eq!(c.verdict, None);
+            assert!(
+                c.warnings.iter().any(|w| w.contains("capped at low")),
+                "{:?}",
+                c.warnings
+            );
+        }
+    }
+}
+
+/// A planted difference in a few requests is still found against many.
+#[test]
+fn a_few_requests_against_many_still_show_a_planted_difference() {
+    for (few, many) in [(5usize, 375usize), (10, 5000)] {
+        let mut rng = Rng(few as u64);
+        let slow: Vec<Profile> = (0..few)
+            .map(|_| {
+                let v = (0.6 + 0.1 * rng.normal()).clamp(0.3, 0.9);
+                let mut stacks = background(&mut rng, 0.5, 1.0 - v);
+                stacks.push((VALIDATE, v));
+                request(&mut rng, &stacks, 200, 99)
+            })
+            .collect();
+        let fast: Vec<Profile> = (0..many)
+            .map(|_| {
+                let stacks = background(&mut rng, 0.5, 1.0);
+                request(&mut rng, &stacks, 40, 99)
+            })
+            .collect();
+        let c = compare(&refs(&slow), &refs(&fast), &CompareOptions::default());
+        let top = &c.functions[0];
+        assert_eq!(top.function, "validate_signature", "{:#?}", c.functions);
+        assert_eq!(top.significance, Significance::High, "{top:?}");
+        let verdict = c.verdict.expect("a verdict");
+        assert!(
+            verdict.starts_with("validate_signature is hotter in A"),
+            "{verdict}"
+        );
+    }
+}
+
+/// Not a pass/fail test: the cost of one exact test at the sizes the bounds allow.
+/// `cargo test -p coral-analysis --release -- --ignored exact_test_cost --nocapture`
+#[test]
+#[ignore]
+fn exact_test_cost() {
+    let mut rng = Rng(1);
+    for (k, n) in [
+        (1usize, 375usize),
+        (1, 5000),
+        (5, 375),
+        (5, 5000),
+        (10, 375),
+        (10, 5000),
+    ] {
+        // Distinct values: the largest transform for these sizes.
+        let a: Vec<f64> = (0..k).map(|_| rng.uniform()).collect();
+        let b: Vec<f64> = (0..n).map(|_| rng.uniform()).collect();
+        let runs = 20;
+        let start = std::time::Instant::now();
+        let mut p = 0.0;
+        for _ in 0..runs {
+            p += mann_whitney(&a, &b).p_value;
+        }
+        let per = start.elapsed() / runs;
+        let start = std::time::Instant::now();
+        for _ in 0..runs {
+            let _ = doubled_midranks(&a, &b);
+        }
+        let ranking = start.elapsed() / runs;
+        println!(
+            "{k} vs {n}: {per:?} per test, of which {ranking:?} ranking (mean p {:.3})",
+            p / runs as f64
+        );
+    }
 }
 
 #[test]
@@ -644,4 +862,65 @@ fn what_cohort_a_does_more_comes_first_and_is_the_verdict() {
         verdict.starts_with("validate_signature is hotter in A"),
         "{verdict}"
     );
+}
+
+/// Issue 14: a function V8 ran in two tiers (`JS:*f` in some requests, `JS:^f` in
+/// others) was two functions, hotter in opposite cohorts.
+#[test]
+fn jit_tiers_of_one_function_compare_as_one() {
+    let js =
+        |stack: &str| -> Vec<Frame> { stack.split(';').map(|f| Frame::user(f, "[jit]")).collect() };
+    let cohort = |tier: char| -> Vec<Profile> {
+        (0..12)
+            .map(|_| {
+                // Stored dictionaries may hold tiered names: build them as stored.
+                let parser = format!("JS:{tier}parserOnIncoming node:_http_server:1050:27");
+                let frames = js(&format!("JS:~main;{parser}"));
+                let mut p = Profile::from_parts(frames, Vec::new());
+                p.stacks.push(crate::profile::WeightedStack {
+                    frames: vec![0, 1],
+                    samples: 80,
+                    cpu_ns: 800_000_000,
+                });
+                p.add(&js("JS:~main;JS:~other"), 20, 100);
+                p
+            })
+            .collect()
+    };
+    let (a, b) = (cohort('*'), cohort('^'));
+    let c = compare(&refs(&a), &refs(&b), &CompareOptions::default());
+    let parser: Vec<&FunctionDiff> = c
+        .functions
+        .iter()
+        .filter(|f| f.function.contains("parserOnIncoming"))
+        .collect();
+    assert_eq!(parser.len(), 1, "{:#?}", c.functions);
+    assert_eq!(
+        parser[0].function,
+        "JS:parserOnIncoming node:_http_server:1050:27"
+    );
+    assert_eq!(parser[0].delta_pp, 0.0);
+    assert_eq!(parser[0].significance, Significance::None);
+    assert!(
+        c.functions
+            .iter()
+            .all(|f| f.significance == Significance::None)
+    );
+    assert_eq!(c.verdict, None);
+}
+
+/// Functions on every stack in both cohorts (`_start`, `main`) have a delta of 0 and
+/// sort after every function that differs.
+#[test]
+fn the_trunk_does_not_crowd_the_top_of_a_comparison() {
+    let (slow, fast) = planted(5);
+    let c = compare(&refs(&slow), &refs(&fast), &CompareOptions::default());
+    let trunk = c.functions.len() - 2;
+    let names: Vec<&str> = c.functions[trunk..]
+        .iter()
+        .map(|f| f.function.as_str())
+        .collect();
+    assert_eq!(names, ["handle_request", "main"], "{:#?}", c.functions);
+    assert!(c.functions[..trunk].iter().all(|f| f.delta_pp.abs() > 0.0));
+    assert!(c.functions[trunk..].iter().all(|f| f.delta_pp == 0.0));
 }

@@ -561,3 +561,22 @@ fn user_guide_error_examples() {
         assert_eq!(err(input).to_string(), message);
     }
 }
+
+#[test]
+fn promoted_attributes_are_their_fields_under_their_own_name() {
+    for (attr, field) in [
+        ("attr.http.response.status_code = 200", "status = 200"),
+        ("attr.http.status_code >= 500", "status >= 500"),
+        ("attr.http.response.status_code in (404, 5xx)", "status in (404, 5xx)"),
+        ("attr.url.path = \"/checkout\"", "url = \"/checkout\""),
+        ("attr.http.target ~ \"/cart*\"", "url ~ \"/cart*\""),
+        ("attr.http.route = \"/users/{id}\"", "route = \"/users/{id}\""),
+    ] {
+        assert_eq!(ok(attr), ok(field), "{attr}");
+    }
+    // Keys are case-sensitive: another key is an ordinary attribute.
+    assert!(matches!(
+        cond("attr.HTTP.route = \"/x\""),
+        Condition::Attr(key, _) if key == "HTTP.route"
+    ));
+}

@@ -16,6 +16,7 @@ mod pprof;
 mod svg;
 mod text;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,31 @@ pub const UNKNOWN_FUNCTION: &str = "[unknown]";
 pub const UNKNOWN_MODULE: &str = "[unknown]";
 /// The module of every kernel frame.
 pub const KERNEL_MODULE: &str = "[kernel]";
+
+/// V8's code-event tags whose names carry a tier marker in perf maps
+/// (`JS:*parserOnIncoming node:_http_server:1050:27`, older `LazyCompile:~foo`).
+const V8_TIER_TAGS: [&str; 5] = ["JS", "LazyCompile", "Function", "Script", "Eval"];
+/// V8's tier markers: `~` interpreted (Ignition), `^` baseline (Sparkplug), `+` Maglev,
+/// `*` optimized (TurboFan).
+const V8_TIER_MARKERS: [char; 4] = ['~', '^', '+', '*'];
+
+/// The name that identifies a function: `name` without a V8 JIT tier marker
+/// (`JS:*foo` and `JS:^foo` are both `JS:foo`), since one JavaScript function moves
+/// between tiers while it runs and would otherwise be several functions whose times
+/// split and, in a comparison, differ with opposite signs. Other names are unchanged.
+///
+/// Frames are normalised when they enter a profile ([`Profile::add`],
+/// [`Profile::merge`]); hotspots, folded stacks, flame graphs, pprof and comparisons
+/// apply it again so that dictionaries stored before it agree.
+pub fn function_identity(name: &str) -> Cow<'_, str> {
+    if let Some((tag, rest)) = name.split_once(':')
+        && V8_TIER_TAGS.contains(&tag)
+        && let Some(untiered) = rest.strip_prefix(V8_TIER_MARKERS)
+    {
+        return Cow::Owned(format!("{tag}:{untiered}"));
+    }
+    Cow::Borrowed(name)
+}
 
 /// Whether a frame ran in user space or in the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -147,6 +173,14 @@ pub struct Hotspot {
     pub total_share: f64,
 }
 
+impl Hotspot {
+    /// Whether the function is on every stack with CPU time of a profile of `total_cpu_ns`
+    /// (its total is all of it): the common trunk, such as `_start` or `main`.
+    pub fn is_on_every_stack(&self, total_cpu_ns: u64) -> bool {
+        total_cpu_ns > 0 && self.total_cpu_ns >= total_cpu_ns
+    }
+}
+
 /// CPU time of `samples` samples taken at `frequency_hz`, rounded to the nearest
 /// nanosecond; 0 for a frequency of 0.
 pub fn samples_to_cpu_ns(samples: u64, frequency_hz: u32) -> u64 {
@@ -241,16 +275,21 @@ impl Profile {
 
     /// The hottest functions: the `top` functions by self CPU time together with any of
     /// the `top` functions by total (inclusive) CPU time not already among them, so up
-    /// to `2 × top` entries. Sorted by self CPU descending, then total CPU descending,
-    /// then name. Functions are identified by (function, module, kind); a function
-    /// appearing several times in one stack (recursion) counts once for that stack's
-    /// total.
+    /// to `2 × top` entries. Functions on every stack (`_start`, `main`: the trunk, see
+    /// [`Hotspot::is_on_every_stack`]) are not ranked by total, since their 100 % says
+    /// nothing about where the time goes and would hide the function that does. Sorted
+    /// by self CPU descending, then total CPU descending, then name. Functions are
+    /// identified by ([`function_identity`], module, kind); a function appearing several
+    /// times in one stack (recursion) counts once for that stack's total.
     pub fn hotspots(&self, top: usize) -> Vec<Hotspot> {
         let all = self.all_hotspots();
         if top == 0 {
             return Vec::new();
         }
-        let mut by_total: Vec<usize> = (0..all.len()).collect();
+        let total = self.total_cpu_ns();
+        let mut by_total: Vec<usize> = (0..all.len())
+            .filter(|&i| !all[i].is_on_every_stack(total))
+            .collect();
         by_total.sort_by(|&a, &b| cmp_total(&all[a], &all[b]));
         let mut keep = vec![false; all.len()];
         // `all` is already sorted by self.
@@ -269,7 +308,7 @@ impl Profile {
     /// Every function of the profile as a hotspot, sorted like [`Profile::hotspots`].
     pub fn all_hotspots(&self) -> Vec<Hotspot> {
         let total = self.total_cpu_ns();
-        let mut keys: HashMap<&Frame, usize> = HashMap::new();
+        let mut keys: HashMap<(Cow<str>, &str, FrameKind), usize> = HashMap::new();
         let mut out: Vec<Hotspot> = Vec::new();
         let mut frame_to_hotspot: Vec<Option<usize>> = vec![None; self.frames.len() + 1];
         let unknown_slot = self.frames.len();
@@ -286,9 +325,14 @@ impl Profile {
                     Some(h) => h,
                     None => {
                         let frame = self.frame(fi);
-                        let h = *keys.entry(frame).or_insert_with(|| {
+                        let key = (
+                            function_identity(&frame.function),
+                            frame.module.as_str(),
+                            frame.kind,
+                        );
+                        let h = *keys.entry(key).or_insert_with_key(|key| {
                             out.push(Hotspot {
-                                function: frame.function.clone(),
+                                function: key.0.to_string(),
                                 module: frame.module.clone(),
                                 kind: frame.kind,
                                 self_cpu_ns: 0,
@@ -341,9 +385,27 @@ impl Profile {
         if let Some(&id) = self.index.frames.get(frame) {
             return id;
         }
+        let Cow::Owned(function) = function_identity(&frame.function) else {
+            return self.push_frame(frame.clone());
+        };
+        let identity = Frame {
+            function,
+            ..frame.clone()
+        };
+        let id = match self.index.frames.get(&identity) {
+            Some(&id) => id,
+            None => self.push_frame(identity),
+        };
+        // The tiered name too, so that the next lookup of it is one hash away.
+        self.index.frames.insert(frame.clone(), id);
+        id
+    }
+
+    /// Index must be current.
+    fn push_frame(&mut self, frame: Frame) -> u32 {
         let id = u32::try_from(self.frames.len()).expect("more than 4 billion distinct frames");
         self.frames.push(frame.clone());
-        self.index.frames.insert(frame.clone(), id);
+        self.index.frames.insert(frame, id);
         self.index.built_for.0 = self.frames.len();
         id
     }
@@ -407,7 +469,7 @@ pub(crate) fn folded_frame_name(frame: &Frame) -> String {
     {
         format!("[{}]", frame.module)
     } else {
-        frame.function.clone()
+        function_identity(&frame.function).into_owned()
     };
     let mut name: String = base
         .chars()

@@ -217,7 +217,7 @@ pub(crate) fn to_pprof(profile: &Profile) -> PprofProfile {
         let name = if frame.is_unknown() && module != UNKNOWN_MODULE && module != KERNEL_MODULE {
             strings.intern(&format!("[{module}]"))
         } else {
-            strings.intern(&frame.function)
+            strings.intern(&super::function_identity(&frame.function))
         };
         functions.push(Function {
             id,

@@ -219,9 +219,11 @@ fn hotspots_top_is_union_of_top_self_and_top_total() {
     let p = sample_profile();
     let hs = p.hotspots(1);
     let names: Vec<&str> = hs.iter().map(|h| h.function.as_str()).collect();
-    // Top self is validate_signature; top total is main (ties with handle, broken by
-    // name: "handle" < "main").
-    assert_eq!(names, ["validate_signature", "handle"]);
+    // Top self is validate_signature; by total, main and handle are on every stack and
+    // not ranked, so top total is validate_signature again (70 %).
+    assert_eq!(names, ["validate_signature"]);
+    let names: Vec<String> = p.hotspots(2).into_iter().map(|h| h.function).collect();
+    assert_eq!(names, ["validate_signature", "serialize"]);
     assert!(p.hotspots(0).is_empty());
     assert!(Profile::new().hotspots(5).is_empty());
 }
@@ -520,8 +522,9 @@ fn text_summary() {
          \x20  60.0%  self   600ms  validate_signature (payment-svc)\n\
          \x20  30.0%  self   300ms  serialize (payment-svc)\n\
          top total:\n\
-         \x20 100.0%  total  1.00s  handle (payment-svc)\n\
-         \x20 100.0%  total  1.00s  main (payment-svc)\n"
+         \x20  70.0%  total  700ms  validate_signature (payment-svc)\n\
+         \x20  30.0%  total  300ms  serialize (payment-svc)\n\
+         on every stack: main, handle\n"
     );
 
     let mut out = Vec::new();
@@ -554,4 +557,155 @@ fn pprof_names_unknown_functions_after_their_module() {
     assert_eq!(names, ["main", "[libc.so.6]", "[unknown]", "[unknown]"]);
     let leaf = pp.sample[0].location_id[0];
     assert_eq!(leaf, 4, "leaf first: the kernel frame");
+}
+
+/// Issue 14: "top total" listed `_start`, `__libc_start_main`, `main` (all 100 %) and
+/// hid the function at 95.9 % that explains the time.
+#[test]
+fn top_total_skips_the_trunk_every_stack_shares() {
+    let trunk = [
+        u("_start", "node"),
+        u("__libc_start_main", "libc.so.6"),
+        u("main", "node"),
+    ];
+    let with = |rest: &[Frame]| -> Vec<Frame> { trunk.iter().chain(rest).cloned().collect() };
+    let mut p = Profile::new();
+    let handle = u("handle_payment", "node");
+    p.add(&with(&[handle.clone(), u("parse", "node")]), 500, 100);
+    p.add(&with(&[handle.clone(), u("hash", "node")]), 459, 100);
+    p.add(&with(&[u("gc", "node")]), 41, 100);
+    let mut out = Vec::new();
+    write_text_summary(&p, 2, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let total = text.split("top total:\n").nth(1).expect(&text);
+    let lines: Vec<&str> = total.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "   95.9%  total  9.59s  handle_payment (node)",
+            "   50.0%  total  5.00s  parse (node)",
+            "on every stack: _start, __libc_start_main, main",
+        ],
+        "{text}"
+    );
+    let names: Vec<String> = p.hotspots(1).into_iter().map(|h| h.function).collect();
+    assert_eq!(names, ["parse", "handle_payment"]);
+
+    // A single stack is all trunk: top self still says where the time went.
+    let mut one = Profile::new();
+    one.add(&with(&[handle]), 10, 100);
+    let mut out = Vec::new();
+    write_text_summary(&one, 5, &mut out).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "10 samples, 100ms CPU, 1 stacks, 4 frames\n\
+         top self:\n\
+         \x20 100.0%  self   100ms  handle_payment (node)\n\
+         on every stack: _start, __libc_start_main, main, handle_payment\n"
+    );
+}
+
+#[test]
+fn function_identity_drops_v8_tier_markers() {
+    for (name, identity) in [
+        ("JS:*parserOnIncoming", "JS:parserOnIncoming"),
+        ("JS:^parserOnIncoming", "JS:parserOnIncoming"),
+        ("JS:~parserOnIncoming", "JS:parserOnIncoming"),
+        ("JS:+parserOnIncoming", "JS:parserOnIncoming"),
+        (
+            "JS:*parserOnIncoming node:_http_server:1050:27",
+            "JS:parserOnIncoming node:_http_server:1050:27",
+        ),
+        (
+            "LazyCompile:*foo /srv/app/lib.js:30:29",
+            "LazyCompile:foo /srv/app/lib.js:30:29",
+        ),
+        ("Function:^foo", "Function:foo"),
+        (
+            "Script:~ /srv/app/main.js:1:1",
+            "Script: /srv/app/main.js:1:1",
+        ),
+        // Not tier markers: unchanged.
+        ("JS:parserOnIncoming", "JS:parserOnIncoming"),
+        (
+            "Builtin:ArgumentsAdaptorTrampoline",
+            "Builtin:ArgumentsAdaptorTrampoline",
+        ),
+        ("std::ops::Mul::mul", "std::ops::Mul::mul"),
+        ("operator*", "operator*"),
+        ("Foo:*bar", "Foo:*bar"),
+        ("", ""),
+    ] {
+        assert_eq!(function_identity(name), identity, "{name}");
+    }
+    assert!(matches!(function_identity("main"), Cow::Borrowed(_)));
+}
+
+/// Issue 14: V8 tiers made one function two, with opposite signs in a comparison.
+#[test]
+fn jit_tiers_of_one_function_are_one_frame() {
+    let js = |name: &str| u(name, "[jit]");
+    let mut p = Profile::new();
+    p.add(
+        &[js("JS:~main"), js("JS:*parserOnIncoming a.js:3:1")],
+        3,
+        100,
+    );
+    p.add(
+        &[js("JS:~main"), js("JS:^parserOnIncoming a.js:3:1")],
+        1,
+        100,
+    );
+    assert_eq!(p.frames.len(), 2);
+    assert_eq!(p.stacks.len(), 1);
+    assert_eq!(p.frames[1].function, "JS:parserOnIncoming a.js:3:1");
+    // The tiered name is found again, without a new frame.
+    p.add(&[js("JS:*parserOnIncoming a.js:3:1")], 1, 100);
+    assert_eq!(p.frames.len(), 2);
+
+    // Stored before normalisation: every renderer still sees one function.
+    let stored = Profile::from_parts(
+        vec![
+            js("JS:~main"),
+            js("JS:*parserOnIncoming a.js:3:1"),
+            js("JS:^parserOnIncoming a.js:3:1"),
+        ],
+        vec![
+            WeightedStack {
+                frames: vec![0, 1],
+                samples: 3,
+                cpu_ns: 30_000_000,
+            },
+            WeightedStack {
+                frames: vec![0, 2],
+                samples: 1,
+                cpu_ns: 10_000_000,
+            },
+        ],
+    );
+    let hs = stored.all_hotspots();
+    let parser: Vec<&Hotspot> = hs
+        .iter()
+        .filter(|h| h.function.contains("parser"))
+        .collect();
+    assert_eq!(parser.len(), 1, "{hs:?}");
+    assert_eq!(parser[0].function, "JS:parserOnIncoming a.js:3:1");
+    assert_eq!(parser[0].self_cpu_ns, 40_000_000);
+    assert_eq!(
+        folded_string(&stored),
+        "JS:main;JS:parserOnIncoming a.js:3:1 4\n"
+    );
+    let mut merged = Profile::new();
+    merged.merge(&stored);
+    assert_eq!(merged.frames.len(), 2);
+    let pprof = decode_pprof(&stored);
+    let names: std::collections::BTreeSet<&str> = pprof
+        .function
+        .iter()
+        .map(|f| pprof.string_table[f.name as usize].as_str())
+        .collect();
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["JS:main", "JS:parserOnIncoming a.js:3:1"]
+    );
 }

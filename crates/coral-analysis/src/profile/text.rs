@@ -2,18 +2,21 @@
 
 use std::io;
 
-use super::{Hotspot, Profile};
+use super::{Hotspot, Profile, function_identity};
 use crate::duration::format_duration_ns;
 
 /// Writes a compact summary: totals, then the `top` functions by self CPU time and the
-/// `top` by total (inclusive) CPU time, one aligned line each:
+/// `top` by total (inclusive) CPU time, one aligned line each. Functions on every stack
+/// (the trunk: `_start`, `main`) are named on one line instead of being ranked by
+/// total, where their 100 % would hide the function that explains the time:
 ///
 /// ```text
 /// 1234 samples, 12.5s CPU, 87 stacks, 412 frames
 /// top self:
 ///    42.1%  self   5.26s  validate_signature (payment-svc)
 /// top total:
-///    98.0%  total  12.3s  main (payment-svc)
+///    95.9%  total  12.0s  handle_payment (payment-svc)
+/// on every stack: _start, __libc_start_main, main
 /// ```
 pub fn write_text_summary(profile: &Profile, top: usize, mut w: impl io::Write) -> io::Result<()> {
     writeln!(
@@ -35,11 +38,52 @@ pub fn write_text_summary(profile: &Profile, top: usize, mut w: impl io::Write) 
     })?;
     drop(by_self);
     all.sort_by(super::cmp_total);
-    let by_total: Vec<&Hotspot> = all.iter().take(top).collect();
+    let total = profile.total_cpu_ns();
+    let (trunk, branches): (Vec<&Hotspot>, Vec<&Hotspot>) =
+        all.iter().partition(|h| h.is_on_every_stack(total));
+    let by_total: Vec<&Hotspot> = branches.into_iter().take(top).collect();
     write_section(&mut w, "top total:", "total", &by_total, |h| {
         (h.total_share, h.total_cpu_ns)
-    })
+    })?;
+    if top > 0 && !trunk.is_empty() {
+        writeln!(w, "on every stack: {}", trunk_names(profile, &trunk))?;
+    }
+    Ok(())
 }
+
+/// The trunk's functions root first (as the first stack has them), at most
+/// [`TRUNK_NAMES`] of them.
+fn trunk_names(profile: &Profile, trunk: &[&Hotspot]) -> String {
+    let depth = |h: &Hotspot| {
+        let first = profile.stacks.iter().find(|s| s.cpu_ns > 0);
+        first
+            .and_then(|s| {
+                s.frames.iter().position(|&fi| {
+                    let f = profile.frame(fi);
+                    function_identity(&f.function) == h.function.as_str()
+                        && f.module == h.module
+                        && f.kind == h.kind
+                })
+            })
+            .unwrap_or(usize::MAX)
+    };
+    let mut ordered: Vec<(usize, &Hotspot)> = trunk.iter().map(|h| (depth(h), *h)).collect();
+    ordered.sort_by_key(|(d, _)| *d);
+    let mut names: Vec<&str> = ordered
+        .iter()
+        .take(TRUNK_NAMES)
+        .map(|(_, h)| h.function.as_str())
+        .collect();
+    let more = trunk.len().saturating_sub(TRUNK_NAMES);
+    let more = format!("and {more} more");
+    if trunk.len() > TRUNK_NAMES {
+        names.push(&more);
+    }
+    names.join(", ")
+}
+
+/// The trunk is summarised on one line; a deep one is cut.
+const TRUNK_NAMES: usize = 8;
 
 fn write_section(
     w: &mut impl io::Write,
