@@ -242,9 +242,7 @@ impl fmt::Display for RequestCriteria {
         if let Some(url) = &self.url {
             // The pattern has no white space or control characters; quote `"` and `\`.
             let quoted = url.as_str().replace('\\', "\\\\").replace('"', "\\\"");
-            parts.push(format!(
-                "(url ~ \"{quoted}\" or route ~ \"{quoted}\")"
-            ));
+            parts.push(format!("(url ~ \"{quoted}\" or route ~ \"{quoted}\")"));
         }
         if parts.is_empty() {
             parts.push("duration >= 0ns".to_string());
@@ -344,8 +342,8 @@ mod tests {
 
     #[test]
     fn criteria_read_as_a_cohort_filter_that_selects_the_same_requests() {
-        let c = RequestCriteria::new(Some(1500), Some(60_000), Some("4xx,503"), Some("/pay*"))
-            .unwrap();
+        let c =
+            RequestCriteria::new(Some(1500), Some(60_000), Some("4xx,503"), Some("/pay*")).unwrap();
         assert_eq!(
             c.to_string(),
             "duration >= 1500ms and duration <= 1m and status in (4xx, 503) and \

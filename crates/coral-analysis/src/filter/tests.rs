@@ -567,10 +567,16 @@ fn promoted_attributes_are_their_fields_under_their_own_name() {
     for (attr, field) in [
         ("attr.http.response.status_code = 200", "status = 200"),
         ("attr.http.status_code >= 500", "status >= 500"),
-        ("attr.http.response.status_code in (404, 5xx)", "status in (404, 5xx)"),
+        (
+            "attr.http.response.status_code in (404, 5xx)",
+            "status in (404, 5xx)",
+        ),
         ("attr.url.path = \"/checkout\"", "url = \"/checkout\""),
         ("attr.http.target ~ \"/cart*\"", "url ~ \"/cart*\""),
-        ("attr.http.route = \"/users/{id}\"", "route = \"/users/{id}\""),
+        (
+            "attr.http.route = \"/users/{id}\"",
+            "route = \"/users/{id}\"",
+        ),
     ] {
         assert_eq!(ok(attr), ok(field), "{attr}");
     }
