@@ -568,6 +568,7 @@ async fn query_loop(colony: String, stats: Queries, stop: Arc<AtomicBool>) {
                 min_duration: secs(1),
                 status_code_pattern: String::new(),
                 limit: 20,
+                profiled: false,
             })
             .await
             .map(drop);

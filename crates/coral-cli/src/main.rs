@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            output::note(&format!("error: cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -71,10 +71,17 @@ fn main() -> ExitCode {
             Command::Demo(args) => commands::demo::run(args).await,
         }
     });
+    // Not waiting for a blocking read of the terminal that an interruption left behind.
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(ref e) if let Some(commands::Interrupted(signal)) = e.downcast_ref() => {
+            ExitCode::from((128 + signal) as u8)
+        }
+        // The reader of standard output went away (`coral … | head -1`): done, quietly.
+        Err(e) if output::closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            output::note(&format!("error: {e:#}"));
             ExitCode::FAILURE
         }
     }

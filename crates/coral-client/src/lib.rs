@@ -10,6 +10,7 @@ pub mod v1 {
 
 pub mod limits;
 pub mod profile;
+pub mod trigger;
 
 pub use v1::agent_service_client::AgentServiceClient;
 pub use v1::profile_service_client::ProfileServiceClient;
@@ -95,15 +96,13 @@ pub enum ConnectError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// `cause` is the transport error's root cause (`Connection refused (os error
+    /// 111)`), said once: the layers above it only repeat "transport error".
     #[error(
-        "cannot reach the colony at {addr}: {source}. Is it running (`coral colony start`)? \
+        "cannot reach the colony at {addr}: {cause}. Is it running (`coral colony start`)? \
          Set the address with --colony or {COLONY_ADDR_ENV}."
     )]
-    Unreachable {
-        addr: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    Unreachable { addr: String, cause: String },
     #[error("{0}")]
     Config(String),
     #[error(
@@ -223,6 +222,15 @@ fn bearer(security: &Security) -> Result<BearerToken, ConnectError> {
     }
 }
 
+/// The innermost source of an error: what actually went wrong.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = err;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    innermost.to_string()
+}
+
 /// The error and all its sources, as one line.
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
@@ -325,7 +333,7 @@ pub async fn connect_with(addr: &str, security: &Security) -> Result<Channel, Co
             Err(
                 classify(addr, security, &source).unwrap_or_else(|| ConnectError::Unreachable {
                     addr: normalize_addr(addr),
-                    source,
+                    cause: root_cause(&source),
                 }),
             )
         }
@@ -454,6 +462,29 @@ mod tests {
         let err = connect_lazy_with("http://127.0.0.1:1", &bad_token).unwrap_err();
         assert!(err.to_string().contains("token"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_colony_is_explained_with_each_cause_once() {
+        // Port 1 on loopback: nothing listens there.
+        let err = connect_with("127.0.0.1:1", &Security::default())
+            .await
+            .unwrap_err();
+        let text = format!("{:#}", anyhow_like(&err));
+        assert_eq!(text.matches("transport error").count(), 0, "{text}");
+        assert_eq!(text.matches("onnection refused").count(), 1, "{text}");
+        assert!(text.contains("Is it running"), "{text}");
+    }
+
+    /// The error with its sources, as `anyhow`'s `{:#}` prints it for the CLI.
+    fn anyhow_like(err: &ConnectError) -> String {
+        let mut out = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(e) = source {
+            out.push_str(&format!(": {e}"));
+            source = e.source();
+        }
+        out
     }
 
     #[test]

@@ -46,14 +46,40 @@ async fn cohort(
              {MAX_COHORT_REQUESTS} were compared; narrow --since or the filter"
         ));
     }
-    if profiles.is_empty() {
-        warnings.push(format!(
-            "cohort {which} ({filter}) has no profiled request: requests get profiles only \
-             while a trigger (and its baseline) or a profiling session of the service runs; \
-             try coral profile trace-trigger --service {service} ..."
-        ));
-    }
     Ok(profiles)
+}
+
+/// Why a cohort is empty, as a refusal: a comparison with an empty side has no rows
+/// worth showing. Either the service has no profiled request in the window at all, or
+/// it has some and the filter matched none of them.
+async fn empty_cohort(
+    store: &dyn Store,
+    service: &str,
+    since: i64,
+    range: Duration,
+    filter: &Filter,
+    which: &str,
+) -> Status {
+    let window = coral_analysis::format_duration_ns(range.as_nanos() as i64);
+    let everything = filter::parse("duration >= 0ns").expect("a valid filter");
+    let any = match store.cohort_profiles(service, since, &everything, 1).await {
+        Ok((profiles, _)) => !profiles.is_empty(),
+        Err(e) => return store_status(e),
+    };
+    Status::failed_precondition(if any {
+        format!(
+            "cohort {which} ({filter}) matched none of the profiled requests of {service} in \
+             the last {window}: widen the filter or the time range, or list the profiled \
+             requests to see what they look like"
+        )
+    } else {
+        format!(
+            "{service} has no profiled request in the last {window}, so cohort {which} \
+             ({filter}) is empty: requests get profiles only while a trace-profile trigger \
+             (with its baseline) or a profiling session of the service runs; start one, or \
+             widen the time range"
+        )
+    })
 }
 
 pub(crate) async fn compare_trace_profiles(
@@ -90,7 +116,13 @@ pub(crate) async fn compare_trace_profiles(
     let since = now_unix_nano().saturating_sub(range.as_nanos() as i64);
     let mut warnings = Vec::new();
     let a = cohort(store, service, since, &filter_a, "A", &mut warnings).await?;
+    if a.is_empty() {
+        return Err(empty_cohort(store, service, since, range, &filter_a, "A").await);
+    }
     let b = cohort(store, service, since, &filter_b, "B", &mut warnings).await?;
+    if b.is_empty() {
+        return Err(empty_cohort(store, service, since, range, &filter_b, "B").await);
+    }
     let a: Vec<&Profile> = a.iter().map(|p| &p.profile).collect();
     let b: Vec<&Profile> = b.iter().map(|p| &p.profile).collect();
     let options = CompareOptions {
@@ -144,6 +176,8 @@ fn to_wire(
         cohort_b_sample_count: samples(c.b.samples),
         cohort_a_requests: c.a.requests as u32,
         cohort_b_requests: c.b.requests as u32,
+        cohort_a_requests_with_samples: c.a.requests_with_cpu as u32,
+        cohort_b_requests_with_samples: c.b.requests_with_cpu as u32,
         cohort_a_mean_cpu_ms: c.a.mean_cpu_ms,
         cohort_b_mean_cpu_ms: c.b.mean_cpu_ms,
         verdict: c.verdict.unwrap_or_default(),

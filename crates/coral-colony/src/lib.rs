@@ -210,6 +210,7 @@ pub async fn serve_with_metrics(
 pub(crate) fn store_status(err: StoreError) -> tonic::Status {
     match &err {
         StoreError::NotFound(_) => tonic::Status::not_found(err.to_string()),
+        StoreError::InvalidArgument(_) => tonic::Status::invalid_argument(err.to_string()),
         StoreError::Unavailable(_) => {
             metrics::with_current(|m| m.add_store_error());
             tracing::warn!(error = %err, "database unreachable");

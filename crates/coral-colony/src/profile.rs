@@ -3,7 +3,9 @@
 
 use crate::convert::{profile_to_wire, trace_profile_to_wire};
 use crate::query::{duration_ns, parse_trace_id, require_service};
-use crate::trigger::{list_limit, new_trigger, parse_trigger_id, trigger_status, trigger_to_wire};
+use crate::trigger::{
+    list_limit, new_trigger, resolve_trigger_id, trigger_status, trigger_to_wire,
+};
 use crate::{now_unix_nano, store_status};
 use coral_analysis::profile::Profile;
 use coral_client::v1::{self, profile_service_server};
@@ -232,7 +234,7 @@ impl profile_service_server::ProfileService for ProfileService {
         &self,
         request: Request<v1::GetTraceProfileTriggerRequest>,
     ) -> Result<Response<v1::TraceProfileTrigger>, Status> {
-        let id = parse_trigger_id(&request.into_inner().trigger_id)?;
+        let id = resolve_trigger_id(self.store.as_ref(), &request.into_inner().trigger_id).await?;
         let trigger = self.store.trigger(id).await.map_err(trigger_status)?;
         self.with_collected(trigger).await
     }
@@ -260,7 +262,7 @@ impl profile_service_server::ProfileService for ProfileService {
         &self,
         request: Request<v1::CancelTraceProfileTriggerRequest>,
     ) -> Result<Response<v1::TraceProfileTrigger>, Status> {
-        let id = parse_trigger_id(&request.into_inner().trigger_id)?;
+        let id = resolve_trigger_id(self.store.as_ref(), &request.into_inner().trigger_id).await?;
         let now = now_unix_nano();
         let trigger = self
             .store

@@ -74,7 +74,6 @@ impl QueryService {
         &self,
         service: String,
         since_unix_nano: i64,
-        window_s: f64,
         slowest: u32,
     ) -> Result<v1::ServiceSummary, Status> {
         let s = self
@@ -82,6 +81,7 @@ impl QueryService {
             .request_summary(&service, since_unix_nano, slowest)
             .await
             .map_err(store_status)?;
+        let requests_per_second = rate_per_second(&s);
         let mut out = Vec::with_capacity(s.slowest.len());
         for span in s.slowest {
             // A missing profile is the common case (only triggers and sessions
@@ -104,7 +104,7 @@ impl QueryService {
             service,
             requests: s.requests,
             errors: s.errors,
-            requests_per_second: s.requests as f64 / window_s.max(1e-9),
+            requests_per_second,
             error_rate: if s.requests == 0 {
                 0.0
             } else {
@@ -114,7 +114,21 @@ impl QueryService {
             p95_ns: p(1),
             p99_ns: p(2),
             slowest: out,
+            first_start_unix_nano: s.first_start_unix_nano.unwrap_or(0),
+            last_start_unix_nano: s.last_start_unix_nano.unwrap_or(0),
         })
+    }
+}
+
+/// Requests per second over the time the data covers: (n - 1) arrivals between the
+/// first request and the last. Dividing by the whole window instead would give a
+/// rate that depends on the window asked for (6 minutes of traffic over `45d`: 0/s).
+fn rate_per_second(s: &coral_store::RequestSummary) -> f64 {
+    match (s.first_start_unix_nano, s.last_start_unix_nano) {
+        (Some(first), Some(last)) if last > first && s.requests > 1 => {
+            (s.requests - 1) as f64 / ((last - first) as f64 / 1e9)
+        }
+        _ => 0.0,
     }
 }
 
@@ -152,13 +166,9 @@ impl query_service_server::QueryService for QueryService {
             (vec![service.to_string()], false)
         };
         let since_unix_nano = now_unix_nano().saturating_sub(since_ns);
-        let window_s = since_ns as f64 / 1e9;
         let mut services = Vec::with_capacity(names.len());
         for name in names {
-            services.push(
-                self.service_summary(name, since_unix_nano, window_s, slowest)
-                    .await?,
-            );
+            services.push(self.service_summary(name, since_unix_nano, slowest).await?);
         }
         Ok(Response::new(v1::GetServiceSummaryResponse {
             services,
@@ -220,14 +230,23 @@ impl query_service_server::QueryService for QueryService {
             min_duration_ns,
             status,
             limit,
+            profiled: req.profiled,
         };
-        let spans = self
+        let requests = self
             .store
             .query_requests(&query)
             .await
             .map_err(store_status)?;
+        let (spans, profile_sources) = requests
+            .into_iter()
+            .map(|r| {
+                let source = r.profile_source.map(|s| s.to_string()).unwrap_or_default();
+                (span_to_wire(r.span), source)
+            })
+            .unzip();
         Ok(Response::new(v1::QueryTracesResponse {
-            spans: spans.into_iter().map(span_to_wire).collect(),
+            spans,
+            profile_sources,
         }))
     }
 
@@ -273,5 +292,43 @@ impl query_service_server::QueryService for QueryService {
                 })
                 .collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::rate_per_second;
+
+    fn summary(
+        requests: u64,
+        first: Option<i64>,
+        last: Option<i64>,
+    ) -> coral_store::RequestSummary {
+        coral_store::RequestSummary {
+            requests,
+            errors: 0,
+            percentiles_ns: vec![],
+            slowest: vec![],
+            first_start_unix_nano: first,
+            last_start_unix_nano: last,
+        }
+    }
+
+    #[test]
+    fn the_rate_is_over_the_time_the_requests_cover_not_the_window() {
+        // 13 requests a second for 6.5 minutes: whatever window was asked for.
+        let n = 13 * 390 + 1;
+        let s = summary(
+            n,
+            Some(1_000_000_000),
+            Some(1_000_000_000 + 390_000_000_000),
+        );
+        assert!(
+            (rate_per_second(&s) - 13.0).abs() < 1e-9,
+            "{}",
+            rate_per_second(&s)
+        );
+        assert_eq!(rate_per_second(&summary(1, Some(5), Some(5))), 0.0);
+        assert_eq!(rate_per_second(&summary(0, None, None)), 0.0);
     }
 }

@@ -40,9 +40,7 @@ pub(crate) fn new_trigger(
 ) -> Result<TraceProfileTrigger, Status> {
     let invalid = |m: String| Err(Status::invalid_argument(m));
     if req.service_id.trim().is_empty() {
-        return invalid(
-            "service_id must name the service to profile (see `coral query services`)".into(),
-        );
+        return invalid("service_id must name the service to profile".into());
     }
     let ms = |value: i32, what: &str| -> Result<Option<u32>, Status> {
         match value {
@@ -75,6 +73,7 @@ pub(crate) fn new_trigger(
         status_code_pattern,
         url_pattern,
     )
+    .and_then(RequestCriteria::require_some)
     .map_err(|e| Status::invalid_argument(e.to_string()))?;
 
     let frequency_hz = match req.frequency_hz {
@@ -135,20 +134,21 @@ pub(crate) fn new_trigger(
     })
 }
 
-pub(crate) fn parse_trigger_id(id: &str) -> Result<uuid::Uuid, Status> {
-    id.trim().parse().map_err(|_| {
-        Status::invalid_argument(format!(
-            "invalid trigger id {id:?}: expected a UUID as `coral profile triggers` lists them"
-        ))
-    })
+/// The trigger `id` names: a whole id, or a prefix of at least 4 hex digits that one
+/// trigger's id starts with, as git takes a short commit id (hyphens optional).
+/// `INVALID_ARGUMENT` for a malformed or ambiguous prefix, `NOT_FOUND` for none.
+pub(crate) async fn resolve_trigger_id(store: &dyn Store, id: &str) -> Result<uuid::Uuid, Status> {
+    match id.trim().parse() {
+        Ok(whole) => Ok(whole),
+        Err(_) => store.resolve_trigger_id(id).await.map_err(trigger_status),
+    }
 }
 
 /// Maps a store failure, saying how to find a trigger that does not exist.
 pub(crate) fn trigger_status(err: StoreError) -> Status {
     match err {
-        StoreError::NotFound(what) => Status::not_found(format!(
-            "{what} not found: `coral profile triggers --all` lists the triggers"
-        )),
+        StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
+        StoreError::InvalidArgument(message) => Status::invalid_argument(message),
         e => store_status(e),
     }
 }
@@ -228,8 +228,7 @@ pub(crate) fn check_active_trigger_count(
     if n >= max {
         return Err(Status::resource_exhausted(format!(
             "service {service} has {n} active triggers; the limit is {max}: cancel one \
-             (`coral profile trigger-cancel ID`, see `coral profile triggers`) or wait for \
-             one to complete or expire"
+             or wait for one to complete or expire"
         )));
     }
     Ok(())
@@ -291,8 +290,18 @@ mod tests {
     fn request() -> v1::StartTraceProfileTriggerRequest {
         v1::StartTraceProfileTriggerRequest {
             service_id: "payment-svc".into(),
+            status_code_pattern: "5xx".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn ambiguous_trigger_ids_are_the_callers_to_fix() {
+        let status = trigger_status(StoreError::InvalidArgument("ambiguous: 2 triggers".into()));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "ambiguous: 2 triggers");
+        let status = trigger_status(StoreError::NotFound("trigger 0af7".into()));
+        assert_eq!(status.code(), tonic::Code::NotFound);
     }
 
     #[test]
@@ -389,6 +398,20 @@ mod tests {
                     ..request()
                 },
                 "URL pattern",
+            ),
+            (
+                v1::StartTraceProfileTriggerRequest {
+                    url_pattern: "checkout".into(),
+                    ..request()
+                },
+                "can never match",
+            ),
+            (
+                v1::StartTraceProfileTriggerRequest {
+                    service_id: "payment-svc".into(),
+                    ..Default::default()
+                },
+                "at least one criterion",
             ),
         ];
         for (req, want) in cases {

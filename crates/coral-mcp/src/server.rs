@@ -2,12 +2,13 @@
 //! facts as JSON.
 
 use crate::instructions::INSTRUCTIONS;
-use crate::text::{self, ms, q_value, request_line};
+use crate::text::{ms, q_value, request_line};
 use crate::tools::*;
 use coral_analysis::profile::write_text_summary;
 use coral_analysis::{format_duration_ns, parse_duration};
 use coral_client::Channel;
 use coral_client::v1;
+use coral_report::{ComparisonView, RequestProfileView, ServiceView, SpanView, TriggerView};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::wrapper::Parameters;
@@ -18,12 +19,11 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long `coral_profile_trace_trigger` waits for its requests before answering
 /// with the trigger id (an assistant's call should not hang for the trigger's timeout).
 const TRIGGER_WAIT: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(500);
 /// Slowest requests (with their profiles) a summary of one service shows.
 const EXEMPLARS: u32 = 3;
 const TOP: usize = 5;
@@ -109,8 +109,10 @@ impl CoralMcp {
         coral_client::profile_client(self.channel.clone())
     }
 
-    /// The colony's refusal, with what the model should do next.
-    fn refused(&self, status: tonic::Status, fix: &str) -> String {
+    /// The colony's refusal, with what the model should do next: the hint of `fix` for
+    /// that kind of refusal (a hint about the service only when the service was not
+    /// found). Hints name tools, never commands the assistant cannot run.
+    fn refused(&self, status: tonic::Status, fix: Fix) -> String {
         use tonic::Code;
         if coral_client::is_database_unavailable(&status) {
             return format!(
@@ -121,24 +123,43 @@ impl CoralMcp {
         }
         match status.code() {
             Code::Unavailable | Code::Unknown | Code::DeadlineExceeded => format!(
-                "cannot reach the Coral colony at {}: {}. It may not be running (`coral colony \
-                 start`), or `coral mcp` was started with the wrong --colony address.",
+                "cannot reach the Coral colony at {}: {}. The colony may be down, or this MCP \
+                 server is configured with the wrong colony address: tell the user.",
                 self.colony,
                 status.message()
             ),
-            Code::NotFound
-            | Code::InvalidArgument
-            | Code::FailedPrecondition
-            | Code::ResourceExhausted => {
-                format!("{} {fix}", status.message())
-            }
+            Code::NotFound => with_hint(status.message(), fix.not_found),
+            Code::InvalidArgument => with_hint(status.message(), fix.invalid),
+            Code::FailedPrecondition | Code::ResourceExhausted => status.message().to_string(),
             _ => format!("the colony failed: {}", status.message()),
         }
     }
 }
 
-const FIX_SERVICE: &str = "Call coral_list_services for the service names.";
-const FIX_TRIGGER: &str = "Pass the trigger_id that coral_profile_trace_trigger returned (a UUID).";
+fn with_hint(message: &str, hint: &str) -> String {
+    if hint.is_empty() {
+        message.to_string()
+    } else {
+        format!("{message}. {hint}")
+    }
+}
+
+/// What the model can do when the colony refuses a call: when what it named was not
+/// found, and when an argument was refused (the colony's message says which).
+#[derive(Clone, Copy, Default)]
+struct Fix {
+    not_found: &'static str,
+    invalid: &'static str,
+}
+
+const FIX_SERVICE: Fix = Fix {
+    not_found: "Call coral_list_services for the service names.",
+    invalid: "",
+};
+const FIX_TRIGGER: Fix = Fix {
+    not_found: "Pass the trigger_id that coral_profile_trace_trigger returned (or a unique prefix of it).",
+    invalid: "",
+};
 
 #[tool_router]
 impl CoralMcp {
@@ -272,7 +293,7 @@ impl CoralMcp {
             .query()
             .list_services(v1::ListServicesRequest {})
             .await
-            .map_err(|s| self.refused(s, ""))?
+            .map_err(|s| self.refused(s, Fix::default()))?
             .into_inner()
             .services;
         let now = now_unix_nano();
@@ -290,11 +311,8 @@ impl CoralMcp {
                 format_duration_ns((now - s.last_seen_unix_nano).max(0))
             ));
         }
-        let data = json!({ "services": services.iter().map(|s| json!({
-            "name": s.name,
-            "first_seen_unix_nano": s.first_seen_unix_nano,
-            "last_seen_unix_nano": s.last_seen_unix_nano,
-        })).collect::<Vec<_>>() });
+        let data =
+            json!({ "services": services.iter().map(ServiceView::from).collect::<Vec<_>>() });
         Ok(Answer { text, data })
     }
 
@@ -313,6 +331,7 @@ impl CoralMcp {
                 }),
                 status_code_pattern: p.status_code.unwrap_or_default(),
                 limit: p.limit,
+                profiled: false,
             })
             .await
             .map_err(|s| self.refused(s, FIX_SERVICE))?
@@ -328,7 +347,7 @@ impl CoralMcp {
             text.push_str(&request_line(s));
             text.push('\n');
         }
-        let data = json!({ "service": p.service, "requests": spans.iter().map(span_json).collect::<Vec<_>>() });
+        let data = json!({ "service": p.service, "requests": spans.iter().map(SpanView::from).collect::<Vec<_>>() });
         Ok(Answer { text, data })
     }
 
@@ -350,8 +369,12 @@ impl CoralMcp {
             .map_err(|s| {
                 self.refused(
                     s,
-                    "To profile this kind of request, start coral_profile_trace_trigger for its \
-                     service, then pick a trace id from what it collects.",
+                    Fix {
+                        not_found: "To profile this kind of request, start \
+                                    coral_profile_trace_trigger for its service, then pick a \
+                                    trace id from what it collects.",
+                        invalid: "",
+                    },
                 )
             })?
             .into_inner();
@@ -388,27 +411,12 @@ impl CoralMcp {
                     .map_err(|e| format!("cannot summarize the profile: {e}"))?;
                 text.push_str(&String::from_utf8_lossy(&summary));
             }
-            let hotspots: Vec<Value> = profile
-                .hotspots(TOP)
-                .iter()
-                .map(|h| {
-                    json!({
-                        "function": h.function, "module": h.module,
-                        "self_cpu_ms": h.self_cpu_ns as f64 / 1e6,
-                        "total_cpu_ms": h.total_cpu_ns as f64 / 1e6,
-                        "self_share": h.self_share, "total_share": h.total_share,
-                    })
-                })
-                .collect();
-            spans.push(json!({
-                "service": tp.service, "span_id": hex::encode(&tp.span_id),
-                "span_name": tp.span_name, "duration_ns": tp.duration_ns,
-                "cpu_ns": cpu_ns, "samples": samples, "frequency_hz": tp.frequency_hz,
-                "precision": tp.precision, "concurrent_requests": tp.concurrent_requests,
-                "source": tp.source, "hotspots": hotspots, "warnings": warnings,
-            }));
+            spans.push(RequestProfileView::new(tp, &profile, TOP));
         }
-        let data = json!({ "trace_id": p.trace_id.trim(), "profile_type": "cpu", "spans": spans });
+        let data = json!({
+            "trace_id": p.trace_id.trim(), "profile_type": "cpu", "truncated": truncated,
+            "spans": spans,
+        });
         Ok(Answer { text, data })
     }
 
@@ -440,47 +448,58 @@ impl CoralMcp {
         let lifetime = Duration::from_nanos(
             (trigger.expires_unix_nano - trigger.created_unix_nano).max(0) as u64,
         );
-        let deadline = Instant::now() + self.trigger_wait.min(lifetime);
-        let mut client = self.profile();
-        loop {
-            let current = client
-                .get_trace_profile_trigger(v1::GetTraceProfileTriggerRequest {
-                    trigger_id: started.trigger_id.clone(),
-                })
-                .await
-                .map_err(|s| self.refused(s, FIX_TRIGGER))?
-                .into_inner();
-            if current.status != "active" || Instant::now() >= deadline {
-                return Ok(trigger_answer(&current));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        let deadline = tokio::time::Instant::now() + self.trigger_wait.min(lifetime);
+        // The CLI's path: to the end, then the baseline, so a comparison can follow.
+        let current = coral_client::trigger::follow(
+            &mut self.profile(),
+            &started.trigger_id,
+            Some(deadline),
+            |_| {},
+        )
+        .await
+        .map_err(|s| self.refused(s, FIX_TRIGGER))?;
+        Ok(trigger_answer(&current))
     }
 
     async fn trigger_status(&self, p: TriggerIdParams, cancel: bool) -> Outcome {
+        // The colony checks it (a UUID or a unique prefix) and says what is wrong.
         let trigger_id = p.trigger_id.trim().to_string();
-        if uuid::Uuid::parse_str(&trigger_id).is_err() {
-            return Err(format!(
-                "trigger_id {:?} is not a UUID. {FIX_TRIGGER}",
-                p.trigger_id
-            ));
-        }
-        let mut client = self.profile();
-        if cancel {
-            client
-                .cancel_trace_profile_trigger(v1::CancelTraceProfileTriggerRequest {
-                    trigger_id: trigger_id.clone(),
-                })
-                .await
-                .map_err(|s| self.refused(s, FIX_TRIGGER))?;
-        }
         // The full trigger, with the requests it collected.
-        let trigger = client
+        let before = self.get_trigger(trigger_id).await?;
+        if !cancel {
+            return Ok(trigger_answer(&before));
+        }
+        if !coral_client::trigger::is_active(&before) {
+            let mut answer = trigger_answer(&before);
+            answer.text.insert_str(
+                0,
+                &format!(
+                    "Nothing to cancel: trigger {} had already ended ({}).\n",
+                    before.trigger_id, before.status
+                ),
+            );
+            answer.data["already_ended"] = json!(true);
+            return Ok(answer);
+        }
+        self.profile()
+            .cancel_trace_profile_trigger(v1::CancelTraceProfileTriggerRequest {
+                trigger_id: before.trigger_id.clone(),
+            })
+            .await
+            .map_err(|s| self.refused(s, FIX_TRIGGER))?;
+        let after = self.get_trigger(before.trigger_id).await?;
+        let mut answer = trigger_answer(&after);
+        answer.data["already_ended"] = json!(false);
+        Ok(answer)
+    }
+
+    async fn get_trigger(&self, trigger_id: String) -> Result<v1::TraceProfileTrigger, String> {
+        Ok(self
+            .profile()
             .get_trace_profile_trigger(v1::GetTraceProfileTriggerRequest { trigger_id })
             .await
             .map_err(|s| self.refused(s, FIX_TRIGGER))?
-            .into_inner();
-        Ok(trigger_answer(&trigger))
+            .into_inner())
     }
 
     async fn compare(&self, p: CompareParams) -> Outcome {
@@ -499,9 +518,12 @@ impl CoralMcp {
             .map_err(|s| {
                 self.refused(
                     s,
-                    "Fix the call: service from coral_list_services; filters like \"duration > \
-                     1s\", \"duration < 100ms\", \"status = 5xx\", \"url ~ \\\"/checkout*\\\"\", \
-                     joined with and/or/not.",
+                    Fix {
+                        not_found: FIX_SERVICE.not_found,
+                        invalid: "Filters look like \"duration > 1s\", \"duration < 100ms\", \
+                                  \"status = 5xx\", \"url ~ \\\"/checkout*\\\"\", joined with \
+                                  and/or/not.",
+                    },
                 )
             })?
             .into_inner();
@@ -557,31 +579,13 @@ impl CoralMcp {
         for w in &r.warnings {
             text.push_str(&format!("warning: {w}\n"));
         }
-        let functions: Vec<Value> = r
-            .hotspots
-            .iter()
-            .map(|h| {
-                json!({
-                    "function": h.function, "module": h.module,
-                    "delta_pp": h.delta_percentage, "self_delta_pp": h.self_delta_percentage,
-                    "a_cpu_ms_per_request": h.cohort_a_cpu_ms_per_request,
-                    "b_cpu_ms_per_request": h.cohort_b_cpu_ms_per_request,
-                    "p_value": h.p_value, "q_value": h.q_value, "effect_size": h.effect_size,
-                    "significance": h.significance,
-                    "only_in": (!h.only_in.is_empty()).then_some(&h.only_in),
-                })
-            })
-            .collect();
-        let data = json!({
-            "service": p.service, "since": p.since,
-            "cohort_a": { "filter": p.cohort_a_filter, "requests": r.cohort_a_requests,
-                          "samples": r.cohort_a_sample_count, "mean_cpu_ms": r.cohort_a_mean_cpu_ms },
-            "cohort_b": { "filter": p.cohort_b_filter, "requests": r.cohort_b_requests,
-                          "samples": r.cohort_b_sample_count, "mean_cpu_ms": r.cohort_b_mean_cpu_ms },
-            "functions": functions,
-            "verdict": (!r.verdict.is_empty()).then_some(&r.verdict),
-            "warnings": r.warnings,
-        });
+        let data = to_json(&ComparisonView::new(
+            &p.service,
+            since_ns(&since(&p.since, "since")?),
+            &p.cohort_a_filter,
+            &p.cohort_b_filter,
+            &r,
+        ));
         Ok(Answer { text, data })
     }
 
@@ -612,7 +616,7 @@ impl CoralMcp {
             for slow in &s.slowest {
                 let Some(span) = &slow.span else { continue };
                 text.push_str(&format!("slow: {}\n", request_line(span)));
-                let mut e = span_json(span);
+                let mut e = to_json(&SpanView::from(span));
                 e["profile"] = match &slow.profile {
                     Some(tp) => exemplar_profile(tp, &mut text),
                     None => Value::Null,
@@ -624,6 +628,8 @@ impl CoralMcp {
                 "stats": {
                     "requests": s.requests, "errors": s.errors,
                     "requests_per_second": s.requests_per_second, "error_rate": s.error_rate,
+                    "first_start_unix_nano": (s.requests > 0).then_some(s.first_start_unix_nano),
+                    "last_start_unix_nano": (s.requests > 0).then_some(s.last_start_unix_nano),
                     "p50_ns": s.p50_ns, "p95_ns": s.p95_ns, "p99_ns": s.p99_ns,
                 },
                 "slowest": exemplars,
@@ -639,7 +645,9 @@ impl CoralMcp {
         }
         Ok(Answer {
             text,
-            data: json!({ "since": window, "services": out, "truncated": resp.truncated }),
+            data: json!({
+                "since_ns": since_ns(&range), "services": out, "truncated": resp.truncated,
+            }),
         })
     }
 }
@@ -663,11 +671,7 @@ fn exemplar_profile(tp: &v1::TraceProfile, text: &mut String) -> Value {
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    json!({
-        "samples": samples, "precision": tp.precision,
-        "cpu_ns": profile.total_cpu_ns(),
-        "top_self": hot.iter().map(|h| json!({"function": h.function, "self_share": h.self_share})).collect::<Vec<_>>(),
-    })
+    to_json(&RequestProfileView::new(tp, &profile, 3))
 }
 
 /// Rate, errors and percentiles on one line.
@@ -675,10 +679,19 @@ fn stats_line(s: &v1::ServiceSummary) -> String {
     if s.requests == 0 {
         return "no requests".to_string();
     }
+    let covered_ns = s.last_start_unix_nano - s.first_start_unix_nano;
+    let rate = if s.requests > 1 && covered_ns > 0 {
+        format!(
+            "{:.2}/s over the {} they span",
+            s.requests_per_second,
+            format_duration_ns(covered_ns)
+        )
+    } else {
+        "rate unknown (one request)".to_string()
+    };
     format!(
-        "{} requests, {:.2}/s, errors {:.1}% ({}), p50 {} p95 {} p99 {}",
+        "{} requests, {rate}, errors {:.1}% ({}), p50 {} p95 {} p99 {}",
         s.requests,
-        s.requests_per_second,
         s.error_rate * 100.0,
         s.errors,
         format_duration_ns(s.p50_ns),
@@ -687,13 +700,13 @@ fn stats_line(s: &v1::ServiceSummary) -> String {
     )
 }
 
-fn span_json(s: &v1::Span) -> Value {
-    json!({
-        "trace_id": text::trace_id(s), "span_id": hex::encode(&s.span_id),
-        "name": s.name, "start_time_unix_nano": s.start_time_unix_nano,
-        "duration_ns": s.duration_ns, "http_status": s.http_status,
-        "error": text::is_error(s), "url": s.url,
-    })
+/// A `coral-report` view as structured content: the CLI's JSON vocabulary.
+fn to_json(view: &impl serde::Serialize) -> Value {
+    serde_json::to_value(view).unwrap_or(Value::Null)
+}
+
+fn since_ns(d: &prost_types::Duration) -> i64 {
+    d.seconds.saturating_mul(1_000_000_000) + i64::from(d.nanos)
 }
 
 fn trigger_answer(t: &v1::TraceProfileTrigger) -> Answer {
@@ -722,26 +735,23 @@ fn trigger_answer(t: &v1::TraceProfileTrigger) -> Answer {
              coral_cancel_trigger to stop. Matching requests must happen for it to collect.\n",
             t.trigger_id
         ));
-    } else if t.collected_requests > 0 {
+    } else if t.collected_requests > 0
+        && let Some(filter) = coral_client::trigger::cohort_filter(t)
+    {
+        if t.baseline_collected == 0 {
+            text.push_str(
+                "No baseline arrived (no other request of the service was profiled whole \
+                 while it ran): a comparison may find cohort B empty.\n",
+            );
+        }
         text.push_str(&format!(
-            "Next: coral_query_profile_compare with cohort_a_filter \"duration >= {}ms\" and a \
-             cohort_b_filter for fast requests; or coral_query_trace_profile for one trace id.\n",
-            t.min_duration_ms
+            "Next: coral_query_profile_compare with cohort_a_filter {:?} and cohort_b_filter \
+             {:?}; or coral_query_trace_profile for one trace id.\n",
+            filter,
+            format!("not ({filter})")
         ));
     }
-    let data = json!({
-        "trigger_id": t.trigger_id, "service": t.service, "status": t.status,
-        "collected_requests": t.collected_requests, "max_requests": t.max_requests,
-        "baseline_collected": t.baseline_collected, "baseline_requests": t.baseline_requests,
-        "min_duration_ms": t.min_duration_ms, "status_code_pattern": t.status_code_pattern,
-        "url_pattern": t.url_pattern, "frequency_hz": t.frequency_hz,
-        "expires_unix_nano": t.expires_unix_nano,
-        "collected": t.collected.iter().map(|c| json!({
-            "trace_id": c.trace_id, "span_id": c.span_id, "span_name": c.span_name,
-            "duration_ns": c.duration_ns, "http_status": c.http_status,
-            "samples": c.samples, "precision": c.precision,
-        })).collect::<Vec<_>>(),
-    });
+    let data = to_json(&TriggerView::from(t));
     Answer { text, data }
 }
 

@@ -24,11 +24,6 @@ pub fn trace_id(span: &v1::Span) -> String {
     hex::encode(&span.trace_id)
 }
 
-/// A request failed: HTTP 5xx, or span status ERROR.
-pub fn is_error(span: &v1::Span) -> bool {
-    span.status_code == 2 || span.http_status.is_some_and(|s| s >= 500)
-}
-
 /// `200`, `500 error`, or `error` for a request without an HTTP status.
 pub fn status(span: &v1::Span) -> String {
     match (span.http_status, span.status_code == 2) {

@@ -41,16 +41,19 @@ pub struct TraceProfileParams {
 pub struct TraceTriggerParams {
     /// The service, as coral_list_services names it.
     pub service: String,
-    /// Profile requests that last at least this many milliseconds (0: any duration).
+    /// Profile requests that last at least this many milliseconds (0: any duration, then
+    /// another criterion is needed: status_code or url).
     pub min_duration_ms: u32,
     /// How many matching requests to collect (1 to 1000).
     #[serde(default = "default_count")]
+    #[schemars(range(min = 1, max = 1000))]
     pub count: u32,
     /// Only these HTTP statuses: "500", "5xx", "4xx,503", or "error" (span status ERROR).
     pub status_code: Option<String>,
     /// Only requests whose URL path (or route) matches this glob, e.g. "/checkout*".
     pub url: Option<String>,
     /// Samples per second (1 to 1000; default 99).
+    #[schemars(range(min = 1, max = 1000))]
     pub frequency_hz: Option<u32>,
     /// Stop collecting after this long, e.g. "5m" (default 5m, at most 24h).
     pub timeout: Option<String>,
@@ -94,12 +97,14 @@ pub struct TracesParams {
     pub status_code: Option<String>,
     /// At most this many requests, newest first (1 to 100).
     #[serde(default = "default_limit")]
+    #[schemars(range(min = 1, max = 100))]
     pub limit: u32,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerIdParams {
-    /// The trigger id (a UUID) that coral_profile_trace_trigger returned.
+    /// The trigger id (a UUID) that coral_profile_trace_trigger returned, or a unique
+    /// prefix of it (at least 4 hex digits).
     pub trigger_id: String,
 }

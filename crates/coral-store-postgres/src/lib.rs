@@ -27,7 +27,9 @@
 //! stacks, and the frames those use.
 //!
 //! A trigger or baseline profile must also claim a slot of its trigger, after the
-//! profile rows went in (only new ones claim, so a retry never counts twice): one
+//! profile rows went in (only new ones claim, so a retry never counts twice; a
+//! baseline profile of a request already stored claims too, once per trigger and
+//! request, recorded in `trace_profile_baselines`): one
 //! conditional `UPDATE` of the trigger row per profile, in trigger order (see
 //! `coral_store::trigger_rows::claim_order`). Under READ COMMITTED, an `UPDATE`
 //! blocked by another colony's claim re-evaluates its `WHERE` on the row that one
@@ -51,9 +53,10 @@ use coral_analysis::filter::Filter;
 use coral_analysis::profile::{Frame, Profile};
 use coral_analysis::status::{OTEL_STATUS_ERROR, StatusTerm};
 use coral_store::{
-    AgentRecord, Claim, CollectedRequest, InsertedProfiles, Precision, ProfileSession,
-    ProfileSource, RequestQuery, RequestSummary, SUMMARY_PERCENTILES, ServiceRecord, SessionResult,
-    SpanId, SpanRecord, Store, StoreError, TraceId, TraceProfileRecord, TraceProfileTrigger,
+    AgentRecord, Claim, CollectedRequest, InsertedProfiles, ListedRequest, Precision,
+    ProfileSession, ProfileSource, RequestQuery, RequestSummary, SUMMARY_PERCENTILES,
+    ServiceRecord, SessionResult, SpanId, SpanRecord, Store, StoreError, TraceId,
+    TraceProfileRecord, TraceProfileTrigger,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgBindIterExt, PgConnection, PgPool, PgPoolOptions, PgRow};
@@ -73,7 +76,10 @@ use coral_store::profile_rows::{
     distinct_sorted as distinct_sorted_profiles, frame_hashes_of, kind_str, parse_kind,
     parse_source, to_i64, to_u32, to_u64,
 };
-use coral_store::trigger_rows::{TriggerRow, claim_order, to_i32, trace_id_texts, unknown_service};
+use coral_store::trigger_rows::{
+    ClaimTally, TriggerRow, resolved_trigger_id, slot_claims, to_i32, trace_id_texts,
+    trigger_id_prefix, unknown_service,
+};
 
 /// This crate's migrations, embedded at compile time.
 static MIGRATOR: Migrator = sqlx::migrate!();
@@ -287,6 +293,30 @@ const CLAIM_BASELINE_SLOT: &str = "UPDATE trace_profile_triggers \
      SET baseline_collected = baseline_collected + 1 \
      WHERE trigger_id = $1 AND baseline_collected < baseline_requests";
 
+/// Makes request (`$2`, `$3`) a member of trigger `$1`'s baseline, if the trigger
+/// exists; nothing if it is one already (a concurrent insert of the same member waits
+/// for the first to commit, then does nothing).
+const INSERT_BASELINE_MEMBER: &str = "\
+    INSERT INTO trace_profile_baselines (trigger_id, trace_id, span_id) \
+    SELECT $1, $2, $3 WHERE EXISTS \
+        (SELECT 1 FROM trace_profile_triggers WHERE trigger_id = $1) \
+    ON CONFLICT DO NOTHING";
+
+const BASELINE_HAS_MEMBER: &str = "\
+    SELECT EXISTS (SELECT 1 FROM trace_profile_baselines \
+        WHERE trigger_id = $1 AND trace_id = $2 AND span_id = $3)";
+
+const DELETE_BASELINE_MEMBER: &str = "\
+    DELETE FROM trace_profile_baselines WHERE trigger_id = $1 AND trace_id = $2 AND span_id = $3";
+
+const RELABEL_TRACE_PROFILE: &str =
+    "UPDATE trace_profiles SET source = $3 WHERE trace_id = $1 AND span_id = $2";
+
+/// How many triggers have an id whose hex digits start with `$1`, and the first.
+const MATCH_TRIGGER_PREFIX: &str = "\
+    SELECT count(*), min(trigger_id::text) FROM trace_profile_triggers \
+    WHERE left(replace(trigger_id::text, '-', ''), length($1)) = $1";
+
 /// A trigger's profiles, with the status of their spans.
 const SELECT_COLLECTED: &str = "\
     SELECT p.trace_id, p.span_id, p.span_name, p.start_unix_nano, p.duration_ns, \
@@ -422,15 +452,31 @@ impl Store for PostgresStore {
         service_from_row(&row)
     }
 
-    async fn query_requests(&self, query: &RequestQuery) -> Result<Vec<SpanRecord>, StoreError> {
+    async fn query_requests(&self, query: &RequestQuery) -> Result<Vec<ListedRequest>, StoreError> {
+        // A profile's key is its span's: one primary-key look-up per request listed.
+        // Only profiled ones: the service's profiles (by their (service, start)
+        // index) may lead, the spans are looked up.
         let mut qb = QueryBuilder::<Postgres>::new(concat!(
             "SELECT ",
             span_columns!(),
-            " FROM spans WHERE is_request AND service = "
+            ", (SELECT tp.source FROM trace_profiles tp \
+               WHERE tp.trace_id = spans.trace_id AND tp.span_id = spans.span_id) \
+               AS profile_source \
+             FROM spans WHERE is_request AND service = "
         ));
         qb.push_bind(query.service.as_str());
         qb.push(" AND start_unix_nano >= ");
         qb.push_bind(query.since_unix_nano);
+        if query.profiled {
+            qb.push(
+                " AND (trace_id, span_id) IN (SELECT trace_id, span_id FROM trace_profiles \
+                 WHERE service = ",
+            );
+            qb.push_bind(query.service.as_str());
+            qb.push(" AND start_unix_nano >= ");
+            qb.push_bind(query.since_unix_nano);
+            qb.push(")");
+        }
         if let Some(min) = query.min_duration_ns {
             qb.push(" AND duration_ns >= ");
             qb.push_bind(min);
@@ -441,7 +487,15 @@ impl Store for PostgresStore {
         qb.push(" ORDER BY start_unix_nano DESC LIMIT ");
         qb.push_bind(i64::from(query.limit));
         let rows = qb.build().fetch_all(&self.pool).await.map_err(map_err)?;
-        rows.iter().map(span_from_row).collect()
+        rows.iter()
+            .map(|row| {
+                let source: Option<&str> = row.try_get("profile_source").map_err(map_err)?;
+                Ok(ListedRequest {
+                    span: span_from_row(row)?,
+                    profile_source: source.map(parse_source).transpose()?,
+                })
+            })
+            .collect()
     }
 
     async fn request_summary(
@@ -460,7 +514,8 @@ impl Store for PostgresStore {
         let row = sqlx::query(
             "SELECT count(*), \
                  count(*) FILTER (WHERE status_code = $1 OR http_status >= $2), \
-                 percentile_disc($3::float8[]) WITHIN GROUP (ORDER BY duration_ns) \
+                 percentile_disc($3::float8[]) WITHIN GROUP (ORDER BY duration_ns), \
+                 min(start_unix_nano), max(start_unix_nano) \
              FROM spans WHERE is_request AND service = $4 AND start_unix_nano >= $5",
         )
         .bind(OTEL_STATUS_ERROR)
@@ -475,6 +530,8 @@ impl Store for PostgresStore {
         let errors = to_u64(row.try_get(1).map_err(map_err)?, "error count")?;
         // NULL when there is no request.
         let percentiles_ns: Option<Vec<i64>> = row.try_get(2).map_err(map_err)?;
+        let first_start_unix_nano: Option<i64> = row.try_get(3).map_err(map_err)?;
+        let last_start_unix_nano: Option<i64> = row.try_get(4).map_err(map_err)?;
         let rows = sqlx::query(concat!(
             "SELECT ",
             span_columns!(),
@@ -493,6 +550,8 @@ impl Store for PostgresStore {
             errors,
             percentiles_ns: percentiles_ns.unwrap_or_default(),
             slowest: rows.iter().map(span_from_row).collect::<Result<_, _>>()?,
+            first_start_unix_nano,
+            last_start_unix_nano,
         })
     }
 
@@ -585,12 +644,12 @@ impl Store for PostgresStore {
 
     async fn insert_trace_profiles(
         &self,
-        profiles: &[TraceProfileRecord],
+        batch: &[TraceProfileRecord],
     ) -> Result<InsertedProfiles, StoreError> {
-        if profiles.is_empty() {
+        if batch.is_empty() {
             return Ok(InsertedProfiles::default());
         }
-        let profiles = distinct_sorted_profiles(profiles);
+        let profiles = distinct_sorted_profiles(batch);
         let created = now_unix_nano();
 
         let mut tx = self.pool.begin().await.map_err(map_err)?;
@@ -641,26 +700,34 @@ impl Store for PostgresStore {
             .copied()
             .filter(|p| new_keys.contains(&(p.trace_id.as_bytes(), p.span_id.as_bytes())))
             .collect();
-        let mut refused: HashSet<(TraceId, SpanId)> = HashSet::new();
-        let mut completed_triggers = 0;
-        for p in claim_order(&new) {
-            let claim = claims_slot(&mut tx, p, created).await?;
-            completed_triggers += u64::from(claim == Claim::Completed);
-            if claim == Claim::Refused {
-                sqlx::query(DELETE_TRACE_PROFILE)
-                    .bind(p.trace_id.as_bytes())
-                    .bind(p.span_id.as_bytes())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-                refused.insert((p.trace_id, p.span_id));
-            }
+        let mut tally = ClaimTally::default();
+        for claim in slot_claims(batch, &new) {
+            let result = claims_slot(&mut tx, claim.profile, created).await?;
+            tally.record(&claim, result);
         }
-        new.retain(|p| !refused.contains(&(p.trace_id, p.span_id)));
+        let outcome = tally.finish();
+        for (trace_id, span_id) in &outcome.delete {
+            sqlx::query(DELETE_TRACE_PROFILE)
+                .bind(trace_id.as_bytes())
+                .bind(span_id.as_bytes())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        for ((trace_id, span_id), source) in &outcome.relabel {
+            sqlx::query(RELABEL_TRACE_PROFILE)
+                .bind(trace_id.as_bytes())
+                .bind(span_id.as_bytes())
+                .bind(source.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        new.retain(|p| !outcome.delete.contains(&(p.trace_id, p.span_id)));
         let inserted = InsertedProfiles {
             new: new.len() as u64,
-            over_limit: refused.len() as u64,
-            completed_triggers,
+            over_limit: outcome.over_limit,
+            completed_triggers: outcome.completed_triggers,
         };
         if new.is_empty() {
             tx.commit().await.map_err(map_err)?;
@@ -927,6 +994,23 @@ impl Store for PostgresStore {
         trigger_from_row(&row)
     }
 
+    async fn resolve_trigger_id(&self, prefix: &str) -> Result<uuid::Uuid, StoreError> {
+        let digits = trigger_id_prefix(prefix)?;
+        let (matching, first): (i64, Option<String>) = sqlx::query_as(MATCH_TRIGGER_PREFIX)
+            .bind(digits.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        let first = first
+            .map(|id| {
+                id.parse().map_err(|_| {
+                    StoreError::Corrupt(format!("trace_profile_triggers.trigger_id {id:?}"))
+                })
+            })
+            .transpose()?;
+        resolved_trigger_id(&digits, to_u64(matching, "count(*)")?, first)
+    }
+
     async fn list_triggers(
         &self,
         service: Option<&str>,
@@ -1098,15 +1182,43 @@ async fn claims_slot(
                     .map_err(map_err)?,
             ))
         }
-        ProfileSource::Baseline(id) => Ok(kept(
-            sqlx::query(CLAIM_BASELINE_SLOT)
+        ProfileSource::Baseline(id) => {
+            // Membership first: a request counts once per baseline, however often
+            // (and under whichever source) it arrives.
+            let (trace, span) = (profile.trace_id.as_bytes(), profile.span_id.as_bytes());
+            let member = |sql: &'static str| sqlx::query(sql).bind(id).bind(trace).bind(span);
+            if member(INSERT_BASELINE_MEMBER)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?
+                .rows_affected()
+                == 0
+            {
+                // Counted already (a retry, or sent twice), or the trigger is gone.
+                let counted: bool = sqlx::query_scalar(BASELINE_HAS_MEMBER)
+                    .bind(id)
+                    .bind(trace)
+                    .bind(span)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(map_err)?;
+                return Ok(kept(counted));
+            }
+            let claimed = sqlx::query(CLAIM_BASELINE_SLOT)
                 .bind(id)
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?
                 .rows_affected()
-                == 1,
-        )),
+                == 1;
+            if !claimed {
+                member(DELETE_BASELINE_MEMBER)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_err)?;
+            }
+            Ok(kept(claimed))
+        }
     }
 }
 

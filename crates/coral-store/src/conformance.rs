@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::batch::now_unix_nano;
 use crate::{
-    AgentRecord, CollectedRequest, InsertedProfiles, Precision, ProfileSession, ProfileSource,
-    RequestQuery, SessionResult, SpanId, SpanRecord, Store, StoreError, TraceId,
+    AgentRecord, CollectedRequest, InsertedProfiles, ListedRequest, Precision, ProfileSession,
+    ProfileSource, RequestQuery, SessionResult, SpanId, SpanRecord, Store, StoreError, TraceId,
     TraceProfileRecord, TraceProfileTrigger, TriggerStatus, frame_hash, stack_hash,
 };
 use coral_analysis::StatusPattern;
@@ -46,6 +46,8 @@ macro_rules! conformance_suite {
             expiring_ends_the_triggers_due, trigger_collects_up_to_max_requests,
             a_trace_counts_once_per_trigger, concurrent_trigger_profiles_never_exceed_max,
             baseline_is_capped, trigger_requests_come_with_their_spans,
+            a_request_counts_in_the_baseline_of_every_trigger_it_is_sent_for,
+            trigger_ids_resolve_from_unique_prefixes, requests_are_listed_with_their_profiles,
             purge_deletes_old_profiles_and_ended_triggers, cohorts_are_selected_by_filter,
             cohorts_respect_service_since_and_limit, cohort_filter_values_are_never_sql,
             request_summary_is_exact_over_the_window);
@@ -257,6 +259,11 @@ pub async fn request_summary_is_exact_over_the_window(store: &dyn Store) {
         ]
     );
     assert_eq!(summary.slowest[0], spans[1], "the whole span");
+    // The time the data covers: the first and the last request in the window.
+    assert_eq!(
+        (summary.first_start_unix_nano, summary.last_start_unix_nano),
+        (Some(T0 + SEC), Some(T0 + 30 * SEC))
+    );
 
     // From the 21st second: requests 21..=30.
     let recent = store
@@ -278,6 +285,8 @@ pub async fn request_summary_is_exact_over_the_window(store: &dyn Store) {
             errors: 0,
             percentiles_ns: vec![],
             slowest: vec![],
+            first_start_unix_nano: None,
+            last_start_unix_nano: None,
         }
     );
 }
@@ -305,10 +314,12 @@ pub async fn requests_are_filtered(store: &dyn Store) {
         min_duration_ns: min_ms.map(|ms| ms * 1_000_000),
         status: status.map(|s| StatusPattern::parse(s).unwrap()),
         limit,
+        profiled: false,
     };
-    let starts = |spans: Vec<SpanRecord>| -> Vec<i64> {
-        spans
+    let starts = |requests: Vec<ListedRequest>| -> Vec<i64> {
+        requests
             .iter()
+            .map(|r| &r.span)
             .map(|s| {
                 assert!(s.is_request() && s.service == "shop");
                 (s.start_unix_nano - T0) / SEC
@@ -1459,6 +1470,268 @@ pub async fn baseline_is_capped(store: &dyn Store) {
     let requests = store.trigger_requests(id).await.unwrap();
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].trace_id, trace(2));
+}
+
+/// Overlapping triggers of one service: an agent offers each request to every
+/// trigger's baseline, and sends it once per trigger that kept it; the store keeps one
+/// copy (its first source) and counts it in each baseline, once.
+pub async fn a_request_counts_in_the_baseline_of_every_trigger_it_is_sent_for(store: &dyn Store) {
+    services_send_spans(store, &["payment-svc"]).await;
+    let with_baseline = |n: u8, size: u32| TraceProfileTrigger {
+        baseline_requests: size,
+        ..new_trigger(n, "payment-svc")
+    };
+    let (a, b, c) = (
+        with_baseline(1, 2),
+        with_baseline(2, 2),
+        with_baseline(3, 1),
+    );
+    for t in [&a, &b, &c] {
+        store.create_trigger(t).await.unwrap();
+    }
+    let (a, b, c) = (a.trigger_id, b.trigger_id, c.trigger_id);
+    let profile = |n: u8, source| sourced_profile(n, 1, source, i64::from(n));
+    let counts = async |id| {
+        let t = store.trigger(id).await.unwrap();
+        (t.collected_requests, t.baseline_collected)
+    };
+    let sources = async |n: u8| -> Vec<ProfileSource> {
+        let profiles = store.trace_profiles(&trace(n)).await.unwrap();
+        profiles.iter().map(|p| p.source).collect()
+    };
+    let nothing_new = InsertedProfiles::default();
+
+    // Request 1, in A's baseline and then in B's: stored once, counted by both.
+    let in_a = profile(1, ProfileSource::Baseline(a));
+    assert_eq!(
+        store.insert_trace_profiles(&[in_a]).await.unwrap(),
+        stored(1)
+    );
+    let in_b = profile(1, ProfileSource::Baseline(b));
+    for _retry in 0..2 {
+        assert_eq!(
+            store
+                .insert_trace_profiles(std::slice::from_ref(&in_b))
+                .await
+                .unwrap(),
+            nothing_new
+        );
+    }
+    assert_eq!((counts(a).await, counts(b).await), ((0, 1), (0, 1)));
+    assert_eq!(sources(1).await, [ProfileSource::Baseline(a)]);
+
+    // Request 2, collected by A (it matched A's criteria, not B's), is in B's baseline.
+    let collected = profile(2, ProfileSource::Trigger(a));
+    store.insert_trace_profiles(&[collected]).await.unwrap();
+    let in_b = profile(2, ProfileSource::Baseline(b));
+    assert_eq!(
+        store.insert_trace_profiles(&[in_b]).await.unwrap(),
+        nothing_new
+    );
+    assert_eq!((counts(a).await, counts(b).await), ((1, 1), (0, 2)));
+    assert_eq!(sources(2).await, [ProfileSource::Trigger(a)]);
+
+    // Request 3, profiled for a session: B's baseline is full, so it is not counted
+    // there, and the session's profile stays.
+    store
+        .insert_trace_profiles(&[trace_profile(3, 1, checkout_profile(1))])
+        .await
+        .unwrap();
+    let in_b = profile(3, ProfileSource::Baseline(b));
+    assert_eq!(
+        store.insert_trace_profiles(&[in_b]).await.unwrap(),
+        InsertedProfiles {
+            over_limit: 1,
+            ..nothing_new
+        }
+    );
+    assert_eq!(counts(b).await, (0, 2));
+    assert_eq!(sources(3).await, [ProfileSource::Session(SESSION)]);
+
+    // Two triggers ended together: both baselines of request 4 in one batch. A takes
+    // it (its last slot), B is full; one copy, labelled for A.
+    let batch = [
+        profile(4, ProfileSource::Baseline(b)),
+        profile(4, ProfileSource::Baseline(a)),
+    ];
+    assert_eq!(
+        store.insert_trace_profiles(&batch).await.unwrap(),
+        InsertedProfiles {
+            new: 1,
+            over_limit: 1,
+            completed_triggers: 0
+        }
+    );
+    assert_eq!((counts(a).await, counts(b).await), ((1, 2), (0, 2)));
+    assert_eq!(sources(4).await, [ProfileSource::Baseline(a)]);
+    // The same batch again (the agent's retry) counts nothing twice.
+    let again = store.insert_trace_profiles(&batch).await.unwrap();
+    assert_eq!((again.new, again.completed_triggers), (0, 0));
+    assert_eq!((counts(a).await, counts(b).await), ((1, 2), (0, 2)));
+
+    // Request 5 is new, first sent for a full baseline (B) and then for C's: C keeps
+    // it, and it is stored as C's.
+    let batch = [
+        profile(5, ProfileSource::Baseline(b)),
+        profile(5, ProfileSource::Baseline(c)),
+    ];
+    assert_eq!(
+        store.insert_trace_profiles(&batch).await.unwrap(),
+        InsertedProfiles {
+            new: 1,
+            over_limit: 1,
+            completed_triggers: 0
+        }
+    );
+    assert_eq!(counts(c).await, (0, 1));
+    assert_eq!(sources(5).await, [ProfileSource::Baseline(c)]);
+    // Full everywhere: request 6 is not stored at all.
+    let batch = [
+        profile(6, ProfileSource::Baseline(b)),
+        profile(6, ProfileSource::Baseline(c)),
+    ];
+    assert_eq!(
+        store.insert_trace_profiles(&batch).await.unwrap(),
+        InsertedProfiles {
+            new: 0,
+            over_limit: 2,
+            completed_triggers: 0
+        }
+    );
+    assert!(!has_profiles(store, 6).await);
+
+    // Retention deletes the profiles, and their baseline memberships with them.
+    assert_eq!(
+        store
+            .purge_profiles_before(now_unix_nano() + SEC)
+            .await
+            .unwrap(),
+        5
+    );
+    assert!(!has_profiles(store, 1).await);
+    assert_eq!(counts(b).await, (0, 2), "the counts stay");
+}
+
+/// Trigger ids may be shortened to a unique prefix, as git's commit ids.
+pub async fn trigger_ids_resolve_from_unique_prefixes(store: &dyn Store) {
+    services_send_spans(store, &["payment-svc"]).await;
+    let with_id = |n: u8, id: &str| TraceProfileTrigger {
+        trigger_id: id.parse().unwrap(),
+        ..new_trigger(n, "payment-svc")
+    };
+    let ids = [
+        "0af76519-16cd-43dd-8448-eb211c80319c",
+        "0af7c0de-0000-4000-8000-000000000001",
+        "b7ad6b71-6920-4ad0-a8b9-0aa2f0e8c6d1",
+    ];
+    for (n, id) in (1u8..).zip(ids) {
+        store.create_trigger(&with_id(n, id)).await.unwrap();
+    }
+    let resolve = async |prefix: &str| store.resolve_trigger_id(prefix).await;
+    let expect = |i: usize| ids[i].parse::<uuid::Uuid>().unwrap();
+    for (prefix, want) in [
+        ("0af765", 0),
+        ("0AF76519-16CD", 0), // any case, hyphens where the id has them
+        ("0af7651916cd43dd", 0),
+        ("0af7c", 1),
+        ("b7ad", 2),
+        (" b7ad6b71-6920-4ad0-a8b9-0aa2f0e8c6d1 ", 2), // the whole id
+        ("b7ad6b7169204ad0a8b90aa2f0e8c6d1", 2),
+    ] {
+        assert_eq!(resolve(prefix).await.unwrap(), expect(want), "{prefix}");
+    }
+    match resolve("0af7").await {
+        Err(StoreError::InvalidArgument(message)) => {
+            assert!(
+                message.contains("ambiguous") && message.contains('2'),
+                "{message}"
+            )
+        }
+        other => panic!("an ambiguous prefix: {other:?}"),
+    }
+    for missing in ["ffff", "0af76519-16cd-43dd-8448-eb211c80319d"] {
+        assert!(
+            matches!(resolve(missing).await, Err(StoreError::NotFound(_))),
+            "{missing}"
+        );
+    }
+    for malformed in [
+        "0af",
+        "0af7g",
+        "",
+        "0af7%",
+        "0af7_",
+        "0af76519-16cd-43dd-8448-eb211c80319c0",
+    ] {
+        assert!(
+            matches!(
+                resolve(malformed).await,
+                Err(StoreError::InvalidArgument(_))
+            ),
+            "{malformed:?}"
+        );
+    }
+}
+
+/// Request listings say which requests have a profile, and can list only those.
+pub async fn requests_are_listed_with_their_profiles(store: &dyn Store) {
+    let mut spans = Vec::new();
+    for n in 1..=4u8 {
+        let mut r = full_span("payment-svc", n, 1);
+        r.start_unix_nano = T0 + i64::from(n) * SEC;
+        spans.push(minimal_child(&r, 2, 1, 1));
+        spans.push(r);
+    }
+    spans.push(full_span("elsewhere", 9, 1));
+    store.insert_spans(&spans).await.unwrap();
+    let trigger = new_trigger(1, "payment-svc");
+    store.create_trigger(&trigger).await.unwrap();
+    let collected = ProfileSource::Trigger(trigger.trigger_id);
+    let profiles = [
+        sourced_profile(2, 1, collected, 2),
+        trace_profile(4, 1, checkout_profile(1)), // a session's
+        sourced_profile(3, 2, collected, 3),      // of an internal span: not a request
+        TraceProfileRecord {
+            service: "elsewhere".into(),
+            ..trace_profile(9, 1, checkout_profile(1))
+        },
+    ];
+    store.insert_trace_profiles(&profiles).await.unwrap();
+    let query = |profiled| RequestQuery {
+        service: "payment-svc".into(),
+        since_unix_nano: T0,
+        min_duration_ns: None,
+        status: None,
+        limit: 100,
+        profiled,
+    };
+    let listed = |requests: Vec<ListedRequest>| -> Vec<(u8, Option<ProfileSource>)> {
+        requests
+            .into_iter()
+            .map(|r| (r.span.trace_id.0[0], r.profile_source))
+            .collect()
+    };
+    let session = ProfileSource::Session(SESSION);
+    let all = store.query_requests(&query(false)).await.unwrap();
+    assert_eq!(
+        listed(all),
+        [
+            (4, Some(session)),
+            (3, None),
+            (2, Some(collected)),
+            (1, None)
+        ]
+    );
+    let profiled = store.query_requests(&query(true)).await.unwrap();
+    assert_eq!(listed(profiled), [(4, Some(session)), (2, Some(collected))]);
+    let slow_profiled = store
+        .query_requests(&RequestQuery {
+            min_duration_ns: Some(10 * SEC),
+            ..query(true)
+        })
+        .await
+        .unwrap();
+    assert!(slow_profiled.is_empty(), "other conditions still apply");
 }
 
 pub async fn trigger_requests_come_with_their_spans(store: &dyn Store) {

@@ -5,11 +5,21 @@ use std::str::FromStr;
 
 /// An id that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {kind} {input:?}: expected {digits} hex digits, not all zero")]
+#[error("invalid {kind} {input:?} ({}): expected {digits} hex digits, not all zero", described(.input))]
 pub struct IdError {
     pub kind: &'static str,
     pub input: String,
     pub digits: usize,
+}
+
+/// What was given, so a cut-off or over-long paste is seen at once.
+fn described(input: &str) -> String {
+    let n = input.trim().chars().count();
+    if input.trim().chars().all(|c| c.is_ascii_hexdigit()) {
+        format!("{n} hex digits")
+    } else {
+        format!("{n} characters, not all hex digits")
+    }
 }
 
 macro_rules! id_type {
@@ -72,6 +82,20 @@ mod tests {
         assert!("zz".repeat(16).parse::<TraceId>().is_err());
         let zero = "0".repeat(32).parse::<TraceId>().unwrap_err();
         assert!(zero.to_string().contains("32 hex digits"));
+        // How many digits were given: a cut-off paste shows at once.
+        let short = "0af7651916cd43dd8448eb211c8031"
+            .parse::<TraceId>()
+            .unwrap_err();
+        assert!(
+            short.to_string().contains("(30 hex digits): expected 32"),
+            "{short}"
+        );
+        let odd = "trace-1".parse::<TraceId>().unwrap_err();
+        assert!(
+            odd.to_string()
+                .contains("(7 characters, not all hex digits)"),
+            "{odd}"
+        );
         assert!(SpanId::from_bytes(&[1; 8]).is_some());
         assert!(SpanId::from_bytes(&[1; 7]).is_none());
     }

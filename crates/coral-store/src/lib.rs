@@ -23,7 +23,7 @@ pub use profiles::{
     SessionResult, TraceProfileRecord, TraceProfileTrigger, TriggerStatus,
 };
 pub use records::{
-    AgentRecord, RequestQuery, RequestSummary, SPAN_KIND_CONSUMER, SPAN_KIND_SERVER,
+    AgentRecord, ListedRequest, RequestQuery, RequestSummary, SPAN_KIND_CONSUMER, SPAN_KIND_SERVER,
     SUMMARY_PERCENTILES, ServiceRecord, SpanRecord, nearest_rank_offset,
 };
 
@@ -53,6 +53,10 @@ pub enum StoreError {
     /// Stored data could not be read back (corrupt or from an incompatible version).
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// The caller's argument cannot be used as given (a malformed or ambiguous trigger
+    /// id prefix); the message says how to fix it.
+    #[error("{0}")]
+    InvalidArgument(String),
     /// Any other database failure.
     #[error("database error: {0}")]
     Backend(#[source] BoxError),
@@ -75,8 +79,10 @@ pub trait Store: Send + Sync + 'static {
     /// One service by name; `NotFound` if it never sent a span.
     async fn service(&self, name: &str) -> Result<ServiceRecord, StoreError>;
 
-    /// Request spans (see [`SpanRecord::is_request`]) of one service, newest first.
-    async fn query_requests(&self, query: &RequestQuery) -> Result<Vec<SpanRecord>, StoreError>;
+    /// Request spans (see [`SpanRecord::is_request`]) of one service, newest first,
+    /// each with the source of its stored profile, if it has one (with
+    /// [`RequestQuery::profiled`], only those that have one).
+    async fn query_requests(&self, query: &RequestQuery) -> Result<Vec<ListedRequest>, StoreError>;
 
     /// Counts, error count and latency percentiles of `service`'s requests that started
     /// at or after `since_unix_nano`, over all of them, with the `slowest` longest.
@@ -119,6 +125,14 @@ pub trait Store: Send + Sync + 'static {
     /// [`ProfileSource::Baseline`] profile is kept while the trigger's baseline is not
     /// full (whatever its status: agents send the baseline when it ends). Profiles not
     /// kept are counted in [`InsertedProfiles::over_limit`].
+    ///
+    /// A request is stored once, whatever it was collected for, but may belong to the
+    /// baselines of several triggers (an agent offers a request to every trigger of
+    /// its service). A [`ProfileSource::Baseline`] profile whose request is already
+    /// stored (as another trigger's or baseline's, or a session's, in this batch or
+    /// before) is not stored again but still counts towards its trigger's
+    /// `baseline_collected`, once per trigger and request, while that baseline is
+    /// not full (else it is counted in `over_limit`).
     async fn insert_trace_profiles(
         &self,
         profiles: &[TraceProfileRecord],
@@ -170,6 +184,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// One trigger; `NotFound` if there is none with this id.
     async fn trigger(&self, trigger_id: uuid::Uuid) -> Result<TraceProfileTrigger, StoreError>;
+
+    /// The id of the one trigger whose id starts with `prefix`, as git resolves a
+    /// short commit id: at least [`trigger_rows::MIN_TRIGGER_ID_PREFIX`] hex digits of
+    /// the id's text form, hyphens optional, any case (see
+    /// [`trigger_rows::trigger_id_prefix`]). `InvalidArgument` for a malformed prefix
+    /// or one that several triggers share (saying how many); `NotFound` if none has it.
+    async fn resolve_trigger_id(&self, prefix: &str) -> Result<uuid::Uuid, StoreError>;
 
     /// Triggers, newest first, at most `limit`: of one service or all, active ones or
     /// all.

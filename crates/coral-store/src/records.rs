@@ -87,6 +87,16 @@ pub struct RequestQuery {
     pub status: Option<StatusPattern>,
     /// At most this many, newest first.
     pub limit: u32,
+    /// Only requests with a stored profile (of a trigger, a baseline or a session).
+    pub profiled: bool,
+}
+
+/// A request as [`crate::Store::query_requests`] lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedRequest {
+    pub span: SpanRecord,
+    /// What its stored profile was collected for; `None` if it has none.
+    pub profile_source: Option<crate::ProfileSource>,
 }
 
 /// Latency percentiles a request summary gives, as fractions (nearest rank: the
@@ -104,6 +114,10 @@ pub struct RequestSummary {
     pub percentiles_ns: Vec<i64>,
     /// The slowest requests, longest first.
     pub slowest: Vec<SpanRecord>,
+    /// Start of the first and of the last request in the window: the time the data
+    /// covers, which a rate is computed over (the window may be mostly empty).
+    pub first_start_unix_nano: Option<i64>,
+    pub last_start_unix_nano: Option<i64>,
 }
 
 /// 0-based position of the nearest-rank percentile `q` among `n` sorted values

@@ -6,8 +6,12 @@
 //! criteria and counts are `u32` in the model and INTEGER (32 bits in PostgreSQL) in
 //! the databases.
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
 use crate::profile_rows::to_u32;
-use crate::{ProfileSource, StoreError, TraceId, TraceProfileRecord, TraceProfileTrigger};
+use crate::{
+    Claim, ProfileSource, SpanId, StoreError, TraceId, TraceProfileRecord, TraceProfileTrigger,
+};
 
 /// The error of a trigger asked for a service that never sent a span.
 pub fn unknown_service(name: &str) -> StoreError {
@@ -90,18 +94,168 @@ impl TriggerRow {
     }
 }
 
-/// The profiles of a batch that must claim a trigger's slot (trigger and baseline
-/// profiles), in the order they claim them: by trigger, so that concurrent writers
-/// lock trigger rows in the same order and cannot deadlock, then by request start, so
-/// that a trigger collects a batch's earliest requests.
-pub fn claim_order<'a>(profiles: &[&'a TraceProfileRecord]) -> Vec<&'a TraceProfileRecord> {
-    let mut claiming: Vec<&TraceProfileRecord> = profiles
+/// A trigger-slot claim of a batch of profiles: `profile.source` names the trigger.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotClaim<'a> {
+    pub profile: &'a TraceProfileRecord,
+    /// The claim of a profile row this batch stored (its `source`): refused, the row
+    /// goes unless a baseline claim of the same request keeps it. Otherwise a baseline
+    /// claim on a request stored either way.
+    pub stores: bool,
+}
+
+impl SlotClaim<'_> {
+    pub fn key(&self) -> (TraceId, SpanId) {
+        (self.profile.trace_id, self.profile.span_id)
+    }
+}
+
+/// The trigger slots a batch claims, in the order it claims them: by trigger, so that
+/// concurrent writers lock trigger rows in the same order and cannot deadlock, then by
+/// request start, so that a trigger collects a batch's earliest requests.
+///
+/// `stored` are the profile rows the batch stored (new ones, one per request): each
+/// trigger or baseline profile among them claims a slot of its trigger. Every other
+/// baseline profile of the `batch` (its request already stored, or stored by this
+/// batch for another source) claims a baseline slot too, once per trigger and request.
+pub fn slot_claims<'a>(
+    batch: &'a [TraceProfileRecord],
+    stored: &[&'a TraceProfileRecord],
+) -> Vec<SlotClaim<'a>> {
+    let stored_sources: HashSet<(TraceId, SpanId, ProfileSource)> = stored
         .iter()
-        .copied()
-        .filter(|p| !matches!(p.source, ProfileSource::Session(_)))
+        .map(|p| (p.trace_id, p.span_id, p.source))
         .collect();
-    claiming.sort_by_key(|p| (p.source.id(), p.start_unix_nano, p.trace_id, p.span_id));
-    claiming
+    let mut claims: Vec<SlotClaim<'a>> = stored
+        .iter()
+        .filter(|p| !matches!(p.source, ProfileSource::Session(_)))
+        .map(|&profile| SlotClaim {
+            profile,
+            stores: true,
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    claims.extend(
+        batch
+            .iter()
+            .filter(|p| matches!(p.source, ProfileSource::Baseline(_)))
+            .filter(|p| !stored_sources.contains(&(p.trace_id, p.span_id, p.source)))
+            .filter(|p| seen.insert((p.trace_id, p.span_id, p.source)))
+            .map(|profile| SlotClaim {
+                profile,
+                stores: false,
+            }),
+    );
+    claims.sort_by_key(|c| {
+        let p = c.profile;
+        (p.source.id(), p.start_unix_nano, p.trace_id, p.span_id)
+    });
+    claims
+}
+
+/// What the claims of a batch decided, as a backend records them one by one.
+#[derive(Debug, Default)]
+pub struct ClaimTally {
+    /// Stored rows whose own claim was refused.
+    refused_rows: BTreeSet<(TraceId, SpanId)>,
+    /// A baseline that counted each request (the first), for a refused row to take.
+    baselines_kept: BTreeMap<(TraceId, SpanId), ProfileSource>,
+    refused_baselines: u64,
+    completed_triggers: u64,
+}
+
+/// What a batch's rows become once every claim is in.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ClaimOutcome {
+    /// Stored rows that no claim kept: to delete.
+    pub delete: Vec<(TraceId, SpanId)>,
+    /// Stored rows whose own claim was refused but which a baseline of another
+    /// trigger counted: kept, with that baseline as their source.
+    pub relabel: Vec<((TraceId, SpanId), ProfileSource)>,
+    /// Claims refused (rows deleted, or kept for another baseline; baselines not
+    /// counted).
+    pub over_limit: u64,
+    pub completed_triggers: u64,
+}
+
+impl ClaimTally {
+    pub fn record(&mut self, claim: &SlotClaim<'_>, result: Claim) {
+        match result {
+            Claim::Refused if claim.stores => {
+                self.refused_rows.insert(claim.key());
+            }
+            Claim::Refused => self.refused_baselines += 1,
+            Claim::Kept | Claim::Completed => {
+                self.completed_triggers += u64::from(result == Claim::Completed);
+                if matches!(claim.profile.source, ProfileSource::Baseline(_)) {
+                    self.baselines_kept
+                        .entry(claim.key())
+                        .or_insert(claim.profile.source);
+                }
+            }
+        }
+    }
+
+    pub fn finish(self) -> ClaimOutcome {
+        let mut outcome = ClaimOutcome {
+            over_limit: self.refused_baselines,
+            completed_triggers: self.completed_triggers,
+            ..ClaimOutcome::default()
+        };
+        for key in self.refused_rows {
+            outcome.over_limit += 1;
+            match self.baselines_kept.get(&key) {
+                Some(&source) => outcome.relabel.push((key, source)),
+                None => outcome.delete.push(key),
+            }
+        }
+        outcome
+    }
+}
+
+/// The fewest hex digits of a trigger id prefix: 16 bits, so that a prefix
+/// seldom matches more than one of the triggers a colony keeps.
+pub const MIN_TRIGGER_ID_PREFIX: usize = 4;
+
+/// The lowercase hex digits of a trigger id or id prefix as people type it
+/// (surrounding space, any case, hyphens anywhere); `InvalidArgument` unless it has
+/// [`MIN_TRIGGER_ID_PREFIX`] to 32 hex digits and nothing else.
+pub fn trigger_id_prefix(text: &str) -> Result<String, StoreError> {
+    let digits: String = text
+        .trim()
+        .chars()
+        .filter(|&c| c != '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if (MIN_TRIGGER_ID_PREFIX..=32).contains(&digits.len())
+        && digits.chars().all(|c| c.is_ascii_hexdigit())
+    {
+        Ok(digits)
+    } else {
+        Err(StoreError::InvalidArgument(format!(
+            "invalid trigger id {text:?}: expected a UUID or at least {MIN_TRIGGER_ID_PREFIX} of \
+             its first hex digits"
+        )))
+    }
+}
+
+/// The trigger a prefix names, from how many triggers have it and the first of them.
+pub fn resolved_trigger_id(
+    prefix: &str,
+    matching: u64,
+    first: Option<uuid::Uuid>,
+) -> Result<uuid::Uuid, StoreError> {
+    match (matching, first) {
+        (1, Some(id)) => Ok(id),
+        (0, _) | (_, None) => Err(StoreError::NotFound(match uuid::Uuid::parse_str(prefix) {
+            Ok(whole) => format!("trigger {whole}"),
+            Err(_) => format!("trigger with an id starting with {prefix:?}"),
+        })),
+        (n, _) => Err(StoreError::InvalidArgument(format!(
+            "trigger id prefix {prefix:?} is ambiguous: {n} triggers have it; give more of \
+             the id"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -128,6 +282,99 @@ mod tests {
             baseline_requests: 50,
             baseline_collected: 0,
         }
+    }
+
+    #[test]
+    fn trigger_id_prefixes_are_hex_digits_without_hyphens() {
+        assert_eq!(trigger_id_prefix(" 0AF7-65 ").unwrap(), "0af765");
+        let whole = "0af76519-16cd-43dd-8448-eb211c80319c";
+        assert_eq!(trigger_id_prefix(whole).unwrap(), whole.replace('-', ""));
+        for bad in ["0af", "0af7x", "", "0af7%", &format!("{whole}0")] {
+            assert!(
+                matches!(trigger_id_prefix(bad), Err(StoreError::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+        let id = uuid::Uuid::from_bytes([1; 16]);
+        assert_eq!(resolved_trigger_id("0101", 1, Some(id)).unwrap(), id);
+        assert!(matches!(
+            resolved_trigger_id("0101", 0, None),
+            Err(StoreError::NotFound(_))
+        ));
+        let ambiguous = resolved_trigger_id("0101", 3, Some(id)).unwrap_err();
+        assert!(ambiguous.to_string().contains("3 triggers"), "{ambiguous}");
+    }
+
+    fn profile(trace: u8, start: i64, source: ProfileSource) -> TraceProfileRecord {
+        TraceProfileRecord {
+            trace_id: TraceId([trace; 16]),
+            span_id: SpanId([1; 8]),
+            service: "svc".into(),
+            span_name: "GET /".into(),
+            start_unix_nano: start,
+            duration_ns: 1,
+            node: "n".into(),
+            pid: None,
+            thread_id: None,
+            precision: crate::Precision::Process,
+            frequency_hz: 99,
+            concurrent_requests: 0,
+            source,
+            profile: Default::default(),
+        }
+    }
+
+    #[test]
+    fn every_baseline_of_a_batch_claims_once_in_trigger_order() {
+        let (a, b) = (
+            uuid::Uuid::from_bytes([1; 16]),
+            uuid::Uuid::from_bytes([2; 16]),
+        );
+        let batch = [
+            profile(1, 10, ProfileSource::Baseline(b)),
+            profile(1, 10, ProfileSource::Baseline(a)),
+            profile(1, 10, ProfileSource::Baseline(a)), // sent twice
+            profile(2, 5, ProfileSource::Trigger(a)),
+            profile(3, 1, ProfileSource::Session(a)),
+            profile(4, 0, ProfileSource::Baseline(b)), // stored before
+        ];
+        // The backend stored the first of each request, but request 4 was there.
+        let stored = [&batch[0], &batch[3], &batch[4]];
+        let claims = slot_claims(&batch, &stored);
+        let summary: Vec<(u8, ProfileSource, bool)> = claims
+            .iter()
+            .map(|c| (c.profile.trace_id.0[0], c.profile.source, c.stores))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (2, ProfileSource::Trigger(a), true),
+                (1, ProfileSource::Baseline(a), false),
+                (4, ProfileSource::Baseline(b), false),
+                (1, ProfileSource::Baseline(b), true),
+            ]
+        );
+
+        // B is full: request 1 stays, as A's baseline; request 4 is not counted.
+        let mut tally = ClaimTally::default();
+        for (claim, result) in claims.iter().zip([
+            Claim::Completed,
+            Claim::Kept,
+            Claim::Refused,
+            Claim::Refused,
+        ]) {
+            tally.record(claim, result);
+        }
+        let key = (TraceId([1; 16]), SpanId([1; 8]));
+        assert_eq!(
+            tally.finish(),
+            ClaimOutcome {
+                delete: vec![],
+                relabel: vec![(key, ProfileSource::Baseline(a))],
+                over_limit: 2,
+                completed_triggers: 1,
+            }
+        );
     }
 
     #[test]

@@ -120,26 +120,50 @@ struct Session {
     closed: bool,
 }
 
-/// What a request's profile is for.
+/// What a request's profile is for: sent at once for what collected it, and kept in
+/// the baseline reservoirs that chose it (a copy in each, sent when its trigger
+/// ends). It is joined and symbolized once for all of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Dest {
+    pub(crate) collected: Option<Collected>,
+    pub(crate) baselines: Vec<BaselineSlot>,
+}
+
+impl Dest {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.collected.is_none() && self.baselines.is_empty()
+    }
+
+    /// Whether a copy goes to trigger `id`'s baseline.
+    pub(crate) fn has_baseline_of(&self, id: &str) -> bool {
+        self.baselines.iter().any(|b| b.trigger == id)
+    }
+}
+
+/// What collected a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Dest {
+pub(crate) enum Collected {
     /// The session it overlapped.
     Session(String),
     /// A trigger whose criteria it met.
     Trigger(String),
-    /// A slot of a trigger's baseline reservoir.
-    Baseline { trigger: String, slot: usize },
 }
 
-impl Dest {
+impl Collected {
     /// The profile's `source` on the wire.
     fn source(&self) -> String {
         match self {
             Self::Session(id) => format!("session:{id}"),
             Self::Trigger(id) => format!("trigger:{id}"),
-            Self::Baseline { trigger, .. } => format!("baseline:{trigger}"),
         }
     }
+}
+
+/// A slot of a trigger's baseline reservoir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BaselineSlot {
+    pub(crate) trigger: String,
+    pub(crate) slot: usize,
 }
 
 /// A request span waiting for its samples.
@@ -463,49 +487,47 @@ impl Worker {
             self.seen_order.push_back((now, key));
             self.windows.entry(pid).or_default().insert(key, window);
 
-            if let Some(dest) = self.trigger_dest(&span, pid, start) {
-                let frequency_hz = frequency_of(&self.sessions, &self.triggers, &dest);
-                self.held.push(Held {
-                    span,
-                    key,
-                    window,
-                    dest,
-                    frequency_hz,
-                    arrived: Instant::now(),
-                });
+            let mut dest = self.trigger_dest(&span, pid, start);
+            if dest.collected.is_none() {
+                dest.collected = self.session_of(&span, pid, &window).map(Collected::Session);
+            }
+            if dest.is_empty() {
                 continue;
             }
-
-            // Overlaps the session (an instant span counts when inside it).
-            let Some(session) = self.sessions.iter_mut().find(|s| {
-                s.service == span.service
-                    && window.start_unix_nano <= s.end
-                    && s.start <= window.end_unix_nano
-            }) else {
-                continue;
-            };
-            if !session.pids.contains(&pid) {
-                // A process that appeared after the session started: sample it too
-                // while the session runs; otherwise it was not sampled.
-                let sampler = self.sampler.clone();
-                let added = !session.closed
-                    && self.policy.check(pid).is_ok()
-                    && sampler.is_some_and(|s| s.add_targets(&[pid], session.frequency_hz).is_ok());
-                if !added {
-                    continue;
-                }
-                tracing::debug!(session = %session.id, pid, "sampling a new process of the service");
-                session.pids.insert(pid);
-            }
+            let frequency_hz = frequency_of(&self.sessions, &self.triggers, &dest);
             self.held.push(Held {
                 span,
                 key,
                 window,
-                dest: Dest::Session(session.id.clone()),
-                frequency_hz: session.effective_hz,
+                dest,
+                frequency_hz,
                 arrived: Instant::now(),
             });
         }
+    }
+
+    /// The session that a request of process `pid` overlapped (an instant span counts
+    /// when inside it) and that sampled the process, if any.
+    fn session_of(&mut self, span: &v1::Span, pid: u32, window: &RequestWindow) -> Option<String> {
+        let session = self.sessions.iter_mut().find(|s| {
+            s.service == span.service
+                && window.start_unix_nano <= s.end
+                && s.start <= window.end_unix_nano
+        })?;
+        if !session.pids.contains(&pid) {
+            // A process that appeared after the session started: sample it too while
+            // the session runs; otherwise it was not sampled.
+            let sampler = self.sampler.clone();
+            let added = !session.closed
+                && self.policy.check(pid).is_ok()
+                && sampler.is_some_and(|s| s.add_targets(&[pid], session.frequency_hz).is_ok());
+            if !added {
+                return None;
+            }
+            tracing::debug!(session = %session.id, pid, "sampling a new process of the service");
+            session.pids.insert(pid);
+        }
+        Some(session.id.clone())
     }
 
     /// Logs samples lost and stacks not stored since the last warning (kernel maps or
@@ -734,16 +756,26 @@ impl Worker {
                 precision: joined.precision.as_str().to_string(),
                 frequency_hz,
                 concurrent_requests: concurrent,
-                source: held.dest.source(),
+                source: String::new(),
                 profile: Some(profile_to_wire(&profile)),
             };
-            match held.dest {
-                Dest::Baseline { trigger, slot } => {
-                    if let Some(t) = self.triggers.iter_mut().find(|t| t.id == trigger) {
-                        t.baseline.put(slot, profile);
-                    }
+            for BaselineSlot { trigger, slot } in held.dest.baselines {
+                if let Some(t) = self.triggers.iter_mut().find(|t| t.id == trigger) {
+                    let source = format!("baseline:{trigger}");
+                    t.baseline.put(
+                        slot,
+                        v1::TraceProfile {
+                            source,
+                            ..profile.clone()
+                        },
+                    );
                 }
-                _ => profiles.push(profile),
+            }
+            if let Some(collected) = held.dest.collected {
+                profiles.push(v1::TraceProfile {
+                    source: collected.source(),
+                    ..profile
+                });
             }
         }
         tracing::debug!(
@@ -766,18 +798,27 @@ impl Worker {
     }
 }
 
-/// The sampling frequency that profiles for `dest` are computed with (0 if it is gone).
+/// The sampling frequency that profiles for `dest` are computed with: the highest of
+/// its session's and triggers' (the sampler runs at the highest asked for; 0 if all
+/// are gone).
 fn frequency_of(sessions: &[Session], triggers: &[Trigger], dest: &Dest) -> u32 {
-    match dest {
-        Dest::Session(id) => sessions
+    let trigger_hz = |id: &str| {
+        triggers
+            .iter()
+            .find(|t| t.id == id)
+            .map_or(0, |t| t.effective_hz)
+    };
+    let collected_hz = match &dest.collected {
+        Some(Collected::Session(id)) => sessions
             .iter()
             .find(|s| s.id == *id)
             .map_or(0, |s| s.effective_hz),
-        Dest::Trigger(id) | Dest::Baseline { trigger: id, .. } => triggers
-            .iter()
-            .find(|t| t.id == *id)
-            .map_or(0, |t| t.effective_hz),
-    }
+        Some(Collected::Trigger(id)) => trigger_hz(id),
+        None => 0,
+    };
+    (dest.baselines.iter())
+        .map(|b| trigger_hz(&b.trigger))
+        .fold(collected_hz, u32::max)
 }
 
 /// Recent request windows of one process, ordered by end time, to count the requests

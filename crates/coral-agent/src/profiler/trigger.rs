@@ -4,18 +4,28 @@
 //! The colony sends the set of active triggers (first on every command stream, then
 //! whenever it changes); [`Worker::set_triggers`] starts the new ones and ends the
 //! missing ones. While a trigger runs, the processes of its service are sampled into
-//! the ring; each request span of the service that ends is then either
+//! the ring; each request span of the service that ends is then, for each active
+//! trigger of the service that sampled it from its first moment (its process was a
+//! target before it started, and the ring still holds its start), either
 //!
-//! * collected: it meets every criterion and was sampled from its first moment (its
-//!   process was a target before it started, and the ring still holds its start), or
-//! * offered to the baseline reservoir (Algorithm R: the k kept are a uniform random
-//!   choice among the n non-matching requests seen, with about k·(1 + ln(n/k))
-//!   profiles assembled in all), which is sent when the trigger ends.
+//! * collected, if it meets every criterion of the trigger (a request that several
+//!   triggers match is collected once, by the oldest), or
+//! * offered to the trigger's baseline reservoir if it does not meet them (Algorithm
+//!   R: the k kept are a uniform random choice among the n non-matching requests
+//!   seen, with about k·(1 + ln(n/k)) profiles assembled in all), which is sent when
+//!   the trigger ends.
+//!
+//! Overlapping triggers of one service each keep their own baseline: every reservoir
+//! decides on every request on its own. A request that trigger A collected (it met
+//! A's criteria, not B's) is still a valid non-matching sample for B and is offered
+//! to B's baseline too. The request's profile is joined and symbolized once, sent at
+//! once for what collected it, and a copy is put in each reservoir that chose it; the
+//! colony stores the request once and counts it in each of those baselines.
 //!
 //! The colony decides what counts (exactly `max_requests`, across agents and colony
 //! replicas) and ends the trigger; the agent also ends it at its expiry on its own.
 
-use super::session::{Dest, Worker};
+use super::session::{BaselineSlot, Collected, Dest, Worker};
 use coral_analysis::{RequestCriteria, RequestFacts};
 use coral_client::v1;
 use std::collections::{BTreeMap, HashSet};
@@ -273,11 +283,7 @@ impl Worker {
         let done: Vec<usize> = (0..self.triggers.len())
             .filter(|&i| {
                 let t = &self.triggers[i];
-                t.ended.is_some()
-                    && !self.held.iter().any(|h| match &h.dest {
-                        Dest::Baseline { trigger, .. } => *trigger == t.id,
-                        _ => false,
-                    })
+                t.ended.is_some() && !self.held.iter().any(|h| h.dest.has_baseline_of(&t.id))
             })
             .rev()
             .collect();
@@ -296,10 +302,11 @@ impl Worker {
     }
 
     /// Where the profile of a request span goes for the triggers: collected by the
-    /// oldest trigger it matches, or offered to a baseline reservoir. `None`: neither.
-    pub(crate) fn trigger_dest(&mut self, span: &v1::Span, pid: u32, start: i64) -> Option<Dest> {
+    /// oldest trigger it matches, and into the baseline reservoir of each trigger it
+    /// does not match that chose it (see the module's documentation).
+    pub(crate) fn trigger_dest(&mut self, span: &v1::Span, pid: u32, start: i64) -> Dest {
         let complete_since = self.ring.complete_since();
-        let mut candidate = None;
+        let mut dest = Dest::default();
         for i in 0..self.triggers.len() {
             let t = &self.triggers[i];
             if !t.is_active() || t.service != span.service {
@@ -314,20 +321,19 @@ impl Worker {
             if !t.sampled_since(pid, start) || start < complete_since {
                 continue; // sampled only in part: neither collected nor baseline
             }
-            if t.matches(span) {
+            if !t.matches(span) {
+                if let Some(slot) = t.baseline.offer() {
+                    dest.baselines.push(BaselineSlot {
+                        trigger: t.id.clone(),
+                        slot,
+                    });
+                }
+            } else if dest.collected.is_none() {
                 t.matched += 1;
-                return Some(Dest::Trigger(t.id.clone()));
-            }
-            if candidate.is_none() {
-                candidate = Some(i);
+                dest.collected = Some(Collected::Trigger(t.id.clone()));
             }
         }
-        let i = candidate?;
-        let t = &mut self.triggers[i];
-        t.baseline.offer().map(|slot| Dest::Baseline {
-            trigger: t.id.clone(),
-            slot,
-        })
+        dest
     }
 }
 

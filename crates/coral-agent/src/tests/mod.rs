@@ -122,10 +122,12 @@ impl AgentService for FakeColonyService {
         let accepted = request.profiles.len() as u64;
         let mut state = self.0.lock().unwrap();
         for profile in request.profiles {
-            // Idempotent on (trace id, span id), as the colony is.
-            state
-                .trace_profiles
-                .retain(|p| (&p.trace_id, &p.span_id) != (&profile.trace_id, &profile.span_id));
+            // Idempotent on (trace id, span id) per source: the colony stores a request
+            // once, but counts it for each trigger's baseline it is sent for.
+            state.trace_profiles.retain(|p| {
+                (&p.trace_id, &p.span_id, &p.source)
+                    != (&profile.trace_id, &profile.span_id, &profile.source)
+            });
             state.trace_profiles.push(profile);
         }
         Ok(Response::new(v1::IngestTraceProfilesResponse {

@@ -274,3 +274,81 @@ async fn an_idle_sampler_is_unloaded_and_loaded_again_when_needed() {
     assert_eq!(load_count(), 2, "unloaded while idle, loaded again");
     agent.stop().await.unwrap();
 }
+
+/// Overlapping triggers of one service each get their own baseline: every reservoir
+/// is offered every request it does not match, including one another trigger
+/// collected; each profile is assembled once and sent once per trigger that kept it.
+#[tokio::test]
+async fn overlapping_triggers_each_fill_their_own_baseline() {
+    let colony = FakeColony::start().await;
+    let sampler = Arc::new(FakeSampler::new());
+    let agent = TestAgent::start_with(test_config(&colony.url()), factory(&sampler)).await;
+    announce(&agent, "checkout", pid()).await;
+    // "long" started first; "slow" collects requests of 300 ms or more, "long" none.
+    colony.set_triggers(vec![
+        trigger("long", 60_000, 99, 5),
+        trigger("slow", 300, 99, 2),
+    ]);
+    wait_for_targets(&sampler, &[pid()]).await;
+    let sampling_since = now_ns();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let t0 = sampling_since + 10 * MS;
+    sampler.push([
+        sample(pid(), 101, t0 + 20 * MS, hot_fn),
+        sample(pid(), 102, t0 + 20 * MS, other_fn),
+    ]);
+    // Request 1 meets "slow"'s criteria, not "long"'s; 2 to 4 meet neither.
+    let mut spans = vec![request_span(1, t0, 500, Some(101))];
+    spans.extend((2..=4).map(|n| request_span(n, t0 + 10 * MS, 50, Some(102))));
+    export(&agent, "checkout", pid(), spans).await;
+    colony
+        .wait_until("the collected request", |c| {
+            c.trace_profiles.iter().any(|p| p.source == "trigger:slow")
+        })
+        .await;
+
+    colony.set_triggers(vec![]);
+    wait_for_targets(&sampler, &[]).await;
+    colony
+        .wait_until("both baselines", |c| {
+            let count = |source: &str| {
+                c.trace_profiles
+                    .iter()
+                    .filter(|p| p.source == source)
+                    .count()
+            };
+            count("baseline:long") == 4 && count("baseline:slow") == 2
+        })
+        .await;
+    let numbers = |source: &str| {
+        let mut numbers: Vec<u8> = profiles_from(&colony, source)
+            .iter()
+            .map(span_number)
+            .collect();
+        numbers.sort_unstable();
+        numbers
+    };
+    assert_eq!(numbers("trigger:slow"), [1]);
+    assert_eq!(
+        numbers("baseline:long"),
+        [1, 2, 3, 4],
+        "every request, the one \"slow\" collected too"
+    );
+    let slow_baseline = numbers("baseline:slow");
+    assert!(
+        slow_baseline.iter().all(|n| (2..=4).contains(n)),
+        "{slow_baseline:?}"
+    );
+    // One join for all of them: the copies are the same profile.
+    let one = |source: &str| {
+        profiles_from(&colony, source)
+            .into_iter()
+            .find(|p| span_number(p) == 1)
+            .unwrap()
+    };
+    let (collected, in_baseline) = (one("trigger:slow"), one("baseline:long"));
+    assert_eq!(collected.profile, in_baseline.profile);
+    assert_eq!(total_samples(collected.profile.as_ref().unwrap()), 1);
+    agent.stop().await.unwrap();
+}

@@ -15,6 +15,12 @@ use clap::Args;
 pub(crate) static CONNECTED: std::sync::OnceLock<(String, coral_client::Security)> =
     std::sync::OnceLock::new();
 
+/// A command stopped by a signal after it said what it left behind: `coral` exits with
+/// 128 + the signal, as shells report an interrupted command, and prints no error.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by signal {0}")]
+pub struct Interrupted(pub i32);
+
 /// Where the colony is, for commands that talk to it.
 #[derive(Args, Debug, Clone)]
 pub struct ColonyAddr {

@@ -2,7 +2,8 @@
 
 use super::ColonyAddr;
 use crate::commands::query::{proto_duration, rpc_error};
-use crate::output::profile::{ProfileFormat, write_profile};
+use crate::output;
+use crate::output::profile::ProfileFormat;
 use clap::{Args, Subcommand};
 use coral_analysis::parse_duration;
 use coral_client::v1;
@@ -44,13 +45,22 @@ pub struct CpuArgs {
     /// Samples per second of each thread's CPU time (1 to 1000).
     #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u32).range(1..=1000))]
     frequency: u32,
-    /// text: top functions; folded: Brendan Gregg's folded stacks; svg: flame graph;
-    /// pprof: gzipped profile.proto (go tool pprof, Speedscope, Pyroscope); json.
-    #[arg(long, value_enum, default_value_t = ProfileFormat::Text)]
+    /// Output format: text (the agents, top functions; "table" is accepted too), json
+    /// (all of it, with the stacks), folded (Brendan Gregg's folded stacks), svg (flame
+    /// graph) or pprof (gzipped profile.proto for go tool pprof, Speedscope, Pyroscope:
+    /// needs --output-file or a pipe).
+    #[arg(
+        long = "format",
+        short = 'o',
+        visible_alias = "output",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = ProfileFormat::Text
+    )]
     format: ProfileFormat,
-    /// Write to this file instead of standard output.
-    #[arg(long, short = 'o')]
-    output: Option<PathBuf>,
+    /// Write the output to this file instead of standard output.
+    #[arg(long = "output-file", value_name = "PATH")]
+    output_file: Option<PathBuf>,
 }
 
 /// A live "profiling S: 3s / 10s" line on a terminal until the future finishes.
@@ -71,7 +81,7 @@ async fn with_progress<T>(
             } else {
                 "waiting for agents to report".to_string()
             };
-            eprint!("\r\x1b[2K{label}: {state}");
+            output::progress(&format!("{label}: {state}"));
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     };
@@ -79,7 +89,7 @@ async fn with_progress<T>(
         r = fut => r,
         () = ticker => unreachable!("the ticker never ends"),
     };
-    eprint!("\r\x1b[2K");
+    output::progress("");
     result
 }
 
@@ -94,7 +104,7 @@ pub async fn run(cmd: ProfileCommand) -> anyhow::Result<()> {
 }
 
 async fn cpu(args: CpuArgs) -> anyhow::Result<()> {
-    crate::output::profile::check_destination(args.format, args.output.as_deref())?;
+    output::profile::check_destination(args.format, args.output_file.as_deref())?;
     let channel = args.colony.connect().await?;
     let mut client = coral_client::profile_client(channel);
     let request = v1::ProfileCpuRequest {
@@ -107,39 +117,7 @@ async fn cpu(args: CpuArgs) -> anyhow::Result<()> {
         .await
         .map_err(rpc_error)?
         .into_inner();
-    let profile = coral_client::profile::profile_from_wire(response.profile.unwrap_or_default())
-        .map_err(|e| anyhow::anyhow!("the colony sent an invalid profile: {e}"))?;
-    for warning in &response.warnings {
-        eprintln!("warning: {warning}");
-    }
-    if args.format == ProfileFormat::Text {
-        let hosts: Vec<String> = response
-            .agents
-            .iter()
-            .filter(|a| a.processes > 0)
-            .map(|a| {
-                format!(
-                    "{} ({} process(es), {} samples)",
-                    a.node, a.processes, a.samples
-                )
-            })
-            .collect();
-        println!(
-            "{} · {} at {} Hz · {}",
-            args.service,
-            coral_analysis::format_duration_ns(response.duration_ns),
-            response.frequency_hz,
-            if hosts.is_empty() {
-                "no agent hosts it".to_string()
-            } else {
-                hosts.join(", ")
-            }
-        );
-    }
-    let title = format!(
-        "{} CPU, {}",
-        args.service,
-        coral_analysis::format_duration_ns(response.duration_ns)
-    );
-    write_profile(&profile, &title, args.format, args.output.as_deref())
+    let mut out = Vec::new();
+    output::profile::write_cpu_profile(&mut out, &args.service, &response, args.format)?;
+    output::emit(&out, args.output_file.as_deref())
 }

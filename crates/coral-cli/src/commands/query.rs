@@ -1,20 +1,18 @@
 //! `coral query …`: read-only questions to the colony.
 
 use super::ColonyAddr;
+use crate::output::compare::CompareFormat;
 use crate::output::profile::ProfileFormat;
-use crate::output::{self, Format, SpanView};
-use anyhow::Context;
+use crate::output::{self, TextOutput};
 use clap::{Args, Subcommand};
 use coral_analysis::{StatusPattern, parse_duration};
 use coral_client::v1;
+use coral_report::SpanView;
 
 #[derive(Args)]
 pub struct QueryArgs {
     #[command(flatten)]
     colony: ColonyAddr,
-    /// Output format: a table for people, or JSON for programs.
-    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
-    output: Format,
     #[command(subcommand)]
     command: QueryCommand,
 }
@@ -22,16 +20,18 @@ pub struct QueryArgs {
 #[derive(Subcommand)]
 enum QueryCommand {
     /// Services that have sent spans.
-    Services,
+    Services(TextOutput),
     /// Recent requests (server, consumer or root spans) of one service, newest first.
     Traces(TracesArgs),
     /// One trace as a tree of spans with durations.
     Trace {
         /// The trace id: 32 hex digits.
         trace_id: String,
+        #[command(flatten)]
+        output: TextOutput,
     },
     /// Agents that registered, with their last heartbeat and counters.
-    Agents,
+    Agents(TextOutput),
     /// The CPU profile of one request: per profiled span, its samples, CPU time,
     /// precision and top functions, with a warning when the evidence is weak.
     TraceProfile(TraceProfileArgs),
@@ -61,13 +61,21 @@ struct ProfileCompareArgs {
     /// Only functions at least this significant.
     #[arg(long, value_enum)]
     min_significance: Option<MinSignificance>,
-    /// table: functions with delta, CPU ms per request, q-value and significance;
-    /// json; folded: differential folded stacks; svg: differential flame graph
-    /// (red: hotter in A, blue: hotter in B).
-    #[arg(long, value_enum, default_value_t = CompareFormat::Table)]
+    /// Output format: text (the cohorts, the functions with delta, CPU ms per request,
+    /// q-value and significance, the verdict; "table" is accepted too), json (all of it,
+    /// for programs), folded (differential folded stacks) or svg (differential flame
+    /// graph: red hotter in A, blue hotter in B).
+    #[arg(
+        long = "format",
+        short = 'o',
+        visible_alias = "output",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = CompareFormat::Text
+    )]
     format: CompareFormat,
-    /// Write to this file instead of standard output.
-    #[arg(long = "output-file")]
+    /// Write the output to this file instead of standard output.
+    #[arg(long = "output-file", value_name = "PATH")]
     output_file: Option<std::path::PathBuf>,
 }
 
@@ -78,14 +86,6 @@ enum MinSignificance {
     High,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum CompareFormat {
-    Table,
-    Json,
-    Folded,
-    Svg,
-}
-
 #[derive(Args)]
 struct TraceProfileArgs {
     /// The trace id: 32 hex digits.
@@ -93,12 +93,21 @@ struct TraceProfileArgs {
     /// Only this service's spans (for a trace that crosses services).
     #[arg(long)]
     service: Option<String>,
-    /// text: summary per span; folded, svg (flame graph), pprof (gzipped
-    /// profile.proto), json: the selected spans' profiles merged.
-    #[arg(long, value_enum, default_value_t = ProfileFormat::Text)]
+    /// Output format: text (a summary per profiled span; "table" is accepted too),
+    /// json (each span's profile with its summary, and the spans merged), or the
+    /// selected spans merged as folded (folded stacks), svg (flame graph) or pprof
+    /// (gzipped profile.proto: needs --output-file or a pipe).
+    #[arg(
+        long = "format",
+        short = 'o',
+        visible_alias = "output",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = ProfileFormat::Text
+    )]
     format: ProfileFormat,
-    /// Write to this file instead of standard output (svg, pprof, folded, json).
-    #[arg(long = "output-file")]
+    /// Write the output to this file instead of standard output.
+    #[arg(long = "output-file", value_name = "PATH")]
     output_file: Option<std::path::PathBuf>,
 }
 
@@ -119,6 +128,12 @@ struct TracesArgs {
     /// At most this many requests.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     limit: u32,
+    /// Only requests with a stored profile, with what it was collected for (PROFILE:
+    /// trigger, baseline or session); see it with `coral query trace-profile`.
+    #[arg(long)]
+    profiled: bool,
+    #[command(flatten)]
+    output: TextOutput,
 }
 
 pub(crate) fn proto_duration(d: std::time::Duration) -> prost_types::Duration {
@@ -155,7 +170,7 @@ pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
 pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     // Validate arguments before touching the network, so typos fail fast.
     match &args.command {
-        QueryCommand::Trace { trace_id } => output::parse_trace_id(trace_id)?,
+        QueryCommand::Trace { trace_id, .. } => output::parse_trace_id(trace_id)?,
         QueryCommand::TraceProfile(t) => {
             output::parse_trace_id(&t.trace_id)?;
             output::profile::check_destination(t.format, t.output_file.as_deref())?;
@@ -164,15 +179,14 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     }
     let channel = args.colony.connect().await?;
     let mut client = coral_client::query_client(channel);
-    let format = args.output;
     match args.command {
-        QueryCommand::Services => {
+        QueryCommand::Services(out) => {
             let resp = client
                 .list_services(v1::ListServicesRequest {})
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            output::print_services(&resp.services, format)
+            out.emit(|format, w| output::write_services(w, &resp.services, format))
         }
         QueryCommand::Traces(t) => {
             let service = t.service.clone();
@@ -183,14 +197,24 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
                     min_duration: t.min_duration.map(proto_duration),
                     status_code_pattern: t.status_code.unwrap_or_default(),
                     limit: t.limit,
+                    profiled: t.profiled,
                 })
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
             let spans: Vec<SpanView> = resp.spans.iter().map(SpanView::from).collect();
-            output::print_requests(&service, &spans, format)
+            t.output.emit(|format, w| {
+                output::write_requests(
+                    w,
+                    &service,
+                    &spans,
+                    &resp.profile_sources,
+                    t.profiled,
+                    format,
+                )
+            })
         }
-        QueryCommand::Trace { trace_id } => {
+        QueryCommand::Trace { trace_id, output } => {
             let resp = client
                 .get_trace(v1::GetTraceRequest { trace_id })
                 .await
@@ -198,28 +222,24 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
                 .into_inner();
             let spans: Vec<SpanView> = resp.spans.iter().map(SpanView::from).collect();
             if resp.truncated {
-                eprintln!(
+                output::note(&format!(
                     "note: the trace has more than {} spans; these are the first {0} by start time",
                     spans.len()
-                );
+                ));
             }
-            output::print_trace(&spans, format)
+            output.emit(|format, w| output::write_trace(w, &spans, format))
         }
-        QueryCommand::Agents => {
+        QueryCommand::Agents(out) => {
             let resp = client
                 .list_agents(v1::ListAgentsRequest {})
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            output::print_agents(&resp.agents, format)
+            out.emit(|format, w| output::write_agents(w, &resp.agents, format))
         }
         QueryCommand::ProfileCompare(c) => {
             let channel = args.colony.connect().await?;
-            let format = if format == Format::Json && c.format == CompareFormat::Table {
-                CompareFormat::Json // `-o json` as for every other query
-            } else {
-                c.format
-            };
+            let format = c.format;
             let request = v1::CompareTraceProfilesRequest {
                 service_id: c.service.clone(),
                 cohort_a_filter: c.cohort_a.clone(),
@@ -241,20 +261,14 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
                 service: &c.service,
                 a: &c.cohort_a,
                 b: &c.cohort_b,
+                since_ns: i64::try_from(c.since.as_nanos()).unwrap_or(i64::MAX),
             };
-            return output::compare::print_comparison(
-                &cohorts,
-                &resp,
-                format,
-                c.output_file.as_deref(),
-            );
+            let mut w = Vec::new();
+            let width = output::terminal_width();
+            output::compare::write_comparison(&mut w, &cohorts, &resp, format, width)?;
+            output::emit(&w, c.output_file.as_deref())
         }
         QueryCommand::TraceProfile(t) => {
-            let profile_format = if format == Format::Json && t.format == ProfileFormat::Text {
-                ProfileFormat::Json // `-o json` as for every other query
-            } else {
-                t.format
-            };
             let channel = args.colony.connect().await?;
             let resp = coral_client::profile_client(channel)
                 .get_trace_profile(v1::GetTraceProfileRequest {
@@ -265,19 +279,15 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
                 .map_err(rpc_error)?
                 .into_inner();
             if resp.truncated {
-                eprintln!(
+                output::note(&format!(
                     "note: the trace has more request profiles than one answer holds; these are \
                      the first {} by start time (--service narrows it)",
                     resp.profiles.len()
-                );
+                ));
             }
-            return output::profile::print_trace_profiles(
-                &t.trace_id,
-                &resp.profiles,
-                profile_format,
-                t.output_file.as_deref(),
-            );
+            let mut w = Vec::new();
+            output::profile::write_trace_profiles(&mut w, &t.trace_id, &resp, t.format)?;
+            output::emit(&w, t.output_file.as_deref())
         }
     }
-    .context("cannot write the output")
 }

@@ -3,8 +3,8 @@
 
 use super::ColonyAddr;
 use crate::commands::query::{proto_duration, rpc_error};
-use crate::output::Format;
 use crate::output::trigger::{print_trigger, print_triggers, progress_line};
+use crate::output::{self, Format, TextOutput};
 use anyhow::Context;
 use clap::Args;
 use coral_analysis::{RequestCriteria, parse_duration};
@@ -13,12 +13,6 @@ use coral_client::v1;
 use coral_client::v1::profile_service_client::ProfileServiceClient;
 use std::io::IsTerminal;
 use std::time::Duration;
-
-/// How often the progress is polled.
-const POLL: Duration = Duration::from_millis(500);
-
-/// How long to wait for the baseline after the trigger ended.
-const BASELINE_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Args)]
 pub struct TraceTriggerArgs {
@@ -55,9 +49,8 @@ pub struct TraceTriggerArgs {
     /// Print the trigger id and return; the trigger keeps collecting.
     #[arg(long)]
     detach: bool,
-    /// Output format: a table for people, or JSON for programs.
-    #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]
-    output: Format,
+    #[command(flatten)]
+    output: TextOutput,
 }
 
 #[derive(Args)]
@@ -66,8 +59,8 @@ pub struct TriggerIdArgs {
     colony: ColonyAddr,
     /// The trigger id (a UUID, as `coral profile triggers` lists them).
     trigger_id: String,
-    #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]
-    output: Format,
+    #[command(flatten)]
+    output: TextOutput,
 }
 
 #[derive(Args)]
@@ -80,8 +73,8 @@ pub struct TriggersArgs {
     /// Also the triggers that have ended (completed, expired, cancelled).
     #[arg(long)]
     all: bool,
-    #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]
-    output: Format,
+    #[command(flatten)]
+    output: TextOutput,
 }
 
 fn millis(d: Option<Duration>, flag: &str) -> anyhow::Result<i32> {
@@ -93,12 +86,47 @@ fn millis(d: Option<Duration>, flag: &str) -> anyhow::Result<i32> {
     i32::try_from(d.as_millis()).with_context(|| format!("{flag} is too large"))
 }
 
+/// A trigger id, or a unique prefix of it of at least 4 hex digits (hyphens optional,
+/// as git takes a short commit id); the colony resolves prefixes.
 fn check_trigger_id(id: &str) -> anyhow::Result<()> {
+    let id = id.trim();
+    let digits = id.chars().filter(|&c| c != '-').count();
     anyhow::ensure!(
-        uuid::Uuid::parse_str(id.trim()).is_ok(),
-        "invalid trigger id {id:?}: expected a UUID (list them with `coral profile triggers --all`)"
+        uuid::Uuid::parse_str(id).is_ok()
+            || ((4..=32).contains(&digits)
+                && id.chars().all(|c| c == '-' || c.is_ascii_hexdigit())),
+        "invalid trigger id {id:?}: expected a UUID or at least its first 4 hex digits \
+         (list them with `coral profile triggers --all`)"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod check_trigger_id_tests {
+    use super::check_trigger_id;
+
+    #[test]
+    fn whole_ids_and_prefixes_of_four_hex_digits_or_more_pass() {
+        for ok in [
+            "0af76519-16cd-43dd-8448-eb211c80319c",
+            "0af7",
+            "0AF7",
+            "0af76519-16",
+            " 0af765 ",
+        ] {
+            assert!(check_trigger_id(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "0af",
+            "0a-f",
+            "0af7g",
+            "",
+            "last",
+            "0af76519-16cd-43dd-8448-eb211c80319c0",
+        ] {
+            assert!(check_trigger_id(bad).is_err(), "{bad:?}");
+        }
+    }
 }
 
 async fn client(colony: &ColonyAddr) -> anyhow::Result<ProfileServiceClient<Channel>> {
@@ -114,8 +142,19 @@ async fn get(
             trigger_id: id.to_string(),
         })
         .await
-        .map_err(rpc_error)?
+        .map_err(trigger_error)?
         .into_inner())
+}
+
+/// The colony's refusal of a trigger id, with where to find the ids.
+fn trigger_error(status: tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::NotFound | tonic::Code::InvalidArgument => anyhow::anyhow!(
+            "{} (`coral profile triggers --all` lists the triggers)",
+            status.message()
+        ),
+        _ => rpc_error(status),
+    }
 }
 
 async fn cancel_rpc(
@@ -127,7 +166,7 @@ async fn cancel_rpc(
             trigger_id: id.to_string(),
         })
         .await
-        .map_err(rpc_error)?
+        .map_err(trigger_error)?
         .into_inner())
 }
 
@@ -144,7 +183,8 @@ pub async fn trace_trigger(args: TraceTriggerArgs) -> anyhow::Result<()> {
         args.max_duration.map(|d| d.as_millis() as u64),
         args.status_code.as_deref(),
         args.url.as_deref(),
-    )?;
+    )
+    .and_then(RequestCriteria::require_some)?;
     let mut client = client(&args.colony).await?;
     let request = v1::StartTraceProfileTriggerRequest {
         service_id: args.service.clone(),
@@ -160,76 +200,79 @@ pub async fn trace_trigger(args: TraceTriggerArgs) -> anyhow::Result<()> {
     let started = client
         .start_trace_profile_trigger(request)
         .await
-        .map_err(rpc_error)?
+        .map_err(|status| match status.code() {
+            tonic::Code::ResourceExhausted => anyhow::anyhow!(
+                "{} (`coral profile triggers --service {}` lists them, `coral profile \
+                 trigger-cancel ID` stops one)",
+                status.message(),
+                args.service
+            ),
+            _ => rpc_error(status),
+        })?
         .into_inner();
     let id = started.trigger_id;
     if args.detach {
-        if args.output == Format::Json {
+        if args.output.format == Format::Json {
             let trigger = started.trigger.unwrap_or_default();
-            return print_trigger(&trigger, Format::Json).map_err(Into::into);
+            return print_trigger(&trigger, &args.output);
         }
-        println!("{id}");
-        eprintln!(
+        output::emit(format!("{id}\n").as_bytes(), args.output.file.as_deref())?;
+        output::note(&format!(
             "collecting in the background: `coral profile trigger-status {id}` shows progress, \
              `coral profile trigger-cancel {id}` stops it"
-        );
+        ));
         return Ok(());
     }
 
+    // Listening before the id is out: whoever reads it may signal at once.
+    let mut signals = Signals::listen()?;
+    // Said before waiting, so that whatever happens to this process (a terminal closed,
+    // `timeout`, CI or Kubernetes stopping it) the user knows what runs and how to reach it.
+    output::note(&format!(
+        "trigger {id} started on {}: {}",
+        args.service,
+        follow_hint(&id)
+    ));
     let trigger = tokio::select! {
         result = wait(&mut client, &id) => result?,
-        _ = tokio::signal::ctrl_c() => {
+        signal = signals.recv() => {
             clear_progress();
-            return interrupted(&mut client, &id).await;
+            return interrupted(&mut client, &id, signal, &args.output).await;
         }
     };
-    print_trigger(&trigger, args.output)?;
-    Ok(())
+    print_trigger(&trigger, &args.output)
 }
 
-/// Polls the trigger until it ends, with a live progress line on a terminal (a line
-/// per newly collected request otherwise).
+/// How to follow or stop a trigger that keeps running without this command.
+fn follow_hint(id: &str) -> String {
+    format!(
+        "`coral profile trigger-status {id}` shows progress, `coral profile trigger-cancel {id}` \
+         stops it"
+    )
+}
+
+/// Polls the trigger until it ends and its baseline has arrived (the path the MCP tool
+/// shares), with a live progress line on a terminal (a line per newly collected request
+/// otherwise).
 async fn wait(
     client: &mut ProfileServiceClient<Channel>,
     id: &str,
 ) -> anyhow::Result<v1::TraceProfileTrigger> {
     let live = std::io::stderr().is_terminal();
     let mut shown = None;
-    loop {
-        let trigger = get(client, id).await?;
-        let now = now_unix_nano();
-        if trigger.status != "active" {
-            clear_progress();
-            return Ok(with_baseline(client, trigger).await);
-        }
-        let line = progress_line(&trigger, now);
+    let trigger = coral_client::trigger::follow(client, id, None, |trigger| {
+        let line = progress_line(trigger, now_unix_nano());
         if live {
-            eprint!("\r\x1b[2K{line}");
+            output::progress(&line);
         } else if shown != Some(trigger.collected_requests) {
-            eprintln!("{line}");
+            output::note(&line);
             shown = Some(trigger.collected_requests);
         }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Agents send a trigger's baseline when it ends, so it lands a moment after the end:
-/// wait a little for it, so that a `profile-compare` run next finds it.
-async fn with_baseline(
-    client: &mut ProfileServiceClient<Channel>,
-    mut trigger: v1::TraceProfileTrigger,
-) -> v1::TraceProfileTrigger {
-    let deadline = tokio::time::Instant::now() + BASELINE_GRACE;
-    while trigger.baseline_collected < trigger.baseline_requests
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(POLL).await;
-        match get(client, &trigger.trigger_id).await {
-            Ok(t) => trigger = t,
-            Err(_) => break,
-        }
-    }
-    trigger
+    })
+    .await
+    .map_err(rpc_error)?;
+    clear_progress();
+    Ok(trigger)
 }
 
 fn now_unix_nano() -> i64 {
@@ -240,42 +283,110 @@ fn now_unix_nano() -> i64 {
 
 fn clear_progress() {
     if std::io::stderr().is_terminal() {
-        eprint!("\r\x1b[2K");
+        output::progress("");
     }
 }
 
-/// Ctrl-C while waiting: on a terminal, ask whether to cancel; otherwise leave the
-/// trigger running and say how to follow it.
-async fn interrupted(client: &mut ProfileServiceClient<Channel>, id: &str) -> anyhow::Result<()> {
-    let cancel = if std::io::stdin().is_terminal() {
-        eprint!("Cancel trigger {id}? What it collected so far is kept. [y/N] ");
-        let answer = tokio::task::spawn_blocking(|| {
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line).map(|_| line)
-        })
-        .await??;
-        matches!(answer.trim(), "y" | "Y" | "yes")
-    } else {
-        false
-    };
-    if cancel {
-        let trigger = cancel_rpc(client, id).await?;
-        eprintln!("trigger {id} cancelled");
-        print_trigger(&trigger, Format::Table)?;
-    } else {
-        eprintln!(
-            "trigger {id} left running: `coral profile trigger-status {id}` shows progress, \
-             `coral profile trigger-cancel {id}` stops it"
-        );
+/// What stopped the wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+impl Signal {
+    fn number(self) -> i32 {
+        match self {
+            Self::Interrupt => 2,
+            Self::Terminate => 15,
+        }
     }
-    Ok(())
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM (what `timeout`, CI and Kubernetes send), caught from
+/// [`Signals::listen`] on.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.interrupt.recv() => Signal::Interrupt,
+            _ = self.terminate.recv() => Signal::Terminate,
+        }
+    }
+}
+
+/// The wait was interrupted. Ctrl-C on a terminal asks whether to cancel (a second
+/// Ctrl-C leaves it running); otherwise the trigger is left running, with a line that
+/// says how to follow or cancel it, and `-o json` still prints the trigger as JSON.
+/// Exits with 128 + the signal, as a shell expects of an interrupted command.
+async fn interrupted(
+    client: &mut ProfileServiceClient<Channel>,
+    id: &str,
+    signal: Signal,
+    output: &TextOutput,
+) -> anyhow::Result<()> {
+    let interactive = signal == Signal::Interrupt
+        && std::io::stdin().is_terminal()
+        && std::io::stderr().is_terminal();
+    if interactive && ask_to_cancel(id).await? {
+        let trigger = cancel_rpc(client, id).await?;
+        output::note(&format!(
+            "trigger {id} cancelled; what it collected is kept"
+        ));
+        print_trigger(&trigger, output)?;
+        return Ok(());
+    }
+    output::note(&format!(
+        "trigger {id} is still running: {}",
+        follow_hint(id)
+    ));
+    if output.format == Format::Json {
+        // Whatever the colony can tell now; the id alone if it cannot answer.
+        let trigger = get(client, id)
+            .await
+            .unwrap_or_else(|_| v1::TraceProfileTrigger {
+                trigger_id: id.to_string(),
+                status: "active".into(),
+                ..Default::default()
+            });
+        print_trigger(&trigger, output)?;
+    }
+    Err(super::Interrupted(signal.number()).into())
+}
+
+/// Asks on the terminal whether to cancel; a second Ctrl-C answers no.
+async fn ask_to_cancel(id: &str) -> anyhow::Result<bool> {
+    eprint!("Cancel trigger {id}? What it collected so far is kept. [y/N] ");
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    });
+    tokio::select! {
+        answer = answer => Ok(matches!(answer??.trim(), "y" | "Y" | "yes")),
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!();
+            Ok(false)
+        }
+    }
 }
 
 pub async fn status(args: TriggerIdArgs) -> anyhow::Result<()> {
     check_trigger_id(&args.trigger_id)?;
     let mut client = client(&args.colony).await?;
     let trigger = get(&mut client, args.trigger_id.trim()).await?;
-    print_trigger(&trigger, args.output).map_err(Into::into)
+    print_trigger(&trigger, &args.output)
 }
 
 pub async fn cancel(args: TriggerIdArgs) -> anyhow::Result<()> {
@@ -284,21 +395,21 @@ pub async fn cancel(args: TriggerIdArgs) -> anyhow::Result<()> {
     let mut client = client(&args.colony).await?;
     let before = get(&mut client, id).await?;
     if before.status != "active" {
-        eprintln!(
+        output::note(&format!(
             "trigger {id} had already ended ({}): nothing to cancel",
             before.status
-        );
-        return print_trigger(&before, args.output).map_err(Into::into);
+        ));
+        return print_trigger(&before, &args.output);
     }
     let trigger = cancel_rpc(&mut client, id).await?;
     if trigger.status != "cancelled" {
         // It completed or expired between the two calls.
-        eprintln!(
+        output::note(&format!(
             "trigger {id} ended ({}) before it could be cancelled",
             trigger.status
-        );
+        ));
     }
-    print_trigger(&trigger, args.output).map_err(Into::into)
+    print_trigger(&trigger, &args.output)
 }
 
 pub async fn list(args: TriggersArgs) -> anyhow::Result<()> {
@@ -313,5 +424,5 @@ pub async fn list(args: TriggersArgs) -> anyhow::Result<()> {
         .map_err(rpc_error)?
         .into_inner()
         .triggers;
-    print_triggers(&triggers, args.all, args.output).map_err(Into::into)
+    print_triggers(&triggers, args.all, &args.output)
 }

@@ -1,105 +1,96 @@
 //! Cohort comparisons as `coral query profile-compare` shows them.
 
-use super::{print_json, print_table};
-use crate::commands::query::CompareFormat;
+use super::{column_widths, write_json, write_table};
 use coral_client::v1;
-use serde::Serialize;
+use coral_report::ComparisonView;
 use std::io::Write;
-use std::path::Path;
+
+/// The formats of `coral query profile-compare`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompareFormat {
+    // The cohorts, a table of functions, the verdict.
+    #[value(alias = "table")]
+    Text,
+    // Everything the text says, for programs.
+    Json,
+    // Differential folded stacks (mean CPU µs per request in A, then in B).
+    Folded,
+    // A differential flame graph (red: hotter in A, blue: hotter in B).
+    Svg,
+}
 
 /// What was compared, as the user wrote it.
 pub struct Cohorts<'a> {
     pub service: &'a str,
     pub a: &'a str,
     pub b: &'a str,
+    pub since_ns: i64,
 }
 
-#[derive(Serialize)]
-struct CohortView<'a> {
-    filter: &'a str,
-    requests: u32,
-    samples: i32,
-    mean_cpu_ms: f64,
-}
-
-#[derive(Serialize)]
-struct FunctionView<'a> {
-    function: &'a str,
-    module: &'a str,
-    delta_pp: f32,
-    self_delta_pp: f32,
-    a_cpu_ms_per_request: f64,
-    b_cpu_ms_per_request: f64,
-    a_self_cpu_ms_per_request: f64,
-    b_self_cpu_ms_per_request: f64,
-    p_value: f64,
-    q_value: f64,
-    effect_size: f64,
-    significance: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    only_in: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct ComparisonView<'a> {
-    service: &'a str,
-    cohort_a: CohortView<'a>,
-    cohort_b: CohortView<'a>,
-    functions: Vec<FunctionView<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    verdict: Option<&'a str>,
-    warnings: &'a [String],
-}
-
-fn view<'a>(c: &Cohorts<'a>, r: &'a v1::CompareTraceProfilesResponse) -> ComparisonView<'a> {
-    ComparisonView {
-        service: c.service,
-        cohort_a: CohortView {
-            filter: c.a,
-            requests: r.cohort_a_requests,
-            samples: r.cohort_a_sample_count,
-            mean_cpu_ms: r.cohort_a_mean_cpu_ms,
-        },
-        cohort_b: CohortView {
-            filter: c.b,
-            requests: r.cohort_b_requests,
-            samples: r.cohort_b_sample_count,
-            mean_cpu_ms: r.cohort_b_mean_cpu_ms,
-        },
-        functions: r
-            .hotspots
-            .iter()
-            .map(|h| FunctionView {
-                function: &h.function,
-                module: &h.module,
-                delta_pp: h.delta_percentage,
-                self_delta_pp: h.self_delta_percentage,
-                a_cpu_ms_per_request: h.cohort_a_cpu_ms_per_request,
-                b_cpu_ms_per_request: h.cohort_b_cpu_ms_per_request,
-                a_self_cpu_ms_per_request: h.cohort_a_self_cpu_ms,
-                b_self_cpu_ms_per_request: h.cohort_b_self_cpu_ms,
-                p_value: h.p_value,
-                q_value: h.q_value,
-                effect_size: h.effect_size,
-                significance: &h.significance,
-                only_in: (!h.only_in.is_empty()).then_some(h.only_in.as_str()),
-            })
-            .collect(),
-        verdict: (!r.verdict.is_empty()).then_some(r.verdict.as_str()),
-        warnings: &r.warnings,
-    }
-}
-
-/// Long (generic, fully qualified) names keep their informative end in the table;
-/// JSON has them whole.
-fn short_name(name: &str) -> String {
-    const MAX: usize = 60;
-    let chars: Vec<char> = name.chars().collect();
-    if chars.len() <= MAX {
+/// Fits a function's name into `width` columns without cutting the function itself:
+/// the file location (`name /path/to/file.js:30:29`) or the qualifying path
+/// (`crate::module::name`, `pkg.Class.name`) gives way, from its middle, keeping its
+/// start and its end. A name that cannot fit is left whole (JSON always has it whole).
+pub(crate) fn fit_function(name: &str, width: usize) -> String {
+    if chars(name) <= width {
         return name.to_string();
     }
-    let tail: String = chars[chars.len() - (MAX - 1)..].iter().collect();
-    format!("…{tail}")
+    if let Some((function, location)) = name.split_once(' ')
+        && !function.is_empty()
+    {
+        let room = width.saturating_sub(chars(function) + 1);
+        return format!("{function} {}", elide_middle(location, room, '/'));
+    }
+    if let Some(split) = last_separator(name) {
+        let (path, function) = name.split_at(split);
+        let room = width.saturating_sub(chars(function));
+        let sep = if function.starts_with("::") { ':' } else { '.' };
+        return format!("{}{function}", elide_middle(path, room, sep));
+    }
+    name.to_string()
+}
+
+fn chars(s: &str) -> usize {
+    s.chars().count()
+}
+
+/// The byte index of the last `::` (or, without one, `.`) outside brackets: where the
+/// function's own name starts.
+fn last_separator(name: &str) -> Option<usize> {
+    let bytes = name.as_bytes();
+    let mut depth = 0i32;
+    let mut last_colons = None;
+    let mut last_dot = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'<' | b'(' | b'[' => depth += 1,
+            b'>' | b')' | b']' => depth -= 1,
+            b':' if depth == 0 && bytes.get(i + 1) == Some(&b':') && i > 0 => last_colons = Some(i),
+            b'.' if depth == 0 && i > 0 => last_dot = Some(i),
+            _ => {}
+        }
+    }
+    last_colons.or(last_dot)
+}
+
+/// `s` in at most `room` columns: its start, `…`, and its end, the end keeping its last
+/// `sep`-separated part whole when it can (`/work/…/server.js:30:29`).
+fn elide_middle(s: &str, room: usize, sep: char) -> String {
+    let n = chars(s);
+    if n <= room {
+        return s.to_string();
+    }
+    if room <= 1 {
+        return "…".to_string();
+    }
+    let all: Vec<char> = s.chars().collect();
+    let last_part = s.rfind(sep).map_or(n, |i| chars(&s[i..]));
+    // The end is worth more than the start: at least two thirds of the room.
+    let tail = last_part.max((room - 1) * 2 / 3).min(room - 1);
+    let head = room - 1 - tail;
+    let start: String = all[..head].iter().collect();
+    let end: String = all[n - tail..].iter().collect();
+    format!("{start}…{end}")
 }
 
 fn q_value(q: f64) -> String {
@@ -118,14 +109,30 @@ fn ms(v: f64) -> String {
     }
 }
 
-fn print_text(c: &Cohorts<'_>, r: &v1::CompareTraceProfilesResponse) -> std::io::Result<()> {
-    let mut out = std::io::stdout().lock();
+/// The table's columns, FUNCTION first.
+const HEADER: [&str; 7] = [
+    "FUNCTION",
+    "DELTA",
+    "A MS/REQ",
+    "B MS/REQ",
+    "Q-VALUE",
+    "SIGNIFICANCE",
+    "",
+];
+
+fn write_text(
+    out: &mut Vec<u8>,
+    c: &Cohorts<'_>,
+    r: &v1::CompareTraceProfilesResponse,
+    width: usize,
+) -> std::io::Result<()> {
     writeln!(out, "{}", c.service)?;
-    for (name, filter, requests, samples, cpu) in [
+    for (name, filter, requests, with_samples, samples, cpu) in [
         (
             "A",
             c.a,
             r.cohort_a_requests,
+            r.cohort_a_requests_with_samples,
             r.cohort_a_sample_count,
             r.cohort_a_mean_cpu_ms,
         ),
@@ -133,24 +140,25 @@ fn print_text(c: &Cohorts<'_>, r: &v1::CompareTraceProfilesResponse) -> std::io:
             "B",
             c.b,
             r.cohort_b_requests,
+            r.cohort_b_requests_with_samples,
             r.cohort_b_sample_count,
             r.cohort_b_mean_cpu_ms,
         ),
     ] {
         writeln!(
             out,
-            "  cohort {name}: {filter} · {requests} requests · {samples} samples · {} ms CPU per request",
+            "  cohort {name}: {filter} · {requests} requests ({with_samples} with samples) · \
+             {samples} samples · {} ms CPU per request",
             ms(cpu)
         )?;
     }
-    drop(out);
     if !r.hotspots.is_empty() {
-        let rows: Vec<Vec<String>> = r
+        let mut rows: Vec<Vec<String>> = r
             .hotspots
             .iter()
             .map(|h| {
                 vec![
-                    short_name(&h.function),
+                    h.function.clone(),
                     format!("{:+.1}pp", h.delta_percentage),
                     ms(h.cohort_a_cpu_ms_per_request),
                     ms(h.cohort_b_cpu_ms_per_request),
@@ -164,75 +172,53 @@ fn print_text(c: &Cohorts<'_>, r: &v1::CompareTraceProfilesResponse) -> std::io:
                 ]
             })
             .collect();
-        print_table(
-            &[
-                "FUNCTION",
-                "DELTA",
-                "A MS/REQ",
-                "B MS/REQ",
-                "Q-VALUE",
-                "SIGNIFICANCE",
-                "",
-            ],
-            &rows,
-        )?;
-        println!(
+        // What the other columns leave to FUNCTION (two spaces between columns).
+        let widths = column_widths(&HEADER, &rows);
+        // (The last column, "A only"/"B only", takes no room when it is empty.)
+        let mut others: usize = widths[1..].iter().map(|w| w + 2).sum();
+        if widths.last() == Some(&0) {
+            others -= 2;
+        }
+        let room = width.saturating_sub(others).max(HEADER[0].len());
+        for row in &mut rows {
+            row[0] = fit_function(&row[0], room);
+        }
+        write_table(out, &HEADER, &rows)?;
+        writeln!(
+            out,
             "(delta: percentage points of request CPU time, + hotter in A; CPU ms per request in the function, inclusive)"
-        );
+        )?;
     }
     if !r.verdict.is_empty() {
-        println!("Verdict: {}", r.verdict);
-    }
-    for warning in &r.warnings {
-        eprintln!("warning: {warning}");
+        writeln!(out, "Verdict: {}", r.verdict)?;
     }
     Ok(())
 }
 
-/// Writes the comparison in `format`, to the file or standard output.
-pub fn print_comparison(
+/// Renders the comparison in `format`. Warnings go to standard error, except in JSON,
+/// which carries them.
+pub fn write_comparison(
+    out: &mut Vec<u8>,
     c: &Cohorts<'_>,
     r: &v1::CompareTraceProfilesResponse,
     format: CompareFormat,
-    output: Option<&Path>,
+    width: usize,
 ) -> anyhow::Result<()> {
-    let bytes = match format {
-        CompareFormat::Table => {
-            anyhow::ensure!(
-                output.is_none(),
-                "the table is for reading: write --format json, folded or svg to a file"
-            );
-            return Ok(print_text(c, r)?);
-        }
-        CompareFormat::Json if output.is_none() => return Ok(print_json(&view(c, r))?),
-        CompareFormat::Json => {
-            let mut v = serde_json::to_vec_pretty(&view(c, r))?;
-            v.push(b'\n');
-            v
-        }
-        CompareFormat::Folded => r.differential_folded.clone().into_bytes(),
+    match format {
+        CompareFormat::Text => write_text(out, c, r, width)?,
+        CompareFormat::Json => write_json(
+            out,
+            &ComparisonView::new(c.service, c.since_ns, c.a, c.b, r),
+        )?,
+        CompareFormat::Folded => out.extend_from_slice(r.differential_folded.as_bytes()),
         CompareFormat::Svg => {
             let title = format!("{}: {} (A) vs {} (B)", c.service, c.a, c.b);
-            let mut svg = Vec::new();
-            coral_analysis::compare::write_differential_svg(
-                &r.differential_folded,
-                &title,
-                &mut svg,
-            )?;
-            svg
+            coral_analysis::compare::write_differential_svg(&r.differential_folded, &title, out)?;
         }
-    };
-    match output {
-        Some(path) => {
-            std::fs::write(path, &bytes)
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-            eprintln!("wrote {} ({} bytes)", path.display(), bytes.len());
-        }
-        None => std::io::stdout().lock().write_all(&bytes)?,
     }
-    for warning in &r.warnings {
-        if format != CompareFormat::Json {
-            eprintln!("warning: {warning}");
+    if format != CompareFormat::Json {
+        for warning in &r.warnings {
+            super::warn(warning);
         }
     }
     Ok(())
@@ -240,15 +226,79 @@ pub fn print_comparison(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn long_names_keep_their_end() {
-        assert_eq!(
-            super::short_name("validate_signature"),
-            "validate_signature"
+    fn long_names_give_up_their_path_never_the_function() {
+        assert_eq!(fit_function("validate_signature", 10), "validate_signature");
+        let node = "validateToken /work/app/node_modules/@corp/auth/lib/server.js:30:29";
+        let fitted = fit_function(node, 40);
+        assert_eq!(chars(&fitted), 40, "{fitted}");
+        assert!(fitted.starts_with("validateToken /"), "{fitted}");
+        assert!(fitted.ends_with("/server.js:30:29"), "{fitted}");
+        assert!(fitted.contains('…'), "{fitted}");
+
+        let rust = format!(
+            "payment_svc::{}::handlers::validate_signature",
+            "deep".repeat(20)
         );
-        let long = format!("{}::next", "a".repeat(80));
-        let short = super::short_name(&long);
-        assert_eq!(short.chars().count(), 60);
-        assert!(short.starts_with('…') && short.ends_with("aaa::next"));
+        let fitted = fit_function(&rust, 50);
+        assert_eq!(chars(&fitted), 50, "{fitted}");
+        assert!(fitted.starts_with("payment_"), "{fitted}");
+        assert!(
+            fitted.ends_with("::handlers::validate_signature"),
+            "{fitted}"
+        );
+
+        // Too narrow for any path: the function's own name stays whole.
+        let fitted = fit_function("a::b::c::a_rather_long_function_name", 10);
+        assert!(
+            fitted.ends_with("::a_rather_long_function_name"),
+            "{fitted}"
+        );
+        assert_eq!(
+            fit_function("a_rather_long_function_name", 10),
+            "a_rather_long_function_name"
+        );
+    }
+
+    #[test]
+    fn the_table_fits_the_width() {
+        let hotspot = |function: &str| v1::DifferentialHotspot {
+            function: function.into(),
+            delta_percentage: 61.5,
+            cohort_a_cpu_ms_per_request: 812.0,
+            cohort_b_cpu_ms_per_request: 3.2,
+            q_value: 0.0001,
+            significance: "high".into(),
+            ..Default::default()
+        };
+        let r = v1::CompareTraceProfilesResponse {
+            hotspots: vec![
+                hotspot("validateToken /work/app/node_modules/@corp/auth/lib/server.js:30:29"),
+                hotspot("main"),
+            ],
+            ..Default::default()
+        };
+        let c = Cohorts {
+            service: "svc",
+            a: "duration > 1s",
+            b: "duration < 100ms",
+            since_ns: 0,
+        };
+        for width in [80, 100, 160] {
+            let mut out = Vec::new();
+            write_text(&mut out, &c, &r, width).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let row = text
+                .lines()
+                .find(|l| l.starts_with("validateToken"))
+                .unwrap();
+            assert!(chars(row) <= width, "{width}: {row}");
+            assert!(row.starts_with("validateToken "), "{row}");
+            if width >= 100 {
+                assert!(row.contains("/server.js:30:29"), "{row}");
+            }
+        }
     }
 }

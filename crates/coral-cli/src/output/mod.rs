@@ -1,150 +1,137 @@
-//! What `coral` prints: compact tables for people, JSON for programs.
+//! What `coral` prints. One model for every command: `--format` (`-o`, `--output`)
+//! says *what* (text for people, json for programs, and the profile formats where they
+//! apply), `--output-file` says *where*. Each command renders into a buffer and hands it
+//! to [`emit`], the one place that writes to standard output or the file; the JSON
+//! shapes are `coral-report`'s, which the MCP tools share.
 
 pub mod compare;
 pub mod profile;
 pub mod trigger;
 
+use clap::Args;
 use coral_analysis::format_duration_ns;
 use coral_client::v1;
+use coral_report::{AgentView, ServiceView, SourceView, SpanView};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 
+pub use coral_report::rfc3339 as format_timestamp;
+
+/// The formats of the commands that print records: services, requests, traces,
+/// agents, triggers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    Table,
+    // Tables and trees for people.
+    #[value(alias = "table")]
+    Text,
+    // JSON for programs.
     Json,
 }
 
-/// A span as the CLI shows it (ids in hex, attributes as JSON).
-#[derive(Serialize, Debug, Clone)]
-pub struct SpanView {
-    pub trace_id: String,
-    pub span_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub parent_span_id: Option<String>,
-    pub service: String,
-    pub name: String,
-    pub kind: &'static str,
-    pub start: String,
-    pub start_unix_nano: i64,
-    pub duration_ns: i64,
-    pub status: &'static str,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub status_message: String,
-    pub http_status: Option<i32>,
-    pub url: Option<String>,
-    pub route: Option<String>,
-    pub pid: Option<i64>,
-    pub thread_id: Option<i64>,
-    pub node: String,
-    pub attributes: serde_json::Value,
+/// `--format` and `--output-file` of the commands that print text or JSON.
+#[derive(Args, Debug, Clone)]
+pub struct TextOutput {
+    /// Output format: text (tables for people; "table" is accepted too) or json (for
+    /// programs).
+    #[arg(
+        long = "format",
+        short = 'o',
+        visible_alias = "output",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = Format::Text
+    )]
+    pub format: Format,
+    /// Write the output to this file instead of standard output.
+    #[arg(long = "output-file", value_name = "PATH")]
+    pub file: Option<PathBuf>,
 }
 
-const KINDS: [&str; 6] = [
-    "unspecified",
-    "internal",
-    "server",
-    "client",
-    "producer",
-    "consumer",
-];
-const STATUSES: [&str; 3] = ["unset", "ok", "error"];
+impl TextOutput {
+    /// Renders with `render` in the chosen format and writes it where asked.
+    pub fn emit(
+        &self,
+        render: impl FnOnce(Format, &mut Vec<u8>) -> io::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut buffer = Vec::new();
+        render(self.format, &mut buffer)?;
+        emit(&buffer, self.file.as_deref())
+    }
+}
 
-impl From<&v1::Span> for SpanView {
-    fn from(s: &v1::Span) -> Self {
-        Self {
-            trace_id: hex::encode(&s.trace_id),
-            span_id: hex::encode(&s.span_id),
-            parent_span_id: (!s.parent_span_id.is_empty()).then(|| hex::encode(&s.parent_span_id)),
-            service: s.service.clone(),
-            name: s.name.clone(),
-            kind: KINDS.get(s.kind as usize).copied().unwrap_or("unspecified"),
-            start: format_timestamp(s.start_time_unix_nano),
-            start_unix_nano: s.start_time_unix_nano,
-            duration_ns: s.duration_ns,
-            status: STATUSES
-                .get(s.status_code as usize)
-                .copied()
-                .unwrap_or("unset"),
-            status_message: s.status_message.clone(),
-            http_status: s.http_status,
-            url: s.url.clone(),
-            route: s.route.clone(),
-            pid: s.pid,
-            thread_id: s.thread_id,
-            node: s.node.clone(),
-            attributes: serde_json::from_str(&s.attributes_json)
-                .unwrap_or_else(|_| serde_json::json!({})),
+/// Standard output was closed by its reader (`coral … | head -1`): nothing more to
+/// say, and nothing went wrong. `main` exits quietly with status 0, as Unix tools do.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Whether `error` is (or was caused by) a write to a standard output that its reader
+/// has closed.
+pub fn closed_stdout(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.is::<StdoutClosed>())
+}
+
+/// The one writer: `bytes` to the file (and a line on standard error saying so), or to
+/// standard output.
+pub fn emit(bytes: &[u8], file: Option<&Path>) -> anyhow::Result<()> {
+    match file {
+        Some(path) => {
+            std::fs::write(path, bytes)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            note(&format!("wrote {} ({} bytes)", path.display(), bytes.len()));
+            Ok(())
+        }
+        None => {
+            let mut out = io::stdout().lock();
+            match out.write_all(bytes).and_then(|()| out.flush()) {
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+                Err(e) => Err(anyhow::anyhow!("cannot write to standard output: {e}")),
+                Ok(()) => Ok(()),
+            }
         }
     }
 }
 
-impl SpanView {
-    /// `502`, `error`, `502 error`, or `-`.
-    fn status_label(&self) -> String {
-        match (self.http_status, self.status) {
-            (Some(code), "error") => format!("{code} error"),
-            (Some(code), _) => code.to_string(),
-            (None, "error") => "error".into(),
-            _ => "-".into(),
-        }
-    }
-
-    fn target(&self) -> &str {
-        self.route.as_deref().or(self.url.as_deref()).unwrap_or("")
-    }
+/// A line for the person at the terminal (progress, notes, warnings) on standard
+/// error. A closed standard error is no reason to fail: the line is dropped.
+pub fn note(line: &str) {
+    let _ = writeln!(io::stderr().lock(), "{line}");
 }
 
-pub fn parse_trace_id(s: &str) -> anyhow::Result<()> {
-    let ok =
-        s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0');
-    anyhow::ensure!(
-        ok,
-        "invalid trace id {s:?}: expected 32 hex digits, not all zero \
-         (find ids with `coral query traces --service S`)"
-    );
-    Ok(())
+/// A live progress line on a terminal's standard error, redrawn in place (empty:
+/// cleared); dropped when standard error is closed.
+pub fn progress(line: &str) {
+    let mut err = io::stderr().lock();
+    let _ = write!(err, "\r\x1b[2K{line}").and_then(|()| err.flush());
 }
 
-/// UTC `YYYY-MM-DDTHH:MM:SS.mmmZ` from Unix nanoseconds.
-pub fn format_timestamp(unix_nano: i64) -> String {
-    let secs = unix_nano.div_euclid(1_000_000_000);
-    let millis = unix_nano.rem_euclid(1_000_000_000) / 1_000_000;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+/// `warning: …` on standard error.
+pub fn warn(warning: &str) {
+    note(&format!("warning: {warning}"));
 }
 
-pub(crate) fn print_json<T: Serialize>(value: &T) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
+/// Pretty JSON and a newline.
+pub(crate) fn write_json<T: Serialize>(out: &mut Vec<u8>, value: &T) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
     writeln!(out)
 }
 
 /// Left-aligned columns, two spaces apart; the last column is not padded.
-pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = io::stdout().lock();
+pub(crate) fn write_table(
+    out: &mut Vec<u8>,
+    header: &[&str],
+    rows: &[Vec<String>],
+) -> io::Result<()> {
+    let widths = column_widths(header, rows);
     let mut line = |cells: &mut dyn Iterator<Item = &str>| -> io::Result<()> {
         let cells: Vec<&str> = cells.collect();
         let mut text = String::new();
@@ -164,29 +151,79 @@ pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) -> io::Result<(
     Ok(())
 }
 
-pub fn print_services(services: &[v1::ServiceInfo], format: Format) -> io::Result<()> {
-    if format == Format::Json {
-        #[derive(Serialize)]
-        struct View<'a> {
-            name: &'a str,
-            first_seen: String,
-            last_seen: String,
+/// The width of each column: its widest cell or header.
+pub(crate) fn column_widths(header: &[&str], rows: &[Vec<String>]) -> Vec<usize> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
         }
-        let views: Vec<_> = services
-            .iter()
-            .map(|s| View {
-                name: &s.name,
-                first_seen: format_timestamp(s.first_seen_unix_nano),
-                last_seen: format_timestamp(s.last_seen_unix_nano),
-            })
-            .collect();
-        return print_json(&views);
+    }
+    widths
+}
+
+/// Columns available for a table: `COLUMNS` when set, else the terminal's width when
+/// standard output is one, else 100.
+pub(crate) fn terminal_width() -> usize {
+    if let Some(columns) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|&c| c > 0)
+    {
+        return columns;
+    }
+    match rustix::termios::tcgetwinsize(io::stdout()) {
+        Ok(size) if size.ws_col > 0 => usize::from(size.ws_col),
+        _ => 100,
+    }
+}
+
+/// A request's status as every table shows it: `503`, `error`, `503 error`, or `-`.
+pub fn request_status(http_status: Option<i32>, span_status: &str) -> String {
+    match (http_status, span_status == "error") {
+        (Some(code), true) => format!("{code} error"),
+        (Some(code), false) => code.to_string(),
+        (None, true) => "error".into(),
+        (None, false) => "-".into(),
+    }
+}
+
+fn span_target(s: &SpanView) -> &str {
+    s.route.as_deref().or(s.url.as_deref()).unwrap_or("")
+}
+
+pub fn parse_trace_id(s: &str) -> anyhow::Result<()> {
+    let ok =
+        s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0');
+    let given = if s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        format!("{} hex digits", s.chars().count())
+    } else {
+        format!("{} characters, not all hex digits", s.chars().count())
+    };
+    anyhow::ensure!(
+        ok,
+        "invalid trace id {s:?} ({given}): expected 32 hex digits, not all zero \
+         (find ids with `coral query traces --service S`)"
+    );
+    Ok(())
+}
+
+pub fn write_services(
+    out: &mut Vec<u8>,
+    services: &[v1::ServiceInfo],
+    format: Format,
+) -> io::Result<()> {
+    if format == Format::Json {
+        return write_json(
+            out,
+            &services.iter().map(ServiceView::from).collect::<Vec<_>>(),
+        );
     }
     if services.is_empty() {
-        println!(
+        return writeln!(
+            out,
             "No services yet. Point an OpenTelemetry exporter at an agent (OTLP :4317 gRPC, :4318 HTTP)."
         );
-        return Ok(());
     }
     let rows: Vec<_> = services
         .iter()
@@ -198,49 +235,80 @@ pub fn print_services(services: &[v1::ServiceInfo], format: Format) -> io::Resul
             ]
         })
         .collect();
-    print_table(&["SERVICE", "FIRST SEEN", "LAST SEEN"], &rows)
+    write_table(out, &["SERVICE", "FIRST SEEN", "LAST SEEN"], &rows)
 }
 
-pub fn print_requests(service: &str, spans: &[SpanView], format: Format) -> io::Result<()> {
+/// A listed request in JSON: its span and the source of its stored profile (null
+/// when it has none).
+#[derive(Serialize)]
+struct RequestView<'a> {
+    #[serde(flatten)]
+    span: &'a SpanView,
+    profile_source: Option<SourceView>,
+}
+
+/// Requests, newest first; `profile_sources` is parallel to `spans` ("" for none), and
+/// `show_profiles` adds the PROFILE column (trigger, baseline, session or -).
+pub fn write_requests(
+    out: &mut Vec<u8>,
+    service: &str,
+    spans: &[SpanView],
+    profile_sources: &[String],
+    show_profiles: bool,
+    format: Format,
+) -> io::Result<()> {
+    let source = |i: usize| profile_sources.get(i).and_then(|s| SourceView::parse(s));
     if format == Format::Json {
-        return print_json(&spans);
+        let requests: Vec<RequestView> = (spans.iter().enumerate())
+            .map(|(i, span)| RequestView {
+                span,
+                profile_source: source(i),
+            })
+            .collect();
+        return write_json(out, &requests);
     }
     if spans.is_empty() {
-        println!(
-            "No requests of {service} match. Widen --since, lower --min-duration or drop --status-code."
+        return writeln!(
+            out,
+            "No requests of {service} match. Widen --since, lower --min-duration or drop --status-code{}.",
+            if show_profiles { " or --profiled" } else { "" }
         );
-        return Ok(());
     }
-    let rows: Vec<_> = spans
-        .iter()
-        .map(|s| {
-            vec![
+    let rows: Vec<_> = (spans.iter().enumerate())
+        .map(|(i, s)| {
+            let mut row = vec![
                 s.trace_id.clone(),
                 s.start.clone(),
                 format_duration_ns(s.duration_ns),
-                s.status_label(),
+                request_status(s.http_status, s.status),
                 s.name.clone(),
-                s.target().to_string(),
-            ]
+                span_target(s).to_string(),
+            ];
+            if show_profiles {
+                let kind = source(i).map(|s| s.kind);
+                row.insert(4, kind.unwrap_or_else(|| "-".into()));
+            }
+            row
         })
         .collect();
-    print_table(
-        &["TRACE ID", "START", "DURATION", "STATUS", "NAME", "ROUTE"],
-        &rows,
-    )?;
-    println!(
+    let mut header = vec!["TRACE ID", "START", "DURATION", "STATUS", "NAME", "ROUTE"];
+    if show_profiles {
+        header.insert(4, "PROFILE");
+    }
+    write_table(out, &header, &rows)?;
+    writeln!(
+        out,
         "{} request(s), newest first. Span tree: coral query trace {}",
         spans.len(),
         spans[0].trace_id
-    );
-    Ok(())
+    )
 }
 
 /// The span tree, children under parents by start time, with each span's offset from
 /// the trace start. Spans whose parent never arrived are shown as roots.
-pub fn print_trace(spans: &[SpanView], format: Format) -> io::Result<()> {
+pub fn write_trace(out: &mut Vec<u8>, spans: &[SpanView], format: Format) -> io::Result<()> {
     if format == Format::Json {
-        return print_json(&spans);
+        return write_json(out, &spans);
     }
     let Some(first) = spans.first() else {
         return Ok(());
@@ -254,7 +322,6 @@ pub fn print_trace(spans: &[SpanView], format: Format) -> io::Result<()> {
     let mut services: Vec<&str> = spans.iter().map(|s| s.service.as_str()).collect();
     services.sort_unstable();
     services.dedup();
-    let mut out = io::stdout().lock();
     writeln!(
         out,
         "trace {}  {} span(s)  {} service(s)  {}  started {}",
@@ -319,7 +386,7 @@ fn tree_lines<'a>(
         "{:>8}  +{:<8}  {}",
         format_duration_ns(span.duration_ns),
         format_duration_ns(span.start_unix_nano - trace_start),
-        span.status_label()
+        request_status(span.http_status, span.status)
     );
     lines.push((left, right));
     let child_prefix = if root {
@@ -342,33 +409,16 @@ fn tree_lines<'a>(
     }
 }
 
-pub fn print_agents(agents: &[v1::AgentInfo], format: Format) -> io::Result<()> {
-    #[derive(Serialize)]
-    struct View<'a> {
-        agent_id: &'a str,
-        node: &'a str,
-        version: &'a str,
-        registered: String,
-        last_heartbeat: String,
-        counters: serde_json::Value,
-    }
-    let views: Vec<_> = agents
-        .iter()
-        .map(|a| View {
-            agent_id: &a.agent_id,
-            node: &a.node,
-            version: &a.version,
-            registered: format_timestamp(a.registered_unix_nano),
-            last_heartbeat: format_timestamp(a.last_heartbeat_unix_nano),
-            counters: serde_json::from_str(&a.counters_json).unwrap_or_default(),
-        })
-        .collect();
+pub fn write_agents(out: &mut Vec<u8>, agents: &[v1::AgentInfo], format: Format) -> io::Result<()> {
+    let views: Vec<AgentView> = agents.iter().map(AgentView::from).collect();
     if format == Format::Json {
-        return print_json(&views);
+        return write_json(out, &views);
     }
     if views.is_empty() {
-        println!("No agents have registered. Start one with `coral agent start`.");
-        return Ok(());
+        return writeln!(
+            out,
+            "No agents have registered. Start one with `coral agent start`."
+        );
     }
     let count =
         |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0).to_string();
@@ -376,15 +426,16 @@ pub fn print_agents(agents: &[v1::AgentInfo], format: Format) -> io::Result<()> 
         .iter()
         .map(|v| {
             vec![
-                v.node.to_string(),
-                v.agent_id.to_string(),
+                v.node.clone(),
+                v.agent_id.clone(),
                 v.last_heartbeat.clone(),
                 count(&v.counters, "spans_received"),
                 count(&v.counters, "spans_dropped"),
             ]
         })
         .collect();
-    print_table(
+    write_table(
+        out,
         &[
             "NODE",
             "AGENT",
@@ -401,19 +452,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timestamps_are_utc() {
-        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            format_timestamp(1_700_000_000_123_000_000),
-            "2023-11-14T22:13:20.123Z"
-        );
-        assert_eq!(
-            format_timestamp(951_782_400 * 1_000_000_000),
-            "2000-02-29T00:00:00.000Z"
-        );
-    }
-
-    #[test]
     fn trace_ids_are_checked() {
         assert!(parse_trace_id("0af7651916cd43dd8448eb211c80319c").is_ok());
         for bad in [
@@ -424,5 +462,13 @@ mod tests {
         ] {
             assert!(parse_trace_id(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_request_status_reads_the_same_everywhere() {
+        assert_eq!(request_status(Some(503), "error"), "503 error");
+        assert_eq!(request_status(Some(200), "unset"), "200");
+        assert_eq!(request_status(None, "error"), "error");
+        assert_eq!(request_status(None, "ok"), "-");
     }
 }

@@ -1,15 +1,29 @@
 //! Profiles as people and tools read them.
 
+use super::write_json;
+use coral_analysis::format_duration_ns;
 use coral_analysis::profile::{Profile, write_folded, write_pprof, write_svg, write_text_summary};
+use coral_client::v1;
+use coral_report::{
+    MergedProfileView, ProfileCpuView, RequestProfileView, RequestProfileWithStacks,
+    TraceProfileView,
+};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
+/// The formats of the commands that print a profile (`trace-profile`, `profile cpu`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProfileFormat {
+    // A summary: samples, CPU time, top functions, warnings.
+    #[value(alias = "table")]
     Text,
+    // Brendan Gregg's folded stacks.
     Folded,
+    // A flame graph.
     Svg,
+    // Gzipped profile.proto (go tool pprof, Speedscope, Pyroscope).
     Pprof,
+    // Everything the text says, and the stacks.
     Json,
 }
 
@@ -17,81 +31,145 @@ pub enum ProfileFormat {
 pub const TOP_FUNCTIONS: usize = 10;
 
 /// Refuses to write a binary format to a terminal, before any work is done.
-pub fn check_destination(format: ProfileFormat, output: Option<&Path>) -> anyhow::Result<()> {
+pub fn check_destination(format: ProfileFormat, file: Option<&Path>) -> anyhow::Result<()> {
     anyhow::ensure!(
-        !(format == ProfileFormat::Pprof && output.is_none() && std::io::stdout().is_terminal()),
-        "pprof is a binary format: write it to a file (--output-file FILE; -o FILE for `profile cpu`) or pipe it"
+        !(format == ProfileFormat::Pprof && file.is_none() && std::io::stdout().is_terminal()),
+        "pprof is a binary format: write it to a file (--output-file FILE) or pipe it"
     );
     Ok(())
 }
 
-/// Writes a profile in `format` to the file, or to standard output.
-pub fn write_profile(
+/// A profile in one of the stack formats (folded, svg, pprof).
+fn write_stacks(
+    out: &mut Vec<u8>,
     profile: &Profile,
     title: &str,
     format: ProfileFormat,
-    output: Option<&Path>,
-) -> anyhow::Result<()> {
-    let mut buffer = Vec::new();
+) -> std::io::Result<()> {
     match format {
-        ProfileFormat::Text => write_text_summary(profile, TOP_FUNCTIONS, &mut buffer)?,
-        ProfileFormat::Folded => write_folded(profile, &mut buffer)?,
-        ProfileFormat::Svg => write_svg(profile, title, &mut buffer)?,
-        ProfileFormat::Pprof => write_pprof(profile, &mut buffer)?,
-        ProfileFormat::Json => {
-            serde_json::to_writer_pretty(&mut buffer, profile)?;
-            buffer.push(b'\n');
+        ProfileFormat::Folded => write_folded(profile, out),
+        ProfileFormat::Svg => write_svg(profile, title, out),
+        ProfileFormat::Pprof => write_pprof(profile, out),
+        ProfileFormat::Text | ProfileFormat::Json => {
+            unreachable!("text and json are written by their command")
         }
     }
-    match output {
-        Some(path) => {
-            std::fs::write(path, &buffer)
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-            eprintln!("wrote {} ({} bytes)", path.display(), buffer.len());
+}
+
+fn from_wire(p: Option<v1::Profile>) -> anyhow::Result<Profile> {
+    coral_client::profile::profile_from_wire(p.unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("the colony sent an invalid profile: {e}"))
+}
+
+/// `coral profile cpu`: the header line and top functions, the JSON view, or the
+/// profile in a stack format. Warnings go to standard error in every format but JSON
+/// (which carries them).
+pub fn write_cpu_profile(
+    out: &mut Vec<u8>,
+    service: &str,
+    response: &v1::ProfileCpuResponse,
+    format: ProfileFormat,
+) -> anyhow::Result<()> {
+    let profile = from_wire(response.profile.clone())?;
+    if format != ProfileFormat::Json {
+        for warning in &response.warnings {
+            super::warn(warning);
         }
-        None => std::io::stdout().lock().write_all(&buffer)?,
+    }
+    match format {
+        ProfileFormat::Text => {
+            let hosts: Vec<String> = response
+                .agents
+                .iter()
+                .filter(|a| a.processes > 0)
+                .map(|a| {
+                    format!(
+                        "{} ({} process(es), {} samples)",
+                        a.node, a.processes, a.samples
+                    )
+                })
+                .collect();
+            writeln!(
+                out,
+                "{} · {} at {} Hz · {}",
+                service,
+                format_duration_ns(response.duration_ns),
+                response.frequency_hz,
+                if hosts.is_empty() {
+                    "no agent hosts it".to_string()
+                } else {
+                    hosts.join(", ")
+                }
+            )?;
+            write_text_summary(&profile, TOP_FUNCTIONS, out)?;
+        }
+        ProfileFormat::Json => write_json(
+            out,
+            &ProfileCpuView::new(service, response, profile, TOP_FUNCTIONS),
+        )?,
+        _ => {
+            let title = format!(
+                "{service} CPU, {}",
+                format_duration_ns(response.duration_ns)
+            );
+            write_stacks(out, &profile, &title, format)?;
+        }
     }
     Ok(())
 }
 
-/// One request's profiles: a section per span in text, else the spans merged.
-pub fn print_trace_profiles(
+/// `coral query trace-profile`: a section per profiled span in text; in JSON each
+/// span with its own profile and the spans merged; the merged profile in the stack
+/// formats.
+pub fn write_trace_profiles(
+    out: &mut Vec<u8>,
     trace_id: &str,
-    profiles: &[coral_client::v1::TraceProfile],
+    response: &v1::GetTraceProfileResponse,
     format: ProfileFormat,
-    output: Option<&Path>,
 ) -> anyhow::Result<()> {
     let mut merged = Profile::new();
-    let mut text = Vec::new();
-    for p in profiles {
-        let profile =
-            coral_client::profile::profile_from_wire(p.profile.clone().unwrap_or_default())
-                .map_err(|e| anyhow::anyhow!("the colony sent an invalid profile: {e}"))?;
-        let (samples, cpu_ns) = (profile.total_samples(), profile.total_cpu_ns());
-        if format == ProfileFormat::Text {
-            writeln!(
-                text,
-                "{} · {} · {} · {} samples · on CPU {} · {} precision",
-                p.service,
-                p.span_name,
-                coral_analysis::format_duration_ns(p.duration_ns),
-                samples,
-                coral_analysis::format_duration_ns(cpu_ns as i64),
-                p.precision
-            )?;
-            for warning in coral_client::profile::evidence_warnings(p, samples, cpu_ns) {
-                writeln!(text, "warning: {warning}")?;
-            }
-            if samples > 0 {
-                write_text_summary(&profile, TOP_FUNCTIONS, &mut text)?;
-            }
-            writeln!(text)?;
-        }
+    let mut spans = Vec::with_capacity(response.profiles.len());
+    for p in &response.profiles {
+        let profile = from_wire(p.profile.clone())?;
         merged.merge(&profile);
+        spans.push(RequestProfileWithStacks {
+            summary: RequestProfileView::new(p, &profile, TOP_FUNCTIONS),
+            profile,
+        });
     }
-    if format == ProfileFormat::Text {
-        std::io::stdout().lock().write_all(&text)?;
-        return Ok(());
+    match format {
+        ProfileFormat::Text => {
+            for span in &spans {
+                let s = &span.summary;
+                writeln!(
+                    out,
+                    "{} · {} · {} · {} samples · on CPU {} · {} precision",
+                    s.service,
+                    s.span_name,
+                    format_duration_ns(s.duration_ns),
+                    s.samples,
+                    format_duration_ns(s.cpu_ns as i64),
+                    s.precision
+                )?;
+                for warning in &s.warnings {
+                    writeln!(out, "warning: {warning}")?;
+                }
+                if s.samples > 0 {
+                    write_text_summary(&span.profile, TOP_FUNCTIONS, &mut *out)?;
+                }
+                writeln!(out)?;
+            }
+        }
+        ProfileFormat::Json => write_json(
+            out,
+            &TraceProfileView {
+                trace_id: trace_id.to_string(),
+                truncated: response.truncated,
+                spans,
+                merged: MergedProfileView::new(merged, TOP_FUNCTIONS),
+            },
+        )?,
+        _ => write_stacks(out, &merged, &format!("trace {trace_id}"), format)?,
     }
-    write_profile(&merged, &format!("trace {trace_id}"), format, output)
+    Ok(())
 }

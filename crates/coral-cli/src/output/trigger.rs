@@ -1,37 +1,15 @@
 //! Trace-profile triggers as `coral profile …` shows them.
 
-use super::{Format, format_timestamp, print_json, print_table};
+use super::{Format, TextOutput, format_timestamp, request_status, write_json, write_table};
 use coral_analysis::format_duration_ns;
 use coral_client::v1;
-use serde::Serialize;
-use std::io;
+use coral_report::{TriggerView, span_status};
+use std::io::{self, Write};
 
-/// A trigger's criteria in words: `duration >= 1.00s and status 5xx`.
+/// A trigger's criteria as the tables show them: in the cohort filter language, so
+/// that they can be pasted into `profile-compare --cohort-a`.
 fn criteria(t: &v1::TraceProfileTrigger) -> String {
-    let mut parts = Vec::new();
-    if t.min_duration_ms > 0 {
-        parts.push(format!(
-            "duration >= {}",
-            format_duration_ns(i64::from(t.min_duration_ms) * 1_000_000)
-        ));
-    }
-    if t.max_duration_ms > 0 {
-        parts.push(format!(
-            "duration <= {}",
-            format_duration_ns(i64::from(t.max_duration_ms) * 1_000_000)
-        ));
-    }
-    if !t.status_code_pattern.is_empty() {
-        parts.push(format!("status {}", t.status_code_pattern));
-    }
-    if !t.url_pattern.is_empty() {
-        parts.push(format!("url {}", t.url_pattern));
-    }
-    if parts.is_empty() {
-        "any request".to_string()
-    } else {
-        parts.join(" and ")
-    }
+    coral_client::trigger::cohort_filter(t).unwrap_or_else(|| "-".to_string())
 }
 
 /// Whole seconds as a clock reads: `12s`, `4m48s`, `1h05m`.
@@ -58,105 +36,41 @@ pub fn progress_line(t: &v1::TraceProfileTrigger, now_unix_nano: i64) -> String 
     )
 }
 
-#[derive(Serialize)]
-struct CollectedView<'a> {
-    trace_id: &'a str,
-    span_id: &'a str,
-    span_name: &'a str,
-    start: String,
-    duration_ns: i64,
-    http_status: Option<i32>,
-    error: bool,
-    node: &'a str,
-    samples: u64,
-    precision: &'a str,
+/// A trigger in the chosen format, where asked.
+pub fn print_trigger(t: &v1::TraceProfileTrigger, output: &TextOutput) -> anyhow::Result<()> {
+    output.emit(|format, out| write_trigger(out, t, format))
 }
 
-#[derive(Serialize)]
-struct TriggerView<'a> {
-    trigger_id: &'a str,
-    service: &'a str,
-    status: &'a str,
-    criteria: String,
-    min_duration_ms: Option<i32>,
-    max_duration_ms: Option<i32>,
-    status_code_pattern: Option<&'a str>,
-    url_pattern: Option<&'a str>,
-    frequency_hz: u32,
-    max_requests: u32,
-    collected_requests: u32,
-    baseline_requests: u32,
-    baseline_collected: u32,
-    created: String,
-    expires: String,
-    ended: Option<String>,
-    collected: Vec<CollectedView<'a>>,
-}
-
-fn some(s: &str) -> Option<&str> {
-    (!s.is_empty()).then_some(s)
-}
-
-fn view(t: &v1::TraceProfileTrigger) -> TriggerView<'_> {
-    TriggerView {
-        trigger_id: &t.trigger_id,
-        service: &t.service,
-        status: &t.status,
-        criteria: criteria(t),
-        min_duration_ms: (t.min_duration_ms > 0).then_some(t.min_duration_ms),
-        max_duration_ms: (t.max_duration_ms > 0).then_some(t.max_duration_ms),
-        status_code_pattern: some(&t.status_code_pattern),
-        url_pattern: some(&t.url_pattern),
-        frequency_hz: t.frequency_hz,
-        max_requests: t.max_requests,
-        collected_requests: t.collected_requests,
-        baseline_requests: t.baseline_requests,
-        baseline_collected: t.baseline_collected,
-        created: format_timestamp(t.created_unix_nano),
-        expires: format_timestamp(t.expires_unix_nano),
-        ended: (t.ended_unix_nano > 0).then(|| format_timestamp(t.ended_unix_nano)),
-        collected: t
-            .collected
-            .iter()
-            .map(|c| CollectedView {
-                trace_id: &c.trace_id,
-                span_id: &c.span_id,
-                span_name: &c.span_name,
-                start: format_timestamp(c.start_time_unix_nano),
-                duration_ns: c.duration_ns,
-                http_status: c.http_status,
-                error: c.status_code == 2,
-                node: &c.node,
-                samples: c.samples,
-                precision: &c.precision,
-            })
-            .collect(),
-    }
-}
-
-fn status_label(c: &v1::CollectedRequest) -> String {
-    match (c.http_status, c.status_code == 2) {
-        (Some(code), _) => code.to_string(),
-        (None, true) => "error".to_string(),
-        (None, false) => "-".to_string(),
-    }
+/// Triggers in the chosen format, where asked.
+pub fn print_triggers(
+    triggers: &[v1::TraceProfileTrigger],
+    all: bool,
+    output: &TextOutput,
+) -> anyhow::Result<()> {
+    output.emit(|format, out| write_triggers(out, triggers, all, format))
 }
 
 /// A trigger, the requests it collected, and what to run next.
-pub fn print_trigger(t: &v1::TraceProfileTrigger, format: Format) -> io::Result<()> {
+pub fn write_trigger(
+    out: &mut Vec<u8>,
+    t: &v1::TraceProfileTrigger,
+    format: Format,
+) -> io::Result<()> {
     if format == Format::Json {
-        return print_json(&view(t));
+        return write_json(out, &TriggerView::from(t));
     }
     let ended = match t.status.as_str() {
         "active" => format!("until {}", format_timestamp(t.expires_unix_nano)),
         _ if t.ended_unix_nano > 0 => format!("at {}", format_timestamp(t.ended_unix_nano)),
         _ => String::new(),
     };
-    println!(
+    writeln!(
+        out,
         "trigger {} · {} · {} {ended}",
         t.trigger_id, t.service, t.status
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  {}/{} requests with {} · baseline {}/{} · {} Hz",
         t.collected_requests,
         t.max_requests,
@@ -164,15 +78,16 @@ pub fn print_trigger(t: &v1::TraceProfileTrigger, format: Format) -> io::Result<
         t.baseline_collected,
         t.baseline_requests,
         t.frequency_hz
-    );
+    )?;
     if t.collected.is_empty() {
         if t.status != "active" {
-            println!(
+            writeln!(
+                out,
                 "No request matched. Check that such requests exist \
                  (coral query traces --service {} ...), that their spans carry process.pid, \
                  and that an agent runs on their node.",
                 t.service
-            );
+            )?;
         }
         return Ok(());
     }
@@ -183,7 +98,7 @@ pub fn print_trigger(t: &v1::TraceProfileTrigger, format: Format) -> io::Result<
             vec![
                 c.trace_id.clone(),
                 format_duration_ns(c.duration_ns),
-                status_label(c),
+                request_status(c.http_status, span_status(c.status_code)),
                 c.samples.to_string(),
                 c.precision.clone(),
                 c.span_name.clone(),
@@ -191,7 +106,8 @@ pub fn print_trigger(t: &v1::TraceProfileTrigger, format: Format) -> io::Result<
             ]
         })
         .collect();
-    print_table(
+    write_table(
+        out,
         &[
             "TRACE ID",
             "DURATION",
@@ -203,58 +119,39 @@ pub fn print_trigger(t: &v1::TraceProfileTrigger, format: Format) -> io::Result<
         ],
         &rows,
     )?;
-    println!(
+    writeln!(
+        out,
         "Next: one request's flame graph: coral query trace-profile {} --format svg --output-file slow.svg",
         t.collected[0].trace_id
-    );
-    if t.baseline_requests > 0 {
-        let filter = cohort_filter(t);
-        println!(
+    )?;
+    if t.baseline_requests > 0
+        && let Some(filter) = coral_client::trigger::cohort_filter(t)
+    {
+        writeln!(
+            out,
             "      what differs from the others: coral query profile-compare --service {} \\\n          --cohort-a '{filter}' --cohort-b 'not ({filter})'",
             t.service
-        );
+        )?;
     }
     Ok(())
 }
 
-/// The trigger's criteria in the cohort filter language (`coral query profile-compare`).
-fn cohort_filter(t: &v1::TraceProfileTrigger) -> String {
-    let mut parts = Vec::new();
-    if t.min_duration_ms > 0 {
-        parts.push(format!("duration >= {}ms", t.min_duration_ms));
-    }
-    if t.max_duration_ms > 0 {
-        parts.push(format!("duration <= {}ms", t.max_duration_ms));
-    }
-    if !t.status_code_pattern.is_empty() {
-        let terms: Vec<&str> = t.status_code_pattern.split(',').map(str::trim).collect();
-        parts.push(match terms.as_slice() {
-            [one] => format!("status = {one}"),
-            many => format!("status in ({})", many.join(", ")),
-        });
-    }
-    if !t.url_pattern.is_empty() {
-        let quoted = t.url_pattern.replace('\\', "\\\\").replace('"', "\\\"");
-        parts.push(format!("url ~ \"{quoted}\""));
-    }
-    if parts.is_empty() {
-        "duration >= 0ms".to_string()
-    } else {
-        parts.join(" and ")
-    }
-}
-
 /// Triggers, newest first.
-pub fn print_triggers(
+pub fn write_triggers(
+    out: &mut Vec<u8>,
     triggers: &[v1::TraceProfileTrigger],
     all: bool,
     format: Format,
 ) -> io::Result<()> {
     if format == Format::Json {
-        return print_json(&triggers.iter().map(view).collect::<Vec<_>>());
+        return write_json(
+            out,
+            &triggers.iter().map(TriggerView::from).collect::<Vec<_>>(),
+        );
     }
     if triggers.is_empty() {
-        println!(
+        return writeln!(
+            out,
             "{} Start one with coral profile trace-trigger --service S --min-duration 1s.",
             if all {
                 "No triggers."
@@ -262,7 +159,6 @@ pub fn print_triggers(
                 "No active triggers (--all lists ended ones)."
             }
         );
-        return Ok(());
     }
     let rows: Vec<_> = triggers
         .iter()
@@ -277,7 +173,8 @@ pub fn print_triggers(
             ]
         })
         .collect();
-    print_table(
+    write_table(
+        out,
         &[
             "TRIGGER ID",
             "SERVICE",
@@ -295,27 +192,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trigger_criteria_become_a_cohort_filter_that_parses() {
+    fn the_criteria_column_is_a_filter_that_parses() {
         let t = v1::TraceProfileTrigger {
-            min_duration_ms: 1000,
-            max_duration_ms: 5000,
-            status_code_pattern: "4xx,503".into(),
-            url_pattern: "/check\"out*".into(),
+            trigger_id: "5b1f0c3e-0000-4000-8000-000000000000".into(),
+            service: "payment-svc".into(),
+            status: "active".into(),
+            min_duration_ms: 1500,
+            status_code_pattern: "5xx".into(),
+            url_pattern: "/checkout*".into(),
             ..Default::default()
         };
-        let filter = cohort_filter(&t);
+        let mut out = Vec::new();
+        write_triggers(&mut out, &[t], false, Format::Text).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let row = text.lines().nth(1).unwrap();
+        let criteria = row
+            .split("  ")
+            .map(str::trim)
+            .find(|cell| cell.starts_with("duration"))
+            .unwrap_or_else(|| panic!("no criteria in {row:?}"));
         assert_eq!(
-            filter,
-            "duration >= 1000ms and duration <= 5000ms and status in (4xx, 503) and url ~ \"/check\\\"out*\""
+            criteria,
+            "duration >= 1500ms and status = 5xx and (url ~ \"/checkout*\" or route ~ \"/checkout*\")"
         );
-        coral_analysis::filter::parse(&filter).unwrap();
-        coral_analysis::filter::parse(&format!("not ({filter})")).unwrap();
-        let errors = v1::TraceProfileTrigger {
-            status_code_pattern: "error".into(),
+        coral_analysis::filter::parse(criteria).unwrap();
+    }
+
+    #[test]
+    fn collected_requests_show_status_as_the_requests_table_does() {
+        let t = v1::TraceProfileTrigger {
+            status: "completed".into(),
+            collected: vec![v1::CollectedRequest {
+                trace_id: "ab".repeat(16),
+                http_status: Some(503),
+                status_code: 2,
+                ..Default::default()
+            }],
             ..Default::default()
         };
-        assert_eq!(cohort_filter(&errors), "status = error");
-        coral_analysis::filter::parse(&cohort_filter(&v1::TraceProfileTrigger::default())).unwrap();
+        let mut out = Vec::new();
+        write_trigger(&mut out, &t, Format::Text).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(" 503 error "), "{text}");
     }
 
     #[test]
@@ -332,7 +250,7 @@ mod tests {
         };
         assert_eq!(
             progress_line(&t, 12_400_000_000),
-            "collecting payment-svc requests (duration >= 1.00s and status 5xx): 3/10 · 12s elapsed · 4m48s left"
+            "collecting payment-svc requests (duration >= 1s and status = 5xx): 3/10 · 12s elapsed · 4m48s left"
         );
         assert_eq!(clock(3 * 3600 + 5 * 60 + 9), "3h05m");
     }

@@ -93,12 +93,14 @@ async fn bad_filters_are_refused_and_harmless(backend: Backend) {
     })
     .await
     .unwrap();
-    assert!(out.ok, "{}", out.stderr);
+    assert!(!out.ok, "an empty cohort is no comparison: {}", out.stdout);
     assert!(
-        out.stderr.contains("has no profiled request"),
+        out.stderr
+            .contains("has no profiled request in the last 1h00m, so cohort A"),
         "{}",
         out.stderr
     );
+    assert!(out.stdout.is_empty(), "no table: {}", out.stdout);
     assert_eq!(span_count(&stack).await, before, "the store is untouched");
 
     let out = coral(

@@ -159,6 +159,7 @@ async fn active_triggers_per_service_are_bounded() {
     let mut profile = stack.profile().await;
     let start = |service: &str| v1::StartTraceProfileTriggerRequest {
         service_id: service.into(),
+        min_duration_ms: 1000,
         ..Default::default()
     };
     let mut ids = Vec::new();
@@ -187,7 +188,14 @@ async fn active_triggers_per_service_are_bounded() {
     let cli = tokio::task::spawn_blocking(move || {
         coral(
             Some(&colony),
-            &["profile", "trace-trigger", "--service", "busy-svc"],
+            &[
+                "profile",
+                "trace-trigger",
+                "--service",
+                "busy-svc",
+                "--min-duration",
+                "1s",
+            ],
         )
     })
     .await

@@ -163,6 +163,18 @@ async fn every_tool_over_stdio(backend: Backend) {
     assert_eq!(stats["p50_ns"], 29_000_000, "{data}");
     assert_eq!(data["services"][0]["slowest"][0]["trace_id"], slow);
     assert_eq!(data["services"][0]["slowest"][0]["profile"], Value::Null);
+    // The rate is over the time the requests span, whatever window was asked for (it
+    // was the count divided by the window: 7d made it near 0).
+    let rate = |data: &Value| data["services"][0]["stats"]["requests_per_second"].as_f64();
+    let (week_text, week) = ok(
+        &client,
+        "coral_query_summary",
+        json!({"service": SERVICE, "since": "7d"}),
+    )
+    .await;
+    assert!(rate(&data).unwrap() > 0.0, "{data}");
+    assert_eq!(rate(&data), rate(&week), "{week}");
+    assert!(week_text.contains("/s over the "), "{week_text}");
     assert_eq!(data["services"][0]["slowest"].as_array().unwrap().len(), 3);
     assert!(tokens(&text) < 2000, "{} tokens: {text}", tokens(&text));
     let (text, _) = ok(&client, "coral_query_summary", json!({"since": "30m"})).await;
@@ -290,8 +302,26 @@ async fn every_tool_over_stdio(backend: Backend) {
     )
     .await;
     assert_eq!(data["status"], "cancelled", "{text}");
-
+    assert_eq!(data["already_ended"], false, "{text}");
+    // Again: it had already ended, and the answer says so.
     let (text, data) = ok(
+        &client,
+        "coral_cancel_trigger",
+        json!({"trigger_id": started.trigger_id}),
+    )
+    .await;
+    assert!(
+        text.starts_with(&format!(
+            "Nothing to cancel: trigger {} had already ended (cancelled)",
+            started.trigger_id
+        )),
+        "{text}"
+    );
+    assert_eq!(data["already_ended"], true, "{text}");
+
+    // Only the slow request has a profile: cohort B is empty, and the answer says why
+    // (over the RFD's default window, 1h) instead of showing meaningless rows.
+    let text = tool_error(
         &client,
         "coral_query_profile_compare",
         json!({"service": SERVICE, "cohort_a_filter": "duration > 1s",
@@ -299,10 +329,12 @@ async fn every_tool_over_stdio(backend: Backend) {
     )
     .await;
     assert!(
-        text.contains("cohort A (duration > 1s): 1 requests"),
+        text.starts_with(
+            "cohort B (duration < 100ms) matched none of the profiled requests of \
+             payment-svc in the last 1h00m"
+        ),
         "{text}"
     );
-    assert_eq!(data["since"], "1h", "the RFD's default");
     provider.shutdown().unwrap();
 
     bad_input(&client).await;
@@ -356,6 +388,20 @@ async fn bad_input(client: &Client) {
     .await;
     assert!(
         text.contains("cohort A filter") && text.contains("column"),
+        "{text}"
+    );
+    // Not about the service: no hint about service names.
+    assert!(!text.contains("coral_list_services"), "{text}");
+    // A trigger every request would match is refused, with no command to run.
+    let text = tool_error(
+        client,
+        "coral_profile_trace_trigger",
+        json!({"service": SERVICE, "min_duration_ms": 0}),
+    )
+    .await;
+    assert!(text.contains("at least one criterion"), "{text}");
+    assert!(
+        !text.contains("coral_list_services") && !text.contains("`coral "),
         "{text}"
     );
     let text = tool_error(

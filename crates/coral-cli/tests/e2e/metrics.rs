@@ -368,6 +368,8 @@ async fn metrics_count_spans_from_sdk_to_colony() {
                 "trace-trigger",
                 "--service",
                 SERVICE,
+                "--min-duration",
+                "10s",
                 "--detach",
                 "--timeout",
                 "60s",

@@ -76,6 +76,12 @@ async fn wait_for_profile(colony: &str, trace_id: &str, extra: &[&str]) -> Strin
     panic!("no profile of {trace_id}: {last}");
 }
 
+/// The merged profile of `coral query trace-profile --format json`.
+fn merged_profile(json: &str) -> Profile {
+    let view: serde_json::Value = serde_json::from_str(json).expect("trace-profile JSON");
+    serde_json::from_value(view["merged"]["profile"].clone()).expect("a merged profile")
+}
+
 /// The eBPF tests count this process's perf events, so they run one at a time: each
 /// holds the guard for its whole run.
 static EBPF: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -179,7 +185,7 @@ async fn profiles_a_service_and_each_request_at_thread_precision() {
         assert!(text.contains("thread precision"), "{text}");
         assert!(text.contains(own) && !text.contains(foreign), "{text}");
         let json = wait_for_profile(&stack.colony, trace, &["--format", "json"]).await;
-        let profile: Profile = serde_json::from_str(&json).expect("profile JSON");
+        let profile: Profile = merged_profile(&json);
         let share = profile
             .all_hotspots()
             .iter()
@@ -351,7 +357,7 @@ async fn a_trigger_profiles_each_slow_request_from_its_first_to_its_last_moment(
         );
         assert_eq!(c["precision"], "thread");
         let json = wait_for_profile(&stack.colony, trace, &["--format", "json"]).await;
-        let profile: Profile = serde_json::from_str(&json).expect("profile JSON");
+        let profile: Profile = merged_profile(&json);
         let share = |f: &str| {
             profile
                 .all_hotspots()
@@ -436,6 +442,28 @@ async fn profile_compare_names_the_planted_slow_path() {
     assert!(first["delta_pp"].as_f64().unwrap() > 50.0, "{result:#}");
     assert!(result["cohort_a"]["requests"].as_u64().unwrap() >= 6);
     assert!(result["cohort_b"]["requests"].as_u64().unwrap() >= 30);
+
+    // A cohort that matches none of the profiled requests says so, and shows no table.
+    let none = coral(
+        Some(&stack.colony),
+        &[
+            "query",
+            "profile-compare",
+            "--service",
+            crate::trigger::SERVICE,
+            "--cohort-a",
+            "duration > 1h",
+            "--cohort-b",
+            "duration < 100ms",
+        ],
+    );
+    assert!(!none.ok && none.stdout.is_empty(), "{}", none.stdout);
+    assert!(
+        none.stderr
+            .contains("cohort A (duration > 1h) matched none of the profiled requests"),
+        "{}",
+        none.stderr
+    );
 
     let table = compare("table");
     assert!(table.ok, "{}", table.stderr);

@@ -398,6 +398,7 @@ async fn tokens_and_roles_are_checked_on_every_rpc() {
     };
     let trigger = || v1::StartTraceProfileTriggerRequest {
         service_id: "svc".into(),
+        min_duration_ms: 1000,
         ..Default::default()
     };
 
@@ -490,6 +491,8 @@ async fn tokens_and_roles_are_checked_on_every_rpc() {
             "trace-trigger",
             "--service",
             "svc",
+            "--min-duration",
+            "1s",
             "--token",
             READ,
         ],

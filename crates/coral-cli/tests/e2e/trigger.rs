@@ -280,7 +280,7 @@ async fn bad_trigger_requests_are_refused_and_create_nothing() {
     let (stack, provider) = stack_with(Backend::Sqlite, &sampler).await;
     let cases: &[(&[&str], &str)] = &[
         (
-            &["--service", "nope"],
+            &["--service", "nope", "--min-duration", "1s"],
             "unknown service \"nope\"; known services: payment-svc",
         ),
         (
@@ -313,6 +313,13 @@ async fn bad_trigger_requests_are_refused_and_create_nothing() {
             "--timeout must be more than 0",
         ),
         (&["--service", SERVICE, "--timeout", "abc"], "--timeout"),
+        // Every request would match: no baseline, nothing to compare with.
+        (&["--service", SERVICE], "at least one criterion"),
+        // Paths start with '/': this pattern would wait for ever.
+        (
+            &["--service", SERVICE, "--url", "checkout"],
+            "can never match",
+        ),
     ];
     for (flags, expected) in cases {
         let mut args = vec!["profile", "trace-trigger", "--detach"];
@@ -725,4 +732,70 @@ async fn a_trigger_loses_nothing_through_a_colony_outage_and_an_agent_crash() {
         assert_eq!(profiles.len(), 1, "trace {trace}: {profiles:?}");
     }
     provider.shutdown().unwrap();
+}
+
+/// `timeout`, CI and Kubernetes stop a waiting `trace-trigger` with SIGTERM, and a
+/// script's Ctrl-C reaches it without a terminal: the id was printed before the wait,
+/// the trigger keeps running, a line says how to follow or cancel it, `-o json` still
+/// prints JSON, and the exit status is 128 + the signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_wait_leaves_the_trigger_running_and_says_so() {
+    use nix::sys::signal::Signal;
+    use std::io::BufRead;
+    let sampler = Arc::new(FakeSampler::new());
+    let (stack, _provider) = stack_with(Backend::Sqlite, &sampler).await;
+    for (signal, code) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
+        let colony = stack.colony.clone();
+        let (id, status, stdout, stderr) = tokio::task::spawn_blocking(move || {
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coral"))
+                .env("CORAL_COLONY", &colony)
+                .args(["profile", "trace-trigger", "--service", SERVICE])
+                .args(["--min-duration", "10s", "--timeout", "5m", "-o", "json"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run coral");
+            let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+            // The id comes before any waiting.
+            let mut first = String::new();
+            stderr.read_line(&mut first).unwrap();
+            let id = first
+                .strip_prefix("trigger ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no id first: {first:?}"))
+                .to_string();
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+            let out = child.wait_with_output().unwrap();
+            let mut rest = String::new();
+            std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+            (
+                id,
+                out.status,
+                String::from_utf8(out.stdout).unwrap(),
+                first + &rest,
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(status.code(), Some(code), "{signal}: {stderr}");
+        assert!(
+            stderr.contains(&format!("trigger {id} is still running"))
+                && stderr.contains(&format!("coral profile trigger-cancel {id}")),
+            "{signal}: {stderr}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{signal}: not JSON ({e}): {stdout:?}"));
+        assert_eq!(json["trigger_id"], id.as_str(), "{json:#}");
+        let trigger = stack
+            .profile()
+            .await
+            .get_trace_profile_trigger(v1::GetTraceProfileTriggerRequest {
+                trigger_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(trigger.status, "active", "{signal}: left running");
+    }
 }

@@ -1,0 +1,261 @@
+//! CPU profiles: one request's, one trace's, and a service's on demand.
+
+use crate::{non_empty, rfc3339};
+use coral_analysis::profile::{Hotspot, Profile};
+use coral_client::v1;
+use serde::Serialize;
+
+/// What asked for a profile: a `coral profile cpu` session, a trigger (a request it
+/// matched) or a trigger's baseline (a random request it did not match).
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct SourceView {
+    /// `session`, `trigger` or `baseline`.
+    pub kind: String,
+    /// The session or trigger id.
+    pub id: String,
+}
+
+impl SourceView {
+    /// From the wire's `kind:id`; `None` for an empty or unreadable source.
+    pub fn parse(source: &str) -> Option<Self> {
+        let (kind, id) = source.split_once(':')?;
+        Some(Self {
+            kind: kind.to_string(),
+            id: id.to_string(),
+        })
+    }
+}
+
+/// One function's share of a profile.
+#[derive(Serialize, Debug, Clone)]
+pub struct HotspotView {
+    pub function: String,
+    pub module: String,
+    /// CPU time with the function on top of the stack.
+    pub self_cpu_ns: u64,
+    /// CPU time with the function anywhere on the stack.
+    pub total_cpu_ns: u64,
+    /// `self_cpu_ns` / the profile's CPU time, in [0, 1].
+    pub self_share: f64,
+    pub total_share: f64,
+}
+
+impl From<&Hotspot> for HotspotView {
+    fn from(h: &Hotspot) -> Self {
+        Self {
+            function: h.function.clone(),
+            module: h.module.clone(),
+            self_cpu_ns: h.self_cpu_ns,
+            total_cpu_ns: h.total_cpu_ns,
+            self_share: h.self_share,
+            total_share: h.total_share,
+        }
+    }
+}
+
+/// The hottest functions, as the text summaries list them: the `top` by self CPU time
+/// and the `top` by total CPU time.
+fn hotspots(profile: &Profile, top: usize) -> Vec<HotspotView> {
+    profile
+        .hotspots(top)
+        .iter()
+        .map(HotspotView::from)
+        .collect()
+}
+
+/// One request's profile (one span of a trace), without its stacks.
+#[derive(Serialize, Debug, Clone)]
+pub struct RequestProfileView {
+    pub trace_id: String,
+    pub span_id: String,
+    pub service: String,
+    pub span_name: String,
+    pub start: String,
+    pub start_unix_nano: i64,
+    pub duration_ns: i64,
+    pub node: Option<String>,
+    /// The host pid the agent sampled.
+    pub pid: Option<i64>,
+    /// The host thread id, for thread precision.
+    pub thread_id: Option<i64>,
+    /// `thread`: the request's own thread; `process`: its whole process.
+    pub precision: String,
+    pub frequency_hz: u32,
+    /// Other requests of the process that overlapped this one.
+    pub concurrent_requests: u32,
+    pub source: Option<SourceView>,
+    pub samples: u64,
+    pub cpu_ns: u64,
+    /// What not to conclude from this profile (too few samples, mixed-in CPU, …).
+    pub warnings: Vec<String>,
+    pub hotspots: Vec<HotspotView>,
+}
+
+impl RequestProfileView {
+    /// The view of `tp`, whose profile is `profile` (already read from the wire), with
+    /// its `top` functions.
+    pub fn new(tp: &v1::TraceProfile, profile: &Profile, top: usize) -> Self {
+        let (samples, cpu_ns) = (profile.total_samples(), profile.total_cpu_ns());
+        Self {
+            trace_id: hex::encode(&tp.trace_id),
+            span_id: hex::encode(&tp.span_id),
+            service: tp.service.clone(),
+            span_name: tp.span_name.clone(),
+            start: rfc3339(tp.start_time_unix_nano),
+            start_unix_nano: tp.start_time_unix_nano,
+            duration_ns: tp.duration_ns,
+            node: non_empty(&tp.node),
+            pid: tp.pid,
+            thread_id: tp.thread_id,
+            precision: tp.precision.clone(),
+            frequency_hz: tp.frequency_hz,
+            concurrent_requests: tp.concurrent_requests,
+            source: SourceView::parse(&tp.source),
+            samples,
+            cpu_ns,
+            warnings: coral_client::profile::evidence_warnings(tp, samples, cpu_ns),
+            hotspots: hotspots(profile, top),
+        }
+    }
+}
+
+/// [`RequestProfileView`] with the profile's frames and stacks (CLI JSON).
+#[derive(Serialize, Debug, Clone)]
+pub struct RequestProfileWithStacks {
+    #[serde(flatten)]
+    pub summary: RequestProfileView,
+    /// `{"frames": [...], "stacks": [...]}`.
+    pub profile: Profile,
+}
+
+/// The selected spans' profiles merged.
+#[derive(Serialize, Debug, Clone)]
+pub struct MergedProfileView {
+    pub samples: u64,
+    pub cpu_ns: u64,
+    pub hotspots: Vec<HotspotView>,
+    pub profile: Profile,
+}
+
+impl MergedProfileView {
+    pub fn new(profile: Profile, top: usize) -> Self {
+        Self {
+            samples: profile.total_samples(),
+            cpu_ns: profile.total_cpu_ns(),
+            hotspots: hotspots(&profile, top),
+            profile,
+        }
+    }
+}
+
+/// One trace's request profiles (`coral query trace-profile --format json`): each
+/// profiled span with its own profile, and all of them merged.
+#[derive(Serialize, Debug, Clone)]
+pub struct TraceProfileView {
+    pub trace_id: String,
+    /// The trace has more request profiles than one answer holds: these are the first.
+    pub truncated: bool,
+    pub spans: Vec<RequestProfileWithStacks>,
+    pub merged: MergedProfileView,
+}
+
+/// One agent's part of a `coral profile cpu` session.
+#[derive(Serialize, Debug, Clone)]
+pub struct AgentProfileView {
+    pub node: String,
+    /// The service's processes the agent sampled.
+    pub processes: u32,
+    pub samples: u64,
+    pub error: Option<String>,
+}
+
+/// A service's CPU profile on demand (`coral profile cpu --format json`).
+#[derive(Serialize, Debug, Clone)]
+pub struct ProfileCpuView {
+    pub service: String,
+    pub source: Option<SourceView>,
+    pub duration_ns: i64,
+    pub frequency_hz: u32,
+    pub agents: Vec<AgentProfileView>,
+    pub samples: u64,
+    pub cpu_ns: u64,
+    pub warnings: Vec<String>,
+    pub hotspots: Vec<HotspotView>,
+    pub profile: Profile,
+}
+
+impl ProfileCpuView {
+    pub fn new(service: &str, r: &v1::ProfileCpuResponse, profile: Profile, top: usize) -> Self {
+        Self {
+            service: service.to_string(),
+            source: (!r.session_id.is_empty()).then(|| SourceView {
+                kind: "session".into(),
+                id: r.session_id.clone(),
+            }),
+            duration_ns: r.duration_ns,
+            frequency_hz: r.frequency_hz,
+            agents: r
+                .agents
+                .iter()
+                .map(|a| AgentProfileView {
+                    node: a.node.clone(),
+                    processes: a.processes,
+                    samples: a.samples,
+                    error: non_empty(&a.error),
+                })
+                .collect(),
+            samples: profile.total_samples(),
+            cpu_ns: profile.total_cpu_ns(),
+            warnings: r.warnings.clone(),
+            hotspots: hotspots(&profile, top),
+            profile,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coral_analysis::profile::Frame;
+
+    #[test]
+    fn a_request_profile_says_what_the_text_says() {
+        let mut profile = Profile::new();
+        profile.add(
+            &[Frame::user("main", "svc"), Frame::user("hot", "svc")],
+            3,
+            100,
+        );
+        let tp = v1::TraceProfile {
+            trace_id: vec![0xab; 16],
+            span_id: vec![1; 8],
+            service: "svc".into(),
+            span_name: "POST /x".into(),
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            duration_ns: 1_000_000_000,
+            node: "n1".into(),
+            pid: Some(42),
+            thread_id: None,
+            precision: "thread".into(),
+            frequency_hz: 100,
+            source: "trigger:5b1f0c3e-0000-4000-8000-000000000000".into(),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(RequestProfileWithStacks {
+            summary: RequestProfileView::new(&tp, &profile, 10),
+            profile,
+        })
+        .unwrap();
+        assert_eq!(json["trace_id"], "ab".repeat(16));
+        assert_eq!(json["start"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(json["samples"], 3);
+        assert_eq!(json["cpu_ns"], 30_000_000);
+        assert_eq!(json["thread_id"], serde_json::Value::Null);
+        assert_eq!(json["source"]["kind"], "trigger");
+        // 3 samples: the text's "too few" warning and "mostly waited" one.
+        assert_eq!(json["warnings"].as_array().unwrap().len(), 2, "{json}");
+        assert_eq!(json["hotspots"][0]["function"], "hot");
+        assert_eq!(json["profile"]["frames"].as_array().unwrap().len(), 2);
+        assert_eq!(SourceView::parse(""), None);
+    }
+}
