@@ -726,42 +726,6 @@ fn a_few_requests_against_many_still_show_a_planted_difference() {
     }
 }
 
-/// Not a pass/fail test: the cost of one exact test at the sizes the bounds allow.
-/// `cargo test -p coral-analysis --release -- --ignored exact_test_cost --nocapture`
-#[test]
-#[ignore]
-fn exact_test_cost() {
-    let mut rng = Rng(1);
-    for (k, n) in [
-        (1usize, 375usize),
-        (1, 5000),
-        (5, 375),
-        (5, 5000),
-        (10, 375),
-        (10, 5000),
-    ] {
-        // Distinct values: the largest transform for these sizes.
-        let a: Vec<f64> = (0..k).map(|_| rng.uniform()).collect();
-        let b: Vec<f64> = (0..n).map(|_| rng.uniform()).collect();
-        let runs = 20;
-        let start = std::time::Instant::now();
-        let mut p = 0.0;
-        for _ in 0..runs {
-            p += mann_whitney(&a, &b).p_value;
-        }
-        let per = start.elapsed() / runs;
-        let start = std::time::Instant::now();
-        for _ in 0..runs {
-            let _ = doubled_midranks(&a, &b);
-        }
-        let ranking = start.elapsed() / runs;
-        println!(
-            "{k} vs {n}: {per:?} per test, of which {ranking:?} ranking (mean p {:.3})",
-            p / runs as f64
-        );
-    }
-}
-
 #[test]
 fn benjamini_hochberg_matches_hand_computation() {
     // Sorted 0.005, 0.01, 0.03, 0.04 → ·4/1, ·4/2, ·4/3, ·4/4 = 0.02, 0.02, 0.04, 0.04.

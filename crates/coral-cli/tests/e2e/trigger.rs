@@ -253,6 +253,40 @@ async fn collects_exactly_count_matching_requests(backend: Backend) {
         "the count never passes max_requests"
     );
 
+    // The requests that have profiles, and where each came from.
+    let listed = json(
+        &run(
+            &stack.colony,
+            &[
+                "query",
+                "traces",
+                "--service",
+                SERVICE,
+                "--profiled",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    let mut kinds: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["profile_source"]["kind"].as_str().unwrap_or("none"))
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        [
+            "baseline", "baseline", "baseline", "baseline", "trigger", "trigger", "trigger"
+        ],
+        "{listed:#}"
+    );
+    // A unique prefix of the id is enough, as git takes a short commit id.
+    let short = run(&stack.colony, &["profile", "trigger-status", &id[..8]]).await;
+    assert!(short.contains(id) && short.contains("completed"), "{short}");
+
     let active = run(&stack.colony, &["profile", "triggers"]).await;
     assert!(active.contains("No active triggers"), "{active}");
     let all = run(&stack.colony, &["profile", "triggers", "--all"]).await;
