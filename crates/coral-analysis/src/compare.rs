@@ -19,6 +19,8 @@ use std::io;
 use std::str::FromStr;
 
 use inferno::flamegraph::{self, Options};
+use rustfft::FftPlanner;
+use rustfft::num_complex::Complex64;
 use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, Normal};
 
@@ -746,12 +748,13 @@ fn rank_sum_probabilities(doubled_ranks: &[u64], k: usize) -> Vec<f64> {
     let highest = doubled_ranks.iter().copied().max().unwrap_or(0);
     let span = k * (highest - lowest) as usize;
     let m = (span + 1).next_power_of_two();
-    let mut histogram = vec![Complex::ZERO; m];
+    let zero = Complex64::new(0.0, 0.0);
+    let mut histogram = vec![zero; m];
     for &r in doubled_ranks {
         histogram[(r - lowest) as usize].re += 1.0;
     }
-    let transform = Fft::new(m);
-    transform.run(&mut histogram, false);
+    let mut planner = FftPlanner::new();
+    planner.plan_fft_forward(m).process(&mut histogram);
     // Newton: e_j = (1/j) Σᵢ (−1)^(i−1) e_(j−i) p_i; with f_j = e_j / C(n, j),
     // f_j = Σᵢ (−1)^(i−1) f_(j−i) p_i · C(n, j−i) / (j · C(n, j)).
     let mut weight = vec![vec![0f64; k + 1]; k + 1];
@@ -765,28 +768,27 @@ fn rank_sum_probabilities(doubled_ranks: &[u64], k: usize) -> Vec<f64> {
             *w = sign * ratio / j as f64;
         }
     }
-    let mut spectrum = vec![Complex::ZERO; m];
-    let mut f = vec![Complex::ZERO; k + 1];
-    let mut power_sums = vec![Complex::ZERO; k + 1];
+    let mut spectrum = vec![zero; m];
+    let mut f = vec![zero; k + 1];
+    let mut power_sums = vec![zero; k + 1];
     // The distribution is real, so its transform at m − t is the conjugate of that at t.
     for t in 0..=m / 2 {
         for (i, p) in power_sums.iter_mut().enumerate().skip(1) {
             *p = histogram[(i * t) & (m - 1)];
         }
-        f[0] = Complex { re: 1.0, im: 0.0 };
+        f[0] = Complex64::new(1.0, 0.0);
         for j in 1..=k {
-            let mut acc = Complex::ZERO;
-            for i in 1..=j {
-                acc = acc.add(f[j - i].mul(power_sums[i]).scale(weight[j][i]));
-            }
-            f[j] = acc;
+            f[j] = (1..=j)
+                .map(|i| f[j - i] * power_sums[i] * weight[j][i])
+                .sum();
         }
         spectrum[t] = f[k];
         if t > 0 && t < m - t {
             spectrum[m - t] = f[k].conj();
         }
     }
-    transform.run(&mut spectrum, true);
+    // Unscaled, as rustfft's transforms are: divided by m below.
+    planner.plan_fft_inverse(m).process(&mut spectrum);
     // Back to sums of the ranks themselves.
     let offset = k * lowest as usize;
     let mut probabilities = vec![0f64; offset];
@@ -802,104 +804,6 @@ fn rank_sum_probabilities(doubled_ranks: &[u64], k: usize) -> Vec<f64> {
 /// ln C(n, k).
 fn ln_choose(n: usize, k: usize) -> f64 {
     (0..k).map(|i| ((n - i) as f64 / (k - i) as f64).ln()).sum()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Complex {
-    re: f64,
-    im: f64,
-}
-
-impl Complex {
-    const ZERO: Complex = Complex { re: 0.0, im: 0.0 };
-
-    fn add(self, o: Complex) -> Complex {
-        Complex {
-            re: self.re + o.re,
-            im: self.im + o.im,
-        }
-    }
-
-    fn sub(self, o: Complex) -> Complex {
-        Complex {
-            re: self.re - o.re,
-            im: self.im - o.im,
-        }
-    }
-
-    fn mul(self, o: Complex) -> Complex {
-        Complex {
-            re: self.re * o.re - self.im * o.im,
-            im: self.re * o.im + self.im * o.re,
-        }
-    }
-
-    fn scale(self, x: f64) -> Complex {
-        Complex {
-            re: self.re * x,
-            im: self.im * x,
-        }
-    }
-
-    fn conj(self) -> Complex {
-        Complex {
-            re: self.re,
-            im: -self.im,
-        }
-    }
-}
-
-/// An in-place radix-2 fast Fourier transform of one power-of-two size.
-struct Fft {
-    /// e^(−2πi·j/m) for j < m/2, each computed directly for accuracy.
-    twiddles: Vec<Complex>,
-}
-
-impl Fft {
-    fn new(m: usize) -> Fft {
-        debug_assert!(m.is_power_of_two());
-        let twiddles = (0..m / 2)
-            .map(|j| {
-                let angle = -2.0 * std::f64::consts::PI * j as f64 / m as f64;
-                Complex {
-                    re: angle.cos(),
-                    im: angle.sin(),
-                }
-            })
-            .collect();
-        Fft { twiddles }
-    }
-
-    /// The forward transform Σ x_s e^(−2πi·st/m), or without the sign (`inverse`, not
-    /// scaled by 1/m).
-    fn run(&self, data: &mut [Complex], inverse: bool) {
-        let m = data.len();
-        if m < 2 {
-            return;
-        }
-        let bits = m.trailing_zeros();
-        for i in 0..m {
-            let j = i.reverse_bits() >> (usize::BITS - bits);
-            if i < j {
-                data.swap(i, j);
-            }
-        }
-        let mut len = 2;
-        while len <= m {
-            let stride = m / len;
-            for start in (0..m).step_by(len) {
-                for i in 0..len / 2 {
-                    let w = self.twiddles[i * stride];
-                    let w = if inverse { w.conj() } else { w };
-                    let even = data[start + i];
-                    let odd = data[start + i + len / 2].mul(w);
-                    data[start + i] = even.add(odd);
-                    data[start + i + len / 2] = even.sub(odd);
-                }
-            }
-            len *= 2;
-        }
-    }
 }
 
 /// Two-sided p-value of U under the normal approximation, with the tie correction of

@@ -12,15 +12,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// How often the trigger is polled.
-pub const POLL: Duration = Duration::from_millis(500);
+const POLL: Duration = Duration::from_millis(500);
 
 /// After the end, how long the baseline may take to arrive without growing before it
 /// is taken as complete (agents learn of the end within a second and send at once;
 /// one with requests still being joined sends when they are).
-pub const BASELINE_QUIET: Duration = Duration::from_secs(3);
+const BASELINE_QUIET: Duration = Duration::from_secs(3);
 
 /// The longest wait for the baseline after the end, however it keeps growing.
-pub const BASELINE_MAX: Duration = Duration::from_secs(15);
+const BASELINE_MAX: Duration = Duration::from_secs(15);
 
 /// Whether a trigger is still collecting.
 pub fn is_active(trigger: &v1::TraceProfileTrigger) -> bool {
@@ -51,7 +51,7 @@ pub async fn follow(
 
 /// Waits, after a trigger ended, until its baseline is full, or has not grown for
 /// [`BASELINE_QUIET`], or [`BASELINE_MAX`] passed.
-pub async fn wait_for_baseline(
+async fn wait_for_baseline(
     client: &mut ProfileServiceClient<Channel>,
     mut trigger: v1::TraceProfileTrigger,
 ) -> Result<v1::TraceProfileTrigger, tonic::Status> {

@@ -54,8 +54,8 @@ pub fn write_text_summary(profile: &Profile, top: usize, mut w: impl io::Write) 
 /// The trunk's functions root first (as the first stack has them), at most
 /// [`TRUNK_NAMES`] of them.
 fn trunk_names(profile: &Profile, trunk: &[&Hotspot]) -> String {
+    let first = profile.stacks.iter().find(|s| s.cpu_ns > 0);
     let depth = |h: &Hotspot| {
-        let first = profile.stacks.iter().find(|s| s.cpu_ns > 0);
         first
             .and_then(|s| {
                 s.frames.iter().position(|&fi| {
