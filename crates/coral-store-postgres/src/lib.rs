@@ -312,9 +312,10 @@ const DELETE_BASELINE_MEMBER: &str = "\
 const RELABEL_TRACE_PROFILE: &str =
     "UPDATE trace_profiles SET source = $3 WHERE trace_id = $1 AND span_id = $2";
 
-/// How many triggers have an id whose hex digits start with `$1`, and the first.
+/// How many triggers have an id whose hex digits start with `$1`, and the first (the
+/// least by its text, as PostgreSQL has no `min(uuid)`).
 const MATCH_TRIGGER_PREFIX: &str = "\
-    SELECT count(*), min(trigger_id::text) FROM trace_profile_triggers \
+    SELECT count(*), min(trigger_id::text)::uuid FROM trace_profile_triggers \
     WHERE left(replace(trigger_id::text, '-', ''), length($1)) = $1";
 
 /// A trigger's profiles, with the status of their spans.
@@ -723,12 +724,7 @@ impl Store for PostgresStore {
                 .await
                 .map_err(map_err)?;
         }
-        new.retain(|p| !outcome.delete.contains(&(p.trace_id, p.span_id)));
-        let inserted = InsertedProfiles {
-            new: new.len() as u64,
-            over_limit: outcome.over_limit,
-            completed_triggers: outcome.completed_triggers,
-        };
+        let inserted = outcome.inserted(&mut new);
         if new.is_empty() {
             tx.commit().await.map_err(map_err)?;
             return Ok(inserted);
@@ -996,18 +992,11 @@ impl Store for PostgresStore {
 
     async fn resolve_trigger_id(&self, prefix: &str) -> Result<uuid::Uuid, StoreError> {
         let digits = trigger_id_prefix(prefix)?;
-        let (matching, first): (i64, Option<String>) = sqlx::query_as(MATCH_TRIGGER_PREFIX)
+        let (matching, first): (i64, Option<uuid::Uuid>) = sqlx::query_as(MATCH_TRIGGER_PREFIX)
             .bind(digits.as_str())
             .fetch_one(&self.pool)
             .await
             .map_err(map_err)?;
-        let first = first
-            .map(|id| {
-                id.parse().map_err(|_| {
-                    StoreError::Corrupt(format!("trace_profile_triggers.trigger_id {id:?}"))
-                })
-            })
-            .transpose()?;
         resolved_trigger_id(&digits, to_u64(matching, "count(*)")?, first)
     }
 

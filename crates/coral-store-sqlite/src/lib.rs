@@ -256,7 +256,7 @@ const RELABEL_TRACE_PROFILE: &str =
 
 /// How many triggers have an id whose hex digits start with `?1`, and the first.
 const MATCH_TRIGGER_PREFIX: &str = "\
-    SELECT count(*), min(trigger_id) FROM trace_profile_triggers \
+    SELECT count(*) AS matching, min(trigger_id) AS trigger_id FROM trace_profile_triggers \
     WHERE substr(replace(trigger_id, '-', ''), 1, length(?1)) = ?1";
 
 /// A trigger's profiles, with the status of their spans.
@@ -703,12 +703,7 @@ impl Store for SqliteStore {
                 .await
                 .map_err(map_err)?;
         }
-        new.retain(|p| !outcome.delete.contains(&(p.trace_id, p.span_id)));
-        let inserted = InsertedProfiles {
-            new: new.len() as u64,
-            over_limit: outcome.over_limit,
-            completed_triggers: outcome.completed_triggers,
-        };
+        let inserted = outcome.inserted(&mut new);
         if new.is_empty() {
             tx.commit().await.map_err(map_err)?;
             return Ok(inserted);
@@ -994,19 +989,18 @@ impl Store for SqliteStore {
 
     async fn resolve_trigger_id(&self, prefix: &str) -> Result<uuid::Uuid, StoreError> {
         let digits = trigger_id_prefix(prefix)?;
-        let (matching, first): (i64, Option<String>) = sqlx::query_as(MATCH_TRIGGER_PREFIX)
+        let row = sqlx::query(MATCH_TRIGGER_PREFIX)
             .bind(digits.as_str())
             .fetch_one(&self.reader)
             .await
             .map_err(map_err)?;
-        let first = first
-            .map(|id| {
-                id.parse().map_err(|_| {
-                    StoreError::Corrupt(format!("trace_profile_triggers.trigger_id {id:?}"))
-                })
-            })
-            .transpose()?;
-        resolved_trigger_id(&digits, to_u64(matching, "count(*)")?, first)
+        let matching = to_u64(row.try_get("matching").map_err(map_err)?, "count(*)")?;
+        // `min(trigger_id)` is NULL when no trigger matches.
+        let first = match matching {
+            0 => None,
+            _ => Some(uuid_column(&row, "trace_profile_triggers", "trigger_id")?),
+        };
+        resolved_trigger_id(&digits, matching, first)
     }
 
     async fn list_triggers(

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::profile_rows::to_u32;
 use crate::{
-    Claim, ProfileSource, SpanId, StoreError, TraceId, TraceProfileRecord, TraceProfileTrigger,
+    Claim, InsertedProfiles, ProfileSource, SpanId, StoreError, TraceId, TraceProfileRecord,
+    TraceProfileTrigger,
 };
 
 /// The error of a trigger asked for a service that never sent a span.
@@ -122,7 +123,8 @@ pub fn slot_claims<'a>(
     batch: &'a [TraceProfileRecord],
     stored: &[&'a TraceProfileRecord],
 ) -> Vec<SlotClaim<'a>> {
-    let stored_sources: HashSet<(TraceId, SpanId, ProfileSource)> = stored
+    // Each (request, source) claims once: the stored rows first.
+    let mut claimed: HashSet<(TraceId, SpanId, ProfileSource)> = stored
         .iter()
         .map(|p| (p.trace_id, p.span_id, p.source))
         .collect();
@@ -134,13 +136,11 @@ pub fn slot_claims<'a>(
             stores: true,
         })
         .collect();
-    let mut seen = HashSet::new();
     claims.extend(
         batch
             .iter()
             .filter(|p| matches!(p.source, ProfileSource::Baseline(_)))
-            .filter(|p| !stored_sources.contains(&(p.trace_id, p.span_id, p.source)))
-            .filter(|p| seen.insert((p.trace_id, p.span_id, p.source)))
+            .filter(|p| claimed.insert((p.trace_id, p.span_id, p.source)))
             .map(|profile| SlotClaim {
                 profile,
                 stores: false,
@@ -210,6 +210,20 @@ impl ClaimTally {
             }
         }
         outcome
+    }
+}
+
+impl ClaimOutcome {
+    /// What the batch inserted: `stored` (the rows it stored) loses the rows to
+    /// delete, and keeps those whose samples go in.
+    pub fn inserted(&self, stored: &mut Vec<&TraceProfileRecord>) -> InsertedProfiles {
+        let deleted: HashSet<&(TraceId, SpanId)> = self.delete.iter().collect();
+        stored.retain(|p| !deleted.contains(&(p.trace_id, p.span_id)));
+        InsertedProfiles {
+            new: stored.len() as u64,
+            over_limit: self.over_limit,
+            completed_triggers: self.completed_triggers,
+        }
     }
 }
 
