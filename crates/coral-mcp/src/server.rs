@@ -391,27 +391,28 @@ impl CoralMcp {
             let profile =
                 coral_client::profile::profile_from_wire(tp.profile.clone().unwrap_or_default())
                     .map_err(|e| format!("the colony sent an invalid profile: {e}"))?;
-            let (samples, cpu_ns) = (profile.total_samples(), profile.total_cpu_ns());
-            let warnings = coral_client::profile::evidence_warnings(tp, samples, cpu_ns);
+            // The text says what the view says: its samples, CPU time and warnings.
+            let view = RequestProfileView::new(tp, &profile, TOP);
             text.push_str(&format!(
-                "{} · {} · duration {} · on CPU {} · {samples} samples at {} Hz · {} precision\n",
-                tp.service,
-                tp.span_name,
-                format_duration_ns(tp.duration_ns),
-                format_duration_ns(cpu_ns as i64),
-                tp.frequency_hz,
-                tp.precision
+                "{} · {} · duration {} · on CPU {} · {} samples at {} Hz · {} precision\n",
+                view.service,
+                view.span_name,
+                format_duration_ns(view.duration_ns),
+                format_duration_ns(view.cpu_ns as i64),
+                view.samples,
+                view.frequency_hz,
+                view.precision
             ));
-            for w in &warnings {
+            for w in &view.warnings {
                 text.push_str(&format!("warning: {w}\n"));
             }
-            if samples > 0 {
+            if view.samples > 0 {
                 let mut summary = Vec::new();
                 write_text_summary(&profile, TOP, &mut summary)
                     .map_err(|e| format!("cannot summarize the profile: {e}"))?;
                 text.push_str(&String::from_utf8_lossy(&summary));
             }
-            spans.push(RequestProfileView::new(tp, &profile, TOP));
+            spans.push(view);
         }
         let data = json!({
             "trace_id": p.trace_id.trim(), "profile_type": "cpu", "truncated": truncated,
@@ -481,13 +482,15 @@ impl CoralMcp {
             answer.data["already_ended"] = json!(true);
             return Ok(answer);
         }
-        self.profile()
+        // The colony answers a cancel with the trigger and what it collected.
+        let after = self
+            .profile()
             .cancel_trace_profile_trigger(v1::CancelTraceProfileTriggerRequest {
-                trigger_id: before.trigger_id.clone(),
+                trigger_id: before.trigger_id,
             })
             .await
-            .map_err(|s| self.refused(s, FIX_TRIGGER))?;
-        let after = self.get_trigger(before.trigger_id).await?;
+            .map_err(|s| self.refused(s, FIX_TRIGGER))?
+            .into_inner();
         let mut answer = trigger_answer(&after);
         answer.data["already_ended"] = json!(false);
         Ok(answer)
@@ -503,13 +506,14 @@ impl CoralMcp {
     }
 
     async fn compare(&self, p: CompareParams) -> Outcome {
+        let range = since(&p.since, "since")?;
         let r = self
             .profile()
             .compare_trace_profiles(v1::CompareTraceProfilesRequest {
                 service_id: p.service.clone(),
                 cohort_a_filter: p.cohort_a_filter.clone(),
                 cohort_b_filter: p.cohort_b_filter.clone(),
-                time_range: Some(since(&p.since, "since")?),
+                time_range: Some(range),
                 top: 10,
                 min_significance: String::new(),
                 differential: false,
@@ -581,7 +585,7 @@ impl CoralMcp {
         }
         let data = to_json(&ComparisonView::new(
             &p.service,
-            since_ns(&since(&p.since, "since")?),
+            since_ns(&range),
             &p.cohort_a_filter,
             &p.cohort_b_filter,
             &r,
@@ -659,19 +663,20 @@ fn exemplar_profile(tp: &v1::TraceProfile, text: &mut String) -> Value {
     else {
         return Value::Null;
     };
-    // Sorted by self CPU time already.
-    let mut hot = profile.all_hotspots();
-    hot.truncate(3);
-    let samples = profile.total_samples();
+    let view = RequestProfileView::new(tp, &profile, 3);
+    // The view's hotspots start with the top 3 by self CPU time, in that order.
     text.push_str(&format!(
-        "  profile: {samples} samples, {} precision, top self: {}\n",
-        tp.precision,
-        hot.iter()
+        "  profile: {} samples, {} precision, top self: {}\n",
+        view.samples,
+        view.precision,
+        view.hotspots
+            .iter()
+            .take(3)
             .map(|h| format!("{} {:.0}%", h.function, h.self_share * 100.0))
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    to_json(&RequestProfileView::new(tp, &profile, 3))
+    to_json(&view)
 }
 
 /// Rate, errors and percentiles on one line.

@@ -24,14 +24,13 @@ pub fn trace_id(span: &v1::Span) -> String {
     hex::encode(&span.trace_id)
 }
 
-/// `200`, `500 error`, or `error` for a request without an HTTP status.
+/// `200`, `500 error`, or `error` for a request without an HTTP status: as the CLI's
+/// tables show it.
 pub fn status(span: &v1::Span) -> String {
-    match (span.http_status, span.status_code == 2) {
-        (Some(code), true) => format!("{code} error"),
-        (Some(code), false) => code.to_string(),
-        (None, true) => "error".to_string(),
-        (None, false) => "-".to_string(),
-    }
+    coral_report::request_status(
+        span.http_status,
+        coral_report::span_status(span.status_code),
+    )
 }
 
 /// One request on one line: id, duration, status, name.

@@ -42,17 +42,39 @@ const KINDS: [&str; 6] = [
 /// OTLP span status codes by their number.
 const STATUSES: [&str; 3] = ["unset", "ok", "error"];
 
-/// An OTLP status code as a word: `unset`, `ok` or `error`.
-pub fn span_status(code: i32) -> &'static str {
+/// The word for an OTLP enum value: `words[code]`, or `words[0]` (its unspecified
+/// value) for a code out of range.
+fn word(words: &[&'static str], code: i32) -> &'static str {
     usize::try_from(code)
         .ok()
-        .and_then(|i| STATUSES.get(i))
+        .and_then(|i| words.get(i))
         .copied()
-        .unwrap_or("unset")
+        .unwrap_or(words[0])
+}
+
+/// An OTLP status code as a word: `unset`, `ok` or `error`.
+pub fn span_status(code: i32) -> &'static str {
+    word(&STATUSES, code)
+}
+
+/// A request's status as the CLI's tables and the MCP tools' text show it: `503`,
+/// `error`, `503 error`, or `-`; `span_status` as [`span_status`] names it.
+pub fn request_status(http_status: Option<i32>, span_status: &str) -> String {
+    match (http_status, span_status == "error") {
+        (Some(code), true) => format!("{code} error"),
+        (Some(code), false) => code.to_string(),
+        (None, true) => "error".into(),
+        (None, false) => "-".into(),
+    }
 }
 
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
+}
+
+/// A JSON object sent as text (attributes, counters); `{}` when it does not parse.
+fn json_object(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::json!({}))
 }
 
 /// A service that has sent spans.
@@ -111,11 +133,7 @@ impl From<&v1::Span> for SpanView {
             parent_span_id: (!s.parent_span_id.is_empty()).then(|| hex::encode(&s.parent_span_id)),
             service: s.service.clone(),
             name: s.name.clone(),
-            kind: usize::try_from(s.kind)
-                .ok()
-                .and_then(|i| KINDS.get(i))
-                .copied()
-                .unwrap_or("unspecified"),
+            kind: word(&KINDS, s.kind),
             start: rfc3339(s.start_time_unix_nano),
             start_unix_nano: s.start_time_unix_nano,
             duration_ns: s.duration_ns,
@@ -127,8 +145,7 @@ impl From<&v1::Span> for SpanView {
             pid: s.pid,
             thread_id: s.thread_id,
             node: non_empty(&s.node),
-            attributes: serde_json::from_str(&s.attributes_json)
-                .unwrap_or_else(|_| serde_json::json!({})),
+            attributes: json_object(&s.attributes_json),
         }
     }
 }
@@ -157,8 +174,7 @@ impl From<&v1::AgentInfo> for AgentView {
             registered_unix_nano: a.registered_unix_nano,
             last_heartbeat: rfc3339(a.last_heartbeat_unix_nano),
             last_heartbeat_unix_nano: a.last_heartbeat_unix_nano,
-            counters: serde_json::from_str(&a.counters_json)
-                .unwrap_or_else(|_| serde_json::json!({})),
+            counters: json_object(&a.counters_json),
         }
     }
 }
@@ -301,5 +317,13 @@ mod tests {
         assert_eq!(json["verdict"], serde_json::Value::Null);
         assert_eq!(json["functions"][0]["only_in"], serde_json::Value::Null);
         assert_eq!(json["cohort_a"]["requests_with_samples"], 0);
+    }
+
+    #[test]
+    fn a_request_status_reads_the_same_everywhere() {
+        assert_eq!(request_status(Some(503), "error"), "503 error");
+        assert_eq!(request_status(Some(200), "unset"), "200");
+        assert_eq!(request_status(None, "error"), "error");
+        assert_eq!(request_status(None, "ok"), "-");
     }
 }

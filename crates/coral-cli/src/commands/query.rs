@@ -178,7 +178,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         _ => {}
     }
     let channel = args.colony.connect().await?;
-    let mut client = coral_client::query_client(channel);
+    let mut client = coral_client::query_client(channel.clone());
     match args.command {
         QueryCommand::Services(out) => {
             let resp = client
@@ -238,8 +238,6 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
             out.emit(|format, w| output::write_agents(w, &resp.agents, format))
         }
         QueryCommand::ProfileCompare(c) => {
-            let channel = args.colony.connect().await?;
-            let format = c.format;
             let request = v1::CompareTraceProfilesRequest {
                 service_id: c.service.clone(),
                 cohort_a_filter: c.cohort_a.clone(),
@@ -250,7 +248,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
                     .min_significance
                     .map(|m| format!("{m:?}").to_lowercase())
                     .unwrap_or_default(),
-                differential: matches!(format, CompareFormat::Folded | CompareFormat::Svg),
+                differential: matches!(c.format, CompareFormat::Folded | CompareFormat::Svg),
             };
             let resp = coral_client::profile_client(channel)
                 .compare_trace_profiles(request)
@@ -265,11 +263,10 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
             };
             let mut w = Vec::new();
             let width = output::terminal_width();
-            output::compare::write_comparison(&mut w, &cohorts, &resp, format, width)?;
+            output::compare::write_comparison(&mut w, &cohorts, &resp, c.format, width)?;
             output::emit(&w, c.output_file.as_deref())
         }
         QueryCommand::TraceProfile(t) => {
-            let channel = args.colony.connect().await?;
             let resp = coral_client::profile_client(channel)
                 .get_trace_profile(v1::GetTraceProfileRequest {
                     trace_id: t.trace_id.clone(),

@@ -11,6 +11,7 @@ use coral_analysis::{RequestCriteria, parse_duration};
 use coral_client::Channel;
 use coral_client::v1;
 use coral_client::v1::profile_service_client::ProfileServiceClient;
+use nix::sys::signal::Signal;
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -99,34 +100,6 @@ fn check_trigger_id(id: &str) -> anyhow::Result<()> {
          (list them with `coral profile triggers --all`)"
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod check_trigger_id_tests {
-    use super::check_trigger_id;
-
-    #[test]
-    fn whole_ids_and_prefixes_of_four_hex_digits_or_more_pass() {
-        for ok in [
-            "0af76519-16cd-43dd-8448-eb211c80319c",
-            "0af7",
-            "0AF7",
-            "0af76519-16",
-            " 0af765 ",
-        ] {
-            assert!(check_trigger_id(ok).is_ok(), "{ok:?}");
-        }
-        for bad in [
-            "0af",
-            "0a-f",
-            "0af7g",
-            "",
-            "last",
-            "0af76519-16cd-43dd-8448-eb211c80319c0",
-        ] {
-            assert!(check_trigger_id(bad).is_err(), "{bad:?}");
-        }
-    }
 }
 
 async fn client(colony: &ColonyAddr) -> anyhow::Result<ProfileServiceClient<Channel>> {
@@ -218,8 +191,8 @@ pub async fn trace_trigger(args: TraceTriggerArgs) -> anyhow::Result<()> {
         }
         output::emit(format!("{id}\n").as_bytes(), args.output.file.as_deref())?;
         output::note(&format!(
-            "collecting in the background: `coral profile trigger-status {id}` shows progress, \
-             `coral profile trigger-cancel {id}` stops it"
+            "collecting in the background: {}",
+            follow_hint(&id)
         ));
         return Ok(());
     }
@@ -287,22 +260,6 @@ fn clear_progress() {
     }
 }
 
-/// What stopped the wait.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Signal {
-    Interrupt,
-    Terminate,
-}
-
-impl Signal {
-    fn number(self) -> i32 {
-        match self {
-            Self::Interrupt => 2,
-            Self::Terminate => 15,
-        }
-    }
-}
-
 /// SIGINT (Ctrl-C) and SIGTERM (what `timeout`, CI and Kubernetes send), caught from
 /// [`Signals::listen`] on.
 struct Signals {
@@ -319,10 +276,11 @@ impl Signals {
         })
     }
 
+    /// The signal that stopped the wait.
     async fn recv(&mut self) -> Signal {
         tokio::select! {
-            _ = self.interrupt.recv() => Signal::Interrupt,
-            _ = self.terminate.recv() => Signal::Terminate,
+            _ = self.interrupt.recv() => Signal::SIGINT,
+            _ = self.terminate.recv() => Signal::SIGTERM,
         }
     }
 }
@@ -337,7 +295,7 @@ async fn interrupted(
     signal: Signal,
     output: &TextOutput,
 ) -> anyhow::Result<()> {
-    let interactive = signal == Signal::Interrupt
+    let interactive = signal == Signal::SIGINT
         && std::io::stdin().is_terminal()
         && std::io::stderr().is_terminal();
     if interactive && ask_to_cancel(id).await? {
@@ -363,7 +321,7 @@ async fn interrupted(
             });
         print_trigger(&trigger, output)?;
     }
-    Err(super::Interrupted(signal.number()).into())
+    Err(super::Interrupted(signal as i32).into())
 }
 
 /// Asks on the terminal whether to cancel; a second Ctrl-C answers no.
@@ -394,7 +352,7 @@ pub async fn cancel(args: TriggerIdArgs) -> anyhow::Result<()> {
     let id = args.trigger_id.trim();
     let mut client = client(&args.colony).await?;
     let before = get(&mut client, id).await?;
-    if before.status != "active" {
+    if !coral_client::trigger::is_active(&before) {
         output::note(&format!(
             "trigger {id} had already ended ({}): nothing to cancel",
             before.status
@@ -425,4 +383,32 @@ pub async fn list(args: TriggersArgs) -> anyhow::Result<()> {
         .into_inner()
         .triggers;
     print_triggers(&triggers, args.all, &args.output)
+}
+
+#[cfg(test)]
+mod check_trigger_id_tests {
+    use super::check_trigger_id;
+
+    #[test]
+    fn whole_ids_and_prefixes_of_four_hex_digits_or_more_pass() {
+        for ok in [
+            "0af76519-16cd-43dd-8448-eb211c80319c",
+            "0af7",
+            "0AF7",
+            "0af76519-16",
+            " 0af765 ",
+        ] {
+            assert!(check_trigger_id(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "0af",
+            "0a-f",
+            "0af7g",
+            "",
+            "last",
+            "0af76519-16cd-43dd-8448-eb211c80319c0",
+        ] {
+            assert!(check_trigger_id(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -11,13 +11,11 @@ pub mod trigger;
 use clap::Args;
 use coral_analysis::format_duration_ns;
 use coral_client::v1;
-use coral_report::{AgentView, ServiceView, SourceView, SpanView};
+use coral_report::{AgentView, ServiceView, SourceView, SpanView, request_status, rfc3339};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-
-pub use coral_report::rfc3339 as format_timestamp;
 
 /// The formats of the commands that print records: services, requests, traces,
 /// agents, triggers.
@@ -63,16 +61,9 @@ impl TextOutput {
 
 /// Standard output was closed by its reader (`coral … | head -1`): nothing more to
 /// say, and nothing went wrong. `main` exits quietly with status 0, as Unix tools do.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
 pub struct StdoutClosed;
-
-impl std::fmt::Display for StdoutClosed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("standard output was closed")
-    }
-}
-
-impl std::error::Error for StdoutClosed {}
 
 /// Whether `error` is (or was caused by) a write to a standard output that its reader
 /// has closed.
@@ -178,16 +169,6 @@ pub(crate) fn terminal_width() -> usize {
     }
 }
 
-/// A request's status as every table shows it: `503`, `error`, `503 error`, or `-`.
-pub fn request_status(http_status: Option<i32>, span_status: &str) -> String {
-    match (http_status, span_status == "error") {
-        (Some(code), true) => format!("{code} error"),
-        (Some(code), false) => code.to_string(),
-        (None, true) => "error".into(),
-        (None, false) => "-".into(),
-    }
-}
-
 fn span_target(s: &SpanView) -> &str {
     s.route.as_deref().or(s.url.as_deref()).unwrap_or("")
 }
@@ -230,8 +211,8 @@ pub fn write_services(
         .map(|s| {
             vec![
                 s.name.clone(),
-                format_timestamp(s.first_seen_unix_nano),
-                format_timestamp(s.last_seen_unix_nano),
+                rfc3339(s.first_seen_unix_nano),
+                rfc3339(s.last_seen_unix_nano),
             ]
         })
         .collect();
@@ -329,7 +310,7 @@ pub fn write_trace(out: &mut Vec<u8>, spans: &[SpanView], format: Format) -> io:
         spans.len(),
         services.len(),
         format_duration_ns(end - start),
-        format_timestamp(start)
+        rfc3339(start)
     )?;
     let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
     let mut children: HashMap<Option<&str>, Vec<&SpanView>> = HashMap::new();
@@ -462,13 +443,5 @@ mod tests {
         ] {
             assert!(parse_trace_id(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn a_request_status_reads_the_same_everywhere() {
-        assert_eq!(request_status(Some(503), "error"), "503 error");
-        assert_eq!(request_status(Some(200), "unset"), "200");
-        assert_eq!(request_status(None, "error"), "error");
-        assert_eq!(request_status(None, "ok"), "-");
     }
 }

@@ -1,9 +1,9 @@
 //! Trace-profile triggers as `coral profile …` shows them.
 
-use super::{Format, TextOutput, format_timestamp, request_status, write_json, write_table};
+use super::{Format, TextOutput, write_json, write_table};
 use coral_analysis::format_duration_ns;
 use coral_client::v1;
-use coral_report::{TriggerView, span_status};
+use coral_report::{TriggerView, request_status, rfc3339, span_status};
 use std::io::{self, Write};
 
 /// A trigger's criteria as the tables show them: in the cohort filter language, so
@@ -60,8 +60,8 @@ pub fn write_trigger(
         return write_json(out, &TriggerView::from(t));
     }
     let ended = match t.status.as_str() {
-        "active" => format!("until {}", format_timestamp(t.expires_unix_nano)),
-        _ if t.ended_unix_nano > 0 => format!("at {}", format_timestamp(t.ended_unix_nano)),
+        "active" => format!("until {}", rfc3339(t.expires_unix_nano)),
+        _ if t.ended_unix_nano > 0 => format!("at {}", rfc3339(t.ended_unix_nano)),
         _ => String::new(),
     };
     writeln!(
@@ -169,7 +169,7 @@ pub fn write_triggers(
                 t.status.clone(),
                 format!("{}/{}", t.collected_requests, t.max_requests),
                 criteria(t),
-                format_timestamp(t.created_unix_nano),
+                rfc3339(t.created_unix_nano),
             ]
         })
         .collect();

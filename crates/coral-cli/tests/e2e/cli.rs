@@ -661,8 +661,8 @@ async fn every_format_goes_to_stdout_or_a_file_and_json_says_what_text_says() {
     );
 
     // Compare: text to a file, and the JSON with the requests that had samples.
-    let compare = |extra: &[&str]| {
-        let mut args = vec![
+    let compare = |extra: &[&'static str]| {
+        let base = [
             "query",
             "profile-compare",
             "--service",
@@ -672,31 +672,16 @@ async fn every_format_goes_to_stdout_or_a_file_and_json_says_what_text_says() {
             "--cohort-b",
             "duration < 100ms",
         ];
-        args.extend_from_slice(extra);
-        args.into_iter().map(String::from).collect::<Vec<_>>()
+        [&base[..], extra].concat()
     };
-    let args = compare(&["-o", "json"]);
-    let view = json(
-        &run(
-            colony,
-            d,
-            &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        )
-        .await,
-    );
+    let view = json(&run(colony, d, &compare(&["-o", "json"])).await);
     let (a, b) = (&view["cohort_a"], &view["cohort_b"]);
     assert_eq!(a["requests"], 4, "{view:#}");
     assert_eq!(a["requests_with_samples"], 4, "{view:#}");
     let b_requests = b["requests"].as_u64().unwrap();
     assert_eq!(b["requests_with_samples"], b_requests - 1, "{view:#}");
     assert_eq!(view["since_ns"], 3_600_000_000_000i64);
-    let args = compare(&["--output-file", "c.txt"]);
-    let to_file = run(
-        colony,
-        d,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await;
+    let to_file = run(colony, d, &compare(&["--output-file", "c.txt"])).await;
     assert!(
         to_file.ok && to_file.stdout.is_empty(),
         "{}",
@@ -718,21 +703,18 @@ async fn every_format_goes_to_stdout_or_a_file_and_json_says_what_text_says() {
 
     // `profile cpu -o json` is JSON on standard output (it was a file named "json"),
     // with what the text says.
-    let cpu = run(
-        colony,
-        d,
-        &[
+    let profile_cpu = |extra: &[&'static str]| {
+        let base = [
             "profile",
             "cpu",
             "--service",
             "checkout-svc",
             "--duration",
             "1s",
-            "-o",
-            "json",
-        ],
-    )
-    .await;
+        ];
+        [&base[..], extra].concat()
+    };
+    let cpu = run(colony, d, &profile_cpu(&["-o", "json"])).await;
     let view = json(&cpu);
     assert!(!d.join("json").exists());
     assert_eq!(view["service"], "checkout-svc");
@@ -747,21 +729,7 @@ async fn every_format_goes_to_stdout_or_a_file_and_json_says_what_text_says() {
             .contains("no agent hosts"),
         "{view:#}"
     );
-    let cpu = run(
-        colony,
-        d,
-        &[
-            "profile",
-            "cpu",
-            "--service",
-            "checkout-svc",
-            "--duration",
-            "1s",
-            "--output-file",
-            "cpu.txt",
-        ],
-    )
-    .await;
+    let cpu = run(colony, d, &profile_cpu(&["--output-file", "cpu.txt"])).await;
     assert!(cpu.ok && cpu.stdout.is_empty(), "{}", cpu.stderr);
     assert!(
         std::fs::read_to_string(d.join("cpu.txt"))
