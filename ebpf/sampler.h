@@ -2,46 +2,62 @@
 /*
  * Coral CPU sampler: what the eBPF program (sampler.bpf.c) and user space
  * (crates/coral-sampler/src/event.rs) share. The Rust side mirrors every
- * definition here with #[repr(C)] types and constants of the same names;
- * change both together (a unit test there checks the event's size and
- * field offsets).
+ * definition here with constants of the same names and a parser of the event;
+ * change both together (a unit test there checks the constants and offsets).
  */
 #ifndef CORAL_SAMPLER_H
 #define CORAL_SAMPLER_H
 
 #include <linux/types.h>
 
-/* One sample, sent through the `events` ring buffer. 32 bytes, no padding. */
+/*
+ * One sample, sent through the `events` ring buffer: this header, then
+ * kernel_bytes of kernel frames (u64 instruction pointers, leaf first), then
+ * user_bytes of user frames (frame-pointer mode: the kernel's walk, leaf
+ * first), then stack_bytes of user stack memory copied from regs.sp upwards
+ * (unwind-table mode: user space unwinds it). 72 bytes, no padding.
+ */
 struct coral_sample_event {
 	/* bpf_ktime_get_ns() at the sample: CLOCK_MONOTONIC, in nanoseconds. */
 	__u64 ktime_ns;
 	/* Process (thread group) id and thread id, as the initial pid namespace sees them. */
 	__u32 tgid;
 	__u32 tid;
-	/* Ids in stack map `stack_map` (0: stacks_0, 1: stacks_1). Negative: no
-	 * stack; the value is bpf_get_stackid()'s negative errno (-EFAULT is the
-	 * normal "nothing to walk", e.g. the kernel stack of a sample taken in
-	 * user mode). */
-	__s32 user_stack_id;
-	__s32 kernel_stack_id;
 	/* CPU the sample was taken on. */
 	__u32 cpu;
-	/* Which stack map the ids refer to (CORAL_ACTIVE_STACKS at sample time). */
-	__u32 stack_map;
+	__u16 kernel_bytes;
+	__u16 user_bytes;
+	__u32 stack_bytes;
+	/* Samples this CPU took but could not send (ring buffer full) since its
+	 * previous event: how many, of which process (0: of several), and when the
+	 * first of them was taken (0 when lost is 0). */
+	__u32 lost_tgid;
+	__u64 lost;
+	__u64 lost_since_ns;
+	/* The thread's user registers (what it would resume with); 0 when unknown. */
+	__u64 ip;
+	__u64 sp;
+	__u64 bp;
 };
 
 /* Indices into the per-CPU `counters` array. */
 #define CORAL_COUNTER_SAMPLES 0      /* events submitted to the ring buffer */
 #define CORAL_COUNTER_LOST 1         /* ring buffer full: event dropped */
-#define CORAL_COUNTER_STACK_ERRORS 2 /* bpf_get_stackid failed other than -EFAULT (-EEXIST collision, -ENOMEM full) */
+#define CORAL_COUNTER_STACK_ERRORS 2 /* a stack walk or copy failed other than "nothing to walk" */
 #define CORAL_COUNTER_COUNT 3
 
-/* Default sizes; user space overrides the stack maps' and the ring buffer's
- * max_entries at load time from SamplerConfig. */
+/* How user stacks are taken (the read-only global coral_unwind_mode). */
+#define CORAL_UNWIND_FP 0     /* the kernel walks frame pointers */
+#define CORAL_UNWIND_COPY 1   /* copy registers and the top of the stack */
+
+/* Default sizes; user space overrides the ring buffer's at load time. */
 #define CORAL_MAX_TARGETS 4096
-#define CORAL_STACK_MAP_ENTRIES 16384
-#define CORAL_RING_BYTES (4 * 1024 * 1024)
-/* PERF_MAX_STACK_DEPTH: frames per stored stack. */
+#define CORAL_RING_BYTES (8 * 1024 * 1024)
+/* Frames per walked stack (PERF_MAX_STACK_DEPTH). */
 #define CORAL_MAX_STACK_DEPTH 127
+#define CORAL_FRAMES_BYTES (CORAL_MAX_STACK_DEPTH * 8)
+/* Most user stack copied per sample, from sp upwards (perf's default is 8 KiB). */
+#define CORAL_STACK_COPY_BYTES (32 * 1024)
+#define CORAL_PAGE_BYTES 4096
 
 #endif /* CORAL_SAMPLER_H */

@@ -1,7 +1,8 @@
 //! Project tasks, run as `cargo xtask <task>`:
 //!
-//! - `test`: installs what the tests need on a fresh machine (PostgreSQL server, kubectl
-//!   and python3-pip, as root, from Debian's packages; kubernetes-validate from PyPI),
+//! - `test`: installs what the tests need on a fresh machine (PostgreSQL server, gcc,
+//!   zlib1g-dev, binutils, linux-perf, kubectl and python3-pip, as root, from Debian's
+//!   packages; kubernetes-validate from PyPI),
 //!   starts a throwaway PostgreSQL cluster on a free
 //!   port, runs every test (including those marked as needing PostgreSQL), and stops it.
 //! - `demo`: the main job: builds `coral` and the demo service, and runs `coral demo`
@@ -56,11 +57,20 @@ const BUILD_PREREQUISITES: &[system::Prerequisite] = &[
     }),
 ];
 
-/// Building, plus a PostgreSQL server for the tests and benchmarks.
+/// Building, plus a PostgreSQL server for the tests and benchmarks, and what the
+/// unwinding tests and benchmarks build and compare with: C workloads (gcc) calling
+/// Debian's zlib (no frame pointers), stripped with binutils, beside `perf record
+/// --call-graph dwarf` (linux-perf).
 const TEST_PREREQUISITES: &[system::Prerequisite] = &[
     BUILD_PREREQUISITES[0],
     BUILD_PREREQUISITES[1],
     ("postgresql", postgres::server_installed),
+    ("gcc", || system::on_path("cc")),
+    ("zlib1g-dev", || {
+        std::path::Path::new("/usr/include/zlib.h").exists()
+    }),
+    ("binutils", || system::on_path("strip")),
+    ("linux-perf", || system::succeeds("perf", &["--version"])),
 ];
 
 /// What the tests of deploy/kubernetes need: `kubectl kustomize` (Debian 12's

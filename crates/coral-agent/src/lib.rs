@@ -55,7 +55,7 @@ pub mod uplink;
 #[cfg(test)]
 mod tests;
 
-pub use profiler::{ProfilingConfig, SamplerFactory};
+pub use profiler::{ProfilingConfig, SamplerFactory, UnwindMode};
 pub use stats::{AgentStats, ProfilingCounters};
 
 /// The counters an agent reports (the wire type of the heartbeat).

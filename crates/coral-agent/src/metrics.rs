@@ -61,8 +61,21 @@ pub fn render(stats: &AgentStats) -> String {
     )
     .counter(
         "coral_agent_stack_errors_total",
-        "Stacks the sampler could not store (kernel stack map full, or a hash collision).",
+        "Stack walks or copies that failed in the kernel (those samples have no stack).",
         p.stack_errors,
+    )
+    .family(
+        "coral_agent_stacks_total",
+        "Samples by how their user stack was walked: unwind tables (dwarf), frame pointers (fp), both (mixed), or cut before the thread's root (truncated).",
+        Kind::Counter,
+    )
+    .sample("coral_agent_stacks_total", &[("unwind", "dwarf")], p.stacks_dwarf as f64)
+    .sample("coral_agent_stacks_total", &[("unwind", "fp")], p.stacks_fp as f64)
+    .sample("coral_agent_stacks_total", &[("unwind", "mixed")], p.stacks_mixed as f64)
+    .sample(
+        "coral_agent_stacks_total",
+        &[("unwind", "truncated")],
+        p.stacks_truncated as f64,
     )
     .counter(
         "coral_agent_clock_steps_total",

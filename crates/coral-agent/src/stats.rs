@@ -35,9 +35,14 @@ pub struct ProfilingCounters {
     pub samples: u64,
     /// Samples the sampler lost (kernel ring buffer full, or its own buffer overflowed).
     pub samples_lost: u64,
-    /// Stacks the sampler could not store (its kernel stack map full, or a hash
-    /// collision): those samples have no stack.
+    /// Stack walks or copies that failed in the kernel: those samples have no stack.
     pub stack_errors: u64,
+    /// Samples by how their user stack was walked: unwind tables, frame pointers, both,
+    /// or cut before the thread's root (`coral_agent_stacks_total{unwind}`).
+    pub stacks_dwarf: u64,
+    pub stacks_fp: u64,
+    pub stacks_mixed: u64,
+    pub stacks_truncated: u64,
     /// Steps of the wall clock the sampler saw (logged by it): requests around one may
     /// be profiled without their samples.
     pub clock_steps: u64,
@@ -69,6 +74,10 @@ struct ProfilingStats {
     samples: AtomicU64,
     samples_lost: AtomicU64,
     stack_errors: AtomicU64,
+    stacks_dwarf: AtomicU64,
+    stacks_fp: AtomicU64,
+    stacks_mixed: AtomicU64,
+    stacks_truncated: AtomicU64,
     clock_steps: AtomicU64,
     samples_evicted: AtomicU64,
     trace_profiles_sent: AtomicU64,
@@ -118,6 +127,10 @@ impl AgentStats {
             samples: p.samples.load(Relaxed),
             samples_lost: p.samples_lost.load(Relaxed),
             stack_errors: p.stack_errors.load(Relaxed),
+            stacks_dwarf: p.stacks_dwarf.load(Relaxed),
+            stacks_fp: p.stacks_fp.load(Relaxed),
+            stacks_mixed: p.stacks_mixed.load(Relaxed),
+            stacks_truncated: p.stacks_truncated.load(Relaxed),
             clock_steps: p.clock_steps.load(Relaxed),
             samples_evicted: p.samples_evicted.load(Relaxed),
             trace_profiles_sent: p.trace_profiles_sent.load(Relaxed),
@@ -155,6 +168,21 @@ impl AgentStats {
         p.active_triggers.store(triggers as u64, Relaxed);
         p.processes_sampled.store(processes as u64, Relaxed);
         p.sampler_attached.store(attached, Relaxed);
+    }
+
+    /// Counts samples by how their user stack was walked.
+    pub(crate) fn add_stacks(&self, samples: &[coral_sampler::Sample]) {
+        use coral_sampler::Unwind;
+        let p = &self.profiling;
+        for sample in samples {
+            let counter = match sample.stack.unwind {
+                Unwind::Dwarf => &p.stacks_dwarf,
+                Unwind::FramePointer => &p.stacks_fp,
+                Unwind::Mixed => &p.stacks_mixed,
+                Unwind::Truncated => &p.stacks_truncated,
+            };
+            counter.fetch_add(1, Relaxed);
+        }
     }
 
     pub(crate) fn add_stack_errors(&self, n: u64) {

@@ -67,6 +67,30 @@ fn busy_handle_unit(seed: u64) -> u64 {
     busy_price_cart(seed).wrapping_add(busy_mix(seed, 64))
 }
 
+/// The first bytes of `spin`'s work functions, read from this process's memory (no
+/// `unsafe`), to check whether they set up frame pointers.
+pub fn work_function_prologues() -> Vec<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let Ok(mem) = std::fs::File::open("/proc/self/mem") else {
+        return Vec::new();
+    };
+    let functions: [usize; 5] = [
+        busy_mix as fn(u64, u32) -> u64 as usize,
+        busy_hash_items as fn(u64) -> u64 as usize,
+        busy_price_cart as fn(u64) -> u64 as usize,
+        busy_handle_unit as fn(u64) -> u64 as usize,
+        spin_worker as fn(u64, Instant, Duration) -> u64 as usize,
+    ];
+    functions
+        .iter()
+        .filter_map(|&addr| {
+            let mut bytes = vec![0u8; 16];
+            mem.read_exact_at(&mut bytes, addr as u64).ok()?;
+            Some(bytes)
+        })
+        .collect()
+}
+
 /// `coral-bench spin <seconds>`.
 pub fn spin(args: &[String]) -> Result<()> {
     let secs: f64 = args

@@ -7,9 +7,15 @@
 //! - `query`: `QueryTraces --min-duration 1s` over 1,000,000 stored spans, p50/p95 in
 //!   the colony, beside a `ListServices` round trip (the RPC floor) measured in the
 //!   same run.
-//! - `overhead`: a CPU-bound workload on both cores, in alternating rounds without
-//!   (the baseline) and with the eBPF sampler at 99 Hz (drained every 100 ms and
-//!   symbolized, as the agent does): iterations/s and the slowdown. Needs root.
+//! - `overhead`: a CPU-bound workload without frame pointers on both cores, in
+//!   alternating rounds without (the baseline) and with a profiler at 99 Hz: Coral's
+//!   eBPF sampler in `auto` and `fp` unwinding (drained every 100 ms and symbolized, as
+//!   the agent does), `perf record --call-graph dwarf` and `perf record -g`:
+//!   iterations/s, the loss, and the share of Coral's stacks reaching a thread root.
+//!   Needs root.
+//! - `unwind`: stacks/s per core of the agent's unwinding + symbolization, over real
+//!   samples (registers + stack bytes) of a workload without frame pointers, cold then
+//!   warm. Needs ptrace (root).
 //! - `symbolize`: frames/s of the symbolizer on stacks of this process, warm cache,
 //!   beside the cold first pass (the baseline).
 //! - `mcp`: every query tool of `coral mcp`, called by rmcp's client over the child's
@@ -24,9 +30,10 @@
 //!   `RequestCriteria::matches` spans/s beside a duration comparison, and span ingest
 //!   through an agent with and without an active trigger; a matching span's arrival to
 //!   its trace id in `GetTraceProfileTrigger`, beside that RPC's round trip.
-//! - `agent-memory` (only when named: it takes 10 minutes, `CORAL_BENCH_MEMORY_SECS`
-//!   shortens it): the agent's RSS while profiling a busy service at 99 Hz, beside its
-//!   RSS before the session. Needs root.
+//! - `agent-memory [--minutes N] [--workload nofp|busy-service]` (only when named: it
+//!   takes 10 minutes, `--minutes` or `CORAL_BENCH_MEMORY_SECS` shortens it): the
+//!   agent's RSS while profiling a busy service (by default one without frame pointers)
+//!   at 99 Hz, beside its RSS before the session, and its slope. Needs root.
 //! - `load [--seconds N] [--rate SPANS_PER_S] [--store postgres|sqlite|both]` (only
 //!   when named; 600 s at 20,000 spans/s into PostgreSQL by default): colony and agent
 //!   processes under a steady open-loop OTLP load with an active trace trigger and
@@ -46,16 +53,18 @@ mod busy;
 mod ingest;
 mod load;
 mod mcp;
+mod nofp;
 mod overhead;
 mod query;
 mod symbolize;
 mod trace_profile;
 mod trigger;
+mod unwind;
 mod workload;
 
 use anyhow::{Result, bail};
 
-const USAGE: &str = "usage: coral-bench [all|ingest|query|mcp|overhead|symbolize|trace-profile|trigger|agent-memory|load [--seconds N] [--rate SPANS_PER_S] [--store postgres|sqlite|both]]";
+const USAGE: &str = "usage: coral-bench [all|ingest|query|mcp|overhead|unwind|symbolize|trace-profile|trigger|agent-memory [--minutes N]|load [--seconds N] [--rate SPANS_PER_S] [--store postgres|sqlite|both]]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -63,8 +72,8 @@ fn main() -> Result<()> {
     match which {
         "spin" => return busy::spin(&args[1..]),
         "busy-service" => return busy::busy_service(&args[1..]),
-        "all" | "ingest" | "query" | "mcp" | "overhead" | "symbolize" | "trace-profile"
-        | "trigger" | "agent-memory" | "load" => {}
+        "all" | "ingest" | "query" | "mcp" | "overhead" | "unwind" | "symbolize"
+        | "trace-profile" | "trigger" | "agent-memory" | "load" => {}
         _ => bail!(USAGE),
     }
     tokio::runtime::Builder::new_multi_thread()
@@ -90,6 +99,9 @@ async fn run(which: &str, rest: &[String]) -> Result<()> {
     if all || which == "overhead" {
         overhead::run()?;
     }
+    if all || which == "unwind" {
+        unwind::run()?;
+    }
     if all || which == "symbolize" {
         symbolize::run()?;
     }
@@ -101,7 +113,7 @@ async fn run(which: &str, rest: &[String]) -> Result<()> {
     }
     // Not part of `all`: it takes 10 minutes.
     if which == "agent-memory" {
-        agent_memory::run(&coral, postgres).await?;
+        agent_memory::run(&coral, postgres, rest).await?;
     }
     // Not part of `all`: 10 minutes by default, and it fails when a span is lost.
     if which == "load" {

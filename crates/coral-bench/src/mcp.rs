@@ -231,6 +231,8 @@ fn profile_of(span: &SpanRecord, source: ProfileSource, profile: Profile) -> Tra
         precision: Precision::Thread,
         frequency_hz: FREQUENCY_HZ,
         concurrent_requests: 0,
+        truncated_samples: 0,
+        lost_samples: 0,
         source,
         profile,
     }

@@ -1,207 +1,419 @@
-//! What sampling costs a busy process: a CPU-bound workload on both cores (`coral-bench
-//! spin`, a child process) in alternating rounds without and with the eBPF sampler
-//! attached at 99 Hz, drained every 100 ms and its stacks symbolized, as the agent's
-//! profiler does.
+//! What sampling costs a busy process, beside `perf record`: a CPU-bound workload built
+//! without frame pointers, on both cores (a child process: the C program of
+//! [`crate::nofp`], or `coral-bench spin` with `CORAL_BENCH_OVERHEAD_WORKLOAD=spin`), in
+//! alternating rounds: off (the baseline), then one profiler at 99 Hz, off, the next
+//! profiler, … off. The profilers:
+//!
+//! - Coral `auto`: the eBPF sampler copying registers and stack, its reader unwinding
+//!   them (.eh_frame), drained every 100 ms and each drain's distinct stacks symbolized,
+//!   as the agent's profiler does;
+//! - Coral `fp`: the same with the kernel's frame-pointer walk;
+//! - `perf record -F 99 --call-graph dwarf -p PID` and `perf record -F 99 -g -p PID`
+//!   (when `perf` is installed), writing to a file in /tmp.
+//!
+//! Each "on" round is compared with the mean of the "off" rounds around it. Coral's
+//! rounds also give the share of samples whose stack reaches a thread root.
 
 use crate::workload::{loss_vs_neighbours, median};
 use anyhow::{Context, Result, bail};
-use coral_sampler::{EbpfSampler, Sample, Sampler, SamplerConfig};
+use coral_sampler::{EbpfSampler, Sample, Sampler, SamplerConfig, Unwind, UnwindMode};
 use coral_symbolizer::Symbolizer;
 use std::collections::HashMap;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-/// Rounds, alternately off and on, off first and last: each "on" round is compared
-/// with the mean of the "off" rounds around it, which cancels slow drifts of the
-/// machine's speed (other work, thermal). `CORAL_BENCH_OVERHEAD_ROUNDS` changes it.
-const DEFAULT_ROUNDS: usize = 7;
+/// Cycles of (off, profiler) for every profiler, then a last off round.
+/// `CORAL_BENCH_OVERHEAD_CYCLES` changes it.
+const DEFAULT_CYCLES: usize = 3;
 const ROUND: Duration = Duration::from_secs(5);
 const FREQUENCY_HZ: u32 = 99;
 /// How often the agent's profiler drains its sampler.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// How long `perf record` is given to attach before the workload starts.
+const PERF_STARTUP: Duration = Duration::from_millis(1500);
+
+/// Outermost functions of a stack that reached its thread's root.
+pub const ROOTS: &[&str] = &[
+    "start_thread",
+    "clone3",
+    "__clone3",
+    "clone",
+    "__clone",
+    "_start",
+    "__libc_start_main",
+    "__libc_start_call_main",
+];
+
+/// Whether a symbolized user stack (leaf first) reached its thread's root: the walk was
+/// not truncated and its outermost frame is a thread root or process entry, or in libc
+/// (Debian's libc has no .symtab: `clone3`/`start_thread` are named after the nearest
+/// exported symbol or not at all).
+pub fn reaches_root(unwind: Unwind, frames: &[coral_analysis::profile::Frame]) -> bool {
+    unwind != Unwind::Truncated
+        && frames.last().is_some_and(|outermost| {
+            ROOTS.contains(&outermost.function.as_str())
+                || (outermost.module.starts_with("libc.so") && frames.len() > 1)
+        })
+}
+
+/// What runs during a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profiler {
+    Off,
+    Coral(UnwindMode),
+    Perf { dwarf: bool },
+}
+
+impl Profiler {
+    fn label(self) -> &'static str {
+        match self {
+            Profiler::Off => "off (baseline)",
+            Profiler::Coral(UnwindMode::Auto) => "Coral auto (copy + unwind + symbolize)",
+            Profiler::Coral(UnwindMode::FramePointer) => "Coral fp (kernel frame-pointer walk)",
+            Profiler::Perf { dwarf: true } => "perf record --call-graph dwarf",
+            Profiler::Perf { dwarf: false } => "perf record -g (frame pointers)",
+        }
+    }
+}
 
 pub fn run() -> Result<()> {
-    let rounds_count = match std::env::var("CORAL_BENCH_OVERHEAD_ROUNDS") {
+    let cycles = match std::env::var("CORAL_BENCH_OVERHEAD_CYCLES") {
         Ok(v) => v
             .parse::<usize>()
             .ok()
-            .filter(|n| n % 2 == 1 && *n >= 3)
-            .context("CORAL_BENCH_OVERHEAD_ROUNDS: an odd number, at least 3")?,
-        Err(_) => DEFAULT_ROUNDS,
+            .filter(|n| *n >= 1)
+            .context("CORAL_BENCH_OVERHEAD_CYCLES: a number, at least 1")?,
+        Err(_) => DEFAULT_CYCLES,
+    };
+    let use_spin = match std::env::var("CORAL_BENCH_OVERHEAD_WORKLOAD").as_deref() {
+        Ok("spin") => true,
+        Ok("c") | Err(_) => false,
+        Ok(other) => bail!("CORAL_BENCH_OVERHEAD_WORKLOAD: `c` or `spin`, not {other:?}"),
+    };
+    let perf = Command::new("perf")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut profilers = vec![
+        Profiler::Coral(UnwindMode::Auto),
+        Profiler::Coral(UnwindMode::FramePointer),
+    ];
+    if perf {
+        profilers.extend([
+            Profiler::Perf { dwarf: true },
+            Profiler::Perf { dwarf: false },
+        ]);
+    }
+    let plan: Vec<Profiler> = (0..cycles)
+        .flat_map(|_| profilers.iter().flat_map(|&p| [Profiler::Off, p]))
+        .chain([Profiler::Off])
+        .collect();
+
+    let spin_fp = crate::nofp::spin_has_frame_pointers();
+    let workload_label = if use_spin {
+        format!(
+            "`coral-bench spin` ({} frame pointers)",
+            if spin_fp { "WITH" } else { "without" }
+        )
+    } else {
+        "a C program built with `-O2 -fomit-frame-pointer` (16-frame stacks)".to_string()
     };
     println!();
     println!(
-        "## overhead: CPU-bound workload on {} threads (both cores), {rounds_count} alternating rounds of {} s, off / on = eBPF sampler at {FREQUENCY_HZ} Hz, drained every {} ms and symbolized",
+        "## overhead: CPU-bound workload without frame pointers on {} threads (both cores): {workload_label}; {} rounds of {} s: off, then each profiler at {FREQUENCY_HZ} Hz in turn, off between ({cycles} cycles)",
         crate::busy::THREADS,
+        plan.len(),
         ROUND.as_secs(),
-        DRAIN_EVERY.as_millis()
     );
+    println!(
+        "`coral-bench spin`'s work functions {} frame pointers in this build.",
+        if spin_fp { "set up" } else { "have no" }
+    );
+    if !perf {
+        println!("`perf` is not installed: its rounds are skipped.");
+    }
     if let Err(e) = EbpfSampler::new(SamplerConfig::default()) {
         println!("Skipped: the eBPF sampler cannot load here ({e}).");
         return Ok(());
     }
+    let nofp = if use_spin {
+        None
+    } else {
+        Some(crate::nofp::NoFpWorkload::build()?)
+    };
     let exe = std::env::current_exe()?;
+    let workload = || -> Command {
+        match &nofp {
+            Some(w) => w.command(ROUND.as_secs_f64()),
+            None => {
+                let mut c = Command::new(&exe);
+                c.args(["spin", &ROUND.as_secs_f64().to_string()]);
+                c
+            }
+        }
+    };
+
     let drainer = Drainer::start();
     let mut rounds: Vec<Round> = Vec::new();
-    for round in 0..rounds_count {
-        let sampled = round % 2 == 1;
-        let mut child = Command::new(&exe)
-            .args(["spin", &ROUND.as_secs_f64().to_string()])
+    for (i, &profiler) in plan.iter().enumerate() {
+        let round = run_round(profiler, workload(), &drainer)
+            .with_context(|| format!("round {} ({})", i + 1, profiler.label()))?;
+        rounds.push(round);
+    }
+    report(&plan, &profilers, &rounds);
+    Ok(())
+}
+
+/// Kills a child on drop (a workload or a perf left behind by an error).
+struct Killed(Option<Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn run_round(profiler: Profiler, mut workload: Command, drainer: &Drainer) -> Result<Round> {
+    let mut child = Killed(Some(
+        workload
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .context("cannot start `coral-bench spin`")?;
-        let pid = child.id();
-        // Loaded afresh for each "on" round, so that "off" has nothing loaded at all.
-        let sampler = if sampled {
-            let attach = || -> Result<Arc<EbpfSampler>> {
-                let sampler = Arc::new(EbpfSampler::new(SamplerConfig::default())?);
-                sampler.add_targets(&[pid], FREQUENCY_HZ)?;
-                Ok(sampler)
-            };
-            match attach() {
-                Ok(sampler) => {
-                    drainer.begin(sampler.clone())?;
-                    Some(sampler)
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(e);
-                }
-            }
-        } else {
-            None
-        };
-        let own_cpu = crate::busy::cpu_time()?;
-        child
-            .stdin
-            .take()
-            .context("child stdin")?
-            .write_all(b"go\n")?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!("`coral-bench spin` failed: {}", out.status);
+            .context("cannot start the workload")?,
+    ));
+    let pid = child.0.as_ref().map_or(0, Child::id);
+    // Loaded afresh for each round, so that "off" has nothing loaded at all.
+    let mut sampler = None;
+    let mut perf = Killed(None);
+    let perf_output = std::env::temp_dir().join(format!("coral-bench-perf-{pid}.data"));
+    match profiler {
+        Profiler::Off => {}
+        Profiler::Coral(unwind) => {
+            let s = Arc::new(EbpfSampler::new(SamplerConfig {
+                unwind,
+                ..SamplerConfig::default()
+            })?);
+            s.add_targets(&[pid], FREQUENCY_HZ)?;
+            drainer.begin(s.clone())?;
+            sampler = Some(s);
         }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let fields: Vec<u64> = text
-            .split_whitespace()
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()
-            .filter(|f: &Vec<u64>| f.len() == 3)
-            .with_context(|| format!("unexpected output of `coral-bench spin`: {text:?}"))?;
-        let stats = match sampler {
-            Some(sampler) => {
-                let mut stats = drainer.end()?;
-                let s = sampler.stats();
-                stats.lost = s.lost;
-                stats.dropped = s.dropped;
-                Some(stats)
-            }
-            None => None,
-        };
-        rounds.push(Round {
-            rate: fields[0] as f64 / (fields[1] as f64 / 1e9),
-            elapsed: Duration::from_nanos(fields[1]),
-            workload_cpu: Duration::from_nanos(fields[2]),
-            own_cpu: crate::busy::cpu_time()? - own_cpu,
-            stats,
-        });
+        Profiler::Perf { dwarf } => {
+            let mut c = Command::new("perf");
+            c.args(["record", "-q", "-F", &FREQUENCY_HZ.to_string()]);
+            c.args(if dwarf {
+                &["--call-graph", "dwarf"][..]
+            } else {
+                &["-g"][..]
+            });
+            c.args(["-p", &pid.to_string(), "-o"]).arg(&perf_output);
+            perf.0 = Some(
+                c.stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("cannot start perf")?,
+            );
+            std::thread::sleep(PERF_STARTUP);
+        }
     }
+    let perf_pid = perf.0.as_ref().map(Child::id);
+    let own_cpu = crate::busy::cpu_time()?;
+    let perf_cpu = perf_pid.map(crate::workload::process_cpu).transpose()?;
+    let mut workload = child.0.take().context("the workload")?;
+    workload
+        .stdin
+        .take()
+        .context("workload stdin")?
+        .write_all(b"go\n")?;
+    let out = workload.wait_with_output()?;
+    if !out.status.success() {
+        bail!("the workload failed: {}", out.status);
+    }
+    let mut profiler_cpu = crate::busy::cpu_time()? - own_cpu;
+    if let (Some(pid), Some(before)) = (perf_pid, perf_cpu) {
+        // perf's CPU during the workload (this process only waited).
+        profiler_cpu = crate::workload::process_cpu(pid)
+            .map(|now| now - before)
+            .unwrap_or_default();
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()
+        .filter(|f: &Vec<u64>| f.len() == 3)
+        .with_context(|| format!("unexpected output of the workload: {text:?}"))?;
+    let mut stats = None;
+    if let Some(sampler) = sampler {
+        let mut s = drainer.end()?;
+        let sampler_stats = sampler.stats();
+        s.lost = sampler_stats.lost;
+        s.dropped = sampler_stats.dropped;
+        stats = Some(s);
+    }
+    let mut perf_bytes = None;
+    if let Some(mut p) = perf.0.take() {
+        // perf ends when its target exits; SIGINT if it has not within 10 s.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while p.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p.id() as i32),
+                    nix::sys::signal::Signal::SIGINT,
+                );
+                p.wait()?;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        perf_bytes = Some(std::fs::metadata(&perf_output).map_or(0, |m| m.len()));
+        let _ = std::fs::remove_file(&perf_output);
+    }
+    Ok(Round {
+        profiler,
+        rate: fields[0] as f64 / (fields[1] as f64 / 1e9),
+        elapsed: Duration::from_nanos(fields[1]),
+        workload_cpu: Duration::from_nanos(fields[2]),
+        profiler_cpu,
+        stats,
+        perf_bytes,
+    })
+}
 
-    // Each "on" round (2k+1) against the mean of the "off" rounds around it.
-    let versus_neighbours = |round: usize, value: fn(&Round) -> f64| {
-        loss_vs_neighbours(&rounds.iter().map(value).collect::<Vec<_>>(), round)
-    };
-    let slowdown = |round: usize| versus_neighbours(round, Round::rate);
-    let on_indices: Vec<usize> = (1..rounds_count).step_by(2).collect();
-    let median_of = |on: bool, value: fn(&Round) -> f64| {
-        median(
-            &rounds
-                .iter()
-                .filter(|r| r.stats.is_some() == on)
-                .map(value)
-                .collect::<Vec<_>>(),
-        )
-    };
-    let median_slowdown = |value: fn(&Round) -> f64| {
-        median(
-            &on_indices
-                .iter()
-                .map(|&i| versus_neighbours(i, value))
-                .collect::<Vec<_>>(),
-        )
-    };
-    let on_rounds: Vec<&RoundStats> = rounds.iter().filter_map(|r| r.stats.as_ref()).collect();
-    let samples: Vec<f64> = on_rounds.iter().map(|r| r.samples as f64).collect();
-    // CPU the sampler side (this process: reader thread, drains, symbolization) used,
-    // as a share of the whole machine during the round.
+fn report(plan: &[Profiler], profilers: &[Profiler], rounds: &[Round]) {
+    let rates: Vec<f64> = rounds.iter().map(Round::rate).collect();
+    let per_cpu: Vec<f64> = rounds.iter().map(Round::per_cpu_second).collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let sampler_share: Vec<f64> = rounds
-        .iter()
-        .filter(|r| r.stats.is_some())
-        .map(|r| r.own_cpu.as_secs_f64() / (r.elapsed.as_secs_f64() * cores))
-        .collect();
-    let expected = crate::busy::THREADS as f64 * f64::from(FREQUENCY_HZ) * ROUND.as_secs_f64();
-    println!("| sampler | iterations/s | iterations per CPU-second of the workload |");
-    println!("|---|---|---|");
+    let of = |p: Profiler| -> Vec<usize> { (0..plan.len()).filter(|&i| plan[i] == p).collect() };
+    let offs = of(Profiler::Off);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+
     println!(
-        "| off (baseline, median) | {:.0} | {:.0} |",
-        median_of(false, Round::rate),
-        median_of(false, Round::per_cpu_second)
+        "| profiler | iterations/s (median) | loss vs the off rounds around it (median; each round) | loss per CPU-second of the workload (median) | profiler's own CPU, % of all cores | samples per round | stacks reaching a thread root | user frames per stack | perf: bytes written per round |"
     );
+    println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| on (median) | {:.0} | {:.0} |",
-        median_of(true, Round::rate),
-        median_of(true, Round::per_cpu_second)
+        "| {} | {:.0} | | | | | | | |",
+        Profiler::Off.label(),
+        median(&offs.iter().map(|&i| rates[i]).collect::<Vec<_>>())
     );
+    for &p in profilers {
+        let on = of(p);
+        let losses: Vec<f64> = on.iter().map(|&i| loss_vs_neighbours(&rates, i)).collect();
+        let cpu_losses: Vec<f64> = on
+            .iter()
+            .map(|&i| loss_vs_neighbours(&per_cpu, i))
+            .collect();
+        let share: Vec<f64> = on
+            .iter()
+            .map(|&i| {
+                rounds[i].profiler_cpu.as_secs_f64() / (rounds[i].elapsed.as_secs_f64() * cores)
+            })
+            .collect();
+        let each: Vec<String> = losses.iter().map(|l| format!("{:.2}", l * 100.0)).collect();
+        let coral: Vec<&RoundStats> = on
+            .iter()
+            .filter_map(|&i| rounds[i].stats.as_ref())
+            .collect();
+        let (samples, rooted, frames, lost) = coral.iter().fold((0, 0, 0, 0), |a, s| {
+            (
+                a.0 + s.samples,
+                a.1 + s.rooted,
+                a.2 + s.user_frames,
+                a.3 + s.lost + s.dropped,
+            )
+        });
+        let coral_cols = if coral.is_empty() {
+            "| |".to_string()
+        } else {
+            format!(
+                "{:.1} % ({rooted} of {samples}) | {:.1} |",
+                rooted as f64 * 100.0 / samples.max(1) as f64,
+                frames as f64 / samples.max(1) as f64
+            )
+        };
+        let per_round_samples = if coral.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "{:.0}{}",
+                samples as f64 / coral.len() as f64,
+                if lost > 0 {
+                    format!(" ({lost} lost)")
+                } else {
+                    String::new()
+                }
+            )
+        };
+        let bytes: Vec<u64> = on.iter().filter_map(|&i| rounds[i].perf_bytes).collect();
+        let perf_cols = if bytes.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "{:.1} MiB ({:.0} KiB/s)",
+                mib(bytes.iter().sum::<u64>()) / bytes.len() as f64,
+                bytes.iter().sum::<u64>() as f64
+                    / 1024.0
+                    / on.iter()
+                        .map(|&i| rounds[i].elapsed.as_secs_f64())
+                        .sum::<f64>()
+            )
+        };
+        println!(
+            "| {} | {:.0} | {:.2} % ({}) | {:.2} % | {:.2} % | {per_round_samples} | {coral_cols} {perf_cols} |",
+            p.label(),
+            median(&on.iter().map(|&i| rates[i]).collect::<Vec<_>>()),
+            median(&losses) * 100.0,
+            each.join(", "),
+            median(&cpu_losses) * 100.0,
+            median(&share) * 100.0,
+        );
+    }
+    println!();
     println!(
-        "| slowdown (median over on rounds, each vs the off rounds around it) | {:.2} % | {:.2} % |",
-        median_slowdown(Round::rate) * 100.0,
-        median_slowdown(Round::per_cpu_second) * 100.0
+        "Expected samples per round if the workload had both cores the whole time: {:.0}. Profiler's own CPU: this process (Coral's reader thread, drains, symbolization) or the perf process, during the round.",
+        crate::busy::THREADS as f64 * f64::from(FREQUENCY_HZ) * ROUND.as_secs_f64()
     );
     println!();
     println!(
-        "Sampler side (sampler reader thread, drains, symbolization): {:.2} % of all cores (median of on rounds). Samples per on round: {:.0} (median; {expected:.0} if the workload had both cores the whole time), {} lost.",
-        median(&sampler_share) * 100.0,
-        median(&samples),
-        on_rounds.iter().map(|r| r.lost + r.dropped).sum::<u64>()
+        "| round | profiler | iterations/s | loss vs the off rounds around it | workload CPU | profiler CPU | samples | rooted | distinct stacks symbolized (summed over drains) | symbolizing time | perf bytes |"
     );
-    println!();
-    println!(
-        "| round | sampler | iterations/s | slowdown vs the off rounds around it | workload CPU | iterations per CPU s | sampler-side CPU | samples | distinct stacks symbolized (summed over drains) | symbolizing time |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (i, r) in rounds.iter().enumerate() {
-        let common = format!(
-            "| {} | {} | {:.0} | {} | {:.2} s | {:.0} | {:.0} ms |",
+        let on = r.profiler != Profiler::Off;
+        let coral = match &r.stats {
+            Some(s) => format!(
+                "{} | {} | {} | {:.0} ms",
+                s.samples,
+                s.rooted,
+                s.stacks,
+                s.symbolize_time.as_secs_f64() * 1e3
+            ),
+            None => " | | | ".to_string(),
+        };
+        println!(
+            "| {} | {} | {:.0} | {} | {:.2} s | {:.0} ms | {coral} | {} |",
             i + 1,
-            if r.stats.is_some() { "on" } else { "off" },
+            r.profiler.label(),
             r.rate,
-            if r.stats.is_some() {
-                format!("{:.2} %", slowdown(i) * 100.0)
+            if on {
+                format!("{:.2} %", loss_vs_neighbours(&rates, i) * 100.0)
             } else {
                 String::new()
             },
             r.workload_cpu.as_secs_f64(),
-            r.per_cpu_second(),
-            r.own_cpu.as_secs_f64() * 1e3
+            r.profiler_cpu.as_secs_f64() * 1e3,
+            r.perf_bytes
+                .map(|b| format!("{:.1} MiB", mib(b)))
+                .unwrap_or_default()
         );
-        match &r.stats {
-            Some(s) => println!(
-                "{common} {} | {} | {:.0} ms |",
-                s.samples,
-                s.stacks,
-                s.symbolize_time.as_secs_f64() * 1e3
-            ),
-            None => println!("{common} | | |"),
-        }
     }
-    Ok(())
 }
 
 impl Round {
@@ -217,21 +429,29 @@ impl Round {
 
 /// One round of the workload.
 struct Round {
+    profiler: Profiler,
     /// Iterations per second of wall time.
     rate: f64,
     elapsed: Duration,
     /// CPU time the workload got.
     workload_cpu: Duration,
-    /// CPU time this process used during the round (the sampler side).
-    own_cpu: Duration,
-    /// `Some` for "on" rounds.
+    /// CPU time the profiler's user side used during the round: this process (Coral) or
+    /// the perf process.
+    profiler_cpu: Duration,
+    /// `Some` for Coral rounds.
     stats: Option<RoundStats>,
+    /// `Some` for perf rounds: the size of its output file.
+    perf_bytes: Option<u64>,
 }
 
-/// What one "on" round drained.
+/// What one Coral round drained.
 #[derive(Debug, Default)]
 struct RoundStats {
     samples: u64,
+    /// Samples whose user stack reached its thread's root ([`reaches_root`]).
+    rooted: u64,
+    /// User frames, summed over samples.
+    user_frames: u64,
     /// Distinct stacks per drain, summed over the drains (each symbolized once per drain).
     stacks: u64,
     symbolize_time: Duration,
@@ -296,7 +516,7 @@ impl Drainer {
 
 /// Return addresses point after the call: look up the byte before (the agent does the
 /// same).
-fn lookup_addrs(stack: &[u64]) -> Vec<u64> {
+pub fn lookup_addrs(stack: &[u64]) -> Vec<u64> {
     stack
         .iter()
         .enumerate()
@@ -309,16 +529,20 @@ fn drain_once(sampler: &dyn Sampler, symbolizer: &mut Symbolizer, stats: &mut Ro
     let samples = sampler.drain();
     stats.samples += samples.len() as u64;
     let start = Instant::now();
-    let mut distinct: HashMap<(u32, &[u64], &[u64]), &Sample> = HashMap::new();
+    let mut distinct: HashMap<(u32, &coral_sampler::Stack), (&Sample, u64)> = HashMap::new();
     for s in &samples {
-        distinct
-            .entry((s.tgid, s.user_stack.as_slice(), s.kernel_stack.as_slice()))
-            .or_insert(s);
+        distinct.entry((s.tgid, &*s.stack)).or_insert((s, 0)).1 += 1;
     }
-    for s in distinct.values() {
-        std::hint::black_box(symbolizer.symbolize_user(s.tgid, &lookup_addrs(&s.user_stack)));
-        std::hint::black_box(symbolizer.symbolize_kernel(&lookup_addrs(&s.kernel_stack)));
+    let mut rooted = 0;
+    for (s, count) in distinct.values() {
+        let user = symbolizer.symbolize_user(s.tgid, &lookup_addrs(&s.stack.user));
+        std::hint::black_box(symbolizer.symbolize_kernel(&lookup_addrs(&s.stack.kernel)));
+        if reaches_root(s.stack.unwind, &user) {
+            rooted += count;
+        }
+        stats.user_frames += s.stack.user.len() as u64 * count;
     }
     stats.stacks += distinct.len() as u64;
     stats.symbolize_time += start.elapsed();
+    stats.rooted += rooted;
 }

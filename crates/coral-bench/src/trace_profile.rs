@@ -175,6 +175,8 @@ async fn seed_through_store(store: &dyn Store, profiles: u64, stacks: u64) -> Re
             precision: Precision::Thread,
             frequency_hz: 99,
             concurrent_requests: 0,
+            truncated_samples: 0,
+            lost_samples: 0,
             source: coral_store::ProfileSource::Session(uuid::Uuid::nil()),
             profile: variants[(i % VARIANTS) as usize].clone(),
         });

@@ -91,5 +91,38 @@ pub fn evidence_warnings(p: &v1::TraceProfile, samples: u64, cpu_ns: u64) -> Vec
             coral_analysis::format_duration_ns(p.duration_ns)
         ));
     }
+    let truncated = u64::from(p.truncated_samples).min(samples);
+    if truncated > 0 {
+        warnings.push(format!(
+            "{truncated} of {samples} samples ({}) have truncated stacks (outer frames missing)",
+            percent(truncated, samples)
+        ));
+    }
+    if p.lost_samples > 0 {
+        warnings.push(format!(
+            "at least {} lost in this request's window (sampler overflow): the profile \
+             undercounts",
+            count_of_samples(p.lost_samples)
+        ));
+    }
     warnings
+}
+
+/// `part` of `whole` as a whole percentage; `<1%` rather than a misleading `0%`.
+fn percent(part: u64, whole: u64) -> String {
+    let share = (part as f64 * 100.0 / whole as f64).round();
+    if share < 1.0 {
+        "<1%".to_string()
+    } else {
+        format!("{share}%")
+    }
+}
+
+/// `1 sample`, `40 samples`.
+fn count_of_samples(n: u64) -> String {
+    if n == 1 {
+        "1 sample".to_string()
+    } else {
+        format!("{n} samples")
+    }
 }

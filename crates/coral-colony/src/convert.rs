@@ -192,6 +192,17 @@ pub fn trace_profile_from_wire(p: v1::TraceProfile) -> Result<TraceProfileRecord
     if p.service.is_empty() {
         return Err("service must be set".into());
     }
+    let source = p.source.parse()?;
+    let profile = {
+        let mut profile = p.profile.unwrap_or_default();
+        check_profile_size(&mut profile)?;
+        profile_from_wire(profile)?
+    };
+    // A truncated stack is one of the profile's samples: more is an agent's
+    // miscount, kept to the profile's total so the share stays a share.
+    let truncated_samples = p
+        .truncated_samples
+        .min(u32::try_from(profile.total_samples()).unwrap_or(u32::MAX));
     Ok(TraceProfileRecord {
         trace_id,
         span_id,
@@ -205,12 +216,10 @@ pub fn trace_profile_from_wire(p: v1::TraceProfile) -> Result<TraceProfileRecord
         precision,
         frequency_hz: p.frequency_hz,
         concurrent_requests: p.concurrent_requests,
-        source: p.source.parse()?,
-        profile: {
-            let mut profile = p.profile.unwrap_or_default();
-            check_profile_size(&mut profile)?;
-            profile_from_wire(profile)?
-        },
+        truncated_samples,
+        lost_samples: p.lost_samples,
+        source,
+        profile,
     })
 }
 
@@ -230,6 +239,8 @@ pub fn trace_profile_to_wire(p: &TraceProfileRecord) -> v1::TraceProfile {
         concurrent_requests: p.concurrent_requests,
         source: p.source.to_string(),
         profile: Some(profile_to_wire(&p.profile)),
+        truncated_samples: p.truncated_samples,
+        lost_samples: p.lost_samples,
     }
 }
 
@@ -366,5 +377,37 @@ mod tests {
         check_profile_size(&mut long).unwrap();
         assert_eq!(long.frames[0].function.len(), limits::MAX_FRAME_NAME_BYTES);
         assert!(long.frames[0].function.ends_with(limits::TRUNCATION_MARKER));
+    }
+
+    #[test]
+    fn sample_losses_round_trip_and_truncated_is_at_most_the_samples() {
+        use coral_analysis::profile::{Frame, Profile};
+        let mut profile = Profile::new();
+        profile.add(&[Frame::user("main", "svc")], 10, 100);
+        let wire = v1::TraceProfile {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            service: "svc".into(),
+            precision: "thread".into(),
+            frequency_hz: 100,
+            source: format!("session:{}", uuid::Uuid::nil()),
+            profile: Some(profile_to_wire(&profile)),
+            truncated_samples: 4,
+            lost_samples: 5_000_000_000,
+            ..Default::default()
+        };
+        let record = trace_profile_from_wire(wire.clone()).unwrap();
+        assert_eq!(
+            (record.truncated_samples, record.lost_samples),
+            (4, 5_000_000_000)
+        );
+        assert_eq!(trace_profile_to_wire(&record), wire);
+
+        let miscounted = v1::TraceProfile {
+            truncated_samples: 11,
+            ..wire
+        };
+        let record = trace_profile_from_wire(miscounted).unwrap();
+        assert_eq!(record.truncated_samples, 10);
     }
 }

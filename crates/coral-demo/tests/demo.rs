@@ -85,6 +85,24 @@ fn run_demo(scenario: &str, planted: &str) {
         answer.contains(planted) && answer.contains("ms of CPU per request"),
         "{answer}"
     );
+    // The whole call path, from the thread's root (libc's thread start, which Debian
+    // ships without a symbol table) through the request handler, although payment-svc
+    // has no frame pointers.
+    let path = stdout
+        .lines()
+        .find_map(|l| l.split_once("call path in one bad request").map(|(_, p)| p))
+        .unwrap_or_else(|| panic!("no call path:\n{stdout}"));
+    let frames: Vec<&str> = path.rsplit(": ").next().unwrap().split(" → ").collect();
+    assert!(
+        frames.first().is_some_and(
+            |root| root.contains("libc") || ["clone3", "start_thread", "_start"].contains(root)
+        ),
+        "the path does not start at a thread root: {path}"
+    );
+    assert!(
+        frames.iter().any(|f| f.ends_with("checkout")) && frames.last().unwrap().ends_with(planted),
+        "{path}"
+    );
     for svg in ["compare.svg", "slow-request.svg"] {
         let text = std::fs::read_to_string(dir.path().join(svg)).unwrap();
         assert!(text.contains("<svg") && text.contains(planted), "{svg}");

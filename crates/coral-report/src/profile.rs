@@ -83,6 +83,11 @@ pub struct RequestProfileView {
     pub frequency_hz: u32,
     /// Other requests of the process that overlapped this one.
     pub concurrent_requests: u32,
+    /// Samples whose stack stops short of the thread's root (outer frames missing).
+    pub truncated_samples: u32,
+    /// Samples taken in the request's window that never arrived: at least this many
+    /// are missing from the profile.
+    pub lost_samples: u64,
     pub source: Option<SourceView>,
     pub samples: u64,
     pub cpu_ns: u64,
@@ -110,6 +115,8 @@ impl RequestProfileView {
             precision: tp.precision.clone(),
             frequency_hz: tp.frequency_hz,
             concurrent_requests: tp.concurrent_requests,
+            truncated_samples: tp.truncated_samples,
+            lost_samples: tp.lost_samples,
             source: SourceView::parse(&tp.source),
             samples,
             cpu_ns,
@@ -257,5 +264,53 @@ mod tests {
         assert_eq!(json["hotspots"][0]["function"], "hot");
         assert_eq!(json["profile"]["frames"].as_array().unwrap().len(), 2);
         assert_eq!(SourceView::parse(""), None);
+        assert_eq!(json["truncated_samples"], 0);
+        assert_eq!(json["lost_samples"], 0);
+    }
+
+    /// A thread-precision request of `samples` samples, on CPU its whole duration,
+    /// so that only the sample-loss warnings can appear.
+    fn busy_request(samples: u64, truncated_samples: u32, lost_samples: u64) -> RequestProfileView {
+        let mut profile = Profile::new();
+        profile.add(&[Frame::user("main", "svc")], samples, 100);
+        let tp = v1::TraceProfile {
+            trace_id: vec![0xab; 16],
+            span_id: vec![1; 8],
+            service: "svc".into(),
+            precision: "thread".into(),
+            frequency_hz: 100,
+            duration_ns: profile.total_cpu_ns() as i64,
+            truncated_samples,
+            lost_samples,
+            ..Default::default()
+        };
+        RequestProfileView::new(&tp, &profile, 10)
+    }
+
+    #[test]
+    fn truncated_and_lost_samples_are_warned_about_only_when_there_are_some() {
+        assert!(busy_request(96, 0, 0).warnings.is_empty());
+
+        let lossy = busy_request(96, 12, 40);
+        assert_eq!(
+            lossy.warnings,
+            [
+                "12 of 96 samples (13%) have truncated stacks (outer frames missing)",
+                "at least 40 samples lost in this request's window (sampler overflow): the \
+                 profile undercounts",
+            ]
+        );
+        let json = serde_json::to_value(&lossy).unwrap();
+        assert_eq!(json["truncated_samples"], 12);
+        assert_eq!(json["lost_samples"], 40);
+
+        assert_eq!(
+            busy_request(1000, 1, 1).warnings,
+            [
+                "1 of 1000 samples (<1%) have truncated stacks (outer frames missing)",
+                "at least 1 sample lost in this request's window (sampler overflow): the \
+                 profile undercounts",
+            ]
+        );
     }
 }

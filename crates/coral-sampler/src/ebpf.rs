@@ -1,23 +1,23 @@
 //! [`EbpfSampler`]: the real sampler, the C program in `ebpf/sampler.bpf.c` driven
-//! through aya.
+//! through aya, and the reader thread that turns its events into [`Sample`]s.
 
 use crate::clock::{ClockOffset, OffsetTracker, REMEASURE_INTERVAL};
 use crate::event::{
-    COUNTER_LOST, COUNTER_STACK_ERRORS, MAP_ACTIVE_STACKS, MAP_COUNTERS, MAP_EVENTS, MAP_STACKS,
-    MAP_TARGETS, MAX_TARGETS, PROGRAM, RawEvent,
+    COUNTER_LOST, COUNTER_STACK_ERRORS, GLOBAL_UNWIND_MODE, MAP_COUNTERS, MAP_EVENTS, MAP_SCRATCH,
+    MAP_TARGETS, MAX_TARGETS, PROGRAM, RawEvent, UNWIND_COPY, UNWIND_FP,
 };
 use crate::{
-    Sample, Sampler, SamplerConfig, SamplerError, SamplerStats, privileges, validate_frequency,
+    Loss, MAX_STACK_DEPTH, Sample, Sampler, SamplerConfig, SamplerError, SamplerStats, Stack,
+    Unwind, UnwindMode, privileges, validate_frequency,
 };
-use aya::maps::{
-    Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap,
-};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::perf_event::{
     PerfEventConfig, PerfEventLink, PerfEventScope, SamplePolicy, SoftwareEvent,
 };
 use aya::programs::{PerfEvent, ProgramError};
 use aya::{Ebpf, EbpfLoader};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use coral_unwind::{Unwinder, UnwinderConfig, UserRegs};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -28,17 +28,12 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sa
 
 /// How often the reader thread empties the ring buffer.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
-/// How often the stack maps are rotated (see sampler.bpf.c).
-const ROTATE_INTERVAL: Duration = Duration::from_secs(1);
-/// How long after a flip the old stack map is cleared: far longer than one run of
-/// the eBPF program (microseconds, not preemptible), so every event written with the
-/// old index has been submitted and is drained first.
-const ROTATE_GRACE: Duration = Duration::from_millis(20);
-/// How often targets are checked for having exited.
-const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often targets are checked for having exited, CPUs for having come online, and
+/// the interned stacks for being unused.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The eBPF CPU sampler. Needs root, or CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN on
-/// kernels before 5.8); kernel ≥ 5.8 (ring buffer).
+/// kernels before 5.8); kernel ≥ 5.15 (ring buffer, `bpf_task_pt_regs`).
 ///
 /// Creating it loads the program and its maps and starts a reader thread; nothing is
 /// sampled until [`Sampler::add_targets`]. Dropping it detaches everything and stops the
@@ -60,20 +55,32 @@ impl std::fmt::Debug for EbpfSampler {
 /// What the API calls and the reader thread share.
 struct Shared {
     control: Mutex<Control>,
-    buffer: Mutex<VecDeque<Sample>>,
+    buffer: Mutex<Buffer>,
     max_buffered: usize,
     /// Events read from the ring buffer.
     samples: AtomicU64,
     /// Samples dropped from the full buffer.
     dropped: AtomicU64,
-    /// Stack ids that could not be resolved in user space.
-    resolve_errors: AtomicU64,
     /// Steps of the wall clock the reader's offset tracker saw.
     clock_steps: AtomicU64,
-    /// Stack map rotations done, and stack entries deleted by them (for tests and logs).
-    rotations: AtomicU64,
-    cleared_stacks: AtomicU64,
     stop: AtomicBool,
+}
+
+/// Samples and losses waiting for [`Sampler::drain`] / [`Sampler::take_losses`].
+#[derive(Default)]
+struct Buffer {
+    samples: VecDeque<Sample>,
+    losses: Vec<Loss>,
+}
+
+/// A profiled process.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    /// Start time (jiffies since boot, field 22 of /proc/PID/stat), to tell an exited
+    /// process from a new one that got the same pid.
+    start_time: u64,
+    /// The frequency it was added with.
+    frequency_hz: u32,
 }
 
 /// The program, its attachments and the set of targets.
@@ -82,27 +89,30 @@ struct Control {
     ebpf: Ebpf,
     targets_map: BpfHashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
-    /// Targets with their start time (jiffies since boot, field 22 of /proc/PID/stat),
-    /// to tell an exited process from a new one that got the same pid.
-    targets: BTreeMap<u32, u64>,
-    /// One per online CPU while attached; dropping a link closes its perf event.
-    links: Vec<PerfEventLink>,
+    targets: BTreeMap<u32, Target>,
+    /// One per CPU while attached; dropping a link closes its perf event.
+    links: BTreeMap<u32, PerfEventLink>,
+    /// The CPUs online at the last check, to find those that came online since.
+    online: BTreeSet<u32>,
     /// The frequency the links were opened with; 0 when detached.
     frequency_hz: u32,
 }
 
-/// The reader thread's own state: the ring buffer and the stack maps.
+/// The reader thread's own state.
 struct Reader {
     ring: RingBuf<MapData>,
-    stacks: [StackTraceMap<MapData>; 2],
-    /// Frames of the stacks already resolved in each map (ids name the same stack until
-    /// their map is cleared).
-    resolved: [HashMap<u32, Vec<u64>>; 2],
-    active_map: Array<MapData, u32>,
-    active: usize,
-    /// The map to clear, and when it stopped being active.
-    pending_clear: Option<(usize, Instant)>,
+    stacks: Stacks,
     offset: OffsetTracker,
+}
+
+/// Turns events' stacks into [`Stack`]s.
+struct Stacks {
+    /// `Some` in [`UnwindMode::Auto`]: unwinds the copied stacks.
+    unwinder: Option<Unwinder>,
+    /// Processes the unwinder holds state for.
+    unwound: HashSet<u32>,
+    /// One copy of each distinct stack, shared by the samples that have it.
+    interned: HashSet<Arc<Stack>>,
 }
 
 impl EbpfSampler {
@@ -111,11 +121,6 @@ impl EbpfSampler {
         if config.max_frequency_hz == 0 {
             return Err(SamplerError::InvalidConfig(
                 "max_frequency_hz must be at least 1".into(),
-            ));
-        }
-        if config.stack_map_entries == 0 {
-            return Err(SamplerError::InvalidConfig(
-                "stack_map_entries must be at least 1".into(),
             ));
         }
         if config.max_buffered_samples == 0 {
@@ -130,10 +135,16 @@ impl EbpfSampler {
         privileges::check()?;
         raise_memlock_rlimit();
 
+        let mode = match config.unwind {
+            UnwindMode::Auto => UNWIND_COPY,
+            UnwindMode::FramePointer => UNWIND_FP,
+        };
+        let possible_cpus =
+            aya::util::nr_cpus().map_err(|(path, source)| SamplerError::Cpus { path, source })?;
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_STACKS[0], config.stack_map_entries)
-            .map_max_entries(MAP_STACKS[1], config.stack_map_entries)
             .map_max_entries(MAP_EVENTS, ring_bytes)
+            .map_max_entries(MAP_SCRATCH, possible_cpus as u32)
+            .override_global(GLOBAL_UNWIND_MODE, &mode, true)
             .load(OBJECT)
             .map_err(|e| privileges::classify("loading the eBPF maps", &e, SamplerError::Load))?;
         let program: &mut PerfEvent = ebpf
@@ -141,8 +152,20 @@ impl EbpfSampler {
             .ok_or_else(|| SamplerError::Load(format!("program {PROGRAM} not in the object")))?
             .try_into()
             .map_err(|e: ProgramError| SamplerError::Load(e.to_string()))?;
-        program.load().map_err(|e| {
-            privileges::classify("loading the eBPF program", &e, SamplerError::Load)
+        program.load().map_err(|e| match &e {
+            // The verifier refuses with EACCES too: say what it said, not "permission"
+            // (a refusal by seccomp or an LSM leaves no log).
+            ProgramError::LoadError { verifier_log, .. }
+                if !verifier_log.to_string().trim().is_empty() =>
+            {
+                let log = verifier_log.to_string();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                SamplerError::Load(format!(
+                    "the kernel's verifier rejected the program: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ))
+            }
+            _ => privileges::classify("loading the eBPF program", &e, SamplerError::Load),
         })?;
 
         let targets_map = BpfHashMap::try_from(take_map(&mut ebpf, MAP_TARGETS)?)
@@ -151,14 +174,6 @@ impl EbpfSampler {
             .map_err(map_error(MAP_COUNTERS))?;
         let ring =
             RingBuf::try_from(take_map(&mut ebpf, MAP_EVENTS)?).map_err(map_error(MAP_EVENTS))?;
-        let stacks = [
-            StackTraceMap::try_from(take_map(&mut ebpf, MAP_STACKS[0])?)
-                .map_err(map_error(MAP_STACKS[0]))?,
-            StackTraceMap::try_from(take_map(&mut ebpf, MAP_STACKS[1])?)
-                .map_err(map_error(MAP_STACKS[1]))?,
-        ];
-        let active_map = Array::try_from(take_map(&mut ebpf, MAP_ACTIVE_STACKS)?)
-            .map_err(map_error(MAP_ACTIVE_STACKS))?;
 
         let shared = Arc::new(Shared {
             control: Mutex::new(Control {
@@ -166,29 +181,31 @@ impl EbpfSampler {
                 targets_map,
                 counters,
                 targets: BTreeMap::new(),
-                links: Vec::new(),
+                links: BTreeMap::new(),
+                online: BTreeSet::new(),
                 frequency_hz: 0,
             }),
-            buffer: Mutex::new(VecDeque::new()),
+            buffer: Mutex::new(Buffer::default()),
             max_buffered: config.max_buffered_samples,
             samples: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
-            resolve_errors: AtomicU64::new(0),
             clock_steps: AtomicU64::new(0),
-            rotations: AtomicU64::new(0),
-            cleared_stacks: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         let mut reader = Reader {
             ring,
-            stacks,
-            resolved: [HashMap::new(), HashMap::new()],
-            active_map,
-            active: 0,
-            pending_clear: None,
+            stacks: Stacks {
+                unwinder: (config.unwind == UnwindMode::Auto).then(|| {
+                    Unwinder::new(UnwinderConfig {
+                        max_depth: MAX_STACK_DEPTH,
+                        ..UnwinderConfig::default()
+                    })
+                }),
+                unwound: HashSet::new(),
+                interned: HashSet::new(),
+            },
             offset: OffsetTracker::new(REMEASURE_INTERVAL),
         };
-        reader.set_active(0);
         let thread_shared = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
             .name("coral-sampler".into())
@@ -209,20 +226,17 @@ impl EbpfSampler {
         self.shared.control().counter(index)
     }
 
-    /// Stack map rotations completed and stack entries they deleted.
-    pub(crate) fn rotations(&self) -> (u64, u64) {
-        (
-            self.shared.rotations.load(Ordering::Relaxed),
-            self.shared.cleared_stacks.load(Ordering::Relaxed),
-        )
-    }
-
     /// The program's total run time and run count (kernel BPF stats; counted only
     /// while `aya::sys::enable_stats` is held).
     pub(crate) fn program_run_stats(&self) -> (Duration, u64) {
         let mut control = self.shared.control();
         let info = control.program().info().expect("program info");
         (info.run_time(), info.run_count())
+    }
+
+    /// The CPUs with an open perf event.
+    pub(crate) fn attached_cpus(&self) -> Vec<u32> {
+        self.shared.control().links.keys().copied().collect()
     }
 }
 
@@ -232,7 +246,11 @@ impl Sampler for EbpfSampler {
         let mut control = self.shared.control();
         let mut added = Vec::new();
         for &tgid in tgids {
-            if control.targets.contains_key(&tgid) || added.contains(&tgid) {
+            if let Some(target) = control.targets.get_mut(&tgid) {
+                target.frequency_hz = target.frequency_hz.max(frequency_hz);
+                continue;
+            }
+            if added.contains(&tgid) {
                 continue;
             }
             let Some(start_time) = process_start_time(tgid) else {
@@ -250,26 +268,18 @@ impl Sampler for EbpfSampler {
                 control.forget(&added);
                 return Err(map_error(MAP_TARGETS)(error));
             }
-            control.targets.insert(tgid, start_time);
+            control.targets.insert(
+                tgid,
+                Target {
+                    start_time,
+                    frequency_hz,
+                },
+            );
             added.push(tgid);
         }
-        if control.targets.is_empty() {
-            return Ok(());
-        }
-        let current = control.frequency_hz;
-        let wanted = current.max(frequency_hz);
-        if control.links.is_empty() || wanted != current {
-            control.detach();
-            if let Err(error) = control.attach(wanted) {
-                control.forget(&added);
-                if current != 0 && !control.targets.is_empty() {
-                    // Best effort: keep sampling the earlier targets as before.
-                    if let Err(again) = control.attach(current) {
-                        tracing::warn!(error = %again, "re-attaching at the earlier frequency failed");
-                    }
-                }
-                return Err(error);
-            }
+        if let Err(error) = control.retune() {
+            control.forget(&added);
+            return Err(error);
         }
         tracing::debug!(
             ?added,
@@ -288,10 +298,14 @@ impl Sampler for EbpfSampler {
     }
 
     fn drain(&self) -> Vec<Sample> {
-        let mut samples = Vec::from(std::mem::take(&mut *self.shared.buffer()));
+        let mut samples = Vec::from(std::mem::take(&mut self.shared.buffer().samples));
         // Stable: samples with equal times keep the order the kernel produced them in.
         samples.sort_by_key(|sample| sample.time_unix_nano);
         samples
+    }
+
+    fn take_losses(&self) -> Vec<Loss> {
+        std::mem::take(&mut self.shared.buffer().losses)
     }
 
     fn stats(&self) -> SamplerStats {
@@ -299,8 +313,7 @@ impl Sampler for EbpfSampler {
         SamplerStats {
             samples: self.shared.samples.load(Ordering::Relaxed),
             lost: control.counter(COUNTER_LOST),
-            stack_errors: control.counter(COUNTER_STACK_ERRORS)
-                + self.shared.resolve_errors.load(Ordering::Relaxed),
+            stack_errors: control.counter(COUNTER_STACK_ERRORS),
             dropped: self.shared.dropped.load(Ordering::Relaxed),
             clock_steps: self.shared.clock_steps.load(Ordering::Relaxed),
             frequency_hz: control.frequency_hz,
@@ -328,12 +341,12 @@ impl Shared {
         self.control.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn buffer(&self) -> MutexGuard<'_, VecDeque<Sample>> {
+    fn buffer(&self) -> MutexGuard<'_, Buffer> {
         self.buffer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn push(&self, samples: Vec<Sample>) {
-        if samples.is_empty() {
+    fn push(&self, samples: Vec<Sample>, mut losses: Vec<Loss>) {
+        if samples.is_empty() && losses.is_empty() {
             return;
         }
         self.samples
@@ -341,31 +354,41 @@ impl Shared {
         let mut buffer = self.buffer();
         let mut dropped = 0;
         for sample in samples {
-            if buffer.len() >= self.max_buffered {
-                buffer.pop_front();
+            if buffer.samples.len() >= self.max_buffered
+                && let Some(oldest) = buffer.samples.pop_front()
+            {
+                losses.push(Loss::of_sample(&oldest));
                 dropped += 1;
             }
-            buffer.push_back(sample);
+            buffer.samples.push_back(sample);
         }
         if dropped > 0 {
             self.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
+        buffer.losses.extend(losses);
     }
 
     /// Stops targeting processes that have exited (or whose pid now names another
-    /// process), detaching when none is left.
-    fn prune_exited(&self) {
+    /// process), detaching when none is left; opens perf events on CPUs that came
+    /// online. Returns the processes still targeted.
+    fn housekeeping(&self) -> BTreeSet<u32> {
         let mut control = self.control();
         let exited: Vec<u32> = control
             .targets
             .iter()
-            .filter(|&(&tgid, &start)| process_start_time(tgid) != Some(start))
+            .filter(|&(&tgid, target)| process_start_time(tgid) != Some(target.start_time))
             .map(|(&tgid, _)| tgid)
             .collect();
         if !exited.is_empty() {
             tracing::debug!(?exited, "profiled processes exited");
             control.forget(&exited);
         }
+        if !control.links.is_empty()
+            && let Err(error) = control.attach_new_cpus()
+        {
+            tracing::warn!(%error, "attaching to CPUs that came online failed");
+        }
+        control.targets.keys().copied().collect()
     }
 }
 
@@ -389,67 +412,104 @@ impl Control {
             .expect("a perf_event program")
     }
 
-    /// Opens a CPU-clock perf event at `frequency_hz` on every online CPU and attaches
-    /// the program to it. All or nothing.
-    fn attach(&mut self, frequency_hz: u32) -> Result<(), SamplerError> {
-        const ONLINE: &str = "/sys/devices/system/cpu/online";
-        let cpus = aya::util::online_cpus().map_err(|(_, source)| SamplerError::Cpus {
-            path: ONLINE,
-            source,
-        })?;
-        let mut links = Vec::with_capacity(cpus.len());
-        for cpu in cpus {
-            let program = self.program();
-            let attached = program
-                .attach(
-                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Frequency(u64::from(frequency_hz)),
-                    false,
-                )
-                .and_then(|id| program.take_link(id));
-            match attached {
-                Ok(link) => links.push(link),
-                Err(error) => match errno_of(&error) {
-                    // The CPU went offline since the list was read.
-                    Some(nix::libc::ENODEV) => {
-                        tracing::warn!(cpu, "CPU went offline; not sampling it")
-                    }
-                    Some(errno) if privileges::is_permission_errno(errno) => {
-                        return Err(SamplerError::PermissionDenied {
-                            operation: "opening the CPU clock perf event",
-                            detail: privileges::denial_detail(),
-                        });
-                    }
-                    Some(nix::libc::EINVAL) => {
-                        return Err(SamplerError::FrequencyRejected {
-                            requested: frequency_hz,
-                            cpu,
-                            kernel_max: kernel_max_sample_rate().unwrap_or(0),
-                            source: std::io::Error::from_raw_os_error(nix::libc::EINVAL),
-                        });
-                    }
-                    _ => {
-                        return Err(SamplerError::Attach {
-                            cpu,
-                            message: privileges::chain_message(&error),
-                        });
-                    }
-                },
+    /// The frequency the targets ask for: the highest of theirs.
+    fn wanted_frequency(&self) -> u32 {
+        self.targets
+            .values()
+            .map(|target| target.frequency_hz)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Attaches, re-attaches at a changed frequency, or detaches, to match the targets.
+    /// A frequency change opens the new perf events before closing the old ones, so
+    /// sampling has no gap. On failure the earlier attachment is kept.
+    fn retune(&mut self) -> Result<(), SamplerError> {
+        let wanted = self.wanted_frequency();
+        if wanted == 0 {
+            self.detach();
+            return Ok(());
+        }
+        if wanted == self.frequency_hz && !self.links.is_empty() {
+            return Ok(());
+        }
+        let cpus = online_cpus()?;
+        let mut links = BTreeMap::new();
+        for &cpu in &cpus {
+            if let Some(link) = self.open(cpu, wanted)? {
+                links.insert(cpu, link);
             }
         }
+        // Dropping the old links closes their perf events, after the new ones run.
         self.links = links;
-        self.frequency_hz = frequency_hz;
+        self.online = cpus;
+        self.frequency_hz = wanted;
         Ok(())
+    }
+
+    /// Opens perf events on the CPUs that came online since the last check (a CPU
+    /// taken offline loses its event, so one that comes back needs a new one).
+    fn attach_new_cpus(&mut self) -> Result<(), SamplerError> {
+        let cpus = online_cpus()?;
+        let new: Vec<u32> = cpus.difference(&self.online).copied().collect();
+        for cpu in new {
+            if let Some(link) = self.open(cpu, self.frequency_hz)? {
+                tracing::info!(cpu, "CPU came online: sampling it");
+                self.links.insert(cpu, link);
+            }
+        }
+        self.online = cpus;
+        Ok(())
+    }
+
+    /// Opens a CPU-clock perf event at `frequency_hz` on `cpu` and attaches the program
+    /// to it; `None` when the CPU went offline meanwhile.
+    fn open(&mut self, cpu: u32, frequency_hz: u32) -> Result<Option<PerfEventLink>, SamplerError> {
+        let program = self.program();
+        let attached = program
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(u64::from(frequency_hz)),
+                false,
+            )
+            .and_then(|id| program.take_link(id));
+        match attached {
+            Ok(link) => Ok(Some(link)),
+            Err(error) => match errno_of(&error) {
+                Some(nix::libc::ENODEV) => {
+                    tracing::warn!(cpu, "CPU went offline; not sampling it");
+                    Ok(None)
+                }
+                Some(errno) if privileges::is_permission_errno(errno) => {
+                    Err(SamplerError::PermissionDenied {
+                        operation: "opening the CPU clock perf event",
+                        detail: privileges::denial_detail(),
+                    })
+                }
+                Some(nix::libc::EINVAL) => Err(SamplerError::FrequencyRejected {
+                    requested: frequency_hz,
+                    cpu,
+                    kernel_max: kernel_max_sample_rate().unwrap_or(0),
+                    source: std::io::Error::from_raw_os_error(nix::libc::EINVAL),
+                }),
+                _ => Err(SamplerError::Attach {
+                    cpu,
+                    message: privileges::chain_message(&error),
+                }),
+            },
+        }
     }
 
     /// Closes the perf events: nothing is sampled any more.
     fn detach(&mut self) {
         self.links.clear();
+        self.online.clear();
         self.frequency_hz = 0;
     }
 
-    /// Stops targeting these processes; detaches when none is left.
+    /// Stops targeting these processes; lowers the frequency to what the others ask
+    /// for, or detaches when none is left.
     fn forget(&mut self, tgids: &[u32]) {
         for tgid in tgids {
             if self.targets.remove(tgid).is_some() {
@@ -461,135 +521,139 @@ impl Control {
                 }
             }
         }
-        if self.targets.is_empty() {
-            self.detach();
+        if let Err(error) = self.retune() {
+            tracing::warn!(%error, "lowering the sampling frequency failed; keeping the higher one");
         }
     }
 }
 
 impl Reader {
     fn run(&mut self, shared: &Shared) {
-        let mut last_rotation = Instant::now();
-        let mut last_prune = Instant::now();
+        let mut last_housekeeping = Instant::now();
         loop {
             let stopping = shared.stop.load(Ordering::Acquire);
             self.drain_ring(shared);
             if stopping {
                 break;
             }
-            if let Some((old, since)) = self.pending_clear
-                && since.elapsed() >= ROTATE_GRACE
-            {
-                self.drain_ring(shared);
-                self.clear(old, shared);
-                self.pending_clear = None;
-            }
-            if self.pending_clear.is_none() && last_rotation.elapsed() >= ROTATE_INTERVAL {
-                let old = self.active;
-                self.set_active(1 - old);
-                self.pending_clear = Some((old, Instant::now()));
-                last_rotation = Instant::now();
-            }
-            if last_prune.elapsed() >= PRUNE_INTERVAL {
-                shared.prune_exited();
-                last_prune = Instant::now();
+            if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
+                let targets = shared.housekeeping();
+                self.stacks.housekeeping(&targets);
+                last_housekeeping = Instant::now();
             }
             std::thread::park_timeout(POLL_INTERVAL);
         }
     }
 
-    fn set_active(&mut self, index: usize) {
-        match self.active_map.set(0, index as u32, 0) {
-            Ok(()) => self.active = index,
-            Err(error) => tracing::warn!(%error, "switching the active stack map failed"),
-        }
-    }
-
     /// Reads every event in the ring buffer and turns it into a [`Sample`].
     fn drain_ring(&mut self, shared: &Shared) {
-        let mut events = Vec::new();
+        let mut samples = Vec::new();
+        let mut losses = Vec::new();
+        let mut offset = None;
         while let Some(record) = self.ring.next() {
-            match RawEvent::parse(&record) {
-                Some(event) => events.push(event),
-                None => tracing::warn!(
+            let Some(event) = RawEvent::parse(&record) else {
+                tracing::warn!(
                     len = record.len(),
-                    "short sample record from the eBPF program"
-                ),
+                    "malformed sample record from the eBPF program"
+                );
+                continue;
+            };
+            let offset = *offset.get_or_insert_with(|| self.offset.get());
+            if event.lost > 0 {
+                losses.push(Loss {
+                    tgid: (event.lost_tgid != 0).then_some(event.lost_tgid),
+                    tid: None,
+                    start_unix_nano: offset.to_unix_nano(event.lost_since_ns),
+                    end_unix_nano: offset.to_unix_nano(event.ktime_ns),
+                    samples: event.lost,
+                });
             }
+            let sample = self.stacks.sample(&event, offset);
+            samples.push(sample);
         }
-        if events.is_empty() {
-            return;
+        if offset.is_some() {
+            shared
+                .clock_steps
+                .store(self.offset.steps, Ordering::Relaxed);
         }
-        let offset = self.offset.get();
-        shared
-            .clock_steps
-            .store(self.offset.steps, Ordering::Relaxed);
-        let mut errors = 0;
-        let samples = events
-            .into_iter()
-            .map(|event| self.sample(event, offset, &mut errors))
-            .collect();
-        if errors > 0 {
-            shared.resolve_errors.fetch_add(errors, Ordering::Relaxed);
+        shared.push(samples, losses);
+    }
+}
+
+impl Stacks {
+    /// Drops the unwinder's state of processes no longer profiled, and interned stacks
+    /// no sample holds any more.
+    fn housekeeping(&mut self, targets: &BTreeSet<u32>) {
+        if let Some(unwinder) = &mut self.unwinder {
+            self.unwound.retain(|pid| {
+                let keep = targets.contains(pid);
+                if !keep {
+                    unwinder.forget(*pid);
+                }
+                keep
+            });
         }
-        shared.push(samples);
+        self.interned.retain(|stack| Arc::strong_count(stack) > 1);
     }
 
-    fn sample(&mut self, event: RawEvent, offset: ClockOffset, errors: &mut u64) -> Sample {
-        let map = (event.stack_map & 1) as usize;
+    fn sample(&mut self, event: &RawEvent<'_>, offset: ClockOffset) -> Sample {
+        let (user, unwind) = match &mut self.unwinder {
+            Some(unwinder) if event.sp != 0 => {
+                self.unwound.insert(event.tgid);
+                let regs = UserRegs {
+                    ip: event.ip,
+                    sp: event.sp,
+                    bp: event.bp,
+                };
+                let unwound = unwinder.unwind(event.tgid, regs, event.stack);
+                let unwind = match unwound.truncated {
+                    Some(_) => Unwind::Truncated,
+                    None => Unwind::from(unwound.method),
+                };
+                (unwound.frames, unwind)
+            }
+            Some(_) => (Vec::new(), Unwind::Truncated),
+            None => {
+                // The kernel's walk cannot tell a root from a frame it could not follow;
+                // only a walk cut at the depth limit is known to be truncated.
+                let unwind = if event.user.is_empty() || event.user.len() >= MAX_STACK_DEPTH {
+                    Unwind::Truncated
+                } else {
+                    Unwind::FramePointer
+                };
+                (event.user.clone(), unwind)
+            }
+        };
+        let stack = Stack {
+            user: user.into(),
+            kernel: event.kernel.as_slice().into(),
+            unwind,
+        };
+        let stack = match self.interned.get(&stack) {
+            Some(interned) => Arc::clone(interned),
+            None => {
+                let stack = Arc::new(stack);
+                self.interned.insert(Arc::clone(&stack));
+                stack
+            }
+        };
         Sample {
             tgid: event.tgid,
             tid: event.tid,
             cpu: event.cpu,
             time_unix_nano: offset.to_unix_nano(event.ktime_ns),
-            user_stack: self.stack(map, event.user_stack_id, errors),
-            kernel_stack: self.stack(map, event.kernel_stack_id, errors),
+            stack,
         }
     }
+}
 
-    /// The frames of stack `id` in map `map`, leaf first; empty if there is none.
-    fn stack(&mut self, map: usize, id: i32, errors: &mut u64) -> Vec<u64> {
-        let Some(key) = RawEvent::stack_key(id) else {
-            return Vec::new();
-        };
-        if let Some(frames) = self.resolved[map].get(&key) {
-            return frames.clone();
-        }
-        match self.stacks[map].get(&key, 0) {
-            Ok(trace) => {
-                let frames: Vec<u64> = trace.frames().iter().map(|frame| frame.ip).collect();
-                self.resolved[map].insert(key, frames.clone());
-                frames
-            }
-            Err(error) => {
-                tracing::debug!(map, id, %error, "stack id not in its map");
-                *errors += 1;
-                Vec::new()
-            }
-        }
-    }
-
-    /// Empties a stack map that is no longer active.
-    fn clear(&mut self, map: usize, shared: &Shared) {
-        let ids: Vec<u32> = self.stacks[map]
-            .stack_ids()
-            .filter_map(Result::ok)
-            .collect();
-        for id in &ids {
-            match self.stacks[map].remove(id) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(error) => tracing::warn!(map, id, %error, "clearing a stack map entry failed"),
-            }
-        }
-        self.resolved[map].clear();
-        shared.rotations.fetch_add(1, Ordering::Relaxed);
-        shared
-            .cleared_stacks
-            .fetch_add(ids.len() as u64, Ordering::Relaxed);
-        if !ids.is_empty() {
-            tracing::trace!(map, stacks = ids.len(), "stack map cleared");
-        }
-    }
+fn online_cpus() -> Result<BTreeSet<u32>, SamplerError> {
+    aya::util::online_cpus()
+        .map(|cpus| cpus.into_iter().collect())
+        .map_err(|(_, source)| SamplerError::Cpus {
+            path: "/sys/devices/system/cpu/online",
+            source,
+        })
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, SamplerError> {
@@ -739,10 +803,6 @@ mod tests {
         for config in [
             SamplerConfig {
                 max_frequency_hz: 0,
-                ..SamplerConfig::default()
-            },
-            SamplerConfig {
-                stack_map_entries: 0,
                 ..SamplerConfig::default()
             },
             SamplerConfig {

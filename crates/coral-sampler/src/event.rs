@@ -1,24 +1,34 @@
 //! The event the eBPF program sends through its ring buffer, mirrored from
 //! `ebpf/sampler.h` (`struct coral_sample_event` and the `CORAL_*` constants).
 
-/// `struct coral_sample_event`: one sample as the kernel wrote it (native endianness).
-///
-/// The layout must match the C struct exactly; [`RawEvent::SIZE`] and the field
-/// offsets are checked by a unit test.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RawEvent {
+/// `struct coral_sample_event` and what follows it: one sample as the kernel wrote it
+/// (native endianness), borrowing the record's stack bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawEvent<'a> {
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
     pub ktime_ns: u64,
     pub tgid: u32,
     pub tid: u32,
-    /// Id in stack map `stack_map`; negative: no stack (a negative errno).
-    pub user_stack_id: i32,
-    pub kernel_stack_id: i32,
     pub cpu: u32,
-    /// 0: `stacks_0`, 1: `stacks_1`.
-    pub stack_map: u32,
+    /// Samples this CPU could not send since its previous event, of which process (0:
+    /// several) and since when (monotonic ns).
+    pub lost: u64,
+    pub lost_tgid: u32,
+    pub lost_since_ns: u64,
+    /// User registers; 0 when unknown.
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Kernel frames, leaf first.
+    pub kernel: Vec<u64>,
+    /// User frames walked by the kernel (frame-pointer mode), leaf first.
+    pub user: Vec<u64>,
+    /// User stack memory from `sp` upwards (unwind-table mode).
+    pub stack: &'a [u8],
 }
+
+/// `sizeof(struct coral_sample_event)`.
+pub(crate) const HEADER_SIZE: usize = 72;
 
 /// `CORAL_COUNTER_*`: indices into the per-CPU `counters` map.
 #[cfg_attr(
@@ -32,58 +42,85 @@ pub(crate) const COUNTER_SAMPLES: u32 = 0;
 pub(crate) const COUNTER_LOST: u32 = 1;
 pub(crate) const COUNTER_STACK_ERRORS: u32 = 2;
 
+/// `CORAL_UNWIND_*`: values of the program's `coral_unwind_mode` global.
+pub(crate) const UNWIND_FP: u32 = 0;
+pub(crate) const UNWIND_COPY: u32 = 1;
+pub(crate) const GLOBAL_UNWIND_MODE: &str = "coral_unwind_mode";
+
 /// `CORAL_MAX_TARGETS`: capacity of the `targets` map.
 pub(crate) const MAX_TARGETS: u32 = 4096;
 
 /// Map names in the object file.
 pub(crate) const MAP_TARGETS: &str = "targets";
-pub(crate) const MAP_STACKS: [&str; 2] = ["stacks_0", "stacks_1"];
-pub(crate) const MAP_ACTIVE_STACKS: &str = "active_stacks";
 pub(crate) const MAP_EVENTS: &str = "events";
 pub(crate) const MAP_COUNTERS: &str = "counters";
+pub(crate) const MAP_SCRATCH: &str = "scratch";
 /// The program's function name.
 pub(crate) const PROGRAM: &str = "coral_sample";
 
-impl RawEvent {
-    /// `sizeof(struct coral_sample_event)`.
-    pub const SIZE: usize = std::mem::size_of::<Self>();
-
+impl<'a> RawEvent<'a> {
     /// Parses an event from a ring buffer record. Records are at least as long as
-    /// the event (the kernel rounds records up to 8 bytes); shorter ones are
-    /// rejected.
-    pub fn parse(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < Self::SIZE {
+    /// the event (the kernel rounds records up to 8 bytes); shorter ones, and lengths
+    /// that overrun the record, are rejected.
+    pub fn parse(bytes: &'a [u8]) -> Option<Self> {
+        if bytes.len() < HEADER_SIZE {
             return None;
         }
         let u64_at = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
         let u32_at = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-        let i32_at = |at: usize| i32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let u16_at = |at: usize| u16::from_ne_bytes(bytes[at..at + 2].try_into().expect("2 bytes"));
+        let kernel_bytes = usize::from(u16_at(20));
+        let user_bytes = usize::from(u16_at(22));
+        let stack_bytes = u32_at(24) as usize;
+        let frames_end = HEADER_SIZE + kernel_bytes + user_bytes;
+        let stack_end = frames_end.checked_add(stack_bytes)?;
+        if stack_end > bytes.len() || kernel_bytes % 8 != 0 || user_bytes % 8 != 0 {
+            return None;
+        }
+        let frames = |from: usize, len: usize| -> Vec<u64> {
+            bytes[from..from + len]
+                .chunks_exact(8)
+                .map(|word| u64::from_ne_bytes(word.try_into().expect("8 bytes")))
+                .collect()
+        };
         Some(Self {
             ktime_ns: u64_at(0),
             tgid: u32_at(8),
             tid: u32_at(12),
-            user_stack_id: i32_at(16),
-            kernel_stack_id: i32_at(20),
-            cpu: u32_at(24),
-            stack_map: u32_at(28),
+            cpu: u32_at(16),
+            lost_tgid: u32_at(28),
+            lost: u64_at(32),
+            lost_since_ns: u64_at(40),
+            ip: u64_at(48),
+            sp: u64_at(56),
+            bp: u64_at(64),
+            kernel: frames(HEADER_SIZE, kernel_bytes),
+            user: frames(HEADER_SIZE + kernel_bytes, user_bytes),
+            stack: &bytes[frames_end..stack_end],
         })
     }
 
-    /// The id to look up for a stack id field, or `None` when the kernel had no stack.
-    pub fn stack_key(id: i32) -> Option<u32> {
-        u32::try_from(id).ok()
-    }
-
     #[cfg(test)]
-    pub fn to_bytes(self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(Self::SIZE);
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
         bytes.extend_from_slice(&self.ktime_ns.to_ne_bytes());
         bytes.extend_from_slice(&self.tgid.to_ne_bytes());
         bytes.extend_from_slice(&self.tid.to_ne_bytes());
-        bytes.extend_from_slice(&self.user_stack_id.to_ne_bytes());
-        bytes.extend_from_slice(&self.kernel_stack_id.to_ne_bytes());
         bytes.extend_from_slice(&self.cpu.to_ne_bytes());
-        bytes.extend_from_slice(&self.stack_map.to_ne_bytes());
+        bytes.extend_from_slice(&((self.kernel.len() * 8) as u16).to_ne_bytes());
+        bytes.extend_from_slice(&((self.user.len() * 8) as u16).to_ne_bytes());
+        bytes.extend_from_slice(&(self.stack.len() as u32).to_ne_bytes());
+        bytes.extend_from_slice(&self.lost_tgid.to_ne_bytes());
+        bytes.extend_from_slice(&self.lost.to_ne_bytes());
+        bytes.extend_from_slice(&self.lost_since_ns.to_ne_bytes());
+        for register in [self.ip, self.sp, self.bp] {
+            bytes.extend_from_slice(&register.to_ne_bytes());
+        }
+        assert_eq!(bytes.len(), HEADER_SIZE);
+        for frame in self.kernel.iter().chain(&self.user) {
+            bytes.extend_from_slice(&frame.to_ne_bytes());
+        }
+        bytes.extend_from_slice(self.stack);
         bytes
     }
 }
@@ -91,79 +128,112 @@ impl RawEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::mem::offset_of;
 
+    /// The header's size and field offsets as clang lays them out, read from the
+    /// compiled object's BTF would be ideal; the C struct is simple enough that its
+    /// declaration order, checked here, fixes the offsets.
     #[test]
-    fn layout_matches_the_c_struct() {
-        assert_eq!(RawEvent::SIZE, 32);
-        assert_eq!(offset_of!(RawEvent, ktime_ns), 0);
-        assert_eq!(offset_of!(RawEvent, tgid), 8);
-        assert_eq!(offset_of!(RawEvent, tid), 12);
-        assert_eq!(offset_of!(RawEvent, user_stack_id), 16);
-        assert_eq!(offset_of!(RawEvent, kernel_stack_id), 20);
-        assert_eq!(offset_of!(RawEvent, cpu), 24);
-        assert_eq!(offset_of!(RawEvent, stack_map), 28);
+    fn header_matches_the_c_struct() {
+        let header = include_str!("../../../ebpf/sampler.h");
+        let start = header.find("struct coral_sample_event {").unwrap();
+        let body = &header[start..start + header[start..].find("};").unwrap()];
+        let fields: Vec<(&str, &str)> = body
+            .lines()
+            .map(str::trim)
+            .filter(|line| line.starts_with("__u") && line.ends_with(';'))
+            .map(|line| {
+                let mut parts = line.trim_end_matches(';').split_whitespace();
+                (parts.next().unwrap(), parts.next().unwrap())
+            })
+            .collect();
+        let expected = [
+            ("__u64", "ktime_ns"),
+            ("__u32", "tgid"),
+            ("__u32", "tid"),
+            ("__u32", "cpu"),
+            ("__u16", "kernel_bytes"),
+            ("__u16", "user_bytes"),
+            ("__u32", "stack_bytes"),
+            ("__u32", "lost_tgid"),
+            ("__u64", "lost"),
+            ("__u64", "lost_since_ns"),
+            ("__u64", "ip"),
+            ("__u64", "sp"),
+            ("__u64", "bp"),
+        ];
+        assert_eq!(fields, expected);
+        let size: usize = fields
+            .iter()
+            .map(|(ty, _)| match *ty {
+                "__u64" => 8,
+                "__u32" => 4,
+                _ => 2,
+            })
+            .sum();
+        assert_eq!(size, HEADER_SIZE);
     }
 
     #[test]
     fn header_constants_match() {
         let header = include_str!("../../../ebpf/sampler.h");
+        let define = |name: &str| -> String {
+            let line = header
+                .lines()
+                .find(|line| line.starts_with(&format!("#define {name} ")))
+                .unwrap_or_else(|| panic!("{name} not in sampler.h"));
+            line.split_whitespace()
+                .skip(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         for (name, value) in [
             ("CORAL_COUNTER_SAMPLES", COUNTER_SAMPLES),
             ("CORAL_COUNTER_LOST", COUNTER_LOST),
             ("CORAL_COUNTER_STACK_ERRORS", COUNTER_STACK_ERRORS),
             ("CORAL_MAX_TARGETS", MAX_TARGETS),
+            ("CORAL_UNWIND_FP", UNWIND_FP),
+            ("CORAL_UNWIND_COPY", UNWIND_COPY),
         ] {
-            let line = header
-                .lines()
-                .find(|line| line.starts_with(&format!("#define {name} ")))
-                .unwrap_or_else(|| panic!("{name} not in sampler.h"));
-            let defined: u32 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
-            assert_eq!(defined, value, "{name}");
+            let defined = define(name);
+            let number: u32 = defined.split_whitespace().next().unwrap().parse().unwrap();
+            assert_eq!(number, value, "{name}");
         }
-        for map in [
-            MAP_TARGETS,
-            MAP_ACTIVE_STACKS,
-            MAP_EVENTS,
-            MAP_COUNTERS,
-            MAP_STACKS[0],
-            MAP_STACKS[1],
-        ] {
-            let source = include_str!("../../../ebpf/sampler.bpf.c");
+        let source = include_str!("../../../ebpf/sampler.bpf.c");
+        for map in [MAP_TARGETS, MAP_EVENTS, MAP_COUNTERS, MAP_SCRATCH] {
             assert!(
                 source.contains(&format!("}} {map} SEC(\".maps\");")),
                 "map {map} not in sampler.bpf.c"
             );
         }
+        assert!(source.contains(&format!("volatile const __u32 {GLOBAL_UNWIND_MODE} ")));
     }
 
     #[test]
     fn parses_an_event() {
+        let stack = [7u8; 24];
         let event = RawEvent {
             ktime_ns: 123_456_789_012,
             tgid: 4242,
             tid: 4243,
-            user_stack_id: 7,
-            kernel_stack_id: -14,
             cpu: 1,
-            stack_map: 1,
+            lost: 3,
+            lost_tgid: 4242,
+            lost_since_ns: 123_000_000_000,
+            ip: 0x5555_0000_1234,
+            sp: 0x7ffc_0000_0000,
+            bp: 0,
+            kernel: vec![0xffff_ffff_8100_0000, 0xffff_ffff_8100_0100],
+            user: vec![0x4000],
+            stack: &stack,
         };
         let mut bytes = event.to_bytes();
-        assert_eq!(bytes.len(), RawEvent::SIZE);
-        assert_eq!(RawEvent::parse(&bytes), Some(event));
+        assert_eq!(RawEvent::parse(&bytes), Some(event.clone()));
         // Records may carry padding after the event.
         bytes.extend_from_slice(&[0; 8]);
         assert_eq!(RawEvent::parse(&bytes), Some(event));
-        // Short records are rejected.
-        assert_eq!(RawEvent::parse(&bytes[..RawEvent::SIZE - 1]), None);
+        // Short records, and lengths beyond the record, are rejected.
+        assert_eq!(RawEvent::parse(&bytes[..HEADER_SIZE - 1]), None);
+        assert_eq!(RawEvent::parse(&bytes[..HEADER_SIZE + 20]), None);
         assert_eq!(RawEvent::parse(&[]), None);
-    }
-
-    #[test]
-    fn negative_stack_ids_mean_no_stack() {
-        assert_eq!(RawEvent::stack_key(7), Some(7));
-        assert_eq!(RawEvent::stack_key(0), Some(0));
-        assert_eq!(RawEvent::stack_key(-14), None); // -EFAULT: nothing to walk
-        assert_eq!(RawEvent::stack_key(-17), None); // -EEXIST: hash collision (counted by the program)
     }
 }

@@ -1,15 +1,16 @@
 //! An in-memory [`Sampler`] for the tests of the layers above: samples are pushed in
 //! by the test and drained out by the code under test.
 
-use crate::{Sample, Sampler, SamplerError, SamplerStats, validate_frequency};
-use std::collections::BTreeSet;
+use crate::{Loss, Sample, Sampler, SamplerError, SamplerStats, validate_frequency};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 /// An in-memory [`Sampler`]: [`push`](Self::push) samples in, [`Sampler::drain`] them
-/// out. Targets, frequency and the attached state behave as in
-/// [`EbpfSampler`](crate::EbpfSampler) (the frequency is validated against
-/// `max_frequency_hz`, attached exactly while there are targets); pushed samples are
-/// handed out whatever their tgid.
+/// out (and [`push_losses`](Self::push_losses), [`Sampler::take_losses`]). Targets,
+/// frequency and the attached state behave as in [`EbpfSampler`](crate::EbpfSampler)
+/// (the frequency is validated against `max_frequency_hz` and is the highest the
+/// current targets asked for; attached exactly while there are targets); pushed samples
+/// are handed out whatever their tgid.
 #[derive(Debug)]
 pub struct FakeSampler {
     max_frequency_hz: u32,
@@ -18,9 +19,10 @@ pub struct FakeSampler {
 
 #[derive(Debug, Default)]
 struct State {
-    targets: BTreeSet<u32>,
-    frequency_hz: u32,
+    /// Target → the frequency it was added with.
+    targets: BTreeMap<u32, u32>,
     samples: Vec<Sample>,
+    losses: Vec<Loss>,
     stats: SamplerStats,
 }
 
@@ -53,6 +55,11 @@ impl FakeSampler {
         }
     }
 
+    /// Queues losses for the next [`Sampler::take_losses`].
+    pub fn push_losses(&self, losses: impl IntoIterator<Item = Loss>) {
+        self.lock().losses.extend(losses);
+    }
+
     /// Sets the `lost` / `stack_errors` / `dropped` counters, to test how they are reported.
     pub fn set_counters(&self, lost: u64, stack_errors: u64, dropped: u64) {
         let mut state = self.lock();
@@ -63,7 +70,7 @@ impl FakeSampler {
 
     /// The processes currently targeted, in ascending order.
     pub fn targets(&self) -> Vec<u32> {
-        self.lock().targets.iter().copied().collect()
+        self.lock().targets.keys().copied().collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -77,14 +84,9 @@ impl Sampler for FakeSampler {
     fn add_targets(&self, tgids: &[u32], frequency_hz: u32) -> Result<(), SamplerError> {
         validate_frequency(frequency_hz, self.max_frequency_hz)?;
         let mut state = self.lock();
-        let was_attached = !state.targets.is_empty();
-        state.targets.extend(tgids.iter().copied());
-        if !state.targets.is_empty() {
-            state.frequency_hz = if was_attached {
-                state.frequency_hz.max(frequency_hz)
-            } else {
-                frequency_hz
-            };
+        for &tgid in tgids {
+            let frequency = state.targets.entry(tgid).or_default();
+            *frequency = (*frequency).max(frequency_hz);
         }
         Ok(())
     }
@@ -93,9 +95,6 @@ impl Sampler for FakeSampler {
         let mut state = self.lock();
         for tgid in tgids {
             state.targets.remove(tgid);
-        }
-        if state.targets.is_empty() {
-            state.frequency_hz = 0;
         }
         Ok(())
     }
@@ -106,10 +105,14 @@ impl Sampler for FakeSampler {
         samples
     }
 
+    fn take_losses(&self) -> Vec<Loss> {
+        std::mem::take(&mut self.lock().losses)
+    }
+
     fn stats(&self) -> SamplerStats {
         let state = self.lock();
         SamplerStats {
-            frequency_hz: state.frequency_hz,
+            frequency_hz: state.targets.values().copied().max().unwrap_or(0),
             targets: state.targets.len(),
             attached: !state.targets.is_empty(),
             ..state.stats.clone()
@@ -122,14 +125,7 @@ mod tests {
     use super::*;
 
     fn sample(tid: u32, time: i64) -> Sample {
-        Sample {
-            tgid: 1,
-            tid,
-            cpu: 0,
-            time_unix_nano: time,
-            user_stack: vec![0x1000, 0x2000],
-            kernel_stack: vec![],
-        }
+        Sample::new(1, tid, time, &[0x1000, 0x2000], &[])
     }
 
     #[test]
@@ -172,12 +168,18 @@ mod tests {
         assert_eq!(
             sampler.stats().frequency_hz,
             199,
-            "the max requested while attached"
+            "the max the targets ask for"
+        );
+        sampler.remove_targets(&[12]).unwrap();
+        assert_eq!(
+            sampler.stats().frequency_hz,
+            99,
+            "back down when the target that asked for more goes"
         );
 
         sampler.remove_targets(&[10, 999]).unwrap();
-        assert_eq!(sampler.targets(), [11, 12]);
-        sampler.remove_targets(&[11, 12]).unwrap();
+        assert_eq!(sampler.targets(), [11]);
+        sampler.remove_targets(&[11]).unwrap();
         let stats = sampler.stats();
         assert_eq!(
             (stats.targets, stats.frequency_hz, stats.attached),
@@ -190,6 +192,15 @@ mod tests {
             49,
             "a new attachment starts afresh"
         );
+    }
+
+    #[test]
+    fn losses_are_handed_out_once() {
+        let sampler = FakeSampler::new();
+        let loss = Loss::of_sample(&sample(7, 50));
+        sampler.push_losses([loss]);
+        assert_eq!(sampler.take_losses(), [loss]);
+        assert!(sampler.take_losses().is_empty());
     }
 
     #[test]

@@ -40,9 +40,16 @@ mod privileges;
 
 #[cfg(test)]
 mod root_tests;
+#[cfg(test)]
+mod unwind_tests;
 
 pub use ebpf::EbpfSampler;
 pub use fake::FakeSampler;
+
+use std::sync::Arc;
+
+/// Most frames of a user or kernel stack.
+pub const MAX_STACK_DEPTH: usize = 127;
 
 /// One stack sample of one thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,13 +62,116 @@ pub struct Sample {
     pub cpu: u32,
     /// When the sample was taken, Unix nanoseconds (wall clock).
     pub time_unix_nano: i64,
-    /// User-space instruction pointers, **leaf first** (innermost frame at index 0, then
-    /// its callers' return addresses), as the kernel walks them (frame pointers).
-    /// Empty when there was no user stack. At most 127 frames.
-    pub user_stack: Vec<u64>,
+    /// The stack, shared with every other sample of the same stack (the sampler keeps
+    /// one copy of each distinct stack while samples hold it).
+    pub stack: Arc<Stack>,
+}
+
+impl Sample {
+    /// A sample of a stack that is not shared (tests, fakes).
+    pub fn new(tgid: u32, tid: u32, time_unix_nano: i64, user: &[u64], kernel: &[u64]) -> Self {
+        Self {
+            tgid,
+            tid,
+            cpu: 0,
+            time_unix_nano,
+            stack: Arc::new(Stack {
+                user: user.into(),
+                kernel: kernel.into(),
+                unwind: Unwind::FramePointer,
+            }),
+        }
+    }
+}
+
+/// A sampled stack.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Stack {
+    /// User-space instruction pointers, **leaf first** (innermost frame at index 0,
+    /// then its callers' return addresses). Empty when there was no user stack. At most
+    /// [`MAX_STACK_DEPTH`] frames.
+    pub user: Box<[u64]>,
     /// Kernel instruction pointers, leaf first. Empty when the sample was taken in
-    /// user mode (the usual case) or the stack could not be stored.
-    pub kernel_stack: Vec<u64>,
+    /// user mode (the usual case).
+    pub kernel: Box<[u64]>,
+    /// How the user stack was walked.
+    pub unwind: Unwind,
+}
+
+/// How a user stack was walked (the agent's `coral_agent_stacks_total{unwind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unwind {
+    /// Every caller found through the modules' unwind tables (`.eh_frame`).
+    Dwarf,
+    /// Every caller found through frame pointers (modules without unwind tables, JIT
+    /// code, or [`UnwindMode::FramePointer`]).
+    FramePointer,
+    /// Some callers each way.
+    Mixed,
+    /// The walk stopped before the thread's root (the copied stack ended, the depth
+    /// limit, a frame that could not be unwound): the outer frames are missing.
+    Truncated,
+}
+
+impl Unwind {
+    /// The metric label: `dwarf`, `fp`, `mixed` or `truncated`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Dwarf => "dwarf",
+            Self::FramePointer => "fp",
+            Self::Mixed => "mixed",
+            Self::Truncated => "truncated",
+        }
+    }
+}
+
+impl From<coral_unwind::Method> for Unwind {
+    fn from(method: coral_unwind::Method) -> Self {
+        match method {
+            coral_unwind::Method::Dwarf => Self::Dwarf,
+            coral_unwind::Method::FramePointer => Self::FramePointer,
+            coral_unwind::Method::Mixed => Self::Mixed,
+        }
+    }
+}
+
+/// Samples the sampler took but could not hand out: a request whose time overlaps one
+/// (of its process, or of any process when `tgid` is `None`) was not sampled whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loss {
+    /// The process they were of; `None`: several, or unknown.
+    pub tgid: Option<u32>,
+    /// The thread; `None`: several, or unknown.
+    pub tid: Option<u32>,
+    /// When the first and the last of them were taken (Unix nanoseconds).
+    pub start_unix_nano: i64,
+    pub end_unix_nano: i64,
+    /// How many.
+    pub samples: u64,
+}
+
+impl Loss {
+    /// One sample, dropped.
+    pub fn of_sample(sample: &Sample) -> Self {
+        Self {
+            tgid: Some(sample.tgid),
+            tid: Some(sample.tid),
+            start_unix_nano: sample.time_unix_nano,
+            end_unix_nano: sample.time_unix_nano,
+            samples: 1,
+        }
+    }
+}
+
+/// How user stacks are walked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnwindMode {
+    /// Copy the top of each sampled stack and unwind it with the modules' unwind tables
+    /// where they have them, frame pointers elsewhere (JIT code).
+    #[default]
+    Auto,
+    /// The kernel walks frame pointers only (whole stacks only in code built with them).
+    FramePointer,
 }
 
 /// Counters and state of a sampler.
@@ -71,8 +181,8 @@ pub struct SamplerStats {
     pub samples: u64,
     /// Samples the kernel took but could not hand over: the ring buffer was full.
     pub lost: u64,
-    /// Stacks that could not be stored or resolved (stack map hash collision or full,
-    /// or an id no longer in its map); the sample is kept without that stack.
+    /// Stack walks or copies that failed in the kernel (other than "nothing to walk");
+    /// the sample is kept without that stack.
     pub stack_errors: u64,
     /// Samples discarded because the buffer was full ([`Sampler::drain`] not called
     /// often enough); the oldest go first.
@@ -106,6 +216,11 @@ pub trait Sampler: Send + Sync {
     /// CPU and per thread).
     fn drain(&self) -> Vec<Sample>;
 
+    /// Samples lost since the last call (the kernel could not hand them over, or the
+    /// buffer dropped them): call it after [`drain`](Self::drain), so that a loss of a
+    /// sample not yet drained is never missed.
+    fn take_losses(&self) -> Vec<Loss>;
+
     /// Counters and state.
     fn stats(&self) -> SamplerStats;
 }
@@ -116,11 +231,11 @@ pub struct SamplerConfig {
     /// Highest sampling frequency [`Sampler::add_targets`] accepts. Default 1000 Hz.
     pub max_frequency_hz: u32,
     /// Size of the kernel → user ring buffer in bytes; rounded up to a power of two
-    /// (at least one page). Each sample takes 40 bytes. Default 4 MiB.
+    /// (at least one page). A sample takes 80 bytes, plus 8 per kernel frame, plus its
+    /// copied stack (at most 32 KiB, usually a few) or 8 per user frame. Default 8 MiB.
     pub ring_bytes: usize,
-    /// Capacity of each of the two stack maps (distinct stacks per rotation period,
-    /// about a second). Default 16384.
-    pub stack_map_entries: u32,
+    /// How user stacks are walked. Default [`UnwindMode::Auto`].
+    pub unwind: UnwindMode,
     /// Samples kept between two [`Sampler::drain`] calls before the oldest are dropped.
     /// Default 65536.
     pub max_buffered_samples: usize,
@@ -130,8 +245,8 @@ impl Default for SamplerConfig {
     fn default() -> Self {
         Self {
             max_frequency_hz: 1000,
-            ring_bytes: 4 * 1024 * 1024,
-            stack_map_entries: 16384,
+            ring_bytes: 8 * 1024 * 1024,
+            unwind: UnwindMode::Auto,
             max_buffered_samples: 65536,
         }
     }
@@ -273,8 +388,8 @@ mod tests {
     fn default_config() {
         let config = SamplerConfig::default();
         assert_eq!(config.max_frequency_hz, 1000);
-        assert_eq!(config.ring_bytes, 4 << 20);
-        assert_eq!(config.stack_map_entries, 16384);
+        assert_eq!(config.ring_bytes, 8 << 20);
+        assert_eq!(config.unwind, UnwindMode::Auto);
     }
 
     #[test]

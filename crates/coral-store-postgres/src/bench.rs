@@ -159,6 +159,8 @@ fn template_profile(stacks: u64) -> TraceProfileRecord {
         precision: Precision::Thread,
         frequency_hz: 99,
         concurrent_requests: 0,
+        truncated_samples: 0,
+        lost_samples: 0,
         source: ProfileSource::Session(uuid::Uuid::nil()),
         profile,
     }

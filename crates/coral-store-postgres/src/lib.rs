@@ -148,7 +148,7 @@ macro_rules! trace_profile_columns {
     () => {
         "trace_id, span_id, service, span_name, start_unix_nano, duration_ns, node, pid, \
          thread_id, precision, frequency_hz, concurrent_requests, source, samples, cpu_ns, \
-         created_unix_nano"
+         created_unix_nano, truncated_samples, lost_samples"
     };
 }
 
@@ -159,7 +159,8 @@ const INSERT_TRACE_PROFILES: &str = concat!(
      unnest($1::bytea[]), unnest($2::bytea[]), unnest($3::text[]), unnest($4::text[]), \
      unnest($5::int8[]), unnest($6::int8[]), unnest($7::text[]), unnest($8::int8[]), \
      unnest($9::int8[]), unnest($10::text[]), unnest($11::int8[]), unnest($12::int8[]), \
-     unnest($13::text[]), unnest($14::int8[]), unnest($15::int8[]), unnest($16::int8[]) \
+     unnest($13::text[]), unnest($14::int8[]), unnest($15::int8[]), unnest($16::int8[]), \
+     unnest($17::int8[]), unnest($18::int8[]) \
      ON CONFLICT (trace_id, span_id) DO NOTHING \
      RETURNING trace_id, span_id"
 );
@@ -686,6 +687,13 @@ impl Store for PostgresStore {
                     .bind_iter(),
             )
             .bind(profiles.iter().map(|_| created).bind_iter())
+            .bind(
+                profiles
+                    .iter()
+                    .map(|p| i64::from(p.truncated_samples))
+                    .bind_iter(),
+            )
+            .bind(profiles.iter().map(|p| to_i64(p.lost_samples)).bind_iter())
             .fetch_all(&mut *tx)
             .await
             .map_err(map_err)?;
@@ -1381,6 +1389,14 @@ fn trace_profile_from_row(row: &PgRow) -> Result<TraceProfileRecord, StoreError>
         concurrent_requests: to_u32(
             row.try_get("concurrent_requests").map_err(map_err)?,
             "trace_profiles.concurrent_requests",
+        )?,
+        truncated_samples: to_u32(
+            row.try_get("truncated_samples").map_err(map_err)?,
+            "trace_profiles.truncated_samples",
+        )?,
+        lost_samples: to_u64(
+            row.try_get("lost_samples").map_err(map_err)?,
+            "trace_profiles.lost_samples",
         )?,
         source: parse_source(row.try_get("source").map_err(map_err)?)?,
         profile: Profile::new(),

@@ -209,3 +209,26 @@ async fn two_pools_never_collect_more_than_max_requests() {
     // The refused profiles left no samples.
     assert_eq!(count(&db.store, "trace_profile_samples").await, 10 * 4);
 }
+
+/// A profile row written without the columns of migration 0006 (as every row stored
+/// before it was) has no truncated or lost samples.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run `cargo xtask test`, which provides one"]
+async fn profiles_stored_before_sample_losses_were_recorded_have_none() {
+    let db = fresh_store().await;
+    sqlx::query(
+        "INSERT INTO trace_profiles (trace_id, span_id, service, span_name, \
+         start_unix_nano, duration_ns, node, pid, thread_id, precision, frequency_hz, \
+         concurrent_requests, source, samples, cpu_ns, created_unix_nano) \
+         VALUES ($1, $2, 'svc', 'GET /', 1, 2, 'n', NULL, NULL, 'process', 99, 0, $3, 0, 0, 3)",
+    )
+    .bind(&[7u8; 16][..])
+    .bind(&[8u8; 8][..])
+    .bind(format!("session:{}", uuid::Uuid::nil()))
+    .execute(&db.store.pool)
+    .await
+    .unwrap();
+    let got = db.store.trace_profiles(&TraceId([7; 16])).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].truncated_samples, got[0].lost_samples), (0, 0));
+}

@@ -103,8 +103,8 @@ const SPAN_ROWS_PER_INSERT: usize = 500;
 /// Rows per services upsert statement (4 variables each).
 const SERVICE_ROWS_PER_UPSERT: usize = 1000;
 const _: () = assert!(SPAN_ROWS_PER_INSERT * SPAN_INSERT_COLUMNS <= 32_766);
-/// Rows per statement of the trace profile tables: 8,000 bound variables each.
-const PROFILE_ROWS_PER_INSERT: usize = 500; // 16 columns
+/// Rows per statement of the trace profile tables: at most 9,000 bound variables each.
+const PROFILE_ROWS_PER_INSERT: usize = 500; // 18 columns
 const FRAME_ROWS_PER_INSERT: usize = 2000; // 4 columns
 const STACK_ROWS_PER_INSERT: usize = 4000; // 2 columns
 const SAMPLE_ROWS_PER_INSERT: usize = 1600; // 5 columns
@@ -156,7 +156,7 @@ macro_rules! trace_profile_columns {
     () => {
         "trace_id, span_id, service, span_name, start_unix_nano, duration_ns, node, pid, \
          thread_id, precision, frequency_hz, concurrent_requests, source, samples, cpu_ns, \
-         created_unix_nano"
+         created_unix_nano, truncated_samples, lost_samples"
     };
 }
 
@@ -661,7 +661,9 @@ impl Store for SqliteStore {
                     .push_bind(p.source.to_string())
                     .push_bind(to_i64(p.samples()))
                     .push_bind(to_i64(p.profile.total_cpu_ns()))
-                    .push_bind(created);
+                    .push_bind(created)
+                    .push_bind(i64::from(p.truncated_samples))
+                    .push_bind(to_i64(p.lost_samples));
             });
             qb.push(" ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id");
             let full = chunk.len() == PROFILE_ROWS_PER_INSERT;
@@ -1379,6 +1381,14 @@ fn trace_profile_from_row(row: &SqliteRow) -> Result<TraceProfileRecord, StoreEr
         concurrent_requests: to_u32(
             row.try_get("concurrent_requests").map_err(map_err)?,
             "trace_profiles.concurrent_requests",
+        )?,
+        truncated_samples: to_u32(
+            row.try_get("truncated_samples").map_err(map_err)?,
+            "trace_profiles.truncated_samples",
+        )?,
+        lost_samples: to_u64(
+            row.try_get("lost_samples").map_err(map_err)?,
+            "trace_profiles.lost_samples",
         )?,
         source: parse_source(row.try_get("source").map_err(map_err)?)?,
         profile: Profile::new(),

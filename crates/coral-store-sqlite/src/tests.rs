@@ -254,3 +254,39 @@ async fn two_stores_on_one_file_never_collect_more_than_max_requests() {
     // The refused profiles left no samples.
     assert_eq!(count(&tmp.store, "trace_profile_samples").await, 10 * 4);
 }
+
+/// A profile stored before migration 0006 reads back with no truncated or lost
+/// samples (nothing was known about them).
+#[tokio::test]
+async fn profiles_stored_before_sample_losses_were_recorded_have_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join(DATABASE_FILE);
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let before = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    MIGRATOR.run_to(5, &before).await.unwrap();
+    sqlx::query(
+        "INSERT INTO trace_profiles (trace_id, span_id, service, span_name, \
+         start_unix_nano, duration_ns, node, pid, thread_id, precision, frequency_hz, \
+         concurrent_requests, source, samples, cpu_ns, created_unix_nano) \
+         VALUES (?, ?, 'svc', 'GET /', 1, 2, 'n', NULL, NULL, 'process', 99, 0, ?, 0, 0, 3)",
+    )
+    .bind(&[7u8; 16][..])
+    .bind(&[8u8; 8][..])
+    .bind(format!("session:{}", uuid::Uuid::nil()))
+    .execute(&before)
+    .await
+    .unwrap();
+    before.close().await;
+
+    let store = SqliteStore::open_file(&path).await.unwrap();
+    let got = store.trace_profiles(&TraceId([7; 16])).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].truncated_samples, got[0].lost_samples), (0, 0));
+}

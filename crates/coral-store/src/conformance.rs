@@ -36,7 +36,8 @@ macro_rules! conformance_suite {
             services_are_recorded, unknown_trace_is_not_found, requests_are_filtered,
             agents_register_and_heartbeat, empty_batch_is_a_no_op,
             concurrent_batches_store_each_span_once, agents_are_listed_by_node,
-            trace_profiles_round_trip, duplicate_trace_profiles_stored_once,
+            trace_profiles_round_trip, sample_losses_round_trip,
+            duplicate_trace_profiles_stored_once,
             stacks_and_frames_are_shared, unknown_trace_has_no_profiles,
             large_profile_batch_is_stored, concurrent_profile_batches_store_each_once,
             profile_sessions_are_active_until_they_end,
@@ -623,6 +624,8 @@ pub fn trace_profile(trace_n: u8, span_n: u8, profile: Profile) -> TraceProfileR
         precision: Precision::Thread,
         frequency_hz: 99,
         concurrent_requests: 0,
+        truncated_samples: 0,
+        lost_samples: 0,
         source: ProfileSource::Session(SESSION),
         profile,
     }
@@ -672,6 +675,36 @@ pub async fn trace_profiles_round_trip(store: &dyn Store) {
         store.trace_profiles(&trace(2)).await.unwrap(),
         [canonical(&other)]
     );
+}
+
+/// How complete a profile is (truncated and lost samples) comes back as stored;
+/// a lost count beyond the column's range is kept as the largest it holds, which
+/// is still a lower bound.
+pub async fn sample_losses_round_trip(store: &dyn Store) {
+    let mut lossy = trace_profile(1, 1, checkout_profile(1));
+    lossy.truncated_samples = 7;
+    lossy.lost_samples = 5_000_000_000;
+    let mut complete = trace_profile(1, 2, refund_profile());
+    complete.start_unix_nano += SEC;
+    let mut overflowing = trace_profile(1, 3, Profile::new());
+    overflowing.start_unix_nano += 2 * SEC;
+    overflowing.truncated_samples = u32::MAX;
+    overflowing.lost_samples = u64::MAX;
+    store
+        .insert_trace_profiles(&[lossy.clone(), complete.clone(), overflowing.clone()])
+        .await
+        .unwrap();
+    let got = store.trace_profiles(&trace(1)).await.unwrap();
+    let losses: Vec<(u32, u64)> = got
+        .iter()
+        .map(|p| (p.truncated_samples, p.lost_samples))
+        .collect();
+    assert_eq!(
+        losses,
+        [(7, 5_000_000_000), (0, 0), (u32::MAX, i64::MAX as u64)]
+    );
+    assert_eq!(got[0], canonical(&lossy));
+    assert_eq!(got[1], canonical(&complete));
 }
 
 pub async fn duplicate_trace_profiles_stored_once(store: &dyn Store) {

@@ -24,6 +24,12 @@ pub struct TraceProfileRecord {
     /// Other requests of the same process that overlapped this one in time (what a
     /// process-precision profile may have mixed in).
     pub concurrent_requests: u32,
+    /// Samples whose user stack stops short of the thread's root (the unwinder could
+    /// go no further): their stacks miss their outer frames.
+    pub truncated_samples: u32,
+    /// Samples taken in the request's window that never reached the agent (buffers
+    /// full): at least this many are missing from `profile`.
+    pub lost_samples: u64,
     /// What asked for it.
     pub source: ProfileSource,
     pub profile: Profile,

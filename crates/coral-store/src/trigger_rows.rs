@@ -333,6 +333,8 @@ mod tests {
             precision: crate::Precision::Process,
             frequency_hz: 99,
             concurrent_requests: 0,
+            truncated_samples: 0,
+            lost_samples: 0,
             source,
             profile: Default::default(),
         }

@@ -2,7 +2,7 @@
 //! put its frames root → leaf, count.
 
 use coral_analysis::profile::{Frame, Profile};
-use coral_sampler::Sample;
+use coral_sampler::{Sample, Stack};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -39,8 +39,9 @@ fn lookup_addrs(stack: &[u64]) -> Vec<u64> {
         .collect()
 }
 
-/// A stack's identity: process and raw addresses (user, kernel).
-type StackKey<'a> = (u32, &'a [u64], &'a [u64]);
+/// A stack's identity: process and raw addresses (the same addresses in two processes
+/// may be different functions).
+type StackKey<'a> = (u32, &'a Stack);
 
 /// Symbolized stacks of one batch, so that each distinct stack is symbolized once however
 /// many samples and requests share it. Borrows the samples' address slices.
@@ -57,17 +58,13 @@ impl<'a> StackCache<'a> {
     /// The frames of `sample`'s stack, root first, leaf last: the user stack (outermost
     /// caller first), then the kernel frames on top of it, the kernel leaf last.
     pub fn frames(&mut self, symbolizer: &mut dyn Symbolize, sample: &'a Sample) -> Rc<[Frame]> {
-        let key = (
-            sample.tgid,
-            sample.user_stack.as_slice(),
-            sample.kernel_stack.as_slice(),
-        );
+        let key = (sample.tgid, &*sample.stack);
         self.stacks
             .entry(key)
             .or_insert_with(|| {
-                let mut frames = symbolizer.user(sample.tgid, &lookup_addrs(&sample.user_stack));
+                let mut frames = symbolizer.user(sample.tgid, &lookup_addrs(&sample.stack.user));
                 frames.reverse();
-                let mut kernel = symbolizer.kernel(&lookup_addrs(&sample.kernel_stack));
+                let mut kernel = symbolizer.kernel(&lookup_addrs(&sample.stack.kernel));
                 kernel.reverse();
                 frames.extend(kernel);
                 frames.into()
@@ -92,11 +89,7 @@ pub fn fold<'a>(
     let mut order: Vec<&'a Sample> = Vec::new();
     let mut counts: HashMap<StackKey<'a>, (usize, u64)> = HashMap::new();
     for sample in samples {
-        let key = (
-            sample.tgid,
-            sample.user_stack.as_slice(),
-            sample.kernel_stack.as_slice(),
-        );
+        let key = (sample.tgid, &*sample.stack);
         counts
             .entry(key)
             .or_insert_with(|| {
@@ -150,14 +143,7 @@ mod tests {
     }
 
     fn sample(tgid: u32, user: &[u64], kernel: &[u64]) -> Sample {
-        Sample {
-            tgid,
-            tid: tgid,
-            cpu: 0,
-            time_unix_nano: 0,
-            user_stack: user.to_vec(),
-            kernel_stack: kernel.to_vec(),
-        }
+        Sample::new(tgid, tgid, 0, user, kernel)
     }
 
     fn names(profile: &Profile, stack: usize) -> Vec<String> {

@@ -47,7 +47,7 @@ mod session;
 mod spool;
 mod trigger;
 
-pub use coral_sampler::{Sampler, SamplerError};
+pub use coral_sampler::{Sampler, SamplerError, UnwindMode};
 pub use directory::{DIRECTORY_TTL, ProcessDirectory};
 pub use pidns::{HostPid, PidResolver};
 pub use policy::ProcessPolicy;
@@ -86,6 +86,8 @@ pub struct ProfilingConfig {
     /// The sampler (BPF program, maps, reader thread) is unloaded after this long with
     /// nothing to sample: detached perf events cost nothing, a loaded sampler a little.
     pub sampler_idle_unload: Duration,
+    /// How user stacks are walked.
+    pub unwind: UnwindMode,
 }
 
 impl ProfilingConfig {
@@ -102,6 +104,7 @@ impl Default for ProfilingConfig {
             allow_services: None,
             allow_cgroups: None,
             sampler_idle_unload: Self::DEFAULT_SAMPLER_IDLE_UNLOAD,
+            unwind: UnwindMode::Auto,
         }
     }
 }
@@ -116,6 +119,7 @@ pub fn ebpf_sampler_factory() -> SamplerFactory {
     Arc::new(|config: &ProfilingConfig| {
         let sampler = coral_sampler::EbpfSampler::new(coral_sampler::SamplerConfig {
             max_frequency_hz: config.max_frequency_hz,
+            unwind: config.unwind,
             ..Default::default()
         })?;
         Ok(Arc::new(sampler) as Arc<dyn Sampler>)

@@ -2,8 +2,8 @@
 //! a request's samples can be cut out of it by binary search when its span arrives
 //! (tail-based capture: a request is known only once it has ended).
 
-use coral_analysis::join::TimedSample;
-use coral_sampler::Sample;
+use coral_analysis::join::{RequestWindow, TimedSample};
+use coral_sampler::{Loss, Sample};
 use std::collections::VecDeque;
 
 /// One sample in the ring (a newtype, so that it can be joined).
@@ -31,6 +31,9 @@ pub struct SampleRing {
     /// Every sample taken at or after this time is still here (none was evicted or
     /// trimmed from after it).
     complete_since: i64,
+    /// Samples the sampler could not hand over lately (trimmed with the samples): a
+    /// request whose window overlaps one was not sampled whole.
+    losses: VecDeque<Loss>,
 }
 
 impl SampleRing {
@@ -39,7 +42,30 @@ impl SampleRing {
             samples: VecDeque::new(),
             capacity: capacity.max(1),
             complete_since: i64::MIN,
+            losses: VecDeque::new(),
         }
+    }
+
+    /// Records samples the sampler lost.
+    pub fn add_losses(&mut self, losses: Vec<Loss>) {
+        self.losses.extend(losses);
+    }
+
+    /// How many samples were lost in a request's window: losses of its process (or of
+    /// an unknown one) and thread (or an unknown one) that overlap its time.
+    pub fn lost_in(&self, window: &RequestWindow) -> u64 {
+        let matches =
+            |want: Option<u32>, lost: Option<u32>| want.is_none() || lost.is_none() || want == lost;
+        self.losses
+            .iter()
+            .filter(|loss| {
+                loss.start_unix_nano <= window.end_unix_nano
+                    && window.start_unix_nano <= loss.end_unix_nano
+                    && matches(window.pid, loss.tgid)
+                    && matches(window.thread_id, loss.tid)
+            })
+            .map(|loss| loss.samples)
+            .sum()
     }
 
     /// Appends samples (each batch in time order, as [`coral_sampler::Sampler::drain`]
@@ -77,6 +103,8 @@ impl SampleRing {
             .partition_point(|s| s.0.time_unix_nano < oldest_unix_nano);
         self.samples.drain(..keep_from);
         self.complete_since = self.complete_since.max(oldest_unix_nano);
+        self.losses
+            .retain(|loss| loss.end_unix_nano >= oldest_unix_nano);
     }
 
     /// Every sample taken at or after this time is in the ring: a request that started
@@ -109,14 +137,7 @@ mod tests {
     use super::*;
 
     fn sample(time: i64) -> Sample {
-        Sample {
-            tgid: 1,
-            tid: 2,
-            cpu: 0,
-            time_unix_nano: time,
-            user_stack: vec![],
-            kernel_stack: vec![],
-        }
+        Sample::new(1, 2, time, &[], &[])
     }
 
     fn times(ring: &mut SampleRing) -> Vec<i64> {
@@ -143,6 +164,45 @@ mod tests {
         ring.extend(vec![sample(25), sample(40)]);
         ring.extend(vec![sample(50), sample(45)]);
         assert_eq!(times(&mut ring), [10, 20, 25, 30, 40, 45, 50]);
+    }
+
+    #[test]
+    fn losses_count_in_the_windows_they_overlap() {
+        let mut ring = SampleRing::new(100);
+        let loss = |tgid, tid, start, end, samples| Loss {
+            tgid,
+            tid,
+            start_unix_nano: start,
+            end_unix_nano: end,
+            samples,
+        };
+        ring.add_losses(vec![
+            loss(Some(1), Some(2), 100, 100, 1), // one dropped sample of thread 2
+            loss(Some(1), None, 200, 300, 5),    // ring buffer full, process 1
+            loss(None, None, 1000, 1100, 7),     // several processes
+            loss(Some(9), None, 100, 1100, 50),  // another process
+        ]);
+        let window = |thread_id, start, end| RequestWindow {
+            pid: Some(1),
+            thread_id,
+            start_unix_nano: start,
+            end_unix_nano: end,
+        };
+        assert_eq!(ring.lost_in(&window(Some(2), 50, 150)), 1);
+        assert_eq!(
+            ring.lost_in(&window(Some(3), 50, 150)),
+            0,
+            "another thread's drop"
+        );
+        assert_eq!(ring.lost_in(&window(Some(3), 250, 260)), 5);
+        assert_eq!(ring.lost_in(&window(None, 0, 2000)), 13);
+        assert_eq!(ring.lost_in(&window(Some(2), 400, 900)), 0);
+        ring.trim(500);
+        assert_eq!(
+            ring.lost_in(&window(None, 0, 2000)),
+            7,
+            "old losses trimmed"
+        );
     }
 
     #[test]

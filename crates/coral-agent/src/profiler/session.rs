@@ -17,7 +17,7 @@ use coral_analysis::join::{self, RequestWindow};
 use coral_analysis::profile::Profile;
 use coral_client::profile::profile_to_wire;
 use coral_client::v1;
-use coral_sampler::Sampler;
+use coral_sampler::{Sampler, Unwind};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -557,7 +557,9 @@ impl Worker {
         let now = now_unix_nano();
         if let Some(sampler) = &self.sampler {
             let samples = sampler.drain();
+            self.ring.add_losses(sampler.take_losses());
             self.stats.add_samples(samples.len());
+            self.stats.add_stacks(&samples);
             let sampler_stats = sampler.stats();
             let lost = sampler_stats.lost + sampler_stats.dropped;
             self.stats
@@ -722,10 +724,11 @@ impl Worker {
         if ready.is_empty() {
             return;
         }
+        let lost: Vec<u64> = ready.iter().map(|h| self.ring.lost_in(&h.window)).collect();
         let samples = self.ring.as_slice();
         let mut cache = StackCache::new();
         let mut profiles = Vec::with_capacity(ready.len());
-        for held in ready {
+        for (held, lost) in ready.into_iter().zip(lost) {
             let Some(joined) = join::join(&held.window, samples) else {
                 continue;
             };
@@ -736,6 +739,11 @@ impl Worker {
                 .map_or(0, |w| w.concurrent(&held.key, &held.window));
             let frequency_hz =
                 frequency_of(&self.sessions, &self.triggers, &held.dest).max(held.frequency_hz);
+            let truncated = joined
+                .samples
+                .iter()
+                .filter(|s| s.0.stack.unwind == Unwind::Truncated)
+                .count();
             let profile = fold(
                 joined.samples.into_iter().map(|s| &s.0),
                 &mut cache,
@@ -756,6 +764,8 @@ impl Worker {
                 precision: joined.precision.as_str().to_string(),
                 frequency_hz,
                 concurrent_requests: concurrent,
+                truncated_samples: u32::try_from(truncated).unwrap_or(u32::MAX),
+                lost_samples: lost,
                 source: String::new(),
                 profile: Some(profile_to_wire(&profile)),
             };

@@ -61,14 +61,7 @@ pub(super) fn pid() -> u32 {
 }
 
 pub(super) fn sample(tgid: u32, tid: u32, time: i64, leaf: fn(u64) -> u64) -> Sample {
-    Sample {
-        tgid,
-        tid,
-        cpu: 0,
-        time_unix_nano: time,
-        user_stack: stack(leaf),
-        kernel_stack: vec![],
-    }
+    Sample::new(tgid, tid, time, &stack(leaf), &[])
 }
 
 pub(super) fn factory(sampler: &Arc<FakeSampler>) -> ServeOptions {

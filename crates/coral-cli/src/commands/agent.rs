@@ -35,8 +35,14 @@ pub struct StartArgs {
     /// Highest CPU sampling frequency a profile may ask for, in Hz.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     max_frequency: u32,
-    /// Most recent CPU samples kept for joining to requests (about 40 bytes each plus
-    /// their stacks).
+    /// How user stacks are walked: "auto" copies the top of each sampled stack and
+    /// unwinds it with the modules' unwind tables (.eh_frame) where they have them,
+    /// frame pointers elsewhere (JIT code); "fp" walks frame pointers only (whole
+    /// stacks only in code built with them, at a smaller cost per sample).
+    #[arg(long, env = "CORAL_UNWIND", default_value = "auto", value_parser = ["auto", "fp"])]
+    unwind: String,
+    /// Most recent CPU samples kept for joining to requests (about 32 bytes each plus
+    /// one copy of each distinct stack).
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
     ring_samples: u64,
     /// Only these services may be profiled (comma-separated; default: any service that
@@ -148,6 +154,10 @@ pub async fn run(
         ring_samples: args.ring_samples as usize,
         allow_services: args.profile_allow,
         allow_cgroups: args.profile_cgroup,
+        unwind: match args.unwind.as_str() {
+            "fp" => coral_agent::UnwindMode::FramePointer,
+            _ => coral_agent::UnwindMode::Auto,
+        },
         ..coral_agent::ProfilingConfig::default()
     };
     coral_agent::serve(config, listeners, super::shutdown_signal()).await?;

@@ -316,6 +316,13 @@ async fn demo(args: DemoArgs) -> Result<()> {
     )?;
     let found = verdict(scenario, &comparison);
     println!("\n{}", found.as_ref().unwrap_or_else(|e| e));
+    let slow_profile: Value = serde_json::from_slice(
+        &run.quiet(&["query", "trace-profile", &slow_trace, "--format", "json"])
+            .await?,
+    )?;
+    if let Some(path) = call_path(&slow_profile, scenario.planted_function()) {
+        println!("Its call path in one bad request (payment-svc has no frame pointers): {path}");
+    }
     println!(
         "\nFiles in {}:\n  compare.svg       differential flame graph (red: hotter in the bad requests)\n  \
          slow-request.svg  one bad request ({slow_trace}), whole\n  \
@@ -378,6 +385,39 @@ fn verdict(scenario: Scenario, comparison: &Value) -> Result<String, String> {
              significance: see comparison.json"
         ))
     }
+}
+
+/// The hottest stack through `function` in a request's profile (`trace-profile --format
+/// json`), from the thread's root to `function`: `a → b → function`.
+fn call_path(trace_profile: &Value, function: &str) -> Option<String> {
+    let profile = &trace_profile["merged"]["profile"];
+    let frames = profile["frames"].as_array()?;
+    let name = |index: &Value| -> Option<String> {
+        let frame = &frames[usize::try_from(index.as_u64()?).ok()?];
+        let function = frame["function"].as_str()?;
+        Some(if function == coral_analysis::profile::UNKNOWN_FUNCTION {
+            format!("[{}]", frame["module"].as_str().unwrap_or("unknown"))
+        } else {
+            function.to_string()
+        })
+    };
+    profile["stacks"]
+        .as_array()?
+        .iter()
+        .filter_map(|stack| {
+            let names: Vec<String> = stack["frames"]
+                .as_array()?
+                .iter()
+                .map(name)
+                .collect::<Option<_>>()?;
+            let end = names.iter().position(|n| n.ends_with(function))?;
+            Some((
+                stack["samples"].as_u64().unwrap_or(0),
+                names[..=end].join(" → "),
+            ))
+        })
+        .max_by_key(|(samples, _)| *samples)
+        .map(|(_, path)| path)
 }
 
 /// Whether `dir` is on PATH, so that `coral` there runs as just `coral`.

@@ -396,11 +396,14 @@ fn wire_profile(stacks: &[(&[&str], u64)], hz: u64) -> v1::Profile {
 }
 
 const SESSION: &str = "5b1f0c3e-0000-4000-8000-000000000001";
+/// The trace of the slow request whose profile came with truncated and lost samples.
+const LOSSY_TRACE: u8 = 3;
 const HOT: &str = "validateToken /work/app/node_modules/@corp/auth/lib/middleware/server.js:30:29";
 
 /// Requests of checkout-svc with their profiles, stored through the agent API: one
 /// trace of two profiled spans (the trace id is returned), three slow requests that
-/// spend their time in [`HOT`], three fast ones and a fast one without samples.
+/// spend their time in [`HOT`] (the first, [`LOSSY_TRACE`], with truncated and lost
+/// samples), three fast ones and a fast one without samples.
 async fn profiled_requests(stack: &Stack) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -440,6 +443,8 @@ async fn profiled_requests(stack: &Stack) -> String {
             concurrent_requests: 0,
             source: format!("session:{SESSION}"),
             profile: Some(profile),
+            truncated_samples: if n == LOSSY_TRACE { 12 } else { 0 },
+            lost_samples: if n == LOSSY_TRACE { 40 } else { 0 },
         });
         spans.push(span);
     };
@@ -652,6 +657,43 @@ async fn every_format_goes_to_stdout_or_a_file_and_json_says_what_text_says() {
         assert!(text.stdout.contains(&format!("warning: {w}")), "{w}");
     }
     assert_eq!(view["merged"]["samples"], 95);
+    for span in spans {
+        assert_eq!(span["truncated_samples"], 0);
+        assert_eq!(span["lost_samples"], 0);
+    }
+
+    // A profile with truncated stacks and lost samples says so, in text and JSON.
+    let lossy = format!("{LOSSY_TRACE:02x}").repeat(16);
+    let lossy_text = run(colony, d, &["query", "trace-profile", &lossy]).await;
+    assert!(lossy_text.ok, "{}", lossy_text.stderr);
+    let expected = [
+        "warning: 12 of 82 samples (15%) have truncated stacks (outer frames missing)",
+        "warning: at least 40 samples lost in this request's window (sampler overflow): the \
+         profile undercounts",
+    ];
+    for line in expected {
+        assert!(
+            lossy_text.stdout.lines().any(|l| l == line),
+            "{line}\n{}",
+            lossy_text.stdout
+        );
+    }
+    let lossy_view = json(&run(colony, d, &["query", "trace-profile", &lossy, "-o", "json"]).await);
+    let span = &lossy_view["spans"][0];
+    assert_eq!(span["samples"], 82, "{lossy_view:#}");
+    assert_eq!(span["truncated_samples"], 12);
+    assert_eq!(span["lost_samples"], 40);
+    for line in expected {
+        let warning = line.strip_prefix("warning: ").unwrap();
+        assert!(
+            span["warnings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w == warning),
+            "{span:#}"
+        );
+    }
     assert_eq!(
         view["merged"]["profile"]["frames"]
             .as_array()

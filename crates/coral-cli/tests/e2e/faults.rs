@@ -244,6 +244,8 @@ fn trace_profile(n: u64) -> v1::TraceProfile {
         concurrent_requests: 0,
         source: format!("session:{}", uuid::Uuid::new_v4()),
         profile: Some(v1::Profile { frames, stacks }),
+        truncated_samples: 0,
+        lost_samples: 0,
     }
 }
 
