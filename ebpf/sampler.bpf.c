@@ -29,6 +29,12 @@
 
 #include "sampler.h"
 
+/* Only the field read here; its offset is relocated against the running
+ * kernel's BTF (CO-RE). */
+struct task_struct {
+	__u64 self_exec_id;
+} __attribute__((preserve_access_index));
+
 char LICENSE[] SEC("license") = "GPL";
 
 /* Keeps clang from dropping a bound check the verifier needs (it can prove the
@@ -129,6 +135,17 @@ static __always_inline void user_regs(struct bpf_perf_event_data *ctx,
 	event->bp = regs.rbp;
 }
 
+/* The current thread's exec count: it changes when the process execs. */
+static __always_inline __u64 exec_id(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 id = 0;
+
+	bpf_probe_read_kernel(&id, sizeof(id),
+			      __builtin_preserve_access_index(&task->self_exec_id));
+	return id;
+}
+
 /* Copies user memory from sp upwards, a page at a time, until
  * CORAL_STACK_COPY_BYTES or the first page that cannot be read (the end of the
  * stack's mapping, or a page not resident). Returns the bytes copied. */
@@ -179,6 +196,7 @@ int coral_sample(struct bpf_perf_event_data *ctx)
 	event->tid = (__u32)pid_tgid;
 	event->cpu = cpu;
 	user_regs(ctx, event);
+	event->exec_id = exec_id();
 
 	n = bpf_get_stack(ctx, s->data, CORAL_FRAMES_BYTES, 0);
 	if (n > 0)

@@ -15,7 +15,7 @@
  * kernel_bytes of kernel frames (u64 instruction pointers, leaf first), then
  * user_bytes of user frames (frame-pointer mode: the kernel's walk, leaf
  * first), then stack_bytes of user stack memory copied from regs.sp upwards
- * (unwind-table mode: user space unwinds it). 72 bytes, no padding.
+ * (unwind-table mode: user space unwinds it). 80 bytes, no padding.
  */
 struct coral_sample_event {
 	/* bpf_ktime_get_ns() at the sample: CLOCK_MONOTONIC, in nanoseconds. */
@@ -38,6 +38,9 @@ struct coral_sample_event {
 	__u64 ip;
 	__u64 sp;
 	__u64 bp;
+	/* The thread's exec count (task_struct.self_exec_id): changes when the
+	 * process execs, so user space drops what it knew of its mappings. */
+	__u64 exec_id;
 };
 
 /* Indices into the per-CPU `counters` array. */

@@ -17,7 +17,7 @@ use aya::programs::perf_event::{
 use aya::programs::{PerfEvent, ProgramError};
 use aya::{Ebpf, EbpfLoader};
 use coral_unwind::{Unwinder, UnwinderConfig, UserRegs};
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -109,8 +109,9 @@ struct Reader {
 struct Stacks {
     /// `Some` in [`UnwindMode::Auto`]: unwinds the copied stacks.
     unwinder: Option<Unwinder>,
-    /// Processes the unwinder holds state for.
-    unwound: HashSet<u32>,
+    /// The processes the unwinder holds state for, with their exec count when it was
+    /// taken (a process that execs has new mappings).
+    unwound: HashMap<u32, u64>,
     /// One copy of each distinct stack, shared by the samples that have it.
     interned: HashSet<Arc<Stack>>,
 }
@@ -201,7 +202,7 @@ impl EbpfSampler {
                         ..UnwinderConfig::default()
                     })
                 }),
-                unwound: HashSet::new(),
+                unwound: HashMap::new(),
                 interned: HashSet::new(),
             },
             offset: OffsetTracker::new(REMEASURE_INTERVAL),
@@ -585,7 +586,7 @@ impl Stacks {
     /// no sample holds any more.
     fn housekeeping(&mut self, targets: &BTreeSet<u32>) {
         if let Some(unwinder) = &mut self.unwinder {
-            self.unwound.retain(|pid| {
+            self.unwound.retain(|pid, _| {
                 let keep = targets.contains(pid);
                 if !keep {
                     unwinder.forget(*pid);
@@ -599,7 +600,12 @@ impl Stacks {
     fn sample(&mut self, event: &RawEvent<'_>, offset: ClockOffset) -> Sample {
         let (user, unwind) = match &mut self.unwinder {
             Some(unwinder) if event.sp != 0 => {
-                self.unwound.insert(event.tgid);
+                // The process exec'd: what the unwinder knows of its mappings is stale.
+                let seen = self.unwound.entry(event.tgid).or_insert(event.exec_id);
+                if event.exec_id > *seen {
+                    *seen = event.exec_id;
+                    unwinder.forget(event.tgid);
+                }
                 let regs = UserRegs {
                     ip: event.ip,
                     sp: event.sp,

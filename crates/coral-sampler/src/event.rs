@@ -19,6 +19,8 @@ pub(crate) struct RawEvent<'a> {
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
+    /// The thread's exec count: changes when the process execs.
+    pub exec_id: u64,
     /// Kernel frames, leaf first.
     pub kernel: Vec<u64>,
     /// User frames walked by the kernel (frame-pointer mode), leaf first.
@@ -28,7 +30,7 @@ pub(crate) struct RawEvent<'a> {
 }
 
 /// `sizeof(struct coral_sample_event)`.
-pub(crate) const HEADER_SIZE: usize = 72;
+pub(crate) const HEADER_SIZE: usize = 80;
 
 /// `CORAL_COUNTER_*`: indices into the per-CPU `counters` map.
 #[cfg_attr(
@@ -94,6 +96,7 @@ impl<'a> RawEvent<'a> {
             ip: u64_at(48),
             sp: u64_at(56),
             bp: u64_at(64),
+            exec_id: u64_at(72),
             kernel: frames(HEADER_SIZE, kernel_bytes),
             user: frames(HEADER_SIZE + kernel_bytes, user_bytes),
             stack: &bytes[frames_end..stack_end],
@@ -113,7 +116,7 @@ impl<'a> RawEvent<'a> {
         bytes.extend_from_slice(&self.lost_tgid.to_ne_bytes());
         bytes.extend_from_slice(&self.lost.to_ne_bytes());
         bytes.extend_from_slice(&self.lost_since_ns.to_ne_bytes());
-        for register in [self.ip, self.sp, self.bp] {
+        for register in [self.ip, self.sp, self.bp, self.exec_id] {
             bytes.extend_from_slice(&register.to_ne_bytes());
         }
         assert_eq!(bytes.len(), HEADER_SIZE);
@@ -160,6 +163,7 @@ mod tests {
             ("__u64", "ip"),
             ("__u64", "sp"),
             ("__u64", "bp"),
+            ("__u64", "exec_id"),
         ];
         assert_eq!(fields, expected);
         let size: usize = fields
@@ -222,6 +226,7 @@ mod tests {
             ip: 0x5555_0000_1234,
             sp: 0x7ffc_0000_0000,
             bp: 0,
+            exec_id: 2,
             kernel: vec![0xffff_ffff_8100_0000, 0xffff_ffff_8100_0100],
             user: vec![0x4000],
             stack: &stack,

@@ -231,7 +231,7 @@ pub struct SamplerConfig {
     /// Highest sampling frequency [`Sampler::add_targets`] accepts. Default 1000 Hz.
     pub max_frequency_hz: u32,
     /// Size of the kernel → user ring buffer in bytes; rounded up to a power of two
-    /// (at least one page). A sample takes 80 bytes, plus 8 per kernel frame, plus its
+    /// (at least one page). A sample takes 88 bytes, plus 8 per kernel frame, plus its
     /// copied stack (at most 32 KiB, usually a few) or 8 per user frame. Default 8 MiB.
     pub ring_bytes: usize,
     /// How user stacks are walked. Default [`UnwindMode::Auto`].
