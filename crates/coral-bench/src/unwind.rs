@@ -16,6 +16,7 @@ use nix::sys::ptrace;
 use nix::sys::uio::{RemoteIoVec, process_vm_readv};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
+use std::collections::HashSet;
 use std::hint::black_box;
 use std::io::{IoSliceMut, Write};
 use std::process::Stdio;
@@ -26,6 +27,8 @@ const STACK_COPY_BYTES: usize = 32 * 1024;
 /// Rounds of sampling every worker thread.
 const CAPTURE_ROUNDS: usize = 1000;
 const WARM_PASSES: usize = 20;
+/// Samples per drain of the agent's profiler: 100 ms of 2 busy threads at 99 Hz.
+const DRAIN_SAMPLES: usize = 20;
 
 /// One captured sample: what the eBPF program hands the reader.
 struct RawSample {
@@ -172,6 +175,40 @@ fn replay(pid: u32, samples: &[RawSample]) {
         }
     });
 
+    // The agent's way: per drain, unwind every sample, symbolize each distinct stack
+    // once (per stack, as its fold does, or all at once).
+    let mut distinct_stacks = 0;
+    let mut per_drain = |u: &mut Unwinder, s: &mut Symbolizer, batch_api: bool| {
+        for drain in samples.chunks(DRAIN_SAMPLES) {
+            let unwound: Vec<Vec<u64>> = drain
+                .iter()
+                .map(|x| lookup_addrs(&u.unwind(pid, x.regs, &x.stack).frames))
+                .collect();
+            let distinct: HashSet<&[u64]> = unwound.iter().map(Vec::as_slice).collect();
+            distinct_stacks += distinct.len();
+            if batch_api {
+                let stacks: Vec<&[u64]> = distinct.into_iter().collect();
+                black_box(s.symbolize_user_stacks(pid, &stacks));
+            } else {
+                for stack in distinct {
+                    black_box(s.symbolize_user(pid, stack));
+                }
+            }
+        }
+    };
+    let ((), fold_wall, fold_cpu) = timed(|| {
+        for _ in 0..WARM_PASSES {
+            per_drain(&mut unwinder, &mut symbolizer, false);
+        }
+    });
+    let ((), batch_wall, batch_cpu) = timed(|| {
+        for _ in 0..WARM_PASSES {
+            per_drain(&mut unwinder, &mut symbolizer, true);
+        }
+    });
+    let distinct_per_drain =
+        distinct_stacks as f64 / (2 * WARM_PASSES * n.div_ceil(DRAIN_SAMPLES)) as f64;
+
     let rate = |count: usize, d: Duration| count as f64 / d.as_secs_f64();
     println!(
         "| pass | stacks | wall time | stacks/s (wall) | CPU time of the thread | stacks per CPU-second (per core) | µs per stack (CPU) |"
@@ -196,6 +233,18 @@ fn replay(pid: u32, samples: &[RawSample]) {
             n * WARM_PASSES,
             symbolize_wall,
             symbolize_cpu,
+        ),
+        (
+            "agent's way, warm: per drain of 20 samples, unwind each, `symbolize_user` each distinct stack",
+            n * WARM_PASSES,
+            fold_wall,
+            fold_cpu,
+        ),
+        (
+            "same, the distinct stacks of a drain in one `symbolize_user_stacks` call",
+            n * WARM_PASSES,
+            batch_wall,
+            batch_cpu,
         ),
     ] {
         println!(
@@ -224,6 +273,9 @@ fn replay(pid: u32, samples: &[RawSample]) {
         .count();
     let bytes: usize = samples.iter().map(|s| s.stack.len()).sum();
     println!();
+    println!(
+        "A drain of {DRAIN_SAMPLES} samples (100 ms of 2 busy threads at 99 Hz) held {distinct_per_drain:.1} distinct stacks on average."
+    );
     println!(
         "Samples: {n} ({:.1} KiB of stack each on average), {:.1} frames per stack; {rooted} ({:.1} %) reach a thread root. Unwinder over all passes: {} dwarf, {} fp, {} mixed, {} complete; truncated: {} stack copy end, {} no unwind info, {} bad frame; {} modules loaded ({:.1} KiB of unwind tables cached).",
         bytes as f64 / n as f64 / 1024.0,

@@ -1,4 +1,4 @@
-//! Symbolization of sampled stacks with [blazesym].
+//! Symbolization of sampled stacks with blazesym.
 //!
 //! User-space addresses are first *normalized* (blazesym's [`Normalizer`] reads
 //! `/proc/PID/maps` and turns each absolute address into a file offset inside a
@@ -18,8 +18,6 @@
 //! never across processes, and a miss is not cached (the map grows while the runtime
 //! compiles). Kernel addresses are symbolized through `/proc/kallsyms` and cached by
 //! address.
-//!
-//! [blazesym]: https://github.com/libbpf/blazesym
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};

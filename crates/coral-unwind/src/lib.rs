@@ -5,7 +5,7 @@
 //!
 //! # Design
 //!
-//! The unwinding itself is [framehop]'s (DWARF CFI from `.eh_frame` indexed by
+//! The unwinding itself is framehop's (DWARF CFI from `.eh_frame` indexed by
 //! `.eh_frame_hdr`, or `.debug_frame` when a module has no `.eh_frame`; the frame-pointer
 //! rule where an address is in no module with unwind tables). This crate feeds it:
 //!
@@ -44,7 +44,9 @@
 //! the modules of unchanged mappings and drops the others, so after `exec`, `dlclose` or
 //! a remapping, wrong modules are used for at most 2 s; a new module is found within
 //! 100 ms (samples in it until then end with a truncation, never a wrong frame from an
-//! unknown mapping).
+//! unknown mapping). The caller can do better where it knows more: the eBPF sampler
+//! sends each thread's exec count and calls [`Unwinder::forget`] when it grows, so an
+//! exec is never stale there.
 //!
 //! # Results
 //!
@@ -68,8 +70,6 @@
 //! * Frame-pointer walks are only as good as the code's frame pointers: a walk through
 //!   code built without them usually ends with [`Truncation::NoUnwindInfo`], and one that
 //!   happens to find `bp == 0` ends "cleanly" early.
-//!
-//! [framehop]: https://docs.rs/framehop
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -312,6 +312,66 @@ async fn requests_with_a_thread_id_get_their_own_threads_samples() {
     agent.stop().await.unwrap();
 }
 
+/// A request's profile says how many of its samples had truncated stacks and how many
+/// were lost in its window (of its thread, or of its process with no thread named);
+/// another thread's drop does not count, and stacks are counted by unwind method.
+#[tokio::test]
+async fn a_request_profile_counts_its_truncated_and_lost_samples() {
+    let colony = FakeColony::start().await;
+    let sampler = Arc::new(FakeSampler::new());
+    let agent = TestAgent::start_with(test_config(&colony.url()), factory(&sampler)).await;
+    let now = now_ns();
+    announce(&agent, "checkout", pid()).await;
+    colony.push_session(session("s-3", "checkout", now - 1_000 * MS, 3_000));
+    wait_for_targets(&sampler, &[pid()]).await;
+
+    let t0 = now - 800 * MS;
+    let truncated = |time| {
+        let mut s = sample(pid(), 101, time, hot_fn);
+        Arc::make_mut(&mut s.stack).unwind = coral_sampler::Unwind::Truncated;
+        s
+    };
+    sampler.push([
+        sample(pid(), 101, t0 + 10 * MS, hot_fn),
+        truncated(t0 + 20 * MS),
+        truncated(t0 + 30 * MS),
+    ]);
+    let loss = |tid, at, samples| coral_sampler::Loss {
+        tgid: Some(pid()),
+        tid,
+        start_unix_nano: at,
+        end_unix_nano: at,
+        samples,
+    };
+    sampler.push_losses([
+        loss(None, t0 + 40 * MS, 4), // the ring buffer was full: the process's
+        loss(Some(101), t0 + 50 * MS, 1), // a dropped sample of this thread
+        loss(Some(102), t0 + 60 * MS, 9), // another thread's
+        loss(None, t0 + 500 * MS, 20), // after the request
+    ]);
+    export(
+        &agent,
+        "checkout",
+        pid(),
+        vec![request_span(1, t0, 200, Some(101))],
+    )
+    .await;
+    colony
+        .wait_until("a request profile", |c| !c.trace_profiles.is_empty())
+        .await;
+    let profile = trace_profile(&colony, 1);
+    assert_eq!(total_samples(profile.profile.as_ref().unwrap()), 3);
+    assert_eq!(profile.truncated_samples, 2);
+    assert_eq!(profile.lost_samples, 5);
+    let text = crate::metrics::render(&agent.stats);
+    assert!(
+        text.contains("coral_agent_stacks_total{unwind=\"truncated\"} 2")
+            && text.contains("coral_agent_stacks_total{unwind=\"fp\"} 1"),
+        "{text}"
+    );
+    agent.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn requests_without_a_thread_id_get_their_process_samples_and_count_concurrency() {
     let colony = FakeColony::start().await;
