@@ -3,21 +3,21 @@
 
 use coral_analysis::profile::{Frame, Profile};
 use coral_sampler::{Sample, Stack};
-use std::collections::HashMap;
-use std::rc::Rc;
+use std::collections::{BTreeMap, HashMap};
 
 /// What folding needs from a symbolizer ([`coral_symbolizer::Symbolizer`] in the agent,
 /// a fake in unit tests). Both return one frame per address, in the input order.
 pub trait Symbolize {
-    fn user(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame>;
+    /// Several stacks of one process at once (one read of its memory map for all).
+    fn user_stacks(&mut self, pid: u32, stacks: &[&[u64]]) -> Vec<Vec<Frame>>;
     fn kernel(&mut self, addrs: &[u64]) -> Vec<Frame>;
     /// The process exited: drop what is cached for it.
     fn forget(&mut self, pid: u32);
 }
 
 impl Symbolize for coral_symbolizer::Symbolizer {
-    fn user(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
-        self.symbolize_user(pid, addrs)
+    fn user_stacks(&mut self, pid: u32, stacks: &[&[u64]]) -> Vec<Vec<Frame>> {
+        self.symbolize_user_stacks(pid, stacks)
     }
     fn kernel(&mut self, addrs: &[u64]) -> Vec<Frame> {
         self.symbolize_kernel(addrs)
@@ -47,7 +47,7 @@ type StackKey<'a> = (u32, &'a Stack);
 /// many samples and requests share it. Borrows the samples' address slices.
 #[derive(Default)]
 pub struct StackCache<'a> {
-    stacks: HashMap<StackKey<'a>, Rc<[Frame]>>,
+    stacks: HashMap<StackKey<'a>, Box<[Frame]>>,
 }
 
 impl<'a> StackCache<'a> {
@@ -55,21 +55,28 @@ impl<'a> StackCache<'a> {
         Self::default()
     }
 
-    /// The frames of `sample`'s stack, root first, leaf last: the user stack (outermost
-    /// caller first), then the kernel frames on top of it, the kernel leaf last.
-    pub fn frames(&mut self, symbolizer: &mut dyn Symbolize, sample: &'a Sample) -> Rc<[Frame]> {
-        let key = (sample.tgid, &*sample.stack);
-        self.stacks
-            .entry(key)
-            .or_insert_with(|| {
-                let mut frames = symbolizer.user(sample.tgid, &lookup_addrs(&sample.stack.user));
+    /// Symbolizes the stacks of `samples` not cached yet: one call per process for all
+    /// its new user stacks (a call costs a read of the process's memory map, about as
+    /// much as symbolizing a whole stack from a warm cache).
+    fn symbolize(&mut self, symbolizer: &mut dyn Symbolize, samples: &[&'a Sample]) {
+        let mut by_pid: BTreeMap<u32, Vec<&'a Sample>> = BTreeMap::new();
+        for &sample in samples {
+            if !self.stacks.contains_key(&(sample.tgid, &*sample.stack)) {
+                by_pid.entry(sample.tgid).or_default().push(sample);
+            }
+        }
+        for (pid, group) in by_pid {
+            let addrs: Vec<Vec<u64>> = group.iter().map(|s| lookup_addrs(&s.stack.user)).collect();
+            let refs: Vec<&[u64]> = addrs.iter().map(Vec::as_slice).collect();
+            let users = symbolizer.user_stacks(pid, &refs);
+            for (sample, mut frames) in group.into_iter().zip(users) {
                 frames.reverse();
                 let mut kernel = symbolizer.kernel(&lookup_addrs(&sample.stack.kernel));
                 kernel.reverse();
                 frames.extend(kernel);
-                frames.into()
-            })
-            .clone()
+                self.stacks.insert((pid, &*sample.stack), frames.into());
+            }
+        }
     }
 
     /// Distinct stacks symbolized so far.
@@ -102,10 +109,11 @@ pub fn fold<'a>(
     for (index, count) in counts.into_values() {
         weights[index] = count;
     }
+    cache.symbolize(symbolizer, &order);
     let mut profile = Profile::new();
     for (sample, count) in order.into_iter().zip(weights) {
-        let frames = cache.frames(symbolizer, sample);
-        profile.add(&frames, count, frequency_hz);
+        let frames = &cache.stacks[&(sample.tgid, &*sample.stack)];
+        profile.add(frames, count, frequency_hz);
     }
     profile
 }
@@ -123,11 +131,16 @@ mod tests {
     }
 
     impl Symbolize for FakeSymbolizer {
-        fn user(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
+        fn user_stacks(&mut self, pid: u32, stacks: &[&[u64]]) -> Vec<Vec<Frame>> {
             self.user_calls += 1;
-            addrs
+            stacks
                 .iter()
-                .map(|a| Frame::user(format!("u{pid}:{a:x}"), "bin"))
+                .map(|addrs| {
+                    addrs
+                        .iter()
+                        .map(|a| Frame::user(format!("u{pid}:{a:x}"), "bin"))
+                        .collect()
+                })
                 .collect()
         }
         fn kernel(&mut self, addrs: &[u64]) -> Vec<Frame> {
@@ -187,13 +200,16 @@ mod tests {
         assert_eq!(names(&profile, 1), ["u7:40"]);
         assert_eq!(profile.stacks[1].samples, 2);
         assert_eq!(names(&profile, 2), ["u8:20", "u8:10"]);
-        assert_eq!(symbolizer.user_calls, 3, "one lookup per distinct stack");
+        assert_eq!(
+            symbolizer.user_calls, 2,
+            "one lookup per process, for its distinct stacks together"
+        );
         assert_eq!(cache.distinct_stacks(), 3);
 
         // A second fold in the same batch reuses the cache.
         let again = fold(&samples[..2], &mut cache, &mut symbolizer, 100);
         assert_eq!(again.total_samples(), 2);
-        assert_eq!(symbolizer.user_calls, 3);
+        assert_eq!(symbolizer.user_calls, 2);
     }
 
     #[test]
