@@ -533,14 +533,26 @@ fn drain_once(sampler: &dyn Sampler, symbolizer: &mut Symbolizer, stats: &mut Ro
     for s in &samples {
         distinct.entry((s.tgid, &*s.stack)).or_insert((s, 0)).1 += 1;
     }
+    // As the agent's fold: a process's distinct stacks in one call.
+    let mut by_pid: HashMap<u32, Vec<(&Sample, u64)>> = HashMap::new();
+    for &(s, count) in distinct.values() {
+        by_pid.entry(s.tgid).or_default().push((s, count));
+    }
     let mut rooted = 0;
-    for (s, count) in distinct.values() {
-        let user = symbolizer.symbolize_user(s.tgid, &lookup_addrs(&s.stack.user));
-        std::hint::black_box(symbolizer.symbolize_kernel(&lookup_addrs(&s.stack.kernel)));
-        if reaches_root(s.stack.unwind, &user) {
-            rooted += count;
+    for (pid, group) in by_pid {
+        let addrs: Vec<Vec<u64>> = group
+            .iter()
+            .map(|(s, _)| lookup_addrs(&s.stack.user))
+            .collect();
+        let refs: Vec<&[u64]> = addrs.iter().map(Vec::as_slice).collect();
+        let users = symbolizer.symbolize_user_stacks(pid, &refs);
+        for ((s, count), user) in group.into_iter().zip(users) {
+            std::hint::black_box(symbolizer.symbolize_kernel(&lookup_addrs(&s.stack.kernel)));
+            if reaches_root(s.stack.unwind, &user) {
+                rooted += count;
+            }
+            stats.user_frames += s.stack.user.len() as u64 * count;
         }
-        stats.user_frames += s.stack.user.len() as u64 * count;
     }
     stats.stacks += distinct.len() as u64;
     stats.symbolize_time += start.elapsed();

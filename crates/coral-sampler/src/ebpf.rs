@@ -353,19 +353,24 @@ impl Shared {
         self.samples
             .fetch_add(samples.len() as u64, Ordering::Relaxed);
         let mut buffer = self.buffer();
-        let mut dropped = 0;
+        // Dropped samples, one loss per thread (an overflow drops many at once).
+        let mut dropped: HashMap<(u32, u32), Loss> = HashMap::new();
         for sample in samples {
             if buffer.samples.len() >= self.max_buffered
                 && let Some(oldest) = buffer.samples.pop_front()
             {
-                losses.push(Loss::of_sample(&oldest));
-                dropped += 1;
+                dropped
+                    .entry((oldest.tgid, oldest.tid))
+                    .and_modify(|loss| loss.add(&oldest))
+                    .or_insert_with(|| Loss::of_sample(&oldest));
             }
             buffer.samples.push_back(sample);
         }
-        if dropped > 0 {
-            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        let count: u64 = dropped.values().map(|loss| loss.samples).sum();
+        if count > 0 {
+            self.dropped.fetch_add(count, Ordering::Relaxed);
         }
+        losses.extend(dropped.into_values());
         buffer.losses.extend(losses);
     }
 

@@ -161,6 +161,13 @@ impl Loss {
             samples: 1,
         }
     }
+
+    /// Counts one more dropped sample of the same thread.
+    pub fn add(&mut self, sample: &Sample) {
+        self.start_unix_nano = self.start_unix_nano.min(sample.time_unix_nano);
+        self.end_unix_nano = self.end_unix_nano.max(sample.time_unix_nano);
+        self.samples += 1;
+    }
 }
 
 /// How user stacks are walked.

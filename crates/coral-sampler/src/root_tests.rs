@@ -879,6 +879,10 @@ fn full_maps_are_counted_and_sampling_goes_on() {
         "every dropped sample is a loss: {losses:?}"
     );
     assert!(
+        losses.iter().filter(|l| l.tid.is_some()).count() < dropped as usize,
+        "a thread's drops at once are one loss: {losses:?}"
+    );
+    assert!(
         lost_in_kernel > 0,
         "ring buffer losses reported: {losses:?}"
     );
