@@ -12,45 +12,8 @@ use coral_symbolizer::Symbolizer;
 use coral_unwind::{Method, Truncation, Unwinder, UnwinderConfig, Unwound};
 use support::{Running, Sample, compile, sample_all_threads, sample_thread};
 
-const WORKERS_C: &str = r#"
-#include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <zlib.h>
-
-static unsigned char input[1 << 16];
-
-__attribute__((noinline)) int compress_block(unsigned char *out, uLongf *out_len, int level) {
-    int rc = compress2(out, out_len, input, sizeof input, level);
-    __asm__ volatile("" ::: "memory");
-    return rc;
-}
-
-__attribute__((noinline)) int slow_path(unsigned char *out, int level) {
-    uLongf len = compressBound(sizeof input);
-    int rc = compress_block(out, &len, level);
-    __asm__ volatile("" ::: "memory");
-    return rc + (int)len;
-}
-
-__attribute__((noinline)) void *worker_main(void *arg) {
-    unsigned char *out = malloc(compressBound(sizeof input));
-    volatile long sink = 0;
-    for (;;) sink += slow_path(out, 6);
-    return arg;
-}
-
-int main(void) {
-    unsigned seed = 1;
-    for (size_t i = 0; i < sizeof input; i++) input[i] = 'a' + rand_r(&seed) % 16;
-    pthread_t threads[3];
-    for (int i = 0; i < 3; i++) pthread_create(&threads[i], NULL, worker_main, NULL);
-    printf("ready\n");
-    fflush(stdout);
-    for (int i = 0; i < 3; i++) pthread_join(threads[i], NULL);
-    return 0;
-}
-"#;
+/// The sampler's root tests drive the same workload through eBPF.
+const WORKERS_C: &str = include_str!("../../coral-sampler/testdata/zlib_workers.c");
 
 const OPT_FLAGS: &[&str] = &["-O2", "-g", "-fomit-frame-pointer"];
 
