@@ -35,28 +35,10 @@ const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// How long `perf record` is given to attach before the workload starts.
 const PERF_STARTUP: Duration = Duration::from_millis(1500);
 
-/// Outermost functions of a stack that reached its thread's root.
-pub const ROOTS: &[&str] = &[
-    "start_thread",
-    "clone3",
-    "__clone3",
-    "clone",
-    "__clone",
-    "_start",
-    "__libc_start_main",
-    "__libc_start_call_main",
-];
-
 /// Whether a symbolized user stack (leaf first) reached its thread's root: the walk was
-/// not truncated and its outermost frame is a thread root or process entry, or in libc
-/// (Debian's libc has no .symtab: `clone3`/`start_thread` are named after the nearest
-/// exported symbol or not at all).
+/// not cut and its outermost frame is a thread root.
 pub fn reaches_root(unwind: Unwind, frames: &[coral_analysis::profile::Frame]) -> bool {
-    unwind != Unwind::Truncated
-        && frames.last().is_some_and(|outermost| {
-            ROOTS.contains(&outermost.function.as_str())
-                || (outermost.module.starts_with("libc.so") && frames.len() > 1)
-        })
+    unwind != Unwind::Truncated && coral_symbolizer::ends_at_thread_root(frames)
 }
 
 /// What runs during a round.

@@ -11,30 +11,25 @@ use crate::overhead::{lookup_addrs, reaches_root};
 use anyhow::{Context, Result};
 use coral_sampler::Unwind;
 use coral_symbolizer::Symbolizer;
-use coral_unwind::{Unwinder, UnwinderConfig, UserRegs};
-use nix::sys::ptrace;
-use nix::sys::uio::{RemoteIoVec, process_vm_readv};
-use nix::sys::wait::{WaitPidFlag, waitpid};
-use nix::unistd::Pid;
+use coral_unwind::{Unwinder, UnwinderConfig};
 use std::collections::HashSet;
 use std::hint::black_box;
-use std::io::{IoSliceMut, Write};
+use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// The stack bytes the eBPF program copies at most.
-const STACK_COPY_BYTES: usize = 32 * 1024;
 /// Rounds of sampling every worker thread.
 const CAPTURE_ROUNDS: usize = 1000;
 const WARM_PASSES: usize = 20;
 /// Samples per drain of the agent's profiler: 100 ms of 2 busy threads at 99 Hz.
 const DRAIN_SAMPLES: usize = 20;
 
-/// One captured sample: what the eBPF program hands the reader.
-struct RawSample {
-    regs: UserRegs,
-    stack: Vec<u8>,
-}
+/// Capturing a thread's registers and stack with ptrace, as coral-unwind's tests do.
+#[path = "../../coral-unwind/tests/support/capture.rs"]
+#[allow(dead_code)]
+mod capture;
+
+use capture::{Sample as RawSample, sample_thread};
 
 pub fn run() -> Result<()> {
     println!();
@@ -70,8 +65,8 @@ pub fn run() -> Result<()> {
 /// Samples every worker thread (not the main one, which waits in `pthread_join`: a CPU
 /// clock sampler would not see it) [`CAPTURE_ROUNDS`] times, 2 ms apart.
 fn capture(pid: u32) -> Result<Vec<RawSample>> {
-    let tids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+    let tids: Vec<u32> = capture::threads(pid)
+        .into_iter()
         .filter(|&tid| tid != pid)
         .collect();
     let mut samples = Vec::with_capacity(CAPTURE_ROUNDS * tids.len());
@@ -80,55 +75,6 @@ fn capture(pid: u32) -> Result<Vec<RawSample>> {
         std::thread::sleep(Duration::from_millis(2));
     }
     Ok(samples)
-}
-
-/// Stops thread `tid` (PTRACE_SEIZE + PTRACE_INTERRUPT), reads its registers and up to
-/// 32 KiB of stack from sp, and lets it run again.
-fn sample_thread(pid: u32, tid: u32) -> Option<RawSample> {
-    let thread = Pid::from_raw(tid as i32);
-    ptrace::seize(thread, ptrace::Options::empty()).ok()?;
-    let sample = (|| {
-        ptrace::interrupt(thread).ok()?;
-        waitpid(thread, Some(WaitPidFlag::__WALL)).ok()?;
-        let regs = ptrace::getregs(thread).ok()?;
-        let regs = UserRegs {
-            ip: regs.rip,
-            sp: regs.rsp,
-            bp: regs.rbp,
-        };
-        Some(RawSample {
-            regs,
-            stack: read_stack(pid, regs.sp),
-        })
-    })();
-    let _ = ptrace::detach(thread, None);
-    sample
-}
-
-/// Up to 32 KiB from `sp`, shorter where the stack mapping ends: one remote iovec per
-/// page, since process_vm_readv stops at the first one that faults.
-fn read_stack(pid: u32, sp: u64) -> Vec<u8> {
-    let mut remote = Vec::new();
-    let mut addr = sp as usize;
-    let end = addr + STACK_COPY_BYTES;
-    while addr < end {
-        let page_end = ((addr / 4096) + 1) * 4096;
-        let len = page_end.min(end) - addr;
-        remote.push(RemoteIoVec { base: addr, len });
-        addr += len;
-    }
-    let mut buf = vec![0u8; STACK_COPY_BYTES];
-    let mut locals = Vec::new();
-    let mut rest = buf.as_mut_slice();
-    for r in &remote {
-        let (head, tail) = rest.split_at_mut(r.len);
-        locals.push(IoSliceMut::new(head));
-        rest = tail;
-    }
-    let read = process_vm_readv(Pid::from_raw(pid as i32), &mut locals, &remote).unwrap_or(0);
-    drop(locals);
-    buf.truncate(read);
-    buf
 }
 
 /// CPU time of the calling thread.

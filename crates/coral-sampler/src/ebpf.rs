@@ -574,7 +574,7 @@ impl Reader {
                     samples: event.lost,
                 });
             }
-            let sample = self.stacks.sample(&event, offset);
+            let sample = self.stacks.sample(event, offset);
             samples.push(sample);
         }
         if offset.is_some() {
@@ -602,7 +602,7 @@ impl Stacks {
         self.interned.retain(|stack| Arc::strong_count(stack) > 1);
     }
 
-    fn sample(&mut self, event: &RawEvent<'_>, offset: ClockOffset) -> Sample {
+    fn sample(&mut self, event: RawEvent<'_>, offset: ClockOffset) -> Sample {
         let (user, unwind) = match &mut self.unwinder {
             Some(unwinder) if event.sp != 0 => {
                 // The process exec'd: what the unwinder knows of its mappings is stale.
@@ -632,12 +632,12 @@ impl Stacks {
                 } else {
                     Unwind::FramePointer
                 };
-                (event.user.clone(), unwind)
+                (event.user, unwind)
             }
         };
         let stack = Stack {
             user: user.into(),
-            kernel: event.kernel.as_slice().into(),
+            kernel: event.kernel.into(),
             unwind,
         };
         let stack = match self.interned.get(&stack) {

@@ -8,14 +8,16 @@
 //!    ▼
 //!  coral_sample (ebpf/sampler.bpf.c)
 //!    tgid ∉ targets → return
-//!    bpf_get_stackid(user), bpf_get_stackid(kernel) → active stack map (stacks_0|stacks_1)
-//!    event {ktime, tgid, tid, cpu, stack ids, map index} → events (ring buffer)
+//!    user registers, kernel stack (bpf_get_stack), and the user stack: copied from sp
+//!    (up to 32 KiB; UnwindMode::Auto) or walked by frame pointer (UnwindMode::FramePointer)
+//!    one event {ktime, tgid, tid, cpu, exec count, losses since, frames, stack bytes}
+//!    → events (ring buffer)
 //!    │
 //!    ▼
 //!  reader thread (every 10 ms)
-//!    resolves stack ids to addresses at once, monotonic → Unix time (offset
-//!    re-measured every second), rotates and clears the stack maps, forgets exited
-//!    processes
+//!    unwinds copied stacks (coral-unwind), interns equal stacks, monotonic → Unix time
+//!    (offset re-measured every second), turns lost counts into Losses, forgets exited
+//!    processes, attaches CPUs that came online
 //!    │
 //!    ▼
 //!  bounded buffer ──► Sampler::drain()

@@ -628,7 +628,7 @@ fn missing_and_exiting_processes_do_not_break_sampling() {
 
 #[test]
 #[ignore = "needs root for eBPF: run `cargo xtask test`"]
-fn frequency_follows_the_targets_without_a_gap() {
+fn frequency_follows_the_targets() {
     let _serial = serial();
     let sampler = sampler();
     let workload = Workload::spawn(&["work", "3"]);
@@ -843,7 +843,7 @@ fn overhead_at_99_hz() {
 /// fails, and sampling goes on.
 #[test]
 #[ignore = "needs root for eBPF: run `cargo xtask test`"]
-fn full_maps_are_counted_and_sampling_goes_on() {
+fn full_buffers_are_counted_as_losses_and_sampling_goes_on() {
     let _serial = serial();
     require_root();
     let sampler = EbpfSampler::new(SamplerConfig {

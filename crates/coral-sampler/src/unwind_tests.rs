@@ -13,7 +13,7 @@
 use crate::root_tests::{require_root, serial};
 use crate::{EbpfSampler, MAX_STACK_DEPTH, Sample, Sampler, SamplerConfig, Unwind, UnwindMode};
 use coral_analysis::profile::{Frame, UNKNOWN_FUNCTION};
-use coral_symbolizer::{JIT_MODULE, Symbolizer};
+use coral_symbolizer::{JIT_MODULE, Symbolizer, ends_at_thread_root};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Lines};
 use std::path::{Path, PathBuf};
@@ -30,18 +30,6 @@ const SAMPLING: Duration = Duration::from_millis(1500);
 const BEFORE_CHANGE: Duration = Duration::from_millis(400);
 /// The share of samples that must be whole (the bar).
 const WHOLE: f64 = 0.9;
-
-/// Outermost functions of a complete stack (thread roots and the process entry).
-const ROOTS: &[&str] = &[
-    "_start",
-    "__libc_start_main",
-    "__libc_start_call_main",
-    "clone3",
-    "__clone3",
-    "clone",
-    "__clone",
-    "start_thread",
-];
 
 fn testdata(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -214,15 +202,9 @@ fn describe(frames: &[Frame]) -> String {
         .join(" <- ")
 }
 
-/// A stack that ended cleanly at a thread root or the process entry: not truncated, and
-/// the outermost frame a root, or in libc (Debian's libc has no `.symtab`: clone3 and
-/// start_thread symbolize as unknown or as the nearest exported symbol).
+/// A stack that ended cleanly at a thread root or the process entry.
 fn reaches_root(sample: &Sample, frames: &[Frame]) -> bool {
-    sample.stack.unwind != Unwind::Truncated
-        && frames.last().is_some_and(|outermost| {
-            ROOTS.contains(&outermost.function.as_str())
-                || (outermost.module.starts_with("libc.so") && frames.len() > 1)
-        })
+    sample.stack.unwind != Unwind::Truncated && ends_at_thread_root(frames)
 }
 
 /// Whether `frames[at..]` starts with these functions.

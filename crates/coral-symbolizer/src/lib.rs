@@ -35,6 +35,29 @@ pub const JIT_MODULE: &str = "[jit]";
 /// The module of frames in the vDSO.
 pub const VDSO_MODULE: &str = "[vdso]";
 
+/// Outermost functions of a whole user stack: thread starts and the process entry.
+const THREAD_ROOTS: &[&str] = &[
+    "start_thread",
+    "clone3",
+    "__clone3",
+    "clone",
+    "__clone",
+    "_start",
+    "__libc_start_main",
+    "__libc_start_call_main",
+];
+
+/// Whether a symbolized user stack (leaf first) ends at its thread's root: its outermost
+/// frame is a thread start or the process entry, or in libc (Debian's libc has no symbol
+/// table: `clone3` and `start_thread` are unnamed there, or named after the nearest
+/// exported symbol). Says nothing of whether the walk was cut: check that first.
+pub fn ends_at_thread_root(frames: &[Frame]) -> bool {
+    frames.last().is_some_and(|outermost| {
+        THREAD_ROOTS.contains(&outermost.function.as_str())
+            || (outermost.module.starts_with("libc.so") && frames.len() > 1)
+    })
+}
+
 /// Counters of a [`Symbolizer`] since it was created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SymbolizerStats {

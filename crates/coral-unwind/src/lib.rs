@@ -548,12 +548,14 @@ impl Unwinder {
         let mut address = FrameAddress::from_instruction_pointer(regs.ip);
         let (mut dwarf_steps, mut fp_steps) = (0usize, 0usize);
         let mut leaf_has_tables = None;
+        // The mapping of the frame being unwound (each frame's is looked up once: when
+        // its return address is checked).
+        let mut mapping = self.find_mapping(process, pid, address.address_for_lookup(), now);
         let truncated = loop {
-            let has_tables =
-                match self.find_mapping(process, pid, address.address_for_lookup(), now) {
-                    Some(index) => self.prepare_module(process, pid, index),
-                    None => false,
-                };
+            let has_tables = match mapping {
+                Some(index) => self.prepare_module(process, pid, index),
+                None => false,
+            };
             leaf_has_tables.get_or_insert(has_tables);
             let step = process.unwinder.unwind_frame(
                 address,
@@ -572,10 +574,8 @@ impl Unwinder {
                     let Some(next) = FrameAddress::from_return_address(return_address) else {
                         break None;
                     };
-                    if self
-                        .find_mapping(process, pid, next.address_for_lookup(), now)
-                        .is_none()
-                    {
+                    mapping = self.find_mapping(process, pid, next.address_for_lookup(), now);
+                    if mapping.is_none() {
                         break Some(no_caller);
                     }
                     if frames.len() >= self.config.max_depth {

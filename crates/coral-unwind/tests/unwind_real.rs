@@ -17,18 +17,6 @@ const WORKERS_C: &str = include_str!("../../coral-sampler/testdata/zlib_workers.
 
 const OPT_FLAGS: &[&str] = &["-O2", "-g", "-fomit-frame-pointer"];
 
-/// Outermost functions of a complete stack (thread roots and process entry).
-const ROOTS: &[&str] = &[
-    "start_thread",
-    "clone3",
-    "__clone3",
-    "clone",
-    "__clone",
-    "_start",
-    "__libc_start_main",
-    "__libc_start_call_main",
-];
-
 fn build_workers(dir: &std::path::Path) -> std::path::PathBuf {
     compile(
         dir,
@@ -79,13 +67,7 @@ fn describe(frames: &[Frame]) -> String {
 
 /// A stack that ended cleanly at a thread root or the process entry.
 fn reaches_root(unwound: &Unwound, frames: &[Frame]) -> bool {
-    unwound.truncated.is_none()
-        && frames.last().is_some_and(|outermost| {
-            ROOTS.contains(&outermost.function.as_str())
-                // Debian's libc has no .symtab: clone3/start_thread symbolize as unknown
-                // (or the nearest exported symbol) in libc.
-                || (outermost.module.starts_with("libc.so") && frames.len() > 1)
-        })
+    unwound.truncated.is_none() && coral_symbolizer::ends_at_thread_root(frames)
 }
 
 #[derive(Debug, Default)]

@@ -44,7 +44,7 @@ fn lookup_addrs(stack: &[u64]) -> Vec<u64> {
 type StackKey<'a> = (u32, &'a Stack);
 
 /// Symbolized stacks of one batch, so that each distinct stack is symbolized once however
-/// many samples and requests share it. Borrows the samples' address slices.
+/// many samples and requests share it. Borrows the samples' stacks.
 #[derive(Default)]
 pub struct StackCache<'a> {
     stacks: HashMap<StackKey<'a>, Box<[Frame]>>,

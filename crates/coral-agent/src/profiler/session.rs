@@ -544,9 +544,10 @@ impl Worker {
         tracing::warn!(
             samples_lost = lost - lost_then,
             stacks_not_stored = stack_errors - errors_then,
-            "the CPU sampler lost {} samples and could not store {} stacks since the last \
-             warning (its kernel buffer or stack map was full: profiles undercount; a lower \
-             sampling frequency or fewer profiled processes helps)",
+            "the CPU sampler lost {} samples and could not take {} stacks since the last \
+             warning (its kernel or user-space buffer was full: profiles undercount, and \
+             requests overlapping the losses say so; a lower sampling frequency or fewer \
+             profiled processes helps)",
             lost - lost_then,
             stack_errors - errors_then
         );
