@@ -21,6 +21,31 @@
  *
  * Frames and stack bytes go into the event itself (no stack maps): nothing is
  * lost to hash collisions or a full map, and nothing has to be rotated.
+ *
+ * Off-CPU intervals (targets whose `targets` value has CORAL_TARGET_OFF_CPU):
+ * user space attaches `coral_switch_out` (tp_btf/sched_switch) and
+ * `coral_switch_in` (tp_btf/sched_exit_tp) or `coral_switch_in_kprobe` (a
+ * kprobe on finish_task_switch, where that tracepoint does not exist) only
+ * while such a target exists.
+ *   - switch-out: a target thread leaving the CPU gets an `offcpu_start` entry
+ *     {ktime, state}: the task state it left in (prev_state), with
+ *     CORAL_STATE_PREEMPTED when it was preempted or still runnable (a wait on
+ *     the run queue, not a block).
+ *   - switch-in: the sched_exit_tp tracepoint at the end of __schedule
+ *     (kernels >= 6.16), else a kprobe on finish_task_switch, runs in the
+ *     thread switched in, so its kernel stack (__schedule <- schedule <- what
+ *     it waited in) and its saved user registers are those of the wait. The entry
+ *     is taken; d = now - start. With T = coral_offcpu_min_wait_ns:
+ *       d >= T: one event of weight d;
+ *       d <  T: one event of weight T with probability d / T, else none.
+ *     The expected weight sent is d either way, so the weights summed per stack
+ *     are an unbiased estimate of the time blocked there, while a thread sends
+ *     at most about one event per T of wall time.
+ *   - a per-CPU token bucket (coral_offcpu_event_cost_ns of credit per event,
+ *     100 ms of credit at most) bounds the off-CPU events per second; an event
+ *     over it is not built and is counted as lost, like a full ring buffer.
+ * `offcpu_start` is an LRU hash, so the entry of a thread that exits while
+ * switched out is evicted in time instead of leaking.
  */
 #include <linux/bpf.h>
 #include <linux/bpf_perf_event.h>
@@ -32,6 +57,8 @@
 /* Only the field read here; its offset is relocated against the running
  * kernel's BTF (CO-RE). */
 struct task_struct {
+	int pid;
+	int tgid;
 	__u64 self_exec_id;
 } __attribute__((preserve_access_index));
 
@@ -48,8 +75,13 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* Set by user space at load time (CORAL_UNWIND_*). */
 volatile const __u32 coral_unwind_mode = CORAL_UNWIND_COPY;
+/* Off-CPU intervals shorter than this are sampled (see the top); set at load. */
+volatile const __u64 coral_offcpu_min_wait_ns = 1000000;
+/* Token bucket credit one off-CPU event takes: 1e9 / (events per second per
+ * CPU); set at load. */
+volatile const __u64 coral_offcpu_event_cost_ns = 500000;
 
-/* Profiled processes: tgid -> 1. Maintained by user space. */
+/* Profiled processes: tgid -> CORAL_TARGET_* flags. Maintained by user space. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CORAL_MAX_TARGETS);
@@ -73,12 +105,13 @@ struct {
 	__type(value, struct scratch);
 } scratch SEC(".maps");
 
-/* Samples of this CPU lost since its last event. */
+/* Samples of this CPU lost since its last event: how many, since when, of
+ * which process and thread (0: several). */
 struct lost_state {
 	__u64 count;
 	__u64 since_ns;
 	__u32 tgid;
-	__u32 pad;
+	__u32 tid;
 };
 
 struct {
@@ -93,6 +126,33 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, CORAL_RING_BYTES);
 } events SEC(".maps");
+
+/* Target threads switched out: tid -> when and how. */
+struct offcpu_start {
+	__u64 ktime_ns;
+	__u32 state;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CORAL_OFFCPU_THREADS);
+	__type(key, __u32);
+	__type(value, struct offcpu_start);
+} offcpu_start SEC(".maps");
+
+/* Per-CPU token bucket of off-CPU events: credit in nanoseconds. */
+struct offcpu_budget {
+	__u64 credit_ns;
+	__u64 last_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct offcpu_budget);
+} offcpu_budget SEC(".maps");
 
 /* CORAL_COUNTER_* counters, per CPU (summed by user space). */
 struct {
@@ -110,20 +170,11 @@ static __always_inline void count(__u32 which)
 		*value += 1; /* per-CPU slot, and this program cannot nest on a CPU */
 }
 
-/* The registers the thread returns to user space with. In a sample taken in
- * user mode they are the interrupted ones; in kernel mode (a system call, a
- * page fault) they are saved at the top of the thread's kernel stack. */
-static __always_inline void user_regs(struct bpf_perf_event_data *ctx,
-				      struct coral_sample_event *event)
+/* The user registers saved at the top of the current thread's kernel stack
+ * (what it returns to user space with); 0 when unreadable. */
+static __always_inline void saved_user_regs(struct coral_sample_event *event)
 {
 	struct pt_regs regs;
-
-	if ((ctx->regs.cs & 3) == 3) {
-		event->ip = ctx->regs.rip;
-		event->sp = ctx->regs.rsp;
-		event->bp = ctx->regs.rbp;
-		return;
-	}
 	long saved = bpf_task_pt_regs(bpf_get_current_task_btf());
 
 	if (!saved || bpf_probe_read_kernel(&regs, sizeof(regs), (void *)saved)) {
@@ -171,34 +222,42 @@ static __always_inline __u64 copy_stack(__u8 *to, __u64 sp)
 	return copied;
 }
 
-SEC("perf_event")
-int coral_sample(struct bpf_perf_event_data *ctx)
+/* Counts an event that was not sent (ring buffer full, or over the off-CPU
+ * budget); `since_ns` is the earliest time it covers. */
+static __always_inline void note_lost(struct lost_state *pending, __u32 tgid,
+				      __u32 tid, __u64 since_ns)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
-	__u32 zero = 0, cpu = bpf_get_smp_processor_id();
-	struct coral_sample_event *event;
-	struct lost_state *pending;
-	struct scratch *s;
+	if (!pending->count) {
+		pending->since_ns = since_ns;
+		pending->tgid = tgid;
+		pending->tid = tid;
+	} else {
+		if (since_ns < pending->since_ns)
+			pending->since_ns = since_ns;
+		if (pending->tgid != tgid)
+			pending->tgid = 0;
+		if (pending->tid != tid)
+			pending->tid = 0;
+	}
+	pending->count += 1;
+}
+
+/* Completes the event the caller started in `s` (time, ids, CPU, user
+ * registers, kind, state, off-CPU start and weight) with the exec count, the
+ * kernel and user stacks and the pending losses, and sends it. `ctx` is the
+ * program's context, for bpf_get_stack; kernel_skip, how many leaf kernel
+ * frames are the probe's own. Returns whether it was sent. */
+static __always_inline int send_event(void *ctx, struct scratch *s,
+				      struct lost_state *pending, __u64 kernel_skip)
+{
+	struct coral_sample_event *event = &s->event;
 	__u64 kernel_bytes = 0, user_bytes = 0, stack_bytes = 0;
 	__u64 size;
 	long n;
 
-	if (!bpf_map_lookup_elem(&targets, &tgid))
-		return 0;
-	s = bpf_map_lookup_elem(&scratch, &cpu);
-	pending = bpf_map_lookup_elem(&lost, &zero);
-	if (!s || !pending)
-		return 0;
-	event = &s->event;
-	event->ktime_ns = bpf_ktime_get_ns();
-	event->tgid = tgid;
-	event->tid = (__u32)pid_tgid;
-	event->cpu = cpu;
-	user_regs(ctx, event);
 	event->exec_id = exec_id();
-
-	n = bpf_get_stack(ctx, s->data, CORAL_FRAMES_BYTES, 0);
+	n = bpf_get_stack(ctx, s->data, CORAL_FRAMES_BYTES,
+			  kernel_skip & BPF_F_SKIP_FIELD_MASK);
 	if (n > 0)
 		kernel_bytes = n & 1023;
 	else if (n < 0 && n != -EFAULT)
@@ -223,23 +282,184 @@ int coral_sample(struct bpf_perf_event_data *ctx)
 	event->lost = pending->count;
 	event->lost_since_ns = pending->since_ns;
 	event->lost_tgid = pending->tgid;
+	event->lost_tid = pending->tid;
+	event->reserved = 0;
 
 	size = sizeof(*event) + kernel_bytes + user_bytes + stack_bytes;
 	/* No wakeup: user space polls the ring buffer every few milliseconds. */
 	if (bpf_ringbuf_output(&events, s, size, BPF_RB_NO_WAKEUP)) {
 		count(CORAL_COUNTER_LOST);
-		if (!pending->count) {
-			pending->since_ns = event->ktime_ns;
-			pending->tgid = tgid;
-		} else if (pending->tgid != tgid) {
-			pending->tgid = 0;
-		}
-		pending->count += 1;
+		note_lost(pending, event->tgid, event->tid,
+			  event->kind == CORAL_KIND_OFF_CPU ? event->off_cpu_start_ns
+							    : event->ktime_ns);
 		return 0;
 	}
 	pending->count = 0;
 	pending->since_ns = 0;
 	pending->tgid = 0;
+	pending->tid = 0;
 	count(CORAL_COUNTER_SAMPLES);
+	return 1;
+}
+
+SEC("perf_event")
+int coral_sample(struct bpf_perf_event_data *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	__u32 zero = 0, cpu = bpf_get_smp_processor_id();
+	struct coral_sample_event *event;
+	struct lost_state *pending;
+	struct scratch *s;
+
+	if (!bpf_map_lookup_elem(&targets, &tgid))
+		return 0;
+	s = bpf_map_lookup_elem(&scratch, &cpu);
+	pending = bpf_map_lookup_elem(&lost, &zero);
+	if (!s || !pending)
+		return 0;
+	event = &s->event;
+	event->ktime_ns = bpf_ktime_get_ns();
+	event->tgid = tgid;
+	event->tid = (__u32)pid_tgid;
+	event->cpu = cpu;
+	/* Interrupted in user mode: those are the user registers; in kernel mode
+	 * (a system call, a page fault) they are saved on the kernel stack. */
+	if ((ctx->regs.cs & 3) == 3) {
+		event->ip = ctx->regs.rip;
+		event->sp = ctx->regs.rsp;
+		event->bp = ctx->regs.rbp;
+	} else {
+		saved_user_regs(event);
+	}
+	event->kind = CORAL_KIND_CPU;
+	event->state = 0;
+	event->off_cpu_start_ns = 0;
+	event->weight_ns = 0;
+	send_event(ctx, s, pending, 0);
 	return 0;
+}
+
+/* Whether one more off-CPU event fits this CPU's budget (and takes it). */
+static __always_inline int offcpu_budget_take(__u64 now)
+{
+	__u32 zero = 0;
+	struct offcpu_budget *budget = bpf_map_lookup_elem(&offcpu_budget, &zero);
+	__u64 cap = coral_offcpu_event_cost_ns > CORAL_OFFCPU_BURST_NS
+			    ? coral_offcpu_event_cost_ns
+			    : CORAL_OFFCPU_BURST_NS;
+
+	if (!budget)
+		return 0;
+	budget->credit_ns += now - budget->last_ns;
+	budget->last_ns = now;
+	if (budget->credit_ns > cap)
+		budget->credit_ns = cap;
+	if (budget->credit_ns < coral_offcpu_event_cost_ns)
+		return 0;
+	budget->credit_ns -= coral_offcpu_event_cost_ns;
+	return 1;
+}
+
+SEC("tp_btf/sched_switch")
+int coral_switch_out(unsigned long long *ctx)
+{
+	/* (bool preempt, struct task_struct *prev, struct task_struct *next,
+	 *  unsigned int prev_state) */
+	int preempt = (int)(__u8)ctx[0];
+	struct task_struct *prev = (struct task_struct *)ctx[1];
+	__u32 prev_state = (__u32)ctx[3];
+	__u32 tgid = prev->tgid, tid = prev->pid;
+	__u32 *flags = bpf_map_lookup_elem(&targets, &tgid);
+	struct offcpu_start start;
+
+	if (!flags || !(*flags & CORAL_TARGET_OFF_CPU))
+		return 0;
+	start.ktime_ns = bpf_ktime_get_ns();
+	start.state = prev_state & ~CORAL_STATE_PREEMPTED;
+	if (preempt || prev_state == 0)
+		start.state |= CORAL_STATE_PREEMPTED;
+	start.pad = 0;
+	bpf_map_update_elem(&offcpu_start, &tid, &start, BPF_ANY);
+	return 0;
+}
+
+/* The switch-in side, in the context of the thread switched in (current). */
+static __always_inline int switch_in(void *ctx, __u64 kernel_skip)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
+	__u32 zero = 0, cpu, *flags;
+	struct offcpu_start *found;
+	struct coral_sample_event *event;
+	struct lost_state *pending;
+	struct scratch *s;
+	__u64 now, start_ns, wait, weight, threshold = coral_offcpu_min_wait_ns;
+	__u32 state;
+
+	found = bpf_map_lookup_elem(&offcpu_start, &tid);
+	if (!found)
+		return 0;
+	start_ns = found->ktime_ns;
+	state = found->state;
+	bpf_map_delete_elem(&offcpu_start, &tid);
+	/* The process may have stopped being a target while the thread was out. */
+	flags = bpf_map_lookup_elem(&targets, &tgid);
+	if (!flags || !(*flags & CORAL_TARGET_OFF_CPU))
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (now <= start_ns)
+		return 0;
+	wait = now - start_ns;
+	weight = wait;
+	if (wait < threshold) {
+		/* Sent with probability wait / threshold, weighing threshold. */
+		if ((((__u64)bpf_get_prandom_u32() * threshold) >> 32) >= wait)
+			return 0;
+		weight = threshold;
+	}
+	pending = bpf_map_lookup_elem(&lost, &zero);
+	if (!pending)
+		return 0;
+	if (!offcpu_budget_take(now)) {
+		count(CORAL_COUNTER_OFFCPU_THROTTLED);
+		note_lost(pending, tgid, tid, start_ns);
+		return 0;
+	}
+	cpu = bpf_get_smp_processor_id();
+	s = bpf_map_lookup_elem(&scratch, &cpu);
+	if (!s)
+		return 0;
+	event = &s->event;
+	event->ktime_ns = now;
+	event->tgid = tgid;
+	event->tid = tid;
+	event->cpu = cpu;
+	/* The thread is in the kernel (in schedule()): its user registers are
+	 * the saved ones. */
+	saved_user_regs(event);
+	event->kind = CORAL_KIND_OFF_CPU;
+	event->state = state;
+	event->off_cpu_start_ns = start_ns;
+	event->weight_ns = weight;
+	if (send_event(ctx, s, pending, kernel_skip))
+		count(CORAL_COUNTER_OFFCPU_EVENTS);
+	return 0;
+}
+
+/* Switch-in, kernels >= 6.16: the tracepoint at the end of __schedule(), which
+ * runs in the thread switched in, on the stack it waited in. */
+SEC("tp_btf/sched_exit_tp")
+int coral_switch_in(unsigned long long *ctx)
+{
+	/* The stack starts in __schedule, not in this program and bpf_trace_run1. */
+	return switch_in(ctx, 2);
+}
+
+/* Switch-in, older kernels: a kprobe on finish_task_switch (or its compiler
+ * copy, finish_task_switch.isra.N), also run by the thread switched in. */
+SEC("kprobe")
+int coral_switch_in_kprobe(struct pt_regs *ctx)
+{
+	return switch_in(ctx, 0);
 }

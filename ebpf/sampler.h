@@ -15,7 +15,15 @@
  * kernel_bytes of kernel frames (u64 instruction pointers, leaf first), then
  * user_bytes of user frames (frame-pointer mode: the kernel's walk, leaf
  * first), then stack_bytes of user stack memory copied from regs.sp upwards
- * (unwind-table mode: user space unwinds it). 80 bytes, no padding.
+ * (unwind-table mode: user space unwinds it). 112 bytes, no padding.
+ *
+ * kind CORAL_KIND_CPU: a CPU sample (ktime_ns when it was taken).
+ * kind CORAL_KIND_OFF_CPU: the thread was switched out from off_cpu_start_ns to
+ * ktime_ns (when it ran again), with the stack it waited in. weight_ns is the
+ * off-CPU time it stands for: the interval itself when it lasted at least
+ * coral_offcpu_min_wait_ns (T), else T for an interval sent with probability
+ * (its length / T); the sum of weights per stack estimates, without bias, the
+ * time spent waiting there.
  */
 struct coral_sample_event {
 	/* bpf_ktime_get_ns() at the sample: CLOCK_MONOTONIC, in nanoseconds. */
@@ -28,9 +36,10 @@ struct coral_sample_event {
 	__u16 kernel_bytes;
 	__u16 user_bytes;
 	__u32 stack_bytes;
-	/* Samples this CPU took but could not send (ring buffer full) since its
-	 * previous event: how many, of which process (0: of several), and when the
-	 * first of them was taken (0 when lost is 0). */
+	/* Samples this CPU took but could not send (ring buffer full, or off-CPU
+	 * events over the rate bound) since its previous event: how many, of which
+	 * process and thread (0: of several; lost_tid is below), and the earliest
+	 * time they cover (0 when lost is 0). */
 	__u32 lost_tgid;
 	__u64 lost;
 	__u64 lost_since_ns;
@@ -41,13 +50,41 @@ struct coral_sample_event {
 	/* The thread's exec count (task_struct.self_exec_id): changes when the
 	 * process execs, so user space drops what it knew of its mappings. */
 	__u64 exec_id;
+	/* CORAL_KIND_*. */
+	__u32 kind;
+	/* Off-CPU: the task state it left the CPU in (sched_switch's prev_state,
+	 * e.g. 1 TASK_INTERRUPTIBLE, 2 TASK_UNINTERRUPTIBLE), with
+	 * CORAL_STATE_PREEMPTED when it was preempted or still runnable. 0 for
+	 * CPU samples. */
+	__u32 state;
+	/* Off-CPU: bpf_ktime_get_ns() when it was switched out; 0 for CPU samples. */
+	__u64 off_cpu_start_ns;
+	/* Off-CPU: the waiting time this event stands for; 0 for CPU samples. */
+	__u64 weight_ns;
+	/* The thread of the lost samples (0: several, or none lost). */
+	__u32 lost_tid;
+	/* 0 (keeps the size a multiple of 8). */
+	__u32 reserved;
 };
+
+/* Values of coral_sample_event.kind. */
+#define CORAL_KIND_CPU 0
+#define CORAL_KIND_OFF_CPU 1
+
+/* Marker bit in coral_sample_event.state: preempted (runnable, on the run queue). */
+#define CORAL_STATE_PREEMPTED 0x80000000
+
+/* Flags of a process in the `targets` map. */
+#define CORAL_TARGET_CPU 1     /* sampled on CPU (the perf_event program only checks presence) */
+#define CORAL_TARGET_OFF_CPU 2 /* off-CPU intervals recorded */
 
 /* Indices into the per-CPU `counters` array. */
 #define CORAL_COUNTER_SAMPLES 0      /* events submitted to the ring buffer */
 #define CORAL_COUNTER_LOST 1         /* ring buffer full: event dropped */
 #define CORAL_COUNTER_STACK_ERRORS 2 /* a stack walk or copy failed other than "nothing to walk" */
-#define CORAL_COUNTER_COUNT 3
+#define CORAL_COUNTER_OFFCPU_EVENTS 3    /* off-CPU events submitted (also in SAMPLES) */
+#define CORAL_COUNTER_OFFCPU_THROTTLED 4 /* off-CPU events over the rate bound: not built */
+#define CORAL_COUNTER_COUNT 5
 
 /* How user stacks are taken (the read-only global coral_unwind_mode). */
 #define CORAL_UNWIND_FP 0     /* the kernel walks frame pointers */
@@ -62,5 +99,9 @@ struct coral_sample_event {
 /* Most user stack copied per sample, from sp upwards (perf's default is 8 KiB). */
 #define CORAL_STACK_COPY_BYTES (32 * 1024)
 #define CORAL_PAGE_BYTES 4096
+/* Target threads that can be switched out at once (the LRU `offcpu_start`). */
+#define CORAL_OFFCPU_THREADS 65536
+/* Most credit an off-CPU token bucket holds: 100 ms worth of events (a burst). */
+#define CORAL_OFFCPU_BURST_NS 100000000
 
 #endif /* CORAL_SAMPLER_H */

@@ -1,9 +1,12 @@
 //! Cohort comparison: what is different about the slow requests, with evidence.
 //!
-//! Two cohorts of requests (A, e.g. slow; B, e.g. fast), one [`Profile`] per request.
-//! For every function (name + module) each request contributes its inclusive share
-//! (fraction of the request's CPU time in stacks containing the function, counted once
-//! per stack), its self share (leaf frames) and its CPU time in the function. The
+//! Two cohorts of requests (A, e.g. slow; B, e.g. fast), one [`Profile`] per request,
+//! compared in the value of one [`ProfileType`] ([`CompareOptions::profile_type`]: CPU
+//! time, off-CPU time, or both, wall-clock). For every function (name + module) each
+//! request contributes its inclusive share (fraction of the request's time of that type
+//! in stacks containing the function, counted once per stack), its self share (leaf
+//! frames; an off-CPU stack's wait also counts as self time of the function that
+//! blocked) and its time in the function. The
 //! cohorts' inclusive shares are compared per function with a two-sided Mann–Whitney U
 //! test, **the request being the unit** (samples of one request are not independent),
 //! p-values are corrected across functions with Benjamini–Hochberg, and a function is
@@ -24,7 +27,9 @@ use rustfft::num_complex::Complex64;
 use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, Normal};
 
-use crate::profile::{Profile, folded_lines, function_identity};
+use crate::profile::{
+    Breakdown, FrameKind, Profile, ProfileType, WaitCause, folded_lines, function_name,
+};
 
 /// Cohorts with at most this many requests together get the exact distribution of the
 /// rank sum, counted with a subset-sum table.
@@ -118,11 +123,13 @@ impl fmt::Display for Cohort {
 /// What to compare and report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompareOptions {
-    /// Cohorts with fewer requests (with CPU samples) are warned about and never reach
-    /// [`Significance::High`].
+    /// The time compared: `cpu` (default), `offcpu` or `wall`.
+    pub profile_type: ProfileType,
+    /// Cohorts with fewer requests (with a value of the type) are warned about and never
+    /// reach [`Significance::High`].
     pub min_cohort_requests: usize,
-    /// The smallest difference in mean inclusive share, in percentage points of request
-    /// CPU time, that can be significant.
+    /// The smallest difference in mean inclusive share, in percentage points of the
+    /// request's time of the type, that can be significant.
     pub effect_floor_pp: f64,
     /// How many functions to report (0 = all).
     pub top: usize,
@@ -133,6 +140,7 @@ pub struct CompareOptions {
 impl Default for CompareOptions {
     fn default() -> Self {
         CompareOptions {
+            profile_type: ProfileType::Cpu,
             min_cohort_requests: 5,
             effect_floor_pp: 5.0,
             top: 0,
@@ -141,37 +149,50 @@ impl Default for CompareOptions {
     }
 }
 
-/// One cohort in numbers.
+/// One cohort in numbers, in the compared type.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CohortSummary {
     pub requests: usize,
-    /// Requests with CPU samples: the units of the share tests.
-    pub requests_with_cpu: usize,
+    /// Requests with a value of the type (CPU samples, off-CPU time): the units of the
+    /// share tests.
+    pub requests_with_value: usize,
+    /// The observations: CPU samples (`cpu`), waits (`offcpu`), or both (`wall`).
     pub samples: u64,
-    pub cpu_ns: u64,
-    /// Mean CPU time per request (all requests), in milliseconds.
-    pub mean_cpu_ms: f64,
+    /// The cohort's total time of the type.
+    pub value_ns: u64,
+    /// Mean time of the type per request (all requests), in milliseconds.
+    pub mean_ms: f64,
+    /// Mean over the requests with off-CPU time of the fraction of their recorded time
+    /// (on-CPU + off-CPU) spent off the CPU, whatever the compared type; `None` when no
+    /// request has off-CPU time.
+    pub waiting_share: Option<f64>,
 }
 
 /// One function compared between the cohorts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FunctionDiff {
+    /// The function's identity; a wait frame's is `[off-cpu: CAUSE]`.
     pub function: String,
     pub module: String,
-    /// Mean inclusive share in A − in B, in percentage points of request CPU time
-    /// (+ = hotter in A).
+    /// User or kernel code, or a wait frame (the cause of off-CPU time).
+    pub kind: FrameKind,
+    /// Its smallest distance from the thread's root in the compared stacks (0: the
+    /// root): of functions with the same delta (a call chain), callers come first.
+    pub depth: usize,
+    /// Mean inclusive share in A − in B, in percentage points of the request's time of
+    /// the compared type (+ = hotter in A).
     pub delta_pp: f64,
     /// The same for self (leaf) time.
     pub self_delta_pp: f64,
-    /// Mean inclusive share in A and in B, in percent of request CPU time.
+    /// Mean inclusive share in A and in B, in percent of the request's time of the type.
     pub a_share_pct: f64,
     pub b_share_pct: f64,
-    /// Mean inclusive CPU time per request, in milliseconds.
-    pub a_cpu_ms: f64,
-    pub b_cpu_ms: f64,
-    /// Mean self CPU time per request, in milliseconds.
-    pub a_self_cpu_ms: f64,
-    pub b_self_cpu_ms: f64,
+    /// Mean inclusive time of the type per request, in milliseconds.
+    pub a_ms: f64,
+    pub b_ms: f64,
+    /// Mean self time of the type per request, in milliseconds.
+    pub a_self_ms: f64,
+    pub b_self_ms: f64,
     /// Mann–Whitney U of cohort A's inclusive shares.
     pub u: f64,
     /// Two-sided p-value (1 when not tested).
@@ -184,13 +205,15 @@ pub struct FunctionDiff {
     /// Whether the function was tested: functions that cannot reach the effect floor
     /// whatever the labels are not, which keeps the correction for the others tight.
     pub tested: bool,
-    /// Set when the function has CPU time in only one cohort.
+    /// Set when the function has time of the type in only one cohort.
     pub only_in: Option<Cohort>,
 }
 
 /// The comparison of two cohorts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Comparison {
+    /// The time compared.
+    pub profile_type: ProfileType,
     pub a: CohortSummary,
     pub b: CohortSummary,
     /// Significant functions first, each group by |delta_pp| descending.
@@ -203,15 +226,18 @@ pub struct Comparison {
     pub warnings: Vec<String>,
 }
 
-/// Compares cohort A with cohort B, one profile per request. See the module docs.
+/// Compares cohort A with cohort B, one profile per request, in
+/// [`CompareOptions::profile_type`]. See the module docs.
 ///
-/// A request without CPU samples counts in its cohort's CPU time per request (as 0) but
-/// not in the share tests: its composition is unknown, not zero, and counting it as
-/// zero in every function would make every function look hotter in the other cohort.
+/// A request without a value of the type (no CPU samples, no off-CPU time) counts in its
+/// cohort's time per request (as 0) but not in the share tests: its composition is
+/// unknown, not zero, and counting it as zero in every function would make every
+/// function look hotter in the other cohort.
 pub fn compare(a: &[&Profile], b: &[&Profile], options: &CompareOptions) -> Comparison {
+    let ty = options.profile_type;
     let mut names = Names::default();
-    let requests_a: Vec<Request> = a.iter().map(|p| Request::new(p, &mut names)).collect();
-    let requests_b: Vec<Request> = b.iter().map(|p| Request::new(p, &mut names)).collect();
+    let requests_a: Vec<Request> = a.iter().map(|p| Request::new(p, ty, &mut names)).collect();
+    let requests_b: Vec<Request> = b.iter().map(|p| Request::new(p, ty, &mut names)).collect();
     let stats_a = CohortStats::new(&requests_a, names.len());
     let stats_b = CohortStats::new(&requests_b, names.len());
     let (na, nb) = (stats_a.units, stats_b.units);
@@ -221,7 +247,7 @@ pub fn compare(a: &[&Profile], b: &[&Profile], options: &CompareOptions) -> Comp
     let single = na == 1 || nb == 1;
 
     let mut functions: Vec<FunctionDiff> = Vec::with_capacity(names.len());
-    for (id, (function, module)) in names.names.iter().enumerate() {
+    for (id, (function, module, kind)) in names.names.iter().enumerate() {
         let (fa, fb) = (&stats_a.functions[id], &stats_b.functions[id]);
         let mean_a = mean(fa.incl_shares.iter().map(|s| s.1).sum(), na);
         let mean_b = mean(fb.incl_shares.iter().map(|s| s.1).sum(), nb);
@@ -247,14 +273,16 @@ pub fn compare(a: &[&Profile], b: &[&Profile], options: &CompareOptions) -> Comp
         functions.push(FunctionDiff {
             function: function.clone(),
             module: module.clone(),
+            kind: *kind,
+            depth: names.depth[id],
             delta_pp: (mean_a - mean_b) * 100.0,
             self_delta_pp: (mean(fa.self_share_sum, na) - mean(fb.self_share_sum, nb)) * 100.0,
             a_share_pct: mean_a * 100.0,
             b_share_pct: mean_b * 100.0,
-            a_cpu_ms: mean_ms(fa.incl_ns, stats_a.requests),
-            b_cpu_ms: mean_ms(fb.incl_ns, stats_b.requests),
-            a_self_cpu_ms: mean_ms(fa.self_ns, stats_a.requests),
-            b_self_cpu_ms: mean_ms(fb.self_ns, stats_b.requests),
+            a_ms: mean_ms(fa.incl_ns, stats_a.requests),
+            b_ms: mean_ms(fb.incl_ns, stats_b.requests),
+            a_self_ms: mean_ms(fa.self_ns, stats_a.requests),
+            b_self_ms: mean_ms(fb.self_ns, stats_b.requests),
             u: test.map_or(0.0, |t| t.u),
             p_value: match test {
                 Some(t) if testable => t.p_value,
@@ -300,18 +328,37 @@ pub fn compare(a: &[&Profile], b: &[&Profile], options: &CompareOptions) -> Comp
 
     // Cohort A is the one being explained (the slow requests): among significant
     // functions, what A does more comes before what it does less (the complement: a
-    // fast path B takes instead can have the larger |delta|).
+    // fast path B takes instead can have the larger |delta|). Of a function that blocked
+    // and its wait frame (equal deltas), the function, which is code, comes first.
     let significant = |f: &FunctionDiff| f.significance > Significance::None;
     let hotter_in_a = |f: &FunctionDiff| significant(f) && f.delta_pp > 0.0;
+    let is_wait = |f: &FunctionDiff| f.kind == FrameKind::Wait;
     functions.sort_by(|x, y| {
         significant(y)
             .cmp(&significant(x))
             .then(hotter_in_a(y).cmp(&hotter_in_a(x)))
             .then(y.delta_pp.abs().total_cmp(&x.delta_pp.abs()))
+            // A call chain with one delta: code before its wait frame; the code with
+            // the most self time first (where CPU time was spent), then callers first
+            // (a chain that waited has no self time: its outermost code first).
+            .then(is_wait(x).cmp(&is_wait(y)))
             .then(y.self_delta_pp.abs().total_cmp(&x.self_delta_pp.abs()))
+            .then(x.depth.cmp(&y.depth))
             .then_with(|| (&x.function, &x.module).cmp(&(&y.function, &y.module)))
     });
-    let verdict = verdict(&functions, na, nb);
+    let mut verdict = verdict(&functions, na, nb, ty);
+    let high = functions
+        .iter()
+        .any(|f| f.significance == Significance::High);
+    if ty == ProfileType::Cpu
+        && !high
+        && let Some(waiting) = mostly_waiting(&requests_a)
+    {
+        verdict = Some(match verdict {
+            Some(v) => format!("{v}; but {waiting}"),
+            None => format!("no function explains the difference on the CPU: {waiting}"),
+        });
+    }
     functions.retain(|f| f.significance >= options.min_significance);
     if options.top > 0 {
         functions.truncate(options.top);
@@ -320,9 +367,12 @@ pub fn compare(a: &[&Profile], b: &[&Profile], options: &CompareOptions) -> Comp
     let mut warnings = Vec::new();
     cohort_warnings(Cohort::A, &requests_a, options, &mut warnings);
     cohort_warnings(Cohort::B, &requests_b, options, &mut warnings);
-    frequency_warning(requests_a.iter().chain(&requests_b), &mut warnings);
+    if ty != ProfileType::Offcpu {
+        frequency_warning(requests_a.iter().chain(&requests_b), &mut warnings);
+    }
 
     Comparison {
+        profile_type: ty,
         a: stats_a.summary(&requests_a),
         b: stats_b.summary(&requests_b),
         functions,
@@ -333,22 +383,30 @@ pub fn compare(a: &[&Profile], b: &[&Profile], options: &CompareOptions) -> Comp
 }
 
 /// Functions identified by (function, module), numbered in order of appearance; the
-/// function by its [`function_identity`], so that JIT tiers of one function are one.
+/// function by its [`function_name`] (its [`function_identity`](crate::profile::function_identity),
+/// `[off-cpu: CAUSE]` for a wait frame), so that JIT tiers of one function are one.
 #[derive(Default)]
 struct Names {
     ids: HashMap<(String, String), usize>,
-    names: Vec<(String, String)>,
+    names: Vec<(String, String, FrameKind)>,
+    /// Each function's smallest position from the root in any stack compared.
+    depth: Vec<usize>,
 }
 
 impl Names {
-    fn id(&mut self, function: &str, module: &str) -> usize {
-        let key = (function_identity(function).into_owned(), module.to_string());
+    fn id(&mut self, frame: &crate::profile::Frame) -> usize {
+        let key = (function_name(frame).into_owned(), frame.module.clone());
         if let Some(&id) = self.ids.get(&key) {
             return id;
         }
-        self.names.push(key.clone());
+        self.names.push((key.0.clone(), key.1.clone(), frame.kind));
+        self.depth.push(usize::MAX);
         self.ids.insert(key, self.names.len() - 1);
         self.names.len() - 1
+    }
+
+    fn seen_at(&mut self, id: usize, depth: usize) {
+        self.depth[id] = self.depth[id].min(depth);
     }
 
     fn len(&self) -> usize {
@@ -356,51 +414,62 @@ impl Names {
     }
 }
 
-/// One request's CPU time, total and per function.
+/// One request's time of the compared type, total and per function.
 struct Request {
-    cpu_ns: u64,
+    /// Time of the type.
+    value_ns: u64,
+    /// Observations of the type (CPU samples, waits).
     samples: u64,
-    /// Profile sampling frequency, recovered from samples and CPU time.
+    /// Profile sampling frequency, recovered from CPU samples and CPU time.
     hz: Option<u64>,
-    /// (function id, inclusive CPU ns, self CPU ns).
+    /// On-CPU and off-CPU time by cause, whatever the type.
+    breakdown: Breakdown,
+    /// (function id, inclusive ns, self ns).
     functions: Vec<(usize, u64, u64)>,
 }
 
 impl Request {
-    fn new(profile: &Profile, names: &mut Names) -> Request {
+    fn new(profile: &Profile, ty: ProfileType, names: &mut Names) -> Request {
         let mut ids: Vec<Option<usize>> = vec![None; profile.frames.len() + 1];
         let unknown_slot = profile.frames.len();
         let mut per_fn: HashMap<usize, (u64, u64)> = HashMap::new();
         let mut on_stack: Vec<usize> = Vec::new();
-        for stack in profile.stacks.iter().filter(|s| s.cpu_ns > 0) {
+        for stack in &profile.stacks {
+            let value = ty.value(stack);
+            if value == 0 {
+                continue;
+            }
             on_stack.clear();
-            for &fi in &stack.frames {
+            for (depth, &fi) in stack.frames.iter().enumerate() {
                 let slot = (fi as usize).min(unknown_slot);
-                let id = *ids[slot].get_or_insert_with(|| {
-                    let frame = profile.frame(fi);
-                    names.id(&frame.function, &frame.module)
-                });
+                let id = *ids[slot].get_or_insert_with(|| names.id(profile.frame(fi)));
+                names.seen_at(id, depth);
                 on_stack.push(id);
             }
+            // Self time is the leaf's (an off-CPU stack's: its wait frame's).
             let leaf = on_stack.last().copied();
             // Once per stack for inclusive time, even when the function recurses.
             on_stack.sort_unstable();
             on_stack.dedup();
             for &id in &on_stack {
                 let e = per_fn.entry(id).or_default();
-                e.0 = e.0.saturating_add(stack.cpu_ns);
+                e.0 = e.0.saturating_add(value);
             }
-            if let Some(leaf) = leaf {
-                let e = per_fn.entry(leaf).or_default();
-                e.1 = e.1.saturating_add(stack.cpu_ns);
+            if let Some(id) = leaf {
+                let e = per_fn.entry(id).or_default();
+                e.1 = e.1.saturating_add(value);
             }
         }
-        let (cpu_ns, samples) = (profile.total_cpu_ns(), profile.total_samples());
+        let (cpu_samples, cpu_ns) = (
+            profile.count(ProfileType::Cpu),
+            profile.total(ProfileType::Cpu),
+        );
         Request {
-            cpu_ns,
-            samples,
-            hz: (cpu_ns > 0 && samples > 0)
-                .then(|| (samples as f64 * 1e9 / cpu_ns as f64).round() as u64),
+            value_ns: profile.total(ty),
+            samples: profile.count(ty),
+            hz: (cpu_ns > 0 && cpu_samples > 0)
+                .then(|| (cpu_samples as f64 * 1e9 / cpu_ns as f64).round() as u64),
+            breakdown: profile.breakdown(),
             functions: per_fn.into_iter().map(|(id, (i, s))| (id, i, s)).collect(),
         }
     }
@@ -410,7 +479,7 @@ impl Request {
 #[derive(Default, Clone)]
 struct FunctionStats {
     /// (request index, inclusive share) where the share is not 0, in request order;
-    /// the other requests with CPU time have share 0.
+    /// the other requests with time of the type have share 0.
     incl_shares: Vec<(usize, f64)>,
     self_share_sum: f64,
     incl_ns: u128,
@@ -419,7 +488,7 @@ struct FunctionStats {
 
 struct CohortStats {
     requests: usize,
-    /// Requests with CPU time.
+    /// Requests with time of the type.
     units: usize,
     functions: Vec<FunctionStats>,
 }
@@ -427,8 +496,8 @@ struct CohortStats {
 impl CohortStats {
     fn new(requests: &[Request], n_functions: usize) -> CohortStats {
         let mut functions = vec![FunctionStats::default(); n_functions];
-        for (i, r) in requests.iter().enumerate().filter(|(_, r)| r.cpu_ns > 0) {
-            let total = r.cpu_ns as f64;
+        for (i, r) in requests.iter().enumerate().filter(|(_, r)| r.value_ns > 0) {
+            let total = r.value_ns as f64;
             for &(id, incl, self_ns) in &r.functions {
                 let f = &mut functions[id];
                 f.incl_shares.push((i, incl as f64 / total));
@@ -439,23 +508,24 @@ impl CohortStats {
         }
         CohortStats {
             requests: requests.len(),
-            units: requests.iter().filter(|r| r.cpu_ns > 0).count(),
+            units: requests.iter().filter(|r| r.value_ns > 0).count(),
             functions,
         }
     }
 
     fn summary(&self, requests: &[Request]) -> CohortSummary {
-        let cpu_ns = requests
+        let value_ns = requests
             .iter()
-            .fold(0u64, |acc, r| acc.saturating_add(r.cpu_ns));
+            .fold(0u64, |acc, r| acc.saturating_add(r.value_ns));
         CohortSummary {
             requests: self.requests,
-            requests_with_cpu: self.units,
+            requests_with_value: self.units,
             samples: requests
                 .iter()
                 .fold(0u64, |acc, r| acc.saturating_add(r.samples)),
-            cpu_ns,
-            mean_cpu_ms: mean_ms(u128::from(cpu_ns), self.requests),
+            value_ns,
+            mean_ms: mean_ms(u128::from(value_ns), self.requests),
+            waiting_share: waiting_shares(requests).map(|w| w.waiting),
         }
     }
 }
@@ -490,23 +560,40 @@ fn classify(q: f64, effect_size: f64, delta_pp: f64, floor_pp: f64) -> Significa
     }
 }
 
-fn verdict(sorted: &[FunctionDiff], na: usize, nb: usize) -> Option<String> {
+fn verdict(sorted: &[FunctionDiff], na: usize, nb: usize, ty: ProfileType) -> Option<String> {
     let strong = |f: &&FunctionDiff| f.significance >= Significance::Medium;
     let top = sorted.iter().find(strong)?;
-    let winner = sorted
+    let same_path: Vec<&FunctionDiff> = sorted
         .iter()
         .filter(strong)
         .filter(|f| {
             f.delta_pp.signum() == top.delta_pp.signum()
                 && f.delta_pp.abs() >= top.delta_pp.abs() - SAME_PATH_PP
         })
-        .fold(top, |best, f| {
+        .collect();
+    // Code is named rather than a wait frame, which says why it waited, not where.
+    let is_wait = |f: &&FunctionDiff| f.kind == FrameKind::Wait;
+    let code = same_path.iter().copied().filter(|f| !is_wait(f));
+    let wait = same_path.iter().copied().find(is_wait);
+    // Time on the CPU is named where it was spent (the most self time); time waited, by
+    // the outermost code of the chain that led to the wait: where the service's code
+    // took the lock or made the call, not the library and kernel frames below it.
+    let winner = if wait.is_some() {
+        code.min_by_key(|f| f.depth)
+    } else {
+        code.reduce(|best, f| {
             if f.self_delta_pp.abs() > best.self_delta_pp.abs() {
                 f
             } else {
                 best
             }
-        });
+        })
+    }
+    .unwrap_or(top);
+    let waiting = match wait {
+        Some(wait) if !is_wait(&winner) => format!(", waiting in {}", wait.function),
+        _ => String::new(),
+    };
     let hotter = if winner.delta_pp > 0.0 { "A" } else { "B" };
     let q = if winner.q_value < 0.001 {
         "q < 0.001".to_string()
@@ -514,9 +601,63 @@ fn verdict(sorted: &[FunctionDiff], na: usize, nb: usize) -> Option<String> {
         format!("q = {:.3}", winner.q_value)
     };
     Some(format!(
-        "{} is hotter in {hotter}: {:+.1} pp of request CPU, {:.1} ms vs {:.1} ms per request, \
+        "{} is hotter in {hotter}: {:+.1} pp of request {}, {:.1} ms vs {:.1} ms per request{waiting}, \
          {} significance ({q}, {na} vs {nb} requests)",
-        winner.function, winner.delta_pp, winner.a_cpu_ms, winner.b_cpu_ms, winner.significance
+        winner.function,
+        winner.delta_pp,
+        ty.measure(),
+        winner.a_ms,
+        winner.b_ms,
+        winner.significance
+    ))
+}
+
+/// Mean shares of recorded time (on-CPU + off-CPU) over a cohort's requests with
+/// off-CPU time.
+struct WaitingShares {
+    waiting: f64,
+    /// Per cause, in [`WaitCause::ALL`] order.
+    causes: [f64; 6],
+}
+
+fn waiting_shares(requests: &[Request]) -> Option<WaitingShares> {
+    let waited: Vec<&Breakdown> = requests
+        .iter()
+        .map(|r| &r.breakdown)
+        .filter(|b| b.off_cpu_ns > 0)
+        .collect();
+    if waited.is_empty() {
+        return None;
+    }
+    let share =
+        |b: &Breakdown, ns: u64| ns as f64 / b.on_cpu_ns.saturating_add(b.off_cpu_ns) as f64;
+    let n = waited.len();
+    let mut causes = [0.0; 6];
+    for (slot, cause) in causes.iter_mut().zip(WaitCause::ALL) {
+        *slot = mean(waited.iter().map(|b| share(b, b.cause_ns(cause))).sum(), n);
+    }
+    Some(WaitingShares {
+        waiting: mean(waited.iter().map(|b| share(b, b.off_cpu_ns)).sum(), n),
+        causes,
+    })
+}
+
+/// When cohort A's requests spent most of their recorded time off the CPU, what a CPU
+/// comparison cannot see, and what to compare instead.
+fn mostly_waiting(requests_a: &[Request]) -> Option<String> {
+    let shares = waiting_shares(requests_a).filter(|w| w.waiting > 0.5)?;
+    let (cause, cause_share) =
+        WaitCause::ALL
+            .into_iter()
+            .zip(shares.causes)
+            .fold((WaitCause::Other, -1.0), |best, c| {
+                if c.1 > best.1 { c } else { best }
+            });
+    Some(format!(
+        "cohort A's requests spent {:.0}% of their recorded time waiting ({cause} {:.0}%); \
+         compare with --type wall",
+        shares.waiting * 100.0,
+        cause_share * 100.0
     ))
 }
 
@@ -527,9 +668,15 @@ fn cohort_warnings(
     warnings: &mut Vec<String>,
 ) {
     let n = requests.len();
+    let ty = options.profile_type;
+    let what = match ty {
+        ProfileType::Cpu => "CPU samples",
+        ProfileType::Offcpu => "off-CPU time",
+        ProfileType::Wall => "CPU samples or off-CPU time",
+    };
     let mut samples: Vec<u64> = requests
         .iter()
-        .filter(|r| r.cpu_ns > 0)
+        .filter(|r| r.value_ns > 0)
         .map(|r| r.samples)
         .collect();
     let units = samples.len();
@@ -541,30 +688,35 @@ fn cohort_warnings(
     }
     if units == 0 {
         warnings.push(format!(
-            "cohort {cohort}: none of its {n} requests has CPU samples: nothing to compare, \
-             no significance claimed"
+            "cohort {cohort}: none of its {n} requests has {what}: nothing to compare, no \
+             significance claimed"
         ));
         return;
     }
     if units < n {
         warnings.push(format!(
-            "cohort {cohort}: {} of {n} requests have no CPU samples: they count in CPU ms per \
+            "cohort {cohort}: {} of {n} requests have no {what}: they count in the {} per \
              request (as 0), not in the share tests",
-            n - units
+            n - units,
+            ty.measure()
         ));
     }
     if units == 1 {
         warnings.push(format!(
-            "cohort {cohort} has only 1 request with CPU samples: significance is capped at \
+            "cohort {cohort} has only 1 request with {what}: significance is capped at \
              low (one request shows what it did, not what its cohort does), and against n \
              requests no p-value is below 2/(n + 1)"
         ));
     } else if units < options.min_cohort_requests {
         warnings.push(format!(
-            "cohort {cohort} has only {units} requests with CPU samples (fewer than {}): \
+            "cohort {cohort} has only {units} requests with {what} (fewer than {}): \
              significance is capped at medium and small differences cannot be detected",
             options.min_cohort_requests
         ));
+    }
+    // Off-CPU time is recorded exactly, not sampled: only CPU shares are coarse.
+    if ty != ProfileType::Cpu {
+        return;
     }
     samples.sort_unstable();
     let median = samples[units / 2];
@@ -582,7 +734,7 @@ fn frequency_warning<'a>(requests: impl Iterator<Item = &'a Request>, warnings: 
     if hz.len() > 1 {
         let list: Vec<String> = hz.iter().map(u64::to_string).collect();
         warnings.push(format!(
-            "requests were sampled at different frequencies ({} Hz): they are compared in CPU \
+            "requests were sampled at different frequencies ({} Hz): they are compared in \
              time, which normalises them; their sample counts are not comparable",
             list.join(", ")
         ));
@@ -835,14 +987,15 @@ pub(crate) fn benjamini_hochberg(p: &[f64]) -> Vec<f64> {
 }
 
 /// Differential folded stacks for a differential flame graph: one `stack a b` line per
-/// distinct stack (root → leaf, `;`-joined, sorted), `a` and `b` the mean CPU time per
-/// request in microseconds in each cohort, so that cohort sizes do not bias the
-/// picture. Stacks whose means both round to 0 µs are left out.
-pub fn differential_folded(a: &[&Profile], b: &[&Profile]) -> String {
+/// distinct stack of type `ty` (root → leaf, `;`-joined, sorted, wait frames
+/// `[off-cpu: CAUSE]`), `a` and `b` the mean time of the type per request in
+/// microseconds in each cohort, so that cohort sizes do not bias the picture. Stacks
+/// whose means both round to 0 µs are left out.
+pub fn differential_folded(a: &[&Profile], b: &[&Profile], ty: ProfileType) -> String {
     let mut lines: BTreeMap<String, [u128; 2]> = BTreeMap::new();
     for (side, cohort) in [a, b].into_iter().enumerate() {
         for profile in cohort {
-            for (line, ns) in folded_lines(profile, |s| s.cpu_ns) {
+            for (line, ns) in folded_lines(profile, |s| ty.value(s)) {
                 lines.entry(line).or_default()[side] += u128::from(ns);
             }
         }
@@ -864,11 +1017,16 @@ pub fn differential_folded(a: &[&Profile], b: &[&Profile]) -> String {
     out
 }
 
-/// Writes a differential flame graph (inferno) of [`differential_folded`] output:
-/// frame widths are cohort A's mean CPU time per request, red frames are hotter in A,
-/// blue ones hotter in B, the deeper the colour the larger the difference. Stacks only
-/// in B have no width in A and are not drawn (swap the cohorts to see them).
-pub fn write_differential_svg(folded_diff: &str, title: &str, w: impl io::Write) -> io::Result<()> {
+/// Writes a differential flame graph (inferno) of [`differential_folded`] output of type
+/// `ty`: frame widths are cohort A's mean time of the type per request, red frames are
+/// hotter in A, blue ones hotter in B, the deeper the colour the larger the difference.
+/// Stacks only in B have no width in A and are not drawn (swap the cohorts to see them).
+pub fn write_differential_svg(
+    folded_diff: &str,
+    ty: ProfileType,
+    title: &str,
+    w: impl io::Write,
+) -> io::Result<()> {
     // inferno draws the second count and colours by second − first, so A goes second.
     let mut lines = Vec::new();
     let mut width_a = 0u64;
@@ -890,9 +1048,10 @@ pub fn write_differential_svg(folded_diff: &str, title: &str, w: impl io::Write)
     options.title = title.to_string();
     options.count_name = "µs".to_string();
     options.deterministic = true;
-    options.subtitle = Some(
-        "widths: cohort A, mean CPU per request; red: hotter in A, blue: hotter in B".to_string(),
-    );
+    options.subtitle = Some(format!(
+        "widths: cohort A, mean {} per request, µs; red: hotter in A, blue: hotter in B",
+        ty.measure()
+    ));
     flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), w)
 }
 

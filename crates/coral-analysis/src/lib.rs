@@ -18,5 +18,7 @@ mod mutation;
 pub use criteria::{CriteriaError, RequestCriteria, RequestFacts, UrlPattern};
 pub use duration::{DurationError, format_duration_ns, parse_duration};
 pub use filter::{Filter, FilterError};
-pub use profile::{Frame, FrameKind, Hotspot, Profile, WeightedStack};
+pub use profile::{
+    Breakdown, Frame, FrameKind, Hotspot, Profile, ProfileType, WaitCause, WeightedStack,
+};
 pub use status::{StatusPattern, StatusPatternError};

@@ -144,6 +144,7 @@ async fn seed(store: &dyn Store) -> Result<Seeded> {
             trace_ids: Vec::new(),
             baseline_requests: BASELINE_REQUESTS,
             baseline_collected: 0,
+            profile_types: vec![coral_store::ProfileType::Cpu],
         })
         .await?;
     let session = ProfileSession {
@@ -234,6 +235,7 @@ fn profile_of(span: &SpanRecord, source: ProfileSource, profile: Profile) -> Tra
         truncated_samples: 0,
         lost_samples: 0,
         source,
+        profile_types: vec![coral_store::ProfileType::Cpu],
         profile,
     }
 }

@@ -181,7 +181,7 @@ fn run_round(profiler: Profiler, mut workload: Command, drainer: &Drainer) -> Re
                 unwind,
                 ..SamplerConfig::default()
             })?);
-            s.add_targets(&[pid], FREQUENCY_HZ)?;
+            s.add_targets(&[pid], FREQUENCY_HZ, false)?;
             drainer.begin(s.clone())?;
             sampler = Some(s);
         }

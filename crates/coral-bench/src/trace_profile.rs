@@ -178,6 +178,7 @@ async fn seed_through_store(store: &dyn Store, profiles: u64, stacks: u64) -> Re
             truncated_samples: 0,
             lost_samples: 0,
             source: coral_store::ProfileSource::Session(uuid::Uuid::nil()),
+            profile_types: vec![coral_store::ProfileType::Cpu],
             profile: variants[(i % VARIANTS) as usize].clone(),
         });
         if batch.len() == PROFILES_PER_CALL || i + 1 == profiles {

@@ -2,7 +2,7 @@
 //! shared by everything that sends or shows profiles.
 
 use crate::v1;
-use coral_analysis::profile::{Frame, FrameKind, Profile, WeightedStack};
+use coral_analysis::profile::{Frame, FrameKind, Profile, ProfileType, WeightedStack};
 
 /// Validates and converts a wire profile: every stack must index existing frames.
 pub fn profile_from_wire(profile: v1::Profile) -> Result<Profile, String> {
@@ -12,7 +12,9 @@ pub fn profile_from_wire(profile: v1::Profile) -> Result<Profile, String> {
         .map(|f| Frame {
             function: f.function,
             module: f.module,
-            kind: if f.kernel {
+            kind: if f.wait {
+                FrameKind::Wait
+            } else if f.kernel {
                 FrameKind::Kernel
             } else {
                 FrameKind::User
@@ -35,6 +37,7 @@ pub fn profile_from_wire(profile: v1::Profile) -> Result<Profile, String> {
             frames: stack.frame_ids,
             samples: stack.samples,
             cpu_ns: stack.cpu_ns,
+            off_cpu_ns: stack.off_cpu_ns,
         });
     }
     Ok(Profile::from_parts(frames, stacks))
@@ -49,6 +52,7 @@ pub fn profile_to_wire(profile: &Profile) -> v1::Profile {
                 function: f.function.clone(),
                 module: f.module.clone(),
                 kernel: f.kind == FrameKind::Kernel,
+                wait: f.kind == FrameKind::Wait,
             })
             .collect(),
         stacks: profile
@@ -58,6 +62,7 @@ pub fn profile_to_wire(profile: &Profile) -> v1::Profile {
                 frame_ids: s.frames.clone(),
                 samples: s.samples,
                 cpu_ns: s.cpu_ns,
+                off_cpu_ns: s.off_cpu_ns,
             })
             .collect(),
     }
@@ -66,8 +71,29 @@ pub fn profile_to_wire(profile: &Profile) -> v1::Profile {
 /// Fewer samples than this and a request's profile cannot say where its time went.
 pub const WEAK_SAMPLES: u64 = 5;
 
+/// Whether a wire request profile recorded off-CPU time.
+pub fn off_cpu_collected(p: &v1::TraceProfile) -> bool {
+    p.profile_types
+        .iter()
+        .any(|t| t == ProfileType::Offcpu.as_str())
+}
+
+/// Why a request profile has no off-CPU time (for a view of type offcpu or wall).
+pub fn no_off_cpu_reason(p: &v1::TraceProfile) -> &'static str {
+    if p.precision != "thread" {
+        "process precision (the span has no thread.id), where off-CPU time would be every \
+         idle thread's"
+    } else if p.source.starts_with("session:") {
+        "collected by a `profile cpu` session, which samples CPU only"
+    } else {
+        "collected by a trigger that recorded CPU only"
+    }
+}
+
 /// What a reader should not conclude from one request's profile.
-pub fn evidence_warnings(p: &v1::TraceProfile, samples: u64, cpu_ns: u64) -> Vec<String> {
+pub fn evidence_warnings(p: &v1::TraceProfile, profile: &Profile) -> Vec<String> {
+    let samples = profile.count(ProfileType::Cpu);
+    let cpu_ns = profile.total(ProfileType::Cpu);
     let mut warnings = Vec::new();
     if samples < WEAK_SAMPLES {
         warnings.push(format!(
@@ -84,12 +110,19 @@ pub fn evidence_warnings(p: &v1::TraceProfile, samples: u64, cpu_ns: u64) -> Vec
     }
     if p.precision == "thread" && p.duration_ns > 0 && (cpu_ns as f64) < 0.5 * p.duration_ns as f64
     {
-        warnings.push(format!(
-            "on CPU {} of {}: the request mostly waited (I/O, locks, other services), which \
-             CPU samples do not show",
+        let on_cpu = format!(
+            "on CPU {} of {}: the request mostly waited",
             coral_analysis::format_duration_ns(cpu_ns as i64),
             coral_analysis::format_duration_ns(p.duration_ns)
-        ));
+        );
+        warnings.push(if off_cpu_collected(p) {
+            format!("{on_cpu}; its offcpu and wall profiles show where")
+        } else {
+            format!(
+                "{on_cpu} (I/O, locks, other services), which CPU samples do not show; a \
+                 trigger collecting offcpu records where"
+            )
+        });
     }
     let truncated = u64::from(p.truncated_samples).min(samples);
     if truncated > 0 {

@@ -7,7 +7,7 @@ use crate::query::{duration_ns, require_service};
 use crate::{now_unix_nano, store_status};
 use coral_analysis::compare::{self, CompareOptions, Comparison, Significance};
 use coral_analysis::filter::{self, Filter};
-use coral_analysis::profile::Profile;
+use coral_analysis::profile::{Profile, ProfileType, ProfileTypeError};
 use coral_client::v1;
 use coral_store::{Store, TraceProfileRecord};
 use std::time::Duration;
@@ -107,6 +107,7 @@ pub(crate) async fn compare_trace_profiles(
             ))
         })?,
     };
+    let profile_type = parse_profile_type(&req.profile_type)?;
     let top = match req.top {
         0 => DEFAULT_TOP,
         n => n.min(1000),
@@ -115,33 +116,91 @@ pub(crate) async fn compare_trace_profiles(
 
     let since = now_unix_nano().saturating_sub(range.as_nanos() as i64);
     let mut warnings = Vec::new();
-    let a = cohort(store, service, since, &filter_a, "A", &mut warnings).await?;
-    if a.is_empty() {
+    let records_a = cohort(store, service, since, &filter_a, "A", &mut warnings).await?;
+    if records_a.is_empty() {
         return Err(empty_cohort(store, service, since, range, &filter_a, "A").await);
     }
-    let b = cohort(store, service, since, &filter_b, "B", &mut warnings).await?;
-    if b.is_empty() {
+    let records_b = cohort(store, service, since, &filter_b, "B", &mut warnings).await?;
+    if records_b.is_empty() {
         return Err(empty_cohort(store, service, since, range, &filter_b, "B").await);
     }
-    let a: Vec<&Profile> = a.iter().map(|p| &p.profile).collect();
-    let b: Vec<&Profile> = b.iter().map(|p| &p.profile).collect();
+    let a = with_off_cpu(&records_a, profile_type, "A", &mut warnings)?;
+    let b = with_off_cpu(&records_b, profile_type, "B", &mut warnings)?;
     let options = CompareOptions {
         top: top as usize,
         min_significance,
+        profile_type,
         ..CompareOptions::default()
     };
     let comparison = compare::compare(&a, &b, &options);
     let differential_folded = if req.differential {
-        compare::differential_folded(&a, &b)
+        compare::differential_folded(&a, &b, profile_type)
     } else {
         String::new()
     };
     warnings.extend(comparison.warnings.iter().cloned());
-    Ok(to_wire(comparison, warnings, differential_folded))
+    Ok(to_wire(
+        comparison,
+        profile_type,
+        warnings,
+        differential_folded,
+    ))
+}
+
+/// The profile type a comparison asks for (`cpu` when unset).
+fn parse_profile_type(text: &str) -> Result<ProfileType, Status> {
+    match text.trim() {
+        "" => Ok(ProfileType::Cpu),
+        "memory" => Err(Status::invalid_argument(
+            "profile_type memory: memory profiles are not collected yet; compare cpu, offcpu \
+             or wall",
+        )),
+        s => s
+            .parse()
+            .map_err(|e: ProfileTypeError| Status::invalid_argument(e.to_string())),
+    }
+}
+
+/// A cohort's profiles for `ty`: all of them for `cpu`; for `offcpu` and `wall` those
+/// that recorded off-CPU time (thread precision, a trigger collecting `offcpu`), with a
+/// warning for the others, and an error when none did.
+fn with_off_cpu<'a>(
+    records: &'a [TraceProfileRecord],
+    ty: ProfileType,
+    which: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<&'a Profile>, Status> {
+    if !ty.needs_off_cpu() {
+        return Ok(records.iter().map(|r| &r.profile).collect());
+    }
+    let kept: Vec<&Profile> = records
+        .iter()
+        .filter(|r| r.profile_types.contains(&ProfileType::Offcpu))
+        .map(|r| &r.profile)
+        .collect();
+    let left_out = records.len() - kept.len();
+    if kept.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "none of cohort {which}'s {} requests recorded off-CPU time, which a {ty} \
+             comparison needs: off-CPU time is recorded by triggers collecting offcpu (the \
+             default) for spans with a thread.id (thread precision); compare with \
+             --type cpu, or collect again",
+            records.len()
+        )));
+    }
+    if left_out > 0 {
+        warnings.push(format!(
+            "{left_out} of cohort {which}'s {} requests recorded no off-CPU time (process \
+             precision, or collected CPU only) and are left out of this {ty} comparison",
+            records.len()
+        ));
+    }
+    Ok(kept)
 }
 
 fn to_wire(
     c: Comparison,
+    profile_type: ProfileType,
     warnings: Vec<String>,
     differential_folded: String,
 ) -> v1::CompareTraceProfilesResponse {
@@ -153,15 +212,15 @@ fn to_wire(
             .map(|f| v1::DifferentialHotspot {
                 function: f.function.clone(),
                 delta_percentage: f.delta_pp as f32,
-                cohort_a_cpu_ms: f.a_cpu_ms.round() as i64,
-                cohort_b_cpu_ms: f.b_cpu_ms.round() as i64,
+                cohort_a_cpu_ms: f.a_ms.round() as i64,
+                cohort_b_cpu_ms: f.b_ms.round() as i64,
                 significance: f.significance.to_string(),
                 module: f.module.clone(),
                 self_delta_percentage: f.self_delta_pp as f32,
-                cohort_a_cpu_ms_per_request: f.a_cpu_ms,
-                cohort_b_cpu_ms_per_request: f.b_cpu_ms,
-                cohort_a_self_cpu_ms: f.a_self_cpu_ms,
-                cohort_b_self_cpu_ms: f.b_self_cpu_ms,
+                cohort_a_cpu_ms_per_request: f.a_ms,
+                cohort_b_cpu_ms_per_request: f.b_ms,
+                cohort_a_self_cpu_ms: f.a_self_ms,
+                cohort_b_self_cpu_ms: f.b_self_ms,
                 p_value: f.p_value,
                 q_value: f.q_value,
                 effect_size: f.effect_size,
@@ -176,12 +235,13 @@ fn to_wire(
         cohort_b_sample_count: samples(c.b.samples),
         cohort_a_requests: c.a.requests as u32,
         cohort_b_requests: c.b.requests as u32,
-        cohort_a_requests_with_samples: c.a.requests_with_cpu as u32,
-        cohort_b_requests_with_samples: c.b.requests_with_cpu as u32,
-        cohort_a_mean_cpu_ms: c.a.mean_cpu_ms,
-        cohort_b_mean_cpu_ms: c.b.mean_cpu_ms,
+        cohort_a_requests_with_samples: c.a.requests_with_value as u32,
+        cohort_b_requests_with_samples: c.b.requests_with_value as u32,
+        cohort_a_mean_cpu_ms: c.a.mean_ms,
+        cohort_b_mean_cpu_ms: c.b.mean_ms,
         verdict: c.verdict.unwrap_or_default(),
         warnings,
         differential_folded,
+        profile_type: profile_type.to_string(),
     }
 }

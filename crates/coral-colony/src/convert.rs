@@ -1,5 +1,6 @@
 //! Wire spans (`coral_client::v1::Span`) to domain records and back.
 
+use coral_analysis::profile::ProfileType;
 pub use coral_client::profile::{profile_from_wire, profile_to_wire};
 use coral_client::{limits, v1};
 use coral_store::{Precision, SpanId, SpanRecord, TraceId, TraceProfileRecord};
@@ -198,6 +199,7 @@ pub fn trace_profile_from_wire(p: v1::TraceProfile) -> Result<TraceProfileRecord
         check_profile_size(&mut profile)?;
         profile_from_wire(profile)?
     };
+    let profile_types = collected_types(&p.profile_types, precision, &profile)?;
     // A truncated stack is one of the profile's samples: more is an agent's
     // miscount, kept to the profile's total so the share stays a share.
     let truncated_samples = p
@@ -220,7 +222,35 @@ pub fn trace_profile_from_wire(p: v1::TraceProfile) -> Result<TraceProfileRecord
         lost_samples: p.lost_samples,
         source,
         profile,
+        profile_types,
     })
+}
+
+/// The profile types a wire profile says it has: `cpu` when none is listed (agents
+/// before off-CPU recording). Off-CPU time must be listed, belongs to thread precision
+/// only (a process's idle threads would fill it), and is the only type with off-CPU
+/// stacks.
+fn collected_types(
+    names: &[String],
+    precision: Precision,
+    profile: &coral_analysis::Profile,
+) -> Result<Vec<ProfileType>, String> {
+    let mut types = vec![ProfileType::Cpu];
+    for name in names {
+        match name.parse::<ProfileType>().map_err(|e| e.to_string())? {
+            ProfileType::Wall => return Err("profile_types: wall is not a collected type".into()),
+            ty if !types.contains(&ty) => types.push(ty),
+            _ => {}
+        }
+    }
+    let off_cpu = types.contains(&ProfileType::Offcpu);
+    if off_cpu && precision != Precision::Thread {
+        return Err("off-CPU time needs thread precision (a span with a thread.id)".into());
+    }
+    if !off_cpu && profile.stacks.iter().any(|s| s.off_cpu_ns > 0) {
+        return Err("the profile has off-CPU stacks but profile_types does not list offcpu".into());
+    }
+    Ok(types)
 }
 
 pub fn trace_profile_to_wire(p: &TraceProfileRecord) -> v1::TraceProfile {
@@ -241,6 +271,7 @@ pub fn trace_profile_to_wire(p: &TraceProfileRecord) -> v1::TraceProfile {
         profile: Some(profile_to_wire(&p.profile)),
         truncated_samples: p.truncated_samples,
         lost_samples: p.lost_samples,
+        profile_types: p.profile_types.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -349,12 +380,13 @@ mod tests {
         let frame = |name: String| v1::Frame {
             function: name,
             module: "m".into(),
-            kernel: false,
+            ..Default::default()
         };
         let stack = |frame_ids: Vec<u32>| v1::Stack {
             frame_ids,
             samples: 1,
             cpu_ns: 1,
+            off_cpu_ns: 0,
         };
         let mut deep = v1::Profile {
             frames: vec![frame("f".into())],
@@ -394,6 +426,7 @@ mod tests {
             profile: Some(profile_to_wire(&profile)),
             truncated_samples: 4,
             lost_samples: 5_000_000_000,
+            profile_types: vec!["cpu".into()],
             ..Default::default()
         };
         let record = trace_profile_from_wire(wire.clone()).unwrap();
@@ -409,5 +442,63 @@ mod tests {
         };
         let record = trace_profile_from_wire(miscounted).unwrap();
         assert_eq!(record.truncated_samples, 10);
+    }
+
+    #[test]
+    fn off_cpu_time_is_listed_and_of_thread_precision_only() {
+        use coral_analysis::profile::{Frame, Profile, WaitCause};
+        let mut profile = Profile::new();
+        profile.add(&[Frame::user("main", "svc")], 3, 100);
+        profile.add_off_cpu(
+            &[Frame::user("main", "svc")],
+            WaitCause::Lock,
+            2,
+            900_000_000,
+        );
+        let wire = v1::TraceProfile {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            service: "svc".into(),
+            precision: "thread".into(),
+            frequency_hz: 100,
+            source: format!("session:{}", uuid::Uuid::nil()),
+            profile: Some(profile_to_wire(&profile)),
+            profile_types: vec!["cpu".into(), "offcpu".into()],
+            ..Default::default()
+        };
+        let record = trace_profile_from_wire(wire.clone()).unwrap();
+        assert_eq!(
+            record.profile_types,
+            [ProfileType::Cpu, ProfileType::Offcpu]
+        );
+        assert_eq!(record.profile.breakdown().lock_ns, 900_000_000);
+        assert_eq!(trace_profile_to_wire(&record), wire);
+
+        for (bad, message) in [
+            (
+                v1::TraceProfile {
+                    precision: "process".into(),
+                    ..wire.clone()
+                },
+                "needs thread precision",
+            ),
+            (
+                v1::TraceProfile {
+                    profile_types: vec!["cpu".into()],
+                    ..wire.clone()
+                },
+                "does not list offcpu",
+            ),
+            (
+                v1::TraceProfile {
+                    profile_types: vec!["gpu".into()],
+                    ..wire.clone()
+                },
+                "unknown profile type",
+            ),
+        ] {
+            let error = trace_profile_from_wire(bad).unwrap_err();
+            assert!(error.contains(message), "{error}");
+        }
     }
 }

@@ -8,6 +8,7 @@
 use crate::query::duration_ns;
 use crate::{now_unix_nano, store_status};
 use coral_analysis::RequestCriteria;
+use coral_analysis::profile::ProfileType;
 use coral_client::{limits, v1};
 use coral_store::{CollectedRequest, Store, StoreError, TraceProfileTrigger, TriggerStatus};
 use std::sync::Arc;
@@ -108,6 +109,7 @@ pub(crate) fn new_trigger(
         None => DEFAULT_TIMEOUT,
         Some(d) => Duration::from_nanos(duration_ns(d, "timeout")? as u64),
     };
+    let profile_types = collected_types(&req.profile_types)?;
     if timeout.is_zero() || timeout > MAX_TIMEOUT {
         return invalid(format!(
             "timeout must be more than 0 and at most {}h (5m is the usual)",
@@ -131,7 +133,42 @@ pub(crate) fn new_trigger(
         trace_ids: Vec::new(),
         baseline_requests,
         baseline_collected: 0,
+        profile_types,
     })
+}
+
+/// The profile types a trigger collects: `cpu` always (the requests are sampled
+/// anyway), `offcpu` when asked for or when nothing is asked for.
+fn collected_types(names: &[String]) -> Result<Vec<ProfileType>, Status> {
+    if names.is_empty() {
+        return Ok(vec![ProfileType::Cpu, ProfileType::Offcpu]);
+    }
+    let mut types = vec![ProfileType::Cpu];
+    for name in names {
+        match name.trim() {
+            "memory" => {
+                return Err(Status::invalid_argument(
+                    "profile type memory is not collected yet: collect cpu, offcpu",
+                ));
+            }
+            name => match name.parse::<ProfileType>() {
+                Ok(ProfileType::Wall) => {
+                    return Err(Status::invalid_argument(
+                        "wall is not collected on its own: it is cpu and offcpu together \
+                         (collect cpu,offcpu)",
+                    ));
+                }
+                Ok(ty) if !types.contains(&ty) => types.push(ty),
+                Ok(_) => {}
+                Err(e) => return Err(Status::invalid_argument(e.to_string())),
+            },
+        }
+    }
+    Ok(types)
+}
+
+fn type_names(types: &[ProfileType]) -> Vec<String> {
+    types.iter().map(ToString::to_string).collect()
 }
 
 /// The trigger `id` names: a whole id, or a prefix of at least 4 hex digits that one
@@ -173,6 +210,7 @@ pub(crate) fn trigger_to_wire(
         collected_requests: t.collected_requests,
         baseline_requests: t.baseline_requests,
         baseline_collected: t.baseline_collected,
+        profile_types: type_names(&t.profile_types),
         collected: collected
             .iter()
             .map(|c| v1::CollectedRequest {
@@ -186,6 +224,9 @@ pub(crate) fn trigger_to_wire(
                 node: c.node.clone(),
                 samples: c.samples,
                 precision: c.precision.as_str().to_string(),
+                cpu_ns: c.cpu_ns,
+                off_cpu_ns: c.off_cpu_ns,
+                off_cpu_collected: c.profile_types.contains(&ProfileType::Offcpu),
             })
             .collect(),
     }
@@ -204,6 +245,7 @@ pub(crate) fn trigger_command(t: &TraceProfileTrigger) -> v1::TriggerCommand {
         frequency_hz: t.frequency_hz,
         expires_unix_nano: t.expires_unix_nano,
         baseline_requests: t.baseline_requests,
+        off_cpu: t.profile_types.contains(&ProfileType::Offcpu),
     }
 }
 
@@ -316,6 +358,45 @@ mod tests {
         let command = trigger_command(&t);
         assert_eq!(command.service, "payment-svc");
         assert_eq!(command.baseline_requests, 50);
+        assert_eq!(t.profile_types, [ProfileType::Cpu, ProfileType::Offcpu]);
+        assert!(command.off_cpu, "off-CPU time is collected by default");
+    }
+
+    #[test]
+    fn triggers_collect_the_types_asked_for_and_cpu_always() {
+        let with = |types: &[&str]| {
+            new_trigger(
+                &v1::StartTraceProfileTriggerRequest {
+                    profile_types: types.iter().map(|t| t.to_string()).collect(),
+                    ..request()
+                },
+                1_000,
+            )
+        };
+        let cpu = with(&["cpu"]).unwrap();
+        assert_eq!(cpu.profile_types, [ProfileType::Cpu]);
+        assert!(!trigger_command(&cpu).off_cpu);
+        assert_eq!(
+            with(&["offcpu"]).unwrap().profile_types,
+            [ProfileType::Cpu, ProfileType::Offcpu]
+        );
+        assert_eq!(
+            with(&["offcpu", "cpu", "offcpu"]).unwrap().profile_types,
+            [ProfileType::Cpu, ProfileType::Offcpu]
+        );
+        for (types, message) in [
+            (&["memory"][..], "memory is not collected yet"),
+            (&["wall"][..], "cpu and offcpu together"),
+            (&["cpu", "gpu"][..], "unknown profile type `gpu`"),
+        ] {
+            let status = with(types).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(
+                status.message().contains(message),
+                "{types:?}: {}",
+                status.message()
+            );
+        }
     }
 
     #[test]

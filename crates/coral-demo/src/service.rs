@@ -2,12 +2,17 @@
 //!
 //! A checkout parses the cart (~3 ms of CPU), checks the card signature, charges the
 //! card at the payment gateway (~30 ms waiting on the network, no CPU) and renders a
-//! receipt (~12 ms of CPU): about 50 ms. Two planted scenarios:
+//! receipt (~12 ms of CPU): about 50 ms. Every checkout also records the payment in the
+//! ledger, under the ledger's lock (`acquire_ledger_lock`, uncontended: microseconds).
+//! Three planted scenarios:
 //! - `latency`: a small share of requests miss the signature cache and verify the
 //!   signature themselves, ~1 s of CPU in `validate_signature`.
 //! - `errors`: a share of requests is flagged for fraud review, scored in
 //!   `score_fraud_rules` (~150 ms of CPU), and refused with 503 because the review
 //!   queue is unavailable.
+//! - `lock`: a background settlement job holds the ledger lock for 500 ms at a time
+//!   (writing a batch), `--planted-share` of the time; checkouts that arrive meanwhile
+//!   wait for it in `acquire_ledger_lock`, on no CPU.
 
 use anyhow::Context as _;
 use axum::Router;
@@ -23,7 +28,7 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
 };
 use std::hint::black_box;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -33,6 +38,9 @@ pub enum Scenario {
     /// Some requests are flagged for fraud review and fail with 503 after
     /// `score_fraud_rules`.
     Errors,
+    /// A background job holds the ledger lock; some requests wait up to 500 ms in
+    /// `acquire_ledger_lock`.
+    Lock,
 }
 
 #[derive(Args)]
@@ -69,7 +77,12 @@ struct App {
     tracer: SdkTracer,
     scenario: Scenario,
     planted_share: f64,
+    /// Payments recorded; the lock the `lock` scenario's settlement job holds.
+    ledger: Arc<Mutex<u64>>,
 }
+
+/// How long the settlement job of the `lock` scenario holds the ledger at a time.
+const SETTLEMENT_HOLD: Duration = Duration::from_millis(500);
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let provider = tracer_provider(&args.otlp_endpoint, &args.service_name)?;
@@ -77,7 +90,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracer: provider.tracer("payment-svc"),
         scenario: args.scenario,
         planted_share: args.planted_share,
+        ledger: Arc::new(Mutex::new(0)),
     });
+    if args.scenario == Scenario::Lock && args.planted_share > 0.0 {
+        let ledger = Arc::clone(&app.ledger);
+        let period = SETTLEMENT_HOLD.div_f64(args.planted_share);
+        std::thread::Builder::new()
+            .name("settlement".into())
+            .spawn(move || settle_ledger(&ledger, period))?;
+    }
     let router = Router::new()
         .route("/checkout", post(checkout).get(checkout))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -172,6 +193,7 @@ impl App {
         } else {
             black_box(cached_signature(cart));
         }
+        acquire_ledger_lock(&self.ledger);
         let (status, body) = if planted && self.scenario == Scenario::Errors {
             black_box(score_fraud_rules(ms(150)));
             cx.span()
@@ -208,6 +230,29 @@ impl App {
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
+}
+
+/// Records the payment in the ledger: takes its lock, which is free unless the
+/// settlement job holds it.
+#[inline(never)]
+fn acquire_ledger_lock(ledger: &Mutex<u64>) {
+    let mut payments = ledger
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    *payments += 1;
+}
+
+/// The `lock` scenario's background job: every `period`, holds the ledger lock for
+/// [`SETTLEMENT_HOLD`] while it "writes a settlement batch" (sleeps).
+fn settle_ledger(ledger: &Mutex<u64>, period: Duration) {
+    loop {
+        std::thread::sleep(period.saturating_sub(SETTLEMENT_HOLD));
+        let payments = ledger
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::thread::sleep(SETTLEMENT_HOLD);
+        drop(payments);
+    }
 }
 
 // CPU work that shows in a flame graph under its own name: each loops until its

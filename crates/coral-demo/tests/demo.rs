@@ -46,7 +46,9 @@ fn processes_mentioning(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn run_demo(scenario: &str, planted: &str) {
+/// Runs `coral demo --scenario S` and checks that it names `planted` first, at high
+/// significance, with each of `evidence` in its answer line.
+fn run_demo(scenario: &str, planted: &str, evidence: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(coral())
         .args([
@@ -82,7 +84,7 @@ fn run_demo(scenario: &str, planted: &str) {
         .find(|l| l.starts_with("Coral's answer:"))
         .unwrap_or_else(|| panic!("no answer line:\n{stdout}"));
     assert!(
-        answer.contains(planted) && answer.contains("ms of CPU per request"),
+        answer.contains(planted) && evidence.iter().all(|e| answer.contains(e)),
         "{answer}"
     );
     // The whole call path, from the thread's root (libc's thread start, which Debian
@@ -115,8 +117,15 @@ fn run_demo(scenario: &str, planted: &str) {
 fn the_demo_names_each_planted_cause_first() {
     assert_root();
     let _serial = serial();
-    run_demo("latency", "validate_signature");
-    run_demo("errors", "score_fraud_rules");
+    run_demo("latency", "validate_signature", &["ms of CPU per request"]);
+    run_demo("errors", "score_fraud_rules", &["ms of CPU per request"]);
+    // Requests that waited for a lock, on no more CPU: a wall-clock comparison names
+    // the function that waited, and why.
+    run_demo(
+        "lock",
+        "acquire_ledger_lock",
+        &["ms of wall-clock time per request", "[off-cpu: lock]"],
+    );
 }
 
 /// Child processes, killed (and reaped) when dropped: on success, failure or panic.

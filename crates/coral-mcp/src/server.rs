@@ -4,9 +4,10 @@
 use crate::instructions::INSTRUCTIONS;
 use crate::text::{ms, q_value, request_line};
 use crate::tools::*;
-use coral_analysis::profile::write_text_summary;
+use coral_analysis::profile::{self as model, write_text_summary};
 use coral_analysis::{format_duration_ns, parse_duration};
 use coral_client::Channel;
+use coral_client::profile::{no_off_cpu_reason, off_cpu_collected};
 use coral_client::v1;
 use coral_report::{ComparisonView, RequestProfileView, ServiceView, SpanView, TriggerView};
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -352,13 +353,7 @@ impl CoralMcp {
     }
 
     async fn trace_profile(&self, p: TraceProfileParams) -> Outcome {
-        if p.profile_type == ProfileType::Memory {
-            return Err(
-                "memory profiles are not collected yet: Coral collects CPU profiles only. Call \
-                 again with profile_type \"cpu\"."
-                    .to_string(),
-            );
-        }
+        let ty = model_type(p.profile_type)?;
         let profiles = self
             .profile()
             .get_trace_profile(v1::GetTraceProfileRequest {
@@ -379,7 +374,23 @@ impl CoralMcp {
             })?
             .into_inner();
         let (profiles, truncated) = (profiles.profiles, profiles.truncated);
-        let mut text = format!("CPU profile of trace {}:\n", p.trace_id.trim());
+        let has_type = |tp: &v1::TraceProfile| !ty.needs_off_cpu() || off_cpu_collected(tp);
+        if let Some(first) = profiles.first()
+            && !profiles.iter().any(has_type)
+        {
+            return Err(format!(
+                "no {ty} profile for this trace: its requests recorded no off-CPU time ({}). \
+                 Call again with profile_type \"cpu\", or collect with \
+                 coral_profile_trace_trigger (it records offcpu by default) on a service whose \
+                 spans carry thread.id.",
+                no_off_cpu_reason(first)
+            ));
+        }
+        let mut text = format!(
+            "{ty} profile ({}) of trace {}:\n",
+            ty.measure(),
+            p.trace_id.trim()
+        );
         if truncated {
             text.push_str(&format!(
                 "note: the trace has more request profiles; these are the first {} by start\n",
@@ -392,7 +403,7 @@ impl CoralMcp {
                 coral_client::profile::profile_from_wire(tp.profile.clone().unwrap_or_default())
                     .map_err(|e| format!("the colony sent an invalid profile: {e}"))?;
             // The text says what the view says: its samples, CPU time and warnings.
-            let view = RequestProfileView::new(tp, &profile, TOP);
+            let view = RequestProfileView::new(tp, &profile, ty, TOP);
             text.push_str(&format!(
                 "{} · {} · duration {} · on CPU {} · {} samples at {} Hz · {} precision\n",
                 view.service,
@@ -403,20 +414,24 @@ impl CoralMcp {
                 view.frequency_hz,
                 view.precision
             ));
+            text.push_str(&view.breakdown.summary);
+            text.push('\n');
             for w in &view.warnings {
                 text.push_str(&format!("warning: {w}\n"));
             }
-            if view.samples > 0 {
+            if !has_type(tp) {
+                text.push_str(&format!("no {ty} profile: {}\n", no_off_cpu_reason(tp)));
+            } else if view.total_ns > 0 {
                 let mut summary = Vec::new();
-                write_text_summary(&profile, TOP, &mut summary)
+                write_text_summary(&profile, ty, TOP, &mut summary)
                     .map_err(|e| format!("cannot summarize the profile: {e}"))?;
                 text.push_str(&String::from_utf8_lossy(&summary));
             }
             spans.push(view);
         }
         let data = json!({
-            "trace_id": p.trace_id.trim(), "profile_type": "cpu", "truncated": truncated,
-            "spans": spans,
+            "trace_id": p.trace_id.trim(), "profile_type": ty, "unit": "ns",
+            "truncated": truncated, "spans": spans,
         });
         Ok(Answer { text, data })
     }
@@ -440,6 +455,14 @@ impl CoralMcp {
                 max_duration_ms: 0,
                 url_pattern: p.url.unwrap_or_default(),
                 baseline_requests: None,
+                profile_types: p
+                    .profile_types
+                    .iter()
+                    .map(|t| match t {
+                        CollectedType::Cpu => "cpu".to_string(),
+                        CollectedType::Offcpu => "offcpu".to_string(),
+                    })
+                    .collect(),
             })
             .await
             .map_err(|s| self.refused(s, FIX_SERVICE))?
@@ -507,6 +530,7 @@ impl CoralMcp {
 
     async fn compare(&self, p: CompareParams) -> Outcome {
         let range = since(&p.since, "since")?;
+        let ty = model_type(p.profile_type)?;
         let r = self
             .profile()
             .compare_trace_profiles(v1::CompareTraceProfilesRequest {
@@ -517,6 +541,7 @@ impl CoralMcp {
                 top: 10,
                 min_significance: String::new(),
                 differential: false,
+                profile_type: ty.to_string(),
             })
             .await
             .map_err(|s| {
@@ -531,7 +556,7 @@ impl CoralMcp {
                 )
             })?
             .into_inner();
-        let mut text = format!("{} in the last {}\n", p.service, p.since);
+        let mut text = format!("{} in the last {}, {}\n", p.service, p.since, ty.measure());
         for (name, filter, requests, samples, cpu) in [
             (
                 "A",
@@ -549,15 +574,17 @@ impl CoralMcp {
             ),
         ] {
             text.push_str(&format!(
-                "cohort {name} ({filter}): {requests} requests, {samples} samples, {} CPU per request\n",
-                ms(cpu)
+                "cohort {name} ({filter}): {requests} requests, {samples} samples, {} {} per request\n",
+                ms(cpu),
+                ty.measure()
             ));
         }
         if !r.hotspots.is_empty() {
-            text.push_str(
+            text.push_str(&format!(
                 "functions (significant ones hotter in A first; delta: percentage points of \
-                 request CPU, + hotter in A; CPU per request, inclusive):\n",
-            );
+                 request {0}, + hotter in A; {0} per request, inclusive):\n",
+                ty.measure()
+            ));
         }
         for (i, h) in r.hotspots.iter().enumerate() {
             let only = match h.only_in.as_str() {
@@ -663,10 +690,11 @@ fn exemplar_profile(tp: &v1::TraceProfile, text: &mut String) -> Value {
     else {
         return Value::Null;
     };
-    let view = RequestProfileView::new(tp, &profile, 3);
+    let view = RequestProfileView::new(tp, &profile, model::ProfileType::Cpu, 3);
     // The view's hotspots start with the top 3 by self CPU time, in that order.
     text.push_str(&format!(
-        "  profile: {} samples, {} precision, top self: {}\n",
+        "  profile: {}; {} samples, {} precision, top self: {}\n",
+        view.breakdown.summary,
         view.samples,
         view.precision,
         view.hotspots
@@ -764,4 +792,18 @@ fn now_unix_nano() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// The profile model's type for a tool's `profile_type`; memory is refused.
+fn model_type(ty: ProfileType) -> Result<model::ProfileType, String> {
+    match ty {
+        ProfileType::Cpu => Ok(model::ProfileType::Cpu),
+        ProfileType::Offcpu => Ok(model::ProfileType::Offcpu),
+        ProfileType::Wall => Ok(model::ProfileType::Wall),
+        ProfileType::Memory => Err(
+            "memory profiles are not collected yet: Coral collects cpu and offcpu profiles \
+             (wall is both). Call again with profile_type \"cpu\", \"offcpu\" or \"wall\"."
+                .to_string(),
+        ),
+    }
 }

@@ -22,7 +22,18 @@ fn default_limit() -> u32 {
 pub enum ProfileType {
     #[default]
     Cpu,
+    Offcpu,
+    Wall,
     Memory,
+}
+
+/// A profile type a trigger collects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(inline)]
+pub enum CollectedType {
+    Cpu,
+    Offcpu,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -30,8 +41,11 @@ pub enum ProfileType {
 pub struct TraceProfileParams {
     /// The trace id: 32 hex digits, as coral_query_summary or coral_query_traces show it.
     pub trace_id: String,
-    /// Which profile: "cpu" (collected for requests that ran while a trigger or profile
-    /// of their service was active) or "memory" (not collected yet).
+    /// Which profile: "cpu" (where the request's thread ran on the CPU; collected for
+    /// requests that ran while a trigger or profile of their service was active),
+    /// "offcpu" (where it waited, by stack and cause: lock, disk, network, sleep,
+    /// runqueue; recorded by triggers for thread-precision requests), "wall" (both on
+    /// one time scale: where its wall-clock time went) or "memory" (not collected yet).
     #[serde(default)]
     pub profile_type: ProfileType,
 }
@@ -57,6 +71,10 @@ pub struct TraceTriggerParams {
     pub frequency_hz: Option<u32>,
     /// Stop collecting after this long, e.g. "5m" (default 5m, at most 24h).
     pub timeout: Option<String>,
+    /// What to record: "cpu" (always) and "offcpu" (where each request's thread
+    /// waited). Default both.
+    #[serde(default)]
+    pub profile_types: Vec<CollectedType>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -71,6 +89,10 @@ pub struct CompareParams {
     /// Requests that started this far back, e.g. "15m", "1h", "2d" (at most 30d).
     #[serde(default = "default_since")]
     pub since: String,
+    /// What to compare: "cpu" (CPU time, the default), "offcpu" (time waiting, by where
+    /// and why) or "wall" (both: use it when the slow requests mostly waited).
+    #[serde(default)]
+    pub profile_type: ProfileType,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

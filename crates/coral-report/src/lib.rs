@@ -5,7 +5,8 @@
 //! The vocabulary:
 //! - ids in lowercase hex (`trace_id`, `span_id`), trigger and session ids as UUIDs;
 //! - quantities carry their unit in the name: `duration_ns`, `cpu_ns`, `frequency_hz`,
-//!   `mean_cpu_ms`, `since_ns`;
+//!   `mean_ms`, `since_ns`; a time that depends on the profile type (CPU, off-CPU or
+//!   wall-clock time) sits beside a `profile_type` field that says which;
 //! - a point in time is two fields: `<name>` (RFC 3339, UTC, milliseconds, e.g.
 //!   `2023-11-14T22:13:20.123Z`) and `<name>_unix_nano`;
 //! - an absent value is `null`, never an empty string and never a missing key;
@@ -20,12 +21,13 @@ mod timestamp;
 mod trigger;
 
 pub use profile::{
-    AgentProfileView, HotspotView, MergedProfileView, ProfileCpuView, RequestProfileView,
-    RequestProfileWithStacks, SourceView, TraceProfileView,
+    AgentProfileView, BreakdownView, HotspotView, MergedProfileView, ProfileCpuView,
+    RequestProfileView, RequestProfileWithStacks, SourceView, TraceProfileView, WaitsView,
 };
 pub use timestamp::rfc3339;
 pub use trigger::{CollectedView, TriggerView};
 
+use coral_analysis::profile::ProfileType;
 use coral_client::v1;
 use serde::Serialize;
 
@@ -186,11 +188,11 @@ pub struct CohortView {
     pub filter: String,
     /// Profiled requests that match the filter.
     pub requests: u32,
-    /// Those with at least one CPU sample: the units of the significance tests.
+    /// Those with some time of the compared type: the units of the significance tests.
     pub requests_with_samples: u32,
     pub samples: i32,
-    /// Mean CPU time per request (all requests of the cohort).
-    pub mean_cpu_ms: f64,
+    /// Mean time of the compared type per request (all requests of the cohort).
+    pub mean_ms: f64,
 }
 
 /// One function compared between the cohorts.
@@ -198,13 +200,15 @@ pub struct CohortView {
 pub struct FunctionDiffView {
     pub function: String,
     pub module: String,
-    /// Percentage points of request CPU time in the function (inclusive), + hotter in A.
+    /// Percentage points of the requests' time of the compared type in the function
+    /// (inclusive), + hotter in A.
     pub delta_pp: f32,
     pub self_delta_pp: f32,
-    pub a_cpu_ms_per_request: f64,
-    pub b_cpu_ms_per_request: f64,
-    pub a_self_cpu_ms_per_request: f64,
-    pub b_self_cpu_ms_per_request: f64,
+    /// Mean time per request in the function (inclusive), then self.
+    pub a_ms_per_request: f64,
+    pub b_ms_per_request: f64,
+    pub a_self_ms_per_request: f64,
+    pub b_self_ms_per_request: f64,
     pub p_value: f64,
     pub q_value: f64,
     pub effect_size: f64,
@@ -220,6 +224,10 @@ pub struct ComparisonView {
     pub service: String,
     /// Requests that started this far back.
     pub since_ns: i64,
+    /// What the times measure: `cpu`, `offcpu` or `wall`.
+    pub profile_type: String,
+    /// The same in words: "CPU time", "off-CPU time", "wall-clock time".
+    pub measure: String,
     pub cohort_a: CohortView,
     pub cohort_b: CohortView,
     pub functions: Vec<FunctionDiffView>,
@@ -235,22 +243,25 @@ impl ComparisonView {
         cohort_b: &str,
         r: &v1::CompareTraceProfilesResponse,
     ) -> Self {
+        let profile_type: ProfileType = r.profile_type.parse().unwrap_or(ProfileType::Cpu);
         Self {
             service: service.to_string(),
             since_ns,
+            profile_type: profile_type.to_string(),
+            measure: profile_type.measure().to_string(),
             cohort_a: CohortView {
                 filter: cohort_a.to_string(),
                 requests: r.cohort_a_requests,
                 requests_with_samples: r.cohort_a_requests_with_samples,
                 samples: r.cohort_a_sample_count,
-                mean_cpu_ms: r.cohort_a_mean_cpu_ms,
+                mean_ms: r.cohort_a_mean_cpu_ms,
             },
             cohort_b: CohortView {
                 filter: cohort_b.to_string(),
                 requests: r.cohort_b_requests,
                 requests_with_samples: r.cohort_b_requests_with_samples,
                 samples: r.cohort_b_sample_count,
-                mean_cpu_ms: r.cohort_b_mean_cpu_ms,
+                mean_ms: r.cohort_b_mean_cpu_ms,
             },
             functions: r
                 .hotspots
@@ -260,10 +271,10 @@ impl ComparisonView {
                     module: h.module.clone(),
                     delta_pp: h.delta_percentage,
                     self_delta_pp: h.self_delta_percentage,
-                    a_cpu_ms_per_request: h.cohort_a_cpu_ms_per_request,
-                    b_cpu_ms_per_request: h.cohort_b_cpu_ms_per_request,
-                    a_self_cpu_ms_per_request: h.cohort_a_self_cpu_ms,
-                    b_self_cpu_ms_per_request: h.cohort_b_self_cpu_ms,
+                    a_ms_per_request: h.cohort_a_cpu_ms_per_request,
+                    b_ms_per_request: h.cohort_b_cpu_ms_per_request,
+                    a_self_ms_per_request: h.cohort_a_self_cpu_ms,
+                    b_self_ms_per_request: h.cohort_b_self_cpu_ms,
                     p_value: h.p_value,
                     q_value: h.q_value,
                     effect_size: h.effect_size,

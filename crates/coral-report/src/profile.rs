@@ -1,7 +1,7 @@
-//! CPU profiles: one request's, one trace's, and a service's on demand.
+//! Profiles: one request's, one trace's, and a service's on demand.
 
 use crate::{non_empty, rfc3339};
-use coral_analysis::profile::{Hotspot, Profile};
+use coral_analysis::profile::{Breakdown, Hotspot, Profile, ProfileType};
 use coral_client::v1;
 use serde::Serialize;
 
@@ -26,16 +26,17 @@ impl SourceView {
     }
 }
 
-/// One function's share of a profile.
+/// One function's share of a profile, in the time of the view's `profile_type`.
 #[derive(Serialize, Debug, Clone)]
 pub struct HotspotView {
+    /// The function, or `[off-cpu: CAUSE]` for the time waited for one cause.
     pub function: String,
     pub module: String,
-    /// CPU time with the function on top of the stack.
-    pub self_cpu_ns: u64,
-    /// CPU time with the function anywhere on the stack.
-    pub total_cpu_ns: u64,
-    /// `self_cpu_ns` / the profile's CPU time, in [0, 1].
+    /// Time with the function on top of the stack.
+    pub self_ns: u64,
+    /// Time with the function anywhere on the stack.
+    pub total_ns: u64,
+    /// `self_ns` / the profile's time of this type, in [0, 1].
     pub self_share: f64,
     pub total_share: f64,
 }
@@ -45,22 +46,78 @@ impl From<&Hotspot> for HotspotView {
         Self {
             function: h.function.clone(),
             module: h.module.clone(),
-            self_cpu_ns: h.self_cpu_ns,
-            total_cpu_ns: h.total_cpu_ns,
+            self_ns: h.self_ns,
+            total_ns: h.total_ns,
             self_share: h.self_share,
             total_share: h.total_share,
         }
     }
 }
 
-/// The hottest functions, as the text summaries list them: the `top` by self CPU time
-/// and the `top` by total CPU time.
-fn hotspots(profile: &Profile, top: usize) -> Vec<HotspotView> {
+/// The hottest functions of type `ty`, as the text summaries list them: the `top` by
+/// self time and the `top` by total time.
+fn hotspots(profile: &Profile, ty: ProfileType, top: usize) -> Vec<HotspotView> {
     profile
-        .hotspots(top)
+        .hotspots(ty, top)
         .iter()
         .map(HotspotView::from)
         .collect()
+}
+
+/// Where a request's wall-clock time went: on the CPU (sampled), off it by cause
+/// (recorded), and what neither accounts for.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct BreakdownView {
+    pub duration_ns: i64,
+    pub on_cpu_ns: u64,
+    /// Off-CPU time, all causes; null when off-CPU time was not recorded.
+    pub off_cpu_ns: Option<u64>,
+    /// Off-CPU time by cause (`lock`, `disk`, `network`, `sleep`, `runqueue`, `other`);
+    /// null when not recorded.
+    pub waits: Option<WaitsView>,
+    /// The duration minus on-CPU and recorded off-CPU time.
+    pub unaccounted_ns: u64,
+    /// The line the text view opens with.
+    pub summary: String,
+}
+
+/// Off-CPU time by wait cause.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct WaitsView {
+    pub lock_ns: u64,
+    pub disk_ns: u64,
+    pub network_ns: u64,
+    pub sleep_ns: u64,
+    pub runqueue_ns: u64,
+    pub other_ns: u64,
+}
+
+impl BreakdownView {
+    /// The breakdown of a request of `duration_ns` whose profile is `profile`.
+    pub fn new(profile: &Profile, duration_ns: i64, off_cpu_collected: bool) -> Self {
+        let b: Breakdown = profile.breakdown();
+        let duration = u64::try_from(duration_ns).unwrap_or(0);
+        let unaccounted = if off_cpu_collected {
+            b.unaccounted_ns(duration)
+        } else {
+            duration.saturating_sub(b.on_cpu_ns)
+        };
+        Self {
+            duration_ns,
+            on_cpu_ns: b.on_cpu_ns,
+            off_cpu_ns: off_cpu_collected.then_some(b.off_cpu_ns),
+            waits: off_cpu_collected.then_some(WaitsView {
+                lock_ns: b.lock_ns,
+                disk_ns: b.disk_ns,
+                network_ns: b.network_ns,
+                sleep_ns: b.sleep_ns,
+                runqueue_ns: b.runqueue_ns,
+                other_ns: b.other_ns,
+            }),
+            unaccounted_ns: unaccounted,
+            summary: b.describe(Some(duration), off_cpu_collected),
+        }
+    }
 }
 
 /// One request's profile (one span of a trace), without its stacks.
@@ -89,8 +146,17 @@ pub struct RequestProfileView {
     /// are missing from the profile.
     pub lost_samples: u64,
     pub source: Option<SourceView>,
+    /// What was recorded: `cpu`, and `offcpu` when the thread's waits were.
+    pub profile_types: Vec<String>,
+    /// CPU samples.
     pub samples: u64,
     pub cpu_ns: u64,
+    pub breakdown: BreakdownView,
+    /// What `hotspots` (and the stacks' values in the chosen format) measure: `cpu`,
+    /// `offcpu` or `wall`; their times are in nanoseconds.
+    pub profile_type: ProfileType,
+    /// The profile's time of `profile_type`.
+    pub total_ns: u64,
     /// What not to conclude from this profile (too few samples, mixed-in CPU, …).
     pub warnings: Vec<String>,
     pub hotspots: Vec<HotspotView>,
@@ -98,9 +164,9 @@ pub struct RequestProfileView {
 
 impl RequestProfileView {
     /// The view of `tp`, whose profile is `profile` (already read from the wire), with
-    /// its `top` functions.
-    pub fn new(tp: &v1::TraceProfile, profile: &Profile, top: usize) -> Self {
-        let (samples, cpu_ns) = (profile.total_samples(), profile.total_cpu_ns());
+    /// its `top` functions of type `ty`.
+    pub fn new(tp: &v1::TraceProfile, profile: &Profile, ty: ProfileType, top: usize) -> Self {
+        let off_cpu = coral_client::profile::off_cpu_collected(tp);
         Self {
             trace_id: hex::encode(&tp.trace_id),
             span_id: hex::encode(&tp.span_id),
@@ -118,10 +184,18 @@ impl RequestProfileView {
             truncated_samples: tp.truncated_samples,
             lost_samples: tp.lost_samples,
             source: SourceView::parse(&tp.source),
-            samples,
-            cpu_ns,
-            warnings: coral_client::profile::evidence_warnings(tp, samples, cpu_ns),
-            hotspots: hotspots(profile, top),
+            profile_types: if tp.profile_types.is_empty() {
+                vec![ProfileType::Cpu.to_string()]
+            } else {
+                tp.profile_types.clone()
+            },
+            samples: profile.count(ProfileType::Cpu),
+            cpu_ns: profile.total(ProfileType::Cpu),
+            breakdown: BreakdownView::new(profile, tp.duration_ns, off_cpu),
+            profile_type: ty,
+            total_ns: profile.total(ty),
+            warnings: coral_client::profile::evidence_warnings(tp, profile),
+            hotspots: hotspots(profile, ty, top),
         }
     }
 }
@@ -140,16 +214,20 @@ pub struct RequestProfileWithStacks {
 pub struct MergedProfileView {
     pub samples: u64,
     pub cpu_ns: u64,
+    pub profile_type: ProfileType,
+    pub total_ns: u64,
     pub hotspots: Vec<HotspotView>,
     pub profile: Profile,
 }
 
 impl MergedProfileView {
-    pub fn new(profile: Profile, top: usize) -> Self {
+    pub fn new(profile: Profile, ty: ProfileType, top: usize) -> Self {
         Self {
-            samples: profile.total_samples(),
-            cpu_ns: profile.total_cpu_ns(),
-            hotspots: hotspots(&profile, top),
+            samples: profile.count(ProfileType::Cpu),
+            cpu_ns: profile.total(ProfileType::Cpu),
+            profile_type: ty,
+            total_ns: profile.total(ty),
+            hotspots: hotspots(&profile, ty, top),
             profile,
         }
     }
@@ -214,7 +292,7 @@ impl ProfileCpuView {
             samples: profile.total_samples(),
             cpu_ns: profile.total_cpu_ns(),
             warnings: r.warnings.clone(),
-            hotspots: hotspots(&profile, top),
+            hotspots: hotspots(&profile, ProfileType::Cpu, top),
             profile,
         }
     }
@@ -249,7 +327,7 @@ mod tests {
             ..Default::default()
         };
         let json = serde_json::to_value(RequestProfileWithStacks {
-            summary: RequestProfileView::new(&tp, &profile, 10),
+            summary: RequestProfileView::new(&tp, &profile, ProfileType::Cpu, 10),
             profile,
         })
         .unwrap();
@@ -284,7 +362,7 @@ mod tests {
             lost_samples,
             ..Default::default()
         };
-        RequestProfileView::new(&tp, &profile, 10)
+        RequestProfileView::new(&tp, &profile, ProfileType::Cpu, 10)
     }
 
     #[test]

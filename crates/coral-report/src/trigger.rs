@@ -17,9 +17,14 @@ pub struct CollectedView {
     /// The span status: `unset`, `ok` or `error`.
     pub status: &'static str,
     pub node: Option<String>,
+    /// CPU samples.
     pub samples: u64,
     /// `thread` or `process`.
     pub precision: String,
+    /// On-CPU time (sampled).
+    pub cpu_ns: u64,
+    /// Time the request's thread waited (off the CPU); null when not recorded.
+    pub off_cpu_ns: Option<u64>,
 }
 
 /// A trigger, with the requests it collected (empty in lists).
@@ -42,6 +47,8 @@ pub struct TriggerView {
     pub collected_requests: u32,
     pub baseline_requests: u32,
     pub baseline_collected: u32,
+    /// What it collects: `cpu`, `offcpu`.
+    pub profile_types: Vec<String>,
     pub created: String,
     pub created_unix_nano: i64,
     pub expires: String,
@@ -68,6 +75,11 @@ impl From<&v1::TraceProfileTrigger> for TriggerView {
             collected_requests: t.collected_requests,
             baseline_requests: t.baseline_requests,
             baseline_collected: t.baseline_collected,
+            profile_types: if t.profile_types.is_empty() {
+                vec!["cpu".to_string()]
+            } else {
+                t.profile_types.clone()
+            },
             created: rfc3339(t.created_unix_nano),
             created_unix_nano: t.created_unix_nano,
             expires: rfc3339(t.expires_unix_nano),
@@ -89,6 +101,8 @@ impl From<&v1::TraceProfileTrigger> for TriggerView {
                     node: non_empty(&c.node),
                     samples: c.samples,
                     precision: c.precision.clone(),
+                    cpu_ns: c.cpu_ns,
+                    off_cpu_ns: c.off_cpu_collected.then_some(c.off_cpu_ns),
                 })
                 .collect(),
         }

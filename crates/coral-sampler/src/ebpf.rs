@@ -3,19 +3,24 @@
 
 use crate::clock::{ClockOffset, OffsetTracker, REMEASURE_INTERVAL};
 use crate::event::{
-    COUNTER_LOST, COUNTER_STACK_ERRORS, GLOBAL_UNWIND_MODE, MAP_COUNTERS, MAP_EVENTS, MAP_SCRATCH,
-    MAP_TARGETS, MAX_TARGETS, PROGRAM, RawEvent, UNWIND_COPY, UNWIND_FP,
+    COUNTER_LOST, COUNTER_OFFCPU_THROTTLED, COUNTER_STACK_ERRORS, GLOBAL_OFFCPU_EVENT_COST,
+    GLOBAL_OFFCPU_MIN_WAIT, GLOBAL_UNWIND_MODE, KIND_OFF_CPU, MAP_COUNTERS, MAP_EVENTS,
+    MAP_OFFCPU_START, MAP_SCRATCH, MAP_TARGETS, MAX_TARGETS, PROGRAM, PROGRAM_SWITCH_IN,
+    PROGRAM_SWITCH_IN_KPROBE, PROGRAM_SWITCH_OUT, RawEvent, STATE_PREEMPTED, TARGET_CPU,
+    TARGET_OFF_CPU, UNWIND_COPY, UNWIND_FP,
 };
 use crate::{
-    Loss, MAX_STACK_DEPTH, Sample, Sampler, SamplerConfig, SamplerError, SamplerStats, Stack,
-    Unwind, UnwindMode, privileges, validate_frequency,
+    Loss, MAX_STACK_DEPTH, OffCpu, Sample, Sampler, SamplerConfig, SamplerError, SamplerStats,
+    Stack, SwitchState, Unwind, UnwindMode, privileges, validate_frequency,
 };
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::kprobe::KProbeLink;
 use aya::programs::perf_event::{
     PerfEventConfig, PerfEventLink, PerfEventScope, SamplePolicy, SoftwareEvent,
 };
-use aya::programs::{PerfEvent, ProgramError};
-use aya::{Ebpf, EbpfLoader};
+use aya::programs::tp_btf::BtfTracePointLink;
+use aya::programs::{BtfTracePoint, KProbe, PerfEvent, ProgramError};
+use aya::{Btf, Ebpf, EbpfLoader};
 use coral_unwind::{Unwinder, UnwinderConfig, UserRegs};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,6 +64,8 @@ struct Shared {
     max_buffered: usize,
     /// Events read from the ring buffer.
     samples: AtomicU64,
+    /// Of them, off-CPU events.
+    off_cpu_events: AtomicU64,
     /// Samples dropped from the full buffer.
     dropped: AtomicU64,
     /// Steps of the wall clock the reader's offset tracker saw.
@@ -81,6 +88,34 @@ struct Target {
     start_time: u64,
     /// The frequency it was added with.
     frequency_hz: u32,
+    /// Whether off-CPU spans are recorded.
+    off_cpu: bool,
+}
+
+impl Target {
+    /// Its value in the `targets` map (`CORAL_TARGET_*`).
+    fn flags(&self) -> u32 {
+        if self.off_cpu {
+            TARGET_CPU | TARGET_OFF_CPU
+        } else {
+            TARGET_CPU
+        }
+    }
+}
+
+/// The tracepoint at the end of `__schedule` (Linux 6.16+), run by the thread switched in.
+const SWITCH_IN_TRACEPOINT: &str = "sched_exit_tp";
+
+/// The attached off-CPU programs; dropping them detaches.
+struct SchedulerLinks {
+    _switch_out: BtfTracePointLink,
+    _switch_in: SwitchInLinks,
+}
+
+/// The switch-in program's attachment: the tracepoint, or kprobes where it is missing.
+enum SwitchInLinks {
+    Tracepoint { _link: BtfTracePointLink },
+    Kprobes { _links: Vec<KProbeLink> },
 }
 
 /// The program, its attachments and the set of targets.
@@ -96,6 +131,13 @@ struct Control {
     online: BTreeSet<u32>,
     /// The frequency the links were opened with; 0 when detached.
     frequency_hz: u32,
+    /// Target threads switched out (entries are cleared when the probes detach).
+    offcpu_start: BpfHashMap<MapData, u32, [u64; 2]>,
+    /// The switch-in program once the off-CPU programs are loaded (on first use:
+    /// kernels without BTF can still sample on CPU).
+    switch_in_program: Option<&'static str>,
+    /// `Some` while the off-CPU programs are attached.
+    scheduler: Option<SchedulerLinks>,
 }
 
 /// The reader thread's own state.
@@ -132,6 +174,24 @@ impl EbpfSampler {
         let ring_bytes = ring_size(config.ring_bytes, page_size()).ok_or_else(|| {
             SamplerError::InvalidConfig(format!("ring_bytes {} is too large", config.ring_bytes))
         })?;
+        // The program scales a 32-bit random number by it (no overflow below 2^32).
+        let min_wait_ns = u64::try_from(config.off_cpu_min_wait.as_nanos())
+            .ok()
+            .filter(|&ns| ns <= u64::from(u32::MAX))
+            .ok_or_else(|| {
+                SamplerError::InvalidConfig(format!(
+                    "off_cpu_min_wait {:?} is over 4.29 s",
+                    config.off_cpu_min_wait
+                ))
+            })?;
+        if config.off_cpu_max_events_per_cpu == 0
+            || config.off_cpu_max_events_per_cpu > 1_000_000_000
+        {
+            return Err(SamplerError::InvalidConfig(
+                "off_cpu_max_events_per_cpu must be in 1..=1000000000".into(),
+            ));
+        }
+        let event_cost_ns = 1_000_000_000 / u64::from(config.off_cpu_max_events_per_cpu);
 
         privileges::check()?;
         raise_memlock_rlimit();
@@ -146,6 +206,8 @@ impl EbpfSampler {
             .map_max_entries(MAP_EVENTS, ring_bytes)
             .map_max_entries(MAP_SCRATCH, possible_cpus as u32)
             .override_global(GLOBAL_UNWIND_MODE, &mode, true)
+            .override_global(GLOBAL_OFFCPU_MIN_WAIT, &min_wait_ns, true)
+            .override_global(GLOBAL_OFFCPU_EVENT_COST, &event_cost_ns, true)
             .load(OBJECT)
             .map_err(|e| privileges::classify("loading the eBPF maps", &e, SamplerError::Load))?;
         let program: &mut PerfEvent = ebpf
@@ -175,6 +237,8 @@ impl EbpfSampler {
             .map_err(map_error(MAP_COUNTERS))?;
         let ring =
             RingBuf::try_from(take_map(&mut ebpf, MAP_EVENTS)?).map_err(map_error(MAP_EVENTS))?;
+        let offcpu_start = BpfHashMap::try_from(take_map(&mut ebpf, MAP_OFFCPU_START)?)
+            .map_err(map_error(MAP_OFFCPU_START))?;
 
         let shared = Arc::new(Shared {
             control: Mutex::new(Control {
@@ -185,10 +249,14 @@ impl EbpfSampler {
                 links: BTreeMap::new(),
                 online: BTreeSet::new(),
                 frequency_hz: 0,
+                offcpu_start,
+                switch_in_program: None,
+                scheduler: None,
             }),
             buffer: Mutex::new(Buffer::default()),
             max_buffered: config.max_buffered_samples,
             samples: AtomicU64::new(0),
+            off_cpu_events: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             clock_steps: AtomicU64::new(0),
             stop: AtomicBool::new(false),
@@ -239,16 +307,58 @@ impl EbpfSampler {
     pub(crate) fn attached_cpus(&self) -> Vec<u32> {
         self.shared.control().links.keys().copied().collect()
     }
+
+    /// The kernel's ids of the off-CPU programs (switch-out, switch-in), once loaded.
+    pub(crate) fn scheduler_program_ids(&self) -> Option<(u32, u32)> {
+        let control = self.shared.control();
+        let id = |name: &str| {
+            control
+                .ebpf
+                .program(name)
+                .and_then(|program| program.info().ok())
+                .map(|info| info.id())
+        };
+        Some((id(PROGRAM_SWITCH_OUT)?, id(control.switch_in_program?)?))
+    }
+
+    /// Run time and count of the switch-in program (kernel BPF stats).
+    pub(crate) fn switch_in_run_stats(&self) -> (Duration, u64) {
+        let control = self.shared.control();
+        let info = control
+            .ebpf
+            .program(control.switch_in_program.expect("loaded"))
+            .expect("in the object")
+            .info()
+            .expect("program info");
+        (info.run_time(), info.run_count())
+    }
 }
 
 impl Sampler for EbpfSampler {
-    fn add_targets(&self, tgids: &[u32], frequency_hz: u32) -> Result<(), SamplerError> {
+    fn add_targets(
+        &self,
+        tgids: &[u32],
+        frequency_hz: u32,
+        off_cpu: bool,
+    ) -> Result<(), SamplerError> {
         validate_frequency(frequency_hz, self.max_frequency_hz)?;
         let mut control = self.shared.control();
         let mut added = Vec::new();
+        // Targets that had no off-CPU records before: put back on failure.
+        let mut upgraded = Vec::new();
         for &tgid in tgids {
             if let Some(target) = control.targets.get_mut(&tgid) {
                 target.frequency_hz = target.frequency_hz.max(frequency_hz);
+                if off_cpu && !target.off_cpu {
+                    target.off_cpu = true;
+                    let flags = target.flags();
+                    if let Err(error) = control.targets_map.insert(tgid, flags, 0) {
+                        control.downgrade(&upgraded);
+                        control.forget(&added);
+                        return Err(map_error(MAP_TARGETS)(error));
+                    }
+                    upgraded.push(tgid);
+                }
                 continue;
             }
             if added.contains(&tgid) {
@@ -265,26 +375,28 @@ impl Sampler for EbpfSampler {
                 control.forget(&added);
                 return Err(SamplerError::TooManyTargets { max: MAX_TARGETS });
             }
-            if let Err(error) = control.targets_map.insert(tgid, 1, 0) {
+            let target = Target {
+                start_time,
+                frequency_hz,
+                off_cpu,
+            };
+            if let Err(error) = control.targets_map.insert(tgid, target.flags(), 0) {
+                control.downgrade(&upgraded);
                 control.forget(&added);
                 return Err(map_error(MAP_TARGETS)(error));
             }
-            control.targets.insert(
-                tgid,
-                Target {
-                    start_time,
-                    frequency_hz,
-                },
-            );
+            control.targets.insert(tgid, target);
             added.push(tgid);
         }
         if let Err(error) = control.retune() {
+            control.downgrade(&upgraded);
             control.forget(&added);
             return Err(error);
         }
         tracing::debug!(
             ?added,
             frequency_hz = control.frequency_hz,
+            off_cpu = control.scheduler.is_some(),
             targets = control.targets.len(),
             "targets added"
         );
@@ -313,13 +425,16 @@ impl Sampler for EbpfSampler {
         let control = self.shared.control();
         SamplerStats {
             samples: self.shared.samples.load(Ordering::Relaxed),
+            off_cpu_events: self.shared.off_cpu_events.load(Ordering::Relaxed),
             lost: control.counter(COUNTER_LOST),
+            off_cpu_throttled: control.counter(COUNTER_OFFCPU_THROTTLED),
             stack_errors: control.counter(COUNTER_STACK_ERRORS),
             dropped: self.shared.dropped.load(Ordering::Relaxed),
             clock_steps: self.shared.clock_steps.load(Ordering::Relaxed),
             frequency_hz: control.frequency_hz,
             targets: control.targets.len(),
             attached: !control.links.is_empty(),
+            off_cpu_attached: control.scheduler.is_some(),
         }
     }
 }
@@ -352,6 +467,9 @@ impl Shared {
         }
         self.samples
             .fetch_add(samples.len() as u64, Ordering::Relaxed);
+        let off_cpu = samples.iter().filter(|s| s.off_cpu.is_some()).count();
+        self.off_cpu_events
+            .fetch_add(off_cpu as u64, Ordering::Relaxed);
         let mut buffer = self.buffer();
         // Dropped samples, one loss per thread (an overflow drops many at once).
         let mut dropped: HashMap<(u32, u32), Loss> = HashMap::new();
@@ -427,10 +545,17 @@ impl Control {
             .unwrap_or(0)
     }
 
-    /// Attaches, re-attaches at a changed frequency, or detaches, to match the targets.
-    /// A frequency change opens the new perf events before closing the old ones, so
-    /// sampling has no gap. On failure the earlier attachment is kept.
+    /// Attaches, re-attaches at a changed frequency, or detaches, to match the targets;
+    /// the same for the off-CPU probes. A frequency change opens the new perf events
+    /// before closing the old ones, so sampling has no gap. On failure the earlier
+    /// attachment is kept.
     fn retune(&mut self) -> Result<(), SamplerError> {
+        let wants_off_cpu = self.targets.values().any(|target| target.off_cpu);
+        match (wants_off_cpu, self.scheduler.is_some()) {
+            (true, false) => self.attach_scheduler()?,
+            (false, true) => self.detach_scheduler(),
+            _ => {}
+        }
         let wanted = self.wanted_frequency();
         if wanted == 0 {
             self.detach();
@@ -509,9 +634,150 @@ impl Control {
 
     /// Closes the perf events: nothing is sampled any more.
     fn detach(&mut self) {
+        self.detach_scheduler();
         self.links.clear();
         self.online.clear();
         self.frequency_hz = 0;
+    }
+
+    /// Loads (once) and attaches the off-CPU programs: `sched_switch` (switch-out) and
+    /// a kprobe on `finish_task_switch` (switch-in; its name varies with the kernel's
+    /// build, so it is looked up in /proc/kallsyms).
+    fn attach_scheduler(&mut self) -> Result<(), SamplerError> {
+        let failed = |program: &str| {
+            let program = program.to_owned();
+            move |message: String| SamplerError::AttachScheduler { program, message }
+        };
+        let switch_in_program = match self.switch_in_program {
+            Some(program) => program,
+            None => self.load_scheduler_programs()?,
+        };
+        let switch_in = if switch_in_program == PROGRAM_SWITCH_IN {
+            let program = self.tracepoint(PROGRAM_SWITCH_IN);
+            let link = program
+                .attach()
+                .and_then(|id| program.take_link(id))
+                .map_err(|e| {
+                    failed(&format!("tp_btf/{SWITCH_IN_TRACEPOINT}"))(program_error_message(&e))
+                })?;
+            SwitchInLinks::Tracepoint { _link: link }
+        } else {
+            let functions = finish_task_switch_symbols()
+                .map_err(|e| failed("kprobe/finish_task_switch")(e.to_string()))?;
+            if functions.is_empty() {
+                return Err(failed("kprobe/finish_task_switch")(
+                    "no finish_task_switch in /proc/kallsyms".into(),
+                ));
+            }
+            let program: &mut KProbe = self
+                .ebpf
+                .program_mut(PROGRAM_SWITCH_IN_KPROBE)
+                .expect("loaded")
+                .try_into()
+                .expect("a kprobe");
+            let mut links = Vec::new();
+            for function in &functions {
+                let link = program
+                    .attach(function, 0)
+                    .and_then(|id| program.take_link(id))
+                    .map_err(|e| {
+                        failed(&format!("kprobe/{function}"))(program_error_message(&e))
+                    })?;
+                links.push(link);
+            }
+            SwitchInLinks::Kprobes { _links: links }
+        };
+        // Switch-in first: entries are made only once both run (those of an earlier
+        // attachment were cleared when it detached).
+        let program = self.tracepoint(PROGRAM_SWITCH_OUT);
+        let switch_out = program
+            .attach()
+            .and_then(|id| program.take_link(id))
+            .map_err(|e| failed("tp_btf/sched_switch")(program_error_message(&e)))?;
+        tracing::debug!(switch_in_program, "off-CPU probes attached");
+        self.scheduler = Some(SchedulerLinks {
+            _switch_out: switch_out,
+            _switch_in: switch_in,
+        });
+        Ok(())
+    }
+
+    /// Loads the off-CPU programs: `sched_switch` (switch-out) and, for the switch-in,
+    /// the `sched_exit_tp` tracepoint where the kernel has it, else a kprobe on
+    /// `finish_task_switch`. Returns the switch-in program's name.
+    fn load_scheduler_programs(&mut self) -> Result<&'static str, SamplerError> {
+        let failed = |program: &str| {
+            let program = program.to_owned();
+            move |message: String| SamplerError::AttachScheduler { program, message }
+        };
+        let btf = Btf::from_sys_fs()
+            .map_err(|e| failed("tp_btf/sched_switch")(format!("reading the kernel's BTF: {e}")))?;
+        self.tracepoint(PROGRAM_SWITCH_OUT)
+            .load("sched_switch", &btf)
+            .map_err(|e| failed("tp_btf/sched_switch")(program_error_message(&e)))?;
+        // Kernels before 6.16 have no such tracepoint: loading fails, the kprobe is next.
+        let switch_in = match self
+            .tracepoint(PROGRAM_SWITCH_IN)
+            .load(SWITCH_IN_TRACEPOINT, &btf)
+        {
+            Ok(()) => PROGRAM_SWITCH_IN,
+            Err(tracepoint_error) => {
+                let program: &mut KProbe = self
+                    .ebpf
+                    .program_mut(PROGRAM_SWITCH_IN_KPROBE)
+                    .expect("in the object")
+                    .try_into()
+                    .map_err(|e: ProgramError| {
+                        failed("kprobe/finish_task_switch")(e.to_string())
+                    })?;
+                program.load().map_err(|e| {
+                    failed("kprobe/finish_task_switch")(format!(
+                        "{} (and tp_btf/{SWITCH_IN_TRACEPOINT}: {})",
+                        program_error_message(&e),
+                        program_error_message(&tracepoint_error)
+                    ))
+                })?;
+                PROGRAM_SWITCH_IN_KPROBE
+            }
+        };
+        self.switch_in_program = Some(switch_in);
+        Ok(switch_in)
+    }
+
+    /// One of the object's tp_btf programs.
+    fn tracepoint(&mut self, name: &str) -> &mut BtfTracePoint {
+        self.ebpf
+            .program_mut(name)
+            .expect("in the object")
+            .try_into()
+            .expect("a tp_btf program")
+    }
+
+    /// Detaches the off-CPU programs and forgets the threads they saw switched out (a
+    /// later attachment must not take them for intervals it saw begin).
+    fn detach_scheduler(&mut self) {
+        if self.scheduler.take().is_none() {
+            return;
+        }
+        let tids: Vec<u32> = self.offcpu_start.keys().filter_map(Result::ok).collect();
+        for tid in tids {
+            let _ = self.offcpu_start.remove(&tid);
+        }
+        tracing::debug!("off-CPU probes detached");
+    }
+
+    /// Turns off-CPU records off again for targets [`Sampler::add_targets`] turned them
+    /// on for, when that call fails.
+    fn downgrade(&mut self, tgids: &[u32]) {
+        for tgid in tgids {
+            if let Some(target) = self.targets.get_mut(tgid) {
+                target.off_cpu = false;
+                let flags = target.flags();
+                if let Err(error) = self.targets_map.insert(*tgid, flags, 0) {
+                    tracing::warn!(tgid, %error, "updating a target in the eBPF map failed");
+                }
+            }
+        }
     }
 
     /// Stops targeting these processes; lowers the frequency to what the others ask
@@ -568,7 +834,7 @@ impl Reader {
             if event.lost > 0 {
                 losses.push(Loss {
                     tgid: (event.lost_tgid != 0).then_some(event.lost_tgid),
-                    tid: None,
+                    tid: (event.lost_tid != 0).then_some(event.lost_tid),
                     start_unix_nano: offset.to_unix_nano(event.lost_since_ns),
                     end_unix_nano: offset.to_unix_nano(event.ktime_ns),
                     samples: event.lost,
@@ -648,12 +914,21 @@ impl Stacks {
                 stack
             }
         };
+        let off_cpu = (event.kind == KIND_OFF_CPU).then(|| OffCpu {
+            start_unix_nano: offset.to_unix_nano(event.off_cpu_start_ns),
+            weight_ns: event.weight_ns,
+            state: SwitchState::from_kernel(
+                event.state & !STATE_PREEMPTED,
+                event.state & STATE_PREEMPTED != 0,
+            ),
+        });
         Sample {
             tgid: event.tgid,
             tid: event.tid,
             cpu: event.cpu,
             time_unix_nano: offset.to_unix_nano(event.ktime_ns),
             stack,
+            off_cpu,
         }
     }
 }
@@ -679,6 +954,50 @@ fn map_error(map: &'static str) -> impl Fn(MapError) -> SamplerError {
         map,
         message: privileges::chain_message(&error),
     }
+}
+
+/// A program error's message, with the verifier's last lines when it refused.
+fn program_error_message(error: &ProgramError) -> String {
+    match error {
+        ProgramError::LoadError { verifier_log, .. }
+            if !verifier_log.to_string().trim().is_empty() =>
+        {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            format!(
+                "the kernel's verifier rejected it: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        }
+        _ => privileges::chain_message(error),
+    }
+}
+
+/// The kernel's `finish_task_switch`: the function itself, or, when the compiler only
+/// left specialized copies (`finish_task_switch.isra.0`...), those.
+fn finish_task_switch_symbols() -> std::io::Result<Vec<String>> {
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms")?;
+    Ok(finish_task_switch_in(&kallsyms))
+}
+
+fn finish_task_switch_in(kallsyms: &str) -> Vec<String> {
+    const NAME: &str = "finish_task_switch";
+    let mut copies = BTreeSet::new();
+    for line in kallsyms.lines() {
+        let Some(name) = line.split_whitespace().nth(2) else {
+            continue;
+        };
+        if name == NAME {
+            return vec![NAME.to_owned()];
+        }
+        if name
+            .strip_prefix(NAME)
+            .is_some_and(|suffix| suffix.starts_with('.'))
+        {
+            copies.insert(name.to_owned());
+        }
+    }
+    copies.into_iter().collect()
 }
 
 fn errno_of(error: &ProgramError) -> Option<i32> {
@@ -769,6 +1088,20 @@ mod tests {
     }
 
     #[test]
+    fn finds_finish_task_switch_whatever_the_compiler_named_it() {
+        let isra = "ffffffff813aec30 t __pfx_finish_task_switch.isra.0\n\
+                    ffffffff813aec40 t finish_task_switch.isra.0\n\
+                    ffffffff813aee00 T schedule\n";
+        assert_eq!(finish_task_switch_in(isra), ["finish_task_switch.isra.0"]);
+        let plain = "ffffffff813aec40 t finish_task_switch\n\
+                     ffffffff813aed40 t finish_task_switch.part.0\n";
+        assert_eq!(finish_task_switch_in(plain), ["finish_task_switch"]);
+        assert!(finish_task_switch_in("ffffffff813aee00 T schedule\n").is_empty());
+        let own = finish_task_switch_symbols().expect("/proc/kallsyms");
+        assert!(!own.is_empty(), "this kernel has a finish_task_switch");
+    }
+
+    #[test]
     fn ring_size_is_a_power_of_two_of_pages() {
         assert_eq!(ring_size(4 << 20, 4096), Some(4 << 20));
         assert_eq!(ring_size(3 << 20, 4096), Some(4 << 20));
@@ -818,6 +1151,14 @@ mod tests {
             },
             SamplerConfig {
                 max_buffered_samples: 0,
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                off_cpu_min_wait: Duration::from_secs(5),
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                off_cpu_max_events_per_cpu: 0,
                 ..SamplerConfig::default()
             },
         ] {

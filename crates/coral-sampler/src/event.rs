@@ -21,6 +21,16 @@ pub(crate) struct RawEvent<'a> {
     pub bp: u64,
     /// The thread's exec count: changes when the process execs.
     pub exec_id: u64,
+    /// [`KIND_CPU`] or [`KIND_OFF_CPU`].
+    pub kind: u32,
+    /// Off-CPU: the task state it was switched out in, with [`STATE_PREEMPTED`].
+    pub state: u32,
+    /// Off-CPU: when it was switched out (monotonic ns).
+    pub off_cpu_start_ns: u64,
+    /// Off-CPU: the waiting time the event stands for.
+    pub weight_ns: u64,
+    /// The thread of the lost samples (0: several).
+    pub lost_tid: u32,
     /// Kernel frames, leaf first.
     pub kernel: Vec<u64>,
     /// User frames walked by the kernel (frame-pointer mode), leaf first.
@@ -30,7 +40,20 @@ pub(crate) struct RawEvent<'a> {
 }
 
 /// `sizeof(struct coral_sample_event)`.
-pub(crate) const HEADER_SIZE: usize = 80;
+pub(crate) const HEADER_SIZE: usize = 112;
+
+/// `CORAL_KIND_*`: what an event is.
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "mirrors sampler.h; tests check it")
+)]
+pub(crate) const KIND_CPU: u32 = 0;
+pub(crate) const KIND_OFF_CPU: u32 = 1;
+/// `CORAL_STATE_PREEMPTED`: marker bit of an off-CPU event's state.
+pub(crate) const STATE_PREEMPTED: u32 = 0x8000_0000;
+/// `CORAL_TARGET_*`: flags of a process in the `targets` map.
+pub(crate) const TARGET_CPU: u32 = 1;
+pub(crate) const TARGET_OFF_CPU: u32 = 2;
 
 /// `CORAL_COUNTER_*`: indices into the per-CPU `counters` map.
 #[cfg_attr(
@@ -43,11 +66,26 @@ pub(crate) const HEADER_SIZE: usize = 80;
 pub(crate) const COUNTER_SAMPLES: u32 = 0;
 pub(crate) const COUNTER_LOST: u32 = 1;
 pub(crate) const COUNTER_STACK_ERRORS: u32 = 2;
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "mirrors sampler.h; tests check it")
+)]
+pub(crate) const COUNTER_OFFCPU_EVENTS: u32 = 3;
+pub(crate) const COUNTER_OFFCPU_THROTTLED: u32 = 4;
 
 /// `CORAL_UNWIND_*`: values of the program's `coral_unwind_mode` global.
 pub(crate) const UNWIND_FP: u32 = 0;
 pub(crate) const UNWIND_COPY: u32 = 1;
 pub(crate) const GLOBAL_UNWIND_MODE: &str = "coral_unwind_mode";
+/// Globals of the off-CPU programs (u64 nanoseconds).
+pub(crate) const GLOBAL_OFFCPU_MIN_WAIT: &str = "coral_offcpu_min_wait_ns";
+pub(crate) const GLOBAL_OFFCPU_EVENT_COST: &str = "coral_offcpu_event_cost_ns";
+/// `CORAL_OFFCPU_THREADS`: capacity of the `offcpu_start` LRU map.
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "mirrors sampler.h; tests check it")
+)]
+pub(crate) const OFFCPU_THREADS: u32 = 65536;
 
 /// `CORAL_MAX_TARGETS`: capacity of the `targets` map.
 pub(crate) const MAX_TARGETS: u32 = 4096;
@@ -57,8 +95,14 @@ pub(crate) const MAP_TARGETS: &str = "targets";
 pub(crate) const MAP_EVENTS: &str = "events";
 pub(crate) const MAP_COUNTERS: &str = "counters";
 pub(crate) const MAP_SCRATCH: &str = "scratch";
-/// The program's function name.
+pub(crate) const MAP_OFFCPU_START: &str = "offcpu_start";
+/// The programs' function names: the CPU sampler, and the off-CPU switch-out
+/// (`tp_btf/sched_switch`) and switch-in (`tp_btf/sched_exit_tp`, or a kprobe on
+/// `finish_task_switch` on kernels without that tracepoint) programs.
 pub(crate) const PROGRAM: &str = "coral_sample";
+pub(crate) const PROGRAM_SWITCH_OUT: &str = "coral_switch_out";
+pub(crate) const PROGRAM_SWITCH_IN: &str = "coral_switch_in";
+pub(crate) const PROGRAM_SWITCH_IN_KPROBE: &str = "coral_switch_in_kprobe";
 
 impl<'a> RawEvent<'a> {
     /// Parses an event from a ring buffer record. Records are at least as long as
@@ -97,6 +141,11 @@ impl<'a> RawEvent<'a> {
             sp: u64_at(56),
             bp: u64_at(64),
             exec_id: u64_at(72),
+            kind: u32_at(80),
+            state: u32_at(84),
+            off_cpu_start_ns: u64_at(88),
+            weight_ns: u64_at(96),
+            lost_tid: u32_at(104),
             kernel: frames(HEADER_SIZE, kernel_bytes),
             user: frames(HEADER_SIZE + kernel_bytes, user_bytes),
             stack: &bytes[frames_end..stack_end],
@@ -119,6 +168,12 @@ impl<'a> RawEvent<'a> {
         for register in [self.ip, self.sp, self.bp, self.exec_id] {
             bytes.extend_from_slice(&register.to_ne_bytes());
         }
+        bytes.extend_from_slice(&self.kind.to_ne_bytes());
+        bytes.extend_from_slice(&self.state.to_ne_bytes());
+        bytes.extend_from_slice(&self.off_cpu_start_ns.to_ne_bytes());
+        bytes.extend_from_slice(&self.weight_ns.to_ne_bytes());
+        bytes.extend_from_slice(&self.lost_tid.to_ne_bytes());
+        bytes.extend_from_slice(&0u32.to_ne_bytes());
         assert_eq!(bytes.len(), HEADER_SIZE);
         for frame in self.kernel.iter().chain(&self.user) {
             bytes.extend_from_slice(&frame.to_ne_bytes());
@@ -164,6 +219,12 @@ mod tests {
             ("__u64", "sp"),
             ("__u64", "bp"),
             ("__u64", "exec_id"),
+            ("__u32", "kind"),
+            ("__u32", "state"),
+            ("__u64", "off_cpu_start_ns"),
+            ("__u64", "weight_ns"),
+            ("__u32", "lost_tid"),
+            ("__u32", "reserved"),
         ];
         assert_eq!(fields, expected);
         let size: usize = fields
@@ -175,6 +236,18 @@ mod tests {
             })
             .sum();
         assert_eq!(size, HEADER_SIZE);
+        // Padding-free: every field at a multiple of its size.
+        let mut offset = 0;
+        for (ty, name) in &fields {
+            let field_size = match *ty {
+                "__u64" => 8,
+                "__u32" => 4,
+                _ => 2,
+            };
+            assert_eq!(offset % field_size, 0, "{name} at {offset} is misaligned");
+            offset += field_size;
+        }
+        assert_eq!(HEADER_SIZE % 8, 0);
     }
 
     #[test]
@@ -197,19 +270,48 @@ mod tests {
             ("CORAL_MAX_TARGETS", MAX_TARGETS),
             ("CORAL_UNWIND_FP", UNWIND_FP),
             ("CORAL_UNWIND_COPY", UNWIND_COPY),
+            ("CORAL_COUNTER_OFFCPU_EVENTS", COUNTER_OFFCPU_EVENTS),
+            ("CORAL_COUNTER_OFFCPU_THROTTLED", COUNTER_OFFCPU_THROTTLED),
+            ("CORAL_KIND_CPU", KIND_CPU),
+            ("CORAL_KIND_OFF_CPU", KIND_OFF_CPU),
+            ("CORAL_STATE_PREEMPTED", STATE_PREEMPTED),
+            ("CORAL_TARGET_CPU", TARGET_CPU),
+            ("CORAL_TARGET_OFF_CPU", TARGET_OFF_CPU),
+            ("CORAL_OFFCPU_THREADS", OFFCPU_THREADS),
         ] {
             let defined = define(name);
-            let number: u32 = defined.split_whitespace().next().unwrap().parse().unwrap();
+            let literal = defined.split_whitespace().next().unwrap();
+            let number = match literal.strip_prefix("0x") {
+                Some(hex) => u32::from_str_radix(hex, 16).unwrap(),
+                None => literal.parse().unwrap(),
+            };
             assert_eq!(number, value, "{name}");
         }
         let source = include_str!("../../../ebpf/sampler.bpf.c");
-        for map in [MAP_TARGETS, MAP_EVENTS, MAP_COUNTERS, MAP_SCRATCH] {
+        for map in [
+            MAP_TARGETS,
+            MAP_EVENTS,
+            MAP_COUNTERS,
+            MAP_SCRATCH,
+            MAP_OFFCPU_START,
+        ] {
             assert!(
                 source.contains(&format!("}} {map} SEC(\".maps\");")),
                 "map {map} not in sampler.bpf.c"
             );
         }
         assert!(source.contains(&format!("volatile const __u32 {GLOBAL_UNWIND_MODE} ")));
+        for global in [GLOBAL_OFFCPU_MIN_WAIT, GLOBAL_OFFCPU_EVENT_COST] {
+            assert!(source.contains(&format!("volatile const __u64 {global} ")));
+        }
+        for program in [
+            PROGRAM,
+            PROGRAM_SWITCH_OUT,
+            PROGRAM_SWITCH_IN,
+            PROGRAM_SWITCH_IN_KPROBE,
+        ] {
+            assert!(source.contains(&format!("int {program}(")), "{program}");
+        }
     }
 
     #[test]
@@ -227,6 +329,11 @@ mod tests {
             sp: 0x7ffc_0000_0000,
             bp: 0,
             exec_id: 2,
+            kind: KIND_OFF_CPU,
+            state: STATE_PREEMPTED | 1,
+            off_cpu_start_ns: 122_000_000_000,
+            weight_ns: 1_000_000,
+            lost_tid: 4243,
             kernel: vec![0xffff_ffff_8100_0000, 0xffff_ffff_8100_0100],
             user: vec![0x4000],
             stack: &stack,

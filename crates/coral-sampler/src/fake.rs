@@ -9,8 +9,9 @@ use std::sync::Mutex;
 /// out (and [`push_losses`](Self::push_losses), [`Sampler::take_losses`]). Targets,
 /// frequency and the attached state behave as in [`EbpfSampler`](crate::EbpfSampler)
 /// (the frequency is validated against `max_frequency_hz` and is the highest the
-/// current targets asked for; attached exactly while there are targets); pushed samples
-/// are handed out whatever their tgid.
+/// current targets asked for; attached exactly while there are targets, the off-CPU
+/// probes while one asked for off-CPU records); pushed samples, on-CPU and off-CPU
+/// ([`Sample::new_off_cpu`]), are handed out whatever their tgid.
 #[derive(Debug)]
 pub struct FakeSampler {
     max_frequency_hz: u32,
@@ -19,8 +20,8 @@ pub struct FakeSampler {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Target → the frequency it was added with.
-    targets: BTreeMap<u32, u32>,
+    /// Target → the frequency it was added with, and whether off-CPU records were asked.
+    targets: BTreeMap<u32, (u32, bool)>,
     samples: Vec<Sample>,
     losses: Vec<Loss>,
     stats: SamplerStats,
@@ -51,6 +52,9 @@ impl FakeSampler {
         let mut state = self.lock();
         for sample in samples {
             state.stats.samples += 1;
+            if sample.off_cpu.is_some() {
+                state.stats.off_cpu_events += 1;
+            }
             state.samples.push(sample);
         }
     }
@@ -73,6 +77,16 @@ impl FakeSampler {
         self.lock().targets.keys().copied().collect()
     }
 
+    /// The processes currently targeted with off-CPU records, in ascending order.
+    pub fn off_cpu_targets(&self) -> Vec<u32> {
+        self.lock()
+            .targets
+            .iter()
+            .filter(|(_, (_, off_cpu))| *off_cpu)
+            .map(|(&tgid, _)| tgid)
+            .collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state
             .lock()
@@ -81,12 +95,18 @@ impl FakeSampler {
 }
 
 impl Sampler for FakeSampler {
-    fn add_targets(&self, tgids: &[u32], frequency_hz: u32) -> Result<(), SamplerError> {
+    fn add_targets(
+        &self,
+        tgids: &[u32],
+        frequency_hz: u32,
+        off_cpu: bool,
+    ) -> Result<(), SamplerError> {
         validate_frequency(frequency_hz, self.max_frequency_hz)?;
         let mut state = self.lock();
         for &tgid in tgids {
-            let frequency = state.targets.entry(tgid).or_default();
+            let (frequency, wants_off_cpu) = state.targets.entry(tgid).or_default();
             *frequency = (*frequency).max(frequency_hz);
+            *wants_off_cpu |= off_cpu;
         }
         Ok(())
     }
@@ -112,9 +132,15 @@ impl Sampler for FakeSampler {
     fn stats(&self) -> SamplerStats {
         let state = self.lock();
         SamplerStats {
-            frequency_hz: state.targets.values().copied().max().unwrap_or(0),
+            frequency_hz: state
+                .targets
+                .values()
+                .map(|&(frequency, _)| frequency)
+                .max()
+                .unwrap_or(0),
             targets: state.targets.len(),
             attached: !state.targets.is_empty(),
+            off_cpu_attached: state.targets.values().any(|&(_, off_cpu)| off_cpu),
             ..state.stats.clone()
         }
     }
@@ -148,23 +174,23 @@ mod tests {
         assert_eq!(sampler.stats(), SamplerStats::default());
 
         assert!(matches!(
-            sampler.add_targets(&[1], 0),
+            sampler.add_targets(&[1], 0, false),
             Err(SamplerError::InvalidFrequency { .. })
         ));
         assert!(matches!(
-            sampler.add_targets(&[1], 1001),
+            sampler.add_targets(&[1], 1001, false),
             Err(SamplerError::InvalidFrequency { .. })
         ));
         assert!(!sampler.stats().attached);
 
-        sampler.add_targets(&[10, 11], 99).unwrap();
-        sampler.add_targets(&[12], 49).unwrap();
+        sampler.add_targets(&[10, 11], 99, false).unwrap();
+        sampler.add_targets(&[12], 49, false).unwrap();
         let stats = sampler.stats();
         assert_eq!(
             (stats.targets, stats.frequency_hz, stats.attached),
             (3, 99, true)
         );
-        sampler.add_targets(&[12], 199).unwrap();
+        sampler.add_targets(&[12], 199, false).unwrap();
         assert_eq!(
             sampler.stats().frequency_hz,
             199,
@@ -186,12 +212,45 @@ mod tests {
             (0, 0, false)
         );
 
-        sampler.add_targets(&[13], 49).unwrap();
+        sampler.add_targets(&[13], 49, false).unwrap();
         assert_eq!(
             sampler.stats().frequency_hz,
             49,
             "a new attachment starts afresh"
         );
+    }
+
+    #[test]
+    fn off_cpu_samples_and_targets() {
+        use crate::{OffCpu, SwitchState};
+        let sampler = FakeSampler::new();
+        sampler.add_targets(&[10, 11], 99, false).unwrap();
+        assert!(!sampler.stats().off_cpu_attached);
+        sampler.add_targets(&[11], 49, true).unwrap();
+        sampler.add_targets(&[11], 49, false).unwrap();
+        assert_eq!(
+            sampler.off_cpu_targets(),
+            [11],
+            "off-CPU stays on once asked"
+        );
+        assert!(sampler.stats().off_cpu_attached);
+        let off_cpu = OffCpu {
+            start_unix_nano: 5,
+            weight_ns: 20,
+            state: SwitchState::Uninterruptible,
+        };
+        sampler.push([
+            Sample::new_off_cpu(11, 12, 25, off_cpu, &[0x1000], &[0xffff_0000]),
+            sample(12, 10),
+        ]);
+        let drained = sampler.drain();
+        assert_eq!(drained[1].off_cpu, Some(off_cpu));
+        assert_eq!(drained[0].off_cpu, None);
+        let stats = sampler.stats();
+        assert_eq!((stats.samples, stats.off_cpu_events), (2, 1));
+        sampler.remove_targets(&[11]).unwrap();
+        assert!(!sampler.stats().off_cpu_attached);
+        assert!(sampler.stats().attached);
     }
 
     #[test]

@@ -23,11 +23,29 @@
 //!  bounded buffer ──► Sampler::drain()
 //! ```
 //!
+//! Off-CPU intervals, for targets added with `off_cpu` (attached only while one is):
+//!
+//! ```text
+//!  tp_btf/sched_switch: a target thread leaves the CPU → offcpu_start[tid] = {ktime, state}
+//!  kprobe finish_task_switch* (in the thread switched back in):
+//!    d = now − offcpu_start[tid] (taken)
+//!    d ≥ T: one event of weight d; d < T: with probability d/T, one event of weight T
+//!    per-CPU token bucket; over it: counted as lost
+//!    kernel stack (… ← schedule ← what it waited in), user stack as for CPU samples
+//!    → events (ring buffer) → a Sample with `off_cpu: Some(OffCpu)`
+//! ```
+//!
+//! The weight estimator is unbiased: an interval of length d < T is sent with
+//! probability d/T and weighs T, so its expected weight is d. Summed per stack, the
+//! weights estimate the time blocked there, while each thread sends at most about one
+//! event per T of wall time however often it blocks ([`SamplerConfig::off_cpu_min_wait`]).
+//!
 //! * [`Sampler`] is the interface the layers above use; [`EbpfSampler`] is the real
 //!   one (Linux, root or CAP_BPF + CAP_PERFMON) and [`FakeSampler`] an in-memory one
 //!   for their tests.
-//! * Perf events are attached only while at least one process is a target: nothing is
-//!   sampled when nobody asks.
+//! * Perf events are attached only while at least one process is a target, and the
+//!   scheduler probes only while one is an off-CPU target: nothing is sampled when
+//!   nobody asks.
 //! * Addresses are raw instruction pointers (user stacks: virtual addresses in the
 //!   sampled process; kernel stacks: kernel addresses). Symbolizing them is the job of
 //!   another layer.
@@ -41,6 +59,8 @@ mod fake;
 mod privileges;
 
 #[cfg(test)]
+mod offcpu_tests;
+#[cfg(test)]
 mod root_tests;
 #[cfg(test)]
 mod unwind_tests;
@@ -49,24 +69,29 @@ pub use ebpf::EbpfSampler;
 pub use fake::FakeSampler;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Most frames of a user or kernel stack.
 pub const MAX_STACK_DEPTH: usize = 127;
 
-/// One stack sample of one thread.
+/// One stack sample of one thread: on CPU (`off_cpu` is `None`), or a span of time it
+/// spent switched out, with the stack it waited in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
     /// Process id (thread group id).
     pub tgid: u32,
     /// Thread id.
     pub tid: u32,
-    /// CPU the sample was taken on.
+    /// CPU the sample was taken on (off-CPU: the CPU the thread ran on again).
     pub cpu: u32,
-    /// When the sample was taken, Unix nanoseconds (wall clock).
+    /// When the sample was taken, Unix nanoseconds (wall clock). Off-CPU: when the
+    /// thread ran again (the end of the span).
     pub time_unix_nano: i64,
     /// The stack, shared with every other sample of the same stack (the sampler keeps
     /// one copy of each distinct stack while samples hold it).
     pub stack: Arc<Stack>,
+    /// `Some` for an off-CPU span.
+    pub off_cpu: Option<OffCpu>,
 }
 
 impl Sample {
@@ -82,6 +107,93 @@ impl Sample {
                 kernel: kernel.into(),
                 unwind: Unwind::FramePointer,
             }),
+            off_cpu: None,
+        }
+    }
+
+    /// An off-CPU span of a stack that is not shared (tests, fakes): switched out at
+    /// `off_cpu.start_unix_nano`, running again at `time_unix_nano`.
+    pub fn new_off_cpu(
+        tgid: u32,
+        tid: u32,
+        time_unix_nano: i64,
+        off_cpu: OffCpu,
+        user: &[u64],
+        kernel: &[u64],
+    ) -> Self {
+        Self {
+            off_cpu: Some(off_cpu),
+            ..Self::new(tgid, tid, time_unix_nano, user, kernel)
+        }
+    }
+
+    /// The earliest time the sample covers: its time, or the start of its off-CPU span.
+    pub fn start_unix_nano(&self) -> i64 {
+        self.off_cpu
+            .as_ref()
+            .map_or(self.time_unix_nano, |off_cpu| off_cpu.start_unix_nano)
+    }
+}
+
+/// A span of time the thread was switched out; [`Sample::time_unix_nano`] is when it ran
+/// again.
+///
+/// Spans of at least [`SamplerConfig::off_cpu_min_wait`] (T) are all reported, each
+/// weighing its length; a shorter span of length d is reported with probability d/T
+/// and weighs T. Summing `weight_ns` per stack (or per thread and time range) is then
+/// an unbiased estimate of the time spent blocked there, while a thread that blocks
+/// very often sends at most about one record per T.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OffCpu {
+    /// When the thread was switched out, Unix nanoseconds.
+    pub start_unix_nano: i64,
+    /// The off-CPU time this record stands for (see above): the span's length, or T
+    /// for a sampled short span.
+    pub weight_ns: u64,
+    /// How the thread left the CPU.
+    pub state: SwitchState,
+}
+
+/// How the thread left the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SwitchState {
+    /// Preempted, or yielded, while runnable: the span is a wait on the run queue.
+    Preempted,
+    /// Blocked in an interruptible sleep (`S`: futex, sleep, socket, pipe...).
+    Interruptible,
+    /// Blocked in an uninterruptible sleep (`D`: disk I/O, some locks; including
+    /// `TASK_KILLABLE` and `TASK_IDLE`).
+    Uninterruptible,
+    /// Another task state (stopped, traced, parked, dead...): the kernel's value.
+    Other(u32),
+}
+
+impl SwitchState {
+    /// The state from the kernel's `prev_state` of `sched_switch` and whether the task
+    /// was preempted (or still runnable, `prev_state` 0).
+    pub fn from_kernel(prev_state: u32, preempted: bool) -> Self {
+        // TASK_INTERRUPTIBLE and TASK_UNINTERRUPTIBLE; other bits are modifiers
+        // (TASK_WAKEKILL, TASK_NOLOAD, TASK_FREEZABLE...).
+        const INTERRUPTIBLE: u32 = 0x1;
+        const UNINTERRUPTIBLE: u32 = 0x2;
+        if preempted || prev_state == 0 {
+            Self::Preempted
+        } else if prev_state & INTERRUPTIBLE != 0 {
+            Self::Interruptible
+        } else if prev_state & UNINTERRUPTIBLE != 0 {
+            Self::Uninterruptible
+        } else {
+            Self::Other(prev_state)
+        }
+    }
+
+    /// A short label: `preempted`, `interruptible`, `uninterruptible` or `other`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Preempted => "preempted",
+            Self::Interruptible => "interruptible",
+            Self::Uninterruptible => "uninterruptible",
+            Self::Other(_) => "other",
         }
     }
 }
@@ -139,6 +251,8 @@ impl From<coral_unwind::Method> for Unwind {
 
 /// Samples the sampler took but could not hand out: a request whose time overlaps one
 /// (of its process, or of any process when `tgid` is `None`) was not sampled whole.
+/// Off-CPU records over [`SamplerConfig::off_cpu_max_events_per_cpu`] are losses too,
+/// from the start of their span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loss {
     /// The process they were of; `None`: several, or unknown.
@@ -153,12 +267,12 @@ pub struct Loss {
 }
 
 impl Loss {
-    /// One sample, dropped.
+    /// One sample, dropped (an off-CPU one covers its whole span).
     pub fn of_sample(sample: &Sample) -> Self {
         Self {
             tgid: Some(sample.tgid),
             tid: Some(sample.tid),
-            start_unix_nano: sample.time_unix_nano,
+            start_unix_nano: sample.start_unix_nano(),
             end_unix_nano: sample.time_unix_nano,
             samples: 1,
         }
@@ -166,7 +280,7 @@ impl Loss {
 
     /// Counts one more dropped sample of the same thread.
     pub fn add(&mut self, sample: &Sample) {
-        self.start_unix_nano = self.start_unix_nano.min(sample.time_unix_nano);
+        self.start_unix_nano = self.start_unix_nano.min(sample.start_unix_nano());
         self.end_unix_nano = self.end_unix_nano.max(sample.time_unix_nano);
         self.samples += 1;
     }
@@ -186,10 +300,16 @@ pub enum UnwindMode {
 /// Counters and state of a sampler.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SamplerStats {
-    /// Samples received from the kernel (each became a [`Sample`]).
+    /// Samples received from the kernel (each became a [`Sample`]), off-CPU ones
+    /// included.
     pub samples: u64,
+    /// Of them, off-CPU records.
+    pub off_cpu_events: u64,
     /// Samples the kernel took but could not hand over: the ring buffer was full.
     pub lost: u64,
+    /// Off-CPU records not built because their CPU was over
+    /// [`SamplerConfig::off_cpu_max_events_per_cpu`] (reported as [`Loss`]es).
+    pub off_cpu_throttled: u64,
     /// Stack walks or copies that failed in the kernel (other than "nothing to walk");
     /// the sample is kept without that stack.
     pub stack_errors: u64,
@@ -205,16 +325,27 @@ pub struct SamplerStats {
     pub targets: usize,
     /// Whether perf events are attached (true exactly when there are targets).
     pub attached: bool,
+    /// Whether the scheduler probes (off-CPU) are attached (true exactly when a
+    /// target asked for off-CPU records).
+    pub off_cpu_attached: bool,
 }
 
 /// A CPU stack sampler of selected processes.
 pub trait Sampler: Send + Sync {
     /// Starts sampling these processes at `frequency_hz` (perf events are attached on
-    /// the first target; the frequency is the max requested so far while attached).
+    /// the first target; the frequency is the max requested so far while attached),
+    /// and with `off_cpu`, recording their threads' off-CPU spans too (scheduler probes
+    /// attached on the first such target; a process keeps off-CPU records once any
+    /// call asked for them, until it is removed).
     ///
     /// Processes that do not exist are skipped (logged, not an error). Adding a process
     /// twice is harmless.
-    fn add_targets(&self, tgids: &[u32], frequency_hz: u32) -> Result<(), SamplerError>;
+    fn add_targets(
+        &self,
+        tgids: &[u32],
+        frequency_hz: u32,
+        off_cpu: bool,
+    ) -> Result<(), SamplerError>;
 
     /// Stops sampling these processes. Unknown ones are ignored. When no target is left
     /// the perf events are detached. Samples already taken are still handed out by
@@ -248,6 +379,17 @@ pub struct SamplerConfig {
     /// Samples kept between two [`Sampler::drain`] calls before the oldest are dropped.
     /// Default 65536.
     pub max_buffered_samples: usize,
+    /// Off-CPU spans at least this long are all recorded with their length as weight;
+    /// a shorter one of length d is recorded with probability d/T and weight T (T this
+    /// value), an unbiased estimate that sends at most about one record per T per
+    /// thread. At most 4.29 s (2³² ns). Default 1 ms: a thread blocking all the time
+    /// then costs at most ~1000 records a second, and waits that matter for a request
+    /// (tens of ms) are recorded exactly.
+    pub off_cpu_min_wait: Duration,
+    /// Most off-CPU records per second per CPU (a token bucket holding 100 ms of
+    /// them); beyond, records are counted as lost. Default 2000: about as many records
+    /// as CPU sampling at 1000 Hz can send, whatever the number of threads.
+    pub off_cpu_max_events_per_cpu: u32,
 }
 
 impl Default for SamplerConfig {
@@ -257,6 +399,8 @@ impl Default for SamplerConfig {
             ring_bytes: 8 * 1024 * 1024,
             unwind: UnwindMode::Auto,
             max_buffered_samples: 65536,
+            off_cpu_min_wait: Duration::from_millis(1),
+            off_cpu_max_events_per_cpu: 2000,
         }
     }
 }
@@ -313,6 +457,15 @@ pub enum SamplerError {
     Attach {
         /// The CPU whose perf event failed.
         cpu: u32,
+        /// The error.
+        message: String,
+    },
+
+    /// Loading or attaching the scheduler probes of off-CPU recording failed.
+    #[error("attaching the off-CPU probe {program} failed: {message}")]
+    AttachScheduler {
+        /// What was being attached (`tp_btf/sched_switch`, `kprobe/finish_task_switch`...).
+        program: String,
         /// The error.
         message: String,
     },
@@ -399,6 +552,49 @@ mod tests {
         assert_eq!(config.max_frequency_hz, 1000);
         assert_eq!(config.ring_bytes, 8 << 20);
         assert_eq!(config.unwind, UnwindMode::Auto);
+        assert_eq!(config.off_cpu_min_wait, Duration::from_millis(1));
+        assert_eq!(config.off_cpu_max_events_per_cpu, 2000);
+    }
+
+    #[test]
+    fn switch_states_from_the_kernel() {
+        assert_eq!(SwitchState::from_kernel(0, false), SwitchState::Preempted);
+        assert_eq!(SwitchState::from_kernel(1, true), SwitchState::Preempted);
+        assert_eq!(
+            SwitchState::from_kernel(1, false),
+            SwitchState::Interruptible
+        );
+        // TASK_INTERRUPTIBLE | TASK_FREEZABLE
+        assert_eq!(
+            SwitchState::from_kernel(0x2001, false),
+            SwitchState::Interruptible
+        );
+        // TASK_KILLABLE, TASK_IDLE
+        for state in [0x102, 0x402] {
+            assert_eq!(
+                SwitchState::from_kernel(state, false),
+                SwitchState::Uninterruptible
+            );
+        }
+        assert_eq!(
+            SwitchState::from_kernel(0x8, false),
+            SwitchState::Other(0x8)
+        );
+    }
+
+    #[test]
+    fn a_dropped_off_cpu_sample_is_a_loss_over_its_span() {
+        let off_cpu = OffCpu {
+            start_unix_nano: 100,
+            weight_ns: 400,
+            state: SwitchState::Interruptible,
+        };
+        let sample = Sample::new_off_cpu(1, 2, 500, off_cpu, &[0x1000], &[]);
+        assert_eq!(sample.start_unix_nano(), 100);
+        let mut loss = Loss::of_sample(&sample);
+        assert_eq!((loss.start_unix_nano, loss.end_unix_nano), (100, 500));
+        loss.add(&Sample::new(1, 2, 50, &[], &[]));
+        assert_eq!((loss.start_unix_nano, loss.samples), (50, 2));
     }
 
     #[test]

@@ -184,13 +184,13 @@ fn workload() -> &'static Path {
 }
 
 /// A running workload process, killed if the test fails before waiting for it.
-struct Workload {
-    child: Child,
+pub(crate) struct Workload {
+    pub(crate) child: Child,
     stdout: BufReader<ChildStdout>,
 }
 
 impl Workload {
-    fn spawn(args: &[&str]) -> Self {
+    pub(crate) fn spawn(args: &[&str]) -> Self {
         let mut child = Command::new(workload())
             .args(args)
             .stdin(Stdio::piped())
@@ -203,11 +203,11 @@ impl Workload {
         workload
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn line(&mut self) -> String {
+    pub(crate) fn line(&mut self) -> String {
         let mut line = String::new();
         self.stdout
             .read_line(&mut line)
@@ -215,7 +215,7 @@ impl Workload {
         line.trim().to_owned()
     }
 
-    fn wait(&mut self) {
+    pub(crate) fn wait(&mut self) {
         let status = self.child.wait().expect("waiting for the workload");
         assert!(status.success(), "workload failed: {status}");
     }
@@ -390,7 +390,7 @@ fn samples_the_hot_function_of_a_target_and_nothing_else() {
     let mut workload = Workload::spawn(&["work", "3.5"]);
     let pid = workload.pid();
     let symbols = Symbols::of(pid);
-    sampler.add_targets(&[pid], 99).expect("add_targets");
+    sampler.add_targets(&[pid], 99, false).expect("add_targets");
     let cpu_start = cpu_seconds(pid);
     let stats = sampler.stats();
     assert!(
@@ -521,7 +521,7 @@ fn samples_are_attributed_to_the_right_thread() {
         tids.insert(name.to_owned(), tid.parse::<u32>().expect("tid"));
     }
     let symbols = Symbols::of(pid);
-    sampler.add_targets(&[pid], 99).expect("add_targets");
+    sampler.add_targets(&[pid], 99, false).expect("add_targets");
     workload.wait();
     std::thread::sleep(Duration::from_millis(100));
     let samples = sampler.drain();
@@ -562,7 +562,7 @@ fn missing_and_exiting_processes_do_not_break_sampling() {
         .find(|pid| !Path::new(&format!("/proc/{pid}")).exists())
         .expect("free pid");
     sampler
-        .add_targets(&[missing], 99)
+        .add_targets(&[missing], 99, false)
         .expect("a missing pid is not an error");
     let stats = sampler.stats();
     assert!(!stats.attached && stats.targets == 0, "{stats:?}");
@@ -575,7 +575,7 @@ fn missing_and_exiting_processes_do_not_break_sampling() {
     let mut long = Workload::spawn(&["work", "3"]);
     let (short_pid, long_pid) = (short.pid(), long.pid());
     sampler
-        .add_targets(&[short_pid, long_pid], 99)
+        .add_targets(&[short_pid, long_pid], 99, false)
         .expect("add_targets");
     assert_eq!(sampler.stats().targets, 2);
     short.wait();
@@ -634,7 +634,7 @@ fn frequency_follows_the_targets() {
     let workload = Workload::spawn(&["work", "3"]);
     let pid = workload.pid();
     for bad in [0, 1001] {
-        match sampler.add_targets(&[pid], bad) {
+        match sampler.add_targets(&[pid], bad, false) {
             Err(SamplerError::InvalidFrequency {
                 requested,
                 max: 1000,
@@ -653,16 +653,18 @@ fn frequency_follows_the_targets() {
         std::thread::sleep(Duration::from_millis(1000));
         (t0..unix_now(), cpu_seconds(pid) - c0)
     };
-    sampler.add_targets(&[pid], 49).expect("add_targets");
+    sampler.add_targets(&[pid], 49, false).expect("add_targets");
     assert_eq!(sampler.stats().frequency_hz, 49);
     let (at_49, cpu_49) = window();
-    sampler.add_targets(&[pid], 199).expect("add_targets");
+    sampler
+        .add_targets(&[pid], 199, false)
+        .expect("add_targets");
     assert_eq!(
         sampler.stats().frequency_hz,
         199,
         "raised to the max requested"
     );
-    sampler.add_targets(&[pid], 99).expect("add_targets");
+    sampler.add_targets(&[pid], 99, false).expect("add_targets");
     assert_eq!(
         sampler.stats().frequency_hz,
         199,
@@ -683,7 +685,7 @@ fn frequency_follows_the_targets() {
     // frequency comes down to what is still asked for.
     let other = Workload::spawn(&["work", "2"]);
     sampler
-        .add_targets(&[other.pid()], 49)
+        .add_targets(&[other.pid()], 49, false)
         .expect("add_targets");
     assert_eq!(sampler.stats().frequency_hz, 199);
     sampler.remove_targets(&[pid]).expect("remove_targets");
@@ -701,7 +703,7 @@ fn throughput(sampler: Option<&EbpfSampler>, seconds: f64) -> f64 {
     let mut workload = Workload::spawn(&["wait"]);
     if let Some(sampler) = sampler {
         sampler
-            .add_targets(&[workload.pid()], 99)
+            .add_targets(&[workload.pid()], 99, false)
             .expect("add_targets");
     }
     let mut stdin = workload.child.stdin.take().expect("piped stdin");
@@ -790,7 +792,9 @@ fn overhead_at_99_hz() {
         aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable BPF run-time stats");
     // Attached, but the only target sleeps: every tick is a non-target tick.
     let idle = Workload::spawn(&["wait"]);
-    sampler.add_targets(&[idle.pid()], 99).expect("add_targets");
+    sampler
+        .add_targets(&[idle.pid()], 99, false)
+        .expect("add_targets");
     std::thread::sleep(Duration::from_secs(1));
     sampler
         .remove_targets(&[idle.pid()])
@@ -854,7 +858,9 @@ fn full_buffers_are_counted_as_losses_and_sampling_goes_on() {
     .expect("EbpfSampler::new as root");
     let mut workload = Workload::spawn(&["work", "2.5"]);
     let pid = workload.pid();
-    sampler.add_targets(&[pid], 1000).expect("add_targets");
+    sampler
+        .add_targets(&[pid], 1000, false)
+        .expect("add_targets");
     std::thread::sleep(Duration::from_millis(1000));
     let stats = sampler.stats();
     assert!(
@@ -864,33 +870,22 @@ fn full_buffers_are_counted_as_losses_and_sampling_goes_on() {
     assert!(stats.lost > 0, "the 16 KiB ring buffer was full: {stats:?}");
     assert!(sampler.drain().len() <= 8, "{stats:?}");
     let losses = sampler.take_losses();
-    let dropped: u64 = losses
-        .iter()
-        .filter(|l| l.tid.is_some())
-        .map(|l| l.samples)
-        .sum();
-    let lost_in_kernel: u64 = losses
-        .iter()
-        .filter(|l| l.tid.is_none())
-        .map(|l| l.samples)
-        .sum();
-    assert_eq!(
-        dropped, stats.dropped,
-        "every dropped sample is a loss: {losses:?}"
+    // Drops in user space are all reported; ring buffer losses are reported with the
+    // CPU's next event, so some may still be pending.
+    let reported: u64 = losses.iter().map(|l| l.samples).sum();
+    assert!(
+        reported > stats.dropped && reported <= stats.dropped + sampler.stats().lost,
+        "every dropped sample and ring buffer losses are reported: {losses:?}, {stats:?}"
     );
     assert!(
-        losses.iter().filter(|l| l.tid.is_some()).count() < dropped as usize,
+        losses.len() < reported as usize,
         "a thread's drops at once are one loss: {losses:?}"
     );
     assert!(
-        lost_in_kernel > 0,
-        "ring buffer losses reported: {losses:?}"
-    );
-    assert!(
-        losses
-            .iter()
-            .all(|l| l.tgid == Some(pid) && l.start_unix_nano <= l.end_unix_nano),
-        "losses name the process: {losses:?}"
+        losses.iter().all(|l| l.tgid == Some(pid)
+            && l.tid == Some(pid)
+            && l.start_unix_nano <= l.end_unix_nano),
+        "losses name the process and its only thread: {losses:?}"
     );
     std::thread::sleep(Duration::from_millis(300));
     let more = sampler.drain();
@@ -942,7 +937,7 @@ fn a_cpu_that_comes_back_online_is_sampled() {
     let sampler = sampler();
     let mut workload = Workload::spawn(&["threads", "6"]);
     let pid = workload.pid();
-    sampler.add_targets(&[pid], 99).expect("add_targets");
+    sampler.add_targets(&[pid], 99, false).expect("add_targets");
     assert!(sampler.attached_cpus().contains(&last));
     {
         let _offline = OfflineCpu::take(last);

@@ -127,7 +127,7 @@ impl BothModes {
         for sampler in [auto, frame_pointer] {
             // Whatever an earlier (failed) test left.
             sampler.drain();
-            sampler.add_targets(&[pid], HZ).expect("add_targets");
+            sampler.add_targets(&[pid], HZ, false).expect("add_targets");
         }
         Self {
             pid,
@@ -822,7 +822,9 @@ fn call_edges_agree_with_perf_dwarf_unwinding() {
     let pid = program.pid();
     let (sampler, _) = samplers();
     sampler.drain();
-    sampler.add_targets(&[pid], 199).expect("add_targets");
+    sampler
+        .add_targets(&[pid], 199, false)
+        .expect("add_targets");
     let perf_data = dir.path().join("perf.data");
     // Records the process for as long as `sleep` runs; no build-id collection (-N -B),
     // which only slows the run down.

@@ -3,7 +3,7 @@
 
 use coral_analysis::profile::{Frame, Profile};
 use coral_store::{
-    Precision, ProfileSource, SpanId, Store, StoreError, TraceId, TraceProfileRecord,
+    Precision, ProfileSource, ProfileType, SpanId, Store, StoreError, TraceId, TraceProfileRecord,
 };
 use sqlx::Row;
 
@@ -162,6 +162,7 @@ fn template_profile(stacks: u64) -> TraceProfileRecord {
         truncated_samples: 0,
         lost_samples: 0,
         source: ProfileSource::Session(uuid::Uuid::nil()),
+        profile_types: vec![ProfileType::Cpu],
         profile,
     }
 }

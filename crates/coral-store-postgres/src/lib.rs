@@ -74,7 +74,8 @@ use coral_store::filter_sql::{self, Dialect, SqlValue};
 use coral_store::profile_rows::{
     ProfileRows, StackRead, StacksByProfile, attach_profiles,
     distinct_sorted as distinct_sorted_profiles, frame_hashes_of, kind_str, parse_kind,
-    parse_source, to_i64, to_u32, to_u64,
+    parse_profile_types, parse_source, profile_types_text, to_i64, to_u32, to_u64,
+    total_off_cpu_ns,
 };
 use coral_store::trigger_rows::{
     ClaimTally, TriggerRow, resolved_trigger_id, slot_claims, to_i32, trace_id_texts,
@@ -148,7 +149,7 @@ macro_rules! trace_profile_columns {
     () => {
         "trace_id, span_id, service, span_name, start_unix_nano, duration_ns, node, pid, \
          thread_id, precision, frequency_hz, concurrent_requests, source, samples, cpu_ns, \
-         created_unix_nano, truncated_samples, lost_samples"
+         created_unix_nano, truncated_samples, lost_samples, off_cpu_ns, profile_types"
     };
 }
 
@@ -160,7 +161,7 @@ const INSERT_TRACE_PROFILES: &str = concat!(
      unnest($5::int8[]), unnest($6::int8[]), unnest($7::text[]), unnest($8::int8[]), \
      unnest($9::int8[]), unnest($10::text[]), unnest($11::int8[]), unnest($12::int8[]), \
      unnest($13::text[]), unnest($14::int8[]), unnest($15::int8[]), unnest($16::int8[]), \
-     unnest($17::int8[]), unnest($18::int8[]) \
+     unnest($17::int8[]), unnest($18::int8[]), unnest($19::int8[]), unnest($20::text[]) \
      ON CONFLICT (trace_id, span_id) DO NOTHING \
      RETURNING trace_id, span_id"
 );
@@ -175,9 +176,10 @@ const INSERT_STACKS: &str = "INSERT INTO profile_stacks (stack_hash, frame_hashe
      ON CONFLICT (stack_hash) DO NOTHING";
 
 const INSERT_SAMPLES: &str = "\
-    INSERT INTO trace_profile_samples (trace_id, span_id, stack_hash, samples, cpu_ns) \
+    INSERT INTO trace_profile_samples (trace_id, span_id, stack_hash, samples, cpu_ns, \
+        off_cpu_ns) \
     SELECT unnest($1::bytea[]), unnest($2::bytea[]), unnest($3::int8[]), unnest($4::int8[]), \
-           unnest($5::int8[]) \
+           unnest($5::int8[]), unnest($6::int8[]) \
     ON CONFLICT (trace_id, span_id, stack_hash) DO NOTHING";
 
 const SELECT_TRACE_PROFILES: &str = concat!(
@@ -189,7 +191,8 @@ const SELECT_TRACE_PROFILES: &str = concat!(
 /// The samples of some profiles, by their (trace id, span id) as two arrays: a
 /// primary-key look-up per profile.
 const SELECT_SAMPLES: &str = "\
-    SELECT s.trace_id, s.span_id, s.stack_hash, s.samples, s.cpu_ns, st.frame_hashes \
+    SELECT s.trace_id, s.span_id, s.stack_hash, s.samples, s.cpu_ns, s.off_cpu_ns, \
+        st.frame_hashes \
     FROM unnest($1::bytea[], $2::bytea[]) AS k (trace_id, span_id) \
     JOIN trace_profile_samples s ON s.trace_id = k.trace_id AND s.span_id = k.span_id \
     LEFT JOIN profile_stacks st ON st.stack_hash = s.stack_hash";
@@ -250,7 +253,7 @@ macro_rules! select_triggers {
             " AS ended_unix_nano, \
              t.status, t.min_duration_ms, t.max_duration_ms, t.status_code_pattern, \
              t.url_pattern, t.frequency_hz, t.max_requests, t.collected_requests, \
-             t.trace_ids, t.baseline_requests, t.baseline_collected \
+             t.trace_ids, t.baseline_requests, t.baseline_collected, t.profile_types \
              FROM trace_profile_triggers t JOIN services s ON s.service_id = t.service_id"
         )
     };
@@ -261,14 +264,14 @@ const INSERT_TRIGGER: &str = concat!(
     "INSERT INTO trace_profile_triggers (trigger_id, service_id, created_at, expires_at, \
          ended_at, status, min_duration_ms, max_duration_ms, status_code_pattern, \
          url_pattern, frequency_hz, max_requests, collected_requests, trace_ids, \
-         baseline_requests, baseline_collected) \
+         baseline_requests, baseline_collected, profile_types) \
      SELECT $1, service_id, ",
     timestamptz!("$3"),
     ", ",
     timestamptz!("$4"),
     ", ",
     timestamptz!("$5"),
-    ", $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 FROM services WHERE name = $2"
+    ", $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17 FROM services WHERE name = $2"
 );
 
 /// Takes one of a trigger's slots for trace `$2`, at `$3`: only while it is active,
@@ -322,7 +325,8 @@ const MATCH_TRIGGER_PREFIX: &str = "\
 /// A trigger's profiles, with the status of their spans.
 const SELECT_COLLECTED: &str = "\
     SELECT p.trace_id, p.span_id, p.span_name, p.start_unix_nano, p.duration_ns, \
-        s.http_status, s.status_code, p.node, p.samples, p.precision \
+        s.http_status, s.status_code, p.node, p.samples, p.precision, p.cpu_ns, \
+        p.off_cpu_ns, p.profile_types \
     FROM trace_profiles p \
     LEFT JOIN spans s ON s.trace_id = p.trace_id AND s.span_id = p.span_id \
     WHERE p.source = $1 \
@@ -652,6 +656,11 @@ impl Store for PostgresStore {
             return Ok(InsertedProfiles::default());
         }
         let profiles = distinct_sorted_profiles(batch);
+        // Checked before anything is written: a batch with a bad one stores nothing.
+        let profile_types = profiles
+            .iter()
+            .map(|p| profile_types_text(&p.profile_types))
+            .collect::<Result<Vec<String>, StoreError>>()?;
         let created = now_unix_nano();
 
         let mut tx = self.pool.begin().await.map_err(map_err)?;
@@ -694,6 +703,13 @@ impl Store for PostgresStore {
                     .bind_iter(),
             )
             .bind(profiles.iter().map(|p| to_i64(p.lost_samples)).bind_iter())
+            .bind(
+                profiles
+                    .iter()
+                    .map(|p| to_i64(total_off_cpu_ns(&p.profile)))
+                    .bind_iter(),
+            )
+            .bind(&profile_types)
             .fetch_all(&mut *tx)
             .await
             .map_err(map_err)?;
@@ -774,6 +790,7 @@ impl Store for PostgresStore {
             .bind(rows.samples.iter().map(|r| r.stack_hash).bind_iter())
             .bind(rows.samples.iter().map(|r| r.samples).bind_iter())
             .bind(rows.samples.iter().map(|r| r.cpu_ns).bind_iter())
+            .bind(rows.samples.iter().map(|r| r.off_cpu_ns).bind_iter())
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
@@ -978,6 +995,7 @@ impl Store for PostgresStore {
             .bind(trace_id_texts(&trigger.trace_ids))
             .bind(to_i32(trigger.baseline_requests, "baseline_requests")?)
             .bind(to_i32(trigger.baseline_collected, "baseline_collected")?)
+            .bind(profile_types_text(&trigger.profile_types)?)
             .execute(&self.pool)
             .await
             .map_err(map_err)?
@@ -1251,6 +1269,7 @@ fn trigger_from_row(row: &PgRow) -> Result<TraceProfileTrigger, StoreError> {
             .unwrap_or_default(),
         baseline_requests: int("baseline_requests")?,
         baseline_collected: int("baseline_collected")?,
+        profile_types: row.try_get("profile_types").map_err(map_err)?,
     }
     .into_trigger()
 }
@@ -1277,6 +1296,18 @@ fn collected_request_from_row(row: &PgRow) -> Result<CollectedRequest, StoreErro
         precision: Precision::parse(precision).ok_or_else(|| {
             StoreError::Corrupt(format!("trace_profiles.precision is {precision:?}"))
         })?,
+        cpu_ns: to_u64(
+            row.try_get("cpu_ns").map_err(map_err)?,
+            "trace_profiles.cpu_ns",
+        )?,
+        off_cpu_ns: to_u64(
+            row.try_get("off_cpu_ns").map_err(map_err)?,
+            "trace_profiles.off_cpu_ns",
+        )?,
+        profile_types: parse_profile_types(
+            row.try_get("profile_types").map_err(map_err)?,
+            "trace_profiles.profile_types",
+        )?,
     })
 }
 
@@ -1323,6 +1354,10 @@ async fn load_profiles(
             cpu_ns: to_u64(
                 row.try_get("cpu_ns").map_err(map_err)?,
                 "trace_profile_samples.cpu_ns",
+            )?,
+            off_cpu_ns: to_u64(
+                row.try_get("off_cpu_ns").map_err(map_err)?,
+                "trace_profile_samples.off_cpu_ns",
             )?,
             frame_hashes: hashes,
         });
@@ -1399,6 +1434,10 @@ fn trace_profile_from_row(row: &PgRow) -> Result<TraceProfileRecord, StoreError>
             "trace_profiles.lost_samples",
         )?,
         source: parse_source(row.try_get("source").map_err(map_err)?)?,
+        profile_types: parse_profile_types(
+            row.try_get("profile_types").map_err(map_err)?,
+            "trace_profiles.profile_types",
+        )?,
         profile: Profile::new(),
     })
 }

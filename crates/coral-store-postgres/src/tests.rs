@@ -28,6 +28,15 @@ struct TestDb {
 }
 
 async fn fresh_store() -> TestDb {
+    let (admin, name) = create_database().await;
+    let store = PostgresStore::connect_with(admin.clone().database(&name))
+        .await
+        .expect("connect to the test database");
+    TestDb { store, admin, name }
+}
+
+/// A new, empty database on the server, and its name.
+async fn create_database() -> (PgConnectOptions, String) {
     let admin = admin_options();
     // Generated here (a fixed prefix and hex digits), never user text: identifiers
     // cannot be bound, so this is the one name formatted into SQL.
@@ -40,10 +49,7 @@ async fn fresh_store() -> TestDb {
         .await
         .expect("create the test database");
     conn.close().await.ok();
-    let store = PostgresStore::connect_with(admin.clone().database(&name))
-        .await
-        .expect("connect to the test database");
-    TestDb { store, admin, name }
+    (admin, name)
 }
 
 impl Drop for TestDb {
@@ -231,4 +237,128 @@ async fn profiles_stored_before_sample_losses_were_recorded_have_none() {
     let got = db.store.trace_profiles(&TraceId([7; 16])).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].truncated_samples, got[0].lost_samples), (0, 0));
+}
+
+/// A database at migration 0006 (before off-CPU profiles) with a trigger and the
+/// profile it collected migrates to 0007 with its data intact: CPU only, no off-CPU
+/// time; and its frame kind check takes wait frames, and only known kinds.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run `cargo xtask test`, which provides one"]
+async fn data_from_before_off_cpu_profiles_migrates_as_cpu_only() {
+    use coral_store::conformance::{before_off_cpu, data_from_before_off_cpu_reads_as_cpu_only};
+    use coral_store::profile_rows::ProfileRows;
+    let (admin, name) = create_database().await;
+    let before = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(admin.clone().database(&name))
+        .await
+        .unwrap();
+    MIGRATOR.run_to(6, &before).await.unwrap();
+    let (trigger, profile) = before_off_cpu();
+    let service_id = uuid::Uuid::from_bytes([5; 16]);
+    sqlx::query("INSERT INTO services VALUES ($1, $2, 1, 2)")
+        .bind(service_id)
+        .bind(&trigger.service)
+        .execute(&before)
+        .await
+        .unwrap();
+    sqlx::query(AssertSqlSafe(concat!(
+        "INSERT INTO trace_profile_triggers (trigger_id, service_id, created_at, expires_at, \
+         ended_at, status, min_duration_ms, max_duration_ms, status_code_pattern, \
+         url_pattern, frequency_hz, max_requests, collected_requests, trace_ids, \
+         baseline_requests, baseline_collected) VALUES ($1, $2, ",
+        timestamptz!("$3"),
+        ", ",
+        timestamptz!("$4"),
+        ", NULL, 'active', $5, NULL, $6, NULL, $7, $8, $9, $10, $11, 0)"
+    )))
+    .bind(trigger.trigger_id)
+    .bind(service_id)
+    .bind(trigger.created_unix_nano)
+    .bind(trigger.expires_unix_nano)
+    .bind(trigger.min_duration_ms.map(|n| n as i32))
+    .bind(trigger.status_code_pattern.as_deref())
+    .bind(trigger.frequency_hz as i32)
+    .bind(trigger.max_requests as i32)
+    .bind(trigger.collected_requests as i32)
+    .bind(trace_id_texts(&trigger.trace_ids))
+    .bind(trigger.baseline_requests as i32)
+    .execute(&before)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO trace_profiles (trace_id, span_id, service, span_name, \
+         start_unix_nano, duration_ns, node, pid, thread_id, precision, frequency_hz, \
+         concurrent_requests, source, samples, cpu_ns, created_unix_nano, \
+         truncated_samples, lost_samples) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 1, $16, $17)",
+    )
+    .bind(profile.trace_id.as_bytes())
+    .bind(profile.span_id.as_bytes())
+    .bind(&profile.service)
+    .bind(&profile.span_name)
+    .bind(profile.start_unix_nano)
+    .bind(profile.duration_ns)
+    .bind(&profile.node)
+    .bind(profile.pid)
+    .bind(profile.thread_id)
+    .bind(profile.precision.as_str())
+    .bind(i64::from(profile.frequency_hz))
+    .bind(i64::from(profile.concurrent_requests))
+    .bind(profile.source.to_string())
+    .bind(to_i64(profile.samples()))
+    .bind(to_i64(profile.profile.total_cpu_ns()))
+    .bind(i64::from(profile.truncated_samples))
+    .bind(to_i64(profile.lost_samples))
+    .execute(&before)
+    .await
+    .unwrap();
+    let rows = ProfileRows::of([&profile]);
+    for (hash, frame) in &rows.frames {
+        sqlx::query("INSERT INTO profile_frames VALUES ($1, $2, $3, $4)")
+            .bind(hash)
+            .bind(&frame.function)
+            .bind(&frame.module)
+            .bind(kind_str(frame.kind))
+            .execute(&before)
+            .await
+            .unwrap();
+    }
+    for (hash, frame_hashes) in &rows.stacks {
+        sqlx::query("INSERT INTO profile_stacks VALUES ($1, $2)")
+            .bind(hash)
+            .bind(frame_hashes)
+            .execute(&before)
+            .await
+            .unwrap();
+    }
+    for r in &rows.samples {
+        sqlx::query("INSERT INTO trace_profile_samples VALUES ($1, $2, $3, $4, $5)")
+            .bind(r.trace_id.as_bytes())
+            .bind(r.span_id.as_bytes())
+            .bind(r.stack_hash)
+            .bind(r.samples)
+            .bind(r.cpu_ns)
+            .execute(&before)
+            .await
+            .unwrap();
+    }
+    // A wait frame is refused before the migration.
+    let wait = sqlx::query("INSERT INTO profile_frames VALUES (1, 'lock', '[off-cpu]', 'wait')")
+        .execute(&before)
+        .await;
+    assert!(wait.is_err());
+    before.close().await;
+
+    let store = PostgresStore::connect_with(admin.clone().database(&name))
+        .await
+        .unwrap();
+    let db = TestDb { store, admin, name };
+    let frames = rows.frames.len() as i64;
+    assert_eq!(count(&db.store, "profile_frames").await, frames);
+    data_from_before_off_cpu_reads_as_cpu_only(&db.store).await;
+    let bogus = sqlx::query("INSERT INTO profile_frames VALUES (1, 'f', 'm', 'bogus')")
+        .execute(&db.store.pool)
+        .await;
+    assert!(bogus.is_err(), "the kind is still checked");
 }

@@ -74,7 +74,8 @@ use coral_store::filter_sql::{self, Dialect, SqlValue};
 use coral_store::profile_rows::{
     ProfileRows, StackRead, StacksByProfile, attach_profiles,
     distinct_sorted as distinct_sorted_profiles, frame_hashes_of, hashes_from_bytes,
-    hashes_to_bytes, kind_str, parse_kind, parse_source, to_i64, to_u32, to_u64,
+    hashes_to_bytes, kind_str, parse_kind, parse_profile_types, parse_source, profile_types_text,
+    to_i64, to_u32, to_u64, total_off_cpu_ns,
 };
 use coral_store::trigger_rows::{
     ClaimTally, TriggerRow, resolved_trigger_id, slot_claims, to_i32, trace_id_texts,
@@ -104,10 +105,10 @@ const SPAN_ROWS_PER_INSERT: usize = 500;
 const SERVICE_ROWS_PER_UPSERT: usize = 1000;
 const _: () = assert!(SPAN_ROWS_PER_INSERT * SPAN_INSERT_COLUMNS <= 32_766);
 /// Rows per statement of the trace profile tables: at most 9,000 bound variables each.
-const PROFILE_ROWS_PER_INSERT: usize = 500; // 18 columns
+const PROFILE_ROWS_PER_INSERT: usize = 450; // 20 columns
 const FRAME_ROWS_PER_INSERT: usize = 2000; // 4 columns
 const STACK_ROWS_PER_INSERT: usize = 4000; // 2 columns
-const SAMPLE_ROWS_PER_INSERT: usize = 1600; // 5 columns
+const SAMPLE_ROWS_PER_INSERT: usize = 1500; // 6 columns
 
 /// The columns of a span, in [`span_from_row`]'s and the insert's order.
 macro_rules! span_columns {
@@ -156,7 +157,7 @@ macro_rules! trace_profile_columns {
     () => {
         "trace_id, span_id, service, span_name, start_unix_nano, duration_ns, node, pid, \
          thread_id, precision, frequency_hz, concurrent_requests, source, samples, cpu_ns, \
-         created_unix_nano, truncated_samples, lost_samples"
+         created_unix_nano, truncated_samples, lost_samples, off_cpu_ns, profile_types"
     };
 }
 
@@ -169,7 +170,8 @@ const SELECT_TRACE_PROFILES: &str = concat!(
 /// The samples of some profiles, whose (trace id, span id) come as one JSON array
 /// of `[trace hex, span hex]` pairs: a primary-key look-up per profile.
 const SELECT_SAMPLES: &str = "\
-    SELECT s.trace_id, s.span_id, s.stack_hash, s.samples, s.cpu_ns, st.frame_hashes \
+    SELECT s.trace_id, s.span_id, s.stack_hash, s.samples, s.cpu_ns, s.off_cpu_ns, \
+        st.frame_hashes \
     FROM json_each(?1) AS k \
     CROSS JOIN trace_profile_samples s \
     LEFT JOIN profile_stacks st ON st.stack_hash = s.stack_hash \
@@ -200,7 +202,7 @@ macro_rules! select_triggers {
              t.expires_at AS expires_unix_nano, t.ended_at AS ended_unix_nano, t.status, \
              t.min_duration_ms, t.max_duration_ms, t.status_code_pattern, t.url_pattern, \
              t.frequency_hz, t.max_requests, t.collected_requests, t.trace_ids, \
-             t.baseline_requests, t.baseline_collected \
+             t.baseline_requests, t.baseline_collected, t.profile_types \
          FROM trace_profile_triggers t JOIN services s ON s.service_id = t.service_id"
     };
 }
@@ -210,8 +212,8 @@ const INSERT_TRIGGER: &str = "\
     INSERT INTO trace_profile_triggers (trigger_id, service_id, created_at, expires_at, \
         ended_at, status, min_duration_ms, max_duration_ms, status_code_pattern, \
         url_pattern, frequency_hz, max_requests, collected_requests, trace_ids, \
-        baseline_requests, baseline_collected) \
-    SELECT ?1, service_id, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16 \
+        baseline_requests, baseline_collected, profile_types) \
+    SELECT ?1, service_id, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17 \
     FROM services WHERE name = ?2";
 
 /// Takes one of a trigger's slots for trace `?2`, at `?3`: only while it is active,
@@ -262,7 +264,8 @@ const MATCH_TRIGGER_PREFIX: &str = "\
 /// A trigger's profiles, with the status of their spans.
 const SELECT_COLLECTED: &str = "\
     SELECT p.trace_id, p.span_id, p.span_name, p.start_unix_nano, p.duration_ns, \
-        s.http_status, s.status_code, p.node, p.samples, p.precision \
+        s.http_status, s.status_code, p.node, p.samples, p.precision, p.cpu_ns, \
+        p.off_cpu_ns, p.profile_types \
     FROM trace_profiles p \
     LEFT JOIN spans s ON s.trace_id = p.trace_id AND s.span_id = p.span_id \
     WHERE p.source = ?1 \
@@ -631,6 +634,11 @@ impl Store for SqliteStore {
             return Ok(InsertedProfiles::default());
         }
         let profiles = distinct_sorted_profiles(batch);
+        // Checked before anything is written: a batch with a bad one stores nothing.
+        let typed = profiles
+            .iter()
+            .map(|&p| Ok((p, profile_types_text(&p.profile_types)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let created = now_unix_nano();
 
         let mut tx = self
@@ -639,13 +647,13 @@ impl Store for SqliteStore {
             .await
             .map_err(map_err)?;
         let mut new_keys: HashSet<(TraceId, SpanId)> = HashSet::new();
-        for chunk in profiles.chunks(PROFILE_ROWS_PER_INSERT) {
+        for chunk in typed.chunks(PROFILE_ROWS_PER_INSERT) {
             let mut qb = QueryBuilder::<Sqlite>::new(concat!(
                 "INSERT INTO trace_profiles (",
                 trace_profile_columns!(),
                 ") "
             ));
-            qb.push_values(chunk, |mut row, p| {
+            qb.push_values(chunk, |mut row, (p, profile_types)| {
                 row.push_bind(p.trace_id.as_bytes())
                     .push_bind(p.span_id.as_bytes())
                     .push_bind(p.service.as_str())
@@ -663,7 +671,9 @@ impl Store for SqliteStore {
                     .push_bind(to_i64(p.profile.total_cpu_ns()))
                     .push_bind(created)
                     .push_bind(i64::from(p.truncated_samples))
-                    .push_bind(to_i64(p.lost_samples));
+                    .push_bind(to_i64(p.lost_samples))
+                    .push_bind(to_i64(total_off_cpu_ns(&p.profile)))
+                    .push_bind(profile_types.as_str());
             });
             qb.push(" ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id");
             let full = chunk.len() == PROFILE_ROWS_PER_INSERT;
@@ -751,14 +761,15 @@ impl Store for SqliteStore {
         for chunk in rows.samples.chunks(SAMPLE_ROWS_PER_INSERT) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO trace_profile_samples \
-                 (trace_id, span_id, stack_hash, samples, cpu_ns) ",
+                 (trace_id, span_id, stack_hash, samples, cpu_ns, off_cpu_ns) ",
             );
             qb.push_values(chunk, |mut row, r| {
                 row.push_bind(r.trace_id.as_bytes())
                     .push_bind(r.span_id.as_bytes())
                     .push_bind(r.stack_hash)
                     .push_bind(r.samples)
-                    .push_bind(r.cpu_ns);
+                    .push_bind(r.cpu_ns)
+                    .push_bind(r.off_cpu_ns);
             });
             qb.push(" ON CONFLICT (trace_id, span_id, stack_hash) DO NOTHING");
             let full = chunk.len() == SAMPLE_ROWS_PER_INSERT;
@@ -969,6 +980,7 @@ impl Store for SqliteStore {
             .bind(Json(trace_id_texts(&trigger.trace_ids)))
             .bind(to_i32(trigger.baseline_requests, "baseline_requests")?)
             .bind(to_i32(trigger.baseline_collected, "baseline_collected")?)
+            .bind(profile_types_text(&trigger.profile_types)?)
             .execute(&self.writer)
             .await
             .map_err(map_err)?
@@ -1190,6 +1202,10 @@ async fn load_profiles(
                 row.try_get("cpu_ns").map_err(map_err)?,
                 "trace_profile_samples.cpu_ns",
             )?,
+            off_cpu_ns: to_u64(
+                row.try_get("off_cpu_ns").map_err(map_err)?,
+                "trace_profile_samples.off_cpu_ns",
+            )?,
             frame_hashes: hashes,
         });
     }
@@ -1313,6 +1329,7 @@ fn trigger_from_row(row: &SqliteRow) -> Result<TraceProfileTrigger, StoreError> 
         trace_ids: trace_ids.map(|ids| ids.0).unwrap_or_default(),
         baseline_requests: row.try_get("baseline_requests").map_err(map_err)?,
         baseline_collected: row.try_get("baseline_collected").map_err(map_err)?,
+        profile_types: row.try_get("profile_types").map_err(map_err)?,
     }
     .into_trigger()
 }
@@ -1336,6 +1353,18 @@ fn collected_request_from_row(row: &SqliteRow) -> Result<CollectedRequest, Store
         precision: Precision::parse(precision).ok_or_else(|| {
             StoreError::Corrupt(format!("trace_profiles.precision is {precision:?}"))
         })?,
+        cpu_ns: to_u64(
+            row.try_get("cpu_ns").map_err(map_err)?,
+            "trace_profiles.cpu_ns",
+        )?,
+        off_cpu_ns: to_u64(
+            row.try_get("off_cpu_ns").map_err(map_err)?,
+            "trace_profiles.off_cpu_ns",
+        )?,
+        profile_types: parse_profile_types(
+            row.try_get("profile_types").map_err(map_err)?,
+            "trace_profiles.profile_types",
+        )?,
     })
 }
 
@@ -1391,6 +1420,10 @@ fn trace_profile_from_row(row: &SqliteRow) -> Result<TraceProfileRecord, StoreEr
             "trace_profiles.lost_samples",
         )?,
         source: parse_source(row.try_get("source").map_err(map_err)?)?,
+        profile_types: parse_profile_types(
+            row.try_get("profile_types").map_err(map_err)?,
+            "trace_profiles.profile_types",
+        )?,
         profile: Profile::new(),
     })
 }

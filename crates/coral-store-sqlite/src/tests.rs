@@ -290,3 +290,134 @@ async fn profiles_stored_before_sample_losses_were_recorded_have_none() {
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].truncated_samples, got[0].lost_samples), (0, 0));
 }
+
+/// A database at migration 0006 (before off-CPU profiles) with a trigger and the
+/// profile it collected migrates to 0007 with its data intact: CPU only, no off-CPU
+/// time; and its frames table, rebuilt, still refuses an unknown frame kind.
+#[tokio::test]
+async fn data_from_before_off_cpu_profiles_migrates_as_cpu_only() {
+    use coral_store::conformance::{before_off_cpu, data_from_before_off_cpu_reads_as_cpu_only};
+    use coral_store::profile_rows::ProfileRows;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join(DATABASE_FILE);
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let before = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    MIGRATOR.run_to(6, &before).await.unwrap();
+    let (trigger, profile) = before_off_cpu();
+    let service_id = uuid::Uuid::from_bytes([5; 16]).to_string();
+    sqlx::query("INSERT INTO services VALUES (?1, ?2, 1, 2)")
+        .bind(&service_id)
+        .bind(&trigger.service)
+        .execute(&before)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO trace_profile_triggers (trigger_id, service_id, created_at, expires_at, \
+         ended_at, status, min_duration_ms, max_duration_ms, status_code_pattern, \
+         url_pattern, frequency_hz, max_requests, collected_requests, trace_ids, \
+         baseline_requests, baseline_collected) \
+         VALUES (?1, ?2, ?3, ?4, NULL, 'active', ?5, NULL, ?6, NULL, ?7, ?8, ?9, ?10, ?11, 0)",
+    )
+    .bind(trigger.trigger_id.to_string())
+    .bind(&service_id)
+    .bind(trigger.created_unix_nano)
+    .bind(trigger.expires_unix_nano)
+    .bind(trigger.min_duration_ms.map(i64::from))
+    .bind(trigger.status_code_pattern.as_deref())
+    .bind(i64::from(trigger.frequency_hz))
+    .bind(i64::from(trigger.max_requests))
+    .bind(i64::from(trigger.collected_requests))
+    .bind(Json(trace_id_texts(&trigger.trace_ids)))
+    .bind(i64::from(trigger.baseline_requests))
+    .execute(&before)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO trace_profiles (trace_id, span_id, service, span_name, \
+         start_unix_nano, duration_ns, node, pid, thread_id, precision, frequency_hz, \
+         concurrent_requests, source, samples, cpu_ns, created_unix_nano, \
+         truncated_samples, lost_samples) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 1, ?16, ?17)",
+    )
+    .bind(profile.trace_id.as_bytes())
+    .bind(profile.span_id.as_bytes())
+    .bind(&profile.service)
+    .bind(&profile.span_name)
+    .bind(profile.start_unix_nano)
+    .bind(profile.duration_ns)
+    .bind(&profile.node)
+    .bind(profile.pid)
+    .bind(profile.thread_id)
+    .bind(profile.precision.as_str())
+    .bind(i64::from(profile.frequency_hz))
+    .bind(i64::from(profile.concurrent_requests))
+    .bind(profile.source.to_string())
+    .bind(to_i64(profile.samples()))
+    .bind(to_i64(profile.profile.total_cpu_ns()))
+    .bind(i64::from(profile.truncated_samples))
+    .bind(to_i64(profile.lost_samples))
+    .execute(&before)
+    .await
+    .unwrap();
+    let rows = ProfileRows::of([&profile]);
+    for (hash, frame) in &rows.frames {
+        sqlx::query("INSERT INTO profile_frames VALUES (?1, ?2, ?3, ?4)")
+            .bind(hash)
+            .bind(&frame.function)
+            .bind(&frame.module)
+            .bind(kind_str(frame.kind))
+            .execute(&before)
+            .await
+            .unwrap();
+    }
+    for (hash, frame_hashes) in &rows.stacks {
+        sqlx::query("INSERT INTO profile_stacks VALUES (?1, ?2)")
+            .bind(hash)
+            .bind(hashes_to_bytes(frame_hashes))
+            .execute(&before)
+            .await
+            .unwrap();
+    }
+    for r in &rows.samples {
+        sqlx::query("INSERT INTO trace_profile_samples VALUES (?1, ?2, ?3, ?4, ?5)")
+            .bind(r.trace_id.as_bytes())
+            .bind(r.span_id.as_bytes())
+            .bind(r.stack_hash)
+            .bind(r.samples)
+            .bind(r.cpu_ns)
+            .execute(&before)
+            .await
+            .unwrap();
+    }
+    // A wait frame is refused before the migration.
+    let wait = sqlx::query("INSERT INTO profile_frames VALUES (1, 'lock', '[off-cpu]', 'wait')")
+        .execute(&before)
+        .await;
+    assert!(wait.is_err());
+    before.close().await;
+
+    let store = SqliteStore::open_file(&path).await.unwrap();
+    let frames = rows.frames.len() as i64;
+    assert_eq!(count(&store, "profile_frames").await, frames);
+    data_from_before_off_cpu_reads_as_cpu_only(&store).await;
+    let bogus = sqlx::query("INSERT INTO profile_frames VALUES (1, 'f', 'm', 'bogus')")
+        .execute(&store.writer)
+        .await;
+    assert!(bogus.is_err(), "the rebuilt table keeps its check");
+    let table: String =
+        sqlx::query_scalar("SELECT sql FROM sqlite_schema WHERE name = 'profile_frames'")
+            .fetch_one(&store.reader)
+            .await
+            .unwrap();
+    assert!(
+        table.contains("CREATE TABLE \"profile_frames\"") && table.ends_with("STRICT"),
+        "renamed, and still STRICT: {table}"
+    );
+}

@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, HashMap};
 use crate::batch::now_unix_nano;
 use crate::{
     AgentRecord, CollectedRequest, InsertedProfiles, ListedRequest, Precision, ProfileSession,
-    ProfileSource, RequestQuery, SessionResult, SpanId, SpanRecord, Store, StoreError, TraceId,
-    TraceProfileRecord, TraceProfileTrigger, TriggerStatus, frame_hash, stack_hash,
+    ProfileSource, ProfileType, RequestQuery, SessionResult, SpanId, SpanRecord, Store, StoreError,
+    TraceId, TraceProfileRecord, TraceProfileTrigger, TriggerStatus, frame_hash, stack_hash,
 };
 use coral_analysis::StatusPattern;
-use coral_analysis::profile::{Frame, FrameKind, Profile, WeightedStack};
+use coral_analysis::profile::{Frame, FrameKind, Profile, WaitCause, WeightedStack};
 use serde_json::json;
 
 /// Generates one `#[tokio::test]` per check; `$store` is an expression (usually an
@@ -36,7 +36,8 @@ macro_rules! conformance_suite {
             services_are_recorded, unknown_trace_is_not_found, requests_are_filtered,
             agents_register_and_heartbeat, empty_batch_is_a_no_op,
             concurrent_batches_store_each_span_once, agents_are_listed_by_node,
-            trace_profiles_round_trip, sample_losses_round_trip,
+            trace_profiles_round_trip, sample_losses_round_trip, off_cpu_profiles_round_trip,
+            non_collected_profile_types_are_refused,
             duplicate_trace_profiles_stored_once,
             stacks_and_frames_are_shared, unknown_trace_has_no_profiles,
             large_profile_batch_is_stored, concurrent_profile_batches_store_each_once,
@@ -494,12 +495,13 @@ pub async fn agents_are_listed_by_node(store: &dyn Store) {
 
 /// `profile` as a store gives it back: stacks with equal frames merged (a profile
 /// built with `from_parts` may repeat one), a frame index out of the dictionary read as
-/// the unknown user frame; stacks by CPU time descending, then [`stack_hash`]; frames
-/// in the order they first appear in those stacks, root to leaf.
+/// the unknown user frame; stacks by CPU time descending, then off-CPU time
+/// descending, then [`stack_hash`]; frames in the order they first appear in those
+/// stacks, root to leaf.
 pub fn canonical_profile(profile: &Profile) -> Profile {
-    type StackWeight<'a> = (Vec<&'a Frame>, u64, u64);
+    type StackWeight<'a> = (Vec<&'a Frame>, u64, u64, u64);
     let unknown = Frame::unknown(FrameKind::User);
-    // Stack hash → (frames, samples, CPU time).
+    // Stack hash → (frames, samples, CPU time, off-CPU time).
     let mut stacks: BTreeMap<i64, StackWeight> = BTreeMap::new();
     for stack in &profile.stacks {
         let frames: Vec<&Frame> = stack
@@ -508,16 +510,19 @@ pub fn canonical_profile(profile: &Profile) -> Profile {
             .map(|&i| profile.frames.get(i as usize).unwrap_or(&unknown))
             .collect();
         let hashes: Vec<i64> = frames.iter().map(|f| frame_hash(f)).collect();
-        let entry = stacks.entry(stack_hash(&hashes)).or_insert((frames, 0, 0));
+        let entry = stacks
+            .entry(stack_hash(&hashes))
+            .or_insert((frames, 0, 0, 0));
         entry.1 = entry.1.saturating_add(stack.samples);
         entry.2 = entry.2.saturating_add(stack.cpu_ns);
+        entry.3 = entry.3.saturating_add(stack.off_cpu_ns);
     }
     let mut stacks: Vec<(i64, StackWeight)> = stacks.into_iter().collect();
-    stacks.sort_by(|(ha, a), (hb, b)| b.2.cmp(&a.2).then(ha.cmp(hb)));
+    stacks.sort_by(|(ha, a), (hb, b)| b.2.cmp(&a.2).then(b.3.cmp(&a.3)).then(ha.cmp(hb)));
     let mut dictionary: Vec<Frame> = Vec::new();
     let mut index: HashMap<&Frame, u32> = HashMap::new();
     let mut weighted = Vec::new();
-    for (_, (frames, samples, cpu_ns)) in stacks {
+    for (_, (frames, samples, cpu_ns, off_cpu_ns)) in stacks {
         let ids = frames
             .into_iter()
             .map(|f| {
@@ -531,15 +536,21 @@ pub fn canonical_profile(profile: &Profile) -> Profile {
             frames: ids,
             samples,
             cpu_ns,
+            off_cpu_ns,
         });
     }
     Profile::from_parts(dictionary, weighted)
 }
 
-/// `record` as a store gives it back (see [`canonical_profile`]).
+/// `record` as a store gives it back (see [`canonical_profile`]), its profile types
+/// in order, each once.
 pub fn canonical(record: &TraceProfileRecord) -> TraceProfileRecord {
+    let mut profile_types = record.profile_types.clone();
+    profile_types.sort_unstable();
+    profile_types.dedup();
     TraceProfileRecord {
         profile: canonical_profile(&record.profile),
+        profile_types,
         ..record.clone()
     }
 }
@@ -598,6 +609,44 @@ pub fn refund_profile() -> Profile {
     p
 }
 
+/// Where a checkout request waited: off-CPU stacks (each ending in its wait frame)
+/// for a lock taken in `checkout::handle` (0.98 s), for the network under a socket
+/// read (22 ms, with a kernel frame) and briefly in the handler itself (1 µs).
+/// `scale` multiplies the times.
+pub fn waiting_profile(scale: u64) -> Profile {
+    let main = Frame::user("main", "payment-svc");
+    let handle = Frame::user("checkout::handle", "payment-svc");
+    let lock = Frame::user("acquire_ledger_lock", "payment-svc");
+    let read = Frame::user("__libc_recv", "libc.so.6");
+    let mut p = Profile::new();
+    p.add_off_cpu(
+        &[main.clone(), handle.clone(), lock],
+        WaitCause::Lock,
+        2,
+        980_000_000 * scale,
+    );
+    p.add_off_cpu(
+        &[
+            main.clone(),
+            handle.clone(),
+            read,
+            Frame::kernel("tcp_recvmsg"),
+        ],
+        WaitCause::Network,
+        3,
+        22_000_000 * scale,
+    );
+    p.add_off_cpu(&[main, handle], WaitCause::Network, 1, 1_000 * scale);
+    p
+}
+
+/// A request that both ran and waited: [`checkout_profile`] and [`waiting_profile`].
+pub fn ran_and_waited_profile() -> Profile {
+    let mut p = checkout_profile(1);
+    p.merge(&waiting_profile(1));
+    p
+}
+
 /// The session that [`trace_profile`]'s profiles are collected for.
 const SESSION: uuid::Uuid = uuid::Uuid::from_u128(0x6f1c7b0e_2c1a_4d8e_9f3b_0a1b2c3d4e5f);
 
@@ -627,6 +676,7 @@ pub fn trace_profile(trace_n: u8, span_n: u8, profile: Profile) -> TraceProfileR
         truncated_samples: 0,
         lost_samples: 0,
         source: ProfileSource::Session(SESSION),
+        profile_types: vec![ProfileType::Cpu],
         profile,
     }
 }
@@ -674,6 +724,189 @@ pub async fn trace_profiles_round_trip(store: &dyn Store) {
     assert_eq!(
         store.trace_profiles(&trace(2)).await.unwrap(),
         [canonical(&other)]
+    );
+}
+
+/// A profile with CPU and off-CPU stacks comes back exactly: its wait frames, each
+/// stack's samples (waits), CPU and off-CPU time, and the types collected.
+pub async fn off_cpu_profiles_round_trip(store: &dyn Store) {
+    let mut both = trace_profile(1, 1, ran_and_waited_profile());
+    // Given out of order and repeated: stored in order, once.
+    both.profile_types = vec![ProfileType::Offcpu, ProfileType::Cpu, ProfileType::Offcpu];
+    let mut waited_only = trace_profile(1, 2, waiting_profile(3));
+    waited_only.start_unix_nano += SEC;
+    waited_only.profile_types = vec![ProfileType::Offcpu];
+    // Collected for off-CPU time, but it never waited.
+    let mut never_waited = trace_profile(1, 3, checkout_profile(2));
+    never_waited.start_unix_nano += 2 * SEC;
+    never_waited.profile_types = vec![ProfileType::Cpu, ProfileType::Offcpu];
+    assert_eq!(
+        store
+            .insert_trace_profiles(&[never_waited.clone(), both.clone(), waited_only.clone()])
+            .await
+            .unwrap(),
+        stored(3)
+    );
+    let got = store.trace_profiles(&trace(1)).await.unwrap();
+    assert_eq!(
+        got,
+        [
+            canonical(&both),
+            canonical(&waited_only),
+            canonical(&never_waited)
+        ]
+    );
+    assert_eq!(
+        got[0].profile_types,
+        [ProfileType::Cpu, ProfileType::Offcpu]
+    );
+    assert_eq!(got[1].profile_types, [ProfileType::Offcpu]);
+
+    let profile = &got[0].profile;
+    let waits: Vec<&Frame> = profile
+        .frames
+        .iter()
+        .filter(|f| f.kind == FrameKind::Wait)
+        .collect();
+    assert_eq!(
+        waits,
+        [&WaitCause::Lock.frame(), &WaitCause::Network.frame()]
+    );
+    let off_cpu: Vec<(u64, u64, u64, Option<WaitCause>)> = profile
+        .stacks
+        .iter()
+        .filter(|s| s.off_cpu_ns > 0)
+        .map(|s| (s.samples, s.cpu_ns, s.off_cpu_ns, profile.wait_cause(s)))
+        .collect();
+    assert_eq!(
+        off_cpu,
+        [
+            (2, 0, 980_000_000, Some(WaitCause::Lock)),
+            (3, 0, 22_000_000, Some(WaitCause::Network)),
+            (1, 0, 1_000, Some(WaitCause::Network)),
+        ],
+        "after the CPU stacks, by off-CPU time"
+    );
+    assert!(
+        profile.stacks[..profile.stacks.len() - 3]
+            .iter()
+            .all(|s| s.cpu_ns > 0 && s.off_cpu_ns == 0)
+    );
+    let breakdown = profile.breakdown();
+    assert_eq!(breakdown, both.profile.breakdown());
+    assert_eq!(breakdown.on_cpu_ns, checkout_profile(1).total_cpu_ns());
+    assert_eq!(breakdown.off_cpu_ns, 1_002_001_000);
+    assert_eq!(breakdown.lock_ns, 980_000_000);
+    assert_eq!(got[1].profile.breakdown().off_cpu_ns, 3 * 1_002_001_000);
+    assert_eq!(got[1].profile.total_cpu_ns(), 0);
+}
+
+/// Only collected profile types are stored: `wall` is a view, and a profile or
+/// trigger collects at least one type. Nothing of a refused batch is stored.
+pub async fn non_collected_profile_types_are_refused(store: &dyn Store) {
+    services_send_spans(store, &["payment-svc"]).await;
+    let fine = trace_profile(1, 1, checkout_profile(1));
+    for types in [vec![ProfileType::Cpu, ProfileType::Wall], vec![]] {
+        let bad = TraceProfileRecord {
+            profile_types: types.clone(),
+            ..trace_profile(1, 2, checkout_profile(1))
+        };
+        let err = store
+            .insert_trace_profiles(&[fine.clone(), bad])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidArgument(_)),
+            "{types:?}: {err}"
+        );
+        let trigger = TraceProfileTrigger {
+            profile_types: types.clone(),
+            ..new_trigger(1, "payment-svc")
+        };
+        let err = store.create_trigger(&trigger).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidArgument(_)),
+            "{types:?}: {err}"
+        );
+    }
+    assert!(!has_profiles(store, 1).await);
+    assert!(matches!(
+        store
+            .trigger(new_trigger(1, "payment-svc").trigger_id)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// A trigger and the request it collected, as a database before off-CPU profiles
+/// (migration 0006) held them: CPU samples only, with a kernel frame. A backend's
+/// migration test writes them with plain SQL (its rows: [`crate::profile_rows::ProfileRows`]
+/// of the profile, without off-CPU columns), migrates, and checks the store with
+/// [`data_from_before_off_cpu_reads_as_cpu_only`].
+pub fn before_off_cpu() -> (TraceProfileTrigger, TraceProfileRecord) {
+    let trigger = TraceProfileTrigger {
+        collected_requests: 1,
+        trace_ids: vec![trace(1)],
+        baseline_requests: 5,
+        ..new_trigger(1, "payment-svc")
+    };
+    let profile = TraceProfileRecord {
+        truncated_samples: 1,
+        lost_samples: 2,
+        ..sourced_profile(1, 1, ProfileSource::Trigger(trigger.trigger_id), 3)
+    };
+    (trigger, profile)
+}
+
+/// What a store reads of [`before_off_cpu`]'s data once migrated: a trigger and a
+/// profile that collected CPU samples only, no off-CPU time; and the migrated store
+/// takes off-CPU profiles (wait frames) like a new one.
+pub async fn data_from_before_off_cpu_reads_as_cpu_only(store: &dyn Store) {
+    let (trigger, profile) = before_off_cpu();
+    assert_eq!(trigger.profile_types, [ProfileType::Cpu]);
+    assert_eq!(profile.profile_types, [ProfileType::Cpu]);
+    assert_eq!(store.trigger(trigger.trigger_id).await.unwrap(), trigger);
+    let got = store.trace_profiles(&profile.trace_id).await.unwrap();
+    assert_eq!(got, [canonical(&profile)]);
+    assert!(got[0].profile.stacks.iter().all(|s| s.off_cpu_ns == 0));
+    let collected = store.trigger_requests(trigger.trigger_id).await.unwrap();
+    let summary: Vec<(TraceId, u64, u64, u64, Vec<ProfileType>)> = collected
+        .into_iter()
+        .map(|r| {
+            (
+                r.trace_id,
+                r.samples,
+                r.cpu_ns,
+                r.off_cpu_ns,
+                r.profile_types,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [(
+            profile.trace_id,
+            profile.samples(),
+            profile.profile.total_cpu_ns(),
+            0,
+            vec![ProfileType::Cpu]
+        )]
+    );
+
+    let waited = TraceProfileRecord {
+        profile_types: vec![ProfileType::Cpu, ProfileType::Offcpu],
+        ..trace_profile(2, 1, ran_and_waited_profile())
+    };
+    assert_eq!(
+        store
+            .insert_trace_profiles(std::slice::from_ref(&waited))
+            .await
+            .unwrap(),
+        stored(1)
+    );
+    assert_eq!(
+        store.trace_profiles(&waited.trace_id).await.unwrap(),
+        [canonical(&waited)]
     );
 }
 
@@ -757,16 +990,19 @@ pub async fn stacks_and_frames_are_shared(store: &dyn Store) {
                 frames: vec![0, 1],
                 samples: 2,
                 cpu_ns: 20,
+                off_cpu_ns: 0,
             },
             WeightedStack {
                 frames: vec![2, 1],
                 samples: 3,
                 cpu_ns: 30,
+                off_cpu_ns: 0,
             },
             WeightedStack {
                 frames: vec![0, 7],
                 samples: 1,
                 cpu_ns: 10,
+                off_cpu_ns: 0,
             },
         ],
     );
@@ -995,6 +1231,7 @@ pub fn new_trigger(n: u8, service: &str) -> TraceProfileTrigger {
         trace_ids: Vec::new(),
         baseline_requests: 0,
         baseline_collected: 0,
+        profile_types: vec![ProfileType::Cpu],
     }
 }
 
@@ -1053,12 +1290,14 @@ pub async fn triggers_round_trip(store: &dyn Store) {
         ],
         baseline_requests: 50,
         baseline_collected: 3,
+        profile_types: vec![ProfileType::Cpu, ProfileType::Offcpu],
         ..new_trigger(1, "svc-a")
     };
     let b2 = new_trigger(2, "svc-b");
     let a3 = TraceProfileTrigger {
         min_duration_ms: None,
         status_code_pattern: None,
+        profile_types: vec![ProfileType::Offcpu],
         ..new_trigger(3, "svc-a")
     };
     let a4 = ended(
@@ -1778,7 +2017,11 @@ pub async fn trigger_requests_come_with_their_spans(store: &dyn Store) {
     store.create_trigger(&trigger).await.unwrap();
     let id = trigger.trigger_id;
     let source = ProfileSource::Trigger(id);
-    let with_span = sourced_profile(1, 1, source, 20);
+    let with_span = TraceProfileRecord {
+        profile_types: vec![ProfileType::Cpu, ProfileType::Offcpu],
+        profile: ran_and_waited_profile(),
+        ..sourced_profile(1, 1, source, 20)
+    };
     let mut without_span = sourced_profile(2, 1, source, 10);
     without_span.precision = Precision::Process;
     without_span.node = "node-b".into();
@@ -1815,15 +2058,29 @@ pub async fn trigger_requests_come_with_their_spans(store: &dyn Store) {
         node: p.node.clone(),
         samples: p.samples(),
         precision: p.precision,
+        cpu_ns: p.profile.total_cpu_ns(),
+        off_cpu_ns: p.profile.breakdown().off_cpu_ns,
+        profile_types: p.profile_types.clone(),
     };
+    let requests = store.trigger_requests(id).await.unwrap();
     assert_eq!(
-        store.trigger_requests(id).await.unwrap(),
+        requests,
         [
             collected(&without_span, None, None),
             collected(&with_span, Some(502), Some(2)),
             collected(&late, None, None),
         ],
         "in collection order"
+    );
+    let times: Vec<(u64, u64)> = requests.iter().map(|r| (r.cpu_ns, r.off_cpu_ns)).collect();
+    let checkout_cpu_ns = checkout_profile(1).total_cpu_ns();
+    assert_eq!(
+        times,
+        [
+            (checkout_cpu_ns, 0),
+            (checkout_cpu_ns, 1_002_001_000),
+            (checkout_cpu_ns, 0)
+        ]
     );
     assert_eq!(
         store.trigger(id).await.unwrap().trace_ids,
@@ -2043,6 +2300,11 @@ async fn store_cohort_fixture(store: &dyn Store) -> Vec<TraceProfileRecord> {
             4 => ProfileSource::Baseline(trigger.trigger_id),
             _ => p.source,
         };
+        if r.n == 3 {
+            // It waited too.
+            p.profile.merge(&waiting_profile(1));
+            p.profile_types = vec![ProfileType::Cpu, ProfileType::Offcpu];
+        }
         if let Some(s) = r.span {
             let mut span = full_span("payment-svc", r.n, 1);
             span.start_unix_nano = p.start_unix_nano;
@@ -2186,6 +2448,13 @@ pub async fn cohorts_are_selected_by_filter(store: &dyn Store) {
     let by_n = |n: u8| canonical(&profiles[usize::from(n) - 1]);
     assert_eq!(got, [by_n(6), by_n(3), by_n(1)]);
     assert!(matches!(got[1].source, ProfileSource::Trigger(_)));
+    assert_eq!(
+        got[1].profile_types,
+        [ProfileType::Cpu, ProfileType::Offcpu]
+    );
+    assert_eq!(got[1].profile.breakdown().off_cpu_ns, 1_002_001_000);
+    assert_eq!(got[1].profile.breakdown().network_ns, 22_001_000);
+    assert_eq!(got[0].profile_types, [ProfileType::Cpu]);
 }
 
 pub async fn cohorts_respect_service_since_and_limit(store: &dyn Store) {

@@ -27,6 +27,7 @@ pub fn frame_hash(frame: &Frame) -> i64 {
     let kind: &[u8] = match frame.kind {
         FrameKind::User => b"user",
         FrameKind::Kernel => b"kernel",
+        FrameKind::Wait => b"wait",
     };
     let mut h = fnv1a(FNV_OFFSET_BASIS, frame.function.as_bytes());
     h = fnv1a(h, &[SEPARATOR]);

@@ -20,7 +20,7 @@ pub use hashing::{frame_hash, stack_hash};
 pub use ids::{IdError, SpanId, TraceId};
 pub use profiles::{
     Claim, CollectedRequest, InsertedProfiles, Precision, ProfileSession, ProfileSource,
-    SessionResult, TraceProfileRecord, TraceProfileTrigger, TriggerStatus,
+    ProfileType, SessionResult, TraceProfileRecord, TraceProfileTrigger, TriggerStatus,
 };
 pub use records::{
     AgentRecord, ListedRequest, RequestQuery, RequestSummary, SPAN_KIND_CONSUMER, SPAN_KIND_SERVER,

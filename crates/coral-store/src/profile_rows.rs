@@ -2,15 +2,19 @@
 //! storage that every backend shares.
 //!
 //! Writing, a profile becomes one sample row per distinct stack: its stack hash,
-//! samples and CPU time. Stacks are keyed by [`stack_hash`] of their frames'
+//! samples (or waits), CPU time and off-CPU time (an off-CPU stack ends in a wait
+//! frame, so it never shares a row with a CPU stack). Stacks are keyed by [`stack_hash`] of their frames'
 //! [`frame_hash`]es and frames by their hash, so equal stacks of one profile (a
 //! profile built with `from_parts` may repeat one) are merged, and every profile
 //! with a stack shares its one stored copy. A stack's frame index out of the
 //! profile's dictionary becomes the unknown user frame, as renderers show it.
 //!
 //! Reading, a profile is rebuilt in a canonical order, the same in every backend:
-//! stacks by CPU time descending, then stack hash; frames in the order they first
-//! appear in those stacks, root to leaf.
+//! stacks by CPU time descending, then off-CPU time descending, then stack hash;
+//! frames in the order they first appear in those stacks, root to leaf.
+//!
+//! The profile types a request or a trigger collected are stored as one text,
+//! [`profile_types_text`]: `cpu`, `offcpu` or `cpu,offcpu`.
 //!
 //! Counts are `u64` in the model and BIGINT in the databases: larger values (only
 //! reachable by saturating arithmetic) are stored as `i64::MAX`.
@@ -20,7 +24,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use crate::{
     ProfileSource, SpanId, StoreError, TraceId, TraceProfileRecord, frame_hash, stack_hash,
 };
-use coral_analysis::profile::{Frame, FrameKind, Profile, WeightedStack};
+use coral_analysis::profile::{Frame, FrameKind, Profile, ProfileType, WeightedStack};
 
 /// The batch without repeated (trace id, span id), sorted by them; of repeats, the
 /// first one given is kept.
@@ -40,6 +44,7 @@ pub struct SampleRow {
     pub stack_hash: i64,
     pub samples: i64,
     pub cpu_ns: i64,
+    pub off_cpu_ns: i64,
 }
 
 /// The rows that store some profiles' samples, each table's rows sorted by key (so
@@ -68,7 +73,7 @@ impl ProfileRows {
         let hashes: Vec<i64> = profile.frames.iter().map(frame_hash).collect();
         let mut unknown: Option<i64> = None;
         // This profile's stacks by hash, equal ones merged.
-        let mut weights: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
+        let mut weights: BTreeMap<i64, (u64, u64, u64)> = BTreeMap::new();
         for stack in &profile.stacks {
             let frame_hashes: Vec<i64> = stack
                 .frames
@@ -90,22 +95,88 @@ impl ProfileRows {
                 .collect();
             let sh = stack_hash(&frame_hashes);
             self.stacks.entry(sh).or_insert(frame_hashes);
-            let w = weights.entry(sh).or_insert((0, 0));
+            let w = weights.entry(sh).or_insert((0, 0, 0));
             w.0 = w.0.saturating_add(stack.samples);
             w.1 = w.1.saturating_add(stack.cpu_ns);
+            w.2 = w.2.saturating_add(stack.off_cpu_ns);
         }
         self.samples.extend(
             weights
                 .into_iter()
-                .map(|(sh, (samples, cpu_ns))| SampleRow {
+                .map(|(sh, (samples, cpu_ns, off_cpu_ns))| SampleRow {
                     trace_id: record.trace_id,
                     span_id: record.span_id,
                     stack_hash: sh,
                     samples: to_i64(samples),
                     cpu_ns: to_i64(cpu_ns),
+                    off_cpu_ns: to_i64(off_cpu_ns),
                 }),
         );
     }
+}
+
+/// A profile's off-CPU time, all stacks (`trace_profiles.off_cpu_ns`, beside the
+/// CPU total `cpu_ns`).
+pub fn total_off_cpu_ns(profile: &Profile) -> u64 {
+    profile
+        .stacks
+        .iter()
+        .fold(0u64, |acc, s| acc.saturating_add(s.off_cpu_ns))
+}
+
+/// Whether agents collect a profile type. `wall` is not collected: it is a view of
+/// `cpu` and `offcpu` together.
+fn is_collected(ty: ProfileType) -> bool {
+    // Exhaustive, so that a new type must say whether it is collected.
+    match ty {
+        ProfileType::Cpu | ProfileType::Offcpu => true,
+        ProfileType::Wall => false,
+    }
+}
+
+/// Collected profile types as a `profile_types` column stores them: in
+/// [`ProfileType`]'s order, each once, comma-separated (`cpu`, `cpu,offcpu`).
+/// `InvalidArgument` for no type, or one that is not collected (`wall`).
+pub fn profile_types_text(types: &[ProfileType]) -> Result<String, StoreError> {
+    if let Some(ty) = types.iter().find(|&&ty| !is_collected(ty)) {
+        return Err(StoreError::InvalidArgument(format!(
+            "profile type {ty} is not collected (it is a view of others); collect cpu or \
+             offcpu"
+        )));
+    }
+    let mut sorted = types.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.is_empty() {
+        return Err(StoreError::InvalidArgument(
+            "no profile type to collect: give at least one of cpu, offcpu".into(),
+        ));
+    }
+    Ok(sorted
+        .iter()
+        .map(|ty| ty.as_str())
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+/// The inverse of [`profile_types_text`] for the stored `column`; `Corrupt` unless
+/// `text` is what it writes (collected types, in order, each once, at least one).
+pub fn parse_profile_types(text: &str, column: &str) -> Result<Vec<ProfileType>, StoreError> {
+    let corrupt = |why: &str| StoreError::Corrupt(format!("{column} is {text:?}: {why}"));
+    let types = text
+        .split(',')
+        .map(|name| {
+            ProfileType::ALL
+                .into_iter()
+                .find(|ty| ty.as_str() == name)
+                .filter(|&ty| is_collected(ty))
+                .ok_or_else(|| corrupt(&format!("{name:?} is not a collected profile type")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if !types.windows(2).all(|pair| pair[0] < pair[1]) {
+        return Err(corrupt("not in order, or repeated"));
+    }
+    Ok(types)
 }
 
 /// A count for a BIGINT column, saturating.
@@ -133,6 +204,7 @@ pub fn kind_str(kind: FrameKind) -> &'static str {
     match kind {
         FrameKind::User => "user",
         FrameKind::Kernel => "kernel",
+        FrameKind::Wait => "wait",
     }
 }
 
@@ -140,8 +212,9 @@ pub fn parse_kind(kind: &str) -> Result<FrameKind, StoreError> {
     match kind {
         "user" => Ok(FrameKind::User),
         "kernel" => Ok(FrameKind::Kernel),
+        "wait" => Ok(FrameKind::Wait),
         other => Err(StoreError::Corrupt(format!(
-            "profile_frames.kind is {other:?}, not user or kernel"
+            "profile_frames.kind is {other:?}, not user, kernel or wait"
         ))),
     }
 }
@@ -152,6 +225,7 @@ pub struct StackRead {
     pub stack_hash: i64,
     pub samples: u64,
     pub cpu_ns: u64,
+    pub off_cpu_ns: u64,
     pub frame_hashes: Vec<i64>,
 }
 
@@ -164,6 +238,7 @@ pub fn build_profile(
     stacks.sort_by(|a, b| {
         b.cpu_ns
             .cmp(&a.cpu_ns)
+            .then(b.off_cpu_ns.cmp(&a.off_cpu_ns))
             .then(a.stack_hash.cmp(&b.stack_hash))
     });
     let mut dictionary: Vec<Frame> = Vec::new();
@@ -194,6 +269,7 @@ pub fn build_profile(
             frames: ids,
             samples: stack.samples,
             cpu_ns: stack.cpu_ns,
+            off_cpu_ns: stack.off_cpu_ns,
         });
     }
     Ok(Profile::from_parts(dictionary, weighted))
@@ -269,6 +345,7 @@ mod tests {
             truncated_samples: 0,
             lost_samples: 0,
             source: ProfileSource::Session(uuid::Uuid::nil()),
+            profile_types: vec![ProfileType::Cpu],
             profile,
         }
     }
@@ -285,16 +362,19 @@ mod tests {
                     frames: vec![0, 2],
                     samples: 1,
                     cpu_ns: 10,
+                    off_cpu_ns: 0,
                 },
                 WeightedStack {
                     frames: vec![1, 2],
                     samples: 2,
                     cpu_ns: 20,
+                    off_cpu_ns: 0,
                 },
                 WeightedStack {
                     frames: vec![0, 9],
                     samples: 4,
                     cpu_ns: u64::MAX,
+                    off_cpu_ns: 0,
                 },
             ],
         );
@@ -318,6 +398,7 @@ mod tests {
                 stack_hash: r.stack_hash,
                 samples: r.samples as u64,
                 cpu_ns: r.cpu_ns as u64,
+                off_cpu_ns: r.off_cpu_ns as u64,
                 frame_hashes: rows.stacks[&r.stack_hash].clone(),
             })
             .collect();
@@ -336,12 +417,96 @@ mod tests {
                     stack_hash: 1,
                     samples: 1,
                     cpu_ns: 1,
+                    off_cpu_ns: 0,
                     frame_hashes: vec![42]
                 }],
                 &frames
             ),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn off_cpu_stacks_keep_their_time_and_follow_cpu_stacks() {
+        use coral_analysis::profile::WaitCause;
+        let main = Frame::user("main", "app");
+        let lock = Frame::user("take_lock", "app");
+        let mut profile = Profile::new();
+        profile.add(&[main.clone(), lock.clone()], 2, 100);
+        profile.add_off_cpu(&[main.clone(), lock.clone()], WaitCause::Lock, 3, 900);
+        profile.add_off_cpu(std::slice::from_ref(&main), WaitCause::Sleep, 1, 50);
+        profile.add_off_cpu(&[main.clone(), lock.clone()], WaitCause::Lock, 1, 100);
+        let rows = ProfileRows::of([&record(profile.clone())]);
+        assert_eq!(rows.samples.len(), 3);
+        let weights: Vec<(i64, i64, i64)> = rows
+            .samples
+            .iter()
+            .map(|r| (r.samples, r.cpu_ns, r.off_cpu_ns))
+            .collect();
+        assert!(weights.contains(&(2, 20_000_000, 0)), "{weights:?}");
+        assert!(weights.contains(&(4, 0, 1000)), "{weights:?}");
+        assert!(weights.contains(&(1, 0, 50)), "{weights:?}");
+        assert_eq!(total_off_cpu_ns(&profile), 1050);
+
+        let stacks = rows
+            .samples
+            .iter()
+            .map(|r| StackRead {
+                stack_hash: r.stack_hash,
+                samples: r.samples as u64,
+                cpu_ns: r.cpu_ns as u64,
+                off_cpu_ns: r.off_cpu_ns as u64,
+                frame_hashes: rows.stacks[&r.stack_hash].clone(),
+            })
+            .collect();
+        let frames: HashMap<i64, Frame> = rows.frames.clone().into_iter().collect();
+        let back = build_profile(stacks, &frames).unwrap();
+        let order: Vec<(u64, u64)> = back
+            .stacks
+            .iter()
+            .map(|s| (s.cpu_ns, s.off_cpu_ns))
+            .collect();
+        assert_eq!(order, [(20_000_000, 0), (0, 1000), (0, 50)]);
+        assert_eq!(back.breakdown(), profile.breakdown());
+        assert_eq!(back.frames[2], WaitCause::Lock.frame());
+    }
+
+    #[test]
+    fn profile_types_are_stored_in_order_once() {
+        use ProfileType::{Cpu, Offcpu, Wall};
+        assert_eq!(profile_types_text(&[Cpu]).unwrap(), "cpu");
+        assert_eq!(
+            profile_types_text(&[Offcpu, Cpu, Offcpu]).unwrap(),
+            "cpu,offcpu"
+        );
+        for bad in [&[][..], &[Cpu, Wall][..]] {
+            assert!(
+                matches!(profile_types_text(bad), Err(StoreError::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+        let column = "trace_profiles.profile_types";
+        assert_eq!(parse_profile_types("cpu", column).unwrap(), [Cpu]);
+        assert_eq!(parse_profile_types("offcpu", column).unwrap(), [Offcpu]);
+        assert_eq!(
+            parse_profile_types("cpu,offcpu", column).unwrap(),
+            [Cpu, Offcpu]
+        );
+        for bad in [
+            "",
+            "wall",
+            "cpu,wall",
+            "memory",
+            "offcpu,cpu",
+            "cpu,cpu",
+            "CPU",
+            "cpu, offcpu",
+            "off-cpu",
+        ] {
+            let err = parse_profile_types(bad, column).unwrap_err();
+            assert!(matches!(err, StoreError::Corrupt(_)), "{bad:?}: {err}");
+            assert!(err.to_string().contains(column), "{err}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use crate::ids::{SpanId, TraceId};
 pub use coral_analysis::join::Precision;
 use coral_analysis::profile::Profile;
+pub use coral_analysis::profile::ProfileType;
 
 /// The CPU profile of one request: the samples of one span, joined by thread or
 /// process and time.
@@ -32,12 +33,17 @@ pub struct TraceProfileRecord {
     pub lost_samples: u64,
     /// What asked for it.
     pub source: ProfileSource,
+    /// The types the agent collected for it (`cpu`, `offcpu`), in [`ProfileType`]'s
+    /// order, each once: an `offcpu` profile without off-CPU stacks had no waits,
+    /// one without the type says nothing about them.
+    pub profile_types: Vec<ProfileType>,
     pub profile: Profile,
 }
 
 impl TraceProfileRecord {
+    /// CPU samples (off-CPU stacks count waits, which are not samples).
     pub fn samples(&self) -> u64 {
-        self.profile.total_samples()
+        self.profile.count(ProfileType::Cpu)
     }
 }
 
@@ -184,6 +190,9 @@ pub struct TraceProfileTrigger {
     /// Size of the baseline reservoir asked for.
     pub baseline_requests: u32,
     pub baseline_collected: u32,
+    /// The types its agents collect (`cpu`, `offcpu`), in [`ProfileType`]'s order,
+    /// each once.
+    pub profile_types: Vec<ProfileType>,
 }
 
 /// A request a trigger collected, as `trigger-status` shows it.
@@ -200,6 +209,12 @@ pub struct CollectedRequest {
     pub node: String,
     pub samples: u64,
     pub precision: Precision,
+    /// The profile's on-CPU time (its CPU stacks' total).
+    pub cpu_ns: u64,
+    /// The profile's off-CPU (waiting) time (its off-CPU stacks' total).
+    pub off_cpu_ns: u64,
+    /// The types collected for it.
+    pub profile_types: Vec<ProfileType>,
 }
 
 /// An on-demand profile of a service: every agent hosting it samples its processes for

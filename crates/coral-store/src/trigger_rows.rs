@@ -4,11 +4,12 @@
 //! A trigger's `trace_ids` are stored as text, 32 lowercase hex digits each
 //! ([`TraceId`]'s `Display`): a `TEXT[]` in PostgreSQL, a JSON array in SQLite. Its
 //! criteria and counts are `u32` in the model and INTEGER (32 bits in PostgreSQL) in
-//! the databases.
+//! the databases. Its `profile_types` is one text, as
+//! [`crate::profile_rows::profile_types_text`] writes it.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use crate::profile_rows::to_u32;
+use crate::profile_rows::{parse_profile_types, to_u32};
 use crate::{
     Claim, InsertedProfiles, ProfileSource, SpanId, StoreError, TraceId, TraceProfileRecord,
     TraceProfileTrigger,
@@ -54,6 +55,7 @@ pub struct TriggerRow {
     pub trace_ids: Vec<String>,
     pub baseline_requests: i64,
     pub baseline_collected: i64,
+    pub profile_types: String,
 }
 
 impl TriggerRow {
@@ -91,6 +93,7 @@ impl TriggerRow {
                 .collect::<Result<_, _>>()?,
             baseline_requests: to_u32(self.baseline_requests, &column("baseline_requests"))?,
             baseline_collected: to_u32(self.baseline_collected, &column("baseline_collected"))?,
+            profile_types: parse_profile_types(&self.profile_types, &column("profile_types"))?,
         })
     }
 }
@@ -295,6 +298,7 @@ mod tests {
             trace_ids: vec!["0af7651916cd43dd8448eb211c80319c".into()],
             baseline_requests: 50,
             baseline_collected: 0,
+            profile_types: "cpu,offcpu".into(),
         }
     }
 
@@ -336,6 +340,7 @@ mod tests {
             truncated_samples: 0,
             lost_samples: 0,
             source,
+            profile_types: vec![crate::ProfileType::Cpu],
             profile: Default::default(),
         }
     }
@@ -398,6 +403,10 @@ mod tests {
         let trigger = row().into_trigger().unwrap();
         assert_eq!(trigger.status, TriggerStatus::Active);
         assert_eq!(trigger.collected_requests, 0);
+        assert_eq!(
+            trigger.profile_types,
+            [crate::ProfileType::Cpu, crate::ProfileType::Offcpu]
+        );
         assert_eq!(trace_id_texts(&trigger.trace_ids), row().trace_ids);
         for bad in [
             TriggerRow {
@@ -410,6 +419,10 @@ mod tests {
             },
             TriggerRow {
                 min_duration_ms: Some(-1),
+                ..row()
+            },
+            TriggerRow {
+                profile_types: "cpu,wall".into(),
                 ..row()
             },
         ] {

@@ -1,8 +1,9 @@
 //! From raw samples to a [`Profile`]: symbolize each distinct stack once (per batch),
-//! put its frames root → leaf, count.
+//! put its frames root → leaf, count CPU samples and weigh off-CPU records by the part
+//! of their wait within the request.
 
-use coral_analysis::profile::{Frame, Profile};
-use coral_sampler::{Sample, Stack};
+use coral_analysis::profile::{Frame, FrameKind, Profile, SwitchState, WaitCause};
+use coral_sampler::{OffCpu, Sample, Stack};
 use std::collections::{BTreeMap, HashMap};
 
 /// What folding needs from a symbolizer ([`coral_symbolizer::Symbolizer`] in the agent,
@@ -85,35 +86,111 @@ impl<'a> StackCache<'a> {
     }
 }
 
-/// The profile of `samples` taken at `frequency_hz`: equal stacks are counted together
-/// (in order of first appearance, so the result is deterministic).
+/// What a fold keeps of off-CPU records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffCpuWindow {
+    /// None: CPU samples only (sessions, process-precision requests, or off-CPU time
+    /// not recorded for the request).
+    Skip,
+    /// The part of each wait within `[start, end]` (Unix ns): a wait that began before
+    /// the request counts from the request's start.
+    Within { start: i64, end: i64 },
+}
+
+/// The weight of an off-CPU record that ended at `end` within `[start, stop]`: its
+/// weight scaled by the share of its interval inside the window.
+fn weight_within(off: &OffCpu, end: i64, start: i64, stop: i64) -> u64 {
+    let interval = end.saturating_sub(off.start_unix_nano);
+    if interval <= 0 {
+        return if (start..=stop).contains(&end) {
+            off.weight_ns
+        } else {
+            0
+        };
+    }
+    let inside = end.min(stop).saturating_sub(off.start_unix_nano.max(start));
+    if inside <= 0 {
+        return 0;
+    }
+    let scaled = u128::from(off.weight_ns) * inside as u128 / interval as u128;
+    u64::try_from(scaled).unwrap_or(u64::MAX)
+}
+
+/// Kernel frames every off-CPU stack has on top (the switch itself): dropped, so the
+/// leaf is where the thread waited.
+fn is_switch_frame(frame: &Frame) -> bool {
+    let name = frame.function.as_str();
+    frame.kind == FrameKind::Kernel
+        && (name.starts_with("finish_task_switch") || name == "__schedule" || name == "schedule")
+}
+
+fn switch_state(state: coral_sampler::SwitchState) -> SwitchState {
+    match state {
+        coral_sampler::SwitchState::Preempted => SwitchState::Preempted,
+        coral_sampler::SwitchState::Interruptible => SwitchState::Interruptible,
+        coral_sampler::SwitchState::Uninterruptible => SwitchState::Uninterruptible,
+        coral_sampler::SwitchState::Other(_) => SwitchState::Other,
+    }
+}
+
+/// The profile of `samples`: CPU samples taken at `frequency_hz`, equal stacks counted
+/// together (in order of first appearance, so the result is deterministic), and the
+/// off-CPU records `off_cpu` keeps, each stack ending in its wait cause (decided from
+/// the switch state and the kernel stack, [`WaitCause::classify`]).
 pub fn fold<'a>(
     samples: impl IntoIterator<Item = &'a Sample>,
     cache: &mut StackCache<'a>,
     symbolizer: &mut dyn Symbolize,
     frequency_hz: u32,
+    off_cpu: OffCpuWindow,
 ) -> Profile {
+    // Per distinct stack (and, off the CPU, switch state): first index, count, weight.
     let mut order: Vec<&'a Sample> = Vec::new();
-    let mut counts: HashMap<StackKey<'a>, (usize, u64)> = HashMap::new();
+    let mut counts: HashMap<(StackKey<'a>, Option<SwitchState>), (usize, u64, u64)> =
+        HashMap::new();
     for sample in samples {
-        let key = (sample.tgid, &*sample.stack);
-        counts
-            .entry(key)
+        let (state, weight) = match (&sample.off_cpu, off_cpu) {
+            (None, _) => (None, 0),
+            (Some(_), OffCpuWindow::Skip) => continue,
+            (Some(off), OffCpuWindow::Within { start, end }) => {
+                let weight = weight_within(off, sample.time_unix_nano, start, end);
+                if weight == 0 {
+                    continue;
+                }
+                (Some(switch_state(off.state)), weight)
+            }
+        };
+        let entry = counts
+            .entry(((sample.tgid, &*sample.stack), state))
             .or_insert_with(|| {
                 order.push(sample);
-                (order.len() - 1, 0)
-            })
-            .1 += 1;
+                (order.len() - 1, 0, 0)
+            });
+        entry.1 += 1;
+        entry.2 = entry.2.saturating_add(weight);
     }
-    let mut weights = vec![0u64; order.len()];
-    for (index, count) in counts.into_values() {
-        weights[index] = count;
+    let mut weights = vec![(None, 0u64, 0u64); order.len()];
+    for ((_, state), (index, count, weight)) in counts {
+        weights[index] = (state, count, weight);
     }
     cache.symbolize(symbolizer, &order);
     let mut profile = Profile::new();
-    for (sample, count) in order.into_iter().zip(weights) {
+    for (sample, (state, count, weight)) in order.into_iter().zip(weights) {
         let frames = &cache.stacks[&(sample.tgid, &*sample.stack)];
-        profile.add(frames, count, frequency_hz);
+        match state {
+            None => profile.add(frames, count, frequency_hz),
+            Some(state) => {
+                let kernel = frames.iter().filter(|f| f.kind == FrameKind::Kernel);
+                let cause = WaitCause::classify(state, kernel.map(|f| f.function.as_str()));
+                let keep = frames.len()
+                    - frames
+                        .iter()
+                        .rev()
+                        .take_while(|f| is_switch_frame(f))
+                        .count();
+                profile.add_off_cpu(&frames[..keep], cause, count, weight);
+            }
+        }
     }
     profile
 }
@@ -123,11 +200,13 @@ mod tests {
     use super::*;
     use coral_analysis::profile::samples_to_cpu_ns;
 
-    /// Names every address `u<pid>:<hex>` / `k:<hex>` and counts the lookups.
+    /// Names every address `u<pid>:<hex>` / `k:<hex>` (or its entry in `kernel_names`)
+    /// and counts the lookups.
     #[derive(Default)]
     struct FakeSymbolizer {
         user_calls: usize,
         kernel_calls: usize,
+        kernel_names: HashMap<u64, &'static str>,
     }
 
     impl Symbolize for FakeSymbolizer {
@@ -149,7 +228,10 @@ mod tests {
             }
             addrs
                 .iter()
-                .map(|a| Frame::kernel(format!("k:{a:x}")))
+                .map(|a| match self.kernel_names.get(a) {
+                    Some(name) => Frame::kernel(*name),
+                    None => Frame::kernel(format!("k:{a:x}")),
+                })
                 .collect()
         }
         fn forget(&mut self, _pid: u32) {}
@@ -174,7 +256,13 @@ mod tests {
         let samples = [sample(7, &[0x10, 0x21, 0x31], &[0x90, 0xa1])];
         let mut symbolizer = FakeSymbolizer::default();
         let mut cache = StackCache::new();
-        let profile = fold(&samples, &mut cache, &mut symbolizer, 99);
+        let profile = fold(
+            &samples,
+            &mut cache,
+            &mut symbolizer,
+            99,
+            OffCpuWindow::Skip,
+        );
         assert_eq!(
             names(&profile, 0),
             ["u7:30", "u7:20", "u7:10", "k:a0", "k:90"],
@@ -192,7 +280,13 @@ mod tests {
         let samples = [a.clone(), b.clone(), a.clone(), a, other_process, b];
         let mut symbolizer = FakeSymbolizer::default();
         let mut cache = StackCache::new();
-        let profile = fold(&samples, &mut cache, &mut symbolizer, 100);
+        let profile = fold(
+            &samples,
+            &mut cache,
+            &mut symbolizer,
+            100,
+            OffCpuWindow::Skip,
+        );
         assert_eq!(profile.total_samples(), 6);
         assert_eq!(profile.stacks.len(), 3);
         assert_eq!(names(&profile, 0), ["u7:20", "u7:10"]);
@@ -207,7 +301,13 @@ mod tests {
         assert_eq!(cache.distinct_stacks(), 3);
 
         // A second fold in the same batch reuses the cache.
-        let again = fold(&samples[..2], &mut cache, &mut symbolizer, 100);
+        let again = fold(
+            &samples[..2],
+            &mut cache,
+            &mut symbolizer,
+            100,
+            OffCpuWindow::Skip,
+        );
         assert_eq!(again.total_samples(), 2);
         assert_eq!(symbolizer.user_calls, 2);
     }
@@ -216,17 +316,123 @@ mod tests {
     fn samples_without_stacks_are_kept_as_empty_stacks() {
         let samples = [sample(7, &[], &[])];
         let mut symbolizer = FakeSymbolizer::default();
-        let profile = fold(&samples, &mut StackCache::new(), &mut symbolizer, 99);
+        let profile = fold(
+            &samples,
+            &mut StackCache::new(),
+            &mut symbolizer,
+            99,
+            OffCpuWindow::Skip,
+        );
         assert_eq!(profile.total_samples(), 1);
         assert!(profile.stacks[0].frames.is_empty());
         assert_eq!(symbolizer.kernel_calls, 0);
+    }
+
+    fn off_cpu(
+        tgid: u32,
+        start: i64,
+        end: i64,
+        state: coral_sampler::SwitchState,
+        kernel: &[u64],
+    ) -> Sample {
+        let mut sample = Sample::new(tgid, tgid, end, &[0x10, 0x21], kernel);
+        sample.off_cpu = Some(OffCpu {
+            start_unix_nano: start,
+            weight_ns: u64::try_from(end - start).unwrap(),
+            state,
+        });
+        sample
+    }
+
+    #[test]
+    fn off_cpu_records_count_within_the_request_and_end_in_their_cause() {
+        use coral_sampler::SwitchState::*;
+        // Kernel stacks leaf first, one byte past each return address but the leaf.
+        let mut symbolizer = FakeSymbolizer {
+            kernel_names: HashMap::from([
+                (0x100, "finish_task_switch.isra.0"),
+                (0x200, "__schedule"),
+                (0x300, "schedule"),
+                (0x400, "futex_wait_queue"),
+                (0x500, "do_nanosleep"),
+            ]),
+            ..FakeSymbolizer::default()
+        };
+        let futex = [0x100, 0x201, 0x301, 0x401];
+        let nanosleep = [0x100, 0x201, 0x301, 0x501];
+        let samples = [
+            Sample::new(7, 7, 1_000, &[0x10, 0x21], &[]),
+            // Began 400 before the request (which starts at 1,000): 600 of it counts.
+            off_cpu(7, 600, 1_600, Interruptible, &futex),
+            off_cpu(7, 1_700, 1_900, Interruptible, &futex),
+            off_cpu(7, 2_000, 2_050, Interruptible, &nanosleep),
+            off_cpu(7, 2_100, 2_200, Preempted, &futex),
+            // Entirely before the request.
+            off_cpu(7, 100, 900, Interruptible, &futex),
+        ];
+        let within = OffCpuWindow::Within {
+            start: 1_000,
+            end: 3_000,
+        };
+        let profile = fold(
+            &samples,
+            &mut StackCache::new(),
+            &mut symbolizer,
+            100,
+            within,
+        );
+        let b = profile.breakdown();
+        assert_eq!(b.lock_ns, 600 + 200);
+        assert_eq!(b.sleep_ns, 50);
+        assert_eq!(b.runqueue_ns, 100);
+        assert_eq!(b.off_cpu_ns, 950);
+        assert_eq!(b.on_cpu_ns, samples_to_cpu_ns(1, 100));
+        let lock = profile
+            .stacks
+            .iter()
+            .find(|s| s.off_cpu_ns == 800)
+            .expect("the two futex waits are one stack");
+        assert_eq!(lock.samples, 2);
+        assert_eq!(
+            names_of(&profile, lock),
+            ["u7:20", "u7:10", "futex_wait_queue", "lock"],
+            "the switch frames are dropped; the cause is the leaf"
+        );
+        assert_eq!(
+            profile.frames[*lock.frames.last().unwrap() as usize].kind,
+            FrameKind::Wait
+        );
+
+        let cpu_only = fold(
+            &samples,
+            &mut StackCache::new(),
+            &mut symbolizer,
+            100,
+            OffCpuWindow::Skip,
+        );
+        assert_eq!(cpu_only.breakdown().off_cpu_ns, 0);
+        assert_eq!(cpu_only.total_samples(), 1);
+    }
+
+    fn names_of(profile: &Profile, stack: &coral_analysis::profile::WeightedStack) -> Vec<String> {
+        stack
+            .frames
+            .iter()
+            .map(|&f| profile.frames[f as usize].function.clone())
+            .collect()
     }
 
     #[test]
     fn no_samples_is_an_empty_profile() {
         let samples: [Sample; 0] = [];
         let mut symbolizer = FakeSymbolizer::default();
-        let profile = fold(&samples, &mut StackCache::new(), &mut symbolizer, 99);
+        let profile = fold(
+            &samples,
+            &mut StackCache::new(),
+            &mut symbolizer,
+            99,
+            OffCpuWindow::Skip,
+        );
         assert!(profile.is_empty());
         assert_eq!(profile.total_samples(), 0);
     }

@@ -7,14 +7,14 @@
 //! every [`TICK`].
 
 use super::directory::process_alive;
-use super::fold::{StackCache, Symbolize, fold};
+use super::fold::{OffCpuWindow, StackCache, Symbolize, fold};
 use super::policy::ProcessPolicy;
 use super::ring::SampleRing;
 use super::trigger::Trigger;
 use super::{Outbox, ProfilingConfig, SamplerFactory, Shared, is_request};
 use crate::stats::AgentStats;
 use coral_analysis::join::{self, RequestWindow};
-use coral_analysis::profile::Profile;
+use coral_analysis::profile::{Profile, ProfileType};
 use coral_client::profile::profile_to_wire;
 use coral_client::v1;
 use coral_sampler::{Sampler, Unwind};
@@ -401,7 +401,7 @@ impl Worker {
             Ok(sampler) => sampler,
             Err(error) => return refuse(self, error),
         };
-        if let Err(e) = sampler.add_targets(&pids, command.frequency_hz) {
+        if let Err(e) = sampler.add_targets(&pids, command.frequency_hz, false) {
             return refuse(self, e.to_string());
         }
         let effective_hz = command.frequency_hz.max(sampler.stats().frequency_hz);
@@ -520,7 +520,8 @@ impl Worker {
             let sampler = self.sampler.clone();
             let added = !session.closed
                 && self.policy.check(pid).is_ok()
-                && sampler.is_some_and(|s| s.add_targets(&[pid], session.frequency_hz).is_ok());
+                && sampler
+                    .is_some_and(|s| s.add_targets(&[pid], session.frequency_hz, false).is_ok());
             if !added {
                 return None;
             }
@@ -591,6 +592,7 @@ impl Worker {
                     &mut cache,
                     self.symbolizer.as_mut(),
                     session.effective_hz,
+                    OffCpuWindow::Skip,
                 );
                 session.profile.merge(&part);
             }
@@ -745,12 +747,29 @@ impl Worker {
                 .iter()
                 .filter(|s| s.0.stack.unwind == Unwind::Truncated)
                 .count();
+            // Off-CPU time says where the request's own thread waited: at process
+            // precision it would be every idle thread's, so only thread precision has it.
+            let off_cpu = wants_off_cpu(&self.triggers, &held.dest)
+                && joined.precision == join::Precision::Thread;
+            let window = if off_cpu {
+                OffCpuWindow::Within {
+                    start: held.window.start_unix_nano,
+                    end: held.window.end_unix_nano,
+                }
+            } else {
+                OffCpuWindow::Skip
+            };
             let profile = fold(
                 joined.samples.into_iter().map(|s| &s.0),
                 &mut cache,
                 self.symbolizer.as_mut(),
                 frequency_hz,
+                window,
             );
+            let mut profile_types = vec![ProfileType::Cpu.as_str().to_string()];
+            if off_cpu {
+                profile_types.push(ProfileType::Offcpu.as_str().to_string());
+            }
             let span = held.span;
             let profile = v1::TraceProfile {
                 trace_id: span.trace_id,
@@ -769,6 +788,7 @@ impl Worker {
                 lost_samples: lost,
                 source: String::new(),
                 profile: Some(profile_to_wire(&profile)),
+                profile_types,
             };
             for BaselineSlot { trigger, slot } in held.dest.baselines {
                 if let Some(t) = self.triggers.iter_mut().find(|t| t.id == trigger) {
@@ -807,6 +827,14 @@ impl Worker {
                 .push(std::mem::replace(&mut profiles, rest));
         }
     }
+}
+
+/// Whether a trigger that `dest` goes to records off-CPU time (then the process's
+/// off-CPU records were on while it was sampled for that trigger).
+fn wants_off_cpu(triggers: &[Trigger], dest: &Dest) -> bool {
+    let wants = |id: &str| triggers.iter().any(|t| t.id == id && t.off_cpu);
+    let collected = matches!(&dest.collected, Some(Collected::Trigger(id)) if wants(id));
+    collected || dest.baselines.iter().any(|b| wants(&b.trigger))
 }
 
 /// The sampling frequency that profiles for `dest` are computed with: the highest of

@@ -41,6 +41,8 @@ pub(crate) struct Trigger {
     pub(crate) service: String,
     criteria: RequestCriteria,
     pub(crate) frequency_hz: u32,
+    /// Whether it records off-CPU time too.
+    pub(crate) off_cpu: bool,
     /// The frequency the sampler actually runs at (another trigger or session may
     /// have asked for more): what CPU time is computed from.
     pub(crate) effective_hz: u32,
@@ -69,6 +71,7 @@ impl Trigger {
             service: command.service.clone(),
             criteria,
             frequency_hz: command.frequency_hz,
+            off_cpu: command.off_cpu,
             effective_hz: command.frequency_hz,
             expires_unix_nano: command.expires_unix_nano,
             pids: BTreeMap::new(),
@@ -192,6 +195,7 @@ impl Worker {
                         service = %trigger.service,
                         criteria = %trigger.criteria,
                         frequency_hz = trigger.frequency_hz,
+                        off_cpu = trigger.off_cpu,
                         "trace-profile trigger started"
                     );
                     self.triggers.push(trigger);
@@ -214,11 +218,11 @@ impl Worker {
     /// or the sampler failed) is remembered as never sampled, so that its next spans
     /// do not try again (and log again) at every request.
     pub(crate) fn sample_for_trigger(&mut self, i: usize, pid: u32, now: i64) {
-        let frequency_hz = self.triggers[i].frequency_hz;
+        let (frequency_hz, off_cpu) = (self.triggers[i].frequency_hz, self.triggers[i].off_cpu);
         let attached = self.policy.check(pid).and_then(|()| {
             self.sampler().and_then(|sampler| {
                 sampler
-                    .add_targets(&[pid], frequency_hz)
+                    .add_targets(&[pid], frequency_hz, off_cpu)
                     .map(|()| sampler)
                     .map_err(|e| e.to_string())
             })

@@ -1,5 +1,5 @@
 use super::*;
-use crate::profile::Frame;
+use crate::profile::{Frame, FrameKind, ProfileType, WaitCause};
 
 /// splitmix64: a small seeded generator, so every test run sees the same data.
 struct Rng(u64);
@@ -127,7 +127,7 @@ fn planted_difference_is_found_first_with_high_significance() {
     assert!((top.delta_pp - 85.0).abs() < 3.0, "delta {}", top.delta_pp);
     assert!((top.self_delta_pp - top.delta_pp).abs() < 1e-9);
     assert!(top.q_value < 0.001 && top.effect_size > 0.9);
-    assert!(top.a_cpu_ms > 1000.0 && top.b_cpu_ms < 5.0, "{top:?}");
+    assert!(top.a_ms > 1000.0 && top.b_ms < 5.0, "{top:?}");
     assert_eq!(top.only_in, None);
     // Its caller has the same inclusive shares: same delta, ranked after it on self time.
     assert_eq!(c.functions[1].function, "verify_request");
@@ -348,7 +348,7 @@ fn empty_cohorts_give_warnings_and_no_significance() {
         );
         assert_eq!(c.a.requests, a.len());
         assert_eq!(
-            c.a.mean_cpu_ms,
+            c.a.mean_ms,
             if a.is_empty() {
                 0.0
             } else {
@@ -371,9 +371,9 @@ fn requests_without_cpu_count_in_cpu_time_not_in_shares() {
     let c = compare(&refs(&a), &refs(&b), &CompareOptions::default());
     let work = find(&c, "work");
     assert_eq!(work.delta_pp, 0.0);
-    assert!((work.a_cpu_ms - 1000.0).abs() < 1e-6);
-    assert!((work.b_cpu_ms - 500.0).abs() < 1e-6);
-    assert_eq!((c.b.requests, c.b.requests_with_cpu), (12, 6));
+    assert!((work.a_ms - 1000.0).abs() < 1e-6);
+    assert!((work.b_ms - 500.0).abs() < 1e-6);
+    assert_eq!((c.b.requests, c.b.requests_with_value), (12, 6));
     assert!(
         c.warnings
             .iter()
@@ -398,10 +398,10 @@ fn mixed_frequencies_with_the_same_cpu_time_show_no_difference() {
     let c = compare(&refs(&a), &refs(&b), &CompareOptions::default());
     for f in &c.functions {
         assert_eq!(f.delta_pp, 0.0, "{f:?}");
-        assert_eq!(f.a_cpu_ms, f.b_cpu_ms, "{f:?}");
+        assert_eq!(f.a_ms, f.b_ms, "{f:?}");
         assert_eq!(f.significance, Significance::None);
     }
-    assert_eq!(c.a.cpu_ns, c.b.cpu_ns);
+    assert_eq!(c.a.value_ns, c.b.value_ns);
     assert_eq!((c.a.samples, c.b.samples), (1980, 9980));
     assert!(
         c.warnings.iter().any(|w| w.contains("(99, 499 Hz)")),
@@ -417,7 +417,7 @@ fn recursion_counts_once_per_stack() {
     p.add(&frames("main;other"), 1, 100);
     let c = compare(&[&p], &[&p], &CompareOptions::default());
     let walk = find(&c, "walk");
-    assert_eq!((walk.a_cpu_ms, walk.a_self_cpu_ms), (30.0, 30.0));
+    assert_eq!((walk.a_ms, walk.a_self_ms), (30.0, 30.0));
     assert_eq!(walk.a_share_pct, 75.0);
 }
 
@@ -753,19 +753,19 @@ fn differential_folded_gives_mean_microseconds_per_request() {
     let mut b = Profile::new();
     b.add(&frames("main;shared"), 2, 100); // 20 ms
     b.add(&frames("main;fast"), 1, 1000); // 1 ms
-    let folded = differential_folded(&[&a1, &a2], &[&b]);
+    let folded = differential_folded(&[&a1, &a2], &[&b], ProfileType::Cpu);
     assert_eq!(
         folded,
         "main;fast 0 1000\nmain;shared 5000 20000\nmain;slow 20000 0\n"
     );
-    assert_eq!(differential_folded(&[], &[]), "");
+    assert_eq!(differential_folded(&[], &[], ProfileType::Cpu), "");
 }
 
 #[test]
 fn differential_svg_is_red_where_a_is_hotter() {
     let folded = "main;slow 20000 0\nmain;shared 5000 20000\n";
     let mut svg = Vec::new();
-    write_differential_svg(folded, "slow vs fast", &mut svg).unwrap();
+    write_differential_svg(folded, ProfileType::Cpu, "slow vs fast", &mut svg).unwrap();
     let svg = String::from_utf8(svg).unwrap();
     assert!(svg.contains("slow vs fast"));
     // Widths are A's; red rgb(255,c,c) where A is hotter, blue rgb(c,c,255) where B is.
@@ -779,13 +779,13 @@ fn differential_svg_is_red_where_a_is_hotter() {
     ));
 
     let mut empty = Vec::new();
-    write_differential_svg("", "nothing", &mut empty).unwrap();
+    write_differential_svg("", ProfileType::Cpu, "nothing", &mut empty).unwrap();
     assert!(
         String::from_utf8(empty)
             .unwrap()
             .contains("no samples in cohort A")
     );
-    assert!(write_differential_svg("main;x 12", "bad", &mut Vec::new()).is_err());
+    assert!(write_differential_svg("main;x 12", ProfileType::Cpu, "bad", &mut Vec::new()).is_err());
 }
 
 /// The slow requests spend 88 % in `validate_signature`; the fast ones 92 % in a fast
@@ -845,6 +845,7 @@ fn jit_tiers_of_one_function_compare_as_one() {
                     frames: vec![0, 1],
                     samples: 80,
                     cpu_ns: 800_000_000,
+                    off_cpu_ns: 0,
                 });
                 p.add(&js("JS:~main;JS:~other"), 20, 100);
                 p
@@ -884,7 +885,181 @@ fn the_trunk_does_not_crowd_the_top_of_a_comparison() {
         .iter()
         .map(|f| f.function.as_str())
         .collect();
-    assert_eq!(names, ["handle_request", "main"], "{:#?}", c.functions);
+    assert_eq!(names, ["main", "handle_request"], "{:#?}", c.functions);
     assert!(c.functions[..trunk].iter().all(|f| f.delta_pp.abs() > 0.0));
     assert!(c.functions[trunk..].iter().all(|f| f.delta_pp == 0.0));
+}
+
+// Profile types: where the requests waited.
+
+/// Issue 16: cohort A's requests wait ~500 ms for a lock in `acquire_ledger_lock`,
+/// cohort B's do not; both cohorts' CPU profiles come from one distribution and both
+/// wait a little on the network.
+fn lock_cohorts(seed: u64) -> (Vec<Profile>, Vec<Profile>) {
+    let mut rng = Rng(seed);
+    let mut cohort = |waits_for_lock: bool| -> Vec<Profile> {
+        (0..20)
+            .map(|_| {
+                let stacks = background(&mut rng, 0.5, 1.0);
+                let samples = rng.range(20, 60);
+                // ~20-60 ms of CPU at 999 Hz.
+                let mut p = request(&mut rng, &stacks, samples, 999);
+                let network_ns = rng.range(1_000_000, 5_000_000);
+                p.add_off_cpu(
+                    &frames("main;handle_request;query_db;socket_read"),
+                    WaitCause::Network,
+                    rng.range(1, 3),
+                    network_ns,
+                );
+                if waits_for_lock {
+                    let lock_ns = rng.range(400_000_000, 600_000_000);
+                    p.add_off_cpu(
+                        &frames("main;handle_request;acquire_ledger_lock"),
+                        WaitCause::Lock,
+                        1,
+                        lock_ns,
+                    );
+                }
+                p
+            })
+            .collect()
+    };
+    let slow = cohort(true);
+    let fast = cohort(false);
+    (slow, fast)
+}
+
+fn compare_as(a: &[Profile], b: &[Profile], profile_type: ProfileType) -> Comparison {
+    compare(
+        &refs(a),
+        &refs(b),
+        &CompareOptions {
+            profile_type,
+            ..CompareOptions::default()
+        },
+    )
+}
+
+#[test]
+fn a_wall_comparison_names_the_function_that_waited_for_the_lock() {
+    let (slow, fast) = lock_cohorts(16);
+    let c = compare_as(&slow, &fast, ProfileType::Wall);
+    assert_eq!(c.profile_type, ProfileType::Wall);
+    let top = &c.functions[0];
+    assert_eq!(top.function, "acquire_ledger_lock", "{:#?}", c.functions);
+    assert_eq!(top.kind, FrameKind::User);
+    assert_eq!(top.significance, Significance::High);
+    assert!(top.delta_pp > 85.0, "{top:?}");
+    assert!(top.a_ms > 400.0 && top.b_ms == 0.0, "{top:?}");
+    // The time is the wait frame's self time; the code is named, not the wait.
+    assert_eq!(top.self_delta_pp, 0.0, "{top:?}");
+    let wait = &c.functions[1];
+    assert!((wait.self_delta_pp - top.delta_pp).abs() < 1e-9, "{wait:?}");
+    assert_eq!(wait.function, "[off-cpu: lock]");
+    assert_eq!(
+        (wait.module.as_str(), wait.kind),
+        ("[off-cpu]", FrameKind::Wait)
+    );
+    assert_eq!(wait.delta_pp, top.delta_pp);
+    // The lock is one hypothesis with its only caller, not two.
+    assert_eq!(wait.q_value, top.q_value);
+    let verdict = c.verdict.as_deref().expect("a verdict");
+    assert!(
+        verdict.starts_with("acquire_ledger_lock is hotter in A: +")
+            && verdict.contains(" pp of request wall-clock time, ")
+            && verdict.contains(" ms vs 0.0 ms per request, waiting in [off-cpu: lock], high")
+            && verdict.ends_with("(q < 0.001, 20 vs 20 requests)"),
+        "{verdict}"
+    );
+    assert!(c.a.mean_ms > 400.0 && c.b.mean_ms < 100.0, "{:?}", c.a);
+    assert_eq!(c.a.requests_with_value, 20);
+    assert!(c.a.waiting_share.unwrap() > 0.8, "{:?}", c.a);
+    assert!(c.b.waiting_share.unwrap() < 0.2, "{:?}", c.b);
+
+    // Off-CPU alone says the same.
+    let off = compare_as(&slow, &fast, ProfileType::Offcpu);
+    assert_eq!(off.functions[0].function, "acquire_ledger_lock");
+    assert_eq!(off.functions[0].significance, Significance::High);
+    assert!(
+        off.verdict
+            .as_deref()
+            .unwrap()
+            .contains("pp of request off-CPU time"),
+        "{:?}",
+        off.verdict
+    );
+    // Waits are counted, not sampled: no coarse-shares warning for 1-3 waits a request.
+    assert!(
+        !off.warnings.iter().any(|w| w.contains("coarse")),
+        "{:?}",
+        off.warnings
+    );
+}
+
+#[test]
+fn a_cpu_comparison_of_waiting_requests_claims_nothing_and_suggests_wall() {
+    let (slow, fast) = lock_cohorts(16);
+    let c = compare_as(&slow, &fast, ProfileType::Cpu);
+    assert!(
+        c.functions
+            .iter()
+            .all(|f| f.significance < Significance::High && f.kind != FrameKind::Wait),
+        "{:#?}",
+        c.functions
+    );
+    assert!(
+        c.functions
+            .iter()
+            .all(|f| f.function != "acquire_ledger_lock")
+    );
+    let verdict = c.verdict.as_deref().expect("a verdict");
+    assert!(
+        verdict.starts_with(
+            "no function explains the difference on the CPU: cohort A's requests spent 9"
+        ) && verdict.contains("% of their recorded time waiting (lock 9")
+            && verdict.ends_with("%); compare with --type wall"),
+        "{verdict}"
+    );
+    // CPU time only: the waits are not in the cohort's time.
+    assert!(c.a.mean_ms < 100.0, "{:?}", c.a);
+
+    // Cohorts that did not wait get no such suggestion.
+    let (_, fast_again) = lock_cohorts(17);
+    let calm = compare_as(&fast, &fast_again, ProfileType::Cpu);
+    assert!(
+        calm.verdict
+            .as_deref()
+            .is_none_or(|v| !v.contains("--type wall")),
+        "{:?}",
+        calm.verdict
+    );
+}
+
+#[test]
+fn differential_folded_by_type() {
+    let mut a = Profile::new();
+    a.add(&frames("main;work"), 2, 100); // 20 ms
+    a.add_off_cpu(&frames("main;lock"), WaitCause::Lock, 1, 500_000_000);
+    let mut b = Profile::new();
+    b.add(&frames("main;work"), 4, 100); // 40 ms
+    assert_eq!(
+        differential_folded(&[&a], &[&b], ProfileType::Cpu),
+        "main;work 20000 40000\n"
+    );
+    assert_eq!(
+        differential_folded(&[&a], &[&b], ProfileType::Offcpu),
+        "main;lock;[off-cpu: lock] 500000 0\n"
+    );
+    assert_eq!(
+        differential_folded(&[&a], &[&b], ProfileType::Wall),
+        "main;lock;[off-cpu: lock] 500000 0\nmain;work 20000 40000\n"
+    );
+    let mut svg = Vec::new();
+    let folded = differential_folded(&[&a], &[&b], ProfileType::Wall);
+    write_differential_svg(&folded, ProfileType::Wall, "slow vs fast", &mut svg).unwrap();
+    let svg = String::from_utf8(svg).unwrap();
+    assert!(
+        svg.contains("widths: cohort A, mean wall-clock time per request, µs"),
+        "{svg}"
+    );
 }

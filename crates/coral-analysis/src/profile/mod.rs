@@ -1,17 +1,21 @@
-//! The CPU profile model every part of Coral shares, and its renderers.
+//! The profile model every part of Coral shares, and its renderers.
 //!
-//! The agent assembles a [`Profile`] from symbolized samples, the colony stores it, the
-//! CLI and the MCP server render it: [`write_folded`] (Brendan Gregg's folded stacks),
-//! [`write_svg`] (an inferno flame graph), [`write_pprof`] (gzipped `profile.proto`, for
-//! `go tool pprof`, Speedscope, Pyroscope), [`write_text_summary`] (compact text for
-//! people and LLMs), and JSON through serde.
+//! The agent assembles a [`Profile`] from symbolized samples and off-CPU records, the
+//! colony stores it, the CLI and the MCP server render it, each renderer for one
+//! [`ProfileType`] (`cpu`, `offcpu` or `wall`) given explicitly: [`write_folded`]
+//! (Brendan Gregg's folded stacks), [`write_svg`] (an inferno flame graph),
+//! [`write_pprof`] (gzipped `profile.proto`, for `go tool pprof`, Speedscope,
+//! Pyroscope), [`write_text_summary`] (compact text for people and LLMs), and JSON
+//! through serde.
 //!
 //! A profile is a frame dictionary plus weighted stacks that index into it (root → leaf).
-//! Every stack carries both its sample count and its CPU time: samples taken at different
-//! frequencies are not comparable, CPU time (`samples × 1e9 / Hz`) is, so merging
-//! profiles sampled at 99 Hz and 49 Hz keeps an exact CPU total.
+//! Every CPU stack carries both its sample count and its CPU time: samples taken at
+//! different frequencies are not comparable, CPU time (`samples × 1e9 / Hz`) is, so
+//! merging profiles sampled at 99 Hz and 49 Hz keeps an exact CPU total. Off-CPU stacks
+//! carry the time switched out and end in a wait frame (see [`ProfileType`]).
 
 mod folded;
+mod kinds;
 mod pprof;
 mod svg;
 mod text;
@@ -22,6 +26,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 pub use folded::write_folded;
+pub use kinds::{Breakdown, OFF_CPU_MODULE, ProfileType, ProfileTypeError, SwitchState, WaitCause};
 pub use pprof::write_pprof;
 pub use svg::write_svg;
 pub use text::write_text_summary;
@@ -58,12 +63,14 @@ pub fn function_identity(name: &str) -> Cow<'_, str> {
     Cow::Borrowed(name)
 }
 
-/// Whether a frame ran in user space or in the kernel.
+/// Whether a frame ran in user space or in the kernel, or is the wait pseudo-frame
+/// that ends an off-CPU stack (its function is the [`WaitCause`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FrameKind {
     User,
     Kernel,
+    Wait,
 }
 
 /// One symbolized stack frame.
@@ -103,6 +110,7 @@ impl Frame {
             module: match kind {
                 FrameKind::User => UNKNOWN_MODULE.to_string(),
                 FrameKind::Kernel => KERNEL_MODULE.to_string(),
+                FrameKind::Wait => OFF_CPU_MODULE.to_string(),
             },
             kind,
         }
@@ -119,13 +127,18 @@ impl Frame {
 pub struct WeightedStack {
     /// Indices into [`Profile::frames`], root first, leaf last.
     pub frames: Vec<u32>,
-    /// Number of samples of this stack.
+    /// Number of observations of this stack: CPU samples, or for an off-CPU stack
+    /// the off-CPU records (waits) summed into it.
     pub samples: u64,
     /// CPU time those samples represent, in nanoseconds.
     pub cpu_ns: u64,
+    /// Time the thread was off the CPU in this stack, in nanoseconds (off-CPU stacks,
+    /// which end in a wait frame, only).
+    #[serde(default)]
+    pub off_cpu_ns: u64,
 }
 
-/// A CPU profile: a frame dictionary and the weighted stacks that use it.
+/// A profile: a frame dictionary and the weighted stacks that use it.
 ///
 /// Build one with [`Profile::add`] and [`Profile::merge`] (which deduplicate frames and
 /// merge equal stacks), or from stored parts with [`Profile::from_parts`]. The fields
@@ -156,28 +169,30 @@ impl PartialEq for Profile {
 
 impl Eq for Profile {}
 
-/// One function's share of a profile.
+/// One function's share of a profile, in the value of one [`ProfileType`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hotspot {
+    /// The function's [`function_identity`]; a wait frame's is `[off-cpu: CAUSE]`.
     pub function: String,
     pub module: String,
     pub kind: FrameKind,
-    /// CPU time with this function on top of the stack.
-    pub self_cpu_ns: u64,
-    /// CPU time with this function anywhere on the stack (counted once per stack, even
-    /// when it recurses).
-    pub total_cpu_ns: u64,
-    /// `self_cpu_ns` / profile CPU time, in [0, 1].
+    /// Time (of the profile type, in nanoseconds) with this function on top of the stack.
+    pub self_ns: u64,
+    /// Time with this function anywhere on the stack (counted once per stack, even when
+    /// it recurses).
+    pub total_ns: u64,
+    /// `self_ns` / the profile's total of the type, in [0, 1].
     pub self_share: f64,
-    /// `total_cpu_ns` / profile CPU time, in [0, 1].
+    /// `total_ns` / the profile's total of the type, in [0, 1].
     pub total_share: f64,
 }
 
 impl Hotspot {
-    /// Whether the function is on every stack with CPU time of a profile of `total_cpu_ns`
-    /// (its total is all of it): the common trunk, such as `_start` or `main`.
-    pub fn is_on_every_stack(&self, total_cpu_ns: u64) -> bool {
-        total_cpu_ns > 0 && self.total_cpu_ns >= total_cpu_ns
+    /// Whether the function is on every stack with a value of a profile whose total of
+    /// the same type is `total_ns` (its total is all of it): the common trunk, such as
+    /// `_start` or `main`.
+    pub fn is_on_every_stack(&self, total_ns: u64) -> bool {
+        total_ns > 0 && self.total_ns >= total_ns
     }
 }
 
@@ -210,7 +225,9 @@ impl Profile {
 
     /// Whether the profile has no samples.
     pub fn is_empty(&self) -> bool {
-        self.stacks.iter().all(|s| s.samples == 0 && s.cpu_ns == 0)
+        self.stacks
+            .iter()
+            .all(|s| s.samples == 0 && s.cpu_ns == 0 && s.off_cpu_ns == 0)
     }
 
     /// Adds `samples` samples of one stack (frames root → leaf) taken at `frequency_hz`.
@@ -223,7 +240,7 @@ impl Profile {
         }
         self.ensure_index();
         let ids: Vec<u32> = stack.iter().map(|f| self.intern_frame(f)).collect();
-        self.add_ids(ids, samples, samples_to_cpu_ns(samples, frequency_hz));
+        self.add_ids(ids, samples, samples_to_cpu_ns(samples, frequency_hz), 0);
     }
 
     /// Adds every stack of `other` to this profile, keeping its samples and CPU time.
@@ -231,7 +248,7 @@ impl Profile {
         self.ensure_index();
         let mut map: Vec<Option<u32>> = vec![None; other.frames.len()];
         for stack in &other.stacks {
-            if stack.samples == 0 && stack.cpu_ns == 0 {
+            if stack.samples == 0 && stack.cpu_ns == 0 && stack.off_cpu_ns == 0 {
                 continue;
             }
             let ids: Vec<u32> = stack
@@ -247,7 +264,7 @@ impl Profile {
                     None => self.intern_frame(&Frame::unknown(FrameKind::User)),
                 })
                 .collect();
-            self.add_ids(ids, stack.samples, stack.cpu_ns);
+            self.add_ids(ids, stack.samples, stack.cpu_ns, stack.off_cpu_ns);
         }
     }
 
@@ -258,11 +275,25 @@ impl Profile {
             .fold(0u64, |acc, s| acc.saturating_add(s.samples))
     }
 
-    /// Total CPU time in nanoseconds.
+    /// Total CPU time in nanoseconds: `total(ProfileType::Cpu)`.
     pub fn total_cpu_ns(&self) -> u64 {
+        self.total(ProfileType::Cpu)
+    }
+
+    /// Total value of type `ty` in nanoseconds: CPU time, off-CPU time, or both.
+    pub fn total(&self, ty: ProfileType) -> u64 {
         self.stacks
             .iter()
-            .fold(0u64, |acc, s| acc.saturating_add(s.cpu_ns))
+            .fold(0u64, |acc, s| acc.saturating_add(ty.value(s)))
+    }
+
+    /// The observations behind [`Profile::total`]: CPU samples (`cpu`), waits
+    /// (`offcpu`), or both (`wall`).
+    pub fn count(&self, ty: ProfileType) -> u64 {
+        self.stacks
+            .iter()
+            .filter(|s| is_of_type(ty, s))
+            .fold(0u64, |acc, s| acc.saturating_add(s.samples))
     }
 
     /// The frame at `index`, or a shared unknown frame when out of range.
@@ -273,20 +304,23 @@ impl Profile {
             .unwrap_or_else(|| UNKNOWN.get_or_init(|| Frame::unknown(FrameKind::User)))
     }
 
-    /// The hottest functions: the `top` functions by self CPU time together with any of
-    /// the `top` functions by total (inclusive) CPU time not already among them, so up
-    /// to `2 × top` entries. Functions on every stack (`_start`, `main`: the trunk, see
-    /// [`Hotspot::is_on_every_stack`]) are not ranked by total, since their 100 % says
-    /// nothing about where the time goes and would hide the function that does. Sorted
-    /// by self CPU descending, then total CPU descending, then name. Functions are
-    /// identified by ([`function_identity`], module, kind); a function appearing several
-    /// times in one stack (recursion) counts once for that stack's total.
-    pub fn hotspots(&self, top: usize) -> Vec<Hotspot> {
-        let all = self.all_hotspots();
+    /// The hottest functions by the value of `ty`: the `top` functions by self time
+    /// together with any of the `top` functions by total (inclusive) time not already
+    /// among them, so up to `2 × top` entries. Functions on every stack (`_start`,
+    /// `main`: the trunk, see [`Hotspot::is_on_every_stack`]) are not ranked by total,
+    /// since their 100 % says nothing about where the time goes and would hide the
+    /// function that does. Sorted by self time descending, then total descending, then
+    /// name. Functions are identified by ([`function_identity`], module, kind); a
+    /// function appearing several times in one stack (recursion) counts once for that
+    /// stack's total. Wait frames are functions like any other (kind
+    /// [`FrameKind::Wait`], named `[off-cpu: CAUSE]`), so a `wall` profile can show a
+    /// lock wait as its hottest entry.
+    pub fn hotspots(&self, ty: ProfileType, top: usize) -> Vec<Hotspot> {
+        let all = self.all_hotspots(ty);
         if top == 0 {
             return Vec::new();
         }
-        let total = self.total_cpu_ns();
+        let total = self.total(ty);
         let mut by_total: Vec<usize> = (0..all.len())
             .filter(|&i| !all[i].is_on_every_stack(total))
             .collect();
@@ -305,15 +339,20 @@ impl Profile {
             .collect()
     }
 
-    /// Every function of the profile as a hotspot, sorted like [`Profile::hotspots`].
-    pub fn all_hotspots(&self) -> Vec<Hotspot> {
-        let total = self.total_cpu_ns();
+    /// Every function with a value of `ty` as a hotspot, sorted like
+    /// [`Profile::hotspots`].
+    pub fn all_hotspots(&self, ty: ProfileType) -> Vec<Hotspot> {
+        let total = self.total(ty);
         let mut keys: HashMap<(Cow<str>, &str, FrameKind), usize> = HashMap::new();
         let mut out: Vec<Hotspot> = Vec::new();
         let mut frame_to_hotspot: Vec<Option<usize>> = vec![None; self.frames.len() + 1];
         let unknown_slot = self.frames.len();
         let mut seen_gen: Vec<u64> = Vec::new();
         for (gen_, stack) in self.stacks.iter().enumerate() {
+            let value = ty.value(stack);
+            if value == 0 {
+                continue;
+            }
             let gen_ = gen_ as u64 + 1;
             for (pos, &fi) in stack.frames.iter().enumerate() {
                 let slot = if (fi as usize) < self.frames.len() {
@@ -325,18 +364,14 @@ impl Profile {
                     Some(h) => h,
                     None => {
                         let frame = self.frame(fi);
-                        let key = (
-                            function_identity(&frame.function),
-                            frame.module.as_str(),
-                            frame.kind,
-                        );
+                        let key = (function_name(frame), frame.module.as_str(), frame.kind);
                         let h = *keys.entry(key).or_insert_with_key(|key| {
                             out.push(Hotspot {
                                 function: key.0.to_string(),
                                 module: frame.module.clone(),
                                 kind: frame.kind,
-                                self_cpu_ns: 0,
-                                total_cpu_ns: 0,
+                                self_ns: 0,
+                                total_ns: 0,
                                 self_share: 0.0,
                                 total_share: 0.0,
                             });
@@ -349,18 +384,18 @@ impl Profile {
                 };
                 if seen_gen[h] != gen_ {
                     seen_gen[h] = gen_;
-                    out[h].total_cpu_ns = out[h].total_cpu_ns.saturating_add(stack.cpu_ns);
+                    out[h].total_ns = out[h].total_ns.saturating_add(value);
                 }
                 if pos + 1 == stack.frames.len() {
-                    out[h].self_cpu_ns = out[h].self_cpu_ns.saturating_add(stack.cpu_ns);
+                    out[h].self_ns = out[h].self_ns.saturating_add(value);
                 }
             }
         }
         for h in &mut out {
-            h.self_share = share(h.self_cpu_ns, total);
-            h.total_share = share(h.total_cpu_ns, total);
+            h.self_share = share(h.self_ns, total);
+            h.total_share = share(h.total_ns, total);
         }
-        out.retain(|h| h.total_cpu_ns > 0);
+        out.retain(|h| h.total_ns > 0);
         out.sort_by(cmp_self);
         out
     }
@@ -411,12 +446,13 @@ impl Profile {
     }
 
     /// Index must be current.
-    fn add_ids(&mut self, ids: Vec<u32>, samples: u64, cpu_ns: u64) {
+    fn add_ids(&mut self, ids: Vec<u32>, samples: u64, cpu_ns: u64, off_cpu_ns: u64) {
         match self.index.stacks.get(&ids) {
             Some(&i) => {
                 let s = &mut self.stacks[i];
                 s.samples = s.samples.saturating_add(samples);
                 s.cpu_ns = s.cpu_ns.saturating_add(cpu_ns);
+                s.off_cpu_ns = s.off_cpu_ns.saturating_add(off_cpu_ns);
             }
             None => {
                 self.index.stacks.insert(ids.clone(), self.stacks.len());
@@ -424,6 +460,7 @@ impl Profile {
                     frames: ids,
                     samples,
                     cpu_ns,
+                    off_cpu_ns,
                 });
                 self.index.built_for.1 = self.stacks.len();
             }
@@ -444,24 +481,54 @@ fn cmp_names(a: &Hotspot, b: &Hotspot) -> std::cmp::Ordering {
 }
 
 fn cmp_self(a: &Hotspot, b: &Hotspot) -> std::cmp::Ordering {
-    b.self_cpu_ns
-        .cmp(&a.self_cpu_ns)
-        .then(b.total_cpu_ns.cmp(&a.total_cpu_ns))
+    b.self_ns
+        .cmp(&a.self_ns)
+        .then(b.total_ns.cmp(&a.total_ns))
         .then_with(|| cmp_names(a, b))
 }
 
 fn cmp_total(a: &Hotspot, b: &Hotspot) -> std::cmp::Ordering {
-    b.total_cpu_ns
-        .cmp(&a.total_cpu_ns)
-        .then(b.self_cpu_ns.cmp(&a.self_cpu_ns))
+    b.total_ns
+        .cmp(&a.total_ns)
+        .then(b.self_ns.cmp(&a.self_ns))
         .then_with(|| cmp_names(a, b))
+}
+
+/// The name that identifies a frame's function in hotspots and comparisons: its
+/// [`function_identity`], or `[off-cpu: CAUSE]` for a wait frame.
+pub(crate) fn function_name(frame: &Frame) -> Cow<'_, str> {
+    if frame.kind == FrameKind::Wait {
+        Cow::Owned(wait_frame_name(&frame.function))
+    } else {
+        function_identity(&frame.function)
+    }
+}
+
+fn wait_frame_name(cause: &str) -> String {
+    format!("[off-cpu: {}]", cause.replace([';', '\n', '\r'], " "))
+}
+
+/// Whether a stack belongs to profiles of type `ty`: CPU stacks (any without off-CPU
+/// time, including samples taken at an unknown frequency) to `cpu`, off-CPU stacks to
+/// `offcpu`, both to `wall`.
+pub(crate) fn is_of_type(ty: ProfileType, stack: &WeightedStack) -> bool {
+    let cpu = stack.off_cpu_ns == 0 && (stack.samples > 0 || stack.cpu_ns > 0);
+    let off_cpu = stack.off_cpu_ns > 0;
+    match ty {
+        ProfileType::Cpu => cpu,
+        ProfileType::Offcpu => off_cpu,
+        ProfileType::Wall => cpu || off_cpu,
+    }
 }
 
 /// The text of a frame in folded stacks and flame graphs: the function name, `[module]`
 /// when the function is unknown but the module is not (the perf convention), kernel
-/// frames suffixed `_[k]`. `;` and line breaks, which would break the folded format,
-/// become `:` and spaces.
+/// frames suffixed `_[k]`, wait frames `[off-cpu: CAUSE]`. `;` and line breaks, which
+/// would break the folded format, become `:` and spaces.
 pub(crate) fn folded_frame_name(frame: &Frame) -> String {
+    if frame.kind == FrameKind::Wait {
+        return wait_frame_name(&frame.function);
+    }
     let base = if frame.is_unknown()
         && frame.module != UNKNOWN_MODULE
         && frame.module != KERNEL_MODULE

@@ -2,21 +2,44 @@
 
 use std::io;
 
-use inferno::flamegraph::{self, Options, color::MultiPalette, color::Palette};
+use inferno::flamegraph::color::{Color, MultiPalette, Palette, PaletteMap};
+use inferno::flamegraph::{self, Options};
 
-use super::{Profile, folded_lines};
+use super::{FrameKind, Profile, ProfileType, folded_frame_name, folded_lines, is_of_type};
+use crate::duration::format_duration_ns;
 
-/// Writes an interactive SVG flame graph of the profile (inferno). Widths are CPU time
-/// in microseconds, so profiles merged from different sampling frequencies are drawn
-/// to scale (sample counts when the profile carries no CPU time); colours are derived
-/// from function names (kernel frames orange, their `_[k]` annotation is not shown), so
-/// equal profiles give byte-identical output. An empty profile draws a single
-/// `[no samples]` frame.
-pub fn write_svg(profile: &Profile, title: &str, w: impl io::Write) -> io::Result<()> {
-    let (mut lines, count_name) = if profile.total_cpu_ns() > 0 {
-        (folded_lines(profile, |s| s.cpu_ns.div_ceil(1_000)), "µs")
+/// The fill of every wait frame: a blue no frame of the Java palette (reds, yellows,
+/// greens, aqua, orange) has, so that a `wall` graph tells waiting from running at a
+/// glance, as in Brendan Gregg's off-CPU flame graphs.
+pub(crate) const WAIT_FRAME_COLOR: Color = Color {
+    r: 70,
+    g: 130,
+    b: 220,
+};
+
+/// Writes an interactive SVG flame graph of the stacks of type `ty` (inferno). Widths
+/// are the type's time in microseconds (each stack rounded up), so profiles merged from
+/// different sampling frequencies are drawn to scale (a `cpu` profile without CPU time
+/// is drawn by sample count); the subtitle names the measure, its unit and the totals.
+/// Colours are derived from function names (kernel frames orange, their `_[k]`
+/// annotation is not shown), and wait frames (`[off-cpu: CAUSE]`) have one blue of
+/// their own, so equal profiles give byte-identical output. An empty profile draws a
+/// single `[no samples]` frame.
+pub fn write_svg(
+    profile: &Profile,
+    ty: ProfileType,
+    title: &str,
+    w: impl io::Write,
+) -> io::Result<()> {
+    let by_time = ty != ProfileType::Cpu || profile.total(ty) > 0;
+    let (mut lines, count_name) = if by_time {
+        (folded_lines(profile, |s| ty.value(s).div_ceil(1_000)), "µs")
     } else {
-        (folded_lines(profile, |s| s.samples), "samples")
+        let cpu = ProfileType::Cpu;
+        (
+            folded_lines(profile, |s| if is_of_type(cpu, s) { s.samples } else { 0 }),
+            "samples",
+        )
     };
     if lines.is_empty() {
         lines.push(("[no samples]".to_string(), 1));
@@ -25,17 +48,61 @@ pub fn write_svg(profile: &Profile, title: &str, w: impl io::Write) -> io::Resul
         .into_iter()
         .map(|(line, weight)| format!("{line} {weight}"))
         .collect();
+    let mut wait_colours = PaletteMap::default();
+    for frame in profile.frames.iter().filter(|f| f.kind == FrameKind::Wait) {
+        wait_colours.insert(folded_frame_name(frame), WAIT_FRAME_COLOR);
+    }
     let mut options = Options::default();
     options.title = title.to_string();
     options.count_name = count_name.to_string();
     options.colors = Palette::Multi(MultiPalette::Java);
     options.deterministic = true;
-    options.subtitle = Some(format!(
-        "{} samples, {} CPU",
-        profile.total_samples(),
-        crate::duration::format_duration_ns(
-            i64::try_from(profile.total_cpu_ns()).unwrap_or(i64::MAX)
-        )
-    ));
+    options.palette_map = Some(&mut wait_colours);
+    let measure = if by_time {
+        format!("{}, µs", ty.measure())
+    } else {
+        "CPU samples".to_string()
+    };
+    options.subtitle = Some(format!("{measure}: {}", totals(profile, ty)));
     flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), w)
+}
+
+/// The totals of a profile for `ty`: `100 samples, 1.00s CPU`, `1.01s in 12 waits`, or
+/// `1.04s: 31.0ms CPU in 3 samples, 1.01s off-CPU in 12 waits`.
+fn totals(profile: &Profile, ty: ProfileType) -> String {
+    let cpu = || {
+        (
+            profile.count(ProfileType::Cpu),
+            profile.total(ProfileType::Cpu),
+        )
+    };
+    let off = || {
+        (
+            profile.count(ProfileType::Offcpu),
+            profile.total(ProfileType::Offcpu),
+        )
+    };
+    match ty {
+        ProfileType::Cpu => {
+            let (samples, ns) = cpu();
+            format!("{samples} samples, {} CPU", time(ns))
+        }
+        ProfileType::Offcpu => {
+            let (waits, ns) = off();
+            format!("{} in {waits} waits", time(ns))
+        }
+        ProfileType::Wall => {
+            let ((samples, cpu_ns), (waits, off_ns)) = (cpu(), off());
+            format!(
+                "{}: {} CPU in {samples} samples, {} off-CPU in {waits} waits",
+                time(cpu_ns.saturating_add(off_ns)),
+                time(cpu_ns),
+                time(off_ns)
+            )
+        }
+    }
+}
+
+fn time(ns: u64) -> String {
+    format_duration_ns(i64::try_from(ns).unwrap_or(i64::MAX))
 }

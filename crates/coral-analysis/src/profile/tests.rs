@@ -28,20 +28,38 @@ fn sample_profile() -> Profile {
 }
 
 fn svg_string(p: &Profile, title: &str) -> String {
+    svg_of(p, ProfileType::Cpu, title)
+}
+
+fn svg_of(p: &Profile, ty: ProfileType, title: &str) -> String {
     let mut out = Vec::new();
-    write_svg(p, title, &mut out).unwrap();
+    write_svg(p, ty, title, &mut out).unwrap();
     String::from_utf8(out).unwrap()
 }
 
 fn folded_string(p: &Profile) -> String {
+    folded_of(p, ProfileType::Cpu)
+}
+
+fn folded_of(p: &Profile, ty: ProfileType) -> String {
     let mut out = Vec::new();
-    write_folded(p, &mut out).unwrap();
+    write_folded(p, ty, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn text_of(p: &Profile, ty: ProfileType, top: usize) -> String {
+    let mut out = Vec::new();
+    write_text_summary(p, ty, top, &mut out).unwrap();
     String::from_utf8(out).unwrap()
 }
 
 fn decode_pprof(p: &Profile) -> PprofProfile {
+    decode_pprof_of(p, ProfileType::Cpu)
+}
+
+fn decode_pprof_of(p: &Profile, ty: ProfileType) -> PprofProfile {
     let mut gz = Vec::new();
-    write_pprof(p, &mut gz).unwrap();
+    write_pprof(p, ty, &mut gz).unwrap();
     assert_eq!(&gz[..2], &[0x1f, 0x8b], "gzip magic");
     let mut raw = Vec::new();
     flate2::read::GzDecoder::new(&gz[..])
@@ -66,7 +84,8 @@ fn add_deduplicates_frames_and_merges_equal_stacks() {
         WeightedStack {
             frames: vec![0, 1],
             samples: 5,
-            cpu_ns: 50_000_000
+            cpu_ns: 50_000_000,
+            off_cpu_ns: 0,
         }
     );
     assert_eq!(p.stacks[1].frames, vec![0]);
@@ -184,7 +203,7 @@ fn hotspots_self_vs_inclusive() {
     let p = sample_profile();
     let total = p.total_cpu_ns();
     assert_eq!(total, 1_000_000_000);
-    let hs = p.hotspots(10);
+    let hs = p.hotspots(ProfileType::Cpu, 10);
     let names: Vec<&str> = hs.iter().map(|h| h.function.as_str()).collect();
     // Self descending, then total descending, then name.
     assert_eq!(
@@ -200,32 +219,36 @@ fn hotspots_self_vs_inclusive() {
     let v = &hs[0];
     assert_eq!(v.module, "payment-svc");
     assert_eq!(v.kind, FrameKind::User);
-    assert_eq!(v.self_cpu_ns, 600_000_000);
-    assert_eq!(v.total_cpu_ns, 700_000_000);
+    assert_eq!(v.self_ns, 600_000_000);
+    assert_eq!(v.total_ns, 700_000_000);
     assert!((v.self_share - 0.6).abs() < 1e-12);
     assert!((v.total_share - 0.7).abs() < 1e-12);
     let sched = &hs[2];
     assert_eq!(sched.kind, FrameKind::Kernel);
     assert_eq!(sched.module, KERNEL_MODULE);
-    assert_eq!(sched.self_cpu_ns, 100_000_000);
+    assert_eq!(sched.self_ns, 100_000_000);
     let main = &hs[4];
-    assert_eq!(main.self_cpu_ns, 0);
-    assert_eq!(main.total_cpu_ns, total);
+    assert_eq!(main.self_ns, 0);
+    assert_eq!(main.total_ns, total);
     assert!((main.total_share - 1.0).abs() < 1e-12);
 }
 
 #[test]
 fn hotspots_top_is_union_of_top_self_and_top_total() {
     let p = sample_profile();
-    let hs = p.hotspots(1);
+    let hs = p.hotspots(ProfileType::Cpu, 1);
     let names: Vec<&str> = hs.iter().map(|h| h.function.as_str()).collect();
     // Top self is validate_signature; by total, main and handle are on every stack and
     // not ranked, so top total is validate_signature again (70 %).
     assert_eq!(names, ["validate_signature"]);
-    let names: Vec<String> = p.hotspots(2).into_iter().map(|h| h.function).collect();
+    let names: Vec<String> = p
+        .hotspots(ProfileType::Cpu, 2)
+        .into_iter()
+        .map(|h| h.function)
+        .collect();
     assert_eq!(names, ["validate_signature", "serialize"]);
-    assert!(p.hotspots(0).is_empty());
-    assert!(Profile::new().hotspots(5).is_empty());
+    assert!(p.hotspots(ProfileType::Cpu, 0).is_empty());
+    assert!(Profile::new().hotspots(ProfileType::Cpu, 5).is_empty());
 }
 
 #[test]
@@ -234,13 +257,13 @@ fn recursion_counts_once_per_stack() {
     let r = u("recurse", "bin");
     p.add(&[u("main", "bin"), r.clone(), r.clone(), r.clone()], 10, 10);
     p.add(&[u("main", "bin"), u("other", "bin")], 10, 10);
-    let hs = p.all_hotspots();
+    let hs = p.all_hotspots(ProfileType::Cpu);
     let rec = hs.iter().find(|h| h.function == "recurse").unwrap();
-    assert_eq!(rec.self_cpu_ns, 1_000_000_000);
-    assert_eq!(rec.total_cpu_ns, 1_000_000_000);
+    assert_eq!(rec.self_ns, 1_000_000_000);
+    assert_eq!(rec.total_ns, 1_000_000_000);
     assert!((rec.total_share - 0.5).abs() < 1e-12);
     let main = hs.iter().find(|h| h.function == "main").unwrap();
-    assert_eq!(main.total_cpu_ns, 2_000_000_000);
+    assert_eq!(main.total_ns, 2_000_000_000);
     assert!(hs.iter().all(|h| h.total_share <= 1.0));
 }
 
@@ -451,8 +474,8 @@ fn pprof_is_deterministic_and_handles_empty_and_bad_parts() {
     let p = sample_profile();
     let mut a = Vec::new();
     let mut b = Vec::new();
-    write_pprof(&p, &mut a).unwrap();
-    write_pprof(&p, &mut b).unwrap();
+    write_pprof(&p, ProfileType::Cpu, &mut a).unwrap();
+    write_pprof(&p, ProfileType::Cpu, &mut b).unwrap();
     assert_eq!(a, b);
 
     let empty = decode_pprof(&Profile::new());
@@ -467,6 +490,7 @@ fn pprof_is_deterministic_and_handles_empty_and_bad_parts() {
             frames: vec![0, 7],
             samples: 1,
             cpu_ns: 5,
+            off_cpu_ns: 0,
         }],
     );
     let pp = decode_pprof(&bad);
@@ -480,7 +504,7 @@ fn pprof_is_deterministic_and_handles_empty_and_bad_parts() {
         .unwrap();
     assert_eq!(pp.string_table[f.name as usize], UNKNOWN_FUNCTION);
     assert_eq!(folded_string(&bad), "a;[unknown] 1\n");
-    assert_eq!(bad.all_hotspots().len(), 2);
+    assert_eq!(bad.all_hotspots(ProfileType::Cpu).len(), 2);
 }
 
 #[test]
@@ -502,7 +526,7 @@ fn json_round_trip_and_shape() {
     let back: Profile = serde_json::from_value(json).unwrap();
     assert_eq!(back, p);
 
-    let hs = p.hotspots(3);
+    let hs = p.hotspots(ProfileType::Cpu, 3);
     let hs_json = serde_json::to_string(&hs).unwrap();
     let hs_back: Vec<Hotspot> = serde_json::from_str(&hs_json).unwrap();
     assert_eq!(hs_back, hs);
@@ -513,7 +537,7 @@ fn json_round_trip_and_shape() {
 fn text_summary() {
     let p = sample_profile();
     let mut out = Vec::new();
-    write_text_summary(&p, 2, &mut out).unwrap();
+    write_text_summary(&p, ProfileType::Cpu, 2, &mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
     assert_eq!(
         text,
@@ -528,7 +552,7 @@ fn text_summary() {
     );
 
     let mut out = Vec::new();
-    write_text_summary(&Profile::new(), 5, &mut out).unwrap();
+    write_text_summary(&Profile::new(), ProfileType::Cpu, 5, &mut out).unwrap();
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "0 samples, 0ns CPU, 0 stacks, 0 frames\n(no samples)\n"
@@ -575,7 +599,7 @@ fn top_total_skips_the_trunk_every_stack_shares() {
     p.add(&with(&[handle.clone(), u("hash", "node")]), 459, 100);
     p.add(&with(&[u("gc", "node")]), 41, 100);
     let mut out = Vec::new();
-    write_text_summary(&p, 2, &mut out).unwrap();
+    write_text_summary(&p, ProfileType::Cpu, 2, &mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
     let total = text.split("top total:\n").nth(1).expect(&text);
     let lines: Vec<&str> = total.lines().collect();
@@ -588,14 +612,18 @@ fn top_total_skips_the_trunk_every_stack_shares() {
         ],
         "{text}"
     );
-    let names: Vec<String> = p.hotspots(1).into_iter().map(|h| h.function).collect();
+    let names: Vec<String> = p
+        .hotspots(ProfileType::Cpu, 1)
+        .into_iter()
+        .map(|h| h.function)
+        .collect();
     assert_eq!(names, ["parse", "handle_payment"]);
 
     // A single stack is all trunk: top self still says where the time went.
     let mut one = Profile::new();
     one.add(&with(&[handle]), 10, 100);
     let mut out = Vec::new();
-    write_text_summary(&one, 5, &mut out).unwrap();
+    write_text_summary(&one, ProfileType::Cpu, 5, &mut out).unwrap();
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "10 samples, 100ms CPU, 1 stacks, 4 frames\n\
@@ -675,22 +703,24 @@ fn jit_tiers_of_one_function_are_one_frame() {
                 frames: vec![0, 1],
                 samples: 3,
                 cpu_ns: 30_000_000,
+                off_cpu_ns: 0,
             },
             WeightedStack {
                 frames: vec![0, 2],
                 samples: 1,
                 cpu_ns: 10_000_000,
+                off_cpu_ns: 0,
             },
         ],
     );
-    let hs = stored.all_hotspots();
+    let hs = stored.all_hotspots(ProfileType::Cpu);
     let parser: Vec<&Hotspot> = hs
         .iter()
         .filter(|h| h.function.contains("parser"))
         .collect();
     assert_eq!(parser.len(), 1, "{hs:?}");
     assert_eq!(parser[0].function, "JS:parserOnIncoming a.js:3:1");
-    assert_eq!(parser[0].self_cpu_ns, 40_000_000);
+    assert_eq!(parser[0].self_ns, 40_000_000);
     assert_eq!(
         folded_string(&stored),
         "JS:main;JS:parserOnIncoming a.js:3:1 4\n"
@@ -708,4 +738,286 @@ fn jit_tiers_of_one_function_are_one_frame() {
         names.into_iter().collect::<Vec<_>>(),
         ["JS:main", "JS:parserOnIncoming a.js:3:1"]
     );
+}
+
+// Profile types: off-CPU and wall-clock views of one profile.
+
+/// 3 CPU samples at 100 Hz in `validate_signature` (30 ms); 10 lock waits under
+/// `acquire_ledger_lock` (980.0004 ms) and 2 network waits under `read_socket` (22 ms).
+fn waited_profile() -> Profile {
+    let main = u("main", "payment-svc");
+    let handle = u("handle", "payment-svc");
+    let mut p = Profile::new();
+    p.add(
+        &[
+            main.clone(),
+            handle.clone(),
+            u("validate_signature", "payment-svc"),
+        ],
+        3,
+        100,
+    );
+    p.add_off_cpu(
+        &[
+            main.clone(),
+            handle.clone(),
+            u("acquire_ledger_lock", "payment-svc"),
+        ],
+        WaitCause::Lock,
+        10,
+        980_000_400,
+    );
+    p.add_off_cpu(
+        &[main, handle, u("read_socket", "payment-svc")],
+        WaitCause::Network,
+        2,
+        22_000_000,
+    );
+    p
+}
+
+#[test]
+fn totals_and_counts_per_type() {
+    let p = waited_profile();
+    assert_eq!(p.total(ProfileType::Cpu), 30_000_000);
+    assert_eq!(p.total_cpu_ns(), 30_000_000);
+    assert_eq!(p.total(ProfileType::Offcpu), 1_002_000_400);
+    assert_eq!(p.total(ProfileType::Wall), 1_032_000_400);
+    assert_eq!(p.count(ProfileType::Cpu), 3);
+    assert_eq!(p.count(ProfileType::Offcpu), 12);
+    assert_eq!(p.count(ProfileType::Wall), 15);
+}
+
+#[test]
+fn folded_per_type_cpu_in_samples_off_cpu_and_wall_in_microseconds() {
+    let p = waited_profile();
+    assert_eq!(
+        folded_of(&p, ProfileType::Cpu),
+        "main;handle;validate_signature 3\n"
+    );
+    // 980,000.4 µs rounds up: no stack's time is lost to rounding.
+    assert_eq!(
+        folded_of(&p, ProfileType::Offcpu),
+        "main;handle;acquire_ledger_lock;[off-cpu: lock] 980001\n\
+         main;handle;read_socket;[off-cpu: network] 22000\n"
+    );
+    assert_eq!(
+        folded_of(&p, ProfileType::Wall),
+        "main;handle;acquire_ledger_lock;[off-cpu: lock] 980001\n\
+         main;handle;read_socket;[off-cpu: network] 22000\n\
+         main;handle;validate_signature 30000\n"
+    );
+    // A wait shorter than a microsecond is still 1.
+    let mut short = Profile::new();
+    short.add_off_cpu(&[u("main", "svc")], WaitCause::Runqueue, 1, 300);
+    assert_eq!(
+        folded_of(&short, ProfileType::Offcpu),
+        "main;[off-cpu: runqueue] 1\n"
+    );
+    assert_eq!(folded_of(&short, ProfileType::Cpu), "");
+}
+
+#[test]
+fn svg_per_type_names_the_measure_and_colours_wait_frames_apart() {
+    let p = waited_profile();
+    let wait_fill = format!(
+        "fill=\"rgb({},{},{})\"",
+        svg::WAIT_FRAME_COLOR.r,
+        svg::WAIT_FRAME_COLOR.g,
+        svg::WAIT_FRAME_COLOR.b
+    );
+    // The attributes of the rectangle drawn for the frame whose title starts so.
+    let rect = |svg: &str, title: &str| -> String {
+        let after = svg
+            .split(&format!("<title>{title}"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{title} not drawn"));
+        after[..after.find("/>").unwrap()].to_string()
+    };
+    let off = svg_of(&p, ProfileType::Offcpu, "checkout");
+    assert!(
+        off.contains("off-CPU time, µs: 1.00s in 12 waits"),
+        "subtitle"
+    );
+    let lock = rect(&off, "[off-cpu: lock] (980,001 µs, 97.80%)</title>");
+    assert!(lock.contains(&wait_fill), "{lock}");
+    let caller = rect(&off, "acquire_ledger_lock (980,001 µs");
+    assert!(!caller.contains(&wait_fill), "{caller}");
+    assert!(
+        !off.contains("validate_signature"),
+        "CPU stacks are not off-CPU"
+    );
+
+    let wall = svg_of(&p, ProfileType::Wall, "checkout");
+    assert!(
+        wall.contains(
+            "wall-clock time, µs: 1.03s: 30.0ms CPU in 3 samples, 1.00s off-CPU in 12 waits"
+        ),
+        "subtitle"
+    );
+    // Both wait frames are the wait colour, and nothing else is.
+    assert_eq!(wall.matches(&wait_fill).count(), 2, "{wall}");
+    let validate = rect(&wall, "validate_signature (30,000 µs");
+    assert!(!validate.contains(&wait_fill), "{validate}");
+    assert_eq!(
+        wall,
+        svg_of(&p, ProfileType::Wall, "checkout"),
+        "deterministic"
+    );
+
+    // The CPU view of the same profile: the CPU stack only, as before.
+    let cpu = svg_of(&p, ProfileType::Cpu, "checkout");
+    assert!(cpu.contains("CPU time, µs: 3 samples, 30.0ms CPU"), "{cpu}");
+    assert!(!cpu.contains("off-cpu") && !cpu.contains(&wait_fill));
+    // Nothing of the type: still an SVG.
+    let none = svg_of(&sample_profile(), ProfileType::Offcpu, "no waits");
+    assert!(none.contains("[no samples]") && none.contains("off-CPU time, µs: 0ns in 0 waits"));
+}
+
+#[test]
+fn pprof_sample_types_per_type() {
+    let p = waited_profile();
+    for (ty, types, values) in [
+        (
+            ProfileType::Cpu,
+            [("samples", "count"), ("cpu", "nanoseconds")],
+            vec![(
+                vec!["validate_signature", "handle", "main"],
+                vec![3, 30_000_000],
+            )],
+        ),
+        (
+            ProfileType::Offcpu,
+            [("waits", "count"), ("off_cpu", "nanoseconds")],
+            vec![
+                (
+                    vec!["[off-cpu: lock]", "acquire_ledger_lock", "handle", "main"],
+                    vec![10, 980_000_400],
+                ),
+                (
+                    vec!["[off-cpu: network]", "read_socket", "handle", "main"],
+                    vec![2, 22_000_000],
+                ),
+            ],
+        ),
+        (
+            ProfileType::Wall,
+            [("samples", "count"), ("wall", "nanoseconds")],
+            vec![
+                (
+                    vec!["[off-cpu: lock]", "acquire_ledger_lock", "handle", "main"],
+                    vec![10, 980_000_400],
+                ),
+                (
+                    vec!["[off-cpu: network]", "read_socket", "handle", "main"],
+                    vec![2, 22_000_000],
+                ),
+                (
+                    vec!["validate_signature", "handle", "main"],
+                    vec![3, 30_000_000],
+                ),
+            ],
+        ),
+    ] {
+        let pp = decode_pprof_of(&p, ty);
+        let s = |i: i64| pp.string_table[usize::try_from(i).unwrap()].as_str();
+        let got: Vec<(&str, &str)> = pp
+            .sample_type
+            .iter()
+            .map(|t| (s(t.r#type), s(t.unit)))
+            .collect();
+        assert_eq!(got, types, "{ty}");
+        assert_eq!(s(pp.default_sample_type), types[1].0, "{ty}");
+        let period_type = pp.period_type.as_ref().unwrap();
+        assert_eq!(
+            (s(period_type.r#type), s(period_type.unit)),
+            types[1],
+            "{ty}"
+        );
+        assert_eq!(
+            pp.period,
+            i64::try_from(p.total(ty) / p.count(ty)).unwrap(),
+            "{ty}"
+        );
+        let name_of = |id: u64| {
+            let l = pp.location.iter().find(|l| l.id == id).unwrap();
+            let f = pp
+                .function
+                .iter()
+                .find(|f| f.id == l.line[0].function_id)
+                .unwrap();
+            s(f.name)
+        };
+        let mut stacks: Vec<(Vec<&str>, Vec<i64>)> = pp
+            .sample
+            .iter()
+            .map(|smp| {
+                (
+                    smp.location_id.iter().map(|&id| name_of(id)).collect(),
+                    smp.value.clone(),
+                )
+            })
+            .collect();
+        stacks.sort();
+        assert_eq!(stacks, values, "{ty}");
+    }
+}
+
+#[test]
+fn text_summary_first_line_per_type() {
+    let p = waited_profile();
+    let first = |ty| text_of(&p, ty, 3).lines().next().unwrap().to_string();
+    assert_eq!(
+        first(ProfileType::Cpu),
+        "3 samples, 30.0ms CPU, 1 stacks, 3 frames"
+    );
+    assert_eq!(
+        first(ProfileType::Offcpu),
+        "1.00s off-CPU in 12 waits, 2 stacks, 6 frames"
+    );
+    assert_eq!(
+        first(ProfileType::Wall),
+        "1.03s wall-clock: 30.0ms CPU in 3 samples, 1.00s off-CPU in 12 waits, 3 stacks, 7 frames"
+    );
+    // Wait frames rank like functions, named without a module.
+    let wall = text_of(&p, ProfileType::Wall, 2);
+    assert_eq!(
+        wall.lines().skip(1).collect::<Vec<_>>(),
+        [
+            "top self:",
+            "   95.0%  self    980ms  [off-cpu: lock]",
+            "    2.9%  self   30.0ms  validate_signature (payment-svc)",
+            "top total:",
+            "   95.0%  total  980ms  [off-cpu: lock]",
+            "   95.0%  total  980ms  acquire_ledger_lock (payment-svc)",
+            "on every stack: main, handle",
+        ],
+        "{wall}"
+    );
+    assert_eq!(
+        text_of(&sample_profile(), ProfileType::Offcpu, 3),
+        "0ns off-CPU in 0 waits, 0 stacks, 0 frames\n(no waits)\n"
+    );
+}
+
+#[test]
+fn wait_frames_are_hotspots_of_off_cpu_and_wall_time() {
+    let p = waited_profile();
+    let wall = p.hotspots(ProfileType::Wall, 1);
+    assert_eq!(wall[0].function, "[off-cpu: lock]");
+    assert_eq!(wall[0].kind, FrameKind::Wait);
+    assert_eq!(wall[0].module, OFF_CPU_MODULE);
+    assert_eq!(
+        (wall[0].self_ns, wall[0].total_ns),
+        (980_000_400, 980_000_400)
+    );
+    assert!((wall[0].self_share - 980_000_400.0 / 1_032_000_400.0).abs() < 1e-12);
+    let cpu = p.all_hotspots(ProfileType::Cpu);
+    assert!(cpu.iter().all(|h| h.kind != FrameKind::Wait), "{cpu:?}");
+    assert_eq!(cpu[0].function, "validate_signature");
+    assert_eq!(cpu[0].total_ns, 30_000_000);
+    let off = p.all_hotspots(ProfileType::Offcpu);
+    let main = off.iter().find(|h| h.function == "main").unwrap();
+    assert!(main.is_on_every_stack(p.total(ProfileType::Offcpu)));
+    assert!(off.iter().all(|h| h.function != "validate_signature"));
 }

@@ -2,65 +2,116 @@
 
 use std::io;
 
-use super::{Hotspot, Profile, function_identity};
+use super::{FrameKind, Hotspot, Profile, ProfileType, WeightedStack, function_name, is_of_type};
 use crate::duration::format_duration_ns;
 
-/// Writes a compact summary: totals, then the `top` functions by self CPU time and the
-/// `top` by total (inclusive) CPU time, one aligned line each. Functions on every stack
-/// (the trunk: `_start`, `main`) are named on one line instead of being ranked by
-/// total, where their 100 % would hide the function that explains the time:
+/// Writes a compact summary of the stacks of type `ty`: totals, then the `top`
+/// functions by self time and the `top` by total (inclusive) time, one aligned line
+/// each. Functions on every stack (the trunk: `_start`, `main`) are named on one line
+/// instead of being ranked by total, where their 100 % would hide the function that
+/// explains the time. The first line says the type's total:
 ///
 /// ```text
-/// 1234 samples, 12.5s CPU, 87 stacks, 412 frames
+/// 1234 samples, 12.5s CPU, 87 stacks, 412 frames                           (cpu)
+/// 1.01s off-CPU in 12 waits, 3 stacks, 9 frames                            (offcpu)
+/// 1.04s wall-clock: 31.0ms CPU in 3 samples, 1.01s off-CPU in 12 waits, …  (wall)
+/// ```
+///
+/// then, for `cpu`:
+///
+/// ```text
 /// top self:
 ///    42.1%  self   5.26s  validate_signature (payment-svc)
 /// top total:
 ///    95.9%  total  12.0s  handle_payment (payment-svc)
 /// on every stack: _start, __libc_start_main, main
 /// ```
-pub fn write_text_summary(profile: &Profile, top: usize, mut w: impl io::Write) -> io::Result<()> {
+///
+/// Wait frames are listed by their `[off-cpu: CAUSE]` name, without a module.
+pub fn write_text_summary(
+    profile: &Profile,
+    ty: ProfileType,
+    top: usize,
+    mut w: impl io::Write,
+) -> io::Result<()> {
+    let stacks: Vec<&WeightedStack> = profile
+        .stacks
+        .iter()
+        .filter(|s| is_of_type(ty, s))
+        .collect();
+    let mut frames: Vec<u32> = stacks
+        .iter()
+        .flat_map(|s| s.frames.iter().copied())
+        .collect();
+    frames.sort_unstable();
+    frames.dedup();
     writeln!(
         w,
-        "{} samples, {} CPU, {} stacks, {} frames",
-        profile.total_samples(),
-        ns(profile.total_cpu_ns()),
-        profile.stacks.len(),
-        profile.frames.len()
+        "{}, {} stacks, {} frames",
+        totals(profile, ty),
+        stacks.len(),
+        frames.len()
     )?;
-    if profile.is_empty() {
-        writeln!(w, "(no samples)")?;
+    if stacks.is_empty() {
+        let nothing = match ty {
+            ProfileType::Cpu | ProfileType::Wall => "(no samples)",
+            ProfileType::Offcpu => "(no waits)",
+        };
+        writeln!(w, "{nothing}")?;
         return Ok(());
     }
-    let mut all = profile.all_hotspots();
-    let by_self: Vec<&Hotspot> = all.iter().filter(|h| h.self_cpu_ns > 0).take(top).collect();
+    let mut all = profile.all_hotspots(ty);
+    let by_self: Vec<&Hotspot> = all.iter().filter(|h| h.self_ns > 0).take(top).collect();
     write_section(&mut w, "top self:", "self ", &by_self, |h| {
-        (h.self_share, h.self_cpu_ns)
+        (h.self_share, h.self_ns)
     })?;
     drop(by_self);
     all.sort_by(super::cmp_total);
-    let total = profile.total_cpu_ns();
+    let total = profile.total(ty);
     let (trunk, branches): (Vec<&Hotspot>, Vec<&Hotspot>) =
         all.iter().partition(|h| h.is_on_every_stack(total));
     let by_total: Vec<&Hotspot> = branches.into_iter().take(top).collect();
     write_section(&mut w, "top total:", "total", &by_total, |h| {
-        (h.total_share, h.total_cpu_ns)
+        (h.total_share, h.total_ns)
     })?;
     if top > 0 && !trunk.is_empty() {
-        writeln!(w, "on every stack: {}", trunk_names(profile, &trunk))?;
+        writeln!(w, "on every stack: {}", trunk_names(profile, ty, &trunk))?;
     }
     Ok(())
 }
 
+/// The first words of the summary: the type's total and what it was measured from.
+fn totals(profile: &Profile, ty: ProfileType) -> String {
+    let (samples, cpu_ns) = (
+        profile.count(ProfileType::Cpu),
+        profile.total(ProfileType::Cpu),
+    );
+    let (waits, off_cpu_ns) = (
+        profile.count(ProfileType::Offcpu),
+        profile.total(ProfileType::Offcpu),
+    );
+    match ty {
+        ProfileType::Cpu => format!("{samples} samples, {} CPU", ns(cpu_ns)),
+        ProfileType::Offcpu => format!("{} off-CPU in {waits} waits", ns(off_cpu_ns)),
+        ProfileType::Wall => format!(
+            "{} wall-clock: {} CPU in {samples} samples, {} off-CPU in {waits} waits",
+            ns(cpu_ns.saturating_add(off_cpu_ns)),
+            ns(cpu_ns),
+            ns(off_cpu_ns)
+        ),
+    }
+}
+
 /// The trunk's functions root first (as the first stack has them), at most
 /// [`TRUNK_NAMES`] of them.
-fn trunk_names(profile: &Profile, trunk: &[&Hotspot]) -> String {
-    let first = profile.stacks.iter().find(|s| s.cpu_ns > 0);
+fn trunk_names(profile: &Profile, ty: ProfileType, trunk: &[&Hotspot]) -> String {
+    let first = profile.stacks.iter().find(|s| ty.value(s) > 0);
     let depth = |h: &Hotspot| {
         first
             .and_then(|s| {
                 s.frames.iter().position(|&fi| {
                     let f = profile.frame(fi);
-                    function_identity(&f.function) == h.function.as_str()
+                    function_name(f) == h.function.as_str()
                         && f.module == h.module
                         && f.kind == h.kind
                 })
@@ -99,8 +150,8 @@ fn write_section(
     let cells: Vec<(String, String)> = rows
         .iter()
         .map(|h| {
-            let (share, cpu) = value(h);
-            (format!("{:.1}%", share * 100.0), ns(cpu))
+            let (share, time) = value(h);
+            (format!("{:.1}%", share * 100.0), ns(time))
         })
         .collect();
     let time_width = cells
@@ -110,13 +161,16 @@ fn write_section(
         .unwrap_or(0);
     for (h, (pct, time)) in rows.iter().zip(&cells) {
         let pad = time_width - time.chars().count();
-        writeln!(
-            w,
-            "  {pct:>6}  {label}  {}{time}  {} ({})",
-            " ".repeat(pad),
-            h.function,
-            h.module
-        )?;
+        let pad = " ".repeat(pad);
+        if h.kind == FrameKind::Wait {
+            writeln!(w, "  {pct:>6}  {label}  {pad}{time}  {}", h.function)?;
+        } else {
+            writeln!(
+                w,
+                "  {pct:>6}  {label}  {pad}{time}  {} ({})",
+                h.function, h.module
+            )?;
+        }
     }
     Ok(())
 }

@@ -23,6 +23,9 @@ pub enum Scenario {
     /// 5% of checkouts are flagged for fraud review and fail with 503 after
     /// score_fraud_rules.
     Errors,
+    /// A background job holds the ledger lock 4% of the time: ~2% of checkouts wait
+    /// 250-500 ms in acquire_ledger_lock, on no CPU.
+    Lock,
 }
 
 impl Scenario {
@@ -30,6 +33,7 @@ impl Scenario {
         match self {
             Scenario::Latency => "latency",
             Scenario::Errors => "errors",
+            Scenario::Lock => "lock",
         }
     }
 
@@ -39,6 +43,10 @@ impl Scenario {
                 "payment-svc's /checkout takes ~50 ms, but about 1.5% of requests take over 1 s."
             }
             Scenario::Errors => "payment-svc's /checkout fails with 503 for about 5% of requests.",
+            Scenario::Lock => {
+                "payment-svc's /checkout takes ~50 ms, but about 2% of requests take 300-550 ms \
+                 while using no more CPU."
+            }
         }
     }
 
@@ -46,6 +54,7 @@ impl Scenario {
         match self {
             Scenario::Latency => "0.015",
             Scenario::Errors => "0.05",
+            Scenario::Lock => "0.04",
         }
     }
 
@@ -54,6 +63,7 @@ impl Scenario {
         match self {
             Scenario::Latency => "validate_signature",
             Scenario::Errors => "score_fraud_rules",
+            Scenario::Lock => "acquire_ledger_lock",
         }
     }
 
@@ -61,6 +71,7 @@ impl Scenario {
         match self {
             Scenario::Latency => ["--min-duration", "500ms"],
             Scenario::Errors => ["--status-code", "5xx"],
+            Scenario::Lock => ["--min-duration", "300ms"],
         }
     }
 
@@ -69,6 +80,16 @@ impl Scenario {
         match self {
             Scenario::Latency => ["duration > 500ms", "duration < 100ms"],
             Scenario::Errors => ["status = 5xx", "status != 5xx"],
+            Scenario::Lock => ["duration > 300ms", "duration < 100ms"],
+        }
+    }
+
+    /// What the comparison measures: where the bad requests spent their wall-clock
+    /// time when they waited, CPU time otherwise.
+    fn profile_type(self) -> &'static str {
+        match self {
+            Scenario::Latency | Scenario::Errors => "cpu",
+            Scenario::Lock => "wall",
         }
     }
 }
@@ -273,6 +294,8 @@ async fn demo(args: DemoArgs) -> Result<()> {
         cohort_a,
         "--cohort-b",
         cohort_b,
+        "--type",
+        scenario.profile_type(),
     ];
     println!("\n[3/4] compare the bad requests with the good ones, function by function:");
     run.shown(&compare).await?;
@@ -303,6 +326,8 @@ async fn demo(args: DemoArgs) -> Result<()> {
         "query",
         "trace-profile",
         &slow_trace,
+        "--type",
+        scenario.profile_type(),
         "--format",
         "svg",
         "--output-file",
@@ -332,15 +357,16 @@ async fn demo(args: DemoArgs) -> Result<()> {
     );
     println!(
         "\nTry next:\n  \
-         coral demo --scenario {}    # the other planted problem\n  \
+         coral demo --scenario {}    # another planted problem\n  \
          coral demo --keep-running        # then, in another shell, export CORAL_COLONY=<address it prints> and:\n    \
          coral query traces --service payment-svc --min-duration 500ms\n    \
          coral query trace-profile <trace-id>\n    \
          coral mcp                        # let an AI assistant run the diagnosis (docs/user-guide.md)\n  \
          docs/runbooks.md                 # what to do when P99 is high, errors spike, ...",
         match scenario {
-            Scenario::Latency => "errors ",
+            Scenario::Latency => "lock   ",
             Scenario::Errors => "latency",
+            Scenario::Lock => "errors ",
         }
     );
     if let Some(dir) = coral.parent().filter(|dir| !on_path(dir)) {
@@ -368,15 +394,31 @@ fn verdict(scenario: Scenario, comparison: &Value) -> Result<String, String> {
     let top = &comparison["functions"][0];
     let function = top["function"].as_str().unwrap_or("nothing");
     let planted = scenario.planted_function();
-    let line = format!(
+    let measure = comparison["measure"].as_str().unwrap_or("CPU time");
+    let per_request = match scenario.profile_type() {
+        "cpu" => "of CPU".to_string(),
+        _ => format!("of {measure}"),
+    };
+    let mut line = format!(
         "Coral's answer: {function} is {:+.1} percentage points hotter in the bad requests \
-         ({:.0} ms of CPU per request vs {:.1} ms in the good ones), {} significance (q = {:.2e}).",
+         ({:.0} ms {per_request} per request vs {:.1} ms in the good ones), {} significance (q = {:.2e}).",
         top["delta_pp"].as_f64().unwrap_or(0.0),
-        top["a_cpu_ms_per_request"].as_f64().unwrap_or(0.0),
-        top["b_cpu_ms_per_request"].as_f64().unwrap_or(0.0),
+        top["a_ms_per_request"].as_f64().unwrap_or(0.0),
+        top["b_ms_per_request"].as_f64().unwrap_or(0.0),
         top["significance"].as_str().unwrap_or("no"),
         top["q_value"].as_f64().unwrap_or(1.0),
     );
+    // Time off the CPU: say why it waited (the wait frame as much hotter in A).
+    if let Some(wait) = comparison["functions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["significance"] == "high" && f["delta_pp"].as_f64() > Some(0.0))
+        .filter_map(|f| f["function"].as_str())
+        .find(|f| f.starts_with("[off-cpu: "))
+    {
+        line.push_str(&format!(" It waited off the CPU: {wait}."));
+    }
     if function.ends_with(planted) && top["significance"] == "high" {
         Ok(format!("{line}\nThat is the planted cause ({planted})."))
     } else {

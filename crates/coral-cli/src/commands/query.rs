@@ -5,6 +5,7 @@ use crate::output::compare::CompareFormat;
 use crate::output::profile::ProfileFormat;
 use crate::output::{self, TextOutput};
 use clap::{Args, Subcommand};
+use coral_analysis::profile::ProfileType;
 use coral_analysis::{StatusPattern, parse_duration};
 use coral_client::v1;
 use coral_report::SpanView;
@@ -61,6 +62,10 @@ struct ProfileCompareArgs {
     /// Only functions at least this significant.
     #[arg(long, value_enum)]
     min_significance: Option<MinSignificance>,
+    /// What to compare: cpu (CPU time), offcpu (time waiting: locks, disk, network,
+    /// sleep, run queue) or wall (both: where the requests' wall-clock time went).
+    #[arg(long = "type", value_enum, default_value_t = ProfileTypeArg::Cpu)]
+    profile_type: ProfileTypeArg,
     /// Output format: text (the cohorts, the functions with delta, CPU ms per request,
     /// q-value and significance, the verdict; "table" is accepted too), json (all of it,
     /// for programs), folded (differential folded stacks) or svg (differential flame
@@ -79,6 +84,24 @@ struct ProfileCompareArgs {
     output_file: Option<std::path::PathBuf>,
 }
 
+/// `--type`: a profile type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProfileTypeArg {
+    Cpu,
+    Offcpu,
+    Wall,
+}
+
+impl From<ProfileTypeArg> for ProfileType {
+    fn from(arg: ProfileTypeArg) -> Self {
+        match arg {
+            ProfileTypeArg::Cpu => ProfileType::Cpu,
+            ProfileTypeArg::Offcpu => ProfileType::Offcpu,
+            ProfileTypeArg::Wall => ProfileType::Wall,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum MinSignificance {
     Low,
@@ -93,6 +116,10 @@ struct TraceProfileArgs {
     /// Only this service's spans (for a trace that crosses services).
     #[arg(long)]
     service: Option<String>,
+    /// Which profile: cpu (CPU time), offcpu (time the request's thread waited, by
+    /// stack and cause) or wall (both). Every text view opens with where the time went.
+    #[arg(long = "type", value_enum, default_value_t = ProfileTypeArg::Cpu)]
+    profile_type: ProfileTypeArg,
     /// Output format: text (a summary per profiled span; "table" is accepted too),
     /// json (each span's profile with its summary, and the spans merged), or the
     /// selected spans merged as folded (folded stacks), svg (flame graph) or pprof
@@ -249,6 +276,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
                     .map(|m| format!("{m:?}").to_lowercase())
                     .unwrap_or_default(),
                 differential: matches!(c.format, CompareFormat::Folded | CompareFormat::Svg),
+                profile_type: ProfileType::from(c.profile_type).to_string(),
             };
             let resp = coral_client::profile_client(channel)
                 .compare_trace_profiles(request)
@@ -283,7 +311,13 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
                 ));
             }
             let mut w = Vec::new();
-            output::profile::write_trace_profiles(&mut w, &t.trace_id, &resp, t.format)?;
+            output::profile::write_trace_profiles(
+                &mut w,
+                &t.trace_id,
+                &resp,
+                t.profile_type.into(),
+                t.format,
+            )?;
             output::emit(&w, t.output_file.as_deref())
         }
     }

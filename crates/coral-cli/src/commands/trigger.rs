@@ -47,6 +47,10 @@ pub struct TraceTriggerArgs {
     /// Give up after this long (up to 24h).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     timeout: Duration,
+    /// What to collect, comma-separated: cpu (always), offcpu (where each request's
+    /// thread waited: locks, disk, network, sleep, run queue) [default: cpu,offcpu].
+    #[arg(long, value_delimiter = ',', value_parser = ["cpu", "offcpu", "memory"])]
+    types: Vec<String>,
     /// Print the trigger id and return; the trigger keeps collecting.
     #[arg(long)]
     detach: bool,
@@ -169,6 +173,7 @@ pub async fn trace_trigger(args: TraceTriggerArgs) -> anyhow::Result<()> {
         max_duration_ms,
         url_pattern: args.url.clone().unwrap_or_default(),
         baseline_requests: args.baseline.map(|b| b as i32),
+        profile_types: args.types.clone(),
     };
     let started = client
         .start_trace_profile_trigger(request)

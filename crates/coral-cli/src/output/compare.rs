@@ -1,6 +1,7 @@
 //! Cohort comparisons as `coral query profile-compare` shows them.
 
 use super::{column_widths, write_json, write_table};
+use coral_analysis::profile::ProfileType;
 use coral_client::v1;
 use coral_report::ComparisonView;
 use std::io::Write;
@@ -101,6 +102,11 @@ fn q_value(q: f64) -> String {
     }
 }
 
+/// The type the colony compared (`cpu` from a colony that does not say).
+fn profile_type(r: &v1::CompareTraceProfilesResponse) -> ProfileType {
+    r.profile_type.parse().unwrap_or(ProfileType::Cpu)
+}
+
 fn ms(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
@@ -126,7 +132,14 @@ fn write_text(
     r: &v1::CompareTraceProfilesResponse,
     width: usize,
 ) -> std::io::Result<()> {
-    writeln!(out, "{}", c.service)?;
+    let ty = profile_type(r);
+    writeln!(out, "{} · {}", c.service, ty.measure())?;
+    // What a cohort line counts per type: CPU samples, waits, or both.
+    let unit = match ty {
+        ProfileType::Cpu => "ms CPU",
+        ProfileType::Offcpu => "ms off-CPU",
+        ProfileType::Wall => "ms wall-clock",
+    };
     for (name, filter, requests, with_samples, samples, cpu) in [
         (
             "A",
@@ -148,7 +161,7 @@ fn write_text(
         writeln!(
             out,
             "  cohort {name}: {filter} · {requests} requests ({with_samples} with samples) · \
-             {samples} samples · {} ms CPU per request",
+             {samples} samples · {} {unit} per request",
             ms(cpu)
         )?;
     }
@@ -186,7 +199,8 @@ fn write_text(
         write_table(out, &HEADER, &rows)?;
         writeln!(
             out,
-            "(delta: percentage points of request CPU time, + hotter in A; CPU ms per request in the function, inclusive)"
+            "(delta: percentage points of request {0}, + hotter in A; ms of {0} per request in the function, inclusive)",
+            ty.measure()
         )?;
     }
     if !r.verdict.is_empty() {
@@ -213,7 +227,12 @@ pub fn write_comparison(
         CompareFormat::Folded => out.extend_from_slice(r.differential_folded.as_bytes()),
         CompareFormat::Svg => {
             let title = format!("{}: {} (A) vs {} (B)", c.service, c.a, c.b);
-            coral_analysis::compare::write_differential_svg(&r.differential_folded, &title, out)?;
+            coral_analysis::compare::write_differential_svg(
+                &r.differential_folded,
+                profile_type(r),
+                &title,
+                out,
+            )?;
         }
     }
     if format != CompareFormat::Json {

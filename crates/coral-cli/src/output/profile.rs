@@ -2,7 +2,10 @@
 
 use super::write_json;
 use coral_analysis::format_duration_ns;
-use coral_analysis::profile::{Profile, write_folded, write_pprof, write_svg, write_text_summary};
+use coral_analysis::profile::{
+    Profile, ProfileType, write_folded, write_pprof, write_svg, write_text_summary,
+};
+use coral_client::profile::{no_off_cpu_reason, off_cpu_collected};
 use coral_client::v1;
 use coral_report::{
     MergedProfileView, ProfileCpuView, RequestProfileView, RequestProfileWithStacks,
@@ -43,13 +46,14 @@ pub fn check_destination(format: ProfileFormat, file: Option<&Path>) -> anyhow::
 fn write_stacks(
     out: &mut Vec<u8>,
     profile: &Profile,
+    ty: ProfileType,
     title: &str,
     format: ProfileFormat,
 ) -> std::io::Result<()> {
     match format {
-        ProfileFormat::Folded => write_folded(profile, out),
-        ProfileFormat::Svg => write_svg(profile, title, out),
-        ProfileFormat::Pprof => write_pprof(profile, out),
+        ProfileFormat::Folded => write_folded(profile, ty, out),
+        ProfileFormat::Svg => write_svg(profile, ty, title, out),
+        ProfileFormat::Pprof => write_pprof(profile, ty, out),
         ProfileFormat::Text | ProfileFormat::Json => {
             unreachable!("text and json are written by their command")
         }
@@ -101,7 +105,7 @@ pub fn write_cpu_profile(
                     hosts.join(", ")
                 }
             )?;
-            write_text_summary(&profile, TOP_FUNCTIONS, out)?;
+            write_text_summary(&profile, ProfileType::Cpu, TOP_FUNCTIONS, out)?;
         }
         ProfileFormat::Json => write_json(
             out,
@@ -112,34 +116,49 @@ pub fn write_cpu_profile(
                 "{service} CPU, {}",
                 format_duration_ns(response.duration_ns)
             );
-            write_stacks(out, &profile, &title, format)?;
+            write_stacks(out, &profile, ProfileType::Cpu, &title, format)?;
         }
     }
     Ok(())
 }
 
-/// `coral query trace-profile`: a section per profiled span in text; in JSON each
-/// span with its own profile and the spans merged; the merged profile in the stack
-/// formats.
+/// `coral query trace-profile`: a section per profiled span in text, each opening with
+/// where the request's time went; in JSON each span with its own profile and the spans
+/// merged; the merged profile in the stack formats. With `ty` offcpu or wall, spans
+/// without off-CPU records are named and left out of the merged profile, and a trace
+/// with none is an error.
 pub fn write_trace_profiles(
     out: &mut Vec<u8>,
     trace_id: &str,
     response: &v1::GetTraceProfileResponse,
+    ty: ProfileType,
     format: ProfileFormat,
 ) -> anyhow::Result<()> {
+    let has_type = |p: &v1::TraceProfile| !ty.needs_off_cpu() || off_cpu_collected(p);
+    if let Some(first) = response.profiles.first()
+        && !response.profiles.iter().any(has_type)
+    {
+        anyhow::bail!(
+            "no {ty} profile for trace {trace_id}: its requests recorded no off-CPU time ({}); \
+             use --type cpu",
+            no_off_cpu_reason(first)
+        );
+    }
     let mut merged = Profile::new();
     let mut spans = Vec::with_capacity(response.profiles.len());
     for p in &response.profiles {
         let profile = from_wire(p.profile.clone())?;
-        merged.merge(&profile);
+        if has_type(p) {
+            merged.merge(&profile);
+        }
         spans.push(RequestProfileWithStacks {
-            summary: RequestProfileView::new(p, &profile, TOP_FUNCTIONS),
+            summary: RequestProfileView::new(p, &profile, ty, TOP_FUNCTIONS),
             profile,
         });
     }
     match format {
         ProfileFormat::Text => {
-            for span in &spans {
+            for (span, p) in spans.iter().zip(&response.profiles) {
                 let s = &span.summary;
                 writeln!(
                     out,
@@ -151,11 +170,14 @@ pub fn write_trace_profiles(
                     format_duration_ns(s.cpu_ns as i64),
                     s.precision
                 )?;
+                writeln!(out, "{}", s.breakdown.summary)?;
                 for warning in &s.warnings {
                     writeln!(out, "warning: {warning}")?;
                 }
-                if s.samples > 0 {
-                    write_text_summary(&span.profile, TOP_FUNCTIONS, &mut *out)?;
+                if !has_type(p) {
+                    writeln!(out, "no {ty} profile: {}", no_off_cpu_reason(p))?;
+                } else if s.total_ns > 0 {
+                    write_text_summary(&span.profile, ty, TOP_FUNCTIONS, &mut *out)?;
                 }
                 writeln!(out)?;
             }
@@ -166,10 +188,13 @@ pub fn write_trace_profiles(
                 trace_id: trace_id.to_string(),
                 truncated: response.truncated,
                 spans,
-                merged: MergedProfileView::new(merged, TOP_FUNCTIONS),
+                merged: MergedProfileView::new(merged, ty, TOP_FUNCTIONS),
             },
         )?,
-        _ => write_stacks(out, &merged, &format!("trace {trace_id}"), format)?,
+        _ => {
+            let title = format!("trace {trace_id}, {}", ty.measure());
+            write_stacks(out, &merged, ty, &title, format)?;
+        }
     }
     Ok(())
 }

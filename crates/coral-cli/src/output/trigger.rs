@@ -71,13 +71,18 @@ pub fn write_trigger(
     )?;
     writeln!(
         out,
-        "  {}/{} requests with {} · baseline {}/{} · {} Hz",
+        "  {}/{} requests with {} · baseline {}/{} · {} Hz · {}",
         t.collected_requests,
         t.max_requests,
         criteria(t),
         t.baseline_collected,
         t.baseline_requests,
-        t.frequency_hz
+        t.frequency_hz,
+        if t.profile_types.is_empty() {
+            "cpu".to_string()
+        } else {
+            t.profile_types.join(",")
+        }
     )?;
     if t.collected.is_empty() {
         if t.status != "active" {
@@ -100,6 +105,12 @@ pub fn write_trigger(
                 format_duration_ns(c.duration_ns),
                 request_status(c.http_status, span_status(c.status_code)),
                 c.samples.to_string(),
+                format_duration_ns(c.cpu_ns as i64),
+                if c.off_cpu_collected {
+                    format_duration_ns(c.off_cpu_ns as i64)
+                } else {
+                    "-".to_string()
+                },
                 c.precision.clone(),
                 c.span_name.clone(),
                 c.node.clone(),
@@ -113,15 +124,28 @@ pub fn write_trigger(
             "DURATION",
             "STATUS",
             "SAMPLES",
+            "ON-CPU",
+            "WAITING",
             "PRECISION",
             "SPAN",
             "NODE",
         ],
         &rows,
     )?;
+    // Requests that mostly waited are explained by where they waited, not by their CPU.
+    let waited = t
+        .collected
+        .iter()
+        .filter(|c| c.off_cpu_collected && c.off_cpu_ns > c.cpu_ns)
+        .count();
+    let type_flag = if waited * 2 > t.collected.len() {
+        " --type wall"
+    } else {
+        ""
+    };
     writeln!(
         out,
-        "Next: one request's flame graph: coral query trace-profile {} --format svg --output-file slow.svg",
+        "Next: one request's flame graph: coral query trace-profile {}{type_flag} --format svg --output-file slow.svg",
         t.collected[0].trace_id
     )?;
     if t.baseline_requests > 0
@@ -129,7 +153,7 @@ pub fn write_trigger(
     {
         writeln!(
             out,
-            "      what differs from the others: coral query profile-compare --service {} \\\n          --cohort-a '{filter}' --cohort-b 'not ({filter})'",
+            "      what differs from the others: coral query profile-compare --service {} \\\n          --cohort-a '{filter}' --cohort-b 'not ({filter})'{type_flag}",
             t.service
         )?;
     }

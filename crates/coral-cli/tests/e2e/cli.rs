@@ -377,7 +377,7 @@ fn wire_profile(stacks: &[(&[&str], u64)], hz: u64) -> v1::Profile {
                     frames.push(v1::Frame {
                         function: f.to_string(),
                         module: "checkout-svc".into(),
-                        kernel: false,
+                        ..Default::default()
                     });
                     frames.len() as u32 - 1
                 }
@@ -387,6 +387,7 @@ fn wire_profile(stacks: &[(&[&str], u64)], hz: u64) -> v1::Profile {
             frame_ids,
             samples: *samples,
             cpu_ns: samples * 1_000_000_000 / hz,
+            off_cpu_ns: 0,
         });
     }
     v1::Profile {
@@ -445,6 +446,7 @@ async fn profiled_requests(stack: &Stack) -> String {
             profile: Some(profile),
             truncated_samples: if n == LOSSY_TRACE { 12 } else { 0 },
             lost_samples: if n == LOSSY_TRACE { 40 } else { 0 },
+            profile_types: vec!["cpu".into()],
         });
         spans.push(span);
     };

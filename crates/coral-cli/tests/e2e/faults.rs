@@ -219,7 +219,7 @@ fn trace_profile(n: u64) -> v1::TraceProfile {
         .map(|i| v1::Frame {
             function: format!("fn_{i}"),
             module: "fault-svc".into(),
-            kernel: false,
+            ..Default::default()
         })
         .collect();
     let stacks: Vec<v1::Stack> = (1..=STACKS_PER_PROFILE)
@@ -227,6 +227,7 @@ fn trace_profile(n: u64) -> v1::TraceProfile {
             frame_ids: vec![0, i as u32],
             samples: i as u64,
             cpu_ns: i as u64 * 10_101_010,
+            off_cpu_ns: 0,
         })
         .collect();
     v1::TraceProfile {
@@ -246,6 +247,7 @@ fn trace_profile(n: u64) -> v1::TraceProfile {
         profile: Some(v1::Profile { frames, stacks }),
         truncated_samples: 0,
         lost_samples: 0,
+        profile_types: vec!["cpu".into()],
     }
 }
 

@@ -188,7 +188,7 @@ async fn profiles_a_service_and_each_request_at_thread_precision() {
         let json = wait_for_profile(&stack.colony, trace, &["--format", "json"]).await;
         let profile: Profile = merged_profile(&json);
         let share = profile
-            .all_hotspots()
+            .all_hotspots(coral_analysis::profile::ProfileType::Cpu)
             .iter()
             .find(|h| h.function.ends_with(own))
             .map(|h| h.total_share)
@@ -360,7 +360,7 @@ async fn a_trigger_profiles_each_slow_request_from_its_first_to_its_last_moment(
         let profile: Profile = merged_profile(&json);
         let share = |f: &str| {
             profile
-                .all_hotspots()
+                .all_hotspots(coral_analysis::profile::ProfileType::Cpu)
                 .iter()
                 .find(|h| h.function.ends_with(f))
                 .map_or(0.0, |h| h.total_share)
