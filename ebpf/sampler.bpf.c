@@ -44,8 +44,10 @@
  *   - a per-CPU token bucket (coral_offcpu_event_cost_ns of credit per event,
  *     100 ms of credit at most) bounds the off-CPU events per second; an event
  *     over it is not built and is counted as lost, like a full ring buffer.
- * `offcpu_start` is an LRU hash, so the entry of a thread that exits while
- * switched out is evicted in time instead of leaking.
+ * `offcpu_start` is task-local storage: found from the task itself (no hash
+ * to search on every switch of the system) and freed with the task. An entry
+ * older than `offcpu_epoch` (when user space last attached the programs) was
+ * left by an earlier attachment and is ignored.
  */
 #include <linux/bpf.h>
 #include <linux/bpf_perf_event.h>
@@ -127,7 +129,7 @@ struct {
 	__uint(max_entries, CORAL_RING_BYTES);
 } events SEC(".maps");
 
-/* Target threads switched out: tid -> when and how. */
+/* Target threads switched out: when (0: not out) and how. */
 struct offcpu_start {
 	__u64 ktime_ns;
 	__u32 state;
@@ -135,11 +137,19 @@ struct offcpu_start {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, CORAL_OFFCPU_THREADS);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct offcpu_start);
 } offcpu_start SEC(".maps");
+
+/* ktime when user space last attached the off-CPU programs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} offcpu_epoch SEC(".maps");
 
 /* Per-CPU token bucket of off-CPU events: credit in nanoseconds. */
 struct offcpu_budget {
@@ -369,18 +379,20 @@ int coral_switch_out(unsigned long long *ctx)
 	int preempt = (int)(__u8)ctx[0];
 	struct task_struct *prev = (struct task_struct *)ctx[1];
 	__u32 prev_state = (__u32)ctx[3];
-	__u32 tgid = prev->tgid, tid = prev->pid;
+	__u32 tgid = prev->tgid;
 	__u32 *flags = bpf_map_lookup_elem(&targets, &tgid);
-	struct offcpu_start start;
+	struct offcpu_start *start;
 
 	if (!flags || !(*flags & CORAL_TARGET_OFF_CPU))
 		return 0;
-	start.ktime_ns = bpf_ktime_get_ns();
-	start.state = prev_state & ~CORAL_STATE_PREEMPTED;
+	start = bpf_task_storage_get(&offcpu_start, prev, 0,
+				     BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!start)
+		return 0;
+	start->ktime_ns = bpf_ktime_get_ns();
+	start->state = prev_state & ~CORAL_STATE_PREEMPTED;
 	if (preempt || prev_state == 0)
-		start.state |= CORAL_STATE_PREEMPTED;
-	start.pad = 0;
-	bpf_map_update_elem(&offcpu_start, &tid, &start, BPF_ANY);
+		start->state |= CORAL_STATE_PREEMPTED;
 	return 0;
 }
 
@@ -395,14 +407,18 @@ static __always_inline int switch_in(void *ctx, __u64 kernel_skip)
 	struct lost_state *pending;
 	struct scratch *s;
 	__u64 now, start_ns, wait, weight, threshold = coral_offcpu_min_wait_ns;
+	__u64 *epoch;
 	__u32 state;
 
-	found = bpf_map_lookup_elem(&offcpu_start, &tid);
-	if (!found)
+	found = bpf_task_storage_get(&offcpu_start, bpf_get_current_task_btf(), 0, 0);
+	if (!found || !found->ktime_ns)
 		return 0;
 	start_ns = found->ktime_ns;
 	state = found->state;
-	bpf_map_delete_elem(&offcpu_start, &tid);
+	found->ktime_ns = 0;
+	epoch = bpf_map_lookup_elem(&offcpu_epoch, &zero);
+	if (!epoch || start_ns < *epoch)
+		return 0;
 	/* The process may have stopped being a target while the thread was out. */
 	flags = bpf_map_lookup_elem(&targets, &tgid);
 	if (!flags || !(*flags & CORAL_TARGET_OFF_CPU))

@@ -99,8 +99,6 @@ struct coral_sample_event {
 /* Most user stack copied per sample, from sp upwards (perf's default is 8 KiB). */
 #define CORAL_STACK_COPY_BYTES (32 * 1024)
 #define CORAL_PAGE_BYTES 4096
-/* Target threads that can be switched out at once (the LRU `offcpu_start`). */
-#define CORAL_OFFCPU_THREADS 65536
 /* Most credit an off-CPU token bucket holds: 100 ms worth of events (a burst). */
 #define CORAL_OFFCPU_BURST_NS 100000000
 

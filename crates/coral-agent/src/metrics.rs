@@ -56,7 +56,7 @@ pub fn render(stats: &AgentStats) -> String {
     )
     .counter(
         "coral_agent_samples_lost_total",
-        "CPU samples the sampler lost (kernel ring buffer full, or its own buffer overflowed).",
+        "Samples and off-CPU records the sampler lost (kernel ring buffer full, its own buffer overflowed, or off-CPU records over the rate bound).",
         p.samples_lost,
     )
     .counter(
@@ -76,6 +76,11 @@ pub fn render(stats: &AgentStats) -> String {
         "coral_agent_stacks_total",
         &[("unwind", "truncated")],
         p.stacks_truncated as f64,
+    )
+    .counter(
+        "coral_agent_offcpu_records_total",
+        "Off-CPU records (where a profiled thread waited) taken from the sampler.",
+        p.off_cpu_records,
     )
     .counter(
         "coral_agent_clock_steps_total",

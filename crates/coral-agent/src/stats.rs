@@ -46,6 +46,8 @@ pub struct ProfilingCounters {
     /// Steps of the wall clock the sampler saw (logged by it): requests around one may
     /// be profiled without their samples.
     pub clock_steps: u64,
+    /// Off-CPU records (waits of target threads) taken from the sampler.
+    pub off_cpu_records: u64,
     /// Samples pushed out of the recent-sample ring by newer ones before they aged out.
     pub samples_evicted: u64,
     /// Per-request profiles the colony accepted.
@@ -79,6 +81,7 @@ struct ProfilingStats {
     stacks_mixed: AtomicU64,
     stacks_truncated: AtomicU64,
     clock_steps: AtomicU64,
+    off_cpu_records: AtomicU64,
     samples_evicted: AtomicU64,
     trace_profiles_sent: AtomicU64,
     trace_profiles_dropped: AtomicU64,
@@ -132,6 +135,7 @@ impl AgentStats {
             stacks_mixed: p.stacks_mixed.load(Relaxed),
             stacks_truncated: p.stacks_truncated.load(Relaxed),
             clock_steps: p.clock_steps.load(Relaxed),
+            off_cpu_records: p.off_cpu_records.load(Relaxed),
             samples_evicted: p.samples_evicted.load(Relaxed),
             trace_profiles_sent: p.trace_profiles_sent.load(Relaxed),
             trace_profiles_dropped: p.trace_profiles_dropped.load(Relaxed),
@@ -175,6 +179,9 @@ impl AgentStats {
         use coral_sampler::Unwind;
         let p = &self.profiling;
         for sample in samples {
+            if sample.off_cpu.is_some() {
+                p.off_cpu_records.fetch_add(1, Relaxed);
+            }
             let counter = match sample.stack.unwind {
                 Unwind::Dwarf => &p.stacks_dwarf,
                 Unwind::FramePointer => &p.stacks_fp,

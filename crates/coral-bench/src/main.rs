@@ -30,6 +30,12 @@
 //!   `RequestCriteria::matches` spans/s beside a duration comparison, and span ingest
 //!   through an agent with and without an active trigger; a matching span's arrival to
 //!   its trace id in `GetTraceProfileTrigger`, beside that RPC's round trip.
+//! - `offcpu`: off-CPU recording (root). Pairs of threads ping-ponging a token (over
+//!   50,000 context switches/s), in alternating rounds without (the baseline) and with
+//!   Coral's off-CPU records (threshold 1 ms, then 100 µs) + CPU sampling at 99 Hz,
+//!   drained and symbolized as the agent does, and bcc's `offcputime` (when installed):
+//!   round trips/s, the loss, switches/s, off-CPU records/s sent to user space and
+//!   throttled, and the direct cost (profiler CPU and eBPF run time) per switch.
 //! - `agent-memory [--minutes N] [--workload nofp|busy-service]` (only when named: it
 //!   takes 10 minutes, `--minutes` or `CORAL_BENCH_MEMORY_SECS` shortens it): the
 //!   agent's RSS while profiling a busy service (by default one without frame pointers)
@@ -45,8 +51,8 @@
 //! Every figure is printed; apart from `load` (above), nothing here passes or fails.
 //!
 //! Hidden subcommands run the workloads the benchmarks sample, as child processes:
-//! `spin <seconds>` and `busy-service --otlp HOST:PORT [--rate N] [--work-ms M]
-//! [--saturate]`.
+//! `spin <seconds>`, `pingpong <seconds>` and `busy-service --otlp HOST:PORT [--rate N]
+//! [--work-ms M] [--saturate]`.
 
 mod agent_memory;
 mod busy;
@@ -54,6 +60,7 @@ mod ingest;
 mod load;
 mod mcp;
 mod nofp;
+mod offcpu;
 mod overhead;
 mod query;
 mod symbolize;
@@ -64,7 +71,7 @@ mod workload;
 
 use anyhow::{Result, bail};
 
-const USAGE: &str = "usage: coral-bench [all|ingest|query|mcp|overhead|unwind|symbolize|trace-profile|trigger|agent-memory [--minutes N]|load [--seconds N] [--rate SPANS_PER_S] [--store postgres|sqlite|both]]";
+const USAGE: &str = "usage: coral-bench [all|ingest|query|mcp|overhead|offcpu|unwind|symbolize|trace-profile|trigger|agent-memory [--minutes N]|load [--seconds N] [--rate SPANS_PER_S] [--store postgres|sqlite|both]]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -72,7 +79,8 @@ fn main() -> Result<()> {
     match which {
         "spin" => return busy::spin(&args[1..]),
         "busy-service" => return busy::busy_service(&args[1..]),
-        "all" | "ingest" | "query" | "mcp" | "overhead" | "unwind" | "symbolize"
+        "pingpong" => return offcpu::pingpong(&args[1..]),
+        "all" | "ingest" | "query" | "mcp" | "overhead" | "offcpu" | "unwind" | "symbolize"
         | "trace-profile" | "trigger" | "agent-memory" | "load" => {}
         _ => bail!(USAGE),
     }
@@ -98,6 +106,9 @@ async fn run(which: &str, rest: &[String]) -> Result<()> {
     }
     if all || which == "overhead" {
         overhead::run()?;
+    }
+    if all || which == "offcpu" {
+        offcpu::run()?;
     }
     if all || which == "unwind" {
         unwind::run()?;

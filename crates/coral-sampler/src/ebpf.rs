@@ -5,7 +5,7 @@ use crate::clock::{ClockOffset, OffsetTracker, REMEASURE_INTERVAL};
 use crate::event::{
     COUNTER_LOST, COUNTER_OFFCPU_THROTTLED, COUNTER_STACK_ERRORS, GLOBAL_OFFCPU_EVENT_COST,
     GLOBAL_OFFCPU_MIN_WAIT, GLOBAL_UNWIND_MODE, KIND_OFF_CPU, MAP_COUNTERS, MAP_EVENTS,
-    MAP_OFFCPU_START, MAP_SCRATCH, MAP_TARGETS, MAX_TARGETS, PROGRAM, PROGRAM_SWITCH_IN,
+    MAP_OFFCPU_EPOCH, MAP_SCRATCH, MAP_TARGETS, MAX_TARGETS, PROGRAM, PROGRAM_SWITCH_IN,
     PROGRAM_SWITCH_IN_KPROBE, PROGRAM_SWITCH_OUT, RawEvent, STATE_PREEMPTED, TARGET_CPU,
     TARGET_OFF_CPU, UNWIND_COPY, UNWIND_FP,
 };
@@ -13,7 +13,7 @@ use crate::{
     Loss, MAX_STACK_DEPTH, OffCpu, Sample, Sampler, SamplerConfig, SamplerError, SamplerStats,
     Stack, SwitchState, Unwind, UnwindMode, privileges, validate_frequency,
 };
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::kprobe::KProbeLink;
 use aya::programs::perf_event::{
     PerfEventConfig, PerfEventLink, PerfEventScope, SamplePolicy, SoftwareEvent,
@@ -131,8 +131,9 @@ struct Control {
     online: BTreeSet<u32>,
     /// The frequency the links were opened with; 0 when detached.
     frequency_hz: u32,
-    /// Target threads switched out (entries are cleared when the probes detach).
-    offcpu_start: BpfHashMap<MapData, u32, [u64; 2]>,
+    /// When the off-CPU programs were last attached (CLOCK_MONOTONIC ns): the
+    /// switch-in ignores waits that began before, left by an earlier attachment.
+    offcpu_epoch: Array<MapData, u64>,
     /// The switch-in program once the off-CPU programs are loaded (on first use:
     /// kernels without BTF can still sample on CPU).
     switch_in_program: Option<&'static str>,
@@ -208,6 +209,9 @@ impl EbpfSampler {
             .override_global(GLOBAL_UNWIND_MODE, &mode, true)
             .override_global(GLOBAL_OFFCPU_MIN_WAIT, &min_wait_ns, true)
             .override_global(GLOBAL_OFFCPU_EVENT_COST, &event_cost_ns, true)
+            // `offcpu_start` is task storage, which aya creates but has no type for
+            // (only the eBPF programs use it).
+            .allow_unsupported_maps()
             .load(OBJECT)
             .map_err(|e| privileges::classify("loading the eBPF maps", &e, SamplerError::Load))?;
         let program: &mut PerfEvent = ebpf
@@ -237,8 +241,8 @@ impl EbpfSampler {
             .map_err(map_error(MAP_COUNTERS))?;
         let ring =
             RingBuf::try_from(take_map(&mut ebpf, MAP_EVENTS)?).map_err(map_error(MAP_EVENTS))?;
-        let offcpu_start = BpfHashMap::try_from(take_map(&mut ebpf, MAP_OFFCPU_START)?)
-            .map_err(map_error(MAP_OFFCPU_START))?;
+        let offcpu_epoch = Array::try_from(take_map(&mut ebpf, MAP_OFFCPU_EPOCH)?)
+            .map_err(map_error(MAP_OFFCPU_EPOCH))?;
 
         let shared = Arc::new(Shared {
             control: Mutex::new(Control {
@@ -249,7 +253,7 @@ impl EbpfSampler {
                 links: BTreeMap::new(),
                 online: BTreeSet::new(),
                 frequency_hz: 0,
-                offcpu_start,
+                offcpu_epoch,
                 switch_in_program: None,
                 scheduler: None,
             }),
@@ -687,8 +691,13 @@ impl Control {
             }
             SwitchInLinks::Kprobes { _links: links }
         };
-        // Switch-in first: entries are made only once both run (those of an earlier
-        // attachment were cleared when it detached).
+        // Waits that began before now were seen by an earlier attachment, or only in
+        // part: the switch-in ignores them.
+        let now =
+            u64::try_from(crate::clock::now_ns(nix::time::ClockId::CLOCK_MONOTONIC)).unwrap_or(0);
+        self.offcpu_epoch
+            .set(0, now, 0)
+            .map_err(|e| failed("offcpu_epoch")(e.to_string()))?;
         let program = self.tracepoint(PROGRAM_SWITCH_OUT);
         let switch_out = program
             .attach()
@@ -753,17 +762,12 @@ impl Control {
             .expect("a tp_btf program")
     }
 
-    /// Detaches the off-CPU programs and forgets the threads they saw switched out (a
-    /// later attachment must not take them for intervals it saw begin).
+    /// Detaches the off-CPU programs (what they saw switched out stays in task
+    /// storage, older than the next attachment's epoch).
     fn detach_scheduler(&mut self) {
-        if self.scheduler.take().is_none() {
-            return;
+        if self.scheduler.take().is_some() {
+            tracing::debug!("off-CPU probes detached");
         }
-        let tids: Vec<u32> = self.offcpu_start.keys().filter_map(Result::ok).collect();
-        for tid in tids {
-            let _ = self.offcpu_start.remove(&tid);
-        }
-        tracing::debug!("off-CPU probes detached");
     }
 
     /// Turns off-CPU records off again for targets [`Sampler::add_targets`] turned them

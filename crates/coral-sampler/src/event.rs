@@ -80,12 +80,6 @@ pub(crate) const GLOBAL_UNWIND_MODE: &str = "coral_unwind_mode";
 /// Globals of the off-CPU programs (u64 nanoseconds).
 pub(crate) const GLOBAL_OFFCPU_MIN_WAIT: &str = "coral_offcpu_min_wait_ns";
 pub(crate) const GLOBAL_OFFCPU_EVENT_COST: &str = "coral_offcpu_event_cost_ns";
-/// `CORAL_OFFCPU_THREADS`: capacity of the `offcpu_start` LRU map.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "mirrors sampler.h; tests check it")
-)]
-pub(crate) const OFFCPU_THREADS: u32 = 65536;
 
 /// `CORAL_MAX_TARGETS`: capacity of the `targets` map.
 pub(crate) const MAX_TARGETS: u32 = 4096;
@@ -95,7 +89,15 @@ pub(crate) const MAP_TARGETS: &str = "targets";
 pub(crate) const MAP_EVENTS: &str = "events";
 pub(crate) const MAP_COUNTERS: &str = "counters";
 pub(crate) const MAP_SCRATCH: &str = "scratch";
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "only the eBPF programs use it; tests check the name"
+    )
+)]
 pub(crate) const MAP_OFFCPU_START: &str = "offcpu_start";
+pub(crate) const MAP_OFFCPU_EPOCH: &str = "offcpu_epoch";
 /// The programs' function names: the CPU sampler, and the off-CPU switch-out
 /// (`tp_btf/sched_switch`) and switch-in (`tp_btf/sched_exit_tp`, or a kprobe on
 /// `finish_task_switch` on kernels without that tracepoint) programs.
@@ -277,7 +279,6 @@ mod tests {
             ("CORAL_STATE_PREEMPTED", STATE_PREEMPTED),
             ("CORAL_TARGET_CPU", TARGET_CPU),
             ("CORAL_TARGET_OFF_CPU", TARGET_OFF_CPU),
-            ("CORAL_OFFCPU_THREADS", OFFCPU_THREADS),
         ] {
             let defined = define(name);
             let literal = defined.split_whitespace().next().unwrap();
@@ -294,6 +295,7 @@ mod tests {
             MAP_COUNTERS,
             MAP_SCRATCH,
             MAP_OFFCPU_START,
+            MAP_OFFCPU_EPOCH,
         ] {
             assert!(
                 source.contains(&format!("}} {map} SEC(\".maps\");")),

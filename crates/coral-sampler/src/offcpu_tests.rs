@@ -481,3 +481,58 @@ fn switch_in_cost() {
     );
     assert!(events > 0);
 }
+
+/// Above the per-CPU rate bound, off-CPU records are not sent but counted, and handed
+/// out as losses of the thread (so its requests say they are incomplete); sampling
+/// goes on.
+#[test]
+#[ignore = "needs root for eBPF: run `cargo xtask test`"]
+fn off_cpu_records_over_the_rate_bound_are_losses() {
+    let _serial = serial();
+    require_root();
+    let sampler = EbpfSampler::new(SamplerConfig {
+        off_cpu_max_events_per_cpu: 20,
+        ..SamplerConfig::default()
+    })
+    .expect("EbpfSampler::new as root");
+    let pid = std::process::id();
+    sampler.add_targets(&[pid], HZ, true).expect("add_targets");
+    // 300 sleeps of 2 ms (each at least the 1 ms threshold: one record each) in about
+    // 0.7 s, on one CPU: far over 20 a second.
+    let tid = std::thread::spawn(|| {
+        pin_to_cpu(0);
+        for _ in 0..300 {
+            sleep_a_while(Duration::from_millis(2));
+        }
+        gettid()
+    })
+    .join()
+    .expect("sleeper");
+    let samples = drain_settled(&sampler);
+    let losses = sampler.take_losses();
+    let stats = sampler.stats();
+    sampler.remove_targets(&[pid]).expect("remove_targets");
+    let recorded = samples
+        .iter()
+        .filter(|s| s.tid == tid && s.off_cpu.is_some())
+        .count() as u64;
+    assert!(
+        stats.off_cpu_throttled >= 150,
+        "{} of 300 waits throttled: {stats:?}",
+        stats.off_cpu_throttled
+    );
+    assert!(
+        recorded < 100,
+        "{recorded} records sent at a bound of 20 per CPU per second"
+    );
+    let lost: u64 = losses
+        .iter()
+        .filter(|l| l.tid == Some(tid) || l.tgid == Some(pid))
+        .map(|l| l.samples)
+        .sum();
+    assert!(
+        lost >= stats.off_cpu_throttled / 2,
+        "{lost} lost of {} throttled reported as losses: {losses:?}",
+        stats.off_cpu_throttled
+    );
+}

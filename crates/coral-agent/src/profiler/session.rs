@@ -563,7 +563,7 @@ impl Worker {
             self.stats.add_samples(samples.len());
             self.stats.add_stacks(&samples);
             let sampler_stats = sampler.stats();
-            let lost = sampler_stats.lost + sampler_stats.dropped;
+            let lost = sampler_stats.lost + sampler_stats.dropped + sampler_stats.off_cpu_throttled;
             self.stats
                 .add_samples_lost(lost.saturating_sub(self.sampler_lost_seen));
             self.sampler_lost_seen = lost;

@@ -18,6 +18,7 @@ mod ingest;
 mod limits;
 mod mcp;
 mod metrics;
+mod offcpu;
 mod profile;
 mod security;
 mod trigger;
