@@ -31,6 +31,9 @@
  *     {ktime, state}: the task state it left in (prev_state), with
  *     CORAL_STATE_PREEMPTED when it was preempted or still runnable (a wait on
  *     the run queue, not a block).
+ *   - wake-up: `coral_wakeup` (tp_btf/sched_wakeup, in the waker) notes when a
+ *     switched-out target thread became runnable again; the event's
+ *     runqueue_ns is the time from then to its switch-in.
  *   - switch-in: the sched_exit_tp tracepoint at the end of __schedule
  *     (kernels >= 6.16), else a kprobe on finish_task_switch, runs in the
  *     thread switched in, so its kernel stack (__schedule <- schedule <- what
@@ -129,9 +132,11 @@ struct {
 	__uint(max_entries, CORAL_RING_BYTES);
 } events SEC(".maps");
 
-/* Target threads switched out: when (0: not out) and how. */
+/* Target threads switched out: when (0: not out), how, and when they were
+ * woken (0: not yet). */
 struct offcpu_start {
 	__u64 ktime_ns;
+	__u64 woken_ns;
 	__u32 state;
 	__u32 pad;
 };
@@ -346,6 +351,7 @@ int coral_sample(struct bpf_perf_event_data *ctx)
 	event->state = 0;
 	event->off_cpu_start_ns = 0;
 	event->weight_ns = 0;
+	event->runqueue_ns = 0;
 	send_event(ctx, s, pending, 0);
 	return 0;
 }
@@ -390,9 +396,24 @@ int coral_switch_out(unsigned long long *ctx)
 	if (!start)
 		return 0;
 	start->ktime_ns = bpf_ktime_get_ns();
+	start->woken_ns = 0;
 	start->state = prev_state & ~CORAL_STATE_PREEMPTED;
 	if (preempt || prev_state == 0)
 		start->state |= CORAL_STATE_PREEMPTED;
+	return 0;
+}
+
+/* A blocked target thread was woken (in the waker's context): from now on it is
+ * runnable, and the rest of its time off the CPU is a run-queue wait. */
+SEC("tp_btf/sched_wakeup")
+int coral_wakeup(unsigned long long *ctx)
+{
+	/* (struct task_struct *p) */
+	struct task_struct *task = (struct task_struct *)ctx[0];
+	struct offcpu_start *start = bpf_task_storage_get(&offcpu_start, task, 0, 0);
+
+	if (start && start->ktime_ns && !start->woken_ns)
+		start->woken_ns = bpf_ktime_get_ns();
 	return 0;
 }
 
@@ -407,13 +428,14 @@ static __always_inline int switch_in(void *ctx, __u64 kernel_skip)
 	struct lost_state *pending;
 	struct scratch *s;
 	__u64 now, start_ns, wait, weight, threshold = coral_offcpu_min_wait_ns;
-	__u64 *epoch;
+	__u64 *epoch, woken_ns;
 	__u32 state;
 
 	found = bpf_task_storage_get(&offcpu_start, bpf_get_current_task_btf(), 0, 0);
 	if (!found || !found->ktime_ns)
 		return 0;
 	start_ns = found->ktime_ns;
+	woken_ns = found->woken_ns;
 	state = found->state;
 	found->ktime_ns = 0;
 	epoch = bpf_map_lookup_elem(&offcpu_epoch, &zero);
@@ -458,6 +480,7 @@ static __always_inline int switch_in(void *ctx, __u64 kernel_skip)
 	event->state = state;
 	event->off_cpu_start_ns = start_ns;
 	event->weight_ns = weight;
+	event->runqueue_ns = woken_ns > start_ns && woken_ns < now ? now - woken_ns : 0;
 	if (send_event(ctx, s, pending, kernel_skip))
 		count(CORAL_COUNTER_OFFCPU_EVENTS);
 	return 0;

@@ -65,6 +65,10 @@ struct coral_sample_event {
 	__u32 lost_tid;
 	/* 0 (keeps the size a multiple of 8). */
 	__u32 reserved;
+	/* Off-CPU: the part of weight_ns after the thread was woken, while it was
+	 * runnable but not running (a run-queue wait); 0 when it was never woken
+	 * (preempted: all of it is a run-queue wait) or for CPU samples. */
+	__u64 runqueue_ns;
 };
 
 /* Values of coral_sample_event.kind. */

@@ -31,6 +31,8 @@ pub(crate) struct RawEvent<'a> {
     pub weight_ns: u64,
     /// The thread of the lost samples (0: several).
     pub lost_tid: u32,
+    /// Off-CPU: the part of `weight_ns` spent runnable after the wake-up.
+    pub runqueue_ns: u64,
     /// Kernel frames, leaf first.
     pub kernel: Vec<u64>,
     /// User frames walked by the kernel (frame-pointer mode), leaf first.
@@ -40,7 +42,7 @@ pub(crate) struct RawEvent<'a> {
 }
 
 /// `sizeof(struct coral_sample_event)`.
-pub(crate) const HEADER_SIZE: usize = 112;
+pub(crate) const HEADER_SIZE: usize = 120;
 
 /// `CORAL_KIND_*`: what an event is.
 #[cfg_attr(
@@ -105,6 +107,8 @@ pub(crate) const PROGRAM: &str = "coral_sample";
 pub(crate) const PROGRAM_SWITCH_OUT: &str = "coral_switch_out";
 pub(crate) const PROGRAM_SWITCH_IN: &str = "coral_switch_in";
 pub(crate) const PROGRAM_SWITCH_IN_KPROBE: &str = "coral_switch_in_kprobe";
+/// `tp_btf/sched_wakeup`: when a switched-out target thread became runnable again.
+pub(crate) const PROGRAM_WAKEUP: &str = "coral_wakeup";
 
 impl<'a> RawEvent<'a> {
     /// Parses an event from a ring buffer record. Records are at least as long as
@@ -148,6 +152,7 @@ impl<'a> RawEvent<'a> {
             off_cpu_start_ns: u64_at(88),
             weight_ns: u64_at(96),
             lost_tid: u32_at(104),
+            runqueue_ns: u64_at(112),
             kernel: frames(HEADER_SIZE, kernel_bytes),
             user: frames(HEADER_SIZE + kernel_bytes, user_bytes),
             stack: &bytes[frames_end..stack_end],
@@ -176,6 +181,7 @@ impl<'a> RawEvent<'a> {
         bytes.extend_from_slice(&self.weight_ns.to_ne_bytes());
         bytes.extend_from_slice(&self.lost_tid.to_ne_bytes());
         bytes.extend_from_slice(&0u32.to_ne_bytes());
+        bytes.extend_from_slice(&self.runqueue_ns.to_ne_bytes());
         assert_eq!(bytes.len(), HEADER_SIZE);
         for frame in self.kernel.iter().chain(&self.user) {
             bytes.extend_from_slice(&frame.to_ne_bytes());
@@ -227,6 +233,7 @@ mod tests {
             ("__u64", "weight_ns"),
             ("__u32", "lost_tid"),
             ("__u32", "reserved"),
+            ("__u64", "runqueue_ns"),
         ];
         assert_eq!(fields, expected);
         let size: usize = fields
@@ -336,6 +343,7 @@ mod tests {
             off_cpu_start_ns: 122_000_000_000,
             weight_ns: 1_000_000,
             lost_tid: 4243,
+            runqueue_ns: 3_000,
             kernel: vec![0xffff_ffff_8100_0000, 0xffff_ffff_8100_0100],
             user: vec![0x4000],
             stack: &stack,

@@ -238,6 +238,7 @@ mod tests {
             start_unix_nano: 5,
             weight_ns: 20,
             state: SwitchState::Uninterruptible,
+            woken_unix_nano: None,
         };
         sampler.push([
             Sample::new_off_cpu(11, 12, 25, off_cpu, &[0x1000], &[0xffff_0000]),

@@ -152,6 +152,10 @@ pub struct OffCpu {
     pub weight_ns: u64,
     /// How the thread left the CPU.
     pub state: SwitchState,
+    /// When it was woken (became runnable again), Unix nanoseconds: from then until
+    /// it ran it waited on the run queue. `None` when it was not woken (preempted:
+    /// runnable throughout) or the wake-up was not seen.
+    pub woken_unix_nano: Option<i64>,
 }
 
 /// How the thread left the CPU.
@@ -588,6 +592,7 @@ mod tests {
             start_unix_nano: 100,
             weight_ns: 400,
             state: SwitchState::Interruptible,
+            woken_unix_nano: None,
         };
         let sample = Sample::new_off_cpu(1, 2, 500, off_cpu, &[0x1000], &[]);
         assert_eq!(sample.start_unix_nano(), 100);

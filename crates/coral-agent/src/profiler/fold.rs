@@ -97,23 +97,38 @@ pub enum OffCpuWindow {
     Within { start: i64, end: i64 },
 }
 
-/// The weight of an off-CPU record that ended at `end` within `[start, stop]`: its
-/// weight scaled by the share of its interval inside the window.
-fn weight_within(off: &OffCpu, end: i64, start: i64, stop: i64) -> u64 {
+/// The parts of an off-CPU record that ended at `end`, within `[start, stop]`: the
+/// wait itself (in the state the thread left the CPU in) until it was woken, then the
+/// run-queue wait until it ran. Each weighs the record's weight scaled by its share
+/// of the interval inside the window.
+fn parts_within(off: &OffCpu, end: i64, start: i64, stop: i64) -> [(SwitchState, u64); 2] {
     let interval = end.saturating_sub(off.start_unix_nano);
     if interval <= 0 {
-        return if (start..=stop).contains(&end) {
-            off.weight_ns
-        } else {
-            0
-        };
+        let inside = (start..=stop).contains(&end);
+        return [
+            (
+                switch_state(off.state),
+                if inside { off.weight_ns } else { 0 },
+            ),
+            (SwitchState::Preempted, 0),
+        ];
     }
-    let inside = end.min(stop).saturating_sub(off.start_unix_nano.max(start));
-    if inside <= 0 {
-        return 0;
-    }
-    let scaled = u128::from(off.weight_ns) * inside as u128 / interval as u128;
-    u64::try_from(scaled).unwrap_or(u64::MAX)
+    let woken = off
+        .woken_unix_nano
+        .unwrap_or(end)
+        .clamp(off.start_unix_nano, end);
+    let weigh = |from: i64, to: i64| {
+        let inside = to.min(stop).saturating_sub(from.max(start));
+        if inside <= 0 {
+            return 0;
+        }
+        let scaled = u128::from(off.weight_ns) * inside as u128 / interval as u128;
+        u64::try_from(scaled).unwrap_or(u64::MAX)
+    };
+    [
+        (switch_state(off.state), weigh(off.start_unix_nano, woken)),
+        (SwitchState::Preempted, weigh(woken, end)),
+    ]
 }
 
 /// Kernel frames every off-CPU stack has on top (the switch itself): dropped, so the
@@ -136,7 +151,8 @@ fn switch_state(state: coral_sampler::SwitchState) -> SwitchState {
 /// The profile of `samples`: CPU samples taken at `frequency_hz`, equal stacks counted
 /// together (in order of first appearance, so the result is deterministic), and the
 /// off-CPU records `off_cpu` keeps, each stack ending in its wait cause (decided from
-/// the switch state and the kernel stack, [`WaitCause::classify`]).
+/// the switch state and the kernel stack, [`WaitCause::classify`]); the time between
+/// a wait's wake-up and the thread running again is a `runqueue` wait of that stack.
 pub fn fold<'a>(
     samples: impl IntoIterator<Item = &'a Sample>,
     cache: &mut StackCache<'a>,
@@ -149,25 +165,30 @@ pub fn fold<'a>(
     let mut counts: HashMap<(StackKey<'a>, Option<SwitchState>), (usize, u64, u64)> =
         HashMap::new();
     for sample in samples {
-        let (state, weight) = match (&sample.off_cpu, off_cpu) {
-            (None, _) => (None, 0),
+        let parts = match (&sample.off_cpu, off_cpu) {
+            (None, _) => [(None, 0), (None, 0)],
             (Some(_), OffCpuWindow::Skip) => continue,
             (Some(off), OffCpuWindow::Within { start, end }) => {
-                let weight = weight_within(off, sample.time_unix_nano, start, end);
-                if weight == 0 {
-                    continue;
-                }
-                (Some(switch_state(off.state)), weight)
+                parts_within(off, sample.time_unix_nano, start, end)
+                    .map(|(state, weight)| (Some(state), weight))
             }
         };
-        let entry = counts
-            .entry(((sample.tgid, &*sample.stack), state))
-            .or_insert_with(|| {
-                order.push(sample);
-                (order.len() - 1, 0, 0)
-            });
-        entry.1 += 1;
-        entry.2 = entry.2.saturating_add(weight);
+        // A CPU sample is its first part; an off-CPU record's parts that weigh nothing
+        // (outside the window, or no run-queue wait) add nothing.
+        let cpu = sample.off_cpu.is_none();
+        for (state, weight) in parts.into_iter().take(if cpu { 1 } else { 2 }) {
+            if !cpu && weight == 0 {
+                continue;
+            }
+            let entry = counts
+                .entry(((sample.tgid, &*sample.stack), state))
+                .or_insert_with(|| {
+                    order.push(sample);
+                    (order.len() - 1, 0, 0)
+                });
+            entry.1 += 1;
+            entry.2 = entry.2.saturating_add(weight);
+        }
     }
     let mut weights = vec![(None, 0u64, 0u64); order.len()];
     for ((_, state), (index, count, weight)) in counts {
@@ -340,6 +361,7 @@ mod tests {
             start_unix_nano: start,
             weight_ns: u64::try_from(end - start).unwrap(),
             state,
+            woken_unix_nano: None,
         });
         sample
     }
@@ -369,6 +391,12 @@ mod tests {
             off_cpu(7, 2_100, 2_200, Preempted, &futex),
             // Entirely before the request.
             off_cpu(7, 100, 900, Interruptible, &futex),
+            // Blocked 100, then runnable (woken at 2,400) 100 more before it ran.
+            {
+                let mut woken = off_cpu(7, 2_300, 2_500, Interruptible, &nanosleep);
+                woken.off_cpu.as_mut().unwrap().woken_unix_nano = Some(2_400);
+                woken
+            },
         ];
         let within = OffCpuWindow::Within {
             start: 1_000,
@@ -383,9 +411,13 @@ mod tests {
         );
         let b = profile.breakdown();
         assert_eq!(b.lock_ns, 600 + 200);
-        assert_eq!(b.sleep_ns, 50);
-        assert_eq!(b.runqueue_ns, 100);
-        assert_eq!(b.off_cpu_ns, 950);
+        assert_eq!(b.sleep_ns, 50 + 100);
+        assert_eq!(
+            b.runqueue_ns,
+            100 + 100,
+            "after its wake-up a wait is a run-queue wait"
+        );
+        assert_eq!(b.off_cpu_ns, 1_150);
         assert_eq!(b.on_cpu_ns, samples_to_cpu_ns(1, 100));
         let lock = profile
             .stacks
