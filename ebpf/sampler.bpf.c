@@ -31,9 +31,9 @@
  *     {ktime, state}: the task state it left in (prev_state), with
  *     CORAL_STATE_PREEMPTED when it was preempted or still runnable (a wait on
  *     the run queue, not a block).
- *   - wake-up: `coral_wakeup` (tp_btf/sched_wakeup, in the waker) notes when a
- *     switched-out target thread became runnable again; the event's
- *     runqueue_ns is the time from then to its switch-in.
+ *     It also notes the thread's run-queue time so far (sched_info.run_delay),
+ *     so the switch-in can tell how much of the wait was spent runnable, after
+ *     a wake-up, waiting for a CPU (event.runqueue_ns).
  *   - switch-in: the sched_exit_tp tracepoint at the end of __schedule
  *     (kernels >= 6.16), else a kprobe on finish_task_switch, runs in the
  *     thread switched in, so its kernel stack (__schedule <- schedule <- what
@@ -59,12 +59,19 @@
 
 #include "sampler.h"
 
-/* Only the field read here; its offset is relocated against the running
+/* Only the fields read here; their offsets are relocated against the running
  * kernel's BTF (CO-RE). */
+struct sched_info {
+	/* Time spent runnable on a run queue, in all: updated when the task
+	 * is switched in (CONFIG_SCHED_INFO; stays 0 without it). */
+	unsigned long long run_delay;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	int pid;
 	int tgid;
 	__u64 self_exec_id;
+	struct sched_info sched_info;
 } __attribute__((preserve_access_index));
 
 char LICENSE[] SEC("license") = "GPL";
@@ -132,11 +139,11 @@ struct {
 	__uint(max_entries, CORAL_RING_BYTES);
 } events SEC(".maps");
 
-/* Target threads switched out: when (0: not out), how, and when they were
- * woken (0: not yet). */
+/* Target threads switched out: when (0: not out), how, and their run-queue time
+ * so far (sched_info.run_delay). */
 struct offcpu_start {
 	__u64 ktime_ns;
-	__u64 woken_ns;
+	__u64 run_delay_ns;
 	__u32 state;
 	__u32 pad;
 };
@@ -199,6 +206,18 @@ static __always_inline void saved_user_regs(struct coral_sample_event *event)
 	event->ip = regs.rip;
 	event->sp = regs.rsp;
 	event->bp = regs.rbp;
+}
+
+/* The current thread's run-queue time so far (the kprobe path cannot
+ * dereference the task directly). */
+static __always_inline __u64 current_run_delay(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 delay = 0;
+
+	bpf_probe_read_kernel(&delay, sizeof(delay),
+			      __builtin_preserve_access_index(&task->sched_info.run_delay));
+	return delay;
 }
 
 /* The current thread's exec count: it changes when the process execs. */
@@ -396,24 +415,10 @@ int coral_switch_out(unsigned long long *ctx)
 	if (!start)
 		return 0;
 	start->ktime_ns = bpf_ktime_get_ns();
-	start->woken_ns = 0;
+	start->run_delay_ns = prev->sched_info.run_delay;
 	start->state = prev_state & ~CORAL_STATE_PREEMPTED;
 	if (preempt || prev_state == 0)
 		start->state |= CORAL_STATE_PREEMPTED;
-	return 0;
-}
-
-/* A blocked target thread was woken (in the waker's context): from now on it is
- * runnable, and the rest of its time off the CPU is a run-queue wait. */
-SEC("tp_btf/sched_wakeup")
-int coral_wakeup(unsigned long long *ctx)
-{
-	/* (struct task_struct *p) */
-	struct task_struct *task = (struct task_struct *)ctx[0];
-	struct offcpu_start *start = bpf_task_storage_get(&offcpu_start, task, 0, 0);
-
-	if (start && start->ktime_ns && !start->woken_ns)
-		start->woken_ns = bpf_ktime_get_ns();
 	return 0;
 }
 
@@ -428,14 +433,14 @@ static __always_inline int switch_in(void *ctx, __u64 kernel_skip)
 	struct lost_state *pending;
 	struct scratch *s;
 	__u64 now, start_ns, wait, weight, threshold = coral_offcpu_min_wait_ns;
-	__u64 *epoch, woken_ns;
+	__u64 *epoch, run_delay_ns, queued;
 	__u32 state;
 
 	found = bpf_task_storage_get(&offcpu_start, bpf_get_current_task_btf(), 0, 0);
 	if (!found || !found->ktime_ns)
 		return 0;
 	start_ns = found->ktime_ns;
-	woken_ns = found->woken_ns;
+	run_delay_ns = found->run_delay_ns;
 	state = found->state;
 	found->ktime_ns = 0;
 	epoch = bpf_map_lookup_elem(&offcpu_epoch, &zero);
@@ -480,7 +485,11 @@ static __always_inline int switch_in(void *ctx, __u64 kernel_skip)
 	event->state = state;
 	event->off_cpu_start_ns = start_ns;
 	event->weight_ns = weight;
-	event->runqueue_ns = woken_ns > start_ns && woken_ns < now ? now - woken_ns : 0;
+	/* The scheduler counted the wait on the run queue (after a wake-up, or all
+	 * of it when preempted) when it switched the thread in, just before. */
+	queued = current_run_delay();
+	queued = queued > run_delay_ns ? queued - run_delay_ns : 0;
+	event->runqueue_ns = queued < wait ? queued : wait;
 	if (send_event(ctx, s, pending, kernel_skip))
 		count(CORAL_COUNTER_OFFCPU_EVENTS);
 	return 0;

@@ -65,9 +65,10 @@ struct coral_sample_event {
 	__u32 lost_tid;
 	/* 0 (keeps the size a multiple of 8). */
 	__u32 reserved;
-	/* Off-CPU: the part of weight_ns after the thread was woken, while it was
-	 * runnable but not running (a run-queue wait); 0 when it was never woken
-	 * (preempted: all of it is a run-queue wait) or for CPU samples. */
+	/* Off-CPU: how much of the interval (off_cpu_start_ns to ktime_ns) the
+	 * thread spent runnable on a run queue (the scheduler's run_delay over the
+	 * interval): after its wake-up, or all of it when it was preempted. 0 for
+	 * CPU samples, and without CONFIG_SCHED_INFO. */
 	__u64 runqueue_ns;
 };
 

@@ -6,8 +6,8 @@ use crate::event::{
     COUNTER_LOST, COUNTER_OFFCPU_THROTTLED, COUNTER_STACK_ERRORS, GLOBAL_OFFCPU_EVENT_COST,
     GLOBAL_OFFCPU_MIN_WAIT, GLOBAL_UNWIND_MODE, KIND_OFF_CPU, MAP_COUNTERS, MAP_EVENTS,
     MAP_OFFCPU_EPOCH, MAP_SCRATCH, MAP_TARGETS, MAX_TARGETS, PROGRAM, PROGRAM_SWITCH_IN,
-    PROGRAM_SWITCH_IN_KPROBE, PROGRAM_SWITCH_OUT, PROGRAM_WAKEUP, RawEvent, STATE_PREEMPTED,
-    TARGET_CPU, TARGET_OFF_CPU, UNWIND_COPY, UNWIND_FP,
+    PROGRAM_SWITCH_IN_KPROBE, PROGRAM_SWITCH_OUT, RawEvent, STATE_PREEMPTED, TARGET_CPU,
+    TARGET_OFF_CPU, UNWIND_COPY, UNWIND_FP,
 };
 use crate::{
     Loss, MAX_STACK_DEPTH, OffCpu, Sample, Sampler, SamplerConfig, SamplerError, SamplerStats,
@@ -109,7 +109,6 @@ const SWITCH_IN_TRACEPOINT: &str = "sched_exit_tp";
 /// The attached off-CPU programs; dropping them detaches.
 struct SchedulerLinks {
     _switch_out: BtfTracePointLink,
-    _wakeup: BtfTracePointLink,
     _switch_in: SwitchInLinks,
 }
 
@@ -314,7 +313,7 @@ impl EbpfSampler {
     }
 
     /// The kernel's ids of the off-CPU programs (switch-out, switch-in), once loaded.
-    pub(crate) fn scheduler_program_ids(&self) -> Option<[u32; 3]> {
+    pub(crate) fn scheduler_program_ids(&self) -> Option<[u32; 2]> {
         let control = self.shared.control();
         let id = |name: &str| {
             control
@@ -323,11 +322,7 @@ impl EbpfSampler {
                 .and_then(|program| program.info().ok())
                 .map(|info| info.id())
         };
-        Some([
-            id(PROGRAM_SWITCH_OUT)?,
-            id(PROGRAM_WAKEUP)?,
-            id(control.switch_in_program?)?,
-        ])
+        Some([id(PROGRAM_SWITCH_OUT)?, id(control.switch_in_program?)?])
     }
 
     /// Run time and count of the switch-in program (kernel BPF stats).
@@ -703,11 +698,6 @@ impl Control {
         self.offcpu_epoch
             .set(0, now, 0)
             .map_err(|e| failed("offcpu_epoch")(e.to_string()))?;
-        let program = self.tracepoint(PROGRAM_WAKEUP);
-        let wakeup = program
-            .attach()
-            .and_then(|id| program.take_link(id))
-            .map_err(|e| failed("tp_btf/sched_wakeup")(program_error_message(&e)))?;
         let program = self.tracepoint(PROGRAM_SWITCH_OUT);
         let switch_out = program
             .attach()
@@ -716,7 +706,6 @@ impl Control {
         tracing::debug!(switch_in_program, "off-CPU probes attached");
         self.scheduler = Some(SchedulerLinks {
             _switch_out: switch_out,
-            _wakeup: wakeup,
             _switch_in: switch_in,
         });
         Ok(())
@@ -735,9 +724,6 @@ impl Control {
         self.tracepoint(PROGRAM_SWITCH_OUT)
             .load("sched_switch", &btf)
             .map_err(|e| failed("tp_btf/sched_switch")(program_error_message(&e)))?;
-        self.tracepoint(PROGRAM_WAKEUP)
-            .load("sched_wakeup", &btf)
-            .map_err(|e| failed("tp_btf/sched_wakeup")(program_error_message(&e)))?;
         // Kernels before 6.16 have no such tracepoint: loading fails, the kprobe is next.
         let switch_in = match self
             .tracepoint(PROGRAM_SWITCH_IN)

@@ -31,7 +31,7 @@ pub(crate) struct RawEvent<'a> {
     pub weight_ns: u64,
     /// The thread of the lost samples (0: several).
     pub lost_tid: u32,
-    /// Off-CPU: the part of `weight_ns` spent runnable after the wake-up.
+    /// Off-CPU: how much of the interval the thread spent runnable on a run queue.
     pub runqueue_ns: u64,
     /// Kernel frames, leaf first.
     pub kernel: Vec<u64>,
@@ -107,8 +107,6 @@ pub(crate) const PROGRAM: &str = "coral_sample";
 pub(crate) const PROGRAM_SWITCH_OUT: &str = "coral_switch_out";
 pub(crate) const PROGRAM_SWITCH_IN: &str = "coral_switch_in";
 pub(crate) const PROGRAM_SWITCH_IN_KPROBE: &str = "coral_switch_in_kprobe";
-/// `tp_btf/sched_wakeup`: when a switched-out target thread became runnable again.
-pub(crate) const PROGRAM_WAKEUP: &str = "coral_wakeup";
 
 impl<'a> RawEvent<'a> {
     /// Parses an event from a ring buffer record. Records are at least as long as

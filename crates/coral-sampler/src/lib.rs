@@ -152,9 +152,10 @@ pub struct OffCpu {
     pub weight_ns: u64,
     /// How the thread left the CPU.
     pub state: SwitchState,
-    /// When it was woken (became runnable again), Unix nanoseconds: from then until
-    /// it ran it waited on the run queue. `None` when it was not woken (preempted:
-    /// runnable throughout) or the wake-up was not seen.
+    /// When it became runnable again (woken), Unix nanoseconds: from then until it
+    /// ran it waited on the run queue (the scheduler's own run-queue accounting over
+    /// the interval). `None` when it did not wait on a run queue, or the kernel does
+    /// not keep that accounting (no `CONFIG_SCHED_INFO`).
     pub woken_unix_nano: Option<i64>,
 }
 

@@ -213,8 +213,9 @@ fn a_sleep_is_recorded_as_an_interruptible_nanosleep() {
     let off_cpu = longest.off_cpu.expect("off-CPU");
     assert_eq!(off_cpu.state, SwitchState::Interruptible);
     assert!(off_cpu.start_unix_nano >= start && longest.time_unix_nano <= end);
-    // The timer woke it near the sleep's end; it ran soon after.
-    let woken = off_cpu.woken_unix_nano.expect("the wake-up is seen");
+    // The timer woke it near the sleep's end; it ran soon after (a run-queue wait
+    // of at least the scheduler's own switching, on this idle machine).
+    let woken = off_cpu.woken_unix_nano.expect("a run-queue wait is seen");
     assert!(
         woken >= off_cpu.start_unix_nano + 150_000_000 && woken <= longest.time_unix_nano,
         "woken at {woken} in a wait from {} to {}",
@@ -367,7 +368,7 @@ fn short_waits_are_sampled_without_bias() {
 }
 
 /// The kernel's BPF links of these programs.
-fn links_of(programs: [u32; 3]) -> usize {
+fn links_of(programs: [u32; 2]) -> usize {
     aya::programs::loaded_links()
         .filter_map(Result::ok)
         .filter(|link| programs.contains(&link.program_id()))
@@ -403,8 +404,8 @@ fn scheduler_probes_are_attached_only_for_off_cpu_targets() {
     assert!(sampler.stats().off_cpu_attached);
     assert_eq!(
         links_of(programs),
-        3,
-        "sched_switch, sched_wakeup and switch-in links in the kernel"
+        2,
+        "sched_switch and switch-in links in the kernel"
     );
     sampler.remove_targets(&[other.pid()]).expect("remove");
     let stats = sampler.stats();
@@ -413,9 +414,9 @@ fn scheduler_probes_are_attached_only_for_off_cpu_targets() {
 
     // A target that asks later turns it on; removing every target turns it off.
     sampler.add_targets(&[pid], HZ, true).expect("add_targets");
-    assert_eq!(links_of(programs), 3);
+    assert_eq!(links_of(programs), 2);
     sampler.add_targets(&[pid], HZ, false).expect("add_targets");
-    assert_eq!(links_of(programs), 3, "a process keeps off-CPU once asked");
+    assert_eq!(links_of(programs), 2, "a process keeps off-CPU once asked");
     sampler.remove_targets(&[pid]).expect("remove");
     assert_eq!(links_of(programs), 0);
     let stats = sampler.stats();
