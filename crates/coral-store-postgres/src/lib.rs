@@ -54,7 +54,7 @@ use coral_analysis::profile::{Frame, Profile};
 use coral_analysis::status::{OTEL_STATUS_ERROR, StatusTerm};
 use coral_store::{
     AgentRecord, Claim, CollectedRequest, InsertedProfiles, ListedRequest, Precision,
-    ProfileSession, ProfileSource, RequestQuery, RequestSummary, SUMMARY_PERCENTILES,
+    ProfileSession, ProfileSource, ProfileType, RequestQuery, RequestSummary, SUMMARY_PERCENTILES,
     ServiceRecord, SessionResult, SpanId, SpanRecord, Store, StoreError, TraceId,
     TraceProfileRecord, TraceProfileTrigger,
 };
@@ -75,7 +75,6 @@ use coral_store::profile_rows::{
     ProfileRows, StackRead, StacksByProfile, attach_profiles,
     distinct_sorted as distinct_sorted_profiles, frame_hashes_of, kind_str, parse_kind,
     parse_profile_types, parse_source, profile_types_text, to_i64, to_u32, to_u64,
-    total_off_cpu_ns,
 };
 use coral_store::trigger_rows::{
     ClaimTally, TriggerRow, resolved_trigger_id, slot_claims, to_i32, trace_id_texts,
@@ -706,7 +705,7 @@ impl Store for PostgresStore {
             .bind(
                 profiles
                     .iter()
-                    .map(|p| to_i64(total_off_cpu_ns(&p.profile)))
+                    .map(|p| to_i64(p.profile.total(ProfileType::Offcpu)))
                     .bind_iter(),
             )
             .bind(&profile_types)

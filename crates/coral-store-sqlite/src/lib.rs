@@ -53,7 +53,7 @@ use coral_analysis::profile::{Frame, Profile};
 use coral_analysis::status::{OTEL_STATUS_ERROR, StatusTerm};
 use coral_store::{
     AgentRecord, Claim, CollectedRequest, InsertedProfiles, ListedRequest, Precision,
-    ProfileSession, ProfileSource, RequestQuery, RequestSummary, SUMMARY_PERCENTILES,
+    ProfileSession, ProfileSource, ProfileType, RequestQuery, RequestSummary, SUMMARY_PERCENTILES,
     ServiceRecord, SessionResult, SpanId, SpanRecord, Store, StoreError, TraceId,
     TraceProfileRecord, TraceProfileTrigger, nearest_rank_offset,
 };
@@ -75,7 +75,7 @@ use coral_store::profile_rows::{
     ProfileRows, StackRead, StacksByProfile, attach_profiles,
     distinct_sorted as distinct_sorted_profiles, frame_hashes_of, hashes_from_bytes,
     hashes_to_bytes, kind_str, parse_kind, parse_profile_types, parse_source, profile_types_text,
-    to_i64, to_u32, to_u64, total_off_cpu_ns,
+    to_i64, to_u32, to_u64,
 };
 use coral_store::trigger_rows::{
     ClaimTally, TriggerRow, resolved_trigger_id, slot_claims, to_i32, trace_id_texts,
@@ -672,7 +672,7 @@ impl Store for SqliteStore {
                     .push_bind(created)
                     .push_bind(i64::from(p.truncated_samples))
                     .push_bind(to_i64(p.lost_samples))
-                    .push_bind(to_i64(total_off_cpu_ns(&p.profile)))
+                    .push_bind(to_i64(p.profile.total(ProfileType::Offcpu)))
                     .push_bind(profile_types.as_str());
             });
             qb.push(" ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id");

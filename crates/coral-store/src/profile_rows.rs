@@ -115,15 +115,6 @@ impl ProfileRows {
     }
 }
 
-/// A profile's off-CPU time, all stacks (`trace_profiles.off_cpu_ns`, beside the
-/// CPU total `cpu_ns`).
-pub fn total_off_cpu_ns(profile: &Profile) -> u64 {
-    profile
-        .stacks
-        .iter()
-        .fold(0u64, |acc, s| acc.saturating_add(s.off_cpu_ns))
-}
-
 /// Whether agents collect a profile type. `wall` is not collected: it is a view of
 /// `cpu` and `offcpu` together.
 fn is_collected(ty: ProfileType) -> bool {
@@ -446,7 +437,7 @@ mod tests {
         assert!(weights.contains(&(2, 20_000_000, 0)), "{weights:?}");
         assert!(weights.contains(&(4, 0, 1000)), "{weights:?}");
         assert!(weights.contains(&(1, 0, 50)), "{weights:?}");
-        assert_eq!(total_off_cpu_ns(&profile), 1050);
+        assert_eq!(profile.total(ProfileType::Offcpu), 1050);
 
         let stacks = rows
             .samples
