@@ -26,9 +26,11 @@
 //! Off-CPU intervals, for targets added with `off_cpu` (attached only while one is):
 //!
 //! ```text
-//!  tp_btf/sched_switch: a target thread leaves the CPU → offcpu_start[tid] = {ktime, state}
-//!  kprobe finish_task_switch* (in the thread switched back in):
-//!    d = now − offcpu_start[tid] (taken)
+//!  tp_btf/sched_switch: a target thread leaves the CPU
+//!    → its task storage offcpu_start = {ktime, state, run_delay}
+//!  tp_btf/sched_exit_tp (kprobe finish_task_switch* before 6.16), in the thread
+//!  switched back in:
+//!    d = now − offcpu_start.ktime (taken); its run-queue part = run_delay's growth
 //!    d ≥ T: one event of weight d; d < T: with probability d/T, one event of weight T
 //!    per-CPU token bucket; over it: counted as lost
 //!    kernel stack (… ← schedule ← what it waited in), user stack as for CPU samples

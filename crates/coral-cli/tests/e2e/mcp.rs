@@ -283,6 +283,39 @@ async fn every_tool_over_stdio(backend: Backend) {
         text.contains("  profile: ") && text.contains("precision, top self: "),
         "{text}"
     );
+    // Its breakdown: a process-precision request has CPU time only, and asking for
+    // where it waited says why there is none.
+    assert!(
+        text.contains("wall: on-CPU") && text.contains("waiting not recorded"),
+        "{text}"
+    );
+    assert_eq!(
+        profiled["profile"]["breakdown"]["off_cpu_ns"],
+        serde_json::Value::Null,
+        "{data}"
+    );
+    let (text, data) = ok(
+        &client,
+        "coral_query_trace_profile",
+        json!({"trace_id": matched, "profile_type": "cpu"}),
+    )
+    .await;
+    assert!(text.contains("waiting not recorded"), "{text}");
+    assert_eq!(data["profile_type"], "cpu", "{data}");
+    for ty in ["offcpu", "wall"] {
+        let text = tool_error(
+            &client,
+            "coral_query_trace_profile",
+            json!({"trace_id": matched, "profile_type": ty}),
+        )
+        .await;
+        assert!(
+            text.contains(&format!("no {ty} profile"))
+                && text.contains("process precision")
+                && text.contains("profile_type \"cpu\""),
+            "{text}"
+        );
+    }
     // Cancel: a trigger nothing matches.
     let started = stack
         .profile()
