@@ -356,14 +356,13 @@ mod tests {
         state: coral_sampler::SwitchState,
         kernel: &[u64],
     ) -> Sample {
-        let mut sample = Sample::new(tgid, tgid, end, &[0x10, 0x21], kernel);
-        sample.off_cpu = Some(OffCpu {
+        let off_cpu = OffCpu {
             start_unix_nano: start,
             weight_ns: u64::try_from(end - start).unwrap(),
             state,
             woken_unix_nano: None,
-        });
-        sample
+        };
+        Sample::new_off_cpu(tgid, tgid, end, off_cpu, &[0x10, 0x21], kernel)
     }
 
     #[test]

@@ -416,17 +416,6 @@ impl super::Profile {
         }
         b
     }
-
-    /// The stacks with a value of type `ty` only, for renderers that show one type.
-    pub fn of_type(&self, ty: ProfileType) -> super::Profile {
-        let stacks = self
-            .stacks
-            .iter()
-            .filter(|s| ty.value(s) > 0)
-            .cloned()
-            .collect();
-        super::Profile::from_parts(self.frames.clone(), stacks)
-    }
 }
 
 #[cfg(test)]
@@ -636,8 +625,5 @@ mod tests {
             .unwrap();
         assert_eq!(lock_stack.samples, 3);
         assert_eq!(p.wait_cause(lock_stack), Some(WaitCause::Lock));
-        assert_eq!(p.of_type(ProfileType::Cpu).stacks.len(), 1);
-        assert_eq!(p.of_type(ProfileType::Offcpu).stacks.len(), 2);
-        assert_eq!(p.of_type(ProfileType::Wall).stacks.len(), 3);
     }
 }
