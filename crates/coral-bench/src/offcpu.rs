@@ -12,7 +12,9 @@
 //! process for Coral, the `offcputime` process for bcc) and the run time of the eBPF
 //! programs in the kernel (the kernel's `bpf_stats_enabled` counters, switched on for
 //! the benchmark and restored after), which is charged to whichever thread was
-//! switching, the workload's included.
+//! switching, the workload's included. The counters themselves cost every run a little;
+//! `CORAL_BENCH_OFFCPU_BPF_STATS=0` leaves them off for a throughput comparison without
+//! that cost.
 
 use crate::overhead::lookup_addrs;
 use crate::workload::{loss_vs_neighbours, median};
@@ -147,10 +149,18 @@ pub fn run() -> Result<()> {
         .flat_map(|_| profilers.iter().flat_map(|&p| [Profiler::Off, p]))
         .chain([Profiler::Off])
         .collect();
-    let stats_guard = BpfStats::enable();
+    // The statistics cost every run of every program a little: off, the throughput
+    // comparison is fair; on, the eBPF columns say where the time goes.
+    let want_stats = std::env::var("CORAL_BENCH_OFFCPU_BPF_STATS").as_deref() != Ok("0");
+    let stats_guard = want_stats.then(BpfStats::enable).flatten();
     if stats_guard.is_none() {
         println!(
-            "The kernel's eBPF run-time statistics cannot be enabled ({BPF_STATS}): their columns stay empty."
+            "The kernel's eBPF run-time statistics are off ({}): their columns stay empty.",
+            if want_stats {
+                format!("{BPF_STATS} cannot be enabled")
+            } else {
+                "CORAL_BENCH_OFFCPU_BPF_STATS=0".to_string()
+            }
         );
     }
     let busy = std::process::Command::new("pgrep")
