@@ -16,8 +16,8 @@
 //! `CORAL_BENCH_OFFCPU_BPF_STATS=0` leaves them off for a throughput comparison without
 //! that cost.
 
-use crate::overhead::lookup_addrs;
-use crate::workload::{loss_vs_neighbours, median};
+use crate::overhead::symbolize_like_the_agent;
+use crate::workload::{Killed, loss_vs_neighbours, median};
 use anyhow::{Context, Result, bail};
 use coral_sampler::{EbpfSampler, Sample, Sampler, SamplerConfig};
 use coral_symbolizer::Symbolizer;
@@ -310,18 +310,6 @@ fn bpf_delta(before: &HashMap<u64, ProgRun>, after: &HashMap<u64, ProgRun>) -> V
     v
 }
 
-/// Kills a child on drop (a workload or an `offcputime` left behind by an error).
-struct Killed(Option<Child>);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// One round of the workload.
 struct Round {
     profiler: Profiler,
@@ -537,7 +525,7 @@ fn drain_once(sampler: &EbpfSampler, symbolizer: &mut Symbolizer, round: &mut Co
     let samples = sampler.drain();
     let _ = sampler.take_losses();
     let mut distinct: HashSet<(u32, &coral_sampler::Stack)> = HashSet::new();
-    let mut by_pid: HashMap<u32, Vec<&Sample>> = HashMap::new();
+    let mut stacks: Vec<&Sample> = Vec::new();
     for s in &samples {
         match &s.off_cpu {
             Some(off) => {
@@ -547,19 +535,11 @@ fn drain_once(sampler: &EbpfSampler, symbolizer: &mut Symbolizer, round: &mut Co
             None => round.cpu_samples += 1,
         }
         if distinct.insert((s.tgid, &*s.stack)) {
-            by_pid.entry(s.tgid).or_default().push(s);
+            stacks.push(s);
         }
     }
-    // As the agent's fold: a process's distinct stacks in one call.
-    for (pid, group) in by_pid {
-        let addrs: Vec<Vec<u64>> = group.iter().map(|s| lookup_addrs(&s.stack.user)).collect();
-        let refs: Vec<&[u64]> = addrs.iter().map(Vec::as_slice).collect();
-        std::hint::black_box(symbolizer.symbolize_user_stacks(pid, &refs));
-        for s in group {
-            std::hint::black_box(symbolizer.symbolize_kernel(&lookup_addrs(&s.stack.kernel)));
-        }
-    }
-    round.stacks += distinct.len() as u64;
+    std::hint::black_box(symbolize_like_the_agent(symbolizer, &stacks));
+    round.stacks += stacks.len() as u64;
 }
 
 fn report(plan: &[Profiler], profilers: &[Profiler], rounds: &[Round], cpus: usize) {

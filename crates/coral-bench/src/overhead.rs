@@ -14,7 +14,7 @@
 //! Each "on" round is compared with the mean of the "off" rounds around it. Coral's
 //! rounds also give the share of samples whose stack reaches a thread root.
 
-use crate::workload::{loss_vs_neighbours, median};
+use crate::workload::{Killed, loss_vs_neighbours, median};
 use anyhow::{Context, Result, bail};
 use coral_sampler::{EbpfSampler, Sample, Sampler, SamplerConfig, Unwind, UnwindMode};
 use coral_symbolizer::Symbolizer;
@@ -147,18 +147,6 @@ pub fn run() -> Result<()> {
     }
     report(&plan, &profilers, &rounds);
     Ok(())
-}
-
-/// Kills a child on drop (a workload or a perf left behind by an error).
-struct Killed(Option<Child>);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn run_round(profiler: Profiler, mut workload: Command, drainer: &Drainer) -> Result<Round> {
@@ -506,6 +494,34 @@ pub fn lookup_addrs(stack: &[u64]) -> Vec<u64> {
         .collect()
 }
 
+/// Symbolizes the stacks of `samples` (each distinct stack once) as the agent's fold
+/// does: a process's user stacks in one call, then each kernel stack. Returns the user
+/// frames of each, in the order of `samples`.
+pub fn symbolize_like_the_agent(
+    symbolizer: &mut Symbolizer,
+    samples: &[&Sample],
+) -> Vec<Vec<coral_analysis::profile::Frame>> {
+    let mut by_pid: HashMap<u32, Vec<usize>> = HashMap::new();
+    for (i, s) in samples.iter().enumerate() {
+        by_pid.entry(s.tgid).or_default().push(i);
+    }
+    let mut users = vec![Vec::new(); samples.len()];
+    for (pid, group) in by_pid {
+        let addrs: Vec<Vec<u64>> = group
+            .iter()
+            .map(|&i| lookup_addrs(&samples[i].stack.user))
+            .collect();
+        let refs: Vec<&[u64]> = addrs.iter().map(Vec::as_slice).collect();
+        let frames = symbolizer.symbolize_user_stacks(pid, &refs);
+        for (i, user) in group.into_iter().zip(frames) {
+            let kernel = lookup_addrs(&samples[i].stack.kernel);
+            std::hint::black_box(symbolizer.symbolize_kernel(&kernel));
+            users[i] = user;
+        }
+    }
+    users
+}
+
 /// One drain: each distinct stack symbolized once, like the agent's fold.
 fn drain_once(sampler: &dyn Sampler, symbolizer: &mut Symbolizer, stats: &mut RoundStats) {
     let samples = sampler.drain();
@@ -515,28 +531,15 @@ fn drain_once(sampler: &dyn Sampler, symbolizer: &mut Symbolizer, stats: &mut Ro
     for s in &samples {
         distinct.entry((s.tgid, &*s.stack)).or_insert((s, 0)).1 += 1;
     }
-    // As the agent's fold: a process's distinct stacks in one call.
-    let mut by_pid: HashMap<u32, Vec<(&Sample, u64)>> = HashMap::new();
-    for &(s, count) in distinct.values() {
-        by_pid.entry(s.tgid).or_default().push((s, count));
-    }
-    let mut rooted = 0;
-    for (pid, group) in by_pid {
-        let addrs: Vec<Vec<u64>> = group
-            .iter()
-            .map(|(s, _)| lookup_addrs(&s.stack.user))
-            .collect();
-        let refs: Vec<&[u64]> = addrs.iter().map(Vec::as_slice).collect();
-        let users = symbolizer.symbolize_user_stacks(pid, &refs);
-        for ((s, count), user) in group.into_iter().zip(users) {
-            std::hint::black_box(symbolizer.symbolize_kernel(&lookup_addrs(&s.stack.kernel)));
-            if reaches_root(s.stack.unwind, &user) {
-                rooted += count;
-            }
-            stats.user_frames += s.stack.user.len() as u64 * count;
+    let distinct: Vec<(&Sample, u64)> = distinct.into_values().collect();
+    let stacks: Vec<&Sample> = distinct.iter().map(|&(s, _)| s).collect();
+    let users = symbolize_like_the_agent(symbolizer, &stacks);
+    for (&(s, count), user) in distinct.iter().zip(users) {
+        if reaches_root(s.stack.unwind, &user) {
+            stats.rooted += count;
         }
+        stats.user_frames += s.stack.user.len() as u64 * count;
     }
     stats.stacks += distinct.len() as u64;
     stats.symbolize_time += start.elapsed();
-    stats.rooted += rooted;
 }

@@ -421,6 +421,18 @@ pub fn process_cpu(pid: u32) -> Result<Duration> {
         .into())
 }
 
+/// Kills a child on drop (a workload or a profiler left behind by an error).
+pub struct Killed(pub Option<Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);

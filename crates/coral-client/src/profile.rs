@@ -78,6 +78,12 @@ pub fn off_cpu_collected(p: &v1::TraceProfile) -> bool {
         .any(|t| t == ProfileType::Offcpu.as_str())
 }
 
+/// Whether a wire request profile has time of type `ty`: CPU time always, off-CPU and
+/// wall time when it recorded off-CPU time.
+pub fn has_type(p: &v1::TraceProfile, ty: ProfileType) -> bool {
+    !ty.needs_off_cpu() || off_cpu_collected(p)
+}
+
 /// Why a request profile has no off-CPU time (for a view of type offcpu or wall).
 pub fn no_off_cpu_reason(p: &v1::TraceProfile) -> &'static str {
     if p.precision != "thread" {

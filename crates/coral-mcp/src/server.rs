@@ -7,7 +7,7 @@ use crate::tools::*;
 use coral_analysis::profile::{self as model, write_text_summary};
 use coral_analysis::{format_duration_ns, parse_duration};
 use coral_client::Channel;
-use coral_client::profile::{no_off_cpu_reason, off_cpu_collected};
+use coral_client::profile::{has_type, no_off_cpu_reason};
 use coral_client::v1;
 use coral_report::{ComparisonView, RequestProfileView, ServiceView, SpanView, TriggerView};
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -374,9 +374,8 @@ impl CoralMcp {
             })?
             .into_inner();
         let (profiles, truncated) = (profiles.profiles, profiles.truncated);
-        let has_type = |tp: &v1::TraceProfile| !ty.needs_off_cpu() || off_cpu_collected(tp);
         if let Some(first) = profiles.first()
-            && !profiles.iter().any(has_type)
+            && !profiles.iter().any(|tp| has_type(tp, ty))
         {
             return Err(format!(
                 "no {ty} profile for this trace: its requests recorded no off-CPU time ({}). \
@@ -419,7 +418,7 @@ impl CoralMcp {
             for w in &view.warnings {
                 text.push_str(&format!("warning: {w}\n"));
             }
-            if !has_type(tp) {
+            if !has_type(tp, ty) {
                 text.push_str(&format!("no {ty} profile: {}\n", no_off_cpu_reason(tp)));
             } else if view.total_ns > 0 {
                 let mut summary = Vec::new();

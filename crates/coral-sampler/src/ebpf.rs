@@ -219,20 +219,13 @@ impl EbpfSampler {
             .ok_or_else(|| SamplerError::Load(format!("program {PROGRAM} not in the object")))?
             .try_into()
             .map_err(|e: ProgramError| SamplerError::Load(e.to_string()))?;
-        program.load().map_err(|e| match &e {
-            // The verifier refuses with EACCES too: say what it said, not "permission"
-            // (a refusal by seccomp or an LSM leaves no log).
-            ProgramError::LoadError { verifier_log, .. }
-                if !verifier_log.to_string().trim().is_empty() =>
-            {
-                let log = verifier_log.to_string();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                SamplerError::Load(format!(
-                    "the kernel's verifier rejected the program: {}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                ))
-            }
-            _ => privileges::classify("loading the eBPF program", &e, SamplerError::Load),
+        // The verifier refuses with EACCES too: say what it said, not "permission" (a
+        // refusal by seccomp or an LSM leaves no log).
+        program.load().map_err(|e| match verifier_log_tail(&e) {
+            Some(tail) => SamplerError::Load(format!(
+                "the kernel's verifier rejected the program: {tail}"
+            )),
+            None => privileges::classify("loading the eBPF program", &e, SamplerError::Load),
         })?;
 
         let targets_map = BpfHashMap::try_from(take_map(&mut ebpf, MAP_TARGETS)?)
@@ -645,13 +638,9 @@ impl Control {
     }
 
     /// Loads (once) and attaches the off-CPU programs: `sched_switch` (switch-out) and
-    /// a kprobe on `finish_task_switch` (switch-in; its name varies with the kernel's
-    /// build, so it is looked up in /proc/kallsyms).
+    /// `sched_exit_tp`, or kprobes on `finish_task_switch` (switch-in; its name varies
+    /// with the kernel's build, so it is looked up in /proc/kallsyms).
     fn attach_scheduler(&mut self) -> Result<(), SamplerError> {
-        let failed = |program: &str| {
-            let program = program.to_owned();
-            move |message: String| SamplerError::AttachScheduler { program, message }
-        };
         let switch_in_program = match self.switch_in_program {
             Some(program) => program,
             None => self.load_scheduler_programs()?,
@@ -662,14 +651,16 @@ impl Control {
                 .attach()
                 .and_then(|id| program.take_link(id))
                 .map_err(|e| {
-                    failed(&format!("tp_btf/{SWITCH_IN_TRACEPOINT}"))(program_error_message(&e))
+                    scheduler_error(&format!("tp_btf/{SWITCH_IN_TRACEPOINT}"))(
+                        program_error_message(&e),
+                    )
                 })?;
             SwitchInLinks::Tracepoint { _link: link }
         } else {
             let functions = finish_task_switch_symbols()
-                .map_err(|e| failed("kprobe/finish_task_switch")(e.to_string()))?;
+                .map_err(|e| scheduler_error("kprobe/finish_task_switch")(e.to_string()))?;
             if functions.is_empty() {
-                return Err(failed("kprobe/finish_task_switch")(
+                return Err(scheduler_error("kprobe/finish_task_switch")(
                     "no finish_task_switch in /proc/kallsyms".into(),
                 ));
             }
@@ -685,7 +676,7 @@ impl Control {
                     .attach(function, 0)
                     .and_then(|id| program.take_link(id))
                     .map_err(|e| {
-                        failed(&format!("kprobe/{function}"))(program_error_message(&e))
+                        scheduler_error(&format!("kprobe/{function}"))(program_error_message(&e))
                     })?;
                 links.push(link);
             }
@@ -697,12 +688,12 @@ impl Control {
             u64::try_from(crate::clock::now_ns(nix::time::ClockId::CLOCK_MONOTONIC)).unwrap_or(0);
         self.offcpu_epoch
             .set(0, now, 0)
-            .map_err(|e| failed("offcpu_epoch")(e.to_string()))?;
+            .map_err(|e| scheduler_error("offcpu_epoch")(e.to_string()))?;
         let program = self.tracepoint(PROGRAM_SWITCH_OUT);
         let switch_out = program
             .attach()
             .and_then(|id| program.take_link(id))
-            .map_err(|e| failed("tp_btf/sched_switch")(program_error_message(&e)))?;
+            .map_err(|e| scheduler_error("tp_btf/sched_switch")(program_error_message(&e)))?;
         tracing::debug!(switch_in_program, "off-CPU probes attached");
         self.scheduler = Some(SchedulerLinks {
             _switch_out: switch_out,
@@ -715,15 +706,12 @@ impl Control {
     /// the `sched_exit_tp` tracepoint where the kernel has it, else a kprobe on
     /// `finish_task_switch`. Returns the switch-in program's name.
     fn load_scheduler_programs(&mut self) -> Result<&'static str, SamplerError> {
-        let failed = |program: &str| {
-            let program = program.to_owned();
-            move |message: String| SamplerError::AttachScheduler { program, message }
-        };
-        let btf = Btf::from_sys_fs()
-            .map_err(|e| failed("tp_btf/sched_switch")(format!("reading the kernel's BTF: {e}")))?;
+        let btf = Btf::from_sys_fs().map_err(|e| {
+            scheduler_error("tp_btf/sched_switch")(format!("reading the kernel's BTF: {e}"))
+        })?;
         self.tracepoint(PROGRAM_SWITCH_OUT)
             .load("sched_switch", &btf)
-            .map_err(|e| failed("tp_btf/sched_switch")(program_error_message(&e)))?;
+            .map_err(|e| scheduler_error("tp_btf/sched_switch")(program_error_message(&e)))?;
         // Kernels before 6.16 have no such tracepoint: loading fails, the kprobe is next.
         let switch_in = match self
             .tracepoint(PROGRAM_SWITCH_IN)
@@ -737,10 +725,10 @@ impl Control {
                     .expect("in the object")
                     .try_into()
                     .map_err(|e: ProgramError| {
-                        failed("kprobe/finish_task_switch")(e.to_string())
+                        scheduler_error("kprobe/finish_task_switch")(e.to_string())
                     })?;
                 program.load().map_err(|e| {
-                    failed("kprobe/finish_task_switch")(format!(
+                    scheduler_error("kprobe/finish_task_switch")(format!(
                         "{} (and tp_btf/{SWITCH_IN_TRACEPOINT}: {})",
                         program_error_message(&e),
                         program_error_message(&tracepoint_error)
@@ -962,21 +950,31 @@ fn map_error(map: &'static str) -> impl Fn(MapError) -> SamplerError {
     }
 }
 
+/// The last lines of the verifier's log when it refused to load a program.
+fn verifier_log_tail(error: &ProgramError) -> Option<String> {
+    let ProgramError::LoadError { verifier_log, .. } = error else {
+        return None;
+    };
+    let log = verifier_log.to_string();
+    if log.trim().is_empty() {
+        return None;
+    }
+    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+    Some(tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+}
+
 /// A program error's message, with the verifier's last lines when it refused.
 fn program_error_message(error: &ProgramError) -> String {
-    match error {
-        ProgramError::LoadError { verifier_log, .. }
-            if !verifier_log.to_string().trim().is_empty() =>
-        {
-            let log = verifier_log.to_string();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            format!(
-                "the kernel's verifier rejected it: {}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )
-        }
-        _ => privileges::chain_message(error),
+    match verifier_log_tail(error) {
+        Some(tail) => format!("the kernel's verifier rejected it: {tail}"),
+        None => privileges::chain_message(error),
     }
+}
+
+/// How attaching or loading the off-CPU program `program` failed.
+fn scheduler_error(program: &str) -> impl FnOnce(String) -> SamplerError {
+    let program = program.to_owned();
+    move |message| SamplerError::AttachScheduler { program, message }
 }
 
 /// The kernel's `finish_task_switch`: the function itself, or, when the compiler only

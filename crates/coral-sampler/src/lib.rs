@@ -193,16 +193,6 @@ impl SwitchState {
             Self::Other(prev_state)
         }
     }
-
-    /// A short label: `preempted`, `interruptible`, `uninterruptible` or `other`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Preempted => "preempted",
-            Self::Interruptible => "interruptible",
-            Self::Uninterruptible => "uninterruptible",
-            Self::Other(_) => "other",
-        }
-    }
 }
 
 /// A sampled stack.

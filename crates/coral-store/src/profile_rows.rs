@@ -115,21 +115,11 @@ impl ProfileRows {
     }
 }
 
-/// Whether agents collect a profile type. `wall` is not collected: it is a view of
-/// `cpu` and `offcpu` together.
-fn is_collected(ty: ProfileType) -> bool {
-    // Exhaustive, so that a new type must say whether it is collected.
-    match ty {
-        ProfileType::Cpu | ProfileType::Offcpu => true,
-        ProfileType::Wall => false,
-    }
-}
-
 /// Collected profile types as a `profile_types` column stores them: in
 /// [`ProfileType`]'s order, each once, comma-separated (`cpu`, `cpu,offcpu`).
 /// `InvalidArgument` for no type, or one that is not collected (`wall`).
 pub fn profile_types_text(types: &[ProfileType]) -> Result<String, StoreError> {
-    if let Some(ty) = types.iter().find(|&&ty| !is_collected(ty)) {
+    if let Some(ty) = types.iter().find(|&&ty| !ty.is_collected()) {
         return Err(StoreError::InvalidArgument(format!(
             "profile type {ty} is not collected (it is a view of others); collect cpu or \
              offcpu"
@@ -160,7 +150,7 @@ pub fn parse_profile_types(text: &str, column: &str) -> Result<Vec<ProfileType>,
             ProfileType::ALL
                 .into_iter()
                 .find(|ty| ty.as_str() == name)
-                .filter(|&ty| is_collected(ty))
+                .filter(|ty| ty.is_collected())
                 .ok_or_else(|| corrupt(&format!("{name:?} is not a collected profile type")))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -319,6 +309,22 @@ pub fn hashes_from_bytes(bytes: &[u8]) -> Option<Vec<i64>> {
 mod tests {
     use super::*;
 
+    /// The rows as a store reads them back: the profile's stacks and its frames.
+    fn read_back(rows: &ProfileRows) -> (Vec<StackRead>, HashMap<i64, Frame>) {
+        let stacks = rows
+            .samples
+            .iter()
+            .map(|r| StackRead {
+                stack_hash: r.stack_hash,
+                samples: r.samples as u64,
+                cpu_ns: r.cpu_ns as u64,
+                off_cpu_ns: r.off_cpu_ns as u64,
+                frame_hashes: rows.stacks[&r.stack_hash].clone(),
+            })
+            .collect();
+        (stacks, rows.frames.clone().into_iter().collect())
+    }
+
     fn record(profile: Profile) -> TraceProfileRecord {
         TraceProfileRecord {
             trace_id: TraceId([1; 16]),
@@ -382,18 +388,7 @@ mod tests {
         assert_eq!((row.samples, row.cpu_ns), (3, 30));
         assert!(rows.samples.iter().any(|r| r.cpu_ns == i64::MAX));
 
-        let stacks = rows
-            .samples
-            .iter()
-            .map(|r| StackRead {
-                stack_hash: r.stack_hash,
-                samples: r.samples as u64,
-                cpu_ns: r.cpu_ns as u64,
-                off_cpu_ns: r.off_cpu_ns as u64,
-                frame_hashes: rows.stacks[&r.stack_hash].clone(),
-            })
-            .collect();
-        let frames: HashMap<i64, Frame> = rows.frames.clone().into_iter().collect();
+        let (stacks, frames) = read_back(&rows);
         let back = build_profile(stacks, &frames).unwrap();
         assert_eq!(
             back.frames,
@@ -439,18 +434,7 @@ mod tests {
         assert!(weights.contains(&(1, 0, 50)), "{weights:?}");
         assert_eq!(profile.total(ProfileType::Offcpu), 1050);
 
-        let stacks = rows
-            .samples
-            .iter()
-            .map(|r| StackRead {
-                stack_hash: r.stack_hash,
-                samples: r.samples as u64,
-                cpu_ns: r.cpu_ns as u64,
-                off_cpu_ns: r.off_cpu_ns as u64,
-                frame_hashes: rows.stacks[&r.stack_hash].clone(),
-            })
-            .collect();
-        let frames: HashMap<i64, Frame> = rows.frames.clone().into_iter().collect();
+        let (stacks, frames) = read_back(&rows);
         let back = build_profile(stacks, &frames).unwrap();
         let order: Vec<(u64, u64)> = back
             .stacks

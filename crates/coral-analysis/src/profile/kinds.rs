@@ -59,6 +59,16 @@ impl ProfileType {
         }
     }
 
+    /// Whether agents collect this type. `wall` is not collected: it is a view of `cpu`
+    /// and `offcpu` together.
+    pub fn is_collected(self) -> bool {
+        // Exhaustive, so that a new type must say whether it is collected.
+        match self {
+            ProfileType::Cpu | ProfileType::Offcpu => true,
+            ProfileType::Wall => false,
+        }
+    }
+
     /// Whether collecting this type needs the agent's off-CPU records.
     pub fn needs_off_cpu(self) -> bool {
         self != ProfileType::Cpu

@@ -5,7 +5,7 @@ use coral_analysis::format_duration_ns;
 use coral_analysis::profile::{
     Profile, ProfileType, write_folded, write_pprof, write_svg, write_text_summary,
 };
-use coral_client::profile::{no_off_cpu_reason, off_cpu_collected};
+use coral_client::profile::{has_type, no_off_cpu_reason};
 use coral_client::v1;
 use coral_report::{
     MergedProfileView, ProfileCpuView, RequestProfileView, RequestProfileWithStacks,
@@ -134,9 +134,8 @@ pub fn write_trace_profiles(
     ty: ProfileType,
     format: ProfileFormat,
 ) -> anyhow::Result<()> {
-    let has_type = |p: &v1::TraceProfile| !ty.needs_off_cpu() || off_cpu_collected(p);
     if let Some(first) = response.profiles.first()
-        && !response.profiles.iter().any(has_type)
+        && !response.profiles.iter().any(|p| has_type(p, ty))
     {
         anyhow::bail!(
             "no {ty} profile for trace {trace_id}: its requests recorded no off-CPU time ({}); \
@@ -148,7 +147,7 @@ pub fn write_trace_profiles(
     let mut spans = Vec::with_capacity(response.profiles.len());
     for p in &response.profiles {
         let profile = from_wire(p.profile.clone())?;
-        if has_type(p) {
+        if has_type(p, ty) {
             merged.merge(&profile);
         }
         spans.push(RequestProfileWithStacks {
@@ -174,7 +173,7 @@ pub fn write_trace_profiles(
                 for warning in &s.warnings {
                     writeln!(out, "warning: {warning}")?;
                 }
-                if !has_type(p) {
+                if !has_type(p, ty) {
                     writeln!(out, "no {ty} profile: {}", no_off_cpu_reason(p))?;
                 } else if s.total_ns > 0 {
                     write_text_summary(&span.profile, ty, TOP_FUNCTIONS, &mut *out)?;
