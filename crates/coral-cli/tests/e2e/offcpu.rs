@@ -467,7 +467,11 @@ async fn each_request_shows_where_it_waited_and_why() {
                 assert!(of_duration >= 0.3, "{kind}: {of_duration:.2}: {waited:?}");
             }
         }
-        assert!(waited.coverage() >= 0.9, "{kind}: {waited:?}");
+        // The waits are recorded exactly; the hog's ~100 ms on the CPU are ~10 samples
+        // at 99 Hz, whose estimate is off by a third now and then (seen: 61 ms sampled
+        // of 98 ms, when other tests shared the machine).
+        let min_coverage = if planted.is_some() { 0.9 } else { 0.75 };
+        assert!(waited.coverage() >= min_coverage, "{kind}: {waited:?}");
     }
 
     // Process precision: CPU only, and asking for more says why not.
