@@ -301,6 +301,10 @@ pub fn classify(
             });
         }
     } else if text.contains("connection reset")
+        // hyper's word for a connection that died before the request could be sent:
+        // a TLS server closing on the plaintext preface, when the close wins the race
+        // with the reset.
+        || text.contains("connection was not ready")
         || text.contains("Connection reset")
         || text.contains("broken pipe")
         || text.contains("connection closed")
