@@ -51,6 +51,25 @@
  * to search on every switch of the system) and freed with the task. An entry
  * older than `offcpu_epoch` (when user space last attached the programs) was
  * left by an earlier attachment and is ignored.
+ *
+ * Memory made resident (targets whose `targets` value has CORAL_TARGET_MEMORY):
+ * user space attaches `coral_fault_user` and `coral_fault_kernel` (the x86
+ * exceptions:page_fault_* tracepoints) and `coral_page_alloc`
+ * (tp_btf/mm_page_alloc) only while such a target exists.
+ *   - fault entry: a target thread that page-faults (in user mode, or in the
+ *     kernel on a user buffer) gets a `fault_mark` entry: its fault count
+ *     (min_flt + maj_flt) + 1. The kernel increments that count when the fault
+ *     is resolved, so the mark holds exactly while the fault is handled.
+ *   - page allocation: an allocation of movable pages (user memory: anonymous
+ *     pages, copy-on-write copies, huge pages, page cache read in for a file
+ *     mapping; not page tables or kernel buffers) by a thread whose mark holds
+ *     is memory its fault made resident. Of b = 4 KiB << order bytes, with
+ *     S = coral_memory_sample_bytes:
+ *       b >= S: one event of weight b; b < S: with probability b/S, one event
+ *       of weight S (unbiased, like the off-CPU weights);
+ *     a per-CPU token bucket bounds them like the off-CPU events. The event
+ *     carries the user stack that faulted (saved user registers), no kernel
+ *     stack.
  */
 #include <linux/bpf.h>
 #include <linux/bpf_perf_event.h>
@@ -70,6 +89,9 @@ struct sched_info {
 struct task_struct {
 	int pid;
 	int tgid;
+	/* Page faults resolved, minor and major (incremented as each completes). */
+	unsigned long min_flt;
+	unsigned long maj_flt;
 	__u64 self_exec_id;
 	struct sched_info sched_info;
 } __attribute__((preserve_access_index));
@@ -92,6 +114,10 @@ volatile const __u64 coral_offcpu_min_wait_ns = 1000000;
 /* Token bucket credit one off-CPU event takes: 1e9 / (events per second per
  * CPU); set at load. */
 volatile const __u64 coral_offcpu_event_cost_ns = 500000;
+/* Page allocations smaller than this are sampled (see the top); set at load. */
+volatile const __u64 coral_memory_sample_bytes = 512 * 1024;
+/* Token bucket credit one memory event takes; set at load. */
+volatile const __u64 coral_memory_event_cost_ns = 500000;
 
 /* Profiled processes: tgid -> CORAL_TARGET_* flags. Maintained by user space. */
 struct {
@@ -163,18 +189,30 @@ struct {
 	__type(value, __u64);
 } offcpu_epoch SEC(".maps");
 
-/* Per-CPU token bucket of off-CPU events: credit in nanoseconds. */
-struct offcpu_budget {
+/* Per-CPU token buckets of events: credit in nanoseconds; one per BUDGET_*. */
+struct budget {
 	__u64 credit_ns;
 	__u64 last_ns;
 };
 
+#define BUDGET_OFF_CPU 0
+#define BUDGET_MEMORY 1
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
-	__type(value, struct offcpu_budget);
-} offcpu_budget SEC(".maps");
+	__type(value, struct budget);
+} budget SEC(".maps");
+
+/* Target threads in a page fault: their fault count + 1 at its start (see the
+ * top); stale once the count moved on. */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u64);
+} fault_mark SEC(".maps");
 
 /* CORAL_COUNTER_* counters, per CPU (summed by user space). */
 struct {
@@ -278,9 +316,10 @@ static __always_inline void note_lost(struct lost_state *pending, __u32 tgid,
 
 /* Completes the event the caller started in `s` (time, ids, CPU, user
  * registers, kind, state, off-CPU start and weight) with the exec count, the
- * kernel and user stacks and the pending losses, and sends it. `ctx` is the
- * program's context, for bpf_get_stack; kernel_skip, how many leaf kernel
- * frames are the probe's own. Returns whether it was sent. */
+ * kernel (unless NO_KERNEL_STACK) and user stacks and the pending losses, and
+ * sends it. `ctx` is the program's context, for bpf_get_stack; kernel_skip, how
+ * many leaf kernel frames are the probe's own. Returns whether it was sent. */
+#define NO_KERNEL_STACK (~0ULL)
 static __always_inline int send_event(void *ctx, struct scratch *s,
 				      struct lost_state *pending, __u64 kernel_skip)
 {
@@ -290,12 +329,14 @@ static __always_inline int send_event(void *ctx, struct scratch *s,
 	long n;
 
 	event->exec_id = exec_id();
-	n = bpf_get_stack(ctx, s->data, CORAL_FRAMES_BYTES,
-			  kernel_skip & BPF_F_SKIP_FIELD_MASK);
-	if (n > 0)
-		kernel_bytes = n & 1023;
-	else if (n < 0 && n != -EFAULT)
-		count(CORAL_COUNTER_STACK_ERRORS);
+	if (kernel_skip != NO_KERNEL_STACK) {
+		n = bpf_get_stack(ctx, s->data, CORAL_FRAMES_BYTES,
+				  kernel_skip & BPF_F_SKIP_FIELD_MASK);
+		if (n > 0)
+			kernel_bytes = n & 1023;
+		else if (n < 0 && n != -EFAULT)
+			count(CORAL_COUNTER_STACK_ERRORS);
+	}
 
 	if (coral_unwind_mode == CORAL_UNWIND_FP) {
 		n = bpf_get_stack(ctx, s->data + kernel_bytes, CORAL_FRAMES_BYTES,
@@ -369,30 +410,29 @@ int coral_sample(struct bpf_perf_event_data *ctx)
 	event->kind = CORAL_KIND_CPU;
 	event->state = 0;
 	event->off_cpu_start_ns = 0;
-	event->weight_ns = 0;
+	event->weight = 0;
 	event->runqueue_ns = 0;
 	send_event(ctx, s, pending, 0);
 	return 0;
 }
 
-/* Whether one more off-CPU event fits this CPU's budget (and takes it). */
-static __always_inline int offcpu_budget_take(__u64 now)
+/* Whether one more event of `cost_ns` fits this CPU's budget `which` (and takes
+ * it); the bucket holds at most `burst_ns` of credit. */
+static __always_inline int budget_take(__u32 which, __u64 cost_ns, __u64 burst_ns,
+				       __u64 now)
 {
-	__u32 zero = 0;
-	struct offcpu_budget *budget = bpf_map_lookup_elem(&offcpu_budget, &zero);
-	__u64 cap = coral_offcpu_event_cost_ns > CORAL_OFFCPU_BURST_NS
-			    ? coral_offcpu_event_cost_ns
-			    : CORAL_OFFCPU_BURST_NS;
+	struct budget *b = bpf_map_lookup_elem(&budget, &which);
+	__u64 cap = cost_ns > burst_ns ? cost_ns : burst_ns;
 
-	if (!budget)
+	if (!b)
 		return 0;
-	budget->credit_ns += now - budget->last_ns;
-	budget->last_ns = now;
-	if (budget->credit_ns > cap)
-		budget->credit_ns = cap;
-	if (budget->credit_ns < coral_offcpu_event_cost_ns)
+	b->credit_ns += now - b->last_ns;
+	b->last_ns = now;
+	if (b->credit_ns > cap)
+		b->credit_ns = cap;
+	if (b->credit_ns < cost_ns)
 		return 0;
-	budget->credit_ns -= coral_offcpu_event_cost_ns;
+	b->credit_ns -= cost_ns;
 	return 1;
 }
 
@@ -464,7 +504,8 @@ static __always_inline int switch_in(void *ctx, __u64 kernel_skip)
 	pending = bpf_map_lookup_elem(&lost, &zero);
 	if (!pending)
 		return 0;
-	if (!offcpu_budget_take(now)) {
+	if (!budget_take(BUDGET_OFF_CPU, coral_offcpu_event_cost_ns,
+			 CORAL_OFFCPU_BURST_NS, now)) {
 		count(CORAL_COUNTER_OFFCPU_THROTTLED);
 		note_lost(pending, tgid, tid, start_ns);
 		return 0;
@@ -484,7 +525,7 @@ static __always_inline int switch_in(void *ctx, __u64 kernel_skip)
 	event->kind = CORAL_KIND_OFF_CPU;
 	event->state = state;
 	event->off_cpu_start_ns = start_ns;
-	event->weight_ns = weight;
+	event->weight = weight;
 	/* The scheduler counted the wait on the run queue (after a wake-up, or all
 	 * of it when preempted) when it switched the thread in, just before. */
 	queued = current_run_delay();
@@ -510,4 +551,110 @@ SEC("kprobe")
 int coral_switch_in_kprobe(struct pt_regs *ctx)
 {
 	return switch_in(ctx, 0);
+}
+
+/* The current thread's page faults resolved so far. */
+static __always_inline __u64 faults_resolved(struct task_struct *task)
+{
+	return task->min_flt + task->maj_flt;
+}
+
+/* A fault begins: marks a target thread as in it (see the top). */
+static __always_inline int fault_entry(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 tgid = task->tgid;
+	__u32 *flags = bpf_map_lookup_elem(&targets, &tgid);
+	__u64 *mark;
+
+	if (!flags || !(*flags & CORAL_TARGET_MEMORY))
+		return 0;
+	mark = bpf_task_storage_get(&fault_mark, task, 0,
+				    BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (mark)
+		*mark = faults_resolved(task) + 1;
+	return 0;
+}
+
+/* (unsigned long address, struct pt_regs *regs, unsigned long error_code) */
+SEC("tp_btf/page_fault_user")
+int coral_fault_user(unsigned long long *ctx)
+{
+	return fault_entry();
+}
+
+/* A fault in the kernel: on a user buffer (copy_to_user into memory not yet
+ * touched), whose pages are the thread's memory too. */
+SEC("tp_btf/page_fault_kernel")
+int coral_fault_kernel(unsigned long long *ctx)
+{
+	return fault_entry();
+}
+
+/* __GFP_MOVABLE: user memory (anonymous, page cache, huge pages); page tables and
+ * kernel buffers are not movable. */
+#define CORAL_GFP_MOVABLE 0x08u
+
+SEC("tp_btf/mm_page_alloc")
+int coral_page_alloc(unsigned long long *ctx)
+{
+	/* (struct page *page, unsigned int order, gfp_t gfp_flags, int migratetype) */
+	struct task_struct *task;
+	__u64 *mark, pid_tgid, now, bytes, weight, threshold = coral_memory_sample_bytes;
+	__u32 order = (__u32)ctx[1], tgid, tid, zero = 0, cpu, *flags;
+	struct coral_sample_event *event;
+	struct lost_state *pending;
+	struct scratch *s;
+
+	if (!ctx[0] || !((__u32)ctx[2] & CORAL_GFP_MOVABLE) || order > 18)
+		return 0;
+	task = bpf_get_current_task_btf();
+	mark = bpf_task_storage_get(&fault_mark, task, 0, 0);
+	if (!mark || *mark != faults_resolved(task) + 1)
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	tgid = pid_tgid >> 32;
+	tid = (__u32)pid_tgid;
+	/* The process may have stopped being a target since the fault began. */
+	flags = bpf_map_lookup_elem(&targets, &tgid);
+	if (!flags || !(*flags & CORAL_TARGET_MEMORY))
+		return 0;
+	bytes = (__u64)CORAL_PAGE_BYTES << order;
+	weight = bytes;
+	if (bytes < threshold) {
+		/* Sent with probability bytes / threshold, weighing threshold. */
+		if ((((__u64)bpf_get_prandom_u32() * threshold) >> 32) >= bytes)
+			return 0;
+		weight = threshold;
+	}
+	pending = bpf_map_lookup_elem(&lost, &zero);
+	if (!pending)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (!budget_take(BUDGET_MEMORY, coral_memory_event_cost_ns,
+			 CORAL_MEMORY_BURST_NS, now)) {
+		count(CORAL_COUNTER_MEMORY_THROTTLED);
+		note_lost(pending, tgid, tid, now);
+		return 0;
+	}
+	cpu = bpf_get_smp_processor_id();
+	s = bpf_map_lookup_elem(&scratch, &cpu);
+	if (!s)
+		return 0;
+	event = &s->event;
+	event->ktime_ns = now;
+	event->tgid = tgid;
+	event->tid = tid;
+	event->cpu = cpu;
+	/* The registers the thread faulted with (user mode), or entered the system
+	 * call with (a fault on a user buffer). */
+	saved_user_regs(event);
+	event->kind = CORAL_KIND_MEMORY;
+	event->state = order;
+	event->off_cpu_start_ns = 0;
+	event->weight = weight;
+	event->runqueue_ns = 0;
+	if (send_event(ctx, s, pending, NO_KERNEL_STACK))
+		count(CORAL_COUNTER_MEMORY_EVENTS);
+	return 0;
 }

@@ -19,11 +19,16 @@
  *
  * kind CORAL_KIND_CPU: a CPU sample (ktime_ns when it was taken).
  * kind CORAL_KIND_OFF_CPU: the thread was switched out from off_cpu_start_ns to
- * ktime_ns (when it ran again), with the stack it waited in. weight_ns is the
- * off-CPU time it stands for: the interval itself when it lasted at least
- * coral_offcpu_min_wait_ns (T), else T for an interval sent with probability
- * (its length / T); the sum of weights per stack estimates, without bias, the
- * time spent waiting there.
+ * ktime_ns (when it ran again), with the stack it waited in. weight is the
+ * off-CPU time it stands for, in nanoseconds: the interval itself when it lasted
+ * at least coral_offcpu_min_wait_ns (T), else T for an interval sent with
+ * probability (its length / T); the sum of weights per stack estimates, without
+ * bias, the time spent waiting there.
+ * kind CORAL_KIND_MEMORY: at ktime_ns the kernel allocated pages of order `state`
+ * (4 KiB << state) to resolve a page fault of the thread, whose user stack is the
+ * one that faulted (no kernel stack). weight is the memory it stands for, in
+ * bytes: the pages' bytes when at least coral_memory_sample_bytes (S), else S for
+ * an allocation sent with probability (its bytes / S).
  */
 struct coral_sample_event {
 	/* bpf_ktime_get_ns() at the sample: CLOCK_MONOTONIC, in nanoseconds. */
@@ -54,13 +59,14 @@ struct coral_sample_event {
 	__u32 kind;
 	/* Off-CPU: the task state it left the CPU in (sched_switch's prev_state,
 	 * e.g. 1 TASK_INTERRUPTIBLE, 2 TASK_UNINTERRUPTIBLE), with
-	 * CORAL_STATE_PREEMPTED when it was preempted or still runnable. 0 for
-	 * CPU samples. */
+	 * CORAL_STATE_PREEMPTED when it was preempted or still runnable. Memory:
+	 * the order of the pages allocated. 0 for CPU samples. */
 	__u32 state;
 	/* Off-CPU: bpf_ktime_get_ns() when it was switched out; 0 for CPU samples. */
 	__u64 off_cpu_start_ns;
-	/* Off-CPU: the waiting time this event stands for; 0 for CPU samples. */
-	__u64 weight_ns;
+	/* Off-CPU: the waiting time this event stands for (ns); memory: the bytes
+	 * (see above); 0 for CPU samples. */
+	__u64 weight;
 	/* The thread of the lost samples (0: several, or none lost). */
 	__u32 lost_tid;
 	/* 0 (keeps the size a multiple of 8). */
@@ -75,6 +81,7 @@ struct coral_sample_event {
 /* Values of coral_sample_event.kind. */
 #define CORAL_KIND_CPU 0
 #define CORAL_KIND_OFF_CPU 1
+#define CORAL_KIND_MEMORY 2
 
 /* Marker bit in coral_sample_event.state: preempted (runnable, on the run queue). */
 #define CORAL_STATE_PREEMPTED 0x80000000
@@ -82,6 +89,7 @@ struct coral_sample_event {
 /* Flags of a process in the `targets` map. */
 #define CORAL_TARGET_CPU 1     /* sampled on CPU (the perf_event program only checks presence) */
 #define CORAL_TARGET_OFF_CPU 2 /* off-CPU intervals recorded */
+#define CORAL_TARGET_MEMORY 4  /* memory made resident recorded */
 
 /* Indices into the per-CPU `counters` array. */
 #define CORAL_COUNTER_SAMPLES 0      /* events submitted to the ring buffer */
@@ -89,7 +97,9 @@ struct coral_sample_event {
 #define CORAL_COUNTER_STACK_ERRORS 2 /* a stack walk or copy failed other than "nothing to walk" */
 #define CORAL_COUNTER_OFFCPU_EVENTS 3    /* off-CPU events submitted (also in SAMPLES) */
 #define CORAL_COUNTER_OFFCPU_THROTTLED 4 /* off-CPU events over the rate bound: not built */
-#define CORAL_COUNTER_COUNT 5
+#define CORAL_COUNTER_MEMORY_EVENTS 5    /* memory events submitted (also in SAMPLES) */
+#define CORAL_COUNTER_MEMORY_THROTTLED 6 /* memory events over the rate bound: not built */
+#define CORAL_COUNTER_COUNT 7
 
 /* How user stacks are taken (the read-only global coral_unwind_mode). */
 #define CORAL_UNWIND_FP 0     /* the kernel walks frame pointers */
@@ -106,5 +116,8 @@ struct coral_sample_event {
 #define CORAL_PAGE_BYTES 4096
 /* Most credit an off-CPU token bucket holds: 100 ms worth of events (a burst). */
 #define CORAL_OFFCPU_BURST_NS 100000000
+/* Most credit a memory token bucket holds: 1 s worth of events, so that a request
+ * that makes hundreds of MB resident in a burst is recorded whole. */
+#define CORAL_MEMORY_BURST_NS 1000000000
 
 #endif /* CORAL_SAMPLER_H */

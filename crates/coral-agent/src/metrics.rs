@@ -83,6 +83,11 @@ pub fn render(stats: &AgentStats) -> String {
         p.off_cpu_records,
     )
     .counter(
+        "coral_agent_memory_records_total",
+        "Memory records (page faults of a profiled thread that made memory resident) taken from the sampler.",
+        p.memory_records,
+    )
+    .counter(
         "coral_agent_clock_steps_total",
         "Steps of the wall clock (set by more than 100 ms at once) the sampler followed.",
         p.clock_steps,
@@ -151,6 +156,20 @@ mod tests {
         stats.add_forwarded(5);
         stats.set_buffered(2);
         stats.add_samples(11);
+        stats.add_stacks(&[
+            coral_sampler::Sample::new(1, 1, 0, &[], &[]),
+            coral_sampler::Sample::new_memory(
+                1,
+                1,
+                0,
+                coral_sampler::Memory {
+                    bytes: 65_536,
+                    page_bytes: 4096,
+                },
+                &[],
+                &[],
+            ),
+        ]);
         stats.set_profiler_state(1, 3, true);
         let text = render(&stats);
         for line in [
@@ -161,6 +180,8 @@ mod tests {
             "coral_agent_triggers_active 1",
             "coral_agent_processes_sampled 3",
             "coral_agent_sampler_attached 1",
+            "coral_agent_memory_records_total 1",
+            "coral_agent_offcpu_records_total 0",
             "# TYPE coral_agent_spans_dropped_total counter",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");

@@ -48,6 +48,9 @@ pub struct ProfilingCounters {
     pub clock_steps: u64,
     /// Off-CPU records (waits of target threads) taken from the sampler.
     pub off_cpu_records: u64,
+    /// Memory records (page faults of target threads that made memory resident) taken
+    /// from the sampler.
+    pub memory_records: u64,
     /// Samples pushed out of the recent-sample ring by newer ones before they aged out.
     pub samples_evicted: u64,
     /// Per-request profiles the colony accepted.
@@ -82,6 +85,7 @@ struct ProfilingStats {
     stacks_truncated: AtomicU64,
     clock_steps: AtomicU64,
     off_cpu_records: AtomicU64,
+    memory_records: AtomicU64,
     samples_evicted: AtomicU64,
     trace_profiles_sent: AtomicU64,
     trace_profiles_dropped: AtomicU64,
@@ -136,6 +140,7 @@ impl AgentStats {
             stacks_truncated: p.stacks_truncated.load(Relaxed),
             clock_steps: p.clock_steps.load(Relaxed),
             off_cpu_records: p.off_cpu_records.load(Relaxed),
+            memory_records: p.memory_records.load(Relaxed),
             samples_evicted: p.samples_evicted.load(Relaxed),
             trace_profiles_sent: p.trace_profiles_sent.load(Relaxed),
             trace_profiles_dropped: p.trace_profiles_dropped.load(Relaxed),
@@ -181,6 +186,9 @@ impl AgentStats {
         for sample in samples {
             if sample.off_cpu.is_some() {
                 p.off_cpu_records.fetch_add(1, Relaxed);
+            }
+            if sample.memory.is_some() {
+                p.memory_records.fetch_add(1, Relaxed);
             }
             let counter = match sample.stack.unwind {
                 Unwind::Dwarf => &p.stacks_dwarf,

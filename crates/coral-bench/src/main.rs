@@ -36,6 +36,12 @@
 //!   drained and symbolized as the agent does, and bcc's `offcputime` (when installed):
 //!   round trips/s, the loss, switches/s, off-CPU records/s sent to user space and
 //!   throttled, and the direct cost (profiler CPU and eBPF run time) per switch.
+//! - `memory`: memory made resident (root). Threads mapping, touching and unmapping
+//!   256 KiB blocks (over 100,000 page faults/s), in alternating rounds without (the
+//!   baseline) and with Coral's memory records + CPU sampling at 99 Hz, Coral's CPU
+//!   sampling alone, and `perf record -e page-faults` (`-g`, `-c 1 -g`, `--call-graph
+//!   dwarf`): iterations/s, the loss, faults/s, memory records/s and throttled, the
+//!   direct cost per fault, and whether the page-fault probes were attached.
 //! - `agent-memory [--minutes N] [--workload nofp|busy-service]` (only when named: it
 //!   takes 10 minutes, `--minutes` or `CORAL_BENCH_MEMORY_SECS` shortens it): the
 //!   agent's RSS while profiling a busy service (by default one without frame pointers)
@@ -51,14 +57,15 @@
 //! Every figure is printed; apart from `load` (above), nothing here passes or fails.
 //!
 //! Hidden subcommands run the workloads the benchmarks sample, as child processes:
-//! `spin <seconds>`, `pingpong <seconds>` and `busy-service --otlp HOST:PORT [--rate N]
-//! [--work-ms M] [--saturate]`.
+//! `spin <seconds>`, `pingpong <seconds>`, `faulter <seconds> [threads]` and
+//! `busy-service --otlp HOST:PORT [--rate N] [--work-ms M] [--saturate]`.
 
 mod agent_memory;
 mod busy;
 mod ingest;
 mod load;
 mod mcp;
+mod memory;
 mod nofp;
 mod offcpu;
 mod overhead;
@@ -71,7 +78,7 @@ mod workload;
 
 use anyhow::{Result, bail};
 
-const USAGE: &str = "usage: coral-bench [all|ingest|query|mcp|overhead|offcpu|unwind|symbolize|trace-profile|trigger|agent-memory [--minutes N]|load [--seconds N] [--rate SPANS_PER_S] [--store postgres|sqlite|both]]";
+const USAGE: &str = "usage: coral-bench [all|ingest|query|mcp|overhead|offcpu|memory|unwind|symbolize|trace-profile|trigger|agent-memory [--minutes N]|load [--seconds N] [--rate SPANS_PER_S] [--store postgres|sqlite|both]]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -80,8 +87,9 @@ fn main() -> Result<()> {
         "spin" => return busy::spin(&args[1..]),
         "busy-service" => return busy::busy_service(&args[1..]),
         "pingpong" => return offcpu::pingpong(&args[1..]),
-        "all" | "ingest" | "query" | "mcp" | "overhead" | "offcpu" | "unwind" | "symbolize"
-        | "trace-profile" | "trigger" | "agent-memory" | "load" => {}
+        "faulter" => return memory::faulter(&args[1..]),
+        "all" | "ingest" | "query" | "mcp" | "overhead" | "offcpu" | "memory" | "unwind"
+        | "symbolize" | "trace-profile" | "trigger" | "agent-memory" | "load" => {}
         _ => bail!(USAGE),
     }
     tokio::runtime::Builder::new_multi_thread()
@@ -109,6 +117,9 @@ async fn run(which: &str, rest: &[String]) -> Result<()> {
     }
     if all || which == "offcpu" {
         offcpu::run()?;
+    }
+    if all || which == "memory" {
+        memory::run()?;
     }
     if all || which == "unwind" {
         unwind::run()?;

@@ -19,7 +19,7 @@
 use crate::overhead::symbolize_like_the_agent;
 use crate::workload::{Killed, loss_vs_neighbours, median};
 use anyhow::{Context, Result, bail};
-use coral_sampler::{EbpfSampler, Sample, Sampler, SamplerConfig};
+use coral_sampler::{EbpfSampler, Recording, Sample, Sampler, SamplerConfig};
 use coral_symbolizer::Symbolizer;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
@@ -109,7 +109,7 @@ pub fn run() -> Result<()> {
     match EbpfSampler::new(config.clone()) {
         Ok(sampler) => {
             // No off-CPU target, no scheduler probe: a CPU-only target of this process.
-            sampler.add_targets(&[std::process::id()], FREQUENCY_HZ, false)?;
+            sampler.add_targets(&[std::process::id()], FREQUENCY_HZ, Recording::CPU)?;
             let cpu_only = sampler.stats();
             sampler.remove_targets(&[std::process::id()])?;
             println!(
@@ -227,12 +227,12 @@ fn find_bcc() -> Result<PathBuf, String> {
 
 /// The kernel's eBPF run-time statistics, switched on while this lives (and back to
 /// what they were after).
-struct BpfStats {
+pub(crate) struct BpfStats {
     before: String,
 }
 
 impl BpfStats {
-    fn enable() -> Option<Self> {
+    pub(crate) fn enable() -> Option<Self> {
         let before = std::fs::read_to_string(BPF_STATS).ok()?;
         std::fs::write(BPF_STATS, "1").ok()?;
         Some(Self {
@@ -249,14 +249,14 @@ impl Drop for BpfStats {
 
 /// Run time and runs of one eBPF program (from its fd's fdinfo).
 #[derive(Debug, Clone, Default)]
-struct ProgRun {
-    kind: &'static str,
-    run_ns: u64,
-    runs: u64,
+pub(crate) struct ProgRun {
+    pub(crate) kind: &'static str,
+    pub(crate) run_ns: u64,
+    pub(crate) runs: u64,
 }
 
 /// The eBPF programs process `pid` holds open, by program id.
-fn bpf_programs(pid: u32) -> HashMap<u64, ProgRun> {
+pub(crate) fn bpf_programs(pid: u32) -> HashMap<u64, ProgRun> {
     let mut out = HashMap::new();
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return out;
@@ -294,7 +294,10 @@ fn bpf_programs(pid: u32) -> HashMap<u64, ProgRun> {
 }
 
 /// What each program ran between two readings, summed per kind of program.
-fn bpf_delta(before: &HashMap<u64, ProgRun>, after: &HashMap<u64, ProgRun>) -> Vec<ProgRun> {
+pub(crate) fn bpf_delta(
+    before: &HashMap<u64, ProgRun>,
+    after: &HashMap<u64, ProgRun>,
+) -> Vec<ProgRun> {
     let mut by_kind: HashMap<&'static str, ProgRun> = HashMap::new();
     for (id, now) in after {
         let was = before.get(id).cloned().unwrap_or_default();
@@ -383,7 +386,7 @@ fn run_round(
                 off_cpu_min_wait: min_wait,
                 ..SamplerConfig::default()
             })?;
-            s.add_targets(&[pid], FREQUENCY_HZ, true)?;
+            s.add_targets(&[pid], FREQUENCY_HZ, Recording::OFF_CPU)?;
             sampler = Some(s);
         }
         Profiler::Bcc => {

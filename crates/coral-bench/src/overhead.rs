@@ -16,7 +16,7 @@
 
 use crate::workload::{Killed, loss_vs_neighbours, median};
 use anyhow::{Context, Result, bail};
-use coral_sampler::{EbpfSampler, Sample, Sampler, SamplerConfig, Unwind, UnwindMode};
+use coral_sampler::{EbpfSampler, Recording, Sample, Sampler, SamplerConfig, Unwind, UnwindMode};
 use coral_symbolizer::Symbolizer;
 use std::collections::HashMap;
 use std::io::Write;
@@ -169,7 +169,7 @@ fn run_round(profiler: Profiler, mut workload: Command, drainer: &Drainer) -> Re
                 unwind,
                 ..SamplerConfig::default()
             })?);
-            s.add_targets(&[pid], FREQUENCY_HZ, false)?;
+            s.add_targets(&[pid], FREQUENCY_HZ, Recording::CPU)?;
             drainer.begin(s.clone())?;
             sampler = Some(s);
         }

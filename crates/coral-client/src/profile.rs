@@ -12,7 +12,9 @@ pub fn profile_from_wire(profile: v1::Profile) -> Result<Profile, String> {
         .map(|f| Frame {
             function: f.function,
             module: f.module,
-            kind: if f.wait {
+            kind: if f.page {
+                FrameKind::Page
+            } else if f.wait {
                 FrameKind::Wait
             } else if f.kernel {
                 FrameKind::Kernel
@@ -38,6 +40,7 @@ pub fn profile_from_wire(profile: v1::Profile) -> Result<Profile, String> {
             samples: stack.samples,
             cpu_ns: stack.cpu_ns,
             off_cpu_ns: stack.off_cpu_ns,
+            memory_bytes: stack.memory_bytes,
         });
     }
     Ok(Profile::from_parts(frames, stacks))
@@ -53,6 +56,7 @@ pub fn profile_to_wire(profile: &Profile) -> v1::Profile {
                 module: f.module.clone(),
                 kernel: f.kind == FrameKind::Kernel,
                 wait: f.kind == FrameKind::Wait,
+                page: f.kind == FrameKind::Page,
             })
             .collect(),
         stacks: profile
@@ -63,6 +67,7 @@ pub fn profile_to_wire(profile: &Profile) -> v1::Profile {
                 samples: s.samples,
                 cpu_ns: s.cpu_ns,
                 off_cpu_ns: s.off_cpu_ns,
+                memory_bytes: s.memory_bytes,
             })
             .collect(),
     }
@@ -73,15 +78,41 @@ pub const WEAK_SAMPLES: u64 = 5;
 
 /// Whether a wire request profile recorded off-CPU time.
 pub fn off_cpu_collected(p: &v1::TraceProfile) -> bool {
-    p.profile_types
-        .iter()
-        .any(|t| t == ProfileType::Offcpu.as_str())
+    collected(p, ProfileType::Offcpu)
 }
 
-/// Whether a wire request profile has time of type `ty`: CPU time always, off-CPU and
-/// wall time when it recorded off-CPU time.
+/// Whether a wire request profile recorded the memory it made resident.
+pub fn memory_collected(p: &v1::TraceProfile) -> bool {
+    collected(p, ProfileType::Memory)
+}
+
+fn collected(p: &v1::TraceProfile, ty: ProfileType) -> bool {
+    p.profile_types.iter().any(|t| t == ty.as_str())
+}
+
+/// Whether a wire request profile has values of type `ty`: CPU time always, off-CPU and
+/// wall time when it recorded off-CPU time, memory when it recorded memory.
 pub fn has_type(p: &v1::TraceProfile, ty: ProfileType) -> bool {
-    !ty.needs_off_cpu() || off_cpu_collected(p)
+    match ty {
+        ProfileType::Memory => memory_collected(p),
+        _ => !ty.needs_off_cpu() || off_cpu_collected(p),
+    }
+}
+
+/// Why a request profile has no values of type `ty` ([`has_type`] says it has none):
+/// `recorded no off-CPU time (process precision, …)`, or for `memory`
+/// `memory not collected for this request: the trigger did not ask for it (--types
+/// cpu,memory)`.
+pub fn missing_type_reason(p: &v1::TraceProfile, ty: ProfileType) -> String {
+    if ty != ProfileType::Memory {
+        return format!("recorded no off-CPU time ({})", no_off_cpu_reason(p));
+    }
+    let why = if p.source.starts_with("session:") {
+        "collected by a `profile cpu` session, which samples CPU only"
+    } else {
+        "the trigger did not ask for it (--types cpu,memory)"
+    };
+    format!("memory not collected for this request: {why}")
 }
 
 /// Why a request profile has no off-CPU time (for a view of type offcpu or wall).
@@ -96,8 +127,11 @@ pub fn no_off_cpu_reason(p: &v1::TraceProfile) -> &'static str {
     }
 }
 
-/// What a reader should not conclude from one request's profile.
-pub fn evidence_warnings(p: &v1::TraceProfile, profile: &Profile) -> Vec<String> {
+/// What a reader should not conclude from one request's profile, viewed as type `ty`.
+pub fn evidence_warnings(p: &v1::TraceProfile, profile: &Profile, ty: ProfileType) -> Vec<String> {
+    if ty == ProfileType::Memory {
+        return memory_warnings(p, profile);
+    }
     let samples = profile.count(ProfileType::Cpu);
     let cpu_ns = profile.total(ProfileType::Cpu);
     let mut warnings = Vec::new();
@@ -137,14 +171,48 @@ pub fn evidence_warnings(p: &v1::TraceProfile, profile: &Profile) -> Vec<String>
             percent(truncated, samples)
         ));
     }
-    if p.lost_samples > 0 {
+    warnings.extend(lost_samples_warning(p));
+    warnings
+}
+
+/// What a reader should not conclude from one request's memory profile: that it made
+/// nothing resident when memory was not collected, a total estimated from few records,
+/// or other requests' memory mixed in at process precision.
+fn memory_warnings(p: &v1::TraceProfile, profile: &Profile) -> Vec<String> {
+    if !memory_collected(p) {
+        return vec![missing_type_reason(p, ProfileType::Memory)];
+    }
+    let mut warnings = Vec::new();
+    let records = profile.count(ProfileType::Memory);
+    if records < WEAK_SAMPLES {
         warnings.push(format!(
+            "only {records} memory record(s) (one per ~512 KiB made resident, on average): the \
+             total and where it went are rough estimates"
+        ));
+    }
+    if p.precision == "process" {
+        let others = if p.concurrent_requests > 0 {
+            format!(", {} other request(s) included", p.concurrent_requests)
+        } else {
+            String::new()
+        };
+        warnings.push(format!(
+            "process precision: memory made resident by every thread of the process while the \
+             request ran{others} (spans with a thread.id attribute get thread precision)"
+        ));
+    }
+    warnings.extend(lost_samples_warning(p));
+    warnings
+}
+
+fn lost_samples_warning(p: &v1::TraceProfile) -> Option<String> {
+    (p.lost_samples > 0).then(|| {
+        format!(
             "at least {} lost in this request's window (sampler overflow): the profile \
              undercounts",
             count_of_samples(p.lost_samples)
-        ));
-    }
-    warnings
+        )
+    })
 }
 
 /// `part` of `whole` as a whole percentage; `<1%` rather than a misleading `0%`.

@@ -124,8 +124,8 @@ pub(crate) async fn compare_trace_profiles(
     if records_b.is_empty() {
         return Err(empty_cohort(store, service, since, range, &filter_b, "B").await);
     }
-    let a = with_off_cpu(&records_a, profile_type, "A", &mut warnings)?;
-    let b = with_off_cpu(&records_b, profile_type, "B", &mut warnings)?;
+    let a = collected_for(&records_a, profile_type, "A", &mut warnings)?;
+    let b = collected_for(&records_b, profile_type, "B", &mut warnings)?;
     let options = CompareOptions {
         top: top as usize,
         min_significance,
@@ -151,47 +151,60 @@ pub(crate) async fn compare_trace_profiles(
 fn parse_profile_type(text: &str) -> Result<ProfileType, Status> {
     match text.trim() {
         "" => Ok(ProfileType::Cpu),
-        "memory" => Err(Status::invalid_argument(
-            "profile_type memory: memory profiles are not collected yet; compare cpu, offcpu \
-             or wall",
-        )),
         s => s
             .parse()
             .map_err(|e: ProfileTypeError| Status::invalid_argument(e.to_string())),
     }
 }
 
-/// A cohort's profiles for `ty`: all of them for `cpu`; for `offcpu` and `wall` those
-/// that recorded off-CPU time (thread precision, a trigger collecting `offcpu`), with a
-/// warning for the others, and an error when none did.
-fn with_off_cpu<'a>(
+/// A cohort's profiles for `ty`: all of them for `cpu`; for the others those that
+/// collected what `ty` reads, with a warning for the rest, and an error when none did:
+/// off-CPU time for `offcpu` and `wall` (thread precision, a trigger collecting
+/// `offcpu`), memory for `memory` (a trigger collecting `memory`). A request that did
+/// not collect it has no value, not a zero one, so it must not dilute its cohort.
+fn collected_for<'a>(
     records: &'a [TraceProfileRecord],
     ty: ProfileType,
     which: &str,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<&'a Profile>, Status> {
-    if !ty.needs_off_cpu() {
-        return Ok(records.iter().map(|r| &r.profile).collect());
-    }
+    // Exhaustive, so that a new type must say what it needs.
+    let (needed, what, how) = match ty {
+        ProfileType::Cpu => return Ok(records.iter().map(|r| &r.profile).collect()),
+        ProfileType::Offcpu | ProfileType::Wall => (
+            ProfileType::Offcpu,
+            "off-CPU time",
+            "off-CPU time is recorded by triggers collecting offcpu (the default) for spans \
+             with a thread.id (thread precision)",
+        ),
+        ProfileType::Memory => (
+            ProfileType::Memory,
+            "memory",
+            "memory is recorded by triggers collecting memory (trace-trigger --types \
+             cpu,memory)",
+        ),
+    };
     let kept: Vec<&Profile> = records
         .iter()
-        .filter(|r| r.profile_types.contains(&ProfileType::Offcpu))
+        .filter(|r| r.profile_types.contains(&needed))
         .map(|r| &r.profile)
         .collect();
     let left_out = records.len() - kept.len();
     if kept.is_empty() {
         return Err(Status::failed_precondition(format!(
-            "none of cohort {which}'s {} requests recorded off-CPU time, which a {ty} \
-             comparison needs: off-CPU time is recorded by triggers collecting offcpu (the \
-             default) for spans with a thread.id (thread precision); compare with \
-             --type cpu, or collect again",
+            "none of cohort {which}'s {} requests recorded {what}, which a {ty} comparison \
+             needs: {how}; compare with --type cpu, or collect again",
             records.len()
         )));
     }
     if left_out > 0 {
+        let why = match needed {
+            ProfileType::Offcpu => "process precision, or collected without offcpu",
+            _ => "collected without memory",
+        };
         warnings.push(format!(
-            "{left_out} of cohort {which}'s {} requests recorded no off-CPU time (process \
-             precision, or collected CPU only) and are left out of this {ty} comparison",
+            "{left_out} of cohort {which}'s {} requests recorded no {what} ({why}) and are \
+             left out of this {ty} comparison",
             records.len()
         ));
     }
@@ -212,15 +225,15 @@ fn to_wire(
             .map(|f| v1::DifferentialHotspot {
                 function: f.function.clone(),
                 delta_percentage: f.delta_pp as f32,
-                cohort_a_cpu_ms: f.a_ms.round() as i64,
-                cohort_b_cpu_ms: f.b_ms.round() as i64,
+                cohort_a_cpu_ms: f.a_per_request.round() as i64,
+                cohort_b_cpu_ms: f.b_per_request.round() as i64,
                 significance: f.significance.to_string(),
                 module: f.module.clone(),
                 self_delta_percentage: f.self_delta_pp as f32,
-                cohort_a_cpu_ms_per_request: f.a_ms,
-                cohort_b_cpu_ms_per_request: f.b_ms,
-                cohort_a_self_cpu_ms: f.a_self_ms,
-                cohort_b_self_cpu_ms: f.b_self_ms,
+                cohort_a_cpu_ms_per_request: f.a_per_request,
+                cohort_b_cpu_ms_per_request: f.b_per_request,
+                cohort_a_self_cpu_ms: f.a_self_per_request,
+                cohort_b_self_cpu_ms: f.b_self_per_request,
                 p_value: f.p_value,
                 q_value: f.q_value,
                 effect_size: f.effect_size,
@@ -237,11 +250,113 @@ fn to_wire(
         cohort_b_requests: c.b.requests as u32,
         cohort_a_requests_with_samples: c.a.requests_with_value as u32,
         cohort_b_requests_with_samples: c.b.requests_with_value as u32,
-        cohort_a_mean_cpu_ms: c.a.mean_ms,
-        cohort_b_mean_cpu_ms: c.b.mean_ms,
+        cohort_a_mean_cpu_ms: c.a.mean_per_request,
+        cohort_b_mean_cpu_ms: c.b.mean_per_request,
         verdict: c.verdict.unwrap_or_default(),
         warnings,
         differential_folded,
         profile_type: profile_type.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coral_analysis::profile::Frame;
+    use coral_store::{Precision, ProfileSource, SpanId, TraceId};
+
+    fn record(n: u8, precision: Precision, types: &[ProfileType]) -> TraceProfileRecord {
+        let mut profile = Profile::new();
+        profile.add(&[Frame::user("main", "svc")], u64::from(n), 99);
+        if types.contains(&ProfileType::Memory) {
+            profile.add_memory(&[Frame::user("main", "svc")], 4096, 1, 65_536);
+        }
+        TraceProfileRecord {
+            trace_id: TraceId([n; 16]),
+            span_id: SpanId([n; 8]),
+            service: "svc".into(),
+            span_name: "GET /".into(),
+            start_unix_nano: 0,
+            duration_ns: 1,
+            node: "n".into(),
+            pid: Some(1),
+            thread_id: (precision == Precision::Thread).then_some(2),
+            precision,
+            frequency_hz: 99,
+            concurrent_requests: 0,
+            truncated_samples: 0,
+            lost_samples: 0,
+            source: ProfileSource::Session(uuid::Uuid::nil()),
+            profile_types: types.to_vec(),
+            profile,
+        }
+    }
+
+    /// Which of `records` a `ty` comparison keeps (by their trace byte), and its
+    /// warnings, or the error's message.
+    fn kept(
+        records: &[TraceProfileRecord],
+        ty: ProfileType,
+    ) -> Result<(Vec<u8>, Vec<String>), String> {
+        let mut warnings = Vec::new();
+        let kept = collected_for(records, ty, "A", &mut warnings).map_err(|s| {
+            assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+            s.message().to_string()
+        })?;
+        let ids = kept
+            .iter()
+            .map(|p| {
+                let i = records
+                    .iter()
+                    .position(|r| std::ptr::eq(&r.profile, *p))
+                    .unwrap();
+                records[i].trace_id.0[0]
+            })
+            .collect();
+        Ok((ids, warnings))
+    }
+
+    #[test]
+    fn cohorts_keep_the_requests_that_collected_the_type() {
+        use ProfileType::{Cpu, Memory, Offcpu, Wall};
+        let records = [
+            record(1, Precision::Thread, &[Cpu]),
+            record(2, Precision::Thread, &[Cpu, Offcpu]),
+            record(3, Precision::Process, &[Cpu, Memory]),
+            record(4, Precision::Thread, &[Cpu, Offcpu, Memory]),
+        ];
+        assert_eq!(kept(&records, Cpu).unwrap(), (vec![1, 2, 3, 4], vec![]));
+        for ty in [Offcpu, Wall] {
+            let (ids, warnings) = kept(&records, ty).unwrap();
+            assert_eq!(ids, [2, 4], "{ty}");
+            assert_eq!(warnings.len(), 1);
+            assert!(warnings[0].starts_with("2 of cohort A's 4 requests recorded no off-CPU time"));
+        }
+        let (ids, warnings) = kept(&records, Memory).unwrap();
+        assert_eq!(ids, [3, 4], "memory at either precision");
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].starts_with("2 of cohort A's 4 requests recorded no memory"),
+            "{warnings:?}"
+        );
+        assert!(warnings[0].contains("memory comparison"), "{warnings:?}");
+
+        let error = kept(&records[..2], Memory).unwrap_err();
+        assert!(
+            error.starts_with("none of cohort A's 2 requests recorded memory"),
+            "{error}"
+        );
+        assert!(error.contains("collecting memory"), "{error}");
+        let error = kept(&records[2..3], Offcpu).unwrap_err();
+        assert!(error.contains("recorded off-CPU time"), "{error}");
+    }
+
+    #[test]
+    fn memory_comparisons_are_asked_for_like_the_others() {
+        assert_eq!(parse_profile_type("").unwrap(), ProfileType::Cpu);
+        assert_eq!(parse_profile_type(" memory ").unwrap(), ProfileType::Memory);
+        assert_eq!(parse_profile_type("wall").unwrap(), ProfileType::Wall);
+        let status = parse_profile_type("heap").unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
     }
 }

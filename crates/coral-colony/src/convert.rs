@@ -200,11 +200,12 @@ pub fn trace_profile_from_wire(p: v1::TraceProfile) -> Result<TraceProfileRecord
         profile_from_wire(profile)?
     };
     let profile_types = collected_types(&p.profile_types, precision, &profile)?;
-    // A truncated stack is one of the profile's samples: more is an agent's
-    // miscount, kept to the profile's total so the share stays a share.
+    // A truncated stack is one of the profile's CPU samples (not a wait or a memory
+    // record, which readers do not count as samples): more is an agent's miscount,
+    // kept to the profile's CPU samples so the share stays a share.
     let truncated_samples = p
         .truncated_samples
-        .min(u32::try_from(profile.total_samples()).unwrap_or(u32::MAX));
+        .min(u32::try_from(profile.count(ProfileType::Cpu)).unwrap_or(u32::MAX));
     Ok(TraceProfileRecord {
         trace_id,
         span_id,
@@ -226,10 +227,11 @@ pub fn trace_profile_from_wire(p: v1::TraceProfile) -> Result<TraceProfileRecord
     })
 }
 
-/// The profile types a wire profile says it has: `cpu` when none is listed (agents
-/// before off-CPU recording). Off-CPU time must be listed, belongs to thread precision
-/// only (a process's idle threads would fill it), and is the only type with off-CPU
-/// stacks.
+/// The profile types a wire profile says it has, in [`ProfileType`]'s order: `cpu`
+/// when none is listed (agents before off-CPU recording). Off-CPU time must be listed,
+/// belongs to thread precision only (a process's idle threads would fill it), and is
+/// the only type with off-CPU stacks. Memory must be listed to have memory stacks, at
+/// either precision (at process precision it is the process's, as CPU samples are).
 fn collected_types(
     names: &[String],
     precision: Precision,
@@ -250,6 +252,10 @@ fn collected_types(
     if !off_cpu && profile.stacks.iter().any(|s| s.off_cpu_ns > 0) {
         return Err("the profile has off-CPU stacks but profile_types does not list offcpu".into());
     }
+    if !types.contains(&ProfileType::Memory) && profile.stacks.iter().any(|s| s.memory_bytes > 0) {
+        return Err("the profile has memory stacks but profile_types does not list memory".into());
+    }
+    types.sort_unstable();
     Ok(types)
 }
 
@@ -386,7 +392,7 @@ mod tests {
             frame_ids,
             samples: 1,
             cpu_ns: 1,
-            off_cpu_ns: 0,
+            ..Default::default()
         };
         let mut deep = v1::Profile {
             frames: vec![frame("f".into())],
@@ -495,6 +501,98 @@ mod tests {
                     ..wire.clone()
                 },
                 "unknown profile type",
+            ),
+        ] {
+            let error = trace_profile_from_wire(bad).unwrap_err();
+            assert!(error.contains(message), "{error}");
+        }
+    }
+
+    #[test]
+    fn memory_is_listed_and_of_either_precision() {
+        use coral_analysis::profile::{Frame, Profile, page_frame};
+        let main = Frame::user("main", "svc");
+        let mut profile = Profile::new();
+        profile.add(std::slice::from_ref(&main), 3, 100);
+        profile.add_memory(std::slice::from_ref(&main), 4096, 3, 3 << 16);
+        profile.add_memory(std::slice::from_ref(&main), 2 << 20, 1, 2 << 20);
+        let wire = v1::TraceProfile {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            service: "svc".into(),
+            precision: "thread".into(),
+            frequency_hz: 100,
+            source: format!("session:{}", uuid::Uuid::nil()),
+            profile: Some(profile_to_wire(&profile)),
+            profile_types: vec!["cpu".into(), "memory".into()],
+            ..Default::default()
+        };
+        let pages: Vec<bool> = wire
+            .profile
+            .as_ref()
+            .unwrap()
+            .frames
+            .iter()
+            .map(|f| f.page)
+            .collect();
+        assert_eq!(pages, [false, true, true], "page frames travel as such");
+        let record = trace_profile_from_wire(wire.clone()).unwrap();
+        assert_eq!(
+            record.profile_types,
+            [ProfileType::Cpu, ProfileType::Memory]
+        );
+        assert_eq!(record.profile.frames[2], page_frame(2 << 20));
+        assert_eq!(
+            record.profile.memory_breakdown().resident_bytes,
+            (3 << 16) + (2 << 20)
+        );
+        assert_eq!(record.profile.memory_breakdown().huge_page_bytes, 2 << 20);
+        assert_eq!(record.samples(), 3, "memory records are not CPU samples");
+        assert_eq!(trace_profile_to_wire(&record), wire);
+        let miscounted = v1::TraceProfile {
+            truncated_samples: 7,
+            ..wire.clone()
+        };
+        assert_eq!(
+            trace_profile_from_wire(miscounted)
+                .unwrap()
+                .truncated_samples,
+            3,
+            "at most the CPU samples, not the memory records"
+        );
+
+        let process = v1::TraceProfile {
+            precision: "process".into(),
+            thread_id: None,
+            // Listed in any order, stored in the types' order.
+            profile_types: vec!["memory".into(), "cpu".into()],
+            ..wire.clone()
+        };
+        let record = trace_profile_from_wire(process).unwrap();
+        assert_eq!(record.precision, Precision::Process);
+        assert_eq!(
+            record.profile_types,
+            [ProfileType::Cpu, ProfileType::Memory]
+        );
+        assert_eq!(
+            record.profile.total(ProfileType::Memory),
+            (3 << 16) + (2 << 20)
+        );
+
+        for (bad, message) in [
+            (
+                v1::TraceProfile {
+                    profile_types: vec!["cpu".into()],
+                    ..wire.clone()
+                },
+                "does not list memory",
+            ),
+            (
+                v1::TraceProfile {
+                    profile_types: vec!["memory".into(), "wall".into()],
+                    ..wire.clone()
+                },
+                "wall is not a collected type",
             ),
         ] {
             let error = trace_profile_from_wire(bad).unwrap_err();

@@ -137,33 +137,29 @@ pub(crate) fn new_trigger(
     })
 }
 
-/// The profile types a trigger collects: `cpu` always (the requests are sampled
-/// anyway), `offcpu` when asked for or when nothing is asked for.
+/// The profile types a trigger collects, in [`ProfileType`]'s order: `cpu` always
+/// (the requests are sampled anyway), `offcpu` when asked for or when nothing is asked
+/// for, `memory` when asked for (its page-fault probes cost the service something, so
+/// never by default).
 fn collected_types(names: &[String]) -> Result<Vec<ProfileType>, Status> {
     if names.is_empty() {
         return Ok(vec![ProfileType::Cpu, ProfileType::Offcpu]);
     }
     let mut types = vec![ProfileType::Cpu];
     for name in names {
-        match name.trim() {
-            "memory" => {
+        match name.trim().parse::<ProfileType>() {
+            Ok(ProfileType::Wall) => {
                 return Err(Status::invalid_argument(
-                    "profile type memory is not collected yet: collect cpu, offcpu",
+                    "wall is not collected on its own: it is cpu and offcpu together \
+                     (collect cpu,offcpu)",
                 ));
             }
-            name => match name.parse::<ProfileType>() {
-                Ok(ProfileType::Wall) => {
-                    return Err(Status::invalid_argument(
-                        "wall is not collected on its own: it is cpu and offcpu together \
-                         (collect cpu,offcpu)",
-                    ));
-                }
-                Ok(ty) if !types.contains(&ty) => types.push(ty),
-                Ok(_) => {}
-                Err(e) => return Err(Status::invalid_argument(e.to_string())),
-            },
+            Ok(ty) if !types.contains(&ty) => types.push(ty),
+            Ok(_) => {}
+            Err(e) => return Err(Status::invalid_argument(e.to_string())),
         }
     }
+    types.sort_unstable();
     Ok(types)
 }
 
@@ -227,6 +223,8 @@ pub(crate) fn trigger_to_wire(
                 cpu_ns: c.cpu_ns,
                 off_cpu_ns: c.off_cpu_ns,
                 off_cpu_collected: c.profile_types.contains(&ProfileType::Offcpu),
+                memory_bytes: c.memory_bytes,
+                memory_collected: c.profile_types.contains(&ProfileType::Memory),
             })
             .collect(),
     }
@@ -246,6 +244,7 @@ pub(crate) fn trigger_command(t: &TraceProfileTrigger) -> v1::TriggerCommand {
         expires_unix_nano: t.expires_unix_nano,
         baseline_requests: t.baseline_requests,
         off_cpu: t.profile_types.contains(&ProfileType::Offcpu),
+        memory: t.profile_types.contains(&ProfileType::Memory),
     }
 }
 
@@ -360,6 +359,7 @@ mod tests {
         assert_eq!(command.baseline_requests, 50);
         assert_eq!(t.profile_types, [ProfileType::Cpu, ProfileType::Offcpu]);
         assert!(command.off_cpu, "off-CPU time is collected by default");
+        assert!(!command.memory, "memory only when asked for");
     }
 
     #[test]
@@ -376,6 +376,21 @@ mod tests {
         let cpu = with(&["cpu"]).unwrap();
         assert_eq!(cpu.profile_types, [ProfileType::Cpu]);
         assert!(!trigger_command(&cpu).off_cpu);
+        assert!(!trigger_command(&cpu).memory);
+        let memory = with(&["memory"]).unwrap();
+        assert_eq!(
+            memory.profile_types,
+            [ProfileType::Cpu, ProfileType::Memory]
+        );
+        let command = trigger_command(&memory);
+        assert!(command.memory && !command.off_cpu);
+        let all = with(&["memory", "offcpu", " memory "]).unwrap();
+        assert_eq!(
+            all.profile_types,
+            [ProfileType::Cpu, ProfileType::Offcpu, ProfileType::Memory]
+        );
+        let command = trigger_command(&all);
+        assert!(command.memory && command.off_cpu);
         assert_eq!(
             with(&["offcpu"]).unwrap().profile_types,
             [ProfileType::Cpu, ProfileType::Offcpu]
@@ -385,8 +400,8 @@ mod tests {
             [ProfileType::Cpu, ProfileType::Offcpu]
         );
         for (types, message) in [
-            (&["memory"][..], "memory is not collected yet"),
             (&["wall"][..], "cpu and offcpu together"),
+            (&["memory", "wall"][..], "cpu and offcpu together"),
             (&["cpu", "gpu"][..], "unknown profile type `gpu`"),
         ] {
             let status = with(types).unwrap_err();

@@ -14,6 +14,19 @@ the CPU (on-CPU close to the duration); use wall (or offcpu) when they mostly wa
 Off-CPU time exists only for requests with thread precision collected by a trigger \
 (triggers record cpu and offcpu by default).
 
+\"memory\" is the memory the request made resident, in bytes, by the stack that \
+faulted: the new pages its page faults made the kernel allocate (first touches of heap \
+or mmap memory, copy-on-write copies, file pages read in through mappings), huge pages \
+counted at their size and told apart from 4 KiB pages. It is what grows RSS. It is \
+sampled (one record per ~512 KiB on average, unbiased), so totals are estimates and a \
+request with few records says little. It is NOT the live heap and NOT leaks: memory \
+freed later still counts, and memory allocated but never touched does not count; nor \
+is memory touched by other threads of the process counted, unless precision is \
+'process'. Memory is recorded only by triggers that ask for it (profile_types \
+[\"cpu\", \"memory\"]); compare it with profile_type \"memory\" when the slow \
+requests grow memory (a verdict like \"cohort A made 300 MiB more memory resident per \
+request …, 96% of it in build_snapshot → grab_block\").
+
 Diagnosing a latency outlier (e.g. \"p99 is 5s but the median is 50ms\"):
 1. coral_query_summary {service} (or without service to see all): request rate, error \
 rate, p50/p95/p99 and the slowest traces, with their profiles' top functions if any \
@@ -40,7 +53,10 @@ evidence of a difference.
 off-CPU or wall-clock; + hotter in cohort A); ms/req is the mean of that time per \
 request in the function, inclusive. A frame named [off-cpu: lock] (or disk, network, \
 sleep, runqueue, other) is the time waited for that cause; the function under it is \
-where the thread waited.
+where the thread waited. In a memory comparison delta is in points of the requests' \
+memory made resident and the per-request values are bytes; a frame named \
+[memory: 4 KiB page] (or 2 MiB huge page) is the memory made resident in pages of that \
+size, and the function under it is where the memory was first touched.
 - precision 'thread' attributes samples to the request's own thread; 'process' mixes in \
 other requests that ran concurrently in the process: treat it as approximate.
 - A CPU profile with fewer than 5 samples cannot say where CPU time went. CPU time far \
@@ -52,7 +68,8 @@ Do not conclude:
 - a root cause from one request, from fewer than ~5 requests per cohort, or from \
 warnings about weak evidence;
 - that a function is the cause because it is hot in both cohorts (look at the delta);
-- anything about memory: only CPU and off-CPU time are collected today;
+- leaks or heap size from a memory profile (it counts pages made resident, not what \
+stays allocated), or anything about memory from a request that did not record it;
 - off-CPU time of process-precision requests: it is not recorded (a process always has \
 idle threads).
 When evidence is weak, say so and propose collecting more (a trigger with a larger \

@@ -7,7 +7,7 @@ use crate::tools::*;
 use coral_analysis::profile::{self as model, write_text_summary};
 use coral_analysis::{format_duration_ns, parse_duration};
 use coral_client::Channel;
-use coral_client::profile::{has_type, no_off_cpu_reason};
+use coral_client::profile::{has_type, missing_type_reason, no_off_cpu_reason};
 use coral_client::v1;
 use coral_report::{ComparisonView, RequestProfileView, ServiceView, SpanView, TriggerView};
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -353,7 +353,7 @@ impl CoralMcp {
     }
 
     async fn trace_profile(&self, p: TraceProfileParams) -> Outcome {
-        let ty = model_type(p.profile_type)?;
+        let ty = model_type(p.profile_type);
         let profiles = self
             .profile()
             .get_trace_profile(v1::GetTraceProfileRequest {
@@ -377,6 +377,14 @@ impl CoralMcp {
         if let Some(first) = profiles.first()
             && !profiles.iter().any(|tp| has_type(tp, ty))
         {
+            if ty == model::ProfileType::Memory {
+                return Err(format!(
+                    "no memory profile for this trace: {}. Call again with profile_type \
+                     \"cpu\", or collect with coral_profile_trace_trigger with profile_types \
+                     [\"cpu\", \"memory\"].",
+                    missing_type_reason(first, ty)
+                ));
+            }
             return Err(format!(
                 "no {ty} profile for this trace: its requests recorded no off-CPU time ({}). \
                  Call again with profile_type \"cpu\", or collect with \
@@ -413,14 +421,21 @@ impl CoralMcp {
                 view.frequency_hz,
                 view.precision
             ));
-            text.push_str(&view.breakdown.summary);
+            // A memory view opens with the memory made resident, the others with the time.
+            match (&view.memory, ty) {
+                (Some(memory), model::ProfileType::Memory) => text.push_str(&memory.summary),
+                _ => text.push_str(&view.breakdown.summary),
+            }
             text.push('\n');
             for w in &view.warnings {
                 text.push_str(&format!("warning: {w}\n"));
             }
             if !has_type(tp, ty) {
-                text.push_str(&format!("no {ty} profile: {}\n", no_off_cpu_reason(tp)));
-            } else if view.total_ns > 0 {
+                // A memory view's warnings already say why.
+                if ty != model::ProfileType::Memory {
+                    text.push_str(&format!("no {ty} profile: {}\n", no_off_cpu_reason(tp)));
+                }
+            } else if view.total.value() > 0 {
                 let mut summary = Vec::new();
                 write_text_summary(&profile, ty, TOP, &mut summary)
                     .map_err(|e| format!("cannot summarize the profile: {e}"))?;
@@ -429,7 +444,8 @@ impl CoralMcp {
             spans.push(view);
         }
         let data = json!({
-            "trace_id": p.trace_id.trim(), "profile_type": ty, "unit": "ns",
+            "trace_id": p.trace_id.trim(), "profile_type": ty,
+            "unit": if ty.is_bytes() { "bytes" } else { "ns" },
             "truncated": truncated, "spans": spans,
         });
         Ok(Answer { text, data })
@@ -460,6 +476,7 @@ impl CoralMcp {
                     .map(|t| match t {
                         CollectedType::Cpu => "cpu".to_string(),
                         CollectedType::Offcpu => "offcpu".to_string(),
+                        CollectedType::Memory => "memory".to_string(),
                     })
                     .collect(),
             })
@@ -529,7 +546,7 @@ impl CoralMcp {
 
     async fn compare(&self, p: CompareParams) -> Outcome {
         let range = since(&p.since, "since")?;
-        let ty = model_type(p.profile_type)?;
+        let ty = model_type(p.profile_type);
         let r = self
             .profile()
             .compare_trace_profiles(v1::CompareTraceProfilesRequest {
@@ -556,6 +573,19 @@ impl CoralMcp {
             })?
             .into_inner();
         let mut text = format!("{} in the last {}, {}\n", p.service, p.since, ty.measure());
+        // Per-request values are milliseconds, or bytes for memory.
+        let per_request = |v: f64| {
+            if ty.is_bytes() {
+                model::format_bytes(v.max(0.0).round() as u64)
+            } else {
+                ms(v)
+            }
+        };
+        let observations = if ty.is_bytes() {
+            "memory records"
+        } else {
+            "samples"
+        };
         for (name, filter, requests, samples, cpu) in [
             (
                 "A",
@@ -573,8 +603,8 @@ impl CoralMcp {
             ),
         ] {
             text.push_str(&format!(
-                "cohort {name} ({filter}): {requests} requests, {samples} samples, {} {} per request\n",
-                ms(cpu),
+                "cohort {name} ({filter}): {requests} requests, {samples} {observations}, {} {} per request\n",
+                per_request(cpu),
                 ty.measure()
             ));
         }
@@ -597,8 +627,8 @@ impl CoralMcp {
                 h.function,
                 h.module,
                 h.delta_percentage,
-                ms(h.cohort_a_cpu_ms_per_request),
-                ms(h.cohort_b_cpu_ms_per_request),
+                per_request(h.cohort_a_cpu_ms_per_request),
+                per_request(h.cohort_b_cpu_ms_per_request),
                 q_value(h.q_value),
                 h.significance
             ));
@@ -753,8 +783,13 @@ fn trigger_answer(t: &v1::TraceProfileTrigger) -> Answer {
         t.baseline_requests
     );
     for c in t.collected.iter().take(10) {
+        let memory = if c.memory_collected {
+            format!(", {} made resident", model::format_bytes(c.memory_bytes))
+        } else {
+            String::new()
+        };
         text.push_str(&format!(
-            "{} {} {} samples, {} precision\n",
+            "{} {} {} samples, {} precision{memory}\n",
             c.trace_id,
             format_duration_ns(c.duration_ns),
             c.samples,
@@ -793,16 +828,12 @@ fn now_unix_nano() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// The profile model's type for a tool's `profile_type`; memory is refused.
-fn model_type(ty: ProfileType) -> Result<model::ProfileType, String> {
+/// The profile model's type for a tool's `profile_type`.
+fn model_type(ty: ProfileType) -> model::ProfileType {
     match ty {
-        ProfileType::Cpu => Ok(model::ProfileType::Cpu),
-        ProfileType::Offcpu => Ok(model::ProfileType::Offcpu),
-        ProfileType::Wall => Ok(model::ProfileType::Wall),
-        ProfileType::Memory => Err(
-            "memory profiles are not collected yet: Coral collects cpu and offcpu profiles \
-             (wall is both). Call again with profile_type \"cpu\", \"offcpu\" or \"wall\"."
-                .to_string(),
-        ),
+        ProfileType::Cpu => model::ProfileType::Cpu,
+        ProfileType::Offcpu => model::ProfileType::Offcpu,
+        ProfileType::Wall => model::ProfileType::Wall,
+        ProfileType::Memory => model::ProfileType::Memory,
     }
 }

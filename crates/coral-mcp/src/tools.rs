@@ -34,6 +34,7 @@ pub enum ProfileType {
 pub enum CollectedType {
     Cpu,
     Offcpu,
+    Memory,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -45,7 +46,9 @@ pub struct TraceProfileParams {
     /// requests that ran while a trigger or profile of their service was active),
     /// "offcpu" (where it waited, by stack and cause: lock, disk, network, sleep,
     /// runqueue; recorded by triggers for thread-precision requests), "wall" (both on
-    /// one time scale: where its wall-clock time went) or "memory" (not collected yet).
+    /// one time scale: where its wall-clock time went) or "memory" (the memory the
+    /// request made resident, in bytes, by the stack that faulted; recorded by triggers
+    /// collecting memory).
     #[serde(default)]
     pub profile_type: ProfileType,
 }
@@ -71,8 +74,9 @@ pub struct TraceTriggerParams {
     pub frequency_hz: Option<u32>,
     /// Stop collecting after this long, e.g. "5m" (default 5m, at most 24h).
     pub timeout: Option<String>,
-    /// What to record: "cpu" (always) and "offcpu" (where each request's thread
-    /// waited). Default both.
+    /// What to record: "cpu" (always), "offcpu" (where each request's thread waited)
+    /// and "memory" (the memory each request made resident, by stack). Default cpu and
+    /// offcpu.
     #[serde(default)]
     pub profile_types: Vec<CollectedType>,
 }
@@ -90,7 +94,8 @@ pub struct CompareParams {
     #[serde(default = "default_since")]
     pub since: String,
     /// What to compare: "cpu" (CPU time, the default), "offcpu" (time waiting, by where
-    /// and why) or "wall" (both: use it when the slow requests mostly waited).
+    /// and why), "wall" (both: use it when the slow requests mostly waited) or "memory"
+    /// (memory made resident, in bytes: which code made the requests' memory grow).
     #[serde(default)]
     pub profile_type: ProfileType,
 }

@@ -5,8 +5,10 @@
 //! The vocabulary:
 //! - ids in lowercase hex (`trace_id`, `span_id`), trigger and session ids as UUIDs;
 //! - quantities carry their unit in the name: `duration_ns`, `cpu_ns`, `frequency_hz`,
-//!   `mean_ms`, `since_ns`; a time that depends on the profile type (CPU, off-CPU or
-//!   wall-clock time) sits beside a `profile_type` field that says which;
+//!   `mean_ms`, `since_ns`; a value that depends on the profile type (CPU, off-CPU or
+//!   wall-clock time, or memory made resident) sits beside a `profile_type` field that
+//!   says which, and is named by its unit: `total_ns`, `mean_ms` for the times,
+//!   `total_bytes`, `mean_bytes` for `memory` (whose views also say `"unit": "bytes"`);
 //! - a point in time is two fields: `<name>` (RFC 3339, UTC, milliseconds, e.g.
 //!   `2023-11-14T22:13:20.123Z`) and `<name>_unix_nano`;
 //! - an absent value is `null`, never an empty string and never a missing key;
@@ -21,8 +23,9 @@ mod timestamp;
 mod trigger;
 
 pub use profile::{
-    AgentProfileView, BreakdownView, HotspotView, MergedProfileView, ProfileCpuView,
-    RequestProfileView, RequestProfileWithStacks, SourceView, TraceProfileView, WaitsView,
+    AgentProfileView, BreakdownView, HotspotValuesView, HotspotView, MemoryView, MergedProfileView,
+    ProfileCpuView, RequestProfileView, RequestProfileWithStacks, SourceView, TotalView,
+    TraceProfileView, WaitsView,
 };
 pub use timestamp::rfc3339;
 pub use trigger::{CollectedView, TriggerView};
@@ -188,11 +191,79 @@ pub struct CohortView {
     pub filter: String,
     /// Profiled requests that match the filter.
     pub requests: u32,
-    /// Those with some time of the compared type: the units of the significance tests.
+    /// Those with some value of the compared type: the units of the significance tests.
     pub requests_with_samples: u32,
+    /// CPU samples, waits, or memory records.
     pub samples: i32,
-    /// Mean time of the compared type per request (all requests of the cohort).
-    pub mean_ms: f64,
+    /// Mean value of the compared type per request (all requests of the cohort):
+    /// `mean_ms`, or `mean_bytes` for memory.
+    #[serde(flatten)]
+    pub mean: CohortMeanView,
+}
+
+/// A cohort's mean per request, named by the unit of the compared type.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq)]
+#[serde(untagged)]
+pub enum CohortMeanView {
+    Time { mean_ms: f64 },
+    Bytes { mean_bytes: f64 },
+}
+
+impl CohortMeanView {
+    /// From the wire's value (`*_cpu_ms`, which holds bytes for `memory`).
+    fn new(value: f64, ty: ProfileType) -> Self {
+        if ty.is_bytes() {
+            CohortMeanView::Bytes { mean_bytes: value }
+        } else {
+            CohortMeanView::Time { mean_ms: value }
+        }
+    }
+}
+
+/// A function's mean per request in each cohort, inclusive then self, named by the
+/// unit of the compared type.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq)]
+#[serde(untagged)]
+pub enum PerRequestView {
+    Time {
+        a_ms_per_request: f64,
+        b_ms_per_request: f64,
+        a_self_ms_per_request: f64,
+        b_self_ms_per_request: f64,
+    },
+    Bytes {
+        a_bytes_per_request: f64,
+        b_bytes_per_request: f64,
+        a_self_bytes_per_request: f64,
+        b_self_bytes_per_request: f64,
+    },
+}
+
+impl PerRequestView {
+    /// From the wire's values (`*_cpu_ms*`, which hold bytes for `memory`).
+    fn new(h: &v1::DifferentialHotspot, ty: ProfileType) -> Self {
+        let (a, b, a_self, b_self) = (
+            h.cohort_a_cpu_ms_per_request,
+            h.cohort_b_cpu_ms_per_request,
+            h.cohort_a_self_cpu_ms,
+            h.cohort_b_self_cpu_ms,
+        );
+        if ty.is_bytes() {
+            PerRequestView::Bytes {
+                a_bytes_per_request: a,
+                b_bytes_per_request: b,
+                a_self_bytes_per_request: a_self,
+                b_self_bytes_per_request: b_self,
+            }
+        } else {
+            PerRequestView::Time {
+                a_ms_per_request: a,
+                b_ms_per_request: b,
+                a_self_ms_per_request: a_self,
+                b_self_ms_per_request: b_self,
+            }
+        }
+    }
 }
 
 /// One function compared between the cohorts.
@@ -200,15 +271,14 @@ pub struct CohortView {
 pub struct FunctionDiffView {
     pub function: String,
     pub module: String,
-    /// Percentage points of the requests' time of the compared type in the function
+    /// Percentage points of the requests' value of the compared type in the function
     /// (inclusive), + hotter in A.
     pub delta_pp: f32,
     pub self_delta_pp: f32,
-    /// Mean time per request in the function (inclusive), then self.
-    pub a_ms_per_request: f64,
-    pub b_ms_per_request: f64,
-    pub a_self_ms_per_request: f64,
-    pub b_self_ms_per_request: f64,
+    /// Mean value per request in the function (inclusive), then self:
+    /// `a_ms_per_request`, … for times, `a_bytes_per_request`, … for memory.
+    #[serde(flatten)]
+    pub per_request: PerRequestView,
     pub p_value: f64,
     pub q_value: f64,
     pub effect_size: f64,
@@ -224,10 +294,14 @@ pub struct ComparisonView {
     pub service: String,
     /// Requests that started this far back.
     pub since_ns: i64,
-    /// What the times measure: `cpu`, `offcpu` or `wall`.
+    /// What the values measure: `cpu`, `offcpu`, `wall` or `memory`.
     pub profile_type: String,
-    /// The same in words: "CPU time", "off-CPU time", "wall-clock time".
+    /// The same in words: "CPU time", "off-CPU time", "wall-clock time", "memory made
+    /// resident".
     pub measure: String,
+    /// `bytes` for `memory`; left out for the times, whose names say `_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<&'static str>,
     pub cohort_a: CohortView,
     pub cohort_b: CohortView,
     pub functions: Vec<FunctionDiffView>,
@@ -249,19 +323,20 @@ impl ComparisonView {
             since_ns,
             profile_type: profile_type.to_string(),
             measure: profile_type.measure().to_string(),
+            unit: profile::unit(profile_type),
             cohort_a: CohortView {
                 filter: cohort_a.to_string(),
                 requests: r.cohort_a_requests,
                 requests_with_samples: r.cohort_a_requests_with_samples,
                 samples: r.cohort_a_sample_count,
-                mean_ms: r.cohort_a_mean_cpu_ms,
+                mean: CohortMeanView::new(r.cohort_a_mean_cpu_ms, profile_type),
             },
             cohort_b: CohortView {
                 filter: cohort_b.to_string(),
                 requests: r.cohort_b_requests,
                 requests_with_samples: r.cohort_b_requests_with_samples,
                 samples: r.cohort_b_sample_count,
-                mean_ms: r.cohort_b_mean_cpu_ms,
+                mean: CohortMeanView::new(r.cohort_b_mean_cpu_ms, profile_type),
             },
             functions: r
                 .hotspots
@@ -271,10 +346,7 @@ impl ComparisonView {
                     module: h.module.clone(),
                     delta_pp: h.delta_percentage,
                     self_delta_pp: h.self_delta_percentage,
-                    a_ms_per_request: h.cohort_a_cpu_ms_per_request,
-                    b_ms_per_request: h.cohort_b_cpu_ms_per_request,
-                    a_self_ms_per_request: h.cohort_a_self_cpu_ms,
-                    b_self_ms_per_request: h.cohort_b_self_cpu_ms,
+                    per_request: PerRequestView::new(h, profile_type),
                     p_value: h.p_value,
                     q_value: h.q_value,
                     effect_size: h.effect_size,
@@ -328,6 +400,43 @@ mod tests {
         assert_eq!(json["verdict"], serde_json::Value::Null);
         assert_eq!(json["functions"][0]["only_in"], serde_json::Value::Null);
         assert_eq!(json["cohort_a"]["requests_with_samples"], 0);
+    }
+
+    #[test]
+    fn a_memory_comparison_names_its_values_in_bytes() {
+        let r = v1::CompareTraceProfilesResponse {
+            profile_type: "memory".into(),
+            cohort_a_mean_cpu_ms: 314_572_800.0,
+            hotspots: vec![v1::DifferentialHotspot {
+                function: "grab_block".into(),
+                cohort_a_cpu_ms_per_request: 314_572_800.0,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let json = serde_json::to_value(ComparisonView::new("s", 0, "a", "b", &r)).unwrap();
+        assert_eq!(json["unit"], "bytes");
+        assert_eq!(json["measure"], "memory made resident");
+        assert_eq!(json["cohort_a"]["mean_bytes"], 314_572_800.0);
+        assert_eq!(json["functions"][0]["a_bytes_per_request"], 314_572_800.0);
+        let text = json.to_string();
+        assert!(!text.contains("_ms"), "{text}");
+
+        // A time comparison keeps its names, and has no unit key.
+        let cpu = ComparisonView::new(
+            "s",
+            0,
+            "a",
+            "b",
+            &v1::CompareTraceProfilesResponse {
+                hotspots: vec![v1::DifferentialHotspot::default()],
+                ..Default::default()
+            },
+        );
+        let json = serde_json::to_value(cpu).unwrap();
+        assert!(json.get("unit").is_none(), "{json}");
+        assert_eq!(json["cohort_a"]["mean_ms"], 0.0);
+        assert_eq!(json["functions"][0]["b_self_ms_per_request"], 0.0);
     }
 
     #[test]

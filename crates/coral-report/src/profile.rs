@@ -1,7 +1,7 @@
 //! Profiles: one request's, one trace's, and a service's on demand.
 
 use crate::{non_empty, rfc3339};
-use coral_analysis::profile::{Breakdown, Hotspot, Profile, ProfileType};
+use coral_analysis::profile::{Breakdown, Hotspot, MemoryBreakdown, Profile, ProfileType};
 use coral_client::v1;
 use serde::Serialize;
 
@@ -26,28 +26,83 @@ impl SourceView {
     }
 }
 
-/// One function's share of a profile, in the time of the view's `profile_type`.
+/// The unit of a view's values when it is not a time: `bytes` for `memory`. Times
+/// carry their unit in their names alone (`total_ns`, `mean_ms`), as they always have.
+pub(crate) fn unit(ty: ProfileType) -> Option<&'static str> {
+    ty.is_bytes().then_some("bytes")
+}
+
+/// A profile's total of the view's `profile_type`, named by its unit.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum TotalView {
+    /// A time: CPU, off-CPU or wall-clock.
+    Time { total_ns: u64 },
+    /// Memory made resident.
+    Bytes { total_bytes: u64 },
+}
+
+impl TotalView {
+    pub fn new(value: u64, ty: ProfileType) -> Self {
+        if ty.is_bytes() {
+            TotalView::Bytes { total_bytes: value }
+        } else {
+            TotalView::Time { total_ns: value }
+        }
+    }
+
+    /// The value, whatever its unit.
+    pub fn value(&self) -> u64 {
+        match *self {
+            TotalView::Time { total_ns } => total_ns,
+            TotalView::Bytes { total_bytes } => total_bytes,
+        }
+    }
+}
+
+/// A function's values in a profile, named by the unit of the view's `profile_type`.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum HotspotValuesView {
+    /// Time with the function on top of the stack, and anywhere on it.
+    Time { self_ns: u64, total_ns: u64 },
+    /// Memory made resident with the function on top of the stack (only page frames
+    /// are), and anywhere on it.
+    Bytes { self_bytes: u64, total_bytes: u64 },
+}
+
+/// One function's share of a profile, in the value of the view's `profile_type`.
 #[derive(Serialize, Debug, Clone)]
 pub struct HotspotView {
-    /// The function, or `[off-cpu: CAUSE]` for the time waited for one cause.
+    /// The function, `[off-cpu: CAUSE]` for the time waited for one cause, or
+    /// `[memory: PAGE]` for memory made resident in pages of one size.
     pub function: String,
     pub module: String,
-    /// Time with the function on top of the stack.
-    pub self_ns: u64,
-    /// Time with the function anywhere on the stack.
-    pub total_ns: u64,
-    /// `self_ns` / the profile's time of this type, in [0, 1].
+    /// `self_ns`/`total_ns` for times, `self_bytes`/`total_bytes` for memory.
+    #[serde(flatten)]
+    pub values: HotspotValuesView,
+    /// Self value / the profile's value of this type, in [0, 1].
     pub self_share: f64,
     pub total_share: f64,
 }
 
-impl From<&Hotspot> for HotspotView {
-    fn from(h: &Hotspot) -> Self {
+impl HotspotView {
+    /// The view of `h`, a hotspot of type `ty`.
+    pub fn new(h: &Hotspot, ty: ProfileType) -> Self {
         Self {
             function: h.function.clone(),
             module: h.module.clone(),
-            self_ns: h.self_ns,
-            total_ns: h.total_ns,
+            values: if ty.is_bytes() {
+                HotspotValuesView::Bytes {
+                    self_bytes: h.self_ns,
+                    total_bytes: h.total_ns,
+                }
+            } else {
+                HotspotValuesView::Time {
+                    self_ns: h.self_ns,
+                    total_ns: h.total_ns,
+                }
+            },
             self_share: h.self_share,
             total_share: h.total_share,
         }
@@ -55,13 +110,36 @@ impl From<&Hotspot> for HotspotView {
 }
 
 /// The hottest functions of type `ty`, as the text summaries list them: the `top` by
-/// self time and the `top` by total time.
+/// self value and the `top` by total value.
 fn hotspots(profile: &Profile, ty: ProfileType, top: usize) -> Vec<HotspotView> {
     profile
         .hotspots(ty, top)
         .iter()
-        .map(HotspotView::from)
+        .map(|h| HotspotView::new(h, ty))
         .collect()
+}
+
+/// The memory a request made resident (sampled page faults, see `ProfileType::Memory`).
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct MemoryView {
+    pub resident_bytes: u64,
+    /// Of it, in huge pages.
+    pub huge_page_bytes: u64,
+    /// The memory records it was estimated from.
+    pub records: u64,
+    /// The line the text view of a memory profile opens with.
+    pub summary: String,
+}
+
+impl From<MemoryBreakdown> for MemoryView {
+    fn from(m: MemoryBreakdown) -> Self {
+        Self {
+            resident_bytes: m.resident_bytes,
+            huge_page_bytes: m.huge_page_bytes,
+            records: m.records,
+            summary: m.describe(),
+        }
+    }
 }
 
 /// Where a request's wall-clock time went: on the CPU (sampled), off it by cause
@@ -146,17 +224,25 @@ pub struct RequestProfileView {
     /// are missing from the profile.
     pub lost_samples: u64,
     pub source: Option<SourceView>,
-    /// What was recorded: `cpu`, and `offcpu` when the thread's waits were.
+    /// What was recorded: `cpu`, `offcpu` when the thread's waits were, `memory` when
+    /// the memory it made resident was.
     pub profile_types: Vec<String>,
     /// CPU samples.
     pub samples: u64,
     pub cpu_ns: u64,
     pub breakdown: BreakdownView,
+    /// The memory the request made resident; left out when memory was not collected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryView>,
     /// What `hotspots` (and the stacks' values in the chosen format) measure: `cpu`,
-    /// `offcpu` or `wall`; their times are in nanoseconds.
+    /// `offcpu` or `wall` (times, in nanoseconds), or `memory` (bytes).
     pub profile_type: ProfileType,
-    /// The profile's time of `profile_type`.
-    pub total_ns: u64,
+    /// `bytes` for `memory`; left out for the times, whose names say `_ns`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<&'static str>,
+    /// The profile's value of `profile_type`: `total_ns`, or `total_bytes` for memory.
+    #[serde(flatten)]
+    pub total: TotalView,
     /// What not to conclude from this profile (too few samples, mixed-in CPU, …).
     pub warnings: Vec<String>,
     pub hotspots: Vec<HotspotView>,
@@ -192,9 +278,12 @@ impl RequestProfileView {
             samples: profile.count(ProfileType::Cpu),
             cpu_ns: profile.total(ProfileType::Cpu),
             breakdown: BreakdownView::new(profile, tp.duration_ns, off_cpu),
+            memory: coral_client::profile::memory_collected(tp)
+                .then(|| profile.memory_breakdown().into()),
             profile_type: ty,
-            total_ns: profile.total(ty),
-            warnings: coral_client::profile::evidence_warnings(tp, profile),
+            unit: unit(ty),
+            total: TotalView::new(profile.total(ty), ty),
+            warnings: coral_client::profile::evidence_warnings(tp, profile, ty),
             hotspots: hotspots(profile, ty, top),
         }
     }
@@ -215,7 +304,12 @@ pub struct MergedProfileView {
     pub samples: u64,
     pub cpu_ns: u64,
     pub profile_type: ProfileType,
-    pub total_ns: u64,
+    /// `bytes` for `memory`; left out for the times.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<&'static str>,
+    /// `total_ns`, or `total_bytes` for memory.
+    #[serde(flatten)]
+    pub total: TotalView,
     pub hotspots: Vec<HotspotView>,
     pub profile: Profile,
 }
@@ -226,7 +320,8 @@ impl MergedProfileView {
             samples: profile.count(ProfileType::Cpu),
             cpu_ns: profile.total(ProfileType::Cpu),
             profile_type: ty,
-            total_ns: profile.total(ty),
+            unit: unit(ty),
+            total: TotalView::new(profile.total(ty), ty),
             hotspots: hotspots(&profile, ty, top),
             profile,
         }
@@ -388,6 +483,90 @@ mod tests {
                 "1 of 1000 samples (<1%) have truncated stacks (outer frames missing)",
                 "at least 1 sample lost in this request's window (sampler overflow): the \
                  profile undercounts",
+            ]
+        );
+    }
+
+    /// A thread-precision request that made 382 MiB resident (260 MiB in huge pages)
+    /// and ran 3 CPU samples, collected with `types`.
+    fn memory_request(types: &[&str]) -> (v1::TraceProfile, Profile) {
+        let mut profile = Profile::new();
+        let chain = [
+            Frame::user("main", "svc"),
+            Frame::user("build_snapshot", "svc"),
+            Frame::user("grab_block", "svc"),
+        ];
+        profile.add(&chain[..1], 3, 100);
+        profile.add_memory(&chain, 4096, 240, 122 << 20);
+        profile.add_memory(&chain, 2 << 20, 520, 260 << 20);
+        let tp = v1::TraceProfile {
+            trace_id: vec![0xab; 16],
+            span_id: vec![1; 8],
+            service: "svc".into(),
+            precision: "thread".into(),
+            frequency_hz: 100,
+            duration_ns: 1_000_000_000,
+            source: "trigger:5b1f0c3e-0000-4000-8000-000000000000".into(),
+            profile_types: types.iter().map(|t| t.to_string()).collect(),
+            ..Default::default()
+        };
+        (tp, profile)
+    }
+
+    #[test]
+    fn a_memory_view_says_bytes_never_ns() {
+        let (tp, profile) = memory_request(&["cpu", "memory"]);
+        let view = RequestProfileView::new(&tp, &profile, ProfileType::Memory, 10);
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["profile_type"], "memory");
+        assert_eq!(json["unit"], "bytes");
+        assert_eq!(json["total_bytes"], 382u64 << 20);
+        assert!(json.get("total_ns").is_none(), "{json}");
+        assert_eq!(json["memory"]["resident_bytes"], 382u64 << 20);
+        assert_eq!(json["memory"]["huge_page_bytes"], 260u64 << 20);
+        assert_eq!(json["memory"]["records"], 760);
+        assert!(
+            json["memory"]["summary"]
+                .as_str()
+                .unwrap()
+                .starts_with("made 382 MiB resident: 4 KiB pages 122 MiB, huge pages 260 MiB"),
+            "{json}"
+        );
+        let grab = json["hotspots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["function"] == "grab_block")
+            .unwrap();
+        assert_eq!(grab["total_bytes"], 382u64 << 20);
+        assert_eq!(grab["self_bytes"], 0);
+        assert!(grab.get("total_ns").is_none(), "{grab}");
+        // The CPU warnings (3 samples, mostly waited) are not about memory.
+        assert!(view.warnings.is_empty(), "{:?}", view.warnings);
+        let merged =
+            serde_json::to_value(MergedProfileView::new(profile, ProfileType::Memory, 10)).unwrap();
+        assert_eq!(merged["unit"], "bytes");
+        assert_eq!(merged["total_bytes"], 382u64 << 20);
+        assert_eq!(merged["profile"]["stacks"][1]["memory_bytes"], 122u64 << 20);
+    }
+
+    #[test]
+    fn a_cpu_view_reads_as_before_and_memory_not_collected_is_said() {
+        let (tp, profile) = memory_request(&["cpu"]);
+        let json =
+            serde_json::to_value(RequestProfileView::new(&tp, &profile, ProfileType::Cpu, 10))
+                .unwrap();
+        assert_eq!(json["total_ns"], 30_000_000);
+        for absent in ["unit", "total_bytes", "memory"] {
+            assert!(json.get(absent).is_none(), "{absent}: {json}");
+        }
+        assert!(json["hotspots"][0].get("self_ns").is_some(), "{json}");
+        let memory = RequestProfileView::new(&tp, &profile, ProfileType::Memory, 10);
+        assert_eq!(
+            memory.warnings,
+            [
+                "memory not collected for this request: the trigger did not ask for it \
+              (--types cpu,memory)"
             ]
         );
     }

@@ -25,6 +25,10 @@ pub struct CollectedView {
     pub cpu_ns: u64,
     /// Time the request's thread waited (off the CPU); null when not recorded.
     pub off_cpu_ns: Option<u64>,
+    /// Memory the request made resident (sampled); left out when the trigger did not
+    /// collect memory, so triggers without it read as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 /// A trigger, with the requests it collected (empty in lists).
@@ -47,7 +51,7 @@ pub struct TriggerView {
     pub collected_requests: u32,
     pub baseline_requests: u32,
     pub baseline_collected: u32,
-    /// What it collects: `cpu`, `offcpu`.
+    /// What it collects: `cpu`, `offcpu`, `memory`.
     pub profile_types: Vec<String>,
     pub created: String,
     pub created_unix_nano: i64,
@@ -103,6 +107,7 @@ impl From<&v1::TraceProfileTrigger> for TriggerView {
                     precision: c.precision.clone(),
                     cpu_ns: c.cpu_ns,
                     off_cpu_ns: c.off_cpu_collected.then_some(c.off_cpu_ns),
+                    memory_bytes: c.memory_collected.then_some(c.memory_bytes),
                 })
                 .collect(),
         }

@@ -3,15 +3,16 @@
 
 use crate::clock::{ClockOffset, OffsetTracker, REMEASURE_INTERVAL};
 use crate::event::{
-    COUNTER_LOST, COUNTER_OFFCPU_THROTTLED, COUNTER_STACK_ERRORS, GLOBAL_OFFCPU_EVENT_COST,
-    GLOBAL_OFFCPU_MIN_WAIT, GLOBAL_UNWIND_MODE, KIND_OFF_CPU, MAP_COUNTERS, MAP_EVENTS,
-    MAP_OFFCPU_EPOCH, MAP_SCRATCH, MAP_TARGETS, MAX_TARGETS, PROGRAM, PROGRAM_SWITCH_IN,
-    PROGRAM_SWITCH_IN_KPROBE, PROGRAM_SWITCH_OUT, RawEvent, STATE_PREEMPTED, TARGET_CPU,
-    TARGET_OFF_CPU, UNWIND_COPY, UNWIND_FP,
+    COUNTER_LOST, COUNTER_MEMORY_THROTTLED, COUNTER_OFFCPU_THROTTLED, COUNTER_STACK_ERRORS,
+    GLOBAL_MEMORY_EVENT_COST, GLOBAL_MEMORY_SAMPLE_BYTES, GLOBAL_OFFCPU_EVENT_COST,
+    GLOBAL_OFFCPU_MIN_WAIT, GLOBAL_UNWIND_MODE, KIND_MEMORY, KIND_OFF_CPU, MAP_COUNTERS,
+    MAP_EVENTS, MAP_OFFCPU_EPOCH, MAP_SCRATCH, MAP_TARGETS, MAX_TARGETS, PROGRAM,
+    PROGRAM_SWITCH_IN, PROGRAM_SWITCH_IN_KPROBE, PROGRAM_SWITCH_OUT, PROGRAMS_MEMORY, RawEvent,
+    STATE_PREEMPTED, TARGET_CPU, TARGET_MEMORY, TARGET_OFF_CPU, UNWIND_COPY, UNWIND_FP,
 };
 use crate::{
-    Loss, MAX_STACK_DEPTH, OffCpu, Sample, Sampler, SamplerConfig, SamplerError, SamplerStats,
-    Stack, SwitchState, Unwind, UnwindMode, privileges, validate_frequency,
+    Loss, MAX_STACK_DEPTH, Memory, OffCpu, Recording, Sample, Sampler, SamplerConfig, SamplerError,
+    SamplerStats, Stack, SwitchState, Unwind, UnwindMode, privileges, validate_frequency,
 };
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::kprobe::KProbeLink;
@@ -66,6 +67,8 @@ struct Shared {
     samples: AtomicU64,
     /// Of them, off-CPU events.
     off_cpu_events: AtomicU64,
+    /// Of them, memory events.
+    memory_events: AtomicU64,
     /// Samples dropped from the full buffer.
     dropped: AtomicU64,
     /// Steps of the wall clock the reader's offset tracker saw.
@@ -88,18 +91,21 @@ struct Target {
     start_time: u64,
     /// The frequency it was added with.
     frequency_hz: u32,
-    /// Whether off-CPU spans are recorded.
-    off_cpu: bool,
+    /// What is recorded besides CPU samples.
+    recording: Recording,
 }
 
 impl Target {
     /// Its value in the `targets` map (`CORAL_TARGET_*`).
     fn flags(&self) -> u32 {
-        if self.off_cpu {
-            TARGET_CPU | TARGET_OFF_CPU
-        } else {
-            TARGET_CPU
+        let mut flags = TARGET_CPU;
+        if self.recording.off_cpu {
+            flags |= TARGET_OFF_CPU;
         }
+        if self.recording.memory {
+            flags |= TARGET_MEMORY;
+        }
+        flags
     }
 }
 
@@ -139,6 +145,10 @@ struct Control {
     switch_in_program: Option<&'static str>,
     /// `Some` while the off-CPU programs are attached.
     scheduler: Option<SchedulerLinks>,
+    /// Whether the memory programs are loaded (on first use, like the off-CPU ones).
+    memory_loaded: bool,
+    /// `Some` while the memory programs are attached; dropping them detaches.
+    memory: Option<Vec<BtfTracePointLink>>,
 }
 
 /// The reader thread's own state.
@@ -193,6 +203,22 @@ impl EbpfSampler {
             ));
         }
         let event_cost_ns = 1_000_000_000 / u64::from(config.off_cpu_max_events_per_cpu);
+        // A power of two: the program scales a 32-bit random number by it.
+        if !config.memory_sample_bytes.is_power_of_two()
+            || !(4096..=1 << 30).contains(&config.memory_sample_bytes)
+        {
+            return Err(SamplerError::InvalidConfig(format!(
+                "memory_sample_bytes {} is not a power of two from 4096 to 1073741824",
+                config.memory_sample_bytes
+            )));
+        }
+        if config.memory_max_events_per_cpu == 0 || config.memory_max_events_per_cpu > 1_000_000_000
+        {
+            return Err(SamplerError::InvalidConfig(
+                "memory_max_events_per_cpu must be in 1..=1000000000".into(),
+            ));
+        }
+        let memory_event_cost_ns = 1_000_000_000 / u64::from(config.memory_max_events_per_cpu);
 
         privileges::check()?;
         raise_memlock_rlimit();
@@ -209,8 +235,14 @@ impl EbpfSampler {
             .override_global(GLOBAL_UNWIND_MODE, &mode, true)
             .override_global(GLOBAL_OFFCPU_MIN_WAIT, &min_wait_ns, true)
             .override_global(GLOBAL_OFFCPU_EVENT_COST, &event_cost_ns, true)
-            // `offcpu_start` is task storage, which aya creates but has no type for
-            // (only the eBPF programs use it).
+            .override_global(
+                GLOBAL_MEMORY_SAMPLE_BYTES,
+                &config.memory_sample_bytes,
+                true,
+            )
+            .override_global(GLOBAL_MEMORY_EVENT_COST, &memory_event_cost_ns, true)
+            // `offcpu_start` and `fault_mark` are task storage, which aya creates but
+            // has no type for (only the eBPF programs use them).
             .allow_unsupported_maps()
             .load(OBJECT)
             .map_err(|e| privileges::classify("loading the eBPF maps", &e, SamplerError::Load))?;
@@ -249,11 +281,14 @@ impl EbpfSampler {
                 offcpu_epoch,
                 switch_in_program: None,
                 scheduler: None,
+                memory_loaded: false,
+                memory: None,
             }),
             buffer: Mutex::new(Buffer::default()),
             max_buffered: config.max_buffered_samples,
             samples: AtomicU64::new(0),
             off_cpu_events: AtomicU64::new(0),
+            memory_events: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             clock_steps: AtomicU64::new(0),
             stop: AtomicBool::new(false),
@@ -336,25 +371,27 @@ impl Sampler for EbpfSampler {
         &self,
         tgids: &[u32],
         frequency_hz: u32,
-        off_cpu: bool,
+        recording: Recording,
     ) -> Result<(), SamplerError> {
         validate_frequency(frequency_hz, self.max_frequency_hz)?;
         let mut control = self.shared.control();
         let mut added = Vec::new();
-        // Targets that had no off-CPU records before: put back on failure.
+        // Targets that recorded less before, with what they recorded: put back on
+        // failure.
         let mut upgraded = Vec::new();
         for &tgid in tgids {
             if let Some(target) = control.targets.get_mut(&tgid) {
                 target.frequency_hz = target.frequency_hz.max(frequency_hz);
-                if off_cpu && !target.off_cpu {
-                    target.off_cpu = true;
+                let before = target.recording;
+                if before.union(recording) != before {
+                    target.recording = before.union(recording);
                     let flags = target.flags();
                     if let Err(error) = control.targets_map.insert(tgid, flags, 0) {
                         control.downgrade(&upgraded);
                         control.forget(&added);
                         return Err(map_error(MAP_TARGETS)(error));
                     }
-                    upgraded.push(tgid);
+                    upgraded.push((tgid, before));
                 }
                 continue;
             }
@@ -375,7 +412,7 @@ impl Sampler for EbpfSampler {
             let target = Target {
                 start_time,
                 frequency_hz,
-                off_cpu,
+                recording,
             };
             if let Err(error) = control.targets_map.insert(tgid, target.flags(), 0) {
                 control.downgrade(&upgraded);
@@ -394,9 +431,37 @@ impl Sampler for EbpfSampler {
             ?added,
             frequency_hz = control.frequency_hz,
             off_cpu = control.scheduler.is_some(),
+            memory = control.memory.is_some(),
             targets = control.targets.len(),
             "targets added"
         );
+        Ok(())
+    }
+
+    fn set_recording(&self, tgids: &[u32], recording: Recording) -> Result<(), SamplerError> {
+        let mut control = self.shared.control();
+        let mut changed = Vec::new();
+        for &tgid in tgids {
+            let Some(target) = control.targets.get_mut(&tgid) else {
+                continue;
+            };
+            if target.recording == recording {
+                continue;
+            }
+            let before = target.recording;
+            target.recording = recording;
+            let flags = target.flags();
+            if let Err(error) = control.targets_map.insert(tgid, flags, 0) {
+                control.downgrade(&[(tgid, before)]);
+                control.downgrade(&changed);
+                return Err(map_error(MAP_TARGETS)(error));
+            }
+            changed.push((tgid, before));
+        }
+        if let Err(error) = control.retune() {
+            control.downgrade(&changed);
+            return Err(error);
+        }
         Ok(())
     }
 
@@ -423,8 +488,10 @@ impl Sampler for EbpfSampler {
         SamplerStats {
             samples: self.shared.samples.load(Ordering::Relaxed),
             off_cpu_events: self.shared.off_cpu_events.load(Ordering::Relaxed),
+            memory_events: self.shared.memory_events.load(Ordering::Relaxed),
             lost: control.counter(COUNTER_LOST),
             off_cpu_throttled: control.counter(COUNTER_OFFCPU_THROTTLED),
+            memory_throttled: control.counter(COUNTER_MEMORY_THROTTLED),
             stack_errors: control.counter(COUNTER_STACK_ERRORS),
             dropped: self.shared.dropped.load(Ordering::Relaxed),
             clock_steps: self.shared.clock_steps.load(Ordering::Relaxed),
@@ -432,6 +499,7 @@ impl Sampler for EbpfSampler {
             targets: control.targets.len(),
             attached: !control.links.is_empty(),
             off_cpu_attached: control.scheduler.is_some(),
+            memory_attached: control.memory.is_some(),
         }
     }
 }
@@ -467,6 +535,9 @@ impl Shared {
         let off_cpu = samples.iter().filter(|s| s.off_cpu.is_some()).count();
         self.off_cpu_events
             .fetch_add(off_cpu as u64, Ordering::Relaxed);
+        let memory = samples.iter().filter(|s| s.memory.is_some()).count();
+        self.memory_events
+            .fetch_add(memory as u64, Ordering::Relaxed);
         let mut buffer = self.buffer();
         // Dropped samples, one loss per thread (an overflow drops many at once).
         let mut dropped: HashMap<(u32, u32), Loss> = HashMap::new();
@@ -547,10 +618,16 @@ impl Control {
     /// before closing the old ones, so sampling has no gap. On failure the earlier
     /// attachment is kept.
     fn retune(&mut self) -> Result<(), SamplerError> {
-        let wants_off_cpu = self.targets.values().any(|target| target.off_cpu);
+        let wants_off_cpu = self.targets.values().any(|target| target.recording.off_cpu);
         match (wants_off_cpu, self.scheduler.is_some()) {
             (true, false) => self.attach_scheduler()?,
             (false, true) => self.detach_scheduler(),
+            _ => {}
+        }
+        let wants_memory = self.targets.values().any(|target| target.recording.memory);
+        match (wants_memory, self.memory.is_some()) {
+            (true, false) => self.attach_memory()?,
+            (false, true) => self.detach_memory(),
             _ => {}
         }
         let wanted = self.wanted_frequency();
@@ -632,6 +709,7 @@ impl Control {
     /// Closes the perf events: nothing is sampled any more.
     fn detach(&mut self) {
         self.detach_scheduler();
+        self.detach_memory();
         self.links.clear();
         self.online.clear();
         self.frequency_hz = 0;
@@ -741,6 +819,48 @@ impl Control {
         Ok(switch_in)
     }
 
+    /// Loads (once) and attaches the memory programs: the page-fault entry tracepoints
+    /// and `mm_page_alloc`. Where one is missing (the page-fault tracepoints are
+    /// x86's), memory cannot be recorded: the error says which.
+    fn attach_memory(&mut self) -> Result<(), SamplerError> {
+        if !self.memory_loaded {
+            let btf = Btf::from_sys_fs().map_err(|e| {
+                memory_error("tp_btf/mm_page_alloc")(format!("reading the kernel's BTF: {e}"))
+            })?;
+            for (program, tracepoint) in PROGRAMS_MEMORY {
+                self.tracepoint(program)
+                    .load(tracepoint, &btf)
+                    .map_err(|e| {
+                        memory_error(&format!("tp_btf/{tracepoint}"))(program_error_message(&e))
+                    })?;
+            }
+            self.memory_loaded = true;
+        }
+        let mut links = Vec::with_capacity(PROGRAMS_MEMORY.len());
+        // The allocation program first: a fault marked before it runs is harmless.
+        for (program, tracepoint) in PROGRAMS_MEMORY.iter().rev() {
+            let program = self.tracepoint(program);
+            let link = program
+                .attach()
+                .and_then(|id| program.take_link(id))
+                .map_err(|e| {
+                    memory_error(&format!("tp_btf/{tracepoint}"))(program_error_message(&e))
+                })?;
+            links.push(link);
+        }
+        tracing::debug!("memory probes attached");
+        self.memory = Some(links);
+        Ok(())
+    }
+
+    /// Detaches the memory programs (marks left in task storage go stale: each holds a
+    /// fault count the thread has moved past).
+    fn detach_memory(&mut self) {
+        if self.memory.take().is_some() {
+            tracing::debug!("memory probes detached");
+        }
+    }
+
     /// One of the object's tp_btf programs.
     fn tracepoint(&mut self, name: &str) -> &mut BtfTracePoint {
         self.ebpf
@@ -758,12 +878,12 @@ impl Control {
         }
     }
 
-    /// Turns off-CPU records off again for targets [`Sampler::add_targets`] turned them
-    /// on for, when that call fails.
-    fn downgrade(&mut self, tgids: &[u32]) {
-        for tgid in tgids {
+    /// Puts back what targets recorded before [`Sampler::add_targets`] asked for more,
+    /// when that call fails.
+    fn downgrade(&mut self, upgraded: &[(u32, Recording)]) {
+        for (tgid, before) in upgraded {
             if let Some(target) = self.targets.get_mut(tgid) {
-                target.off_cpu = false;
+                target.recording = *before;
                 let flags = target.flags();
                 if let Err(error) = self.targets_map.insert(*tgid, flags, 0) {
                     tracing::warn!(tgid, %error, "updating a target in the eBPF map failed");
@@ -908,13 +1028,17 @@ impl Stacks {
         };
         let off_cpu = (event.kind == KIND_OFF_CPU).then(|| OffCpu {
             start_unix_nano: offset.to_unix_nano(event.off_cpu_start_ns),
-            weight_ns: event.weight_ns,
+            weight_ns: event.weight,
             state: SwitchState::from_kernel(
                 event.state & !STATE_PREEMPTED,
                 event.state & STATE_PREEMPTED != 0,
             ),
             woken_unix_nano: (event.runqueue_ns > 0)
                 .then(|| offset.to_unix_nano(event.ktime_ns.saturating_sub(event.runqueue_ns))),
+        });
+        let memory = (event.kind == KIND_MEMORY).then(|| Memory {
+            bytes: event.weight,
+            page_bytes: 4096u64 << event.state.min(30),
         });
         Sample {
             tgid: event.tgid,
@@ -923,6 +1047,7 @@ impl Stacks {
             time_unix_nano: offset.to_unix_nano(event.ktime_ns),
             stack,
             off_cpu,
+            memory,
         }
     }
 }
@@ -975,6 +1100,11 @@ fn program_error_message(error: &ProgramError) -> String {
 fn scheduler_error(program: &str) -> impl FnOnce(String) -> SamplerError {
     let program = program.to_owned();
     move |message| SamplerError::AttachScheduler { program, message }
+}
+
+fn memory_error(program: &str) -> impl FnOnce(String) -> SamplerError {
+    let program = program.to_owned();
+    move |message| SamplerError::AttachMemory { program, message }
 }
 
 /// The kernel's `finish_task_switch`: the function itself, or, when the compiler only
@@ -1163,6 +1293,18 @@ mod tests {
             },
             SamplerConfig {
                 off_cpu_max_events_per_cpu: 0,
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                memory_sample_bytes: 3 * 4096,
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                memory_sample_bytes: 2048,
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                memory_max_events_per_cpu: 0,
                 ..SamplerConfig::default()
             },
         ] {

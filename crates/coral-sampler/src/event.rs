@@ -21,14 +21,15 @@ pub(crate) struct RawEvent<'a> {
     pub bp: u64,
     /// The thread's exec count: changes when the process execs.
     pub exec_id: u64,
-    /// [`KIND_CPU`] or [`KIND_OFF_CPU`].
+    /// [`KIND_CPU`], [`KIND_OFF_CPU`] or [`KIND_MEMORY`].
     pub kind: u32,
     /// Off-CPU: the task state it was switched out in, with [`STATE_PREEMPTED`].
+    /// Memory: the order of the pages allocated.
     pub state: u32,
     /// Off-CPU: when it was switched out (monotonic ns).
     pub off_cpu_start_ns: u64,
-    /// Off-CPU: the waiting time the event stands for.
-    pub weight_ns: u64,
+    /// Off-CPU: the waiting time the event stands for (ns); memory: the bytes.
+    pub weight: u64,
     /// The thread of the lost samples (0: several).
     pub lost_tid: u32,
     /// Off-CPU: how much of the interval the thread spent runnable on a run queue.
@@ -51,11 +52,13 @@ pub(crate) const HEADER_SIZE: usize = 120;
 )]
 pub(crate) const KIND_CPU: u32 = 0;
 pub(crate) const KIND_OFF_CPU: u32 = 1;
+pub(crate) const KIND_MEMORY: u32 = 2;
 /// `CORAL_STATE_PREEMPTED`: marker bit of an off-CPU event's state.
 pub(crate) const STATE_PREEMPTED: u32 = 0x8000_0000;
 /// `CORAL_TARGET_*`: flags of a process in the `targets` map.
 pub(crate) const TARGET_CPU: u32 = 1;
 pub(crate) const TARGET_OFF_CPU: u32 = 2;
+pub(crate) const TARGET_MEMORY: u32 = 4;
 
 /// `CORAL_COUNTER_*`: indices into the per-CPU `counters` map.
 #[cfg_attr(
@@ -74,6 +77,12 @@ pub(crate) const COUNTER_STACK_ERRORS: u32 = 2;
 )]
 pub(crate) const COUNTER_OFFCPU_EVENTS: u32 = 3;
 pub(crate) const COUNTER_OFFCPU_THROTTLED: u32 = 4;
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "mirrors sampler.h; tests check it")
+)]
+pub(crate) const COUNTER_MEMORY_EVENTS: u32 = 5;
+pub(crate) const COUNTER_MEMORY_THROTTLED: u32 = 6;
 
 /// `CORAL_UNWIND_*`: values of the program's `coral_unwind_mode` global.
 pub(crate) const UNWIND_FP: u32 = 0;
@@ -82,6 +91,9 @@ pub(crate) const GLOBAL_UNWIND_MODE: &str = "coral_unwind_mode";
 /// Globals of the off-CPU programs (u64 nanoseconds).
 pub(crate) const GLOBAL_OFFCPU_MIN_WAIT: &str = "coral_offcpu_min_wait_ns";
 pub(crate) const GLOBAL_OFFCPU_EVENT_COST: &str = "coral_offcpu_event_cost_ns";
+/// Globals of the memory programs (u64 bytes, u64 nanoseconds).
+pub(crate) const GLOBAL_MEMORY_SAMPLE_BYTES: &str = "coral_memory_sample_bytes";
+pub(crate) const GLOBAL_MEMORY_EVENT_COST: &str = "coral_memory_event_cost_ns";
 
 /// `CORAL_MAX_TARGETS`: capacity of the `targets` map.
 pub(crate) const MAX_TARGETS: u32 = 4096;
@@ -107,6 +119,14 @@ pub(crate) const PROGRAM: &str = "coral_sample";
 pub(crate) const PROGRAM_SWITCH_OUT: &str = "coral_switch_out";
 pub(crate) const PROGRAM_SWITCH_IN: &str = "coral_switch_in";
 pub(crate) const PROGRAM_SWITCH_IN_KPROBE: &str = "coral_switch_in_kprobe";
+/// The memory programs: fault entry (x86 `exceptions:page_fault_user` and
+/// `page_fault_kernel`) and page allocation (`kmem:mm_page_alloc`), with the
+/// tracepoints they attach to.
+pub(crate) const PROGRAMS_MEMORY: [(&str, &str); 3] = [
+    ("coral_fault_user", "page_fault_user"),
+    ("coral_fault_kernel", "page_fault_kernel"),
+    ("coral_page_alloc", "mm_page_alloc"),
+];
 
 impl<'a> RawEvent<'a> {
     /// Parses an event from a ring buffer record. Records are at least as long as
@@ -148,7 +168,7 @@ impl<'a> RawEvent<'a> {
             kind: u32_at(80),
             state: u32_at(84),
             off_cpu_start_ns: u64_at(88),
-            weight_ns: u64_at(96),
+            weight: u64_at(96),
             lost_tid: u32_at(104),
             runqueue_ns: u64_at(112),
             kernel: frames(HEADER_SIZE, kernel_bytes),
@@ -176,7 +196,7 @@ impl<'a> RawEvent<'a> {
         bytes.extend_from_slice(&self.kind.to_ne_bytes());
         bytes.extend_from_slice(&self.state.to_ne_bytes());
         bytes.extend_from_slice(&self.off_cpu_start_ns.to_ne_bytes());
-        bytes.extend_from_slice(&self.weight_ns.to_ne_bytes());
+        bytes.extend_from_slice(&self.weight.to_ne_bytes());
         bytes.extend_from_slice(&self.lost_tid.to_ne_bytes());
         bytes.extend_from_slice(&0u32.to_ne_bytes());
         bytes.extend_from_slice(&self.runqueue_ns.to_ne_bytes());
@@ -228,7 +248,7 @@ mod tests {
             ("__u32", "kind"),
             ("__u32", "state"),
             ("__u64", "off_cpu_start_ns"),
-            ("__u64", "weight_ns"),
+            ("__u64", "weight"),
             ("__u32", "lost_tid"),
             ("__u32", "reserved"),
             ("__u64", "runqueue_ns"),
@@ -279,11 +299,15 @@ mod tests {
             ("CORAL_UNWIND_COPY", UNWIND_COPY),
             ("CORAL_COUNTER_OFFCPU_EVENTS", COUNTER_OFFCPU_EVENTS),
             ("CORAL_COUNTER_OFFCPU_THROTTLED", COUNTER_OFFCPU_THROTTLED),
+            ("CORAL_COUNTER_MEMORY_EVENTS", COUNTER_MEMORY_EVENTS),
+            ("CORAL_COUNTER_MEMORY_THROTTLED", COUNTER_MEMORY_THROTTLED),
             ("CORAL_KIND_CPU", KIND_CPU),
             ("CORAL_KIND_OFF_CPU", KIND_OFF_CPU),
+            ("CORAL_KIND_MEMORY", KIND_MEMORY),
             ("CORAL_STATE_PREEMPTED", STATE_PREEMPTED),
             ("CORAL_TARGET_CPU", TARGET_CPU),
             ("CORAL_TARGET_OFF_CPU", TARGET_OFF_CPU),
+            ("CORAL_TARGET_MEMORY", TARGET_MEMORY),
         ] {
             let defined = define(name);
             let literal = defined.split_whitespace().next().unwrap();
@@ -339,7 +363,7 @@ mod tests {
             kind: KIND_OFF_CPU,
             state: STATE_PREEMPTED | 1,
             off_cpu_start_ns: 122_000_000_000,
-            weight_ns: 1_000_000,
+            weight: 1_000_000,
             lost_tid: 4243,
             runqueue_ns: 3_000,
             kernel: vec![0xffff_ffff_8100_0000, 0xffff_ffff_8100_0100],

@@ -1,7 +1,7 @@
 //! An in-memory [`Sampler`] for the tests of the layers above: samples are pushed in
 //! by the test and drained out by the code under test.
 
-use crate::{Loss, Sample, Sampler, SamplerError, SamplerStats, validate_frequency};
+use crate::{Loss, Recording, Sample, Sampler, SamplerError, SamplerStats, validate_frequency};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -20,8 +20,8 @@ pub struct FakeSampler {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Target → the frequency it was added with, and whether off-CPU records were asked.
-    targets: BTreeMap<u32, (u32, bool)>,
+    /// Target → the frequency it was added with, and what it records besides.
+    targets: BTreeMap<u32, (u32, Recording)>,
     samples: Vec<Sample>,
     losses: Vec<Loss>,
     stats: SamplerStats,
@@ -55,6 +55,9 @@ impl FakeSampler {
             if sample.off_cpu.is_some() {
                 state.stats.off_cpu_events += 1;
             }
+            if sample.memory.is_some() {
+                state.stats.memory_events += 1;
+            }
             state.samples.push(sample);
         }
     }
@@ -79,10 +82,19 @@ impl FakeSampler {
 
     /// The processes currently targeted with off-CPU records, in ascending order.
     pub fn off_cpu_targets(&self) -> Vec<u32> {
+        self.targets_recording(|recording| recording.off_cpu)
+    }
+
+    /// The processes currently targeted with memory records, in ascending order.
+    pub fn memory_targets(&self) -> Vec<u32> {
+        self.targets_recording(|recording| recording.memory)
+    }
+
+    fn targets_recording(&self, wanted: impl Fn(Recording) -> bool) -> Vec<u32> {
         self.lock()
             .targets
             .iter()
-            .filter(|(_, (_, off_cpu))| *off_cpu)
+            .filter(|(_, (_, recording))| wanted(*recording))
             .map(|(&tgid, _)| tgid)
             .collect()
     }
@@ -99,14 +111,24 @@ impl Sampler for FakeSampler {
         &self,
         tgids: &[u32],
         frequency_hz: u32,
-        off_cpu: bool,
+        recording: Recording,
     ) -> Result<(), SamplerError> {
         validate_frequency(frequency_hz, self.max_frequency_hz)?;
         let mut state = self.lock();
         for &tgid in tgids {
-            let (frequency, wants_off_cpu) = state.targets.entry(tgid).or_default();
+            let (frequency, recorded) = state.targets.entry(tgid).or_default();
             *frequency = (*frequency).max(frequency_hz);
-            *wants_off_cpu |= off_cpu;
+            *recorded = recorded.union(recording);
+        }
+        Ok(())
+    }
+
+    fn set_recording(&self, tgids: &[u32], recording: Recording) -> Result<(), SamplerError> {
+        let mut state = self.lock();
+        for tgid in tgids {
+            if let Some((_, recorded)) = state.targets.get_mut(tgid) {
+                *recorded = recording;
+            }
         }
         Ok(())
     }
@@ -140,7 +162,8 @@ impl Sampler for FakeSampler {
                 .unwrap_or(0),
             targets: state.targets.len(),
             attached: !state.targets.is_empty(),
-            off_cpu_attached: state.targets.values().any(|&(_, off_cpu)| off_cpu),
+            off_cpu_attached: state.targets.values().any(|(_, r)| r.off_cpu),
+            memory_attached: state.targets.values().any(|(_, r)| r.memory),
             ..state.stats.clone()
         }
     }
@@ -174,23 +197,23 @@ mod tests {
         assert_eq!(sampler.stats(), SamplerStats::default());
 
         assert!(matches!(
-            sampler.add_targets(&[1], 0, false),
+            sampler.add_targets(&[1], 0, Recording::CPU),
             Err(SamplerError::InvalidFrequency { .. })
         ));
         assert!(matches!(
-            sampler.add_targets(&[1], 1001, false),
+            sampler.add_targets(&[1], 1001, Recording::CPU),
             Err(SamplerError::InvalidFrequency { .. })
         ));
         assert!(!sampler.stats().attached);
 
-        sampler.add_targets(&[10, 11], 99, false).unwrap();
-        sampler.add_targets(&[12], 49, false).unwrap();
+        sampler.add_targets(&[10, 11], 99, Recording::CPU).unwrap();
+        sampler.add_targets(&[12], 49, Recording::CPU).unwrap();
         let stats = sampler.stats();
         assert_eq!(
             (stats.targets, stats.frequency_hz, stats.attached),
             (3, 99, true)
         );
-        sampler.add_targets(&[12], 199, false).unwrap();
+        sampler.add_targets(&[12], 199, Recording::CPU).unwrap();
         assert_eq!(
             sampler.stats().frequency_hz,
             199,
@@ -212,7 +235,7 @@ mod tests {
             (0, 0, false)
         );
 
-        sampler.add_targets(&[13], 49, false).unwrap();
+        sampler.add_targets(&[13], 49, Recording::CPU).unwrap();
         assert_eq!(
             sampler.stats().frequency_hz,
             49,
@@ -224,10 +247,10 @@ mod tests {
     fn off_cpu_samples_and_targets() {
         use crate::{OffCpu, SwitchState};
         let sampler = FakeSampler::new();
-        sampler.add_targets(&[10, 11], 99, false).unwrap();
+        sampler.add_targets(&[10, 11], 99, Recording::CPU).unwrap();
         assert!(!sampler.stats().off_cpu_attached);
-        sampler.add_targets(&[11], 49, true).unwrap();
-        sampler.add_targets(&[11], 49, false).unwrap();
+        sampler.add_targets(&[11], 49, Recording::OFF_CPU).unwrap();
+        sampler.add_targets(&[11], 49, Recording::CPU).unwrap();
         assert_eq!(
             sampler.off_cpu_targets(),
             [11],

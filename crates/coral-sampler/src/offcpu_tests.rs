@@ -5,7 +5,7 @@
 //! accounting (`/proc/self/task/TID/schedstat`), never from the sampler.
 
 use crate::root_tests::{Workload, require_root, serial};
-use crate::{EbpfSampler, Sample, Sampler, SamplerConfig, SwitchState};
+use crate::{EbpfSampler, Recording, Sample, Sampler, SamplerConfig, SwitchState};
 use coral_symbolizer::Symbolizer;
 use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -120,7 +120,9 @@ fn a_mutex_wait_is_recorded_with_its_stacks() {
     let _serial = serial();
     let sampler = sampler();
     let pid = std::process::id();
-    sampler.add_targets(&[pid], HZ, true).expect("add_targets");
+    sampler
+        .add_targets(&[pid], HZ, Recording::OFF_CPU)
+        .expect("add_targets");
     assert!(sampler.stats().off_cpu_attached);
 
     let lock = Arc::new(Mutex::new(()));
@@ -188,7 +190,9 @@ fn a_sleep_is_recorded_as_an_interruptible_nanosleep() {
     let _serial = serial();
     let sampler = sampler();
     let pid = std::process::id();
-    sampler.add_targets(&[pid], HZ, true).expect("add_targets");
+    sampler
+        .add_targets(&[pid], HZ, Recording::OFF_CPU)
+        .expect("add_targets");
     let (tid, start, end) = std::thread::spawn(|| {
         let tid = gettid();
         let start = unix_now();
@@ -265,7 +269,9 @@ fn a_woken_thread_waiting_for_its_cpu_is_told_apart() {
     let _serial = serial();
     let sampler = sampler();
     let pid = std::process::id();
-    sampler.add_targets(&[pid], HZ, true).expect("add_targets");
+    sampler
+        .add_targets(&[pid], HZ, Recording::OFF_CPU)
+        .expect("add_targets");
     // Now and then the scheduler lets the woken thread run at once every time (the
     // kernel then counts no run-queue wait either): try again.
     for attempt in 1..=5 {
@@ -350,7 +356,9 @@ fn a_hog_sharing_its_cpu_is_preempted() {
     let _serial = serial();
     let sampler = sampler();
     let pid = std::process::id();
-    sampler.add_targets(&[pid], HZ, true).expect("add_targets");
+    sampler
+        .add_targets(&[pid], HZ, Recording::OFF_CPU)
+        .expect("add_targets");
     let until = Instant::now() + Duration::from_millis(1000);
     let hogs: Vec<_> = (0..2)
         .map(|_| {
@@ -400,7 +408,9 @@ fn short_waits_are_sampled_without_bias() {
     let _serial = serial();
     let sampler = sampler();
     let pid = std::process::id();
-    sampler.add_targets(&[pid], HZ, true).expect("add_targets");
+    sampler
+        .add_targets(&[pid], HZ, Recording::OFF_CPU)
+        .expect("add_targets");
     // The turn: true for the pinger, false for the ponger.
     let turn = Arc::new((Mutex::new(true), Condvar::new()));
     let play = |mine: bool, turn: Arc<(Mutex<bool>, Condvar)>| {
@@ -475,7 +485,9 @@ fn scheduler_probes_are_attached_only_for_off_cpu_targets() {
         None,
         "not loaded before use"
     );
-    sampler.add_targets(&[pid], HZ, false).expect("add_targets");
+    sampler
+        .add_targets(&[pid], HZ, Recording::CPU)
+        .expect("add_targets");
     assert!(!sampler.stats().off_cpu_attached);
     assert_eq!(
         sampler.scheduler_program_ids(),
@@ -485,7 +497,7 @@ fn scheduler_probes_are_attached_only_for_off_cpu_targets() {
 
     let other = Workload::spawn(&["wait"]);
     sampler
-        .add_targets(&[other.pid()], HZ, true)
+        .add_targets(&[other.pid()], HZ, Recording::OFF_CPU)
         .expect("add_targets");
     let programs = sampler.scheduler_program_ids().expect("loaded");
     assert!(sampler.stats().off_cpu_attached);
@@ -500,9 +512,13 @@ fn scheduler_probes_are_attached_only_for_off_cpu_targets() {
     assert_eq!(links_of(programs), 0, "the kernel has no link left");
 
     // A target that asks later turns it on; removing every target turns it off.
-    sampler.add_targets(&[pid], HZ, true).expect("add_targets");
+    sampler
+        .add_targets(&[pid], HZ, Recording::OFF_CPU)
+        .expect("add_targets");
     assert_eq!(links_of(programs), 2);
-    sampler.add_targets(&[pid], HZ, false).expect("add_targets");
+    sampler
+        .add_targets(&[pid], HZ, Recording::CPU)
+        .expect("add_targets");
     assert_eq!(links_of(programs), 2, "a process keeps off-CPU once asked");
     sampler.remove_targets(&[pid]).expect("remove");
     assert_eq!(links_of(programs), 0);
@@ -521,9 +537,11 @@ fn cpu_only_targets_get_no_off_cpu_records() {
     let pid = std::process::id();
     let mut other = Workload::spawn(&["wait"]);
     sampler
-        .add_targets(&[other.pid()], HZ, true)
+        .add_targets(&[other.pid()], HZ, Recording::OFF_CPU)
         .expect("add_targets");
-    sampler.add_targets(&[pid], HZ, false).expect("add_targets");
+    sampler
+        .add_targets(&[pid], HZ, Recording::CPU)
+        .expect("add_targets");
     std::thread::spawn(|| sleep_a_while(Duration::from_millis(100)))
         .join()
         .expect("sleeper");
@@ -558,7 +576,9 @@ fn switch_in_cost() {
     let _stats_enabled =
         aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable BPF run-time stats");
     let pid = std::process::id();
-    sampler.add_targets(&[pid], HZ, true).expect("add_targets");
+    sampler
+        .add_targets(&[pid], HZ, Recording::OFF_CPU)
+        .expect("add_targets");
     let until = Instant::now() + Duration::from_millis(500);
     std::thread::spawn(move || {
         while Instant::now() < until {
@@ -592,7 +612,9 @@ fn off_cpu_records_over_the_rate_bound_are_losses() {
     })
     .expect("EbpfSampler::new as root");
     let pid = std::process::id();
-    sampler.add_targets(&[pid], HZ, true).expect("add_targets");
+    sampler
+        .add_targets(&[pid], HZ, Recording::OFF_CPU)
+        .expect("add_targets");
     // 300 sleeps of 2 ms (each at least the 1 ms threshold: one record each) in about
     // 0.7 s, on one CPU: far over 20 a second.
     let tid = std::thread::spawn(|| {

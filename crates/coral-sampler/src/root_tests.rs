@@ -8,7 +8,7 @@
 //! (ELF symbol table + /proc/PID/maps) to check the leaf frames of the samples.
 
 use crate::event::COUNTER_SAMPLES;
-use crate::{EbpfSampler, Sample, Sampler, SamplerConfig, SamplerError};
+use crate::{EbpfSampler, Recording, Sample, Sampler, SamplerConfig, SamplerError};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::ops::Range;
@@ -390,7 +390,9 @@ fn samples_the_hot_function_of_a_target_and_nothing_else() {
     let mut workload = Workload::spawn(&["work", "3.5"]);
     let pid = workload.pid();
     let symbols = Symbols::of(pid);
-    sampler.add_targets(&[pid], 99, false).expect("add_targets");
+    sampler
+        .add_targets(&[pid], 99, Recording::CPU)
+        .expect("add_targets");
     let cpu_start = cpu_seconds(pid);
     let stats = sampler.stats();
     assert!(
@@ -521,7 +523,9 @@ fn samples_are_attributed_to_the_right_thread() {
         tids.insert(name.to_owned(), tid.parse::<u32>().expect("tid"));
     }
     let symbols = Symbols::of(pid);
-    sampler.add_targets(&[pid], 99, false).expect("add_targets");
+    sampler
+        .add_targets(&[pid], 99, Recording::CPU)
+        .expect("add_targets");
     workload.wait();
     std::thread::sleep(Duration::from_millis(100));
     let samples = sampler.drain();
@@ -562,7 +566,7 @@ fn missing_and_exiting_processes_do_not_break_sampling() {
         .find(|pid| !Path::new(&format!("/proc/{pid}")).exists())
         .expect("free pid");
     sampler
-        .add_targets(&[missing], 99, false)
+        .add_targets(&[missing], 99, Recording::CPU)
         .expect("a missing pid is not an error");
     let stats = sampler.stats();
     assert!(!stats.attached && stats.targets == 0, "{stats:?}");
@@ -575,7 +579,7 @@ fn missing_and_exiting_processes_do_not_break_sampling() {
     let mut long = Workload::spawn(&["work", "3"]);
     let (short_pid, long_pid) = (short.pid(), long.pid());
     sampler
-        .add_targets(&[short_pid, long_pid], 99, false)
+        .add_targets(&[short_pid, long_pid], 99, Recording::CPU)
         .expect("add_targets");
     assert_eq!(sampler.stats().targets, 2);
     short.wait();
@@ -634,7 +638,7 @@ fn frequency_follows_the_targets() {
     let workload = Workload::spawn(&["work", "3"]);
     let pid = workload.pid();
     for bad in [0, 1001] {
-        match sampler.add_targets(&[pid], bad, false) {
+        match sampler.add_targets(&[pid], bad, Recording::CPU) {
             Err(SamplerError::InvalidFrequency {
                 requested,
                 max: 1000,
@@ -653,18 +657,22 @@ fn frequency_follows_the_targets() {
         std::thread::sleep(Duration::from_millis(1000));
         (t0..unix_now(), cpu_seconds(pid) - c0)
     };
-    sampler.add_targets(&[pid], 49, false).expect("add_targets");
+    sampler
+        .add_targets(&[pid], 49, Recording::CPU)
+        .expect("add_targets");
     assert_eq!(sampler.stats().frequency_hz, 49);
     let (at_49, cpu_49) = window();
     sampler
-        .add_targets(&[pid], 199, false)
+        .add_targets(&[pid], 199, Recording::CPU)
         .expect("add_targets");
     assert_eq!(
         sampler.stats().frequency_hz,
         199,
         "raised to the max requested"
     );
-    sampler.add_targets(&[pid], 99, false).expect("add_targets");
+    sampler
+        .add_targets(&[pid], 99, Recording::CPU)
+        .expect("add_targets");
     assert_eq!(
         sampler.stats().frequency_hz,
         199,
@@ -685,7 +693,7 @@ fn frequency_follows_the_targets() {
     // frequency comes down to what is still asked for.
     let other = Workload::spawn(&["work", "2"]);
     sampler
-        .add_targets(&[other.pid()], 49, false)
+        .add_targets(&[other.pid()], 49, Recording::CPU)
         .expect("add_targets");
     assert_eq!(sampler.stats().frequency_hz, 199);
     sampler.remove_targets(&[pid]).expect("remove_targets");
@@ -703,7 +711,7 @@ fn throughput(sampler: Option<&EbpfSampler>, seconds: f64) -> f64 {
     let mut workload = Workload::spawn(&["wait"]);
     if let Some(sampler) = sampler {
         sampler
-            .add_targets(&[workload.pid()], 99, false)
+            .add_targets(&[workload.pid()], 99, Recording::CPU)
             .expect("add_targets");
     }
     let mut stdin = workload.child.stdin.take().expect("piped stdin");
@@ -793,7 +801,7 @@ fn overhead_at_99_hz() {
     // Attached, but the only target sleeps: every tick is a non-target tick.
     let idle = Workload::spawn(&["wait"]);
     sampler
-        .add_targets(&[idle.pid()], 99, false)
+        .add_targets(&[idle.pid()], 99, Recording::CPU)
         .expect("add_targets");
     std::thread::sleep(Duration::from_secs(1));
     sampler
@@ -859,7 +867,7 @@ fn full_buffers_are_counted_as_losses_and_sampling_goes_on() {
     let mut workload = Workload::spawn(&["work", "2.5"]);
     let pid = workload.pid();
     sampler
-        .add_targets(&[pid], 1000, false)
+        .add_targets(&[pid], 1000, Recording::CPU)
         .expect("add_targets");
     std::thread::sleep(Duration::from_millis(1000));
     let stats = sampler.stats();
@@ -937,7 +945,9 @@ fn a_cpu_that_comes_back_online_is_sampled() {
     let sampler = sampler();
     let mut workload = Workload::spawn(&["threads", "6"]);
     let pid = workload.pid();
-    sampler.add_targets(&[pid], 99, false).expect("add_targets");
+    sampler
+        .add_targets(&[pid], 99, Recording::CPU)
+        .expect("add_targets");
     assert!(sampler.attached_cpus().contains(&last));
     {
         let _offline = OfflineCpu::take(last);

@@ -11,7 +11,9 @@
 //! xtask test` installs them and runs these tests as root.
 
 use crate::root_tests::{require_root, serial};
-use crate::{EbpfSampler, MAX_STACK_DEPTH, Sample, Sampler, SamplerConfig, Unwind, UnwindMode};
+use crate::{
+    EbpfSampler, MAX_STACK_DEPTH, Recording, Sample, Sampler, SamplerConfig, Unwind, UnwindMode,
+};
 use coral_analysis::profile::{Frame, UNKNOWN_FUNCTION};
 use coral_symbolizer::{JIT_MODULE, Symbolizer, ends_at_thread_root};
 use std::collections::{BTreeMap, BTreeSet};
@@ -127,7 +129,9 @@ impl BothModes {
         for sampler in [auto, frame_pointer] {
             // Whatever an earlier (failed) test left.
             sampler.drain();
-            sampler.add_targets(&[pid], HZ, false).expect("add_targets");
+            sampler
+                .add_targets(&[pid], HZ, Recording::CPU)
+                .expect("add_targets");
         }
         Self {
             pid,
@@ -823,7 +827,7 @@ fn call_edges_agree_with_perf_dwarf_unwinding() {
     let (sampler, _) = samplers();
     sampler.drain();
     sampler
-        .add_targets(&[pid], 199, false)
+        .add_targets(&[pid], 199, Recording::CPU)
         .expect("add_targets");
     let perf_data = dir.path().join("perf.data");
     // Records the process for as long as `sleep` runs; no build-id collection (-N -B),

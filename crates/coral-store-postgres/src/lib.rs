@@ -148,7 +148,8 @@ macro_rules! trace_profile_columns {
     () => {
         "trace_id, span_id, service, span_name, start_unix_nano, duration_ns, node, pid, \
          thread_id, precision, frequency_hz, concurrent_requests, source, samples, cpu_ns, \
-         created_unix_nano, truncated_samples, lost_samples, off_cpu_ns, profile_types"
+         created_unix_nano, truncated_samples, lost_samples, off_cpu_ns, profile_types, \
+         memory_bytes"
     };
 }
 
@@ -160,7 +161,8 @@ const INSERT_TRACE_PROFILES: &str = concat!(
      unnest($5::int8[]), unnest($6::int8[]), unnest($7::text[]), unnest($8::int8[]), \
      unnest($9::int8[]), unnest($10::text[]), unnest($11::int8[]), unnest($12::int8[]), \
      unnest($13::text[]), unnest($14::int8[]), unnest($15::int8[]), unnest($16::int8[]), \
-     unnest($17::int8[]), unnest($18::int8[]), unnest($19::int8[]), unnest($20::text[]) \
+     unnest($17::int8[]), unnest($18::int8[]), unnest($19::int8[]), unnest($20::text[]), \
+     unnest($21::int8[]) \
      ON CONFLICT (trace_id, span_id) DO NOTHING \
      RETURNING trace_id, span_id"
 );
@@ -176,9 +178,9 @@ const INSERT_STACKS: &str = "INSERT INTO profile_stacks (stack_hash, frame_hashe
 
 const INSERT_SAMPLES: &str = "\
     INSERT INTO trace_profile_samples (trace_id, span_id, stack_hash, samples, cpu_ns, \
-        off_cpu_ns) \
+        off_cpu_ns, memory_bytes) \
     SELECT unnest($1::bytea[]), unnest($2::bytea[]), unnest($3::int8[]), unnest($4::int8[]), \
-           unnest($5::int8[]), unnest($6::int8[]) \
+           unnest($5::int8[]), unnest($6::int8[]), unnest($7::int8[]) \
     ON CONFLICT (trace_id, span_id, stack_hash) DO NOTHING";
 
 const SELECT_TRACE_PROFILES: &str = concat!(
@@ -191,7 +193,7 @@ const SELECT_TRACE_PROFILES: &str = concat!(
 /// primary-key look-up per profile.
 const SELECT_SAMPLES: &str = "\
     SELECT s.trace_id, s.span_id, s.stack_hash, s.samples, s.cpu_ns, s.off_cpu_ns, \
-        st.frame_hashes \
+        s.memory_bytes, st.frame_hashes \
     FROM unnest($1::bytea[], $2::bytea[]) AS k (trace_id, span_id) \
     JOIN trace_profile_samples s ON s.trace_id = k.trace_id AND s.span_id = k.span_id \
     LEFT JOIN profile_stacks st ON st.stack_hash = s.stack_hash";
@@ -325,7 +327,7 @@ const MATCH_TRIGGER_PREFIX: &str = "\
 const SELECT_COLLECTED: &str = "\
     SELECT p.trace_id, p.span_id, p.span_name, p.start_unix_nano, p.duration_ns, \
         s.http_status, s.status_code, p.node, p.samples, p.precision, p.cpu_ns, \
-        p.off_cpu_ns, p.profile_types \
+        p.off_cpu_ns, p.memory_bytes, p.profile_types \
     FROM trace_profiles p \
     LEFT JOIN spans s ON s.trace_id = p.trace_id AND s.span_id = p.span_id \
     WHERE p.source = $1 \
@@ -709,6 +711,12 @@ impl Store for PostgresStore {
                     .bind_iter(),
             )
             .bind(&profile_types)
+            .bind(
+                profiles
+                    .iter()
+                    .map(|p| to_i64(p.profile.total(ProfileType::Memory)))
+                    .bind_iter(),
+            )
             .fetch_all(&mut *tx)
             .await
             .map_err(map_err)?;
@@ -790,6 +798,7 @@ impl Store for PostgresStore {
             .bind(rows.samples.iter().map(|r| r.samples).bind_iter())
             .bind(rows.samples.iter().map(|r| r.cpu_ns).bind_iter())
             .bind(rows.samples.iter().map(|r| r.off_cpu_ns).bind_iter())
+            .bind(rows.samples.iter().map(|r| r.memory_bytes).bind_iter())
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
@@ -1303,6 +1312,10 @@ fn collected_request_from_row(row: &PgRow) -> Result<CollectedRequest, StoreErro
             row.try_get("off_cpu_ns").map_err(map_err)?,
             "trace_profiles.off_cpu_ns",
         )?,
+        memory_bytes: to_u64(
+            row.try_get("memory_bytes").map_err(map_err)?,
+            "trace_profiles.memory_bytes",
+        )?,
         profile_types: parse_profile_types(
             row.try_get("profile_types").map_err(map_err)?,
             "trace_profiles.profile_types",
@@ -1357,6 +1370,10 @@ async fn load_profiles(
             off_cpu_ns: to_u64(
                 row.try_get("off_cpu_ns").map_err(map_err)?,
                 "trace_profile_samples.off_cpu_ns",
+            )?,
+            memory_bytes: to_u64(
+                row.try_get("memory_bytes").map_err(map_err)?,
+                "trace_profile_samples.memory_bytes",
             )?,
             frame_hashes: hashes,
         });

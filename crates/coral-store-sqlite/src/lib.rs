@@ -105,10 +105,10 @@ const SPAN_ROWS_PER_INSERT: usize = 500;
 const SERVICE_ROWS_PER_UPSERT: usize = 1000;
 const _: () = assert!(SPAN_ROWS_PER_INSERT * SPAN_INSERT_COLUMNS <= 32_766);
 /// Rows per statement of the trace profile tables: at most 9,000 bound variables each.
-const PROFILE_ROWS_PER_INSERT: usize = 450; // 20 columns
+const PROFILE_ROWS_PER_INSERT: usize = 428; // 21 columns
 const FRAME_ROWS_PER_INSERT: usize = 2000; // 4 columns
 const STACK_ROWS_PER_INSERT: usize = 4000; // 2 columns
-const SAMPLE_ROWS_PER_INSERT: usize = 1500; // 6 columns
+const SAMPLE_ROWS_PER_INSERT: usize = 1250; // 7 columns
 
 /// The columns of a span, in [`span_from_row`]'s and the insert's order.
 macro_rules! span_columns {
@@ -157,7 +157,8 @@ macro_rules! trace_profile_columns {
     () => {
         "trace_id, span_id, service, span_name, start_unix_nano, duration_ns, node, pid, \
          thread_id, precision, frequency_hz, concurrent_requests, source, samples, cpu_ns, \
-         created_unix_nano, truncated_samples, lost_samples, off_cpu_ns, profile_types"
+         created_unix_nano, truncated_samples, lost_samples, off_cpu_ns, profile_types, \
+         memory_bytes"
     };
 }
 
@@ -171,7 +172,7 @@ const SELECT_TRACE_PROFILES: &str = concat!(
 /// of `[trace hex, span hex]` pairs: a primary-key look-up per profile.
 const SELECT_SAMPLES: &str = "\
     SELECT s.trace_id, s.span_id, s.stack_hash, s.samples, s.cpu_ns, s.off_cpu_ns, \
-        st.frame_hashes \
+        s.memory_bytes, st.frame_hashes \
     FROM json_each(?1) AS k \
     CROSS JOIN trace_profile_samples s \
     LEFT JOIN profile_stacks st ON st.stack_hash = s.stack_hash \
@@ -265,7 +266,7 @@ const MATCH_TRIGGER_PREFIX: &str = "\
 const SELECT_COLLECTED: &str = "\
     SELECT p.trace_id, p.span_id, p.span_name, p.start_unix_nano, p.duration_ns, \
         s.http_status, s.status_code, p.node, p.samples, p.precision, p.cpu_ns, \
-        p.off_cpu_ns, p.profile_types \
+        p.off_cpu_ns, p.memory_bytes, p.profile_types \
     FROM trace_profiles p \
     LEFT JOIN spans s ON s.trace_id = p.trace_id AND s.span_id = p.span_id \
     WHERE p.source = ?1 \
@@ -673,7 +674,8 @@ impl Store for SqliteStore {
                     .push_bind(i64::from(p.truncated_samples))
                     .push_bind(to_i64(p.lost_samples))
                     .push_bind(to_i64(p.profile.total(ProfileType::Offcpu)))
-                    .push_bind(profile_types.as_str());
+                    .push_bind(profile_types.as_str())
+                    .push_bind(to_i64(p.profile.total(ProfileType::Memory)));
             });
             qb.push(" ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id");
             let full = chunk.len() == PROFILE_ROWS_PER_INSERT;
@@ -761,7 +763,7 @@ impl Store for SqliteStore {
         for chunk in rows.samples.chunks(SAMPLE_ROWS_PER_INSERT) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO trace_profile_samples \
-                 (trace_id, span_id, stack_hash, samples, cpu_ns, off_cpu_ns) ",
+                 (trace_id, span_id, stack_hash, samples, cpu_ns, off_cpu_ns, memory_bytes) ",
             );
             qb.push_values(chunk, |mut row, r| {
                 row.push_bind(r.trace_id.as_bytes())
@@ -769,7 +771,8 @@ impl Store for SqliteStore {
                     .push_bind(r.stack_hash)
                     .push_bind(r.samples)
                     .push_bind(r.cpu_ns)
-                    .push_bind(r.off_cpu_ns);
+                    .push_bind(r.off_cpu_ns)
+                    .push_bind(r.memory_bytes);
             });
             qb.push(" ON CONFLICT (trace_id, span_id, stack_hash) DO NOTHING");
             let full = chunk.len() == SAMPLE_ROWS_PER_INSERT;
@@ -1206,6 +1209,10 @@ async fn load_profiles(
                 row.try_get("off_cpu_ns").map_err(map_err)?,
                 "trace_profile_samples.off_cpu_ns",
             )?,
+            memory_bytes: to_u64(
+                row.try_get("memory_bytes").map_err(map_err)?,
+                "trace_profile_samples.memory_bytes",
+            )?,
             frame_hashes: hashes,
         });
     }
@@ -1360,6 +1367,10 @@ fn collected_request_from_row(row: &SqliteRow) -> Result<CollectedRequest, Store
         off_cpu_ns: to_u64(
             row.try_get("off_cpu_ns").map_err(map_err)?,
             "trace_profiles.off_cpu_ns",
+        )?,
+        memory_bytes: to_u64(
+            row.try_get("memory_bytes").map_err(map_err)?,
+            "trace_profiles.memory_bytes",
         )?,
         profile_types: parse_profile_types(
             row.try_get("profile_types").map_err(map_err)?,

@@ -37,6 +37,7 @@ macro_rules! conformance_suite {
             agents_register_and_heartbeat, empty_batch_is_a_no_op,
             concurrent_batches_store_each_span_once, agents_are_listed_by_node,
             trace_profiles_round_trip, sample_losses_round_trip, off_cpu_profiles_round_trip,
+            memory_profiles_round_trip,
             non_collected_profile_types_are_refused,
             duplicate_trace_profiles_stored_once,
             stacks_and_frames_are_shared, unknown_trace_has_no_profiles,
@@ -496,12 +497,12 @@ pub async fn agents_are_listed_by_node(store: &dyn Store) {
 /// `profile` as a store gives it back: stacks with equal frames merged (a profile
 /// built with `from_parts` may repeat one), a frame index out of the dictionary read as
 /// the unknown user frame; stacks by CPU time descending, then off-CPU time
-/// descending, then [`stack_hash`]; frames in the order they first appear in those
+/// descending, then memory descending, then [`stack_hash`]; frames in the order they first appear in those
 /// stacks, root to leaf.
 pub fn canonical_profile(profile: &Profile) -> Profile {
-    type StackWeight<'a> = (Vec<&'a Frame>, u64, u64, u64);
+    type StackWeight<'a> = (Vec<&'a Frame>, u64, u64, u64, u64);
     let unknown = Frame::unknown(FrameKind::User);
-    // Stack hash → (frames, samples, CPU time, off-CPU time).
+    // Stack hash → (frames, samples, CPU time, off-CPU time, memory).
     let mut stacks: BTreeMap<i64, StackWeight> = BTreeMap::new();
     for stack in &profile.stacks {
         let frames: Vec<&Frame> = stack
@@ -512,17 +513,23 @@ pub fn canonical_profile(profile: &Profile) -> Profile {
         let hashes: Vec<i64> = frames.iter().map(|f| frame_hash(f)).collect();
         let entry = stacks
             .entry(stack_hash(&hashes))
-            .or_insert((frames, 0, 0, 0));
+            .or_insert((frames, 0, 0, 0, 0));
         entry.1 = entry.1.saturating_add(stack.samples);
         entry.2 = entry.2.saturating_add(stack.cpu_ns);
         entry.3 = entry.3.saturating_add(stack.off_cpu_ns);
+        entry.4 = entry.4.saturating_add(stack.memory_bytes);
     }
     let mut stacks: Vec<(i64, StackWeight)> = stacks.into_iter().collect();
-    stacks.sort_by(|(ha, a), (hb, b)| b.2.cmp(&a.2).then(b.3.cmp(&a.3)).then(ha.cmp(hb)));
+    stacks.sort_by(|(ha, a), (hb, b)| {
+        b.2.cmp(&a.2)
+            .then(b.3.cmp(&a.3))
+            .then(b.4.cmp(&a.4))
+            .then(ha.cmp(hb))
+    });
     let mut dictionary: Vec<Frame> = Vec::new();
     let mut index: HashMap<&Frame, u32> = HashMap::new();
     let mut weighted = Vec::new();
-    for (_, (frames, samples, cpu_ns, off_cpu_ns)) in stacks {
+    for (_, (frames, samples, cpu_ns, off_cpu_ns, memory_bytes)) in stacks {
         let ids = frames
             .into_iter()
             .map(|f| {
@@ -537,6 +544,7 @@ pub fn canonical_profile(profile: &Profile) -> Profile {
             samples,
             cpu_ns,
             off_cpu_ns,
+            memory_bytes,
         });
     }
     Profile::from_parts(dictionary, weighted)
@@ -637,6 +645,36 @@ pub fn waiting_profile(scale: u64) -> Profile {
         22_000_000 * scale,
     );
     p.add_off_cpu(&[main, handle], WaitCause::Network, 1, 1_000 * scale);
+    p
+}
+
+/// Where a checkout request made memory resident, `scale` times: 4 KiB pages under
+/// `grab_block` (3 records of 64 KiB, and one of a file page read in under a kernel
+/// frame) and a 2 MiB huge page under `build_snapshot`.
+pub fn memory_profile(scale: u64) -> Profile {
+    let main = Frame::user("main", "payment-svc");
+    let handle = Frame::user("checkout::handle", "payment-svc");
+    let snapshot = Frame::user("build_snapshot", "payment-svc");
+    let grab = Frame::user("grab_block", "payment-svc");
+    let mut p = Profile::new();
+    p.add_memory(
+        &[main.clone(), handle.clone(), snapshot.clone(), grab],
+        4096,
+        3,
+        3 * 65_536 * scale,
+    );
+    p.add_memory(
+        &[main.clone(), handle.clone(), snapshot],
+        2 << 20,
+        1,
+        (2 << 20) * scale,
+    );
+    p.add_memory(
+        &[main, handle, Frame::user("read_config", "payment-svc")],
+        4096,
+        1,
+        4096 * scale,
+    );
     p
 }
 
@@ -798,6 +836,92 @@ pub async fn off_cpu_profiles_round_trip(store: &dyn Store) {
     assert_eq!(breakdown.off_cpu_ns, 1_002_001_000);
     assert_eq!(breakdown.lock_ns, 980_000_000);
     assert_eq!(got[1].profile.breakdown().off_cpu_ns, 3 * 1_002_001_000);
+    assert_eq!(got[1].profile.total_cpu_ns(), 0);
+}
+
+/// A profile with CPU, off-CPU and memory stacks comes back exactly: its page frames
+/// (base and huge pages apart), each memory stack's records and bytes, the request's
+/// memory total, and the types collected; memory never counts as CPU samples.
+pub async fn memory_profiles_round_trip(store: &dyn Store) {
+    let mut all = ran_and_waited_profile();
+    all.merge(&memory_profile(1));
+    let mut all = trace_profile(1, 1, all);
+    // Given out of order: stored in order.
+    all.profile_types = vec![ProfileType::Memory, ProfileType::Offcpu, ProfileType::Cpu];
+    let mut memory_only = trace_profile(1, 2, memory_profile(5));
+    memory_only.start_unix_nano += SEC;
+    memory_only.precision = Precision::Process;
+    memory_only.thread_id = None;
+    memory_only.profile_types = vec![ProfileType::Memory];
+    // Collected for memory, but it made nothing resident.
+    let mut none_resident = trace_profile(1, 3, checkout_profile(1));
+    none_resident.start_unix_nano += 2 * SEC;
+    none_resident.profile_types = vec![ProfileType::Cpu, ProfileType::Memory];
+    assert_eq!(
+        store
+            .insert_trace_profiles(&[none_resident.clone(), memory_only.clone(), all.clone()])
+            .await
+            .unwrap(),
+        stored(3)
+    );
+    let got = store.trace_profiles(&trace(1)).await.unwrap();
+    assert_eq!(
+        got,
+        [
+            canonical(&all),
+            canonical(&memory_only),
+            canonical(&none_resident)
+        ]
+    );
+    assert_eq!(
+        got[0].profile_types,
+        [ProfileType::Cpu, ProfileType::Offcpu, ProfileType::Memory]
+    );
+    assert_eq!(got[1].profile_types, [ProfileType::Memory]);
+    assert_eq!(
+        got[2].profile_types,
+        [ProfileType::Cpu, ProfileType::Memory]
+    );
+
+    let profile = &got[0].profile;
+    let pages: Vec<&str> = profile
+        .frames
+        .iter()
+        .filter(|f| f.kind == FrameKind::Page)
+        .map(|f| f.function.as_str())
+        .collect();
+    assert_eq!(
+        pages,
+        ["2 MiB huge page", "4 KiB page"],
+        "by memory, descending"
+    );
+    let memory: Vec<(u64, u64, u64, u64)> = profile
+        .stacks
+        .iter()
+        .filter(|s| s.memory_bytes > 0)
+        .map(|s| (s.samples, s.cpu_ns, s.off_cpu_ns, s.memory_bytes))
+        .collect();
+    assert_eq!(
+        memory,
+        [(1, 0, 0, 2 << 20), (3, 0, 0, 3 * 65_536), (1, 0, 0, 4096)],
+        "after the CPU and off-CPU stacks, by memory"
+    );
+    assert_eq!(profile.memory_breakdown(), all.profile.memory_breakdown());
+    assert_eq!(profile.memory_breakdown().huge_page_bytes, 2 << 20);
+    assert_eq!(
+        profile.total(ProfileType::Memory),
+        (2 << 20) + 3 * 65_536 + 4096
+    );
+    assert_eq!(profile.breakdown(), all.profile.breakdown());
+    assert_eq!(
+        got[0].samples(),
+        checkout_profile(1).count(ProfileType::Cpu)
+    );
+    assert_eq!(got[1].samples(), 0, "memory records are not CPU samples");
+    assert_eq!(
+        got[1].profile.total(ProfileType::Memory),
+        5 * ((2 << 20) + 3 * 65_536 + 4096)
+    );
     assert_eq!(got[1].profile.total_cpu_ns(), 0);
 }
 
@@ -991,18 +1115,21 @@ pub async fn stacks_and_frames_are_shared(store: &dyn Store) {
                 samples: 2,
                 cpu_ns: 20,
                 off_cpu_ns: 0,
+                memory_bytes: 0,
             },
             WeightedStack {
                 frames: vec![2, 1],
                 samples: 3,
                 cpu_ns: 30,
                 off_cpu_ns: 0,
+                memory_bytes: 0,
             },
             WeightedStack {
                 frames: vec![0, 7],
                 samples: 1,
                 cpu_ns: 10,
                 off_cpu_ns: 0,
+                memory_bytes: 0,
             },
         ],
     );
@@ -1297,7 +1424,7 @@ pub async fn triggers_round_trip(store: &dyn Store) {
     let a3 = TraceProfileTrigger {
         min_duration_ms: None,
         status_code_pattern: None,
-        profile_types: vec![ProfileType::Offcpu],
+        profile_types: vec![ProfileType::Offcpu, ProfileType::Memory],
         ..new_trigger(3, "svc-a")
     };
     let a4 = ended(
@@ -2025,6 +2152,9 @@ pub async fn trigger_requests_come_with_their_spans(store: &dyn Store) {
     let mut without_span = sourced_profile(2, 1, source, 10);
     without_span.precision = Precision::Process;
     without_span.node = "node-b".into();
+    // Memory at process precision too.
+    without_span.profile.merge(&memory_profile(1));
+    without_span.profile_types = vec![ProfileType::Cpu, ProfileType::Memory];
     // Not the trigger's requests.
     let others = [
         sourced_profile(3, 1, ProfileSource::Baseline(id), 5),
@@ -2060,6 +2190,7 @@ pub async fn trigger_requests_come_with_their_spans(store: &dyn Store) {
         precision: p.precision,
         cpu_ns: p.profile.total_cpu_ns(),
         off_cpu_ns: p.profile.breakdown().off_cpu_ns,
+        memory_bytes: p.profile.total(ProfileType::Memory),
         profile_types: p.profile_types.clone(),
     };
     let requests = store.trigger_requests(id).await.unwrap();
@@ -2072,14 +2203,23 @@ pub async fn trigger_requests_come_with_their_spans(store: &dyn Store) {
         ],
         "in collection order"
     );
-    let times: Vec<(u64, u64)> = requests.iter().map(|r| (r.cpu_ns, r.off_cpu_ns)).collect();
+    let totals: Vec<(u64, u64, u64, u64)> = requests
+        .iter()
+        .map(|r| (r.samples, r.cpu_ns, r.off_cpu_ns, r.memory_bytes))
+        .collect();
+    let checkout_samples = checkout_profile(1).count(ProfileType::Cpu);
     let checkout_cpu_ns = checkout_profile(1).total_cpu_ns();
     assert_eq!(
-        times,
+        totals,
         [
-            (checkout_cpu_ns, 0),
-            (checkout_cpu_ns, 1_002_001_000),
-            (checkout_cpu_ns, 0)
+            (
+                checkout_samples,
+                checkout_cpu_ns,
+                0,
+                (2 << 20) + 3 * 65_536 + 4096
+            ),
+            (checkout_samples, checkout_cpu_ns, 1_002_001_000, 0),
+            (checkout_samples, checkout_cpu_ns, 0, 0)
         ]
     );
     assert_eq!(

@@ -28,6 +28,7 @@ pub fn frame_hash(frame: &Frame) -> i64 {
         FrameKind::User => b"user",
         FrameKind::Kernel => b"kernel",
         FrameKind::Wait => b"wait",
+        FrameKind::Page => b"page",
     };
     let mut h = fnv1a(FNV_OFFSET_BASIS, frame.function.as_bytes());
     h = fnv1a(h, &[SEPARATOR]);

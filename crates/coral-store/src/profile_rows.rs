@@ -2,19 +2,22 @@
 //! storage that every backend shares.
 //!
 //! Writing, a profile becomes one sample row per distinct stack: its stack hash,
-//! samples (or waits), CPU time and off-CPU time (an off-CPU stack ends in a wait
-//! frame, so it never shares a row with a CPU stack). Stacks are keyed by [`stack_hash`] of their frames'
+//! samples (or waits, or memory records), CPU time, off-CPU time and memory made
+//! resident (an off-CPU stack ends in a wait frame and a memory stack in a page
+//! frame, so neither shares a row with a CPU stack). Stacks are keyed by
+//! [`stack_hash`] of their frames'
 //! [`frame_hash`]es and frames by their hash, so equal stacks of one profile (a
 //! profile built with `from_parts` may repeat one) are merged, and every profile
 //! with a stack shares its one stored copy. A stack's frame index out of the
 //! profile's dictionary becomes the unknown user frame, as renderers show it.
 //!
 //! Reading, a profile is rebuilt in a canonical order, the same in every backend:
-//! stacks by CPU time descending, then off-CPU time descending, then stack hash;
+//! stacks by CPU time descending, then off-CPU time descending, then memory
+//! descending, then stack hash;
 //! frames in the order they first appear in those stacks, root to leaf.
 //!
 //! The profile types a request or a trigger collected are stored as one text,
-//! [`profile_types_text`]: `cpu`, `offcpu` or `cpu,offcpu`.
+//! [`profile_types_text`]: `cpu`, `cpu,offcpu`, `cpu,offcpu,memory`...
 //!
 //! Counts are `u64` in the model and BIGINT in the databases: larger values (only
 //! reachable by saturating arithmetic) are stored as `i64::MAX`.
@@ -45,6 +48,7 @@ pub struct SampleRow {
     pub samples: i64,
     pub cpu_ns: i64,
     pub off_cpu_ns: i64,
+    pub memory_bytes: i64,
 }
 
 /// The rows that store some profiles' samples, each table's rows sorted by key (so
@@ -73,7 +77,7 @@ impl ProfileRows {
         let hashes: Vec<i64> = profile.frames.iter().map(frame_hash).collect();
         let mut unknown: Option<i64> = None;
         // This profile's stacks by hash, equal ones merged.
-        let mut weights: BTreeMap<i64, (u64, u64, u64)> = BTreeMap::new();
+        let mut weights: BTreeMap<i64, [u64; 4]> = BTreeMap::new();
         for stack in &profile.stacks {
             let frame_hashes: Vec<i64> = stack
                 .frames
@@ -95,34 +99,40 @@ impl ProfileRows {
                 .collect();
             let sh = stack_hash(&frame_hashes);
             self.stacks.entry(sh).or_insert(frame_hashes);
-            let w = weights.entry(sh).or_insert((0, 0, 0));
-            w.0 = w.0.saturating_add(stack.samples);
-            w.1 = w.1.saturating_add(stack.cpu_ns);
-            w.2 = w.2.saturating_add(stack.off_cpu_ns);
+            let w = weights.entry(sh).or_default();
+            let add = [
+                stack.samples,
+                stack.cpu_ns,
+                stack.off_cpu_ns,
+                stack.memory_bytes,
+            ];
+            for (total, value) in w.iter_mut().zip(add) {
+                *total = total.saturating_add(value);
+            }
         }
-        self.samples.extend(
-            weights
-                .into_iter()
-                .map(|(sh, (samples, cpu_ns, off_cpu_ns))| SampleRow {
-                    trace_id: record.trace_id,
-                    span_id: record.span_id,
-                    stack_hash: sh,
-                    samples: to_i64(samples),
-                    cpu_ns: to_i64(cpu_ns),
-                    off_cpu_ns: to_i64(off_cpu_ns),
-                }),
-        );
+        self.samples.extend(weights.into_iter().map(
+            |(sh, [samples, cpu_ns, off_cpu_ns, memory_bytes])| SampleRow {
+                trace_id: record.trace_id,
+                span_id: record.span_id,
+                stack_hash: sh,
+                samples: to_i64(samples),
+                cpu_ns: to_i64(cpu_ns),
+                off_cpu_ns: to_i64(off_cpu_ns),
+                memory_bytes: to_i64(memory_bytes),
+            },
+        ));
     }
 }
 
 /// Collected profile types as a `profile_types` column stores them: in
-/// [`ProfileType`]'s order, each once, comma-separated (`cpu`, `cpu,offcpu`).
+/// [`ProfileType`]'s order, each once, comma-separated (`cpu`, `cpu,offcpu`,
+/// `cpu,memory`).
 /// `InvalidArgument` for no type, or one that is not collected (`wall`).
 pub fn profile_types_text(types: &[ProfileType]) -> Result<String, StoreError> {
     if let Some(ty) = types.iter().find(|&&ty| !ty.is_collected()) {
         return Err(StoreError::InvalidArgument(format!(
-            "profile type {ty} is not collected (it is a view of others); collect cpu or \
-             offcpu"
+            "profile type {ty} is not collected (it is a view of others); collect cpu, \
+             offcpu or memory"
         )));
     }
     let mut sorted = types.to_vec();
@@ -130,7 +140,7 @@ pub fn profile_types_text(types: &[ProfileType]) -> Result<String, StoreError> {
     sorted.dedup();
     if sorted.is_empty() {
         return Err(StoreError::InvalidArgument(
-            "no profile type to collect: give at least one of cpu, offcpu".into(),
+            "no profile type to collect: give at least one of cpu, offcpu, memory".into(),
         ));
     }
     Ok(sorted
@@ -186,6 +196,7 @@ pub fn kind_str(kind: FrameKind) -> &'static str {
         FrameKind::User => "user",
         FrameKind::Kernel => "kernel",
         FrameKind::Wait => "wait",
+        FrameKind::Page => "page",
     }
 }
 
@@ -194,8 +205,9 @@ pub fn parse_kind(kind: &str) -> Result<FrameKind, StoreError> {
         "user" => Ok(FrameKind::User),
         "kernel" => Ok(FrameKind::Kernel),
         "wait" => Ok(FrameKind::Wait),
+        "page" => Ok(FrameKind::Page),
         other => Err(StoreError::Corrupt(format!(
-            "profile_frames.kind is {other:?}, not user, kernel or wait"
+            "profile_frames.kind is {other:?}, not user, kernel, wait or page"
         ))),
     }
 }
@@ -207,6 +219,7 @@ pub struct StackRead {
     pub samples: u64,
     pub cpu_ns: u64,
     pub off_cpu_ns: u64,
+    pub memory_bytes: u64,
     pub frame_hashes: Vec<i64>,
 }
 
@@ -220,6 +233,7 @@ pub fn build_profile(
         b.cpu_ns
             .cmp(&a.cpu_ns)
             .then(b.off_cpu_ns.cmp(&a.off_cpu_ns))
+            .then(b.memory_bytes.cmp(&a.memory_bytes))
             .then(a.stack_hash.cmp(&b.stack_hash))
     });
     let mut dictionary: Vec<Frame> = Vec::new();
@@ -251,6 +265,7 @@ pub fn build_profile(
             samples: stack.samples,
             cpu_ns: stack.cpu_ns,
             off_cpu_ns: stack.off_cpu_ns,
+            memory_bytes: stack.memory_bytes,
         });
     }
     Ok(Profile::from_parts(dictionary, weighted))
@@ -319,6 +334,7 @@ mod tests {
                 samples: r.samples as u64,
                 cpu_ns: r.cpu_ns as u64,
                 off_cpu_ns: r.off_cpu_ns as u64,
+                memory_bytes: r.memory_bytes as u64,
                 frame_hashes: rows.stacks[&r.stack_hash].clone(),
             })
             .collect();
@@ -360,18 +376,21 @@ mod tests {
                     samples: 1,
                     cpu_ns: 10,
                     off_cpu_ns: 0,
+                    memory_bytes: 0,
                 },
                 WeightedStack {
                     frames: vec![1, 2],
                     samples: 2,
                     cpu_ns: 20,
                     off_cpu_ns: 0,
+                    memory_bytes: 0,
                 },
                 WeightedStack {
                     frames: vec![0, 9],
                     samples: 4,
                     cpu_ns: u64::MAX,
                     off_cpu_ns: 0,
+                    memory_bytes: 0,
                 },
             ],
         );
@@ -404,6 +423,7 @@ mod tests {
                     samples: 1,
                     cpu_ns: 1,
                     off_cpu_ns: 0,
+                    memory_bytes: 0,
                     frame_hashes: vec![42]
                 }],
                 &frames
@@ -447,13 +467,63 @@ mod tests {
     }
 
     #[test]
+    fn memory_stacks_keep_their_bytes_and_follow_time_stacks() {
+        use coral_analysis::profile::{WaitCause, page_frame};
+        let main = Frame::user("main", "app");
+        let grab = Frame::user("grab_block", "app");
+        let mut profile = Profile::new();
+        profile.add(&[main.clone(), grab.clone()], 2, 100);
+        profile.add_off_cpu(std::slice::from_ref(&main), WaitCause::Sleep, 1, 50);
+        profile.add_memory(&[main.clone(), grab.clone()], 4096, 3, 3 << 16);
+        profile.add_memory(&[main.clone(), grab.clone()], 2 << 20, 1, 2 << 20);
+        profile.add_memory(&[main.clone(), grab.clone()], 4096, 1, 1 << 16);
+        let rows = ProfileRows::of([&record(profile.clone())]);
+        assert_eq!(rows.samples.len(), 4, "CPU, off-CPU, 4 KiB and huge pages");
+        let weights: Vec<(i64, i64, i64, i64)> = rows
+            .samples
+            .iter()
+            .map(|r| (r.samples, r.cpu_ns, r.off_cpu_ns, r.memory_bytes))
+            .collect();
+        assert!(weights.contains(&(2, 20_000_000, 0, 0)), "{weights:?}");
+        assert!(weights.contains(&(1, 0, 50, 0)), "{weights:?}");
+        assert!(weights.contains(&(4, 0, 0, 4 << 16)), "{weights:?}");
+        assert!(weights.contains(&(1, 0, 0, 2 << 20)), "{weights:?}");
+
+        let (stacks, frames) = read_back(&rows);
+        let back = build_profile(stacks, &frames).unwrap();
+        let order: Vec<(u64, u64, u64)> = back
+            .stacks
+            .iter()
+            .map(|s| (s.cpu_ns, s.off_cpu_ns, s.memory_bytes))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (20_000_000, 0, 0),
+                (0, 50, 0),
+                (0, 0, 2 << 20),
+                (0, 0, 4 << 16)
+            ]
+        );
+        assert_eq!(back.memory_breakdown(), profile.memory_breakdown());
+        assert_eq!(back.total(ProfileType::Memory), (2 << 20) + (4 << 16));
+        assert!(back.frames.contains(&page_frame(4096)));
+        assert!(back.frames.contains(&page_frame(2 << 20)));
+    }
+
+    #[test]
     fn profile_types_are_stored_in_order_once() {
-        use ProfileType::{Cpu, Offcpu, Wall};
+        use ProfileType::{Cpu, Memory, Offcpu, Wall};
         assert_eq!(profile_types_text(&[Cpu]).unwrap(), "cpu");
         assert_eq!(
             profile_types_text(&[Offcpu, Cpu, Offcpu]).unwrap(),
             "cpu,offcpu"
         );
+        assert_eq!(
+            profile_types_text(&[Memory, Cpu, Offcpu]).unwrap(),
+            "cpu,offcpu,memory"
+        );
+        assert_eq!(profile_types_text(&[Memory, Cpu]).unwrap(), "cpu,memory");
         for bad in [&[][..], &[Cpu, Wall][..]] {
             assert!(
                 matches!(profile_types_text(bad), Err(StoreError::InvalidArgument(_))),
@@ -467,11 +537,17 @@ mod tests {
             parse_profile_types("cpu,offcpu", column).unwrap(),
             [Cpu, Offcpu]
         );
+        assert_eq!(parse_profile_types("memory", column).unwrap(), [Memory]);
+        assert_eq!(
+            parse_profile_types("cpu,offcpu,memory", column).unwrap(),
+            [Cpu, Offcpu, Memory]
+        );
         for bad in [
             "",
             "wall",
             "cpu,wall",
-            "memory",
+            "memory,cpu",
+            "cpu,memory,memory",
             "offcpu,cpu",
             "cpu,cpu",
             "CPU",

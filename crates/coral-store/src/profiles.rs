@@ -33,15 +33,17 @@ pub struct TraceProfileRecord {
     pub lost_samples: u64,
     /// What asked for it.
     pub source: ProfileSource,
-    /// The types the agent collected for it (`cpu`, `offcpu`), in [`ProfileType`]'s
-    /// order, each once: an `offcpu` profile without off-CPU stacks had no waits,
-    /// one without the type says nothing about them.
+    /// The types the agent collected for it (`cpu`, `offcpu`, `memory`), in
+    /// [`ProfileType`]'s order, each once: an `offcpu` profile without off-CPU stacks
+    /// had no waits (a `memory` one without memory stacks made nothing resident), one
+    /// without the type says nothing about them.
     pub profile_types: Vec<ProfileType>,
     pub profile: Profile,
 }
 
 impl TraceProfileRecord {
-    /// CPU samples (off-CPU stacks count waits, which are not samples).
+    /// CPU samples (off-CPU stacks count waits and memory stacks memory records,
+    /// which are not samples).
     pub fn samples(&self) -> u64 {
         self.profile.count(ProfileType::Cpu)
     }
@@ -190,8 +192,8 @@ pub struct TraceProfileTrigger {
     /// Size of the baseline reservoir asked for.
     pub baseline_requests: u32,
     pub baseline_collected: u32,
-    /// The types its agents collect (`cpu`, `offcpu`), in [`ProfileType`]'s order,
-    /// each once.
+    /// The types its agents collect (`cpu`, `offcpu`, `memory`), in [`ProfileType`]'s
+    /// order, each once.
     pub profile_types: Vec<ProfileType>,
 }
 
@@ -213,6 +215,8 @@ pub struct CollectedRequest {
     pub cpu_ns: u64,
     /// The profile's off-CPU (waiting) time (its off-CPU stacks' total).
     pub off_cpu_ns: u64,
+    /// The memory it made resident, in bytes (its memory stacks' total).
+    pub memory_bytes: u64,
     /// The types collected for it.
     pub profile_types: Vec<ProfileType>,
 }

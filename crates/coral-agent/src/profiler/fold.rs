@@ -1,6 +1,6 @@
 //! From raw samples to a [`Profile`]: symbolize each distinct stack once (per batch),
-//! put its frames root → leaf, count CPU samples and weigh off-CPU records by the part
-//! of their wait within the request.
+//! put its frames root → leaf, count CPU samples, weigh off-CPU records by the part
+//! of their wait within the request and memory records by the bytes they stand for.
 
 use coral_analysis::profile::{Frame, FrameKind, Profile, SwitchState, WaitCause};
 use coral_sampler::{OffCpu, Sample, Stack};
@@ -148,59 +148,91 @@ fn switch_state(state: coral_sampler::SwitchState) -> SwitchState {
     }
 }
 
+/// What a fold keeps of memory records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryRecords {
+    /// None (sessions, or memory not recorded for the request).
+    Skip,
+    /// All those given: the request's, which the join cut out by thread or process and
+    /// time, as its CPU samples (a memory record is a point in time, the fault).
+    Keep,
+}
+
+/// Whether a sample is a CPU sample: neither an off-CPU nor a memory record.
+pub fn is_cpu_sample(sample: &Sample) -> bool {
+    sample.off_cpu.is_none() && sample.memory.is_none()
+}
+
+/// What one folded stack is made of: CPU samples, a wait in one switch state, or
+/// memory in pages of one size (so that base and huge pages stay apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Part {
+    Cpu,
+    Wait(SwitchState),
+    Memory { page_bytes: u64 },
+}
+
 /// The profile of `samples`: CPU samples taken at `frequency_hz`, equal stacks counted
-/// together (in order of first appearance, so the result is deterministic), and the
+/// together (in order of first appearance, so the result is deterministic), the
 /// off-CPU records `off_cpu` keeps, each stack ending in its wait cause (decided from
-/// the switch state and the kernel stack, [`WaitCause::classify`]); the time between
-/// a wait's wake-up and the thread running again is a `runqueue` wait of that stack.
+/// the switch state and the kernel stack, [`WaitCause::classify`]; the time between
+/// a wait's wake-up and the thread running again is a `runqueue` wait of that stack),
+/// and the memory records `memory` keeps, each stack ending in its page size and
+/// weighing the bytes its records stand for.
 pub fn fold<'a>(
     samples: impl IntoIterator<Item = &'a Sample>,
     cache: &mut StackCache<'a>,
     symbolizer: &mut dyn Symbolize,
     frequency_hz: u32,
     off_cpu: OffCpuWindow,
+    memory: MemoryRecords,
 ) -> Profile {
-    // Per distinct stack (and, off the CPU, switch state): first index, count, weight.
+    // Per distinct stack and part: first index, count, weight.
     let mut order: Vec<&'a Sample> = Vec::new();
-    let mut counts: HashMap<(StackKey<'a>, Option<SwitchState>), (usize, u64, u64)> =
-        HashMap::new();
+    let mut counts: HashMap<(StackKey<'a>, Part), (usize, u64, u64)> = HashMap::new();
+    let mut add = |sample: &'a Sample, part: Part, weight: u64| {
+        let entry = counts
+            .entry(((sample.tgid, &*sample.stack), part))
+            .or_insert_with(|| {
+                order.push(sample);
+                (order.len() - 1, 0, 0)
+            });
+        entry.1 += 1;
+        entry.2 = entry.2.saturating_add(weight);
+    };
     for sample in samples {
-        let parts = match (&sample.off_cpu, off_cpu) {
-            (None, _) => [(None, 0), (None, 0)],
-            (Some(_), OffCpuWindow::Skip) => continue,
+        if let Some(record) = &sample.memory {
+            if memory == MemoryRecords::Keep && record.bytes > 0 {
+                let page_bytes = record.page_bytes;
+                add(sample, Part::Memory { page_bytes }, record.bytes);
+            }
+            continue;
+        }
+        match (&sample.off_cpu, off_cpu) {
+            (None, _) => add(sample, Part::Cpu, 0),
+            (Some(_), OffCpuWindow::Skip) => {}
             (Some(off), OffCpuWindow::Within { start, end }) => {
-                parts_within(off, sample.time_unix_nano, start, end)
-                    .map(|(state, weight)| (Some(state), weight))
+                // Parts that weigh nothing (outside the window, or no run-queue wait)
+                // add nothing.
+                for (state, weight) in parts_within(off, sample.time_unix_nano, start, end) {
+                    if weight > 0 {
+                        add(sample, Part::Wait(state), weight);
+                    }
+                }
             }
-        };
-        // A CPU sample is its first part; an off-CPU record's parts that weigh nothing
-        // (outside the window, or no run-queue wait) add nothing.
-        let cpu = sample.off_cpu.is_none();
-        for (state, weight) in parts.into_iter().take(if cpu { 1 } else { 2 }) {
-            if !cpu && weight == 0 {
-                continue;
-            }
-            let entry = counts
-                .entry(((sample.tgid, &*sample.stack), state))
-                .or_insert_with(|| {
-                    order.push(sample);
-                    (order.len() - 1, 0, 0)
-                });
-            entry.1 += 1;
-            entry.2 = entry.2.saturating_add(weight);
         }
     }
-    let mut weights = vec![(None, 0u64, 0u64); order.len()];
-    for ((_, state), (index, count, weight)) in counts {
-        weights[index] = (state, count, weight);
+    let mut weights = vec![(Part::Cpu, 0u64, 0u64); order.len()];
+    for ((_, part), (index, count, weight)) in counts {
+        weights[index] = (part, count, weight);
     }
     cache.symbolize(symbolizer, &order);
     let mut profile = Profile::new();
-    for (sample, (state, count, weight)) in order.into_iter().zip(weights) {
+    for (sample, (part, count, weight)) in order.into_iter().zip(weights) {
         let frames = &cache.stacks[&(sample.tgid, &*sample.stack)];
-        match state {
-            None => profile.add(frames, count, frequency_hz),
-            Some(state) => {
+        match part {
+            Part::Cpu => profile.add(frames, count, frequency_hz),
+            Part::Wait(state) => {
                 let kernel = frames.iter().filter(|f| f.kind == FrameKind::Kernel);
                 let cause = WaitCause::classify(state, kernel.map(|f| f.function.as_str()));
                 let keep = frames.len()
@@ -211,6 +243,7 @@ pub fn fold<'a>(
                         .count();
                 profile.add_off_cpu(&frames[..keep], cause, count, weight);
             }
+            Part::Memory { page_bytes } => profile.add_memory(frames, page_bytes, count, weight),
         }
     }
     profile
@@ -283,6 +316,7 @@ mod tests {
             &mut symbolizer,
             99,
             OffCpuWindow::Skip,
+            MemoryRecords::Skip,
         );
         assert_eq!(
             names(&profile, 0),
@@ -307,6 +341,7 @@ mod tests {
             &mut symbolizer,
             100,
             OffCpuWindow::Skip,
+            MemoryRecords::Skip,
         );
         assert_eq!(profile.total_samples(), 6);
         assert_eq!(profile.stacks.len(), 3);
@@ -328,6 +363,7 @@ mod tests {
             &mut symbolizer,
             100,
             OffCpuWindow::Skip,
+            MemoryRecords::Skip,
         );
         assert_eq!(again.total_samples(), 2);
         assert_eq!(symbolizer.user_calls, 2);
@@ -343,6 +379,7 @@ mod tests {
             &mut symbolizer,
             99,
             OffCpuWindow::Skip,
+            MemoryRecords::Skip,
         );
         assert_eq!(profile.total_samples(), 1);
         assert!(profile.stacks[0].frames.is_empty());
@@ -407,6 +444,7 @@ mod tests {
             &mut symbolizer,
             100,
             within,
+            MemoryRecords::Skip,
         );
         let b = profile.breakdown();
         assert_eq!(b.lock_ns, 600 + 200);
@@ -440,6 +478,7 @@ mod tests {
             &mut symbolizer,
             100,
             OffCpuWindow::Skip,
+            MemoryRecords::Skip,
         );
         assert_eq!(cpu_only.breakdown().off_cpu_ns, 0);
         assert_eq!(cpu_only.total_samples(), 1);
@@ -453,6 +492,101 @@ mod tests {
             .collect()
     }
 
+    fn memory(tid: u32, time: i64, bytes: u64, page_bytes: u64, user: &[u64]) -> Sample {
+        let record = coral_sampler::Memory { bytes, page_bytes };
+        Sample::new_memory(7, tid, time, record, user, &[])
+    }
+
+    #[test]
+    fn memory_records_weigh_their_bytes_by_page_size_and_are_never_cpu_samples() {
+        use coral_analysis::profile::ProfileType;
+        const HUGE: u64 = 2 << 20;
+        let samples = [
+            Sample::new(7, 7, 1_000, &[0x10, 0x21], &[]),
+            memory(7, 1_100, 65_536, 4096, &[0x10, 0x21]),
+            memory(7, 1_200, HUGE, HUGE, &[0x10, 0x21]),
+            memory(7, 1_300, 65_536, 4096, &[0x10, 0x21]),
+            // Another stack, another thread: the join decides whose records come in.
+            memory(8, 1_400, 4096, 4096, &[0x40]),
+            Sample::new(7, 7, 1_500, &[0x10, 0x21], &[]),
+        ];
+        let mut symbolizer = FakeSymbolizer::default();
+        let profile = fold(
+            &samples,
+            &mut StackCache::new(),
+            &mut symbolizer,
+            100,
+            OffCpuWindow::Skip,
+            MemoryRecords::Keep,
+        );
+        let stacks: Vec<(Vec<String>, u64, u64, u64)> = profile
+            .stacks
+            .iter()
+            .map(|s| (names_of(&profile, s), s.samples, s.cpu_ns, s.memory_bytes))
+            .collect();
+        let cpu_ns = samples_to_cpu_ns(2, 100);
+        assert_eq!(
+            stacks,
+            [
+                (vec!["u7:20".into(), "u7:10".into()], 2, cpu_ns, 0),
+                (
+                    vec!["u7:20".into(), "u7:10".into(), "4 KiB page".into()],
+                    2,
+                    0,
+                    131_072
+                ),
+                (
+                    vec!["u7:20".into(), "u7:10".into(), "2 MiB huge page".into()],
+                    1,
+                    0,
+                    HUGE
+                ),
+                (vec!["u7:40".into(), "4 KiB page".into()], 1, 0, 4096),
+            ],
+            "base and huge pages are separate stacks, each ending in its page frame"
+        );
+        assert_eq!(profile.count(ProfileType::Cpu), 2);
+        assert_eq!(
+            profile.total(ProfileType::Cpu),
+            cpu_ns,
+            "memory is no CPU time"
+        );
+        assert_eq!(profile.total(ProfileType::Memory), 131_072 + HUGE + 4096);
+        assert_eq!(profile.count(ProfileType::Memory), 4);
+        assert_eq!(profile.memory_breakdown().huge_page_bytes, HUGE);
+        assert_eq!(
+            profile.frames[*profile.stacks[1].frames.last().unwrap() as usize].kind,
+            FrameKind::Page
+        );
+
+        // Not asked for: no memory at all, and still no CPU sample more.
+        let skipped = fold(
+            &samples,
+            &mut StackCache::new(),
+            &mut symbolizer,
+            100,
+            OffCpuWindow::Within {
+                start: 0,
+                end: 10_000,
+            },
+            MemoryRecords::Skip,
+        );
+        assert_eq!(skipped.stacks.len(), 1);
+        assert_eq!(skipped.total_samples(), 2);
+        assert_eq!(skipped.total(ProfileType::Memory), 0);
+        assert_eq!(skipped.total(ProfileType::Cpu), cpu_ns);
+
+        assert!(is_cpu_sample(&samples[0]));
+        assert!(!is_cpu_sample(&samples[1]));
+        assert!(!is_cpu_sample(&off_cpu(
+            7,
+            1,
+            2,
+            coral_sampler::SwitchState::Preempted,
+            &[]
+        )));
+    }
+
     #[test]
     fn no_samples_is_an_empty_profile() {
         let samples: [Sample; 0] = [];
@@ -463,6 +597,7 @@ mod tests {
             &mut symbolizer,
             99,
             OffCpuWindow::Skip,
+            MemoryRecords::Skip,
         );
         assert!(profile.is_empty());
         assert_eq!(profile.total_samples(), 0);

@@ -7,7 +7,7 @@
 //! every [`TICK`].
 
 use super::directory::process_alive;
-use super::fold::{OffCpuWindow, StackCache, Symbolize, fold};
+use super::fold::{MemoryRecords, OffCpuWindow, StackCache, Symbolize, fold, is_cpu_sample};
 use super::policy::ProcessPolicy;
 use super::ring::SampleRing;
 use super::trigger::Trigger;
@@ -17,7 +17,7 @@ use coral_analysis::join::{self, RequestWindow};
 use coral_analysis::profile::{Profile, ProfileType};
 use coral_client::profile::profile_to_wire;
 use coral_client::v1;
-use coral_sampler::{Sampler, Unwind};
+use coral_sampler::{Recording, Sampler, Unwind};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -401,7 +401,7 @@ impl Worker {
             Ok(sampler) => sampler,
             Err(error) => return refuse(self, error),
         };
-        if let Err(e) = sampler.add_targets(&pids, command.frequency_hz, false) {
+        if let Err(e) = sampler.add_targets(&pids, command.frequency_hz, Recording::CPU) {
             return refuse(self, e.to_string());
         }
         let effective_hz = command.frequency_hz.max(sampler.stats().frequency_hz);
@@ -435,7 +435,10 @@ impl Worker {
         self.shared.set_watched(services);
     }
 
-    /// Stops sampling those of `pids` that no open session or active trigger needs.
+    /// Stops sampling those of `pids` that no open session or active trigger needs, and
+    /// stops recording off-CPU time or memory of the others where no active trigger
+    /// asks for it any more (so no scheduler or page-fault probe stays attached for a
+    /// trigger that ended).
     pub(crate) fn release(&mut self, pids: &[u32]) {
         let needed: BTreeSet<u32> = self
             .sessions
@@ -454,10 +457,21 @@ impl Worker {
             .copied()
             .filter(|p| !needed.contains(p))
             .collect();
-        if let Some(sampler) = &self.sampler
-            && let Err(e) = sampler.remove_targets(&release)
-        {
+        let Some(sampler) = &self.sampler else {
+            return;
+        };
+        if let Err(e) = sampler.remove_targets(&release) {
             tracing::warn!("cannot stop sampling: {e}");
+        }
+        for &pid in pids.iter().filter(|p| needed.contains(p)) {
+            let recording = self
+                .triggers
+                .iter()
+                .filter(|t| t.is_active() && t.pids.contains_key(&pid))
+                .fold(Recording::CPU, |all, t| all.union(t.recording()));
+            if let Err(e) = sampler.set_recording(&[pid], recording) {
+                tracing::warn!(pid, "cannot stop recording off-CPU time or memory: {e}");
+            }
         }
     }
 
@@ -520,8 +534,10 @@ impl Worker {
             let sampler = self.sampler.clone();
             let added = !session.closed
                 && self.policy.check(pid).is_ok()
-                && sampler
-                    .is_some_and(|s| s.add_targets(&[pid], session.frequency_hz, false).is_ok());
+                && sampler.is_some_and(|s| {
+                    s.add_targets(&[pid], session.frequency_hz, Recording::CPU)
+                        .is_ok()
+                });
             if !added {
                 return None;
             }
@@ -563,7 +579,10 @@ impl Worker {
             self.stats.add_samples(samples.len());
             self.stats.add_stacks(&samples);
             let sampler_stats = sampler.stats();
-            let lost = sampler_stats.lost + sampler_stats.dropped + sampler_stats.off_cpu_throttled;
+            let lost = sampler_stats.lost
+                + sampler_stats.dropped
+                + sampler_stats.off_cpu_throttled
+                + sampler_stats.memory_throttled;
             self.stats
                 .add_samples_lost(lost.saturating_sub(self.sampler_lost_seen));
             self.sampler_lost_seen = lost;
@@ -593,6 +612,9 @@ impl Worker {
                     self.symbolizer.as_mut(),
                     session.effective_hz,
                     OffCpuWindow::Skip,
+                    // Sessions sample CPU only: memory records in the ring are a
+                    // trigger's.
+                    MemoryRecords::Skip,
                 );
                 session.profile.merge(&part);
             }
@@ -742,15 +764,19 @@ impl Worker {
                 .map_or(0, |w| w.concurrent(&held.key, &held.window));
             let frequency_hz =
                 frequency_of(&self.sessions, &self.triggers, &held.dest).max(held.frequency_hz);
+            // Of the CPU samples, as readers count them (of the profile's samples).
             let truncated = joined
                 .samples
                 .iter()
-                .filter(|s| s.0.stack.unwind == Unwind::Truncated)
+                .filter(|s| is_cpu_sample(&s.0) && s.0.stack.unwind == Unwind::Truncated)
                 .count();
             // Off-CPU time says where the request's own thread waited: at process
             // precision it would be every idle thread's, so only thread precision has it.
-            let off_cpu = wants_off_cpu(&self.triggers, &held.dest)
+            let off_cpu = wants(&self.triggers, &held.dest, |t| t.off_cpu)
                 && joined.precision == join::Precision::Thread;
+            // Memory made resident is work, like CPU samples: at process precision it is
+            // the process's (concurrent requests' too), as its CPU samples are.
+            let memory = wants(&self.triggers, &held.dest, |t| t.memory);
             let window = if off_cpu {
                 OffCpuWindow::Within {
                     start: held.window.start_unix_nano,
@@ -765,10 +791,18 @@ impl Worker {
                 self.symbolizer.as_mut(),
                 frequency_hz,
                 window,
+                if memory {
+                    MemoryRecords::Keep
+                } else {
+                    MemoryRecords::Skip
+                },
             );
             let mut profile_types = vec![ProfileType::Cpu.as_str().to_string()];
             if off_cpu {
                 profile_types.push(ProfileType::Offcpu.as_str().to_string());
+            }
+            if memory {
+                profile_types.push(ProfileType::Memory.as_str().to_string());
             }
             let span = held.span;
             let profile = v1::TraceProfile {
@@ -829,10 +863,11 @@ impl Worker {
     }
 }
 
-/// Whether a trigger that `dest` goes to records off-CPU time (then the process's
-/// off-CPU records were on while it was sampled for that trigger).
-fn wants_off_cpu(triggers: &[Trigger], dest: &Dest) -> bool {
-    let wants = |id: &str| triggers.iter().any(|t| t.id == id && t.off_cpu);
+/// Whether a trigger that `dest` goes to records what `records` says (off-CPU time,
+/// memory): then the process's records of it were on while it was sampled for that
+/// trigger, from the request's start.
+fn wants(triggers: &[Trigger], dest: &Dest, records: impl Fn(&Trigger) -> bool) -> bool {
+    let wants = |id: &str| triggers.iter().any(|t| t.id == id && records(t));
     let collected = matches!(&dest.collected, Some(Collected::Trigger(id)) if wants(id));
     collected || dest.baselines.iter().any(|b| wants(&b.trigger))
 }

@@ -28,6 +28,7 @@
 use super::session::{BaselineSlot, Collected, Dest, Worker};
 use coral_analysis::{RequestCriteria, RequestFacts};
 use coral_client::v1;
+use coral_sampler::Recording;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
@@ -43,6 +44,8 @@ pub(crate) struct Trigger {
     pub(crate) frequency_hz: u32,
     /// Whether it records off-CPU time too.
     pub(crate) off_cpu: bool,
+    /// Whether it records memory made resident too.
+    pub(crate) memory: bool,
     /// The frequency the sampler actually runs at (another trigger or session may
     /// have asked for more): what CPU time is computed from.
     pub(crate) effective_hz: u32,
@@ -54,6 +57,16 @@ pub(crate) struct Trigger {
     /// When it ended here; it stays until its baseline candidates are joined.
     pub(crate) ended: Option<Instant>,
     pub(crate) matched: u64,
+}
+
+impl Trigger {
+    /// What it records besides CPU samples.
+    pub(crate) fn recording(&self) -> Recording {
+        Recording {
+            off_cpu: self.off_cpu,
+            memory: self.memory,
+        }
+    }
 }
 
 impl Trigger {
@@ -72,6 +85,7 @@ impl Trigger {
             criteria,
             frequency_hz: command.frequency_hz,
             off_cpu: command.off_cpu,
+            memory: command.memory,
             effective_hz: command.frequency_hz,
             expires_unix_nano: command.expires_unix_nano,
             pids: BTreeMap::new(),
@@ -196,6 +210,7 @@ impl Worker {
                         criteria = %trigger.criteria,
                         frequency_hz = trigger.frequency_hz,
                         off_cpu = trigger.off_cpu,
+                        memory = trigger.memory,
                         "trace-profile trigger started"
                     );
                     self.triggers.push(trigger);
@@ -218,11 +233,12 @@ impl Worker {
     /// or the sampler failed) is remembered as never sampled, so that its next spans
     /// do not try again (and log again) at every request.
     pub(crate) fn sample_for_trigger(&mut self, i: usize, pid: u32, now: i64) {
-        let (frequency_hz, off_cpu) = (self.triggers[i].frequency_hz, self.triggers[i].off_cpu);
+        let trigger = &self.triggers[i];
+        let (frequency_hz, recording) = (trigger.frequency_hz, trigger.recording());
         let attached = self.policy.check(pid).and_then(|()| {
             self.sampler().and_then(|sampler| {
                 sampler
-                    .add_targets(&[pid], frequency_hz, off_cpu)
+                    .add_targets(&[pid], frequency_hz, recording)
                     .map(|()| sampler)
                     .map_err(|e| e.to_string())
             })

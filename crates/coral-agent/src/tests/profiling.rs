@@ -42,7 +42,7 @@ fn caller_fn(n: u64) -> u64 {
 
 /// A user stack as the kernel walks it, leaf first: `leaf` called from `caller_fn`
 /// (a return address inside it).
-fn stack(leaf: fn(u64) -> u64) -> Vec<u64> {
+pub(super) fn stack(leaf: fn(u64) -> u64) -> Vec<u64> {
     vec![
         leaf as *const () as u64 + 4,
         caller_fn as *const () as u64 + 16,

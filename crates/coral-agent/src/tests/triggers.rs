@@ -3,9 +3,9 @@
 
 use super::profiling::{
     MS, announce, export, factory, function_names, hot_fn, now_ns, other_fn, pid, request_span,
-    sample, total_samples, wait_for_targets,
+    sample, stack, total_samples, wait_for_targets,
 };
-use super::{FakeColony, TestAgent, test_config};
+use super::{FakeColony, PATIENCE, TestAgent, test_config};
 use crate::AgentConfig;
 use coral_client::v1;
 use coral_sampler::{FakeSampler, Sampler};
@@ -350,5 +350,146 @@ async fn overlapping_triggers_each_fill_their_own_baseline() {
     let (collected, in_baseline) = (one("trigger:slow"), one("baseline:long"));
     assert_eq!(collected.profile, in_baseline.profile);
     assert_eq!(total_samples(collected.profile.as_ref().unwrap()), 1);
+    agent.stop().await.unwrap();
+}
+
+/// A memory record of thread `tid` of this process at `time`, in the stack of `hot_fn`.
+fn memory_sample(tid: u32, time: i64, bytes: u64, page_bytes: u64) -> coral_sampler::Sample {
+    let memory = coral_sampler::Memory { bytes, page_bytes };
+    coral_sampler::Sample::new_memory(pid(), tid, time, memory, &stack(hot_fn), &[])
+}
+
+/// A wire profile's CPU samples, and its memory stacks' (records, bytes) by page frame.
+fn cpu_and_memory(profile: &v1::Profile) -> (u64, Vec<(String, u64, u64)>) {
+    let cpu = profile
+        .stacks
+        .iter()
+        .filter(|s| s.off_cpu_ns == 0 && s.memory_bytes == 0)
+        .map(|s| s.samples)
+        .sum();
+    let mut memory: Vec<(String, u64, u64)> = profile
+        .stacks
+        .iter()
+        .filter(|s| s.memory_bytes > 0)
+        .map(|s| {
+            let leaf = &profile.frames[*s.frame_ids.last().unwrap() as usize];
+            assert!(leaf.page, "a memory stack ends in its page frame: {leaf:?}");
+            (leaf.function.clone(), s.samples, s.memory_bytes)
+        })
+        .collect();
+    memory.sort();
+    (cpu, memory)
+}
+
+/// A trigger collecting memory turns the sampler's memory records on for its processes
+/// (one without leaves them off), and a request's profile has the memory its thread
+/// (thread precision) or process (process precision) made resident within its window,
+/// by page size, apart from its CPU samples.
+#[tokio::test]
+async fn a_memory_trigger_records_the_memory_a_request_made_resident() {
+    const HUGE: u64 = 2 << 20;
+    let colony = FakeColony::start().await;
+    let sampler = Arc::new(FakeSampler::new());
+    let agent = TestAgent::start_with(test_config(&colony.url()), factory(&sampler)).await;
+    announce(&agent, "checkout", pid()).await;
+    // Older, CPU only, and matching nothing: it collects none of the requests.
+    let cpu_only = trigger("cpu-only", 60_000, 99, 0);
+    colony.set_triggers(vec![cpu_only.clone()]);
+    wait_for_targets(&sampler, &[pid()]).await;
+    assert!(
+        sampler.memory_targets().is_empty(),
+        "no trigger asks for memory"
+    );
+    let memory = v1::TriggerCommand {
+        memory: true,
+        ..trigger("memory", 0, 99, 0)
+    };
+    colony.set_triggers(vec![cpu_only, memory]);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while sampler.memory_targets() != [pid()] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "memory never asked for"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(sampler.off_cpu_targets().is_empty(), "memory only");
+    let sampling_since = now_ns();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    // Request 1: thread 101, [t0, t0 + 500 ms]; request 2: process, [t0 + 250 ms,
+    // t0 + 450 ms].
+    let t0 = sampling_since + 20 * MS;
+    sampler.push([
+        memory_sample(101, t0 - 10 * MS, 65_536, 4096), // before both
+        sample(pid(), 101, t0 + MS, hot_fn),
+        memory_sample(101, t0 + 100 * MS, 65_536, 4096),
+        memory_sample(101, t0 + 200 * MS, HUGE, HUGE),
+        memory_sample(102, t0 + 300 * MS, 65_536, 4096), // another thread
+        memory_sample(101, t0 + 400 * MS, 65_536, 4096),
+        memory_sample(101, t0 + 600 * MS, 65_536, 4096), // after both
+    ]);
+    export(
+        &agent,
+        "checkout",
+        pid(),
+        vec![
+            request_span(1, t0, 500, Some(101)),
+            request_span(2, t0 + 250 * MS, 200, None),
+        ],
+    )
+    .await;
+    colony
+        .wait_until("both requests' profiles", |c| {
+            c.trace_profiles
+                .iter()
+                .filter(|p| p.source == "trigger:memory")
+                .count()
+                == 2
+        })
+        .await;
+    let mut collected = profiles_from(&colony, "trigger:memory");
+    collected.sort_by_key(span_number);
+    let (thread, process) = (&collected[0], &collected[1]);
+    assert_eq!(thread.precision, "thread");
+    assert_eq!(process.precision, "process");
+    for p in [thread, process] {
+        assert_eq!(p.profile_types, ["cpu", "memory"]);
+    }
+    assert_eq!(
+        cpu_and_memory(thread.profile.as_ref().unwrap()),
+        (
+            1,
+            vec![
+                ("2 MiB huge page".into(), 1, HUGE),
+                ("4 KiB page".into(), 2, 131_072),
+            ]
+        ),
+        "its thread's records within its window, not another thread's"
+    );
+    assert_eq!(thread.truncated_samples, 0);
+    assert_eq!(
+        cpu_and_memory(process.profile.as_ref().unwrap()),
+        (0, vec![("4 KiB page".into(), 2, 131_072)]),
+        "every thread of the process within its window"
+    );
+    assert!(profiles_from(&colony, "trigger:cpu-only").is_empty());
+
+    // The memory trigger ends; the CPU-only one goes on sampling the process, with no
+    // page-fault probe left for a trigger that ended.
+    colony.set_triggers(vec![trigger("cpu-only", 60_000, 99, 0)]);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !sampler.memory_targets().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "memory still recorded after its trigger ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        sampler.targets(),
+        [pid()],
+        "the CPU trigger still samples it"
+    );
     agent.stop().await.unwrap();
 }

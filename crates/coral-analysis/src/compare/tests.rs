@@ -127,7 +127,10 @@ fn planted_difference_is_found_first_with_high_significance() {
     assert!((top.delta_pp - 85.0).abs() < 3.0, "delta {}", top.delta_pp);
     assert!((top.self_delta_pp - top.delta_pp).abs() < 1e-9);
     assert!(top.q_value < 0.001 && top.effect_size > 0.9);
-    assert!(top.a_ms > 1000.0 && top.b_ms < 5.0, "{top:?}");
+    assert!(
+        top.a_per_request > 1000.0 && top.b_per_request < 5.0,
+        "{top:?}"
+    );
     assert_eq!(top.only_in, None);
     // Its caller has the same inclusive shares: same delta, ranked after it on self time.
     assert_eq!(c.functions[1].function, "verify_request");
@@ -348,7 +351,7 @@ fn empty_cohorts_give_warnings_and_no_significance() {
         );
         assert_eq!(c.a.requests, a.len());
         assert_eq!(
-            c.a.mean_ms,
+            c.a.mean_per_request,
             if a.is_empty() {
                 0.0
             } else {
@@ -371,8 +374,8 @@ fn requests_without_cpu_count_in_cpu_time_not_in_shares() {
     let c = compare(&refs(&a), &refs(&b), &CompareOptions::default());
     let work = find(&c, "work");
     assert_eq!(work.delta_pp, 0.0);
-    assert!((work.a_ms - 1000.0).abs() < 1e-6);
-    assert!((work.b_ms - 500.0).abs() < 1e-6);
+    assert!((work.a_per_request - 1000.0).abs() < 1e-6);
+    assert!((work.b_per_request - 500.0).abs() < 1e-6);
     assert_eq!((c.b.requests, c.b.requests_with_value), (12, 6));
     assert!(
         c.warnings
@@ -398,10 +401,10 @@ fn mixed_frequencies_with_the_same_cpu_time_show_no_difference() {
     let c = compare(&refs(&a), &refs(&b), &CompareOptions::default());
     for f in &c.functions {
         assert_eq!(f.delta_pp, 0.0, "{f:?}");
-        assert_eq!(f.a_ms, f.b_ms, "{f:?}");
+        assert_eq!(f.a_per_request, f.b_per_request, "{f:?}");
         assert_eq!(f.significance, Significance::None);
     }
-    assert_eq!(c.a.value_ns, c.b.value_ns);
+    assert_eq!(c.a.value, c.b.value);
     assert_eq!((c.a.samples, c.b.samples), (1980, 9980));
     assert!(
         c.warnings.iter().any(|w| w.contains("(99, 499 Hz)")),
@@ -417,7 +420,7 @@ fn recursion_counts_once_per_stack() {
     p.add(&frames("main;other"), 1, 100);
     let c = compare(&[&p], &[&p], &CompareOptions::default());
     let walk = find(&c, "walk");
-    assert_eq!((walk.a_ms, walk.a_self_ms), (30.0, 30.0));
+    assert_eq!((walk.a_per_request, walk.a_self_per_request), (30.0, 30.0));
     assert_eq!(walk.a_share_pct, 75.0);
 }
 
@@ -846,6 +849,7 @@ fn jit_tiers_of_one_function_compare_as_one() {
                     samples: 80,
                     cpu_ns: 800_000_000,
                     off_cpu_ns: 0,
+                    memory_bytes: 0,
                 });
                 p.add(&js("JS:~main;JS:~other"), 20, 100);
                 p
@@ -950,7 +954,10 @@ fn a_wall_comparison_names_the_function_that_waited_for_the_lock() {
     assert_eq!(top.kind, FrameKind::User);
     assert_eq!(top.significance, Significance::High);
     assert!(top.delta_pp > 85.0, "{top:?}");
-    assert!(top.a_ms > 400.0 && top.b_ms == 0.0, "{top:?}");
+    assert!(
+        top.a_per_request > 400.0 && top.b_per_request == 0.0,
+        "{top:?}"
+    );
     // The time is the wait frame's self time; the code is named, not the wait.
     assert_eq!(top.self_delta_pp, 0.0, "{top:?}");
     let wait = &c.functions[1];
@@ -971,7 +978,11 @@ fn a_wall_comparison_names_the_function_that_waited_for_the_lock() {
             && verdict.ends_with("(q < 0.001, 20 vs 20 requests)"),
         "{verdict}"
     );
-    assert!(c.a.mean_ms > 400.0 && c.b.mean_ms < 100.0, "{:?}", c.a);
+    assert!(
+        c.a.mean_per_request > 400.0 && c.b.mean_per_request < 100.0,
+        "{:?}",
+        c.a
+    );
     assert_eq!(c.a.requests_with_value, 20);
     assert!(c.a.waiting_share.unwrap() > 0.8, "{:?}", c.a);
     assert!(c.b.waiting_share.unwrap() < 0.2, "{:?}", c.b);
@@ -1021,7 +1032,7 @@ fn a_cpu_comparison_of_waiting_requests_claims_nothing_and_suggests_wall() {
         "{verdict}"
     );
     // CPU time only: the waits are not in the cohort's time.
-    assert!(c.a.mean_ms < 100.0, "{:?}", c.a);
+    assert!(c.a.mean_per_request < 100.0, "{:?}", c.a);
 
     // Cohorts that did not wait get no such suggestion.
     let (_, fast_again) = lock_cohorts(17);
@@ -1061,5 +1072,145 @@ fn differential_folded_by_type() {
     assert!(
         svg.contains("widths: cohort A, mean wall-clock time per request, µs"),
         "{svg}"
+    );
+}
+
+/// `n` slow requests that make ~300 MiB resident under build_snapshot → grab_block in
+/// ~600 records (plus a little in parse, and CPU samples at 100 Hz), and `n` fast ones
+/// that make ~2 MiB resident in parse only (CPU samples at 49 Hz).
+fn memory_cohorts(n: usize) -> (Vec<Profile>, Vec<Profile>) {
+    let mut rng = Rng(17);
+    let cohort = |rng: &mut Rng, slow: bool| -> Vec<Profile> {
+        (0..n)
+            .map(|_| {
+                let mut p = Profile::new();
+                let hz = if slow { 100 } else { 49 };
+                p.add(
+                    &frames("main;handle_request;validate"),
+                    rng.range(5, 15),
+                    hz,
+                );
+                let parse_records = rng.range(3, 6);
+                p.add_memory(
+                    &frames("main;handle_request;parse"),
+                    4096,
+                    parse_records,
+                    parse_records * (512 << 10),
+                );
+                if slow {
+                    let records = rng.range(560, 640);
+                    p.add_memory(
+                        &frames("main;handle_request;build_snapshot;grab_block"),
+                        4096,
+                        records,
+                        records * (512 << 10),
+                    );
+                }
+                p
+            })
+            .collect()
+    };
+    let slow = cohort(&mut rng, true);
+    let fast = cohort(&mut rng, false);
+    (slow, fast)
+}
+
+#[test]
+fn a_memory_comparison_names_the_chain_that_made_memory_resident() {
+    let (slow, fast) = memory_cohorts(12);
+    let c = compare_as(&slow, &fast, ProfileType::Memory);
+    assert_eq!(c.profile_type, ProfileType::Memory);
+    // The chain with one delta: its outermost code first, its page frame after the code.
+    let names: Vec<&str> = c.functions.iter().map(|f| f.function.as_str()).collect();
+    assert_eq!(
+        names[..2],
+        ["build_snapshot", "grab_block"],
+        "{:#?}",
+        c.functions
+    );
+    let top = &c.functions[0];
+    assert_eq!(top.significance, Significance::High, "{top:?}");
+    assert!(top.delta_pp > 95.0, "{top:?}");
+    // Per-request values are bytes: ~300 MiB against none.
+    assert!(
+        (280.0..320.0).contains(&(top.a_per_request / f64::from(1 << 20)))
+            && top.b_per_request == 0.0,
+        "{top:?}"
+    );
+    assert!(
+        c.a.mean_per_request > 250.0 * f64::from(1 << 20),
+        "{:?}",
+        c.a
+    );
+    assert!(c.b.mean_per_request < 4.0 * f64::from(1 << 20), "{:?}", c.b);
+    assert_eq!(
+        c.a.samples,
+        slow.iter()
+            .map(|p| p.count(ProfileType::Memory))
+            .sum::<u64>()
+    );
+    let verdict = c.verdict.as_deref().expect("a verdict");
+    assert!(
+        verdict.starts_with("cohort A made ")
+            && verdict.contains(" MiB more memory resident per request than cohort B (")
+            && verdict
+                .contains("% of it in build_snapshot → grab_block (vs 0% in B), high significance")
+            && verdict.ends_with("(q < 0.001, 12 vs 12 requests)")
+            && !verdict.contains(" ms"),
+        "{verdict}"
+    );
+    // Memory records are not taken at a frequency: no frequency warning, although the
+    // cohorts' CPU samples were taken at 100 and 49 Hz. B's few records are coarse.
+    assert_eq!(
+        c.warnings,
+        [
+            "cohort B: a median of 6 memory records per request: per-request shares are \
+          coarse, so only large differences show (more requests help; one record stands \
+          for ~512 KiB made resident)"
+        ]
+    );
+
+    // The same cohorts compared on the CPU see no difference: memory stacks stay out.
+    let cpu = compare_as(&slow, &fast, ProfileType::Cpu);
+    assert!(cpu.verdict.is_none(), "{:?}", cpu.verdict);
+    assert!(
+        cpu.functions
+            .iter()
+            .all(|f| f.kind != FrameKind::Page && f.function != "grab_block")
+    );
+
+    // The differential stacks are mean bytes per request.
+    let diff = differential_folded(&refs(&slow), &refs(&fast), ProfileType::Memory);
+    let line = diff
+        .lines()
+        .find(|l| {
+            l.starts_with("main;handle_request;build_snapshot;grab_block;[memory: 4 KiB page] ")
+        })
+        .expect("the chain's line");
+    let bytes: Vec<u64> = line
+        .rsplit(' ')
+        .take(2)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(bytes[0], 0, "none in B: {line}");
+    assert!(bytes[1] > 250 << 20, "{line}");
+}
+
+#[test]
+fn memory_requests_with_few_records_are_warned_about() {
+    let few: Vec<Profile> = (0..6)
+        .map(|_| {
+            let mut p = Profile::new();
+            p.add_memory(&frames("main;grab_block"), 4096, 2, 1 << 20);
+            p
+        })
+        .collect();
+    let c = compare_as(&few, &few, ProfileType::Memory);
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("a median of 2 memory records per request")),
+        "{:?}",
+        c.warnings
     );
 }

@@ -8,8 +8,9 @@ use super::{Profile, ProfileType, folded_lines, is_of_type};
 /// frames root → leaf separated by `;`, then a space and the value. For `cpu` the value
 /// is the sample count (as perf and inferno expect); for `offcpu` and `wall` it is the
 /// time in microseconds, rounded up per stack so that no wait becomes 0 (CPU samples
-/// and waits are not commensurable as counts). Kernel frames are suffixed `_[k]`, wait
-/// frames are `[off-cpu: CAUSE]`, and a frame with an unknown function but a known
+/// and waits are not commensurable as counts); for `memory` it is the bytes made
+/// resident. Kernel frames are suffixed `_[k]`, wait frames are `[off-cpu: CAUSE]`,
+/// page frames `[memory: PAGE]`, and a frame with an unknown function but a known
 /// module is written `[module]` (the conventions of perf and inferno); stacks that
 /// render to the same text are summed; lines are sorted, so equal profiles give
 /// identical output.
@@ -26,5 +27,6 @@ fn folded_value(ty: ProfileType, stack: &super::WeightedStack) -> u64 {
         ProfileType::Cpu if is_of_type(ty, stack) => stack.samples,
         ProfileType::Cpu => 0,
         ProfileType::Offcpu | ProfileType::Wall => ty.value(stack).div_ceil(1_000),
+        ProfileType::Memory => stack.memory_bytes,
     }
 }

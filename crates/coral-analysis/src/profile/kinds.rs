@@ -28,25 +28,36 @@ pub enum ProfileType {
     Offcpu,
     /// Both on one scale: where the thread's wall-clock time went.
     Wall,
+    /// Memory made resident (pages the kernel allocated for the thread's page faults),
+    /// in bytes, by the stack that faulted.
+    Memory,
 }
 
 impl ProfileType {
-    pub const ALL: [ProfileType; 3] = [ProfileType::Cpu, ProfileType::Offcpu, ProfileType::Wall];
+    pub const ALL: [ProfileType; 4] = [
+        ProfileType::Cpu,
+        ProfileType::Offcpu,
+        ProfileType::Wall,
+        ProfileType::Memory,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ProfileType::Cpu => "cpu",
             ProfileType::Offcpu => "offcpu",
             ProfileType::Wall => "wall",
+            ProfileType::Memory => "memory",
         }
     }
 
-    /// The stack's value of this type, in nanoseconds.
+    /// The stack's value of this type: nanoseconds, or bytes for `memory`
+    /// ([`ProfileType::is_bytes`]).
     pub fn value(self, stack: &WeightedStack) -> u64 {
         match self {
             ProfileType::Cpu => stack.cpu_ns,
             ProfileType::Offcpu => stack.off_cpu_ns,
             ProfileType::Wall => stack.cpu_ns.saturating_add(stack.off_cpu_ns),
+            ProfileType::Memory => stack.memory_bytes,
         }
     }
 
@@ -56,7 +67,13 @@ impl ProfileType {
             ProfileType::Cpu => "CPU time",
             ProfileType::Offcpu => "off-CPU time",
             ProfileType::Wall => "wall-clock time",
+            ProfileType::Memory => "memory made resident",
         }
+    }
+
+    /// Whether values are bytes (`memory`) rather than nanoseconds.
+    pub fn is_bytes(self) -> bool {
+        self == ProfileType::Memory
     }
 
     /// Whether agents collect this type. `wall` is not collected: it is a view of `cpu`
@@ -64,14 +81,14 @@ impl ProfileType {
     pub fn is_collected(self) -> bool {
         // Exhaustive, so that a new type must say whether it is collected.
         match self {
-            ProfileType::Cpu | ProfileType::Offcpu => true,
+            ProfileType::Cpu | ProfileType::Offcpu | ProfileType::Memory => true,
             ProfileType::Wall => false,
         }
     }
 
     /// Whether collecting this type needs the agent's off-CPU records.
     pub fn needs_off_cpu(self) -> bool {
-        self != ProfileType::Cpu
+        matches!(self, ProfileType::Offcpu | ProfileType::Wall)
     }
 }
 
@@ -83,7 +100,7 @@ impl fmt::Display for ProfileType {
 
 /// A profile type that is not one of `cpu`, `offcpu`, `wall`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown profile type `{0}`: expected cpu, offcpu or wall")]
+#[error("unknown profile type `{0}`: expected cpu, offcpu, wall or memory")]
 pub struct ProfileTypeError(pub String);
 
 impl FromStr for ProfileType {
@@ -94,6 +111,7 @@ impl FromStr for ProfileType {
             "cpu" => Ok(ProfileType::Cpu),
             "offcpu" | "off-cpu" => Ok(ProfileType::Offcpu),
             "wall" => Ok(ProfileType::Wall),
+            "memory" => Ok(ProfileType::Memory),
             _ => Err(ProfileTypeError(s.to_string())),
         }
     }
@@ -400,7 +418,16 @@ impl super::Profile {
         self.ensure_index();
         let mut ids: Vec<u32> = stack.iter().map(|f| self.intern_frame(f)).collect();
         ids.push(self.intern_frame(&cause.frame()));
-        self.add_ids(ids, waits, 0, weight_ns);
+        self.add_ids(
+            ids,
+            WeightedStack {
+                frames: Vec::new(),
+                samples: waits,
+                cpu_ns: 0,
+                off_cpu_ns: weight_ns,
+                memory_bytes: 0,
+            },
+        );
     }
 
     /// The wait cause of a stack: its leaf's, when that is a wait frame.
@@ -444,7 +471,7 @@ mod tests {
         );
         let error = "memroy".parse::<ProfileType>().unwrap_err().to_string();
         assert!(
-            error.contains("`memroy`") && error.contains("cpu, offcpu or wall"),
+            error.contains("`memroy`") && error.contains("cpu, offcpu, wall or memory"),
             "{error}"
         );
     }

@@ -2,7 +2,7 @@
 //!
 //! The agent assembles a [`Profile`] from symbolized samples and off-CPU records, the
 //! colony stores it, the CLI and the MCP server render it, each renderer for one
-//! [`ProfileType`] (`cpu`, `offcpu` or `wall`) given explicitly: [`write_folded`]
+//! [`ProfileType`] (`cpu`, `offcpu`, `wall` or `memory`) given explicitly: [`write_folded`]
 //! (Brendan Gregg's folded stacks), [`write_svg`] (an inferno flame graph),
 //! [`write_pprof`] (gzipped `profile.proto`, for `go tool pprof`, Speedscope,
 //! Pyroscope), [`write_text_summary`] (compact text for people and LLMs), and JSON
@@ -12,10 +12,12 @@
 //! Every CPU stack carries both its sample count and its CPU time: samples taken at
 //! different frequencies are not comparable, CPU time (`samples × 1e9 / Hz`) is, so
 //! merging profiles sampled at 99 Hz and 49 Hz keeps an exact CPU total. Off-CPU stacks
-//! carry the time switched out and end in a wait frame (see [`ProfileType`]).
+//! carry the time switched out and end in a wait frame (see [`ProfileType`]); memory
+//! stacks carry the bytes made resident and end in a page frame (see [`page_frame`]).
 
 mod folded;
 mod kinds;
+mod memory;
 mod pprof;
 mod svg;
 mod text;
@@ -27,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use folded::write_folded;
 pub use kinds::{Breakdown, OFF_CPU_MODULE, ProfileType, ProfileTypeError, SwitchState, WaitCause};
+pub use memory::{MEMORY_MODULE, MemoryBreakdown, format_bytes, page_frame};
 pub use pprof::write_pprof;
 pub use svg::write_svg;
 pub use text::write_text_summary;
@@ -64,13 +67,16 @@ pub fn function_identity(name: &str) -> Cow<'_, str> {
 }
 
 /// Whether a frame ran in user space or in the kernel, or is the wait pseudo-frame
-/// that ends an off-CPU stack (its function is the [`WaitCause`]).
+/// that ends an off-CPU stack (its function is the [`WaitCause`]), or the page
+/// pseudo-frame that ends a memory stack (its function is the page size, see
+/// [`page_frame`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FrameKind {
     User,
     Kernel,
     Wait,
+    Page,
 }
 
 /// One symbolized stack frame.
@@ -111,6 +117,7 @@ impl Frame {
                 FrameKind::User => UNKNOWN_MODULE.to_string(),
                 FrameKind::Kernel => KERNEL_MODULE.to_string(),
                 FrameKind::Wait => OFF_CPU_MODULE.to_string(),
+                FrameKind::Page => MEMORY_MODULE.to_string(),
             },
             kind,
         }
@@ -136,6 +143,22 @@ pub struct WeightedStack {
     /// which end in a wait frame, only).
     #[serde(default)]
     pub off_cpu_ns: u64,
+    /// Memory made resident in this stack, in bytes (memory stacks, which end in a page
+    /// frame, only; their `samples` are the memory records summed into it). Left out of
+    /// JSON when 0, so profiles without memory read as before.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub memory_bytes: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl WeightedStack {
+    /// Whether it has no value of any type.
+    pub fn is_empty(&self) -> bool {
+        self.samples == 0 && self.cpu_ns == 0 && self.off_cpu_ns == 0 && self.memory_bytes == 0
+    }
 }
 
 /// A profile: a frame dictionary and the weighted stacks that use it.
@@ -172,14 +195,17 @@ impl Eq for Profile {}
 /// One function's share of a profile, in the value of one [`ProfileType`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hotspot {
-    /// The function's [`function_identity`]; a wait frame's is `[off-cpu: CAUSE]`.
+    /// The function's [`function_identity`]; a wait frame's is `[off-cpu: CAUSE]`, a
+    /// page frame's `[memory: PAGE]`.
     pub function: String,
     pub module: String,
     pub kind: FrameKind,
-    /// Time (of the profile type, in nanoseconds) with this function on top of the stack.
+    /// The value of the profile type with this function on top of the stack: time in
+    /// nanoseconds, or bytes for `memory` ([`ProfileType::is_bytes`]; views name it by
+    /// its unit).
     pub self_ns: u64,
-    /// Time with this function anywhere on the stack (counted once per stack, even when
-    /// it recurses).
+    /// The value with this function anywhere on the stack (counted once per stack, even
+    /// when it recurses); nanoseconds or bytes, as `self_ns`.
     pub total_ns: u64,
     /// `self_ns` / the profile's total of the type, in [0, 1].
     pub self_share: f64,
@@ -225,9 +251,7 @@ impl Profile {
 
     /// Whether the profile has no samples.
     pub fn is_empty(&self) -> bool {
-        self.stacks
-            .iter()
-            .all(|s| s.samples == 0 && s.cpu_ns == 0 && s.off_cpu_ns == 0)
+        self.stacks.iter().all(WeightedStack::is_empty)
     }
 
     /// Adds `samples` samples of one stack (frames root → leaf) taken at `frequency_hz`.
@@ -240,7 +264,16 @@ impl Profile {
         }
         self.ensure_index();
         let ids: Vec<u32> = stack.iter().map(|f| self.intern_frame(f)).collect();
-        self.add_ids(ids, samples, samples_to_cpu_ns(samples, frequency_hz), 0);
+        self.add_ids(
+            ids,
+            WeightedStack {
+                frames: Vec::new(),
+                samples,
+                cpu_ns: samples_to_cpu_ns(samples, frequency_hz),
+                off_cpu_ns: 0,
+                memory_bytes: 0,
+            },
+        );
     }
 
     /// Adds every stack of `other` to this profile, keeping its samples and CPU time.
@@ -248,7 +281,7 @@ impl Profile {
         self.ensure_index();
         let mut map: Vec<Option<u32>> = vec![None; other.frames.len()];
         for stack in &other.stacks {
-            if stack.samples == 0 && stack.cpu_ns == 0 && stack.off_cpu_ns == 0 {
+            if stack.is_empty() {
                 continue;
             }
             let ids: Vec<u32> = stack
@@ -264,7 +297,7 @@ impl Profile {
                     None => self.intern_frame(&Frame::unknown(FrameKind::User)),
                 })
                 .collect();
-            self.add_ids(ids, stack.samples, stack.cpu_ns, stack.off_cpu_ns);
+            self.add_ids(ids, stack.clone());
         }
     }
 
@@ -280,7 +313,8 @@ impl Profile {
         self.total(ProfileType::Cpu)
     }
 
-    /// Total value of type `ty` in nanoseconds: CPU time, off-CPU time, or both.
+    /// Total value of type `ty`: CPU time, off-CPU time or both in nanoseconds, or the
+    /// bytes made resident (`memory`).
     pub fn total(&self, ty: ProfileType) -> u64 {
         self.stacks
             .iter()
@@ -288,7 +322,7 @@ impl Profile {
     }
 
     /// The observations behind [`Profile::total`]: CPU samples (`cpu`), waits
-    /// (`offcpu`), or both (`wall`).
+    /// (`offcpu`), both (`wall`), or memory records (`memory`).
     pub fn count(&self, ty: ProfileType) -> u64 {
         self.stacks
             .iter()
@@ -314,7 +348,9 @@ impl Profile {
     /// function appearing several times in one stack (recursion) counts once for that
     /// stack's total. Wait frames are functions like any other (kind
     /// [`FrameKind::Wait`], named `[off-cpu: CAUSE]`), so a `wall` profile can show a
-    /// lock wait as its hottest entry.
+    /// lock wait as its hottest entry; so are page frames (`[memory: 4 KiB page]`), which
+    /// hold all of a `memory` profile's self bytes (the code that faulted has them as
+    /// total).
     pub fn hotspots(&self, ty: ProfileType, top: usize) -> Vec<Hotspot> {
         let all = self.all_hotspots(ty);
         if top == 0 {
@@ -446,22 +482,19 @@ impl Profile {
     }
 
     /// Index must be current.
-    fn add_ids(&mut self, ids: Vec<u32>, samples: u64, cpu_ns: u64, off_cpu_ns: u64) {
+    /// Adds the values of `add` (its frames ignored) to the stack `ids`.
+    fn add_ids(&mut self, ids: Vec<u32>, add: WeightedStack) {
         match self.index.stacks.get(&ids) {
             Some(&i) => {
                 let s = &mut self.stacks[i];
-                s.samples = s.samples.saturating_add(samples);
-                s.cpu_ns = s.cpu_ns.saturating_add(cpu_ns);
-                s.off_cpu_ns = s.off_cpu_ns.saturating_add(off_cpu_ns);
+                s.samples = s.samples.saturating_add(add.samples);
+                s.cpu_ns = s.cpu_ns.saturating_add(add.cpu_ns);
+                s.off_cpu_ns = s.off_cpu_ns.saturating_add(add.off_cpu_ns);
+                s.memory_bytes = s.memory_bytes.saturating_add(add.memory_bytes);
             }
             None => {
                 self.index.stacks.insert(ids.clone(), self.stacks.len());
-                self.stacks.push(WeightedStack {
-                    frames: ids,
-                    samples,
-                    cpu_ns,
-                    off_cpu_ns,
-                });
+                self.stacks.push(WeightedStack { frames: ids, ..add });
                 self.index.built_for.1 = self.stacks.len();
             }
         }
@@ -495,17 +528,27 @@ fn cmp_total(a: &Hotspot, b: &Hotspot) -> std::cmp::Ordering {
 }
 
 /// The name that identifies a frame's function in hotspots and comparisons: its
-/// [`function_identity`], or `[off-cpu: CAUSE]` for a wait frame.
+/// [`function_identity`], `[off-cpu: CAUSE]` for a wait frame, `[memory: PAGE]` for a
+/// page frame.
 pub(crate) fn function_name(frame: &Frame) -> Cow<'_, str> {
-    if frame.kind == FrameKind::Wait {
-        Cow::Owned(wait_frame_name(&frame.function))
-    } else {
-        function_identity(&frame.function)
+    match pseudo_frame_name(frame) {
+        Some(name) => Cow::Owned(name),
+        None => function_identity(&frame.function),
     }
 }
 
-fn wait_frame_name(cause: &str) -> String {
-    format!("[off-cpu: {}]", cause.replace([';', '\n', '\r'], " "))
+/// The name of a wait or page pseudo-frame (`[off-cpu: lock]`, `[memory: 4 KiB page]`),
+/// `None` for code.
+fn pseudo_frame_name(frame: &Frame) -> Option<String> {
+    let prefix = match frame.kind {
+        FrameKind::Wait => "off-cpu",
+        FrameKind::Page => "memory",
+        FrameKind::User | FrameKind::Kernel => return None,
+    };
+    Some(format!(
+        "[{prefix}: {}]",
+        frame.function.replace([';', '\n', '\r'], " ")
+    ))
 }
 
 /// Whether a stack belongs to profiles of type `ty`: CPU stacks (any without off-CPU
@@ -513,21 +556,23 @@ fn wait_frame_name(cause: &str) -> String {
 /// `offcpu`, both to `wall`.
 pub(crate) fn is_of_type(ty: ProfileType, stack: &WeightedStack) -> bool {
     let cpu = stack.off_cpu_ns == 0 && (stack.samples > 0 || stack.cpu_ns > 0);
+    let cpu = cpu && stack.memory_bytes == 0;
     let off_cpu = stack.off_cpu_ns > 0;
     match ty {
         ProfileType::Cpu => cpu,
         ProfileType::Offcpu => off_cpu,
         ProfileType::Wall => cpu || off_cpu,
+        ProfileType::Memory => stack.memory_bytes > 0,
     }
 }
 
 /// The text of a frame in folded stacks and flame graphs: the function name, `[module]`
 /// when the function is unknown but the module is not (the perf convention), kernel
-/// frames suffixed `_[k]`, wait frames `[off-cpu: CAUSE]`. `;` and line breaks, which
-/// would break the folded format, become `:` and spaces.
+/// frames suffixed `_[k]`, wait frames `[off-cpu: CAUSE]`, page frames `[memory: PAGE]`.
+/// `;` and line breaks, which would break the folded format, become `:` and spaces.
 pub(crate) fn folded_frame_name(frame: &Frame) -> String {
-    if frame.kind == FrameKind::Wait {
-        return wait_frame_name(&frame.function);
+    if let Some(name) = pseudo_frame_name(frame) {
+        return name;
     }
     let base = if frame.is_unknown()
         && frame.module != UNKNOWN_MODULE

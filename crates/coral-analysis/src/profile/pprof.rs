@@ -171,12 +171,14 @@ fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The pprof sample types of a profile type: a count and a time, the time the default.
+/// The pprof sample types of a profile type: a count and a time (or for `memory` the
+/// bytes, pprof's `space` as in its heap profiles), the second the default.
 fn sample_types(ty: ProfileType) -> [(&'static str, &'static str); 2] {
     match ty {
         ProfileType::Cpu => [("samples", "count"), ("cpu", "nanoseconds")],
         ProfileType::Offcpu => [("waits", "count"), ("off_cpu", "nanoseconds")],
         ProfileType::Wall => [("samples", "count"), ("wall", "nanoseconds")],
+        ProfileType::Memory => [("faults", "count"), ("space", "bytes")],
     }
 }
 
@@ -184,13 +186,14 @@ fn sample_types(ty: ProfileType) -> [(&'static str, &'static str); 2] {
 ///
 /// Sample types are a count and a time (the default), per type: `cpu`:
 /// `[samples/count, cpu/nanoseconds]`; `offcpu`: `[waits/count, off_cpu/nanoseconds]`;
-/// `wall`: `[samples/count, wall/nanoseconds]` (the count is CPU samples plus waits).
+/// `wall`: `[samples/count, wall/nanoseconds]` (the count is CPU samples plus waits);
+/// `memory`: `[faults/count, space/bytes]` (memory records, bytes made resident).
 /// There is one Function and one Location per frame (their ids are the frame index + 1;
 /// an unknown function in a known module is named `[module]`, a wait frame
-/// `[off-cpu: CAUSE]`), one Mapping per module (with `has_functions` set, so pprof does
+/// `[off-cpu: CAUSE]`, a page frame `[memory: PAGE]`), one Mapping per module (with `has_functions` set, so pprof does
 /// not try to symbolize), and one Sample per stack of the type with its locations leaf
-/// first, as pprof requires. The period is the average time per count, its type the
-/// time's.
+/// first, as pprof requires. The period is the average value per count, its type the
+/// value's.
 pub(crate) fn to_pprof(profile: &Profile, ty: ProfileType) -> PprofProfile {
     let mut strings = Strings::new();
     let [(count_t, count_u), (time_t, time_u)] = sample_types(ty);
@@ -340,7 +343,7 @@ pub(crate) fn to_pprof(profile: &Profile, ty: ProfileType) -> PprofProfile {
 /// `go tool pprof`, Speedscope, Pyroscope): sample types a count and a time per type
 /// (`samples/count` and `cpu/nanoseconds` for `cpu`, `waits/count` and
 /// `off_cpu/nanoseconds` for `offcpu`, `samples/count` and `wall/nanoseconds` for
-/// `wall`), one Location and Function per frame, one Mapping per module, locations leaf
+/// `wall`, `faults/count` and `space/bytes` for `memory`), one Location and Function per frame, one Mapping per module, locations leaf
 /// first. Output is deterministic (gzip header without a timestamp).
 pub fn write_pprof(profile: &Profile, ty: ProfileType, w: impl io::Write) -> io::Result<()> {
     let bytes = to_pprof(profile, ty).encode_to_vec();

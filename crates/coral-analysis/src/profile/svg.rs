@@ -17,14 +17,24 @@ pub(crate) const WAIT_FRAME_COLOR: Color = Color {
     b: 220,
 };
 
+/// The fill of every page frame (`[memory: 4 KiB page]`): a violet outside the Java
+/// palette and apart from the wait frames' blue, so the page sizes stand out at the top
+/// of a `memory` graph.
+pub(crate) const PAGE_FRAME_COLOR: Color = Color {
+    r: 150,
+    g: 90,
+    b: 200,
+};
+
 /// Writes an interactive SVG flame graph of the stacks of type `ty` (inferno). Widths
 /// are the type's time in microseconds (each stack rounded up), so profiles merged from
 /// different sampling frequencies are drawn to scale (a `cpu` profile without CPU time
-/// is drawn by sample count); the subtitle names the measure, its unit and the totals.
-/// Colours are derived from function names (kernel frames orange, their `_[k]`
-/// annotation is not shown), and wait frames (`[off-cpu: CAUSE]`) have one blue of
-/// their own, so equal profiles give byte-identical output. An empty profile draws a
-/// single `[no samples]` frame.
+/// is drawn by sample count), or for `memory` the bytes made resident; the subtitle
+/// names the measure, its unit and the totals. Colours are derived from function names
+/// (kernel frames orange, their `_[k]` annotation is not shown), wait frames
+/// (`[off-cpu: CAUSE]`) have one blue of their own and page frames
+/// (`[memory: PAGE]`) one violet, so equal profiles give byte-identical output. An
+/// empty profile draws a single `[no samples]` frame.
 pub fn write_svg(
     profile: &Profile,
     ty: ProfileType,
@@ -32,7 +42,9 @@ pub fn write_svg(
     w: impl io::Write,
 ) -> io::Result<()> {
     let by_time = ty != ProfileType::Cpu || profile.total(ty) > 0;
-    let (mut lines, count_name) = if by_time {
+    let (mut lines, count_name) = if ty.is_bytes() {
+        (folded_lines(profile, |s| ty.value(s)), "bytes")
+    } else if by_time {
         (folded_lines(profile, |s| ty.value(s).div_ceil(1_000)), "µs")
     } else {
         let cpu = ProfileType::Cpu;
@@ -48,18 +60,23 @@ pub fn write_svg(
         .into_iter()
         .map(|(line, weight)| format!("{line} {weight}"))
         .collect();
-    let mut wait_colours = PaletteMap::default();
-    for frame in profile.frames.iter().filter(|f| f.kind == FrameKind::Wait) {
-        wait_colours.insert(folded_frame_name(frame), WAIT_FRAME_COLOR);
+    let mut pseudo_frame_colours = PaletteMap::default();
+    for frame in &profile.frames {
+        let colour = match frame.kind {
+            FrameKind::Wait => WAIT_FRAME_COLOR,
+            FrameKind::Page => PAGE_FRAME_COLOR,
+            FrameKind::User | FrameKind::Kernel => continue,
+        };
+        pseudo_frame_colours.insert(folded_frame_name(frame), colour);
     }
     let mut options = Options::default();
     options.title = title.to_string();
     options.count_name = count_name.to_string();
     options.colors = Palette::Multi(MultiPalette::Java);
     options.deterministic = true;
-    options.palette_map = Some(&mut wait_colours);
+    options.palette_map = Some(&mut pseudo_frame_colours);
     let measure = if by_time {
-        format!("{}, µs", ty.measure())
+        format!("{}, {count_name}", ty.measure())
     } else {
         "CPU samples".to_string()
     };
@@ -67,8 +84,9 @@ pub fn write_svg(
     flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), w)
 }
 
-/// The totals of a profile for `ty`: `100 samples, 1.00s CPU`, `1.01s in 12 waits`, or
-/// `1.04s: 31.0ms CPU in 3 samples, 1.01s off-CPU in 12 waits`.
+/// The totals of a profile for `ty`: `100 samples, 1.00s CPU`, `1.01s in 12 waits`,
+/// `1.04s: 31.0ms CPU in 3 samples, 1.01s off-CPU in 12 waits`, or
+/// `380 MiB made resident in 1214 records`.
 fn totals(profile: &Profile, ty: ProfileType) -> String {
     let cpu = || {
         (
@@ -100,6 +118,11 @@ fn totals(profile: &Profile, ty: ProfileType) -> String {
                 time(off_ns)
             )
         }
+        ProfileType::Memory => format!(
+            "{} made resident in {} records",
+            super::format_bytes(profile.total(ty)),
+            profile.count(ty)
+        ),
     }
 }
 

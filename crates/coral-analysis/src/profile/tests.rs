@@ -86,6 +86,7 @@ fn add_deduplicates_frames_and_merges_equal_stacks() {
             samples: 5,
             cpu_ns: 50_000_000,
             off_cpu_ns: 0,
+            memory_bytes: 0,
         }
     );
     assert_eq!(p.stacks[1].frames, vec![0]);
@@ -491,6 +492,7 @@ fn pprof_is_deterministic_and_handles_empty_and_bad_parts() {
             samples: 1,
             cpu_ns: 5,
             off_cpu_ns: 0,
+            memory_bytes: 0,
         }],
     );
     let pp = decode_pprof(&bad);
@@ -704,12 +706,14 @@ fn jit_tiers_of_one_function_are_one_frame() {
                 samples: 3,
                 cpu_ns: 30_000_000,
                 off_cpu_ns: 0,
+                memory_bytes: 0,
             },
             WeightedStack {
                 frames: vec![0, 2],
                 samples: 1,
                 cpu_ns: 10_000_000,
                 off_cpu_ns: 0,
+                memory_bytes: 0,
             },
         ],
     );
@@ -1020,4 +1024,121 @@ fn wait_frames_are_hotspots_of_off_cpu_and_wall_time() {
     let main = off.iter().find(|h| h.function == "main").unwrap();
     assert!(main.is_on_every_stack(p.total(ProfileType::Offcpu)));
     assert!(off.iter().all(|h| h.function != "validate_signature"));
+}
+
+/// A request that made 382 MiB resident: main → build_snapshot → grab_block in 4 KiB
+/// and 2 MiB pages, a little under parse, and 3 CPU samples that no memory view shows.
+fn memory_profile() -> Profile {
+    let main = u("main", "svc");
+    let build = u("build_snapshot", "svc");
+    let grab = u("grab_block", "svc");
+    let mut p = Profile::new();
+    p.add(&[main.clone(), u("validate_signature", "svc")], 3, 100);
+    let chain = [main.clone(), build, grab];
+    p.add_memory(&chain, 4096, 240, 120 << 20);
+    p.add_memory(&chain, 2 << 20, 520, 260 << 20);
+    p.add_memory(&[main, u("parse", "svc")], 4096, 4, 2 << 20);
+    p
+}
+
+#[test]
+fn folded_memory_is_bytes_with_page_frames_last() {
+    assert_eq!(
+        folded_of(&memory_profile(), ProfileType::Memory),
+        "main;build_snapshot;grab_block;[memory: 2 MiB huge page] 272629760\n\
+         main;build_snapshot;grab_block;[memory: 4 KiB page] 125829120\n\
+         main;parse;[memory: 4 KiB page] 2097152\n"
+    );
+    // The CPU view does not see memory stacks, nor the memory view CPU stacks.
+    assert_eq!(
+        folded_of(&memory_profile(), ProfileType::Cpu),
+        "main;validate_signature 3\n"
+    );
+}
+
+#[test]
+fn svg_memory_says_bytes_and_colours_page_frames_apart() {
+    let svg = svg_of(&memory_profile(), ProfileType::Memory, "snapshot");
+    assert!(
+        svg.contains("memory made resident, bytes: 382 MiB made resident in 764 records"),
+        "subtitle"
+    );
+    assert!(!svg.contains("µs"), "no times in a memory graph");
+    let page_fill = format!(
+        "fill=\"rgb({},{},{})\"",
+        svg::PAGE_FRAME_COLOR.r,
+        svg::PAGE_FRAME_COLOR.g,
+        svg::PAGE_FRAME_COLOR.b
+    );
+    // The three page frames (two under grab_block, one under parse) are drawn in the
+    // page colour, and nothing else is.
+    assert_eq!(svg.matches(&page_fill).count(), 3);
+    assert!(svg.contains("[memory: 2 MiB huge page]"));
+    assert!(!svg.contains("validate_signature"));
+}
+
+#[test]
+fn pprof_memory_is_faults_and_space() {
+    let p = memory_profile();
+    let pp = decode_pprof_of(&p, ProfileType::Memory);
+    let s = |i: i64| pp.string_table[usize::try_from(i).unwrap()].as_str();
+    let types: Vec<(&str, &str)> = pp
+        .sample_type
+        .iter()
+        .map(|t| (s(t.r#type), s(t.unit)))
+        .collect();
+    assert_eq!(types, [("faults", "count"), ("space", "bytes")]);
+    assert_eq!(s(pp.default_sample_type), "space");
+    assert_eq!(pp.sample.len(), 3, "memory stacks only");
+    let mut values: Vec<Vec<i64>> = pp.sample.iter().map(|x| x.value.clone()).collect();
+    values.sort();
+    assert_eq!(
+        values,
+        [vec![4, 2 << 20], vec![240, 120 << 20], vec![520, 260 << 20]]
+    );
+    let names: Vec<&str> = pp.function.iter().map(|f| s(f.name)).collect();
+    assert!(names.contains(&"[memory: 4 KiB page]"), "{names:?}");
+    assert_eq!(pp.period, (382 << 20) / 764);
+}
+
+#[test]
+fn text_memory_gives_bytes_never_times() {
+    let text = text_of(&memory_profile(), ProfileType::Memory, 3);
+    assert_eq!(
+        text,
+        "382 MiB made resident (huge pages 260 MiB) in 764 records, 3 stacks, 6 frames\n\
+         top self:\n\
+         \x20  68.1%  self   260 MiB  [memory: 2 MiB huge page]\n\
+         \x20  31.9%  self   122 MiB  [memory: 4 KiB page]\n\
+         top total:\n\
+         \x20  99.5%  total  380 MiB  build_snapshot (svc)\n\
+         \x20  99.5%  total  380 MiB  grab_block (svc)\n\
+         \x20  68.1%  total  260 MiB  [memory: 2 MiB huge page]\n\
+         on every stack: main\n"
+    );
+    assert!(!text.contains("ns") && !text.contains("ms"), "{text}");
+    assert_eq!(
+        text_of(&sample_profile(), ProfileType::Memory, 3),
+        "0 B made resident (huge pages 0 B) in 0 records, 0 stacks, 0 frames\n\
+         (no memory records)\n"
+    );
+}
+
+#[test]
+fn page_frames_are_hotspots_of_memory_and_hold_its_self_bytes() {
+    let p = memory_profile();
+    let hs = p.all_hotspots(ProfileType::Memory);
+    let grab = hs.iter().find(|h| h.function == "grab_block").unwrap();
+    assert_eq!((grab.self_ns, grab.total_ns), (0, 380 << 20));
+    let page = hs
+        .iter()
+        .find(|h| h.function == "[memory: 4 KiB page]")
+        .unwrap();
+    assert_eq!(page.kind, FrameKind::Page);
+    assert_eq!(page.self_ns, 122 << 20);
+    assert!(
+        p.all_hotspots(ProfileType::Cpu)
+            .iter()
+            .all(|h| h.kind != FrameKind::Page)
+    );
 }

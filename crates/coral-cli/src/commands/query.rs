@@ -63,7 +63,9 @@ struct ProfileCompareArgs {
     #[arg(long, value_enum)]
     min_significance: Option<MinSignificance>,
     /// What to compare: cpu (CPU time), offcpu (time waiting: locks, disk, network,
-    /// sleep, run queue) or wall (both: where the requests' wall-clock time went).
+    /// sleep, run queue), wall (both: where the requests' wall-clock time went) or
+    /// memory (memory made resident, in bytes: new pages the requests' page faults
+    /// allocated).
     #[arg(long = "type", value_enum, default_value_t = ProfileTypeArg::Cpu)]
     profile_type: ProfileTypeArg,
     /// Output format: text (the cohorts, the functions with delta, CPU ms per request,
@@ -90,6 +92,7 @@ pub enum ProfileTypeArg {
     Cpu,
     Offcpu,
     Wall,
+    Memory,
 }
 
 impl From<ProfileTypeArg> for ProfileType {
@@ -98,6 +101,7 @@ impl From<ProfileTypeArg> for ProfileType {
             ProfileTypeArg::Cpu => ProfileType::Cpu,
             ProfileTypeArg::Offcpu => ProfileType::Offcpu,
             ProfileTypeArg::Wall => ProfileType::Wall,
+            ProfileTypeArg::Memory => ProfileType::Memory,
         }
     }
 }
@@ -117,7 +121,9 @@ struct TraceProfileArgs {
     #[arg(long)]
     service: Option<String>,
     /// Which profile: cpu (CPU time), offcpu (time the request's thread waited, by
-    /// stack and cause) or wall (both). Every text view opens with where the time went.
+    /// stack and cause), wall (both) or memory (memory made resident, in bytes, by the
+    /// stack that faulted). Every text view opens with where the time (or the memory)
+    /// went.
     #[arg(long = "type", value_enum, default_value_t = ProfileTypeArg::Cpu)]
     profile_type: ProfileTypeArg,
     /// Output format: text (a summary per profiled span; "table" is accepted too),

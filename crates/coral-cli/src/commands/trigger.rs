@@ -48,7 +48,8 @@ pub struct TraceTriggerArgs {
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     timeout: Duration,
     /// What to collect, comma-separated: cpu (always), offcpu (where each request's
-    /// thread waited: locks, disk, network, sleep, run queue) [default: cpu,offcpu].
+    /// thread waited: locks, disk, network, sleep, run queue), memory (the memory each
+    /// request made resident, by stack) [default: cpu,offcpu].
     #[arg(long, value_delimiter = ',', value_parser = ["cpu", "offcpu", "memory"])]
     types: Vec<String>,
     /// Print the trigger id and return; the trigger keeps collecting.

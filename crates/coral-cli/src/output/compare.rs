@@ -1,7 +1,7 @@
 //! Cohort comparisons as `coral query profile-compare` shows them.
 
 use super::{column_widths, write_json, write_table};
-use coral_analysis::profile::ProfileType;
+use coral_analysis::profile::{ProfileType, format_bytes};
 use coral_client::v1;
 use coral_report::ComparisonView;
 use std::io::Write;
@@ -14,7 +14,7 @@ pub enum CompareFormat {
     Text,
     // Everything the text says, for programs.
     Json,
-    // Differential folded stacks (mean CPU µs per request in A, then in B).
+    // Differential folded stacks (mean µs, or bytes for memory, per request in A, then B).
     Folded,
     // A differential flame graph (red: hotter in A, blue: hotter in B).
     Svg,
@@ -115,16 +115,24 @@ fn ms(v: f64) -> String {
     }
 }
 
-/// The table's columns, FUNCTION first.
-const HEADER: [&str; 7] = [
-    "FUNCTION",
-    "DELTA",
-    "A MS/REQ",
-    "B MS/REQ",
-    "Q-VALUE",
-    "SIGNIFICANCE",
-    "",
-];
+/// A per-request value of `ty` from the wire (milliseconds, or bytes for memory).
+fn per_request(v: f64, ty: ProfileType) -> String {
+    if ty.is_bytes() {
+        format_bytes(v.max(0.0).round() as u64)
+    } else {
+        ms(v)
+    }
+}
+
+/// The table's columns, FUNCTION first; the per-request columns named by `ty`'s unit.
+fn header(ty: ProfileType) -> [&'static str; 7] {
+    let (a, b) = if ty.is_bytes() {
+        ("A MEM/REQ", "B MEM/REQ")
+    } else {
+        ("A MS/REQ", "B MS/REQ")
+    };
+    ["FUNCTION", "DELTA", a, b, "Q-VALUE", "SIGNIFICANCE", ""]
+}
 
 fn write_text(
     out: &mut Vec<u8>,
@@ -134,11 +142,17 @@ fn write_text(
 ) -> std::io::Result<()> {
     let ty = profile_type(r);
     writeln!(out, "{} · {}", c.service, ty.measure())?;
-    // What a cohort line counts per type: CPU samples, waits, or both.
+    // What a cohort line's mean is per type.
     let unit = match ty {
         ProfileType::Cpu => "ms CPU",
         ProfileType::Offcpu => "ms off-CPU",
         ProfileType::Wall => "ms wall-clock",
+        ProfileType::Memory => "made resident",
+    };
+    let observations = if ty.is_bytes() {
+        "memory records"
+    } else {
+        "samples"
     };
     for (name, filter, requests, with_samples, samples, cpu) in [
         (
@@ -160,9 +174,9 @@ fn write_text(
     ] {
         writeln!(
             out,
-            "  cohort {name}: {filter} · {requests} requests ({with_samples} with samples) · \
-             {samples} samples · {} {unit} per request",
-            ms(cpu)
+            "  cohort {name}: {filter} · {requests} requests ({with_samples} with {observations}) · \
+             {samples} {observations} · {} {unit} per request",
+            per_request(cpu, ty)
         )?;
     }
     if !r.hotspots.is_empty() {
@@ -173,8 +187,8 @@ fn write_text(
                 vec![
                     h.function.clone(),
                     format!("{:+.1}pp", h.delta_percentage),
-                    ms(h.cohort_a_cpu_ms_per_request),
-                    ms(h.cohort_b_cpu_ms_per_request),
+                    per_request(h.cohort_a_cpu_ms_per_request, ty),
+                    per_request(h.cohort_b_cpu_ms_per_request, ty),
                     q_value(h.q_value),
                     h.significance.clone(),
                     match h.only_in.as_str() {
@@ -186,20 +200,22 @@ fn write_text(
             })
             .collect();
         // What the other columns leave to FUNCTION (two spaces between columns).
-        let widths = column_widths(&HEADER, &rows);
+        let header = header(ty);
+        let widths = column_widths(&header, &rows);
         // (The last column, "A only"/"B only", takes no room when it is empty.)
         let mut others: usize = widths[1..].iter().map(|w| w + 2).sum();
         if widths.last() == Some(&0) {
             others -= 2;
         }
-        let room = width.saturating_sub(others).max(HEADER[0].len());
+        let room = width.saturating_sub(others).max(header[0].len());
         for row in &mut rows {
             row[0] = fit_function(&row[0], room);
         }
-        write_table(out, &HEADER, &rows)?;
+        write_table(out, &header, &rows)?;
+        let per_request = if ty.is_bytes() { "" } else { "ms of " };
         writeln!(
             out,
-            "(delta: percentage points of request {0}, + hotter in A; ms of {0} per request in the function, inclusive)",
+            "(delta: percentage points of request {0}, + hotter in A; {per_request}{0} per request in the function, inclusive)",
             ty.measure()
         )?;
     }
@@ -319,5 +335,49 @@ mod tests {
                 assert!(row.contains("/server.js:30:29"), "{row}");
             }
         }
+    }
+
+    #[test]
+    fn a_memory_comparison_shows_bytes_per_request() {
+        let r = v1::CompareTraceProfilesResponse {
+            profile_type: "memory".into(),
+            cohort_a_requests: 12,
+            cohort_a_requests_with_samples: 12,
+            cohort_a_sample_count: 7200,
+            cohort_a_mean_cpu_ms: 314_572_800.0,
+            hotspots: vec![v1::DifferentialHotspot {
+                function: "grab_block".into(),
+                delta_percentage: 96.0,
+                cohort_a_cpu_ms_per_request: 301_989_888.0,
+                q_value: 0.0001,
+                significance: "high".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let c = Cohorts {
+            service: "svc",
+            a: "duration > 1s",
+            b: "duration < 100ms",
+            since_ns: 0,
+        };
+        let mut out = Vec::new();
+        write_text(&mut out, &c, &r, 120).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("svc · memory made resident\n"), "{text}");
+        assert!(
+            text.contains(
+                "cohort A: duration > 1s · 12 requests (12 with memory records) · 7200 memory \
+                 records · 300 MiB made resident per request"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("A MEM/REQ"), "{text}");
+        let row = text.lines().find(|l| l.starts_with("grab_block")).unwrap();
+        assert!(row.contains("288 MiB") && row.contains("0 B"), "{row}");
+        assert!(
+            !text.contains("MS/REQ") && !text.contains("ms of"),
+            "{text}"
+        );
     }
 }

@@ -5,7 +5,7 @@ use coral_analysis::format_duration_ns;
 use coral_analysis::profile::{
     Profile, ProfileType, write_folded, write_pprof, write_svg, write_text_summary,
 };
-use coral_client::profile::{has_type, no_off_cpu_reason};
+use coral_client::profile::{has_type, missing_type_reason, no_off_cpu_reason};
 use coral_client::v1;
 use coral_report::{
     MergedProfileView, ProfileCpuView, RequestProfileView, RequestProfileWithStacks,
@@ -126,7 +126,8 @@ pub fn write_cpu_profile(
 /// where the request's time went; in JSON each span with its own profile and the spans
 /// merged; the merged profile in the stack formats. With `ty` offcpu or wall, spans
 /// without off-CPU records are named and left out of the merged profile, and a trace
-/// with none is an error.
+/// with none is an error; the same with `ty` memory for spans without memory records,
+/// whose text sections open with the memory they made resident instead.
 pub fn write_trace_profiles(
     out: &mut Vec<u8>,
     trace_id: &str,
@@ -137,6 +138,12 @@ pub fn write_trace_profiles(
     if let Some(first) = response.profiles.first()
         && !response.profiles.iter().any(|p| has_type(p, ty))
     {
+        if ty == ProfileType::Memory {
+            anyhow::bail!(
+                "no memory profile for trace {trace_id}: {}; use --type cpu",
+                missing_type_reason(first, ty)
+            );
+        }
         anyhow::bail!(
             "no {ty} profile for trace {trace_id}: its requests recorded no off-CPU time ({}); \
              use --type cpu",
@@ -169,13 +176,19 @@ pub fn write_trace_profiles(
                     format_duration_ns(s.cpu_ns as i64),
                     s.precision
                 )?;
-                writeln!(out, "{}", s.breakdown.summary)?;
+                match (&s.memory, ty) {
+                    (Some(memory), ProfileType::Memory) => writeln!(out, "{}", memory.summary)?,
+                    _ => writeln!(out, "{}", s.breakdown.summary)?,
+                }
                 for warning in &s.warnings {
                     writeln!(out, "warning: {warning}")?;
                 }
                 if !has_type(p, ty) {
-                    writeln!(out, "no {ty} profile: {}", no_off_cpu_reason(p))?;
-                } else if s.total_ns > 0 {
+                    // A memory view's warnings already say why.
+                    if ty != ProfileType::Memory {
+                        writeln!(out, "no {ty} profile: {}", no_off_cpu_reason(p))?;
+                    }
+                } else if s.total.value() > 0 {
                     write_text_summary(&span.profile, ty, TOP_FUNCTIONS, &mut *out)?;
                 }
                 writeln!(out)?;

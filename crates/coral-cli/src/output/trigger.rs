@@ -2,6 +2,7 @@
 
 use super::{Format, TextOutput, write_json, write_table};
 use coral_analysis::format_duration_ns;
+use coral_analysis::profile::format_bytes;
 use coral_client::v1;
 use coral_report::{TriggerView, request_status, rfc3339, span_status};
 use std::io::{self, Write};
@@ -96,11 +97,14 @@ pub fn write_trigger(
         }
         return Ok(());
     }
+    // A MEMORY column (bytes made resident per request) only for a trigger that
+    // collects memory, so the others' tables read as before.
+    let memory = t.profile_types.iter().any(|ty| ty == "memory");
     let rows: Vec<_> = t
         .collected
         .iter()
         .map(|c| {
-            vec![
+            let mut row = vec![
                 c.trace_id.clone(),
                 format_duration_ns(c.duration_ns),
                 request_status(c.http_status, span_status(c.status_code)),
@@ -111,27 +115,26 @@ pub fn write_trigger(
                 } else {
                     "-".to_string()
                 },
-                c.precision.clone(),
-                c.span_name.clone(),
-                c.node.clone(),
-            ]
+            ];
+            if memory {
+                row.push(if c.memory_collected {
+                    format_bytes(c.memory_bytes)
+                } else {
+                    "-".to_string()
+                });
+            }
+            row.extend([c.precision.clone(), c.span_name.clone(), c.node.clone()]);
+            row
         })
         .collect();
-    write_table(
-        out,
-        &[
-            "TRACE ID",
-            "DURATION",
-            "STATUS",
-            "SAMPLES",
-            "ON-CPU",
-            "WAITING",
-            "PRECISION",
-            "SPAN",
-            "NODE",
-        ],
-        &rows,
-    )?;
+    let mut header = vec![
+        "TRACE ID", "DURATION", "STATUS", "SAMPLES", "ON-CPU", "WAITING",
+    ];
+    if memory {
+        header.push("MEMORY");
+    }
+    header.extend(["PRECISION", "SPAN", "NODE"]);
+    write_table(out, &header, &rows)?;
     // Requests that mostly waited are explained by where they waited, not by their CPU.
     let waited = t
         .collected

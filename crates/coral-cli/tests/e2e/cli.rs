@@ -388,6 +388,7 @@ fn wire_profile(stacks: &[(&[&str], u64)], hz: u64) -> v1::Profile {
             samples: *samples,
             cpu_ns: samples * 1_000_000_000 / hz,
             off_cpu_ns: 0,
+            memory_bytes: 0,
         });
     }
     v1::Profile {

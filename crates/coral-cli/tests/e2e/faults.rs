@@ -228,6 +228,7 @@ fn trace_profile(n: u64) -> v1::TraceProfile {
             samples: i as u64,
             cpu_ns: i as u64 * 10_101_010,
             off_cpu_ns: 0,
+            memory_bytes: 0,
         })
         .collect();
     v1::TraceProfile {

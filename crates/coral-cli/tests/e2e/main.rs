@@ -17,6 +17,7 @@ mod harness;
 mod ingest;
 mod limits;
 mod mcp;
+mod memory;
 mod metrics;
 mod offcpu;
 mod profile;

@@ -48,7 +48,7 @@ fn hold_ledger_lock(ledger: &Arc<Mutex<u64>>, hold: Duration) -> std::thread::Jo
 
 /// Runs `work` inside a server span named `name` on this thread, with `thread.id`
 /// (thread precision) or without (process precision); returns the trace id.
-fn server_span<T>(
+pub(crate) fn server_span<T>(
     tracer: &SdkTracer,
     name: &str,
     with_thread_id: bool,
@@ -75,7 +75,7 @@ fn server_span<T>(
 
 /// Runs `f` on a new thread that can reach the current runtime (the SDK's exporter
 /// needs it) and waits for it: each request gets a thread of its own.
-fn on_own_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) fn on_own_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     let runtime = tokio::runtime::Handle::current();
     std::thread::spawn(move || {
         let _runtime = runtime.enter();
@@ -98,7 +98,7 @@ fn pin_to_cpu(cpu: usize) {
 }
 
 /// `coral` off the async runtime.
-async fn run(colony: &str, args: &[&str]) -> Output {
+pub(crate) async fn run(colony: &str, args: &[&str]) -> Output {
     let (colony, args): (String, Vec<String>) = (
         colony.to_string(),
         args.iter().map(|s| s.to_string()).collect(),
@@ -111,14 +111,14 @@ async fn run(colony: &str, args: &[&str]) -> Output {
     .unwrap()
 }
 
-fn json(text: &str) -> serde_json::Value {
+pub(crate) fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 /// A stack whose agent knows this process as [`SERVICE`], and `coral profile
 /// trace-trigger … --output json` with `flags` running in the background once the
 /// sampler (CPU and scheduler probes) is attached.
-async fn trigger_running(
+pub(crate) async fn trigger_running(
     flags: &[&str],
 ) -> (
     Stack,
@@ -154,7 +154,7 @@ async fn trigger_running(
 }
 
 /// The JSON view of one request's profile of type `ty`, once it has arrived.
-async fn request_profile(colony: &str, trace_id: &str, ty: &str) -> serde_json::Value {
+pub(crate) async fn request_profile(colony: &str, trace_id: &str, ty: &str) -> serde_json::Value {
     let mut last = String::new();
     for _ in 0..100 {
         let out = run(
