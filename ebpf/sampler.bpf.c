@@ -53,23 +53,26 @@
  * left by an earlier attachment and is ignored.
  *
  * Memory made resident (targets whose `targets` value has CORAL_TARGET_MEMORY):
- * user space attaches `coral_fault_user` and `coral_fault_kernel` (the x86
- * exceptions:page_fault_* tracepoints) and `coral_page_alloc`
- * (tp_btf/mm_page_alloc) only while such a target exists.
- *   - fault entry: a target thread that page-faults (in user mode, or in the
- *     kernel on a user buffer) gets a `fault_mark` entry: its fault count
- *     (min_flt + maj_flt) + 1. The kernel increments that count when the fault
- *     is resolved, so the mark holds exactly while the fault is handled.
- *   - page allocation: an allocation of movable pages (user memory: anonymous
- *     pages, copy-on-write copies, huge pages, page cache read in for a file
- *     mapping; not page tables or kernel buffers) by a thread whose mark holds
- *     is memory its fault made resident. Of b = 4 KiB << order bytes, with
- *     S = coral_memory_sample_bytes:
- *       b >= S: one event of weight b; b < S: with probability b/S, one event
- *       of weight S (unbiased, like the off-CPU weights);
- *     a per-CPU token bucket bounds them like the off-CPU events. The event
- *     carries the user stack that faulted (saved user registers), no kernel
- *     stack.
+ * user space attaches, only while such a target exists:
+ *   - `coral_fault_sample` to the kernel's own resolved-fault counters
+ *     (PERF_COUNT_SW_PAGE_FAULTS_MIN and _MAJ, one of each per CPU) with a sample
+ *     period of P = coral_memory_fault_period: the kernel counts every fault (a
+ *     per-CPU increment) and runs the program on every P-th fault of the CPU,
+ *     after the fault mapped its page. For a target's thread it sends one event of
+ *     weight P x 4 KiB: each fault has probability 1/P of being the sampled one,
+ *     so the weights summed per stack estimate, without bias, the bytes the
+ *     stack's faults mapped. The event carries the user stack that faulted (the
+ *     perf event's registers in user mode; the saved user registers when the
+ *     fault was the kernel's, copying into a user buffer), no kernel stack.
+ *   - `coral_huge_alloc` (tp_btf/mm_page_alloc) on every movable allocation of
+ *     a huge page (order >= 9: 2 MiB) by a target's thread, which is a
+ *     transparent huge page its fault maps: one event of weight its size (state =
+ *     its order), since a huge page counted as one 4 KiB fault would be 512 times
+ *     too small. Smaller allocations return at the first comparison.
+ *   A per-CPU token bucket bounds the memory events like the off-CPU ones.
+ * The kernel's per-fault cost is its own counter increment and the allocation
+ * program's first comparison; the rest runs only on sampled faults and huge
+ * pages.
  */
 #include <linux/bpf.h>
 #include <linux/bpf_perf_event.h>
@@ -89,9 +92,6 @@ struct sched_info {
 struct task_struct {
 	int pid;
 	int tgid;
-	/* Page faults resolved, minor and major (incremented as each completes). */
-	unsigned long min_flt;
-	unsigned long maj_flt;
 	__u64 self_exec_id;
 	struct sched_info sched_info;
 } __attribute__((preserve_access_index));
@@ -114,8 +114,9 @@ volatile const __u64 coral_offcpu_min_wait_ns = 1000000;
 /* Token bucket credit one off-CPU event takes: 1e9 / (events per second per
  * CPU); set at load. */
 volatile const __u64 coral_offcpu_event_cost_ns = 500000;
-/* Page allocations smaller than this are sampled (see the top); set at load. */
-volatile const __u64 coral_memory_sample_bytes = 512 * 1024;
+/* Faults per memory event (the perf events' sample period, see the top); set at
+ * load. */
+volatile const __u64 coral_memory_fault_period = 127;
 /* Token bucket credit one memory event takes; set at load. */
 volatile const __u64 coral_memory_event_cost_ns = 500000;
 
@@ -204,15 +205,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct budget);
 } budget SEC(".maps");
-
-/* Target threads in a page fault: their fault count + 1 at its start (see the
- * top); stale once the count moved on. */
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, __u64);
-} fault_mark SEC(".maps");
 
 /* CORAL_COUNTER_* counters, per CPU (summed by user space). */
 struct {
@@ -553,108 +545,108 @@ int coral_switch_in_kprobe(struct pt_regs *ctx)
 	return switch_in(ctx, 0);
 }
 
-/* The current thread's page faults resolved so far. */
-static __always_inline __u64 faults_resolved(struct task_struct *task)
+/* Whether `tgid` is a memory target. */
+static __always_inline int memory_target(__u32 tgid)
 {
-	return task->min_flt + task->maj_flt;
+	__u32 *flags = bpf_map_lookup_elem(&targets, &tgid);
+
+	return flags && (*flags & CORAL_TARGET_MEMORY);
 }
 
-/* A fault begins: marks a target thread as in it (see the top). */
-static __always_inline int fault_entry(void)
+/* Sends a memory event of the current thread: `bytes` made resident in pages of
+ * `order`, the user stack as `event` has it. Over the budget: counted as lost. */
+static __always_inline int send_memory(void *ctx, struct scratch *s,
+				       struct lost_state *pending, __u32 order,
+				       __u64 bytes, __u64 now)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
-	__u32 tgid = task->tgid;
-	__u32 *flags = bpf_map_lookup_elem(&targets, &tgid);
-	__u64 *mark;
+	struct coral_sample_event *event = &s->event;
 
-	if (!flags || !(*flags & CORAL_TARGET_MEMORY))
+	if (!budget_take(BUDGET_MEMORY, coral_memory_event_cost_ns,
+			 CORAL_MEMORY_BURST_NS, now)) {
+		count(CORAL_COUNTER_MEMORY_THROTTLED);
+		note_lost(pending, event->tgid, event->tid, now);
 		return 0;
-	mark = bpf_task_storage_get(&fault_mark, task, 0,
-				    BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (mark)
-		*mark = faults_resolved(task) + 1;
+	}
+	event->ktime_ns = now;
+	event->kind = CORAL_KIND_MEMORY;
+	event->state = order;
+	event->off_cpu_start_ns = 0;
+	event->weight = bytes;
+	event->runqueue_ns = 0;
+	if (send_event(ctx, s, pending, NO_KERNEL_STACK))
+		count(CORAL_COUNTER_MEMORY_EVENTS);
 	return 0;
 }
 
-/* (unsigned long address, struct pt_regs *regs, unsigned long error_code) */
-SEC("tp_btf/page_fault_user")
-int coral_fault_user(unsigned long long *ctx)
+/* Starts a memory event of the current thread in this CPU's scratch area. */
+static __always_inline struct scratch *memory_scratch(__u64 pid_tgid,
+						      struct lost_state **pending)
 {
-	return fault_entry();
+	__u32 zero = 0, cpu = bpf_get_smp_processor_id();
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &cpu);
+
+	*pending = bpf_map_lookup_elem(&lost, &zero);
+	if (!s || !*pending)
+		return 0;
+	s->event.tgid = pid_tgid >> 32;
+	s->event.tid = (__u32)pid_tgid;
+	s->event.cpu = cpu;
+	return s;
 }
 
-/* A fault in the kernel: on a user buffer (copy_to_user into memory not yet
- * touched), whose pages are the thread's memory too. */
-SEC("tp_btf/page_fault_kernel")
-int coral_fault_kernel(unsigned long long *ctx)
+/* Every P-th resolved page fault of the CPU (see the top). */
+SEC("perf_event")
+int coral_fault_sample(struct bpf_perf_event_data *ctx)
 {
-	return fault_entry();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct lost_state *pending;
+	struct scratch *s;
+
+	if (!memory_target(pid_tgid >> 32))
+		return 0;
+	s = memory_scratch(pid_tgid, &pending);
+	if (!s)
+		return 0;
+	/* A fault in user mode: those are the user registers; in the kernel (copying
+	 * into a user buffer) they are saved on the kernel stack. */
+	if ((ctx->regs.cs & 3) == 3) {
+		s->event.ip = ctx->regs.rip;
+		s->event.sp = ctx->regs.rsp;
+		s->event.bp = ctx->regs.rbp;
+	} else {
+		saved_user_regs(&s->event);
+	}
+	return send_memory(ctx, s, pending, 0,
+			   coral_memory_fault_period * CORAL_PAGE_BYTES,
+			   bpf_ktime_get_ns());
 }
 
+/* The order of a PMD-sized transparent huge page (2 MiB of 4 KiB pages). */
+#define CORAL_HPAGE_PMD_ORDER 9
 /* __GFP_MOVABLE: user memory (anonymous, page cache, huge pages); page tables and
  * kernel buffers are not movable. */
 #define CORAL_GFP_MOVABLE 0x08u
 
 SEC("tp_btf/mm_page_alloc")
-int coral_page_alloc(unsigned long long *ctx)
+int coral_huge_alloc(unsigned long long *ctx)
 {
 	/* (struct page *page, unsigned int order, gfp_t gfp_flags, int migratetype) */
-	struct task_struct *task;
-	__u64 *mark, pid_tgid, now, bytes, weight, threshold = coral_memory_sample_bytes;
-	__u32 order = (__u32)ctx[1], tgid, tid, zero = 0, cpu, *flags;
-	struct coral_sample_event *event;
+	__u32 order = (__u32)ctx[1];
+	__u64 pid_tgid;
 	struct lost_state *pending;
 	struct scratch *s;
 
-	if (!ctx[0] || !((__u32)ctx[2] & CORAL_GFP_MOVABLE) || order > 18)
-		return 0;
-	task = bpf_get_current_task_btf();
-	mark = bpf_task_storage_get(&fault_mark, task, 0, 0);
-	if (!mark || *mark != faults_resolved(task) + 1)
+	if (order < CORAL_HPAGE_PMD_ORDER || order > 18 || !ctx[0] ||
+	    !((__u32)ctx[2] & CORAL_GFP_MOVABLE))
 		return 0;
 	pid_tgid = bpf_get_current_pid_tgid();
-	tgid = pid_tgid >> 32;
-	tid = (__u32)pid_tgid;
-	/* The process may have stopped being a target since the fault began. */
-	flags = bpf_map_lookup_elem(&targets, &tgid);
-	if (!flags || !(*flags & CORAL_TARGET_MEMORY))
+	if (!memory_target(pid_tgid >> 32))
 		return 0;
-	bytes = (__u64)CORAL_PAGE_BYTES << order;
-	weight = bytes;
-	if (bytes < threshold) {
-		/* Sent with probability bytes / threshold, weighing threshold. */
-		if ((((__u64)bpf_get_prandom_u32() * threshold) >> 32) >= bytes)
-			return 0;
-		weight = threshold;
-	}
-	pending = bpf_map_lookup_elem(&lost, &zero);
-	if (!pending)
-		return 0;
-	now = bpf_ktime_get_ns();
-	if (!budget_take(BUDGET_MEMORY, coral_memory_event_cost_ns,
-			 CORAL_MEMORY_BURST_NS, now)) {
-		count(CORAL_COUNTER_MEMORY_THROTTLED);
-		note_lost(pending, tgid, tid, now);
-		return 0;
-	}
-	cpu = bpf_get_smp_processor_id();
-	s = bpf_map_lookup_elem(&scratch, &cpu);
+	s = memory_scratch(pid_tgid, &pending);
 	if (!s)
 		return 0;
-	event = &s->event;
-	event->ktime_ns = now;
-	event->tgid = tgid;
-	event->tid = tid;
-	event->cpu = cpu;
-	/* The registers the thread faulted with (user mode), or entered the system
-	 * call with (a fault on a user buffer). */
-	saved_user_regs(event);
-	event->kind = CORAL_KIND_MEMORY;
-	event->state = order;
-	event->off_cpu_start_ns = 0;
-	event->weight = weight;
-	event->runqueue_ns = 0;
-	if (send_event(ctx, s, pending, NO_KERNEL_STACK))
-		count(CORAL_COUNTER_MEMORY_EVENTS);
-	return 0;
+	/* The thread is in the kernel: the registers it faulted (or entered it) with. */
+	saved_user_regs(&s->event);
+	return send_memory(ctx, s, pending, order, (__u64)CORAL_PAGE_BYTES << order,
+			   bpf_ktime_get_ns());
 }

@@ -122,9 +122,8 @@ pub fn run() -> Result<()> {
         }
     }
     println!(
-        "Memory records: one per allocation of at least {} KiB, smaller ones with probability bytes/{} KiB and that weight (SamplerConfig::memory_sample_bytes); at most {} per CPU per second (memory_max_events_per_cpu), {}/s on this machine's {threads} CPUs, the rest counted as throttled.",
-        config.memory_sample_bytes / 1024,
-        config.memory_sample_bytes / 1024,
+        "Memory records: one per {} page faults of a CPU (the kernel's fault counters, sampled: SamplerConfig::memory_fault_period), weighing that many 4 KiB pages, and one per huge page; at most {} per CPU per second (memory_max_events_per_cpu), {}/s on this machine's {threads} CPUs, the rest counted as throttled.",
+        config.memory_fault_period,
         config.memory_max_events_per_cpu,
         u64::from(config.memory_max_events_per_cpu) * threads as u64
     );
@@ -550,7 +549,7 @@ fn report(plan: &[Profiler], profilers: &[Profiler], rounds: &[Round]) {
     }
     println!();
     println!(
-        "Iterations: blocks mapped, touched and unmapped, over all threads. Faults: the workload's minor page faults (getrusage of the child, all threads). Estimated bytes made resident: the memory records' weights summed, over the faults' 4 KiB pages (1 is exact). Direct cost per fault: the profiler's CPU plus the run time of its eBPF programs (the page-fault programs run on every fault and page allocation of the machine, Coral's sampling program on its 99 Hz samples), over the workload's faults."
+        "Iterations: blocks mapped, touched and unmapped, over all threads. Faults: the workload's minor page faults (getrusage of the child, all threads). Estimated bytes made resident: the memory records' weights summed, over the faults' 4 KiB pages (1 is exact). Direct cost per fault: the profiler's CPU plus the run time of its eBPF programs (the sampled-fault program runs on every 127th fault of each CPU, the huge page program on every page allocation of the machine, returning at once for small ones, Coral's CPU sampling program on its 99 Hz samples), over the workload's faults."
     );
     println!();
     println!(

@@ -4,7 +4,7 @@
 //! card at the payment gateway (~30 ms waiting on the network, no CPU) and renders a
 //! receipt (~12 ms of CPU): about 50 ms. Every checkout also records the payment in the
 //! ledger, under the ledger's lock (`acquire_ledger_lock`, uncontended: microseconds).
-//! Four planted scenarios:
+//! Three planted scenarios:
 //! - `latency`: a small share of requests miss the signature cache and verify the
 //!   signature themselves, ~1 s of CPU in `validate_signature`.
 //! - `errors`: a share of requests is flagged for fraud review, scored in
@@ -13,9 +13,6 @@
 //! - `lock`: a background settlement job holds the ledger lock for 500 ms at a time
 //!   (writing a batch), `--planted-share` of the time; checkouts that arrive meanwhile
 //!   wait for it in `acquire_ledger_lock`, on no CPU.
-//! - `memory`: a share of requests export a full receipt archive, built in
-//!   `build_receipt_archive` out of 256 KiB blocks (`grab_block`): ~300 MB of new memory
-//!   made resident per request, freed when it ends.
 
 use anyhow::Context as _;
 use axum::Router;
@@ -44,9 +41,6 @@ pub enum Scenario {
     /// A background job holds the ledger lock; some requests wait up to 500 ms in
     /// `acquire_ledger_lock`.
     Lock,
-    /// Some requests build a receipt archive: ~300 MB made resident in
-    /// `build_receipt_archive` → `grab_block`.
-    Memory,
 }
 
 #[derive(Args)]
@@ -86,11 +80,6 @@ struct App {
     /// Payments recorded; the lock the `lock` scenario's settlement job holds.
     ledger: Arc<Mutex<u64>>,
 }
-
-/// What the `memory` scenario's receipt archive makes resident, and its block size (as
-/// an allocator hands out large blocks: each a fresh mapping, faulted in when filled).
-const ARCHIVE_BYTES: usize = 300 << 20;
-const ARCHIVE_BLOCK: usize = 256 << 10;
 
 /// How long the settlement job of the `lock` scenario holds the ledger at a time.
 const SETTLEMENT_HOLD: Duration = Duration::from_millis(500);
@@ -204,9 +193,6 @@ impl App {
         } else {
             black_box(cached_signature(cart));
         }
-        if planted && self.scenario == Scenario::Memory {
-            black_box(build_receipt_archive(ARCHIVE_BYTES));
-        }
         acquire_ledger_lock(&self.ledger);
         let (status, body) = if planted && self.scenario == Scenario::Errors {
             black_box(score_fraud_rules(ms(150)));
@@ -269,27 +255,6 @@ fn settle_ledger(ledger: &Mutex<u64>, period: Duration) {
     }
 }
 
-/// The `memory` scenario's receipt archive: `total` bytes in blocks, each filled, all
-/// freed when it returns.
-#[inline(never)]
-fn build_receipt_archive(total: usize) -> usize {
-    let blocks: Vec<Vec<u8>> = (0..total / ARCHIVE_BLOCK).map(|_| grab_block()).collect();
-    black_box(
-        blocks
-            .iter()
-            .map(|block| block[block.len() - 1] as usize)
-            .sum(),
-    )
-}
-
-/// One block of the archive, filled: its pages become resident.
-#[inline(never)]
-fn grab_block() -> Vec<u8> {
-    let mut block = Vec::with_capacity(ARCHIVE_BLOCK);
-    block.resize(ARCHIVE_BLOCK, 1u8);
-    black_box(block)
-}
-
 // CPU work that shows in a flame graph under its own name: each loops until its
 // deadline, with a different body so the compiler cannot fold them into one.
 
@@ -334,17 +299,14 @@ fn score_fraud_rules(busy: Duration) -> u64 {
     x
 }
 
-/// Renders the receipt into a fresh 1 MiB buffer (new memory every request, as a
-/// service's per-request buffers are: the baseline of the `memory` scenario).
 #[inline(never)]
 fn render_receipt(busy: Duration) -> u64 {
     let until = Instant::now() + busy;
     let mut x = 1u64;
-    let page = vec![1u8; 1 << 20];
     while Instant::now() < until {
         for i in 0..10_000u64 {
             x = black_box(x.rotate_left(7) ^ i);
         }
     }
-    x ^ u64::from(black_box(page)[(x as usize) % (1 << 20)])
+    x
 }

@@ -299,9 +299,8 @@ pub struct ComparisonView {
     /// The same in words: "CPU time", "off-CPU time", "wall-clock time", "memory made
     /// resident".
     pub measure: String,
-    /// `bytes` for `memory`; left out for the times, whose names say `_ms`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unit: Option<&'static str>,
+    /// The unit of the per-request values: `ms`, or `bytes` for `memory`.
+    pub unit: &'static str,
     pub cohort_a: CohortView,
     pub cohort_b: CohortView,
     pub functions: Vec<FunctionDiffView>,
@@ -323,7 +322,11 @@ impl ComparisonView {
             since_ns,
             profile_type: profile_type.to_string(),
             measure: profile_type.measure().to_string(),
-            unit: profile::unit(profile_type),
+            unit: if profile_type.is_bytes() {
+                "bytes"
+            } else {
+                "ms"
+            },
             cohort_a: CohortView {
                 filter: cohort_a.to_string(),
                 requests: r.cohort_a_requests,
@@ -434,7 +437,7 @@ mod tests {
             },
         );
         let json = serde_json::to_value(cpu).unwrap();
-        assert!(json.get("unit").is_none(), "{json}");
+        assert_eq!(json["unit"], "ms", "{json}");
         assert_eq!(json["cohort_a"]["mean_ms"], 0.0);
         assert_eq!(json["functions"][0]["b_self_ms_per_request"], 0.0);
     }

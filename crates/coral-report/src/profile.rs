@@ -1,7 +1,9 @@
 //! Profiles: one request's, one trace's, and a service's on demand.
 
 use crate::{non_empty, rfc3339};
-use coral_analysis::profile::{Breakdown, Hotspot, MemoryBreakdown, Profile, ProfileType};
+use coral_analysis::profile::{
+    Breakdown, Hotspot, MemoryBreakdown, Profile, ProfileType, TOP_STACK_DEPTH,
+};
 use coral_client::v1;
 use serde::Serialize;
 
@@ -26,10 +28,9 @@ impl SourceView {
     }
 }
 
-/// The unit of a view's values when it is not a time: `bytes` for `memory`. Times
-/// carry their unit in their names alone (`total_ns`, `mean_ms`), as they always have.
-pub(crate) fn unit(ty: ProfileType) -> Option<&'static str> {
-    ty.is_bytes().then_some("bytes")
+/// The unit of a request or merged view's values: `ns`, or `bytes` for `memory`.
+pub(crate) fn unit(ty: ProfileType) -> &'static str {
+    if ty.is_bytes() { "bytes" } else { "ns" }
 }
 
 /// A profile's total of the view's `profile_type`, named by its unit.
@@ -231,21 +232,52 @@ pub struct RequestProfileView {
     pub samples: u64,
     pub cpu_ns: u64,
     pub breakdown: BreakdownView,
-    /// The memory the request made resident; left out when memory was not collected.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The memory the request made resident; null when memory was not collected.
     pub memory: Option<MemoryView>,
     /// What `hotspots` (and the stacks' values in the chosen format) measure: `cpu`,
     /// `offcpu` or `wall` (times, in nanoseconds), or `memory` (bytes).
     pub profile_type: ProfileType,
-    /// `bytes` for `memory`; left out for the times, whose names say `_ns`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unit: Option<&'static str>,
+    /// The unit of the values of `profile_type`: `ns`, or `bytes` for `memory`.
+    pub unit: &'static str,
     /// The profile's value of `profile_type`: `total_ns`, or `total_bytes` for memory.
     #[serde(flatten)]
     pub total: TotalView,
     /// What not to conclude from this profile (too few samples, mixed-in CPU, …).
     pub warnings: Vec<String>,
     pub hotspots: Vec<HotspotView>,
+    /// The heaviest stacks of `profile_type`, each by its innermost frames: where a
+    /// memory profile says most, since its self values are all in page frames.
+    pub top_stacks: Vec<TopStackView>,
+}
+
+/// One of a profile's heaviest stacks ([`coral_analysis::profile::TopStack`]).
+#[derive(Serialize, Debug, Clone)]
+pub struct TopStackView {
+    /// The innermost frames, outermost first.
+    pub frames: Vec<String>,
+    /// Outer frames left out.
+    pub elided_frames: usize,
+    /// `total_ns`, or `total_bytes` for memory: the stack's value.
+    #[serde(flatten)]
+    pub total: TotalView,
+    /// Of the profile's total, in [0, 1].
+    pub share: f64,
+}
+
+/// Stacks listed in `top_stacks`, and their frames.
+const TOP_STACKS: usize = 5;
+
+fn top_stacks(profile: &Profile, ty: ProfileType) -> Vec<TopStackView> {
+    profile
+        .top_stacks(ty, TOP_STACKS, TOP_STACK_DEPTH)
+        .into_iter()
+        .map(|s| TopStackView {
+            frames: s.frames,
+            elided_frames: s.elided,
+            total: TotalView::new(s.value, ty),
+            share: s.share,
+        })
+        .collect()
 }
 
 impl RequestProfileView {
@@ -285,6 +317,7 @@ impl RequestProfileView {
             total: TotalView::new(profile.total(ty), ty),
             warnings: coral_client::profile::evidence_warnings(tp, profile, ty),
             hotspots: hotspots(profile, ty, top),
+            top_stacks: top_stacks(profile, ty),
         }
     }
 }
@@ -304,9 +337,8 @@ pub struct MergedProfileView {
     pub samples: u64,
     pub cpu_ns: u64,
     pub profile_type: ProfileType,
-    /// `bytes` for `memory`; left out for the times.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unit: Option<&'static str>,
+    /// `ns`, or `bytes` for `memory`.
+    pub unit: &'static str,
     /// `total_ns`, or `total_bytes` for memory.
     #[serde(flatten)]
     pub total: TotalView,
@@ -541,6 +573,11 @@ mod tests {
         assert_eq!(grab["total_bytes"], 382u64 << 20);
         assert_eq!(grab["self_bytes"], 0);
         assert!(grab.get("total_ns").is_none(), "{grab}");
+        let heaviest = &json["top_stacks"][0];
+        assert_eq!(heaviest["total_bytes"], 260u64 << 20, "{json}");
+        let frames = heaviest["frames"].as_array().unwrap();
+        assert_eq!(frames[frames.len() - 2], "grab_block", "{heaviest}");
+        assert_eq!(frames[frames.len() - 1], "[memory: 2 MiB huge page]");
         // The CPU warnings (3 samples, mostly waited) are not about memory.
         assert!(view.warnings.is_empty(), "{:?}", view.warnings);
         let merged =
@@ -551,15 +588,15 @@ mod tests {
     }
 
     #[test]
-    fn a_cpu_view_reads_as_before_and_memory_not_collected_is_said() {
+    fn a_cpu_view_says_its_unit_and_memory_not_collected_is_null_and_said() {
         let (tp, profile) = memory_request(&["cpu"]);
         let json =
             serde_json::to_value(RequestProfileView::new(&tp, &profile, ProfileType::Cpu, 10))
                 .unwrap();
         assert_eq!(json["total_ns"], 30_000_000);
-        for absent in ["unit", "total_bytes", "memory"] {
-            assert!(json.get(absent).is_none(), "{absent}: {json}");
-        }
+        assert_eq!(json["unit"], "ns");
+        assert!(json.get("total_bytes").is_none(), "{json}");
+        assert!(json["memory"].is_null(), "not collected: null, {json}");
         assert!(json["hotspots"][0].get("self_ns").is_some(), "{json}");
         let memory = RequestProfileView::new(&tp, &profile, ProfileType::Memory, 10);
         assert_eq!(

@@ -25,9 +25,7 @@ pub struct CollectedView {
     pub cpu_ns: u64,
     /// Time the request's thread waited (off the CPU); null when not recorded.
     pub off_cpu_ns: Option<u64>,
-    /// Memory the request made resident (sampled); left out when the trigger did not
-    /// collect memory, so triggers without it read as before.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Memory the request made resident (sampled); null when not recorded.
     pub memory_bytes: Option<u64>,
 }
 

@@ -4,11 +4,12 @@
 use crate::clock::{ClockOffset, OffsetTracker, REMEASURE_INTERVAL};
 use crate::event::{
     COUNTER_LOST, COUNTER_MEMORY_THROTTLED, COUNTER_OFFCPU_THROTTLED, COUNTER_STACK_ERRORS,
-    GLOBAL_MEMORY_EVENT_COST, GLOBAL_MEMORY_SAMPLE_BYTES, GLOBAL_OFFCPU_EVENT_COST,
+    GLOBAL_MEMORY_EVENT_COST, GLOBAL_MEMORY_FAULT_PERIOD, GLOBAL_OFFCPU_EVENT_COST,
     GLOBAL_OFFCPU_MIN_WAIT, GLOBAL_UNWIND_MODE, KIND_MEMORY, KIND_OFF_CPU, MAP_COUNTERS,
     MAP_EVENTS, MAP_OFFCPU_EPOCH, MAP_SCRATCH, MAP_TARGETS, MAX_TARGETS, PROGRAM,
-    PROGRAM_SWITCH_IN, PROGRAM_SWITCH_IN_KPROBE, PROGRAM_SWITCH_OUT, PROGRAMS_MEMORY, RawEvent,
-    STATE_PREEMPTED, TARGET_CPU, TARGET_MEMORY, TARGET_OFF_CPU, UNWIND_COPY, UNWIND_FP,
+    PROGRAM_FAULT_SAMPLE, PROGRAM_HUGE_ALLOC, PROGRAM_SWITCH_IN, PROGRAM_SWITCH_IN_KPROBE,
+    PROGRAM_SWITCH_OUT, RawEvent, STATE_PREEMPTED, TARGET_CPU, TARGET_MEMORY, TARGET_OFF_CPU,
+    UNWIND_COPY, UNWIND_FP,
 };
 use crate::{
     Loss, MAX_STACK_DEPTH, Memory, OffCpu, Recording, Sample, Sampler, SamplerConfig, SamplerError,
@@ -109,6 +110,10 @@ impl Target {
     }
 }
 
+/// The memory programs, as errors name them.
+const FAULT_EVENTS: &str = "perf_event/page-faults";
+const HUGE_ALLOC: &str = "tp_btf/mm_page_alloc";
+
 /// The tracepoint at the end of `__schedule` (Linux 6.16+), run by the thread switched in.
 const SWITCH_IN_TRACEPOINT: &str = "sched_exit_tp";
 
@@ -145,10 +150,20 @@ struct Control {
     switch_in_program: Option<&'static str>,
     /// `Some` while the off-CPU programs are attached.
     scheduler: Option<SchedulerLinks>,
+    /// Faults per memory record (the page-fault perf events' sample period).
+    memory_period: u64,
     /// Whether the memory programs are loaded (on first use, like the off-CPU ones).
     memory_loaded: bool,
     /// `Some` while the memory programs are attached; dropping them detaches.
-    memory: Option<Vec<BtfTracePointLink>>,
+    memory: Option<MemoryLinks>,
+}
+
+/// The attached memory programs.
+struct MemoryLinks {
+    /// The page-fault perf events of each CPU (minor, major).
+    faults: BTreeMap<u32, [PerfEventLink; 2]>,
+    /// The huge page allocation program.
+    _huge: BtfTracePointLink,
 }
 
 /// The reader thread's own state.
@@ -203,15 +218,13 @@ impl EbpfSampler {
             ));
         }
         let event_cost_ns = 1_000_000_000 / u64::from(config.off_cpu_max_events_per_cpu);
-        // A power of two: the program scales a 32-bit random number by it.
-        if !config.memory_sample_bytes.is_power_of_two()
-            || !(4096..=1 << 30).contains(&config.memory_sample_bytes)
-        {
+        if !(1..=65536).contains(&config.memory_fault_period) {
             return Err(SamplerError::InvalidConfig(format!(
-                "memory_sample_bytes {} is not a power of two from 4096 to 1073741824",
-                config.memory_sample_bytes
+                "memory_fault_period {} is not in 1..=65536",
+                config.memory_fault_period
             )));
         }
+        let memory_fault_period = u64::from(config.memory_fault_period);
         if config.memory_max_events_per_cpu == 0 || config.memory_max_events_per_cpu > 1_000_000_000
         {
             return Err(SamplerError::InvalidConfig(
@@ -235,11 +248,7 @@ impl EbpfSampler {
             .override_global(GLOBAL_UNWIND_MODE, &mode, true)
             .override_global(GLOBAL_OFFCPU_MIN_WAIT, &min_wait_ns, true)
             .override_global(GLOBAL_OFFCPU_EVENT_COST, &event_cost_ns, true)
-            .override_global(
-                GLOBAL_MEMORY_SAMPLE_BYTES,
-                &config.memory_sample_bytes,
-                true,
-            )
+            .override_global(GLOBAL_MEMORY_FAULT_PERIOD, &memory_fault_period, true)
             .override_global(GLOBAL_MEMORY_EVENT_COST, &memory_event_cost_ns, true)
             // `offcpu_start` and `fault_mark` are task storage, which aya creates but
             // has no type for (only the eBPF programs use them).
@@ -281,6 +290,7 @@ impl EbpfSampler {
                 offcpu_epoch,
                 switch_in_program: None,
                 scheduler: None,
+                memory_period: memory_fault_period,
                 memory_loaded: false,
                 memory: None,
             }),
@@ -662,6 +672,12 @@ impl Control {
                 tracing::info!(cpu, "CPU came online: sampling it");
                 self.links.insert(cpu, link);
             }
+            if self.memory.is_some()
+                && let Some(links) = self.open_fault_events(cpu)?
+                && let Some(memory) = &mut self.memory
+            {
+                memory.faults.insert(cpu, links);
+            }
         }
         self.online = cpus;
         Ok(())
@@ -819,42 +835,85 @@ impl Control {
         Ok(switch_in)
     }
 
-    /// Loads (once) and attaches the memory programs: the page-fault entry tracepoints
-    /// and `mm_page_alloc`. Where one is missing (the page-fault tracepoints are
-    /// x86's), memory cannot be recorded: the error says which.
+    /// Loads (once) and attaches the memory programs: the sampled page-fault perf
+    /// events of every online CPU, and the huge page allocation tracepoint.
     fn attach_memory(&mut self) -> Result<(), SamplerError> {
         if !self.memory_loaded {
-            let btf = Btf::from_sys_fs().map_err(|e| {
-                memory_error("tp_btf/mm_page_alloc")(format!("reading the kernel's BTF: {e}"))
-            })?;
-            for (program, tracepoint) in PROGRAMS_MEMORY {
-                self.tracepoint(program)
-                    .load(tracepoint, &btf)
-                    .map_err(|e| {
-                        memory_error(&format!("tp_btf/{tracepoint}"))(program_error_message(&e))
-                    })?;
-            }
-            self.memory_loaded = true;
+            self.load_memory_programs()?;
         }
-        let mut links = Vec::with_capacity(PROGRAMS_MEMORY.len());
-        // The allocation program first: a fault marked before it runs is harmless.
-        for (program, tracepoint) in PROGRAMS_MEMORY.iter().rev() {
-            let program = self.tracepoint(program);
-            let link = program
-                .attach()
-                .and_then(|id| program.take_link(id))
-                .map_err(|e| {
-                    memory_error(&format!("tp_btf/{tracepoint}"))(program_error_message(&e))
-                })?;
-            links.push(link);
+        let program = self.tracepoint(PROGRAM_HUGE_ALLOC);
+        let huge = program
+            .attach()
+            .and_then(|id| program.take_link(id))
+            .map_err(|e| memory_error(HUGE_ALLOC)(program_error_message(&e)))?;
+        let mut faults = BTreeMap::new();
+        for cpu in online_cpus()? {
+            if let Some(links) = self.open_fault_events(cpu)? {
+                faults.insert(cpu, links);
+            }
         }
         tracing::debug!("memory probes attached");
-        self.memory = Some(links);
+        self.memory = Some(MemoryLinks {
+            faults,
+            _huge: huge,
+        });
         Ok(())
     }
 
-    /// Detaches the memory programs (marks left in task storage go stale: each holds a
-    /// fault count the thread has moved past).
+    /// Loads the memory programs.
+    fn load_memory_programs(&mut self) -> Result<(), SamplerError> {
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut(PROGRAM_FAULT_SAMPLE)
+            .expect("in the object")
+            .try_into()
+            .map_err(|e: ProgramError| memory_error(FAULT_EVENTS)(e.to_string()))?;
+        program
+            .load()
+            .map_err(|e| memory_error(FAULT_EVENTS)(program_error_message(&e)))?;
+        let btf = Btf::from_sys_fs()
+            .map_err(|e| memory_error(HUGE_ALLOC)(format!("reading the kernel's BTF: {e}")))?;
+        self.tracepoint(PROGRAM_HUGE_ALLOC)
+            .load("mm_page_alloc", &btf)
+            .map_err(|e| memory_error(HUGE_ALLOC)(program_error_message(&e)))?;
+        self.memory_loaded = true;
+        Ok(())
+    }
+
+    /// Opens the minor and major page-fault perf events of `cpu`, sampled every
+    /// `memory_period` faults, with the fault program attached; `None` when the CPU
+    /// went offline meanwhile.
+    fn open_fault_events(&mut self, cpu: u32) -> Result<Option<[PerfEventLink; 2]>, SamplerError> {
+        let period = self.memory_period;
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut(PROGRAM_FAULT_SAMPLE)
+            .expect("loaded")
+            .try_into()
+            .expect("a perf_event program");
+        let mut open = |event| {
+            program
+                .attach(
+                    PerfEventConfig::Software(event),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Period(period),
+                    false,
+                )
+                .and_then(|id| program.take_link(id))
+        };
+        match open(SoftwareEvent::PageFaultsMin)
+            .and_then(|min| Ok([min, open(SoftwareEvent::PageFaultsMaj)?]))
+        {
+            Ok(links) => Ok(Some(links)),
+            Err(error) if errno_of(&error) == Some(nix::libc::ENODEV) => Ok(None),
+            Err(error) => Err(memory_error(FAULT_EVENTS)(privileges::chain_message(
+                &error,
+            ))),
+        }
+    }
+
+    /// Detaches the memory programs (a huge page fault noted in task storage goes
+    /// stale: the thread's fault count moves past it).
     fn detach_memory(&mut self) {
         if self.memory.take().is_some() {
             tracing::debug!("memory probes detached");
@@ -1296,11 +1355,11 @@ mod tests {
                 ..SamplerConfig::default()
             },
             SamplerConfig {
-                memory_sample_bytes: 3 * 4096,
+                memory_fault_period: 0,
                 ..SamplerConfig::default()
             },
             SamplerConfig {
-                memory_sample_bytes: 2048,
+                memory_fault_period: 65537,
                 ..SamplerConfig::default()
             },
             SamplerConfig {

@@ -92,7 +92,7 @@ pub(crate) const GLOBAL_UNWIND_MODE: &str = "coral_unwind_mode";
 pub(crate) const GLOBAL_OFFCPU_MIN_WAIT: &str = "coral_offcpu_min_wait_ns";
 pub(crate) const GLOBAL_OFFCPU_EVENT_COST: &str = "coral_offcpu_event_cost_ns";
 /// Globals of the memory programs (u64 bytes, u64 nanoseconds).
-pub(crate) const GLOBAL_MEMORY_SAMPLE_BYTES: &str = "coral_memory_sample_bytes";
+pub(crate) const GLOBAL_MEMORY_FAULT_PERIOD: &str = "coral_memory_fault_period";
 pub(crate) const GLOBAL_MEMORY_EVENT_COST: &str = "coral_memory_event_cost_ns";
 
 /// `CORAL_MAX_TARGETS`: capacity of the `targets` map.
@@ -119,14 +119,10 @@ pub(crate) const PROGRAM: &str = "coral_sample";
 pub(crate) const PROGRAM_SWITCH_OUT: &str = "coral_switch_out";
 pub(crate) const PROGRAM_SWITCH_IN: &str = "coral_switch_in";
 pub(crate) const PROGRAM_SWITCH_IN_KPROBE: &str = "coral_switch_in_kprobe";
-/// The memory programs: fault entry (x86 `exceptions:page_fault_user` and
-/// `page_fault_kernel`) and page allocation (`kmem:mm_page_alloc`), with the
-/// tracepoints they attach to.
-pub(crate) const PROGRAMS_MEMORY: [(&str, &str); 3] = [
-    ("coral_fault_user", "page_fault_user"),
-    ("coral_fault_kernel", "page_fault_kernel"),
-    ("coral_page_alloc", "mm_page_alloc"),
-];
+/// The memory programs: on sampled faults (the page-fault perf events), and on
+/// huge page allocations (`tp_btf/mm_page_alloc`).
+pub(crate) const PROGRAM_FAULT_SAMPLE: &str = "coral_fault_sample";
+pub(crate) const PROGRAM_HUGE_ALLOC: &str = "coral_huge_alloc";
 
 impl<'a> RawEvent<'a> {
     /// Parses an event from a ring buffer record. Records are at least as long as

@@ -45,16 +45,15 @@
 //! Memory made resident, for targets added with `memory` (attached only while one is):
 //!
 //! ```text
-//!  tp_btf/page_fault_user, page_fault_kernel (x86): a target thread faults
-//!    → its task storage fault_mark = its fault count + 1 (holds until the fault is
-//!      resolved: the kernel then counts it)
-//!  tp_btf/mm_page_alloc, in the faulting thread: movable pages (user memory) while
-//!  the mark holds
-//!    b = 4 KiB << order; b ≥ S: one event of weight b; b < S: with probability b/S,
-//!    one event of weight S (S = SamplerConfig::memory_sample_bytes)
-//!    per-CPU token bucket; over it: counted as lost
-//!    the user stack that faulted (no kernel stack)
-//!    → events (ring buffer) → a Sample with `memory: Some(Memory)`
+//!  perf_event PAGE_FAULTS_MIN and _MAJ (software, one of each per CPU), period P:
+//!  the kernel counts every resolved fault, the program runs on every P-th of the CPU
+//!    tgid ∉ memory targets → return; a huge page fault (noted below) → return
+//!    one event of weight P × 4 KiB (P = SamplerConfig::memory_fault_period)
+//!  tp_btf/mm_page_alloc: order < 9 → return; a target's movable 2 MiB allocation
+//!  (a transparent huge page for its fault) → one event of weight 2 MiB
+//!  both: per-CPU token bucket (over it: counted as lost); the user stack that
+//!  faulted (no kernel stack) → events (ring buffer) → a Sample with
+//!  `memory: Some(Memory)`
 //! ```
 //!
 //! * [`Sampler`] is the interface the layers above use; [`EbpfSampler`] is the real
@@ -197,20 +196,19 @@ pub struct OffCpu {
     pub woken_unix_nano: Option<i64>,
 }
 
-/// Memory a thread made resident: pages the kernel allocated to resolve its page
-/// faults (first touches of anonymous memory, copy-on-write copies, file pages read in),
-/// with the stack that faulted.
+/// Memory a thread made resident: the pages its page faults mapped (first touches of
+/// anonymous memory, copy-on-write copies, file pages), with the stack that faulted.
 ///
-/// Faults allocating at least [`SamplerConfig::memory_sample_bytes`] (S) are all
-/// reported, each weighing its bytes; a smaller one of b bytes is reported with
-/// probability b/S and weighs S. Summing `bytes` per stack (or per thread and time
-/// range) is then an unbiased estimate of the memory made resident there.
+/// One fault in [`SamplerConfig::memory_fault_period`] (P) of each CPU is reported,
+/// weighing P × 4 KiB; every transparent huge page is reported, weighing 2 MiB.
+/// Summing `bytes` per stack (or per thread and time range) is an unbiased estimate of
+/// the memory the faults there mapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Memory {
     /// The bytes this record stands for (see above).
     pub bytes: u64,
-    /// The size of the page the fault allocated: 4096 for a base page, 2 MiB for a
-    /// transparent huge page (or another power of two for a multi-size one).
+    /// The size of the pages the fault mapped: 4096, or 2 MiB for a transparent huge
+    /// page.
     pub page_bytes: u64,
 }
 
@@ -489,14 +487,14 @@ pub struct SamplerConfig {
     /// them); beyond, records are counted as lost. Default 2000: about as many records
     /// as CPU sampling at 1000 Hz can send, whatever the number of threads.
     pub off_cpu_max_events_per_cpu: u32,
-    /// Page faults allocating at least this many bytes are all recorded with their
-    /// bytes as weight; a smaller one of b bytes is recorded with probability b/S and
-    /// weight S (S this value): an unbiased estimate that sends about one record per S
-    /// of memory made resident. A power of two from 4 KiB to 1 GiB. Default 512 KiB
-    /// (the OpenTelemetry profiler's allocation sampling interval): a request that makes
-    /// 300 MB resident sends ~600 records (±4 % on its total, one standard deviation),
-    /// and a thread faulting 1 GB/s sends ~2,000 a second.
-    pub memory_sample_bytes: u64,
+    /// One page fault in this many of each CPU is recorded, weighing this many 4 KiB
+    /// pages (the kernel counts the others for free): an unbiased estimate that sends
+    /// about one record per P × 4 KiB of base pages. 1..=65536. Default 127 (~508 KiB,
+    /// the OpenTelemetry profiler's 512 KiB allocation sampling interval; prime, so it
+    /// does not beat in step with a loop's faults): a request that makes 300 MB
+    /// resident sends ~600 records (±4 % on its total, one standard deviation). Huge
+    /// page faults are all recorded.
+    pub memory_fault_period: u32,
     /// Most memory records per second per CPU (a token bucket holding a second of
     /// them, so a burst of a few hundred MB is recorded whole); beyond, records are
     /// counted as lost. Default 2000.
@@ -512,7 +510,7 @@ impl Default for SamplerConfig {
             max_buffered_samples: 65536,
             off_cpu_min_wait: Duration::from_millis(1),
             off_cpu_max_events_per_cpu: 2000,
-            memory_sample_bytes: 512 * 1024,
+            memory_fault_period: 127,
             memory_max_events_per_cpu: 2000,
         }
     }
@@ -676,7 +674,7 @@ mod tests {
         assert_eq!(config.unwind, UnwindMode::Auto);
         assert_eq!(config.off_cpu_min_wait, Duration::from_millis(1));
         assert_eq!(config.off_cpu_max_events_per_cpu, 2000);
-        assert_eq!(config.memory_sample_bytes, 512 * 1024);
+        assert_eq!(config.memory_fault_period, 127);
         assert_eq!(config.memory_max_events_per_cpu, 2000);
     }
 

@@ -76,7 +76,7 @@ impl MemoryBreakdown {
     /// The line every text view of a request's memory opens with:
     ///
     /// ```text
-    /// made 380 MiB resident: 4 KiB pages 120 MiB, huge pages 260 MiB · 1,214 records (each ~321 KiB sampled)
+    /// made 380 MiB resident: 4 KiB pages 120 MiB, huge pages 260 MiB · 1,214 records, ~321 KiB each
     /// ```
     ///
     /// Each record stands for the bytes the sampler saw between two records, so the
@@ -92,7 +92,7 @@ impl MemoryBreakdown {
             if self.records == 1 { "" } else { "s" }
         );
         if let Some(per_record) = self.resident_bytes.checked_div(self.records) {
-            out.push_str(&format!(" (each ~{} sampled)", format_bytes(per_record)));
+            out.push_str(&format!(", ~{} each", format_bytes(per_record)));
         }
         out
     }
@@ -212,8 +212,8 @@ mod tests {
         };
         assert_eq!(
             b.describe(),
-            "made 380 MiB resident: 4 KiB pages 120 MiB, huge pages 260 MiB · 1,214 records \
-             (each ~321 KiB sampled)"
+            "made 380 MiB resident: 4 KiB pages 120 MiB, huge pages 260 MiB · 1,214 records, \
+             ~321 KiB each"
         );
         assert_eq!(
             MemoryBreakdown::default().describe(),

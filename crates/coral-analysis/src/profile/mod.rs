@@ -32,7 +32,7 @@ pub use kinds::{Breakdown, OFF_CPU_MODULE, ProfileType, ProfileTypeError, Switch
 pub use memory::{MEMORY_MODULE, MemoryBreakdown, format_bytes, page_frame};
 pub use pprof::write_pprof;
 pub use svg::write_svg;
-pub use text::write_text_summary;
+pub use text::{TOP_STACK_DEPTH, write_text_summary};
 
 /// The function name of a frame whose symbol is not known.
 pub const UNKNOWN_FUNCTION: &str = "[unknown]";
@@ -222,6 +222,33 @@ impl Hotspot {
     }
 }
 
+/// One of a profile's heaviest stacks in the value of one [`ProfileType`]: its
+/// innermost frames, where a call path says most.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopStack {
+    /// The innermost frames, outermost first, by their folded names (`grab_block`,
+    /// `[memory: 4 KiB page]`, `do_sys_poll_[k]`).
+    pub frames: Vec<String>,
+    /// How many outer frames were left out (0: the whole stack).
+    pub elided: usize,
+    /// The stack's value: nanoseconds, or bytes for `memory`.
+    pub value: u64,
+    /// `value` / the profile's total of the type, in [0, 1].
+    pub share: f64,
+}
+
+impl TopStack {
+    /// `… → build_snapshot → grab_block → [memory: 4 KiB page]`.
+    pub fn path(&self) -> String {
+        let path = self.frames.join(" → ");
+        if self.elided > 0 {
+            format!("… → {path}")
+        } else {
+            path
+        }
+    }
+}
+
 /// CPU time of `samples` samples taken at `frequency_hz`, rounded to the nearest
 /// nanosecond; 0 for a frequency of 0.
 pub fn samples_to_cpu_ns(samples: u64, frequency_hz: u32) -> u64 {
@@ -372,6 +399,31 @@ impl Profile {
         all.into_iter()
             .zip(keep)
             .filter_map(|(h, k)| k.then_some(h))
+            .collect()
+    }
+
+    /// The `top` stacks with the most value of `ty`, each by its `depth` innermost
+    /// frames; equal values in stack order.
+    pub fn top_stacks(&self, ty: ProfileType, top: usize, depth: usize) -> Vec<TopStack> {
+        let total = self.total(ty);
+        let mut stacks: Vec<&WeightedStack> =
+            self.stacks.iter().filter(|s| ty.value(s) > 0).collect();
+        stacks.sort_by_key(|s| std::cmp::Reverse(ty.value(s)));
+        stacks
+            .into_iter()
+            .take(top)
+            .map(|stack| {
+                let elided = stack.frames.len().saturating_sub(depth);
+                TopStack {
+                    frames: stack.frames[elided..]
+                        .iter()
+                        .map(|&i| folded_frame_name(self.frame(i)))
+                        .collect(),
+                    elided,
+                    value: ty.value(stack),
+                    share: share(ty.value(stack), total),
+                }
+            })
             .collect()
     }
 

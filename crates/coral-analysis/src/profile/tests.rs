@@ -1107,9 +1107,10 @@ fn text_memory_gives_bytes_never_times() {
     assert_eq!(
         text,
         "382 MiB made resident (huge pages 260 MiB) in 764 records, 3 stacks, 6 frames\n\
-         top self:\n\
-         \x20  68.1%  self   260 MiB  [memory: 2 MiB huge page]\n\
-         \x20  31.9%  self   122 MiB  [memory: 4 KiB page]\n\
+         top stacks:\n\
+         \x20  68.1%   260 MiB  main → build_snapshot → grab_block → [memory: 2 MiB huge page]\n\
+         \x20  31.4%   120 MiB  main → build_snapshot → grab_block → [memory: 4 KiB page]\n\
+         \x20   0.5%  2.00 MiB  main → parse → [memory: 4 KiB page]\n\
          top total:\n\
          \x20  99.5%  total  380 MiB  build_snapshot (svc)\n\
          \x20  99.5%  total  380 MiB  grab_block (svc)\n\
@@ -1140,5 +1141,35 @@ fn page_frames_are_hotspots_of_memory_and_hold_its_self_bytes() {
         p.all_hotspots(ProfileType::Cpu)
             .iter()
             .all(|h| h.kind != FrameKind::Page)
+    );
+}
+
+#[test]
+fn top_stacks_keep_the_innermost_frames_and_a_deep_trunk_its_inner_end() {
+    let frames: Vec<Frame> = (0..12)
+        .map(|i| Frame::user(format!("f{i}"), "svc"))
+        .collect();
+    let mut p = Profile::new();
+    p.add_memory(&frames, 4096, 3, 3 << 20);
+    p.add_memory(&frames[..11], 4096, 1, 1 << 20);
+    let top = p.top_stacks(ProfileType::Memory, 5, 4);
+    assert_eq!(top.len(), 2);
+    assert_eq!(
+        (top[0].path(), top[0].elided, top[0].value),
+        (
+            "… → f9 → f10 → f11 → [memory: 4 KiB page]".to_string(),
+            9,
+            3 << 20
+        )
+    );
+    assert!((top[1].share - 0.25).abs() < 1e-9);
+    // f0..f10 and the page frame are on every stack: the summary keeps the outer three
+    // and the inner five.
+    let text = text_of(&p, ProfileType::Memory, 3);
+    assert!(
+        text.ends_with(
+            "on every stack: f0, f1, f2, … 4 more …, f7, f8, f9, f10, [memory: 4 KiB page]\n"
+        ),
+        "{text}"
     );
 }

@@ -65,11 +65,16 @@ pub fn write_text_summary(
         return Ok(());
     }
     let mut all = profile.all_hotspots(ty);
-    let by_self: Vec<&Hotspot> = all.iter().filter(|h| h.self_ns > 0).take(top).collect();
-    write_section(&mut w, ty, "top self:", "self ", &by_self, |h| {
-        (h.self_share, h.self_ns)
-    })?;
-    drop(by_self);
+    if ty == ProfileType::Memory {
+        // Every memory stack ends in its page frame, which holds all self bytes: the
+        // call paths say where the memory was made resident.
+        write_top_stacks(&mut w, profile, ty, top)?;
+    } else {
+        let by_self: Vec<&Hotspot> = all.iter().filter(|h| h.self_ns > 0).take(top).collect();
+        write_section(&mut w, ty, "top self:", "self ", &by_self, |h| {
+            (h.self_share, h.self_ns)
+        })?;
+    }
     all.sort_by(super::cmp_total);
     let total = profile.total(ty);
     let (trunk, branches): (Vec<&Hotspot>, Vec<&Hotspot>) =
@@ -115,8 +120,9 @@ fn totals(profile: &Profile, ty: ProfileType) -> String {
     }
 }
 
-/// The trunk's functions root first (as the first stack has them), at most
-/// [`TRUNK_NAMES`] of them.
+/// The trunk's functions root first (as the first stack has them). A trunk of more than
+/// [`TRUNK_NAMES`] keeps its outermost and its innermost functions: the innermost say
+/// most (all of a request's memory under `grab_block`).
 fn trunk_names(profile: &Profile, ty: ProfileType, trunk: &[&Hotspot]) -> String {
     let first = profile.stacks.iter().find(|s| ty.value(s) > 0);
     let depth = |h: &Hotspot| {
@@ -133,21 +139,63 @@ fn trunk_names(profile: &Profile, ty: ProfileType, trunk: &[&Hotspot]) -> String
     };
     let mut ordered: Vec<(usize, &Hotspot)> = trunk.iter().map(|h| (depth(h), *h)).collect();
     ordered.sort_by_key(|(d, _)| *d);
-    let mut names: Vec<&str> = ordered
-        .iter()
-        .take(TRUNK_NAMES)
-        .map(|(_, h)| h.function.as_str())
-        .collect();
-    let more = trunk.len().saturating_sub(TRUNK_NAMES);
-    let more = format!("and {more} more");
-    if trunk.len() > TRUNK_NAMES {
-        names.push(&more);
+    let names: Vec<&str> = ordered.iter().map(|(_, h)| h.function.as_str()).collect();
+    if names.len() <= TRUNK_NAMES {
+        return names.join(", ");
     }
-    names.join(", ")
+    let (outer, inner) = (TRUNK_NAMES_OUTER, TRUNK_NAMES - TRUNK_NAMES_OUTER);
+    format!(
+        "{}, … {} more …, {}",
+        names[..outer].join(", "),
+        names.len() - TRUNK_NAMES,
+        names[names.len() - inner..].join(", ")
+    )
 }
+
+/// Of the [`TRUNK_NAMES`] of a cut trunk, how many are its outermost.
+const TRUNK_NAMES_OUTER: usize = 3;
 
 /// The trunk is summarised on one line; a deep one is cut.
 const TRUNK_NAMES: usize = 8;
+
+/// Frames of a call path in the `top stacks` section: the innermost, where the path
+/// says most.
+pub const TOP_STACK_DEPTH: usize = 8;
+
+/// The `top` stacks by value, each as its innermost call path:
+///
+/// ```text
+/// top stacks:
+///    98.4%  306 MiB  … → build_snapshot → grab_block → alloc::vec::from_elem → __memset_avx2_unaligned_erms → [memory: 4 KiB page]
+/// ```
+fn write_top_stacks(
+    w: &mut impl io::Write,
+    profile: &Profile,
+    ty: ProfileType,
+    top: usize,
+) -> io::Result<()> {
+    let stacks = profile.top_stacks(ty, top, TOP_STACK_DEPTH);
+    if stacks.is_empty() {
+        return Ok(());
+    }
+    writeln!(w, "top stacks:")?;
+    let values: Vec<String> = stacks.iter().map(|s| value_text(ty, s.value)).collect();
+    let width = values.iter().map(|v| v.chars().count()).max().unwrap_or(0);
+    for (stack, value) in stacks.iter().zip(&values) {
+        let pct = format!("{:.1}%", stack.share * 100.0);
+        writeln!(w, "  {pct:>6}  {value:>width$}  {}", stack.path())?;
+    }
+    Ok(())
+}
+
+/// A value of `ty` for people: a time, or bytes for `memory`.
+fn value_text(ty: ProfileType, v: u64) -> String {
+    if ty.is_bytes() {
+        super::format_bytes(v)
+    } else {
+        ns(v)
+    }
+}
 
 fn write_section(
     w: &mut impl io::Write,
@@ -165,12 +213,7 @@ fn write_section(
         .iter()
         .map(|h| {
             let (share, v) = value(h);
-            let v = if ty.is_bytes() {
-                super::format_bytes(v)
-            } else {
-                ns(v)
-            };
-            (format!("{:.1}%", share * 100.0), v)
+            (format!("{:.1}%", share * 100.0), value_text(ty, v))
         })
         .collect();
     let time_width = cells

@@ -659,8 +659,8 @@ async fn finished_span(
     .await
 }
 
-/// What cannot be shown is refused with why: an unknown type, memory (not collected
-/// yet), off-CPU time of a process-precision request or of a trigger that recorded
+/// What cannot be shown is refused with why: an unknown type, `wall` as a collected
+/// type (it is a view), off-CPU time of a process-precision request or of a trigger that recorded
 /// CPU only, and a comparison of cohorts without off-CPU time. The in-memory sampler:
 /// no root needed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -687,12 +687,14 @@ async fn bad_input_is_refused_with_the_reason() {
         assert!(!out.ok, "{}", out.stdout);
         assert!(
             out.stderr.contains("invalid value 'bogus' for '--type")
-                && out.stderr.contains("[possible values: cpu, offcpu, wall]"),
+                && out
+                    .stderr
+                    .contains("[possible values: cpu, offcpu, wall, memory]"),
             "{}",
             out.stderr
         );
     }
-    let memory = run(
+    let wall = run(
         colony,
         &[
             "profile",
@@ -700,17 +702,17 @@ async fn bad_input_is_refused_with_the_reason() {
             "--service",
             SERVICE,
             "--types",
-            "cpu,memory",
+            "cpu,wall",
             "--min-duration",
             "1s",
         ],
     )
     .await;
-    assert!(!memory.ok, "{}", memory.stdout);
+    assert!(!wall.ok, "{}", wall.stdout);
     assert!(
-        memory.stderr.contains("memory is not collected yet"),
+        wall.stderr.contains("wall is not collected on its own"),
         "{}",
-        memory.stderr
+        wall.stderr
     );
 
     // A trigger collecting off-CPU time (the default) and a span without thread.id.
