@@ -8,39 +8,16 @@
 //! tests exercise, and each call says why it is sound.
 #![allow(unsafe_code)]
 
+use crate::offcpu_tests::{drain_settled, gettid, sampler, unix_now, user_functions};
 use crate::root_tests::{require_root, serial};
 use crate::{EbpfSampler, Recording, Sample, Sampler, SamplerConfig};
 use coral_symbolizer::Symbolizer;
 use nix::libc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const HZ: u32 = 99;
 const PAGE: usize = 4096;
 const BLOCK: usize = 256 * 1024;
 const HUGE_PAGE: usize = 2 << 20;
-
-fn sampler() -> EbpfSampler {
-    require_root();
-    EbpfSampler::new(SamplerConfig::default()).expect("EbpfSampler::new as root")
-}
-
-fn gettid() -> u32 {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::gettid() as u32 }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_nanos() as i64
-}
-
-/// Waits for records in flight, then drains.
-fn drain_settled(sampler: &EbpfSampler) -> Vec<Sample> {
-    std::thread::sleep(Duration::from_millis(100));
-    sampler.drain()
-}
 
 /// Memory records of `tid` within `window` (Unix ns), give or take the few
 /// microseconds by which the sampler's clock conversion may differ from this one.
@@ -60,22 +37,6 @@ fn bytes<'a>(samples: impl IntoIterator<Item = &'a &'a Sample>) -> u64 {
         .into_iter()
         .map(|s| s.memory.expect("memory").bytes)
         .sum()
-}
-
-/// User frames (every one but the leaf at `address - 1`, inside the call).
-fn user_functions(symbolizer: &mut Symbolizer, sample: &Sample) -> Vec<String> {
-    let addresses: Vec<u64> = sample
-        .stack
-        .user
-        .iter()
-        .enumerate()
-        .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
-        .collect();
-    symbolizer
-        .symbolize_user(sample.tgid, &addresses)
-        .into_iter()
-        .map(|f| f.function)
-        .collect()
 }
 
 /// The share of `samples`' bytes whose stack has a function containing `name`.

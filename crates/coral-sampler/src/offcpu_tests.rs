@@ -12,20 +12,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const HZ: u32 = 99;
 
-fn sampler() -> EbpfSampler {
+pub(crate) fn sampler() -> EbpfSampler {
     require_root();
     EbpfSampler::new(SamplerConfig::default()).expect("EbpfSampler::new as root")
 }
 
 /// The calling thread's id (/proc/thread-self is a link to PID/task/TID).
-fn gettid() -> u32 {
+pub(crate) fn gettid() -> u32 {
     let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
     link.file_name()
         .and_then(|tid| tid.to_str()?.parse().ok())
         .expect("PID/task/TID")
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("after 1970")
@@ -47,7 +47,7 @@ fn schedstat() -> (u64, u64) {
 }
 
 /// Waits for records in flight, then drains.
-fn drain_settled(sampler: &EbpfSampler) -> Vec<Sample> {
+pub(crate) fn drain_settled(sampler: &EbpfSampler) -> Vec<Sample> {
     std::thread::sleep(Duration::from_millis(100));
     sampler.drain()
 }
@@ -80,7 +80,7 @@ fn kernel_functions(symbolizer: &mut Symbolizer, sample: &Sample) -> Vec<String>
 }
 
 /// User frames (every one but the leaf at `address - 1`, inside the call).
-fn user_functions(symbolizer: &mut Symbolizer, sample: &Sample) -> Vec<String> {
+pub(crate) fn user_functions(symbolizer: &mut Symbolizer, sample: &Sample) -> Vec<String> {
     let addresses: Vec<u64> = sample
         .stack
         .user

@@ -21,7 +21,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
-/// What `grab_block` allocates and touches: above glibc's mmap threshold.
+/// What `grab_block` maps and touches.
 const BLOCK: usize = 256 * 1024;
 /// A slow request's snapshot: 300 MiB.
 const SLOW_BLOCKS: usize = 1200;
@@ -33,41 +33,76 @@ const HUGE_PAGE: usize = 2 << 20;
 /// The region a request touches with transparent huge pages.
 const HUGE_REGION: usize = 64 << 20;
 
-/// Has glibc serve every block of [`BLOCK`] bytes with a fresh mapping and unmap it when
-/// freed, so that each block faults in new pages. By default glibc raises its mmap
-/// threshold to the size of the first mapped block freed, and later blocks come from
-/// (possibly already resident) heap memory.
-#[allow(unsafe_code)]
-fn map_every_block() {
-    // SAFETY: mallopt only sets an allocator parameter (under glibc's own locks); it
-    // touches no memory of the caller.
-    let set = unsafe { nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 128 * 1024) };
-    assert_eq!(set, 1, "mallopt(M_MMAP_THRESHOLD) failed");
+/// Fresh anonymous memory of its own mapping, unmapped when dropped. The workload maps
+/// its blocks itself, as an allocator hands out large blocks: what a request touches is
+/// then new memory whatever else the process allocated (a busy test process's heap may
+/// hold free chunks that `malloc` would reuse without a fault).
+struct Fresh {
+    base: *mut u8,
+    len: usize,
 }
 
-/// One block of fresh memory, every page written (by memset: a byte loop would take
-/// seconds per snapshot in a debug build).
+// SAFETY: `Fresh` owns its mapping alone; nothing else refers to it.
+#[allow(unsafe_code)]
+unsafe impl Send for Fresh {}
+
+#[allow(unsafe_code)]
+impl Fresh {
+    /// Maps `len` bytes and writes every byte (`memset`: every page faults in).
+    fn filled(len: usize) -> Self {
+        use nix::libc;
+        // SAFETY: a new private anonymous mapping: no existing memory is affected.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED, "mmap failed");
+        // SAFETY: the mapping above is `len` bytes, readable and writable.
+        unsafe { std::ptr::write_bytes(base.cast::<u8>(), 1, len) };
+        Self {
+            base: base.cast(),
+            len,
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `filled` made, used by no one else.
+        let unmapped = unsafe { nix::libc::munmap(self.base.cast(), self.len) };
+        assert_eq!(unmapped, 0, "munmap failed");
+    }
+}
+
+/// One block of fresh memory, every page written.
 #[inline(never)]
-fn grab_block() -> Vec<u8> {
-    black_box(vec![1u8; BLOCK])
+fn grab_block() -> Fresh {
+    black_box(Fresh::filled(BLOCK))
 }
 
 /// A slow request's work: `blocks` blocks, kept until the caller drops them.
 #[inline(never)]
-fn build_snapshot(blocks: usize) -> Vec<Vec<u8>> {
+fn build_snapshot(blocks: usize) -> Vec<Fresh> {
     black_box((0..blocks).map(|_| grab_block()).collect())
 }
 
 /// Another thread's work during a request: `blocks` blocks of its own.
 #[inline(never)]
-fn warm_cache(blocks: usize) -> Vec<Vec<u8>> {
+fn warm_cache(blocks: usize) -> Vec<Fresh> {
     black_box((0..blocks).map(|_| grab_block()).collect())
 }
 
 /// A fast request's work: a little memory.
 #[inline(never)]
-fn render_page() -> Vec<u8> {
-    black_box(vec![1u8; FAST_BYTES])
+fn render_page() -> Fresh {
+    black_box(Fresh::filled(FAST_BYTES))
 }
 
 /// Writes every base page of `region` (each huge page is faulted in whole).
@@ -278,7 +313,6 @@ async fn trigger_result(
 #[ignore = "needs root for eBPF: run `cargo xtask test`"]
 async fn each_request_shows_the_memory_it_made_resident() {
     let _ebpf = require_root().await;
-    map_every_block();
     let (stack, provider, trigger) = trigger_running(&[
         "--types",
         "cpu,memory",
@@ -555,7 +589,6 @@ async fn each_request_shows_the_memory_it_made_resident() {
 #[ignore = "needs root for eBPF: run `cargo xtask test`"]
 async fn memory_is_the_requests_own_or_its_process() {
     let _ebpf = require_root().await;
-    map_every_block();
     let huge_pages = transparent_huge_pages();
     let (stack, provider, trigger) = trigger_running(&[
         "--types",

@@ -710,7 +710,10 @@ async fn bad_input_is_refused_with_the_reason() {
     .await;
     assert!(!wall.ok, "{}", wall.stdout);
     assert!(
-        wall.stderr.contains("wall is not collected on its own"),
+        wall.stderr.contains("invalid value 'wall' for '--types")
+            && wall
+                .stderr
+                .contains("[possible values: cpu, offcpu, memory]"),
         "{}",
         wall.stderr
     );
