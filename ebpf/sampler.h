@@ -24,11 +24,10 @@
  * at least coral_offcpu_min_wait_ns (T), else T for an interval sent with
  * probability (its length / T); the sum of weights per stack estimates, without
  * bias, the time spent waiting there.
- * kind CORAL_KIND_MEMORY: at ktime_ns the kernel allocated pages of order `state`
- * (4 KiB << state) to resolve a page fault of the thread, whose user stack is the
- * one that faulted (no kernel stack). weight is the memory it stands for, in
- * bytes: the pages' bytes when at least coral_memory_sample_bytes (S), else S for
- * an allocation sent with probability (its bytes / S).
+ * kind CORAL_KIND_MEMORY: at ktime_ns a page fault of the thread mapped pages of
+ * order `state` (4 KiB << state), with the user stack that faulted (no kernel
+ * stack). weight is the memory it stands for, in bytes: the sampled fault's
+ * coral_memory_fault_period x 4 KiB, or a huge page's size (all are sent).
  */
 struct coral_sample_event {
 	/* bpf_ktime_get_ns() at the sample: CLOCK_MONOTONIC, in nanoseconds. */

@@ -542,10 +542,19 @@ fn cpu_only_targets_get_no_off_cpu_records() {
     sampler
         .add_targets(&[pid], HZ, Recording::CPU)
         .expect("add_targets");
+    // The other process blocked reading its stdin before the probes were attached: a
+    // wait they ignore. Stopped and continued, it blocks again, now seen from the start.
+    for signal in ["-STOP", "-CONT"] {
+        let status = std::process::Command::new("kill")
+            .args([signal, &other.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal}");
+    }
     std::thread::spawn(|| sleep_a_while(Duration::from_millis(100)))
         .join()
         .expect("sleeper");
-    // The other process has been blocked reading its stdin: wake it.
+    // Wake it.
     let mut stdin = other.child.stdin.take().expect("piped stdin");
     writeln!(stdin, "0.05").expect("wake the workload");
     let _ = other.line();
