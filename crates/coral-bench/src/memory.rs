@@ -17,12 +17,11 @@
 //! off, for a throughput comparison without their cost).
 
 use crate::offcpu::{BpfStats, ProgRun, bpf_delta, bpf_programs};
-use crate::overhead::symbolize_like_the_agent;
 use crate::workload::{Killed, loss_vs_neighbours, median};
 use anyhow::{Context, Result, bail};
-use coral_sampler::{EbpfSampler, Recording, Sample, Sampler, SamplerConfig};
+use coral_sampler::{EbpfSampler, Recording, Sampler, SamplerConfig};
 use coral_symbolizer::Symbolizer;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -410,6 +409,7 @@ fn bpf_delta_each(before: &HashMap<u64, ProgRun>, after: &HashMap<u64, ProgRun>)
 
 /// The agent's loop: drain every 100 ms and symbolize each drain's distinct stacks per
 /// process, until `stop`, then once more.
+/// Drains like the agent until `stop`, counting what the round received.
 fn drain_until(
     sampler: &EbpfSampler,
     symbolizer: &mut Symbolizer,
@@ -419,35 +419,17 @@ fn drain_until(
         attached_during: sampler.stats().memory_attached,
         ..CoralRound::default()
     };
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(DRAIN_EVERY);
-        drain_once(sampler, symbolizer, &mut round);
-    }
-    // The sampler's reader empties the ring every 10 ms.
-    std::thread::sleep(Duration::from_millis(50));
-    drain_once(sampler, symbolizer, &mut round);
-    round
-}
-
-fn drain_once(sampler: &EbpfSampler, symbolizer: &mut Symbolizer, round: &mut CoralRound) {
-    let samples = sampler.drain();
-    let _ = sampler.take_losses();
-    let mut distinct: HashSet<(u32, &coral_sampler::Stack)> = HashSet::new();
-    let mut stacks: Vec<&Sample> = Vec::new();
-    for s in &samples {
-        match &s.memory {
-            Some(m) => {
-                round.memory_events += 1;
-                round.memory_bytes += m.bytes;
+    round.stacks =
+        crate::overhead::drain_until(sampler, symbolizer, stop, DRAIN_EVERY, |s| {
+            match &s.memory {
+                Some(m) => {
+                    round.memory_events += 1;
+                    round.memory_bytes += m.bytes;
+                }
+                None => round.cpu_samples += 1,
             }
-            None => round.cpu_samples += 1,
-        }
-        if distinct.insert((s.tgid, &*s.stack)) {
-            stacks.push(s);
-        }
-    }
-    std::hint::black_box(symbolize_like_the_agent(symbolizer, &stacks));
-    round.stacks += stacks.len() as u64;
+        });
+    round
 }
 
 fn report(plan: &[Profiler], profilers: &[Profiler], rounds: &[Round]) {

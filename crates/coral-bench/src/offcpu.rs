@@ -16,12 +16,11 @@
 //! `CORAL_BENCH_OFFCPU_BPF_STATS=0` leaves them off for a throughput comparison without
 //! that cost.
 
-use crate::overhead::symbolize_like_the_agent;
 use crate::workload::{Killed, loss_vs_neighbours, median};
 use anyhow::{Context, Result, bail};
-use coral_sampler::{EbpfSampler, Recording, Sample, Sampler, SamplerConfig};
+use coral_sampler::{EbpfSampler, Recording, Sampler, SamplerConfig};
 use coral_symbolizer::Symbolizer;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -505,6 +504,7 @@ fn run_round(
 
 /// The agent's loop: drain every 100 ms and symbolize each drain's distinct stacks per
 /// process, until `stop`, then once more.
+/// Drains like the agent until `stop`, counting what the round received.
 fn drain_until(
     sampler: &EbpfSampler,
     symbolizer: &mut Symbolizer,
@@ -514,35 +514,17 @@ fn drain_until(
         attached_during: sampler.stats().off_cpu_attached,
         ..CoralRound::default()
     };
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(DRAIN_EVERY);
-        drain_once(sampler, symbolizer, &mut round);
-    }
-    // The sampler's reader empties the ring every 10 ms.
-    std::thread::sleep(Duration::from_millis(50));
-    drain_once(sampler, symbolizer, &mut round);
-    round
-}
-
-fn drain_once(sampler: &EbpfSampler, symbolizer: &mut Symbolizer, round: &mut CoralRound) {
-    let samples = sampler.drain();
-    let _ = sampler.take_losses();
-    let mut distinct: HashSet<(u32, &coral_sampler::Stack)> = HashSet::new();
-    let mut stacks: Vec<&Sample> = Vec::new();
-    for s in &samples {
-        match &s.off_cpu {
-            Some(off) => {
-                round.off_cpu_events += 1;
-                round.off_cpu_weight += Duration::from_nanos(off.weight_ns);
+    round.stacks =
+        crate::overhead::drain_until(sampler, symbolizer, stop, DRAIN_EVERY, |s| {
+            match &s.off_cpu {
+                Some(off) => {
+                    round.off_cpu_events += 1;
+                    round.off_cpu_weight += Duration::from_nanos(off.weight_ns);
+                }
+                None => round.cpu_samples += 1,
             }
-            None => round.cpu_samples += 1,
-        }
-        if distinct.insert((s.tgid, &*s.stack)) {
-            stacks.push(s);
-        }
-    }
-    std::hint::black_box(symbolize_like_the_agent(symbolizer, &stacks));
-    round.stacks += stacks.len() as u64;
+        });
+    round
 }
 
 fn report(plan: &[Profiler], profilers: &[Profiler], rounds: &[Round], cpus: usize) {

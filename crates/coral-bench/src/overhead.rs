@@ -522,6 +522,43 @@ pub fn symbolize_like_the_agent(
     users
 }
 
+/// Drains `sampler` every `every` until `stop` (and once more after, for what its
+/// reader had not handed out yet), as the agent's profiler does: each drain's distinct
+/// stacks symbolized once. Every sample goes to `count`; returns the distinct stacks
+/// symbolized, summed over the drains.
+pub(crate) fn drain_until(
+    sampler: &EbpfSampler,
+    symbolizer: &mut Symbolizer,
+    stop: &std::sync::atomic::AtomicBool,
+    every: Duration,
+    mut count: impl FnMut(&Sample),
+) -> u64 {
+    let mut stacks = 0;
+    let mut drain = |symbolizer: &mut Symbolizer| {
+        let samples = sampler.drain();
+        let _ = sampler.take_losses();
+        let mut distinct: std::collections::HashSet<(u32, &coral_sampler::Stack)> =
+            std::collections::HashSet::new();
+        let mut unique: Vec<&Sample> = Vec::new();
+        for s in &samples {
+            count(s);
+            if distinct.insert((s.tgid, &*s.stack)) {
+                unique.push(s);
+            }
+        }
+        std::hint::black_box(symbolize_like_the_agent(symbolizer, &unique));
+        stacks += unique.len() as u64;
+    };
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(every);
+        drain(symbolizer);
+    }
+    // The sampler's reader empties the ring every 10 ms.
+    std::thread::sleep(Duration::from_millis(50));
+    drain(symbolizer);
+    stacks
+}
+
 /// One drain: each distinct stack symbolized once, like the agent's fold.
 fn drain_once(sampler: &dyn Sampler, symbolizer: &mut Symbolizer, stats: &mut RoundStats) {
     let samples = sampler.drain();
