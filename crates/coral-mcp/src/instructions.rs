@@ -15,9 +15,9 @@ Off-CPU time exists only for requests with thread precision collected by a trigg
 (triggers record cpu and offcpu by default).
 
 \"memory\" is the memory the request made resident, in bytes, by the stack that \
-faulted: the new pages its page faults made the kernel allocate (first touches of heap \
-or mmap memory, copy-on-write copies, file pages read in through mappings), huge pages \
-counted at their size and told apart from 4 KiB pages. It is what grows RSS. It is \
+faulted: the pages its page faults mapped (first touches of heap or mmap memory, \
+copy-on-write copies, file pages mapped in), huge pages counted at their size and told \
+apart from 4 KiB pages. It is what grows RSS. It is \
 sampled (one record per ~512 KiB on average, unbiased), so totals are estimates and a \
 request with few records says little. It is NOT the live heap and NOT leaks: memory \
 freed later still counts, and memory allocated but never touched does not count; nor \
