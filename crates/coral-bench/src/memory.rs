@@ -91,10 +91,17 @@ pub fn run() -> Result<()> {
             .context("CORAL_BENCH_MEMORY_CYCLES: a number, at least 1")?,
         Err(_) => DEFAULT_CYCLES,
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // One per core by default; `CORAL_BENCH_MEMORY_THREADS` leaves cores to the profiler.
+    let threads = match std::env::var("CORAL_BENCH_MEMORY_THREADS") {
+        Ok(n) => n
+            .parse()
+            .context("CORAL_BENCH_MEMORY_THREADS: a number of threads")?,
+        Err(_) => cpus,
+    };
     println!();
     println!(
-        "## memory: {threads} threads (one per core) each mapping a fresh {} KiB block, writing one byte per {} KiB page ({} page faults) and unmapping it; {cycles} cycles of rounds of {} s: off, then each profiler in turn, off between",
+        "## memory: {threads} threads each mapping a fresh {} KiB block, writing one byte per {} KiB page ({} page faults) and unmapping it; {cycles} cycles of rounds of {} s: off, then each profiler in turn, off between",
         BLOCK / 1024,
         PAGE / 1024,
         BLOCK / PAGE,
@@ -121,10 +128,10 @@ pub fn run() -> Result<()> {
         }
     }
     println!(
-        "Memory records: one per {} page faults of a CPU (the kernel's fault counters, sampled: SamplerConfig::memory_fault_period), weighing that many 4 KiB pages, and one per huge page; at most {} per CPU per second (memory_max_events_per_cpu), {}/s on this machine's {threads} CPUs, the rest counted as throttled.",
+        "Memory records: one per {} page faults of a CPU (the kernel's fault counters, sampled: SamplerConfig::memory_fault_period), weighing that many 4 KiB pages, and one per huge page; at most {} per CPU per second (memory_max_events_per_cpu), {}/s on this machine's {cpus} CPUs, the rest counted as throttled.",
         config.memory_fault_period,
         config.memory_max_events_per_cpu,
-        u64::from(config.memory_max_events_per_cpu) * threads as u64
+        u64::from(config.memory_max_events_per_cpu) * cpus as u64
     );
     let perf = Command::new("perf")
         .arg("--version")
