@@ -8,9 +8,11 @@
 //! Memory is sampled (one record per ~512 KiB made resident): the sizes here are large
 //! enough that a 20 % tolerance is several standard deviations of the estimate.
 
-use crate::offcpu::{json, on_own_thread, request_profile, run, server_span, trigger_running};
+use crate::offcpu::{
+    compare_slow_with_fast, json, on_own_thread, request_profile, run, server_span,
+    trigger_running, wait_for_baseline,
+};
 use crate::profile::{require_root, validate_signature};
-use crate::trigger::SERVICE;
 use coral_analysis::profile::{FrameKind, Profile, ProfileType};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracer;
@@ -347,18 +349,7 @@ async fn each_request_shows_the_memory_it_made_resident() {
     }
     let colony = stack.colony.as_str();
     let id = result["trigger_id"].as_str().unwrap().to_string();
-    // The baseline is sent when the trigger ends: wait until it is stored.
-    for _ in 0..100 {
-        let status = run(
-            colony,
-            &["profile", "trigger-status", &id, "--output", "json"],
-        )
-        .await;
-        if json(&status.stdout)["baseline_collected"].as_u64() == Some(10) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_baseline(colony, &id, 10).await;
 
     // Each slow request (but the first a trigger collects, which may miss its first
     // records): what it touched, nearly all under grab_block.
@@ -438,31 +429,7 @@ async fn each_request_shows_the_memory_it_made_resident() {
         assert_eq!(breakdown.resident_bytes, total);
     }
 
-    let compare = |ty: &'static str| {
-        let colony = stack.colony.clone();
-        async move {
-            let out = run(
-                &colony,
-                &[
-                    "query",
-                    "profile-compare",
-                    "--service",
-                    SERVICE,
-                    "--cohort-a",
-                    "duration > 200ms",
-                    "--cohort-b",
-                    "duration < 150ms",
-                    "--type",
-                    ty,
-                    "--format",
-                    "json",
-                ],
-            )
-            .await;
-            assert!(out.ok, "{}", out.stderr);
-            json(&out.stdout)
-        }
-    };
+    let compare = |ty: &'static str| compare_slow_with_fast(&stack.colony, ty);
     let memory = compare("memory").await;
     assert_eq!(memory["profile_type"], "memory", "{memory:#}");
     assert_eq!(memory["cohort_a"]["requests"], 6, "{memory:#}");
@@ -589,7 +556,11 @@ async fn each_request_shows_the_memory_it_made_resident() {
 #[ignore = "needs root for eBPF: run `cargo xtask test`"]
 async fn memory_is_the_requests_own_or_its_process() {
     let _ebpf = require_root().await;
-    let huge_pages = transparent_huge_pages();
+    assert!(
+        transparent_huge_pages(),
+        "transparent huge pages are disabled (/sys/kernel/mm/transparent_hugepage/enabled \
+         is [never]): enable them (madvise) to run this test"
+    );
     let (stack, provider, trigger) = trigger_running(&[
         "--types",
         "cpu,memory",
@@ -726,27 +697,24 @@ async fn memory_is_the_requests_own_or_its_process() {
         .iter()
         .any(|f| f.kind == FrameKind::Page && f.function == "2 MiB huge page");
     println!(
-        "huge: {breakdown:?}, the kernel's AnonHugePages {:.1} MiB (huge pages {})",
-        mib(kernel_huge_bytes),
-        if huge_pages { "on" } else { "off" }
+        "huge: {breakdown:?}, the kernel's AnonHugePages {:.1} MiB",
+        mib(kernel_huge_bytes)
     );
-    if huge_pages {
-        assert!(
-            kernel_huge_bytes >= HUGE_REGION as u64 / 2,
-            "the kernel gave {:.1} MiB of huge pages",
-            mib(kernel_huge_bytes)
-        );
-        assert!(huge_frame, "{view:#}");
-        assert_eq!(breakdown.huge_page_bytes, kernel_huge_bytes, "{view:#}");
-        assert_eq!(
-            view["memory"]["huge_page_bytes"].as_u64(),
-            Some(kernel_huge_bytes),
-            "{view:#}"
-        );
-        assert!(
-            memory_under(&profile, "fill_huge_region") >= kernel_huge_bytes,
-            "{view:#}"
-        );
-    }
+    assert!(
+        kernel_huge_bytes >= HUGE_REGION as u64 / 2,
+        "the kernel gave {:.1} MiB of huge pages",
+        mib(kernel_huge_bytes)
+    );
+    assert!(huge_frame, "{view:#}");
+    assert_eq!(breakdown.huge_page_bytes, kernel_huge_bytes, "{view:#}");
+    assert_eq!(
+        view["memory"]["huge_page_bytes"].as_u64(),
+        Some(kernel_huge_bytes),
+        "{view:#}"
+    );
+    assert!(
+        memory_under(&profile, "fill_huge_region") >= kernel_huge_bytes,
+        "{view:#}"
+    );
     provider.shutdown().unwrap();
 }

@@ -153,6 +153,47 @@ pub(crate) async fn trigger_running(
     (stack, provider, cli)
 }
 
+/// Waits (up to 10 s) until trigger `id` has stored `count` baseline requests: the
+/// baseline is sent when the trigger ends.
+pub(crate) async fn wait_for_baseline(colony: &str, id: &str, count: u64) {
+    for _ in 0..100 {
+        let status = run(
+            colony,
+            &["profile", "trigger-status", id, "--output", "json"],
+        )
+        .await;
+        if json(&status.stdout)["baseline_collected"].as_u64() == Some(count) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `profile-compare --format json` of the requests over 200 ms against those under
+/// 150 ms, in profile type `ty`.
+pub(crate) async fn compare_slow_with_fast(colony: &str, ty: &str) -> serde_json::Value {
+    let out = run(
+        colony,
+        &[
+            "query",
+            "profile-compare",
+            "--service",
+            SERVICE,
+            "--cohort-a",
+            "duration > 200ms",
+            "--cohort-b",
+            "duration < 150ms",
+            "--type",
+            ty,
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert!(out.ok, "{}", out.stderr);
+    json(&out.stdout)
+}
+
 /// The JSON view of one request's profile of type `ty`, once it has arrived.
 pub(crate) async fn request_profile(colony: &str, trace_id: &str, ty: &str) -> serde_json::Value {
     let mut last = String::new();
@@ -539,44 +580,9 @@ async fn a_wall_comparison_names_the_lock_a_cpu_one_cannot() {
         .as_str()
         .unwrap()
         .to_string();
-    // The baseline is sent when the trigger ends: wait until it is stored.
-    for _ in 0..100 {
-        let status = run(
-            &stack.colony,
-            &["profile", "trigger-status", &id, "--output", "json"],
-        )
-        .await;
-        if json(&status.stdout)["baseline_collected"].as_u64() == Some(12) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_baseline(&stack.colony, &id, 12).await;
 
-    let compare = |ty: &'static str| {
-        let colony = stack.colony.clone();
-        async move {
-            let out = run(
-                &colony,
-                &[
-                    "query",
-                    "profile-compare",
-                    "--service",
-                    SERVICE,
-                    "--cohort-a",
-                    "duration > 200ms",
-                    "--cohort-b",
-                    "duration < 150ms",
-                    "--type",
-                    ty,
-                    "--format",
-                    "json",
-                ],
-            )
-            .await;
-            assert!(out.ok, "{}", out.stderr);
-            json(&out.stdout)
-        }
-    };
+    let compare = |ty: &'static str| compare_slow_with_fast(&stack.colony, ty);
     let wall = compare("wall").await;
     assert_eq!(wall["profile_type"], "wall");
     assert_eq!(wall["cohort_a"]["requests"], 8, "{wall:#}");
@@ -784,18 +790,7 @@ async fn bad_input_is_refused_with_the_reason() {
                 out.stderr
             );
         }
-        // The baseline is sent when the trigger ends.
-        for _ in 0..100 {
-            let status = run(
-                colony,
-                &["profile", "trigger-status", &id, "--output", "json"],
-            )
-            .await;
-            if json(&status.stdout)["baseline_collected"].as_u64() == Some(3) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_baseline(colony, &id, 3).await;
         for ty in ["offcpu", "wall"] {
             let out = run(
                 colony,
